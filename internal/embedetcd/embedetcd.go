@@ -1,0 +1,59 @@
+// Package embedetcd starts a single-node etcd inside the process, for the dev stack
+// and the end-to-end tests.
+package embedetcd
+
+import (
+	"errors"
+	"net/url"
+	"time"
+
+	"go.etcd.io/etcd/server/v3/embed"
+)
+
+// Config says where the embedded etcd keeps its data and listens.
+type Config struct {
+	Dir       string // data directory; reused on restart
+	ClientURL string // http://127.0.0.1:PORT, or https:// with the TLS files below
+	PeerURL   string // http://127.0.0.1:PORT
+
+	// Client TLS: the server's certificate and key, and the CA that client
+	// certificates must chain to (client certificate authentication is then required).
+	CertFile, KeyFile, ClientCAFile string
+}
+
+// Start runs etcd and waits until it is ready to serve.
+func Start(c Config) (*embed.Etcd, error) {
+	cfg := embed.NewConfig()
+	cfg.Dir = c.Dir
+	cfg.LogLevel = "panic" // etcd's own logs drown the caller's
+	cu, err := url.Parse(c.ClientURL)
+	if err != nil {
+		return nil, err
+	}
+	pu, err := url.Parse(c.PeerURL)
+	if err != nil {
+		return nil, err
+	}
+	cfg.ListenClientUrls = []url.URL{*cu}
+	cfg.AdvertiseClientUrls = []url.URL{*cu}
+	cfg.ListenPeerUrls = []url.URL{*pu}
+	cfg.AdvertisePeerUrls = []url.URL{*pu}
+	cfg.InitialCluster = cfg.Name + "=" + c.PeerURL
+	if c.CertFile != "" {
+		cfg.ClientTLSInfo.CertFile = c.CertFile
+		cfg.ClientTLSInfo.KeyFile = c.KeyFile
+		cfg.ClientTLSInfo.TrustedCAFile = c.ClientCAFile
+		cfg.ClientTLSInfo.ClientCertAuth = c.ClientCAFile != ""
+	}
+	e, err := embed.StartEtcd(cfg)
+	if err != nil {
+		return nil, err
+	}
+	select {
+	case <-e.Server.ReadyNotify():
+		return e, nil
+	case <-time.After(30 * time.Second):
+		e.Close()
+		return nil, errors.New("embedded etcd was not ready within 30s")
+	}
+}

@@ -1,0 +1,215 @@
+package deviceid
+
+import (
+	"context"
+	"crypto/x509"
+	"encoding/pem"
+	"testing"
+	"time"
+
+	"github.com/deviceid/deviceid/internal/devpki"
+	"github.com/deviceid/deviceid/plugin/record"
+
+	"github.com/coredns/coredns/plugin/pkg/dnstest"
+	"github.com/coredns/coredns/plugin/test"
+	"github.com/miekg/dns"
+)
+
+func selfSigned(t testing.TB) (certPEM, keyPEM []byte) {
+	t.Helper()
+	ca, err := devpki.NewCA("test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	der, err := x509.MarshalECPrivateKey(ca.Key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ca.PEM(), pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: der})
+}
+
+// testDeviceid returns a plugin serving iot.example. from memory (no etcd) with the
+// devices sensor7 (active) and c90a.airquality (revoked), and the CA's record.
+func testDeviceid(t testing.TB) (*Deviceid, []dns.RR, []dns.RR, []dns.RR) {
+	t.Helper()
+	c := caddyConfig(t)
+	d := newDeviceid(c)
+	ca, err := devpki.NewCA("test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	x := newIndex("iot.example.", c, 42)
+	now := time.Now()
+	var sets [][]dns.RR
+	for _, dev := range []struct{ name, status string }{{"sensor7", "active"}, {"c90a.airquality", "revoked"}} {
+		key, _ := devpki.NewDeviceKey()
+		der, err := ca.Issue(dev.name+"._device.iot.example", key.Public(), now.AddDate(1, 0, 0))
+		if err != nil {
+			t.Fatal(err)
+		}
+		rec := &record.Device{Version: 1, Credentials: []record.Credential{{Cert: der, Status: dev.status}}}
+		if err := rec.Validate(); err != nil {
+			t.Fatal(err)
+		}
+		owner, _ := record.DeviceOwner(dev.name, "iot.example.")
+		x.putDevice(owner, rec, now)
+		sets = append(sets, x.names[owner].tlsa)
+	}
+	aki := record.KeyID(ca.Cert.SubjectKeyId)
+	x.putCA(aki, ca.Cert.Raw)
+	d.zones["iot.example."].swap(x)
+	return d, sets[0], sets[1], x.names[record.CAOwner(aki, "iot.example.")].tlsa
+}
+
+func caddyConfig(t testing.TB) *config {
+	return &config{
+		zones:  []string{"iot.example."},
+		prefix: "/deviceid",
+		ns:     []string{"ns1.iot.example."},
+		ttl:    60,
+		render: record.RenderOptions{RevokedUsage: 255, Discovery: true},
+	}
+}
+
+func TestServeDNS(t *testing.T) {
+	d, sensor7, c90a, ca := testDeviceid(t)
+	soa := "iot.example. 60 IN SOA ns1.iot.example. hostmaster.iot.example. 42 7200 1800 1209600 60"
+	if len(sensor7) != 2 || len(c90a) != 1 || len(ca) != 1 {
+		t.Fatalf("rendered %v %v %v", sensor7, c90a, ca)
+	}
+	tests := []test.Case{
+		{Qname: "sensor7._device.iot.example.", Qtype: dns.TypeTLSA, Answer: sensor7},
+		{Qname: "c90a.airquality._device.iot.example.", Qtype: dns.TypeTLSA, Answer: c90a},
+		{Qname: ca[0].Header().Name, Qtype: dns.TypeTLSA, Answer: ca},
+		{Qname: "sensor7._device.iot.example.", Qtype: dns.TypeANY, Answer: sensor7},
+		{Qname: "sensor7._device.iot.example.", Qtype: dns.TypeAAAA, Ns: []dns.RR{test.SOA(soa)}},
+		{Qname: "airquality._device.iot.example.", Qtype: dns.TypeTLSA, Ns: []dns.RR{test.SOA(soa)}},
+		{Qname: "_device.iot.example.", Qtype: dns.TypeTLSA, Ns: []dns.RR{test.SOA(soa)}},
+		{Qname: "_ca._device.iot.example.", Qtype: dns.TypeTLSA, Ns: []dns.RR{test.SOA(soa)}},
+		{Qname: "nosuch._device.iot.example.", Qtype: dns.TypeTLSA, Rcode: dns.RcodeNameError, Ns: []dns.RR{test.SOA(soa)}},
+		{Qname: "x.sensor7._device.iot.example.", Qtype: dns.TypeTLSA, Rcode: dns.RcodeNameError, Ns: []dns.RR{test.SOA(soa)}},
+		{Qname: "iot.example.", Qtype: dns.TypeSOA, Answer: []dns.RR{test.SOA(soa)}},
+		{Qname: "iot.example.", Qtype: dns.TypeNS, Answer: []dns.RR{test.NS("iot.example. 60 IN NS ns1.iot.example.")}},
+		{Qname: "iot.example.", Qtype: dns.TypeANY, Answer: []dns.RR{test.SOA(soa)}},
+		{Qname: "iot.example.", Qtype: dns.TypeTXT, Ns: []dns.RR{test.SOA(soa)}},
+		{Qname: "iot.example.", Qtype: dns.TypeAXFR, Rcode: dns.RcodeRefused},
+		{Qname: "iot.example.", Qtype: dns.TypeIXFR, Rcode: dns.RcodeRefused},
+	}
+	for _, tc := range tests {
+		t.Run(tc.Qname+"/"+dns.TypeToString[tc.Qtype], func(t *testing.T) {
+			rec := dnstest.NewRecorder(&test.ResponseWriter{})
+			rcode, err := d.ServeDNS(context.Background(), rec, tc.Msg())
+			if err != nil {
+				t.Fatal(err)
+			}
+			if rec.Msg == nil { // not written: the server answers with rcode
+				if rcode != tc.Rcode {
+					t.Fatalf("rcode %d, want %d", rcode, tc.Rcode)
+				}
+				return
+			}
+			if !rec.Msg.Authoritative {
+				t.Error("AA not set")
+			}
+			if err := test.SortAndCheck(rec.Msg, tc); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+}
+
+func TestServeDNSKeepsCase(t *testing.T) {
+	d, _, _, _ := testDeviceid(t)
+	qname := "SENSOR7._Device.IoT.Example."
+	m := new(dns.Msg)
+	m.SetQuestion(qname, dns.TypeTLSA)
+	rec := dnstest.NewRecorder(&test.ResponseWriter{})
+	if _, err := d.ServeDNS(context.Background(), rec, m); err != nil {
+		t.Fatal(err)
+	}
+	if len(rec.Msg.Answer) != 2 {
+		t.Fatalf("answer %v", rec.Msg.Answer)
+	}
+	for _, rr := range rec.Msg.Answer {
+		if rr.Header().Name != qname {
+			t.Errorf("owner %q, want %q", rr.Header().Name, qname)
+		}
+	}
+	// The stored records keep their lower-case owner.
+	again := dnstest.NewRecorder(&test.ResponseWriter{})
+	m.SetQuestion("sensor7._device.iot.example.", dns.TypeTLSA)
+	d.ServeDNS(context.Background(), again, m)
+	if again.Msg.Answer[0].Header().Name != "sensor7._device.iot.example." {
+		t.Errorf("stored owner changed: %v", again.Msg.Answer[0])
+	}
+}
+
+func TestServeDNSBeforeLoad(t *testing.T) {
+	d := newDeviceid(caddyConfig(t))
+	if d.Ready() {
+		t.Error("ready before the first load")
+	}
+	m := new(dns.Msg)
+	m.SetQuestion("sensor7._device.iot.example.", dns.TypeTLSA)
+	rcode, _ := d.ServeDNS(context.Background(), dnstest.NewRecorder(&test.ResponseWriter{}), m)
+	if rcode != dns.RcodeServerFailure {
+		t.Errorf("rcode %d before load, want SERVFAIL", rcode)
+	}
+	d.zones["iot.example."].swap(newIndex("iot.example.", d.cfg, 1))
+	if !d.Ready() {
+		t.Error("not ready after the first load")
+	}
+}
+
+func TestServeDNSOtherZone(t *testing.T) {
+	d, _, _, _ := testDeviceid(t)
+	d.Next = test.NextHandler(dns.RcodeBadCookie, nil)
+	m := new(dns.Msg)
+	m.SetQuestion("example.org.", dns.TypeA)
+	rcode, _ := d.ServeDNS(context.Background(), dnstest.NewRecorder(&test.ResponseWriter{}), m)
+	if rcode != dns.RcodeBadCookie {
+		t.Errorf("a query outside the zone was not passed on: rcode %d", rcode)
+	}
+}
+
+func TestIndexRemove(t *testing.T) {
+	c := caddyConfig(t)
+	x := newIndex("iot.example.", c, 1)
+	rec := &record.Device{Version: 1}
+	x.putDevice("a.b._device.iot.example.", rec, time.Now())
+	x.putDevice("b._device.iot.example.", rec, time.Now())
+	if len(x.names) != 3 || x.devices != 2 {
+		t.Fatalf("names %v devices %d", x.names, x.devices)
+	}
+	x.remove("b._device.iot.example.")
+	if n := x.names["b._device.iot.example."]; n == nil || n.record || n.below != 1 {
+		t.Errorf("b stays as an empty non-terminal: %+v", n)
+	}
+	x.remove("a.b._device.iot.example.")
+	x.remove("a.b._device.iot.example.") // twice is harmless
+	if len(x.names) != 0 || x.devices != 0 {
+		t.Errorf("names %v devices %d after removing all", x.names, x.devices)
+	}
+}
+
+// Benchmarks of the query path: a lookup in memory and the message assembly,
+// with no etcd call.
+func BenchmarkServeDNS(b *testing.B) {
+	d, _, _, _ := testDeviceid(b)
+	for _, bc := range []struct{ name, qname string }{
+		{"device", "sensor7._device.iot.example."},
+		{"nonexistent", "nosuch._device.iot.example."},
+		{"empty-non-terminal", "airquality._device.iot.example."},
+	} {
+		b.Run(bc.name, func(b *testing.B) {
+			m := new(dns.Msg)
+			m.SetQuestion(bc.qname, dns.TypeTLSA)
+			w := &test.ResponseWriter{}
+			b.ReportAllocs()
+			for b.Loop() {
+				d.ServeDNS(context.Background(), w, m)
+			}
+		})
+	}
+}
+

@@ -1,0 +1,124 @@
+// Package record is the etcd schema of deviceid: it parses and validates the device
+// and CA records that provisioning systems write, and renders them as TLSA RRsets.
+//
+// It is shared by the CoreDNS plugin (which reads) and the signer (which writes), so
+// both agree on one definition of a valid record. It imports no CoreDNS code.
+package record
+
+import (
+	"bytes"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+)
+
+// Version is the only device record version this code understands.
+const Version = 1
+
+// Limits that keep one device's RRset well inside a 64 KiB DNS message.
+const (
+	MaxRecordSize  = 48 << 10 // bytes of JSON in one etcd value
+	MaxCredentials = 64
+	MaxTTL         = 1<<31 - 1 // RFC 2181 §8
+)
+
+// Status of a credential.
+const (
+	StatusActive  = "active"
+	StatusRevoked = "revoked"
+)
+
+// Device is the JSON value stored at P/<zone>/device/<device>.
+type Device struct {
+	Version     int          `json:"version"`
+	Credentials []Credential `json:"credentials"`
+	// TTL overrides the zone's TTL for this device's records when set.
+	TTL *uint32 `json:"ttl,omitempty"`
+}
+
+// Credential is one key of a device, with or without a certificate.
+// encoding/json writes and reads the []byte fields as standard base64.
+type Credential struct {
+	Cert      []byte     `json:"cert,omitempty"` // DER X.509 certificate
+	SPKI      []byte     `json:"spki,omitempty"` // DER SubjectPublicKeyInfo
+	Status    string     `json:"status"`
+	NotAfter  *time.Time `json:"not_after,omitempty"`
+	RevokedAt *time.Time `json:"revoked_at"`
+	Reason    string     `json:"reason,omitempty"`
+}
+
+// ParseDevice decodes and validates one device record. On success every credential
+// has its SPKI and NotAfter filled in from its certificate where they were absent.
+func ParseDevice(data []byte) (*Device, error) {
+	if len(data) > MaxRecordSize {
+		return nil, fmt.Errorf("record is %d bytes, more than the limit of %d", len(data), MaxRecordSize)
+	}
+	var d Device
+	if err := json.Unmarshal(data, &d); err != nil {
+		return nil, fmt.Errorf("not a device record: %w", err)
+	}
+	if err := d.Validate(); err != nil {
+		return nil, err
+	}
+	return &d, nil
+}
+
+// Validate checks the rules of the schema and completes each credential's SPKI and
+// NotAfter from its certificate. It is what ParseDevice runs after decoding, and what
+// a writer runs before storing a record it built.
+func (d *Device) Validate() error {
+	if d.Version != Version {
+		return fmt.Errorf("version %d is not supported (want %d)", d.Version, Version)
+	}
+	if len(d.Credentials) > MaxCredentials {
+		return fmt.Errorf("%d credentials, more than the limit of %d", len(d.Credentials), MaxCredentials)
+	}
+	if d.TTL != nil && *d.TTL > MaxTTL {
+		return fmt.Errorf("ttl %d is above the maximum %d", *d.TTL, MaxTTL)
+	}
+	for i := range d.Credentials {
+		if err := d.Credentials[i].validate(); err != nil {
+			return fmt.Errorf("credential %d: %w", i, err)
+		}
+	}
+	return nil
+}
+
+func (c *Credential) validate() error {
+	switch c.Status {
+	case StatusActive, StatusRevoked:
+	case "":
+		return errors.New("status is missing (want \"active\" or \"revoked\")")
+	default:
+		return fmt.Errorf("status %q is not \"active\" or \"revoked\"", c.Status)
+	}
+	if c.Cert == nil && c.SPKI == nil {
+		return errors.New("neither cert nor spki is set")
+	}
+	if c.Cert != nil {
+		cert, err := x509.ParseCertificate(c.Cert)
+		if err != nil {
+			return fmt.Errorf("cert: %w", err)
+		}
+		if c.SPKI != nil && !bytes.Equal(c.SPKI, cert.RawSubjectPublicKeyInfo) {
+			return errors.New("spki does not match the certificate's public key")
+		}
+		c.SPKI = cert.RawSubjectPublicKeyInfo
+		if c.NotAfter == nil {
+			t := cert.NotAfter
+			c.NotAfter = &t
+		}
+		return nil
+	}
+	if _, err := x509.ParsePKIXPublicKey(c.SPKI); err != nil {
+		return fmt.Errorf("spki: %w", err)
+	}
+	return nil
+}
+
+// Expired reports whether an active credential is past its NotAfter at now.
+func (c *Credential) Expired(now time.Time) bool {
+	return c.NotAfter != nil && !now.Before(*c.NotAfter)
+}

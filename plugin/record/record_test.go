@@ -1,0 +1,335 @@
+package record
+
+import (
+	"crypto/ecdsa"
+	"crypto/ed25519"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
+	"encoding/pem"
+	"fmt"
+	"math/big"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/miekg/dns"
+)
+
+var now = time.Date(2026, 11, 27, 12, 0, 0, 0, time.UTC)
+
+// testCA makes a CA and returns it with a function issuing device certificates.
+func testCA(t testing.TB) (*x509.Certificate, func(notAfter time.Time) []byte) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "test CA"},
+		NotBefore: now.AddDate(-1, 0, 0), NotAfter: now.AddDate(10, 0, 0),
+		BasicConstraintsValid: true, IsCA: true, KeyUsage: x509.KeyUsageCertSign,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ca, _ := x509.ParseCertificate(der)
+	issue := func(notAfter time.Time) []byte {
+		pub, _, _ := ed25519.GenerateKey(rand.Reader)
+		leaf := &x509.Certificate{
+			SerialNumber: big.NewInt(2), DNSNames: []string{"sensor7._device.iot.example"},
+			NotBefore: now.AddDate(-1, 0, 0), NotAfter: notAfter,
+			ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+		}
+		der, err := x509.CreateCertificate(rand.Reader, leaf, ca, pub, key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return der
+	}
+	return ca, issue
+}
+
+func spkiOf(der []byte) []byte {
+	c, err := x509.ParseCertificate(der)
+	if err != nil {
+		panic(err)
+	}
+	return c.RawSubjectPublicKeyInfo
+}
+
+func b64(b []byte) string { return base64.StdEncoding.EncodeToString(b) }
+
+func TestParseDeviceErrors(t *testing.T) {
+	_, issue := testCA(t)
+	cert := issue(now.AddDate(1, 0, 0))
+	other := issue(now.AddDate(1, 0, 0))
+	tests := []struct {
+		name, json, err string
+	}{
+		{"not json", `nope`, "not a device record"},
+		{"wrong type", `{"version": "1"}`, "not a device record"},
+		{"credentials not a list", `{"version": 1, "credentials": {}}`, "not a device record"},
+		{"bad base64", `{"version": 1, "credentials": [{"cert": "%%%", "status": "active"}]}`, "not a device record"},
+		{"bad time", `{"version": 1, "credentials": [{"cert": "` + b64(cert) + `", "status": "active", "not_after": "tomorrow"}]}`, "not a device record"},
+		{"negative ttl", `{"version": 1, "credentials": [], "ttl": -1}`, "not a device record"},
+		{"version missing", `{"credentials": []}`, "version 0 is not supported"},
+		{"version 2", `{"version": 2, "credentials": []}`, "version 2 is not supported"},
+		{"ttl too large", `{"version": 1, "credentials": [], "ttl": 4294967295}`, "ttl 4294967295 is above"},
+		{"no key", `{"version": 1, "credentials": [{"status": "active"}]}`, "credential 0: neither cert nor spki"},
+		{"no status", `{"version": 1, "credentials": [{"cert": "` + b64(cert) + `"}]}`, "status is missing"},
+		{"bad status", `{"version": 1, "credentials": [{"cert": "` + b64(cert) + `", "status": "suspended"}]}`, `status "suspended"`},
+		{"bad cert", `{"version": 1, "credentials": [{"cert": "AAEC", "status": "active"}]}`, "credential 0: cert:"},
+		{"bad spki", `{"version": 1, "credentials": [{"spki": "AAEC", "status": "active"}]}`, "credential 0: spki:"},
+		{"spki mismatch", `{"version": 1, "credentials": [{"cert": "` + b64(cert) + `", "spki": "` + b64(spkiOf(other)) + `", "status": "active"}]}`, "does not match"},
+		{"too large", `{"version": 1, "x": "` + strings.Repeat("a", MaxRecordSize) + `"}`, "more than the limit"},
+		{"too many credentials", `{"version": 1, "credentials": [` + strings.Repeat(`{"status":"active","spki":"`+b64(spkiOf(cert))+`"},`, MaxCredentials) + `{}]}`, "credentials, more than the limit"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := ParseDevice([]byte(tc.json))
+			if err == nil || !strings.Contains(err.Error(), tc.err) {
+				t.Fatalf("error %v, want one containing %q", err, tc.err)
+			}
+		})
+	}
+}
+
+func TestParseDeviceFillsFromCert(t *testing.T) {
+	_, issue := testCA(t)
+	notAfter := now.AddDate(1, 0, 0).Truncate(time.Second)
+	cert := issue(notAfter)
+	d, err := ParseDevice([]byte(`{"version": 1, "credentials": [{"cert": "` + b64(cert) + `", "status": "active", "unknown": 1}], "extra": true}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := d.Credentials[0]
+	if string(c.SPKI) != string(spkiOf(cert)) {
+		t.Error("spki not taken from the certificate")
+	}
+	if c.NotAfter == nil || !c.NotAfter.Equal(notAfter) {
+		t.Errorf("not_after %v, want the certificate's %v", c.NotAfter, notAfter)
+	}
+	// A round trip through JSON, as the signer writes, gives the same record.
+	out, err := json.Marshal(d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d2, err := ParseDevice(out)
+	if err != nil {
+		t.Fatalf("re-parsing %s: %v", out, err)
+	}
+	if !slices.EqualFunc(d.TLSA("a.", 60, now, RenderOptions{RevokedUsage: 255, Discovery: true}),
+		d2.TLSA("a.", 60, now, RenderOptions{RevokedUsage: 255, Discovery: true}), func(a, b dns.RR) bool { return a.String() == b.String() }) {
+		t.Error("round trip changed the record")
+	}
+}
+
+func TestTLSA(t *testing.T) {
+	_, issue := testCA(t)
+	year := now.AddDate(1, 0, 0)
+	c1, c2, old := issue(year), issue(year), issue(now.Add(-time.Second))
+	ee := func(der []byte) string { s := sha256.Sum256(spkiOf(der)); return "3 1 1 " + hex.EncodeToString(s[:]) }
+	cd := func(der []byte) string { return "4 0 0 " + hex.EncodeToString(der) }
+	rv := func(usage int, der []byte) string {
+		s := sha256.Sum256(spkiOf(der))
+		return fmt.Sprintf("%d 1 1 %s", usage, hex.EncodeToString(s[:]))
+	}
+	cred := func(der []byte, status string) string {
+		return `{"cert": "` + b64(der) + `", "status": "` + status + `"}`
+	}
+	on := RenderOptions{RevokedUsage: 255, Discovery: true}
+	tests := []struct {
+		name  string
+		creds []string
+		opt   RenderOptions
+		ttl   string
+		want  []string
+	}{
+		{"active", []string{cred(c1, "active")}, on, "", []string{ee(c1), cd(c1)}},
+		{"discovery off", []string{cred(c1, "active")}, RenderOptions{RevokedUsage: 255}, "", []string{ee(c1)}},
+		{"revoked", []string{cred(c1, "revoked")}, on, "", []string{rv(255, c1)}},
+		{"revoked usage 200", []string{cred(c1, "revoked")}, RenderOptions{RevokedUsage: 200, Discovery: true}, "", []string{rv(200, c1)}},
+		{"one of each", []string{cred(c1, "revoked"), cred(c2, "active")}, on, "", []string{rv(255, c1), ee(c2), cd(c2)}},
+		{"expired", []string{cred(old, "active")}, on, "", nil},
+		{"expired and revoked", []string{cred(old, "revoked")}, on, "", []string{rv(255, old)}},
+		{"not_after overrides cert", []string{`{"cert": "` + b64(c1) + `", "status": "active", "not_after": "2026-01-01T00:00:00Z"}`}, on, "", nil},
+		{"spki only", []string{`{"spki": "` + b64(spkiOf(c1)) + `", "status": "active"}`}, on, "", []string{ee(c1)}},
+		{"same key active and revoked: revoked wins", []string{cred(c1, "active"), cred(c1, "revoked")}, on, "", []string{rv(255, c1)}},
+		{"duplicate credential", []string{cred(c1, "active"), cred(c1, "active")}, on, "", []string{ee(c1), cd(c1)}},
+		{"device ttl", []string{cred(c1, "active")}, on, `, "ttl": 5`, []string{ee(c1), cd(c1)}},
+		{"no credentials", nil, on, "", nil},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			d, err := ParseDevice([]byte(`{"version": 1, "credentials": [` + strings.Join(tc.creds, ",") + `]` + tc.ttl + `}`))
+			if err != nil {
+				t.Fatal(err)
+			}
+			wantTTL := uint32(60)
+			if d.TTL != nil {
+				wantTTL = *d.TTL
+			}
+			var got []string
+			for _, rr := range d.TLSA("sensor7._device.iot.example.", 60, now, tc.opt) {
+				r := rr.(*dns.TLSA)
+				if r.Hdr.Name != "sensor7._device.iot.example." || r.Hdr.Ttl != wantTTL || r.Hdr.Class != dns.ClassINET {
+					t.Errorf("header %v", r.Hdr)
+				}
+				got = append(got, fmt.Sprintf("%d %d %d %s", r.Usage, r.Selector, r.MatchingType, r.Certificate))
+			}
+			if !slices.Equal(got, tc.want) {
+				t.Errorf("got\n%v\nwant\n%v", got, tc.want)
+			}
+		})
+	}
+}
+
+func TestNextChange(t *testing.T) {
+	_, issue := testCA(t)
+	soon, later := now.Add(time.Hour).Truncate(time.Second), now.Add(2*time.Hour).Truncate(time.Second)
+	d, err := ParseDevice([]byte(`{"version": 1, "credentials": [
+		{"cert": "` + b64(issue(later)) + `", "status": "active"},
+		{"cert": "` + b64(issue(soon)) + `", "status": "active"},
+		{"cert": "` + b64(issue(now.Add(-time.Hour))) + `", "status": "active"},
+		{"cert": "` + b64(issue(now.Add(time.Minute))) + `", "status": "revoked"}]}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := d.NextChange(now); !got.Equal(soon) {
+		t.Errorf("NextChange = %v, want %v", got, soon)
+	}
+	if got := d.NextChange(later); !got.IsZero() {
+		t.Errorf("NextChange after all expired = %v, want zero", got)
+	}
+}
+
+func TestDeviceName(t *testing.T) {
+	tests := []struct{ in, want, err string }{
+		{"sensor7", "sensor7", ""},
+		{"Sensor7", "sensor7", ""},
+		{"c90a.airquality", "c90a.airquality", ""},
+		{"a-b", "a-b", ""},
+		{"", "", "empty"},
+		{"-a", "", "starts or ends"},
+		{"a-", "", "starts or ends"},
+		{"a..b", "", "empty label"},
+		{"a.", "", "empty label"},
+		{"a_b", "", "only a-z"},
+		{"ü", "", "only a-z"},
+		{"a b", "", "only a-z"},
+		{strings.Repeat("a", 64), "", "longer than 63"},
+	}
+	for _, tc := range tests {
+		got, err := DeviceName(tc.in)
+		if tc.err == "" && (err != nil || got != tc.want) {
+			t.Errorf("DeviceName(%q) = %q, %v; want %q", tc.in, got, err, tc.want)
+		}
+		if tc.err != "" && (err == nil || !strings.Contains(err.Error(), tc.err)) {
+			t.Errorf("DeviceName(%q) error %v, want %q", tc.in, err, tc.err)
+		}
+	}
+	long := strings.Repeat(strings.Repeat("a", 63)+".", 3) + strings.Repeat("a", 50)
+	if _, err := DeviceOwner(long, "iot.example"); err == nil || !strings.Contains(err.Error(), "more than 253") {
+		t.Errorf("DeviceOwner of a name too long: %v", err)
+	}
+	if o, err := DeviceOwner("Sensor7", "IoT.example"); err != nil || o != "sensor7._device.iot.example." {
+		t.Errorf("DeviceOwner = %q, %v", o, err)
+	}
+}
+
+func TestSplitKey(t *testing.T) {
+	aki := strings.Repeat("ab", 20)
+	tests := []struct{ rest, kind, name, err string }{
+		{"device/sensor7", KindDevice, "sensor7", ""},
+		{"device/c90a.airquality", KindDevice, "c90a.airquality", ""},
+		{"ca/" + aki, KindCA, aki, ""},
+		{"device/Sensor7", "", "", "must be lower case"},
+		{"device/bad_name", "", "", "only a-z"},
+		{"ca/" + strings.ToUpper(aki), "", "", "40 lowercase hex"},
+		{"ca/abc", "", "", "40 lowercase hex"},
+		{"other/x", "", "", "unknown kind"},
+		{"device", "", "", "not <kind>/<name>"},
+	}
+	for _, tc := range tests {
+		kind, name, err := SplitKey(tc.rest)
+		if tc.err == "" && (err != nil || kind != tc.kind || name != tc.name) {
+			t.Errorf("SplitKey(%q) = %q, %q, %v", tc.rest, kind, name, err)
+		}
+		if tc.err != "" && (err == nil || !strings.Contains(err.Error(), tc.err)) {
+			t.Errorf("SplitKey(%q) error %v, want %q", tc.rest, err, tc.err)
+		}
+	}
+	if k := DeviceKey("/deviceid/", "IoT.Example.", "s1"); k != "/deviceid/iot.example/device/s1" {
+		t.Errorf("DeviceKey = %q", k)
+	}
+}
+
+func TestParseCA(t *testing.T) {
+	ca, issue := testCA(t)
+	aki := KeyID(ca.SubjectKeyId)
+	p := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: ca.Raw})
+	leaf := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: issue(now.AddDate(1, 0, 0))})
+	if c, err := ParseCA(aki, p); err != nil || c == nil {
+		t.Fatalf("ParseCA: %v", err)
+	}
+	tests := []struct {
+		name, aki string
+		data      []byte
+		err       string
+	}{
+		{"wrong aki", strings.Repeat("0", 40), p, "does not match"},
+		{"bad aki", "xyz", p, "40 lowercase hex"},
+		{"not pem", aki, []byte("hello"), "not a PEM CERTIFICATE"},
+		{"two certs", aki, append(append([]byte{}, p...), p...), "more than one"},
+		{"not a CA", aki, leaf, "not a CA"},
+		{"bad der", aki, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: []byte{1, 2}}), "certificate:"},
+	}
+	for _, tc := range tests {
+		if _, err := ParseCA(tc.aki, tc.data); err == nil || !strings.Contains(err.Error(), tc.err) {
+			t.Errorf("%s: error %v, want %q", tc.name, err, tc.err)
+		}
+	}
+	rr := CATLSA(CAOwner(aki, "iot.example"), 60, ca.Raw).(*dns.TLSA)
+	if rr.Hdr.Name != aki+"._ca._device.iot.example." || rr.Usage != 2 || rr.Selector != 0 || rr.MatchingType != 0 || rr.Certificate != hex.EncodeToString(ca.Raw) {
+		t.Errorf("CA TLSA %v", rr)
+	}
+}
+
+// FuzzParseDevice checks that no input panics the parser, and that whatever it
+// accepts renders and survives a round trip through JSON.
+func FuzzParseDevice(f *testing.F) {
+	_, issue := testCA(f)
+	cert := issue(now.AddDate(1, 0, 0))
+	f.Add([]byte(`{"version": 1, "credentials": [{"cert": "` + b64(cert) + `", "status": "active"}], "ttl": 30}`))
+	f.Add([]byte(`{"version": 1, "credentials": [{"spki": "` + b64(spkiOf(cert)) + `", "status": "revoked", "not_after": "2027-01-01T00:00:00Z"}]}`))
+	f.Add([]byte(`{"version": 1, "credentials": []}`))
+	f.Add([]byte(`{}`))
+	f.Add([]byte(`null`))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		d, err := ParseDevice(data)
+		if err != nil {
+			return
+		}
+		rrs := d.TLSA("x._device.iot.example.", 60, now, RenderOptions{RevokedUsage: 255, Discovery: true})
+		for _, rr := range rrs {
+			if _, err := dns.NewRR(rr.String()); err != nil {
+				t.Fatalf("rendered %q does not parse back: %v", rr, err)
+			}
+		}
+		out, err := json.Marshal(d)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := ParseDevice(out); err != nil {
+			t.Fatalf("accepted %q but not its re-encoding %q: %v", data, out, err)
+		}
+	})
+}

@@ -1,0 +1,240 @@
+package deviceid
+
+import (
+	"crypto/tls"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/deviceid/deviceid/plugin/record"
+
+	"github.com/coredns/caddy"
+	"github.com/coredns/coredns/core/dnsserver"
+	"github.com/coredns/coredns/plugin"
+	mwtls "github.com/coredns/coredns/plugin/pkg/tls"
+
+	"github.com/miekg/dns"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
+)
+
+func init() { plugin.Register(pluginName, setup) }
+
+// Defaults of the Corefile options (DESIGN.md §4).
+const (
+	defaultEndpoint          = "http://127.0.0.1:2379"
+	defaultPrefix            = "/deviceid"
+	defaultTTL               = 60
+	defaultSignatureValidity = 24 * time.Hour
+	minSignatureValidity     = 2 * time.Hour
+)
+
+// config is one deviceid block of the Corefile.
+type config struct {
+	zones     []string // lower case, fully qualified
+	endpoints []string
+	tls       *tls.Config
+	username  string
+	password  string
+	prefix    string
+	keyFiles  []string // BIND key file base names; signing uses them
+	ns        []string
+	ttl       uint32
+	render    record.RenderOptions
+	validity  time.Duration
+	cds       bool
+}
+
+func setup(c *caddy.Controller) error {
+	cfg, err := parse(c)
+	if err != nil {
+		return plugin.Error(pluginName, err)
+	}
+	d := newDeviceid(cfg)
+	c.OnStartup(d.start)
+	c.OnShutdown(d.stop)
+	dnsserver.GetConfig(c).AddPlugin(func(next plugin.Handler) plugin.Handler {
+		d.Next = next
+		return d
+	})
+	return nil
+}
+
+func parse(c *caddy.Controller) (*config, error) {
+	cfg := &config{
+		endpoints: []string{defaultEndpoint},
+		prefix:    defaultPrefix,
+		ttl:       defaultTTL,
+		render:    record.RenderOptions{RevokedUsage: record.UsageRevoked, Discovery: true},
+		validity:  defaultSignatureValidity,
+		cds:       true,
+	}
+	blocks := 0
+	for c.Next() {
+		if blocks++; blocks > 1 {
+			return nil, plugin.ErrOnce
+		}
+		cfg.zones = plugin.OriginsFromArgsOrServerBlock(c.RemainingArgs(), c.ServerBlockKeys)
+		for i, z := range cfg.zones {
+			cfg.zones[i] = record.Zone(z)
+		}
+		for c.NextBlock() {
+			if err := parseOption(c, cfg); err != nil {
+				return nil, err
+			}
+		}
+	}
+	if len(cfg.ns) == 0 {
+		cfg.ns = []string{"ns1." + cfg.zones[0]}
+	}
+	return cfg, nil
+}
+
+func parseOption(c *caddy.Controller, cfg *config) error {
+	opt := c.Val()
+	args := c.RemainingArgs()
+	switch opt {
+	case "endpoint":
+		args = fields(args)
+		if len(args) == 0 {
+			return c.ArgErr()
+		}
+		for _, e := range args {
+			u, err := url.Parse(e)
+			if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+				return c.Errf("endpoint %q is not an http:// or https:// URL", e)
+			}
+		}
+		cfg.endpoints = args
+	case "tls":
+		if len(args) > 3 {
+			return c.ArgErr()
+		}
+		t, err := mwtls.NewTLSConfigFromArgs(args...)
+		if err != nil {
+			return c.Errf("tls: %v", err)
+		}
+		cfg.tls = t
+	case "credentials":
+		if len(args) != 2 {
+			return c.ArgErr()
+		}
+		cfg.username, cfg.password = args[0], args[1]
+	case "prefix":
+		if len(args) != 1 {
+			return c.ArgErr()
+		}
+		if !strings.HasPrefix(args[0], "/") || strings.TrimRight(args[0], "/") == "" {
+			return c.Errf("prefix %q must start with '/' and name a directory below the root", args[0])
+		}
+		cfg.prefix = strings.TrimRight(args[0], "/")
+	case "key":
+		if len(args) < 2 || args[0] != "file" {
+			return c.Errf("want 'key file NAME...'")
+		}
+		cfg.keyFiles = append(cfg.keyFiles, args[1:]...)
+	case "ns":
+		args = fields(args)
+		if len(args) == 0 {
+			return c.ArgErr()
+		}
+		cfg.ns = nil
+		for _, n := range args {
+			if _, ok := dns.IsDomainName(n); !ok || !dns.IsFqdn(n) {
+				return c.Errf("ns %q is not a fully qualified domain name (end it with '.')", n)
+			}
+			cfg.ns = append(cfg.ns, strings.ToLower(n))
+		}
+	case "ttl":
+		if len(args) != 1 {
+			return c.ArgErr()
+		}
+		ttl, err := strconv.ParseUint(args[0], 10, 32)
+		if err != nil || ttl == 0 || ttl > record.MaxTTL {
+			return c.Errf("ttl %q is not a number of seconds from 1 to %d", args[0], record.MaxTTL)
+		}
+		cfg.ttl = uint32(ttl)
+	case "revoked_usage":
+		if len(args) != 1 {
+			return c.ArgErr()
+		}
+		u, err := strconv.ParseUint(args[0], 10, 8)
+		// 0-3 are the usable DANE usages and 4 is PKIX-CD: a revoked key must never
+		// look usable to a verifier that does not know our extension.
+		if err != nil || u <= record.UsagePKIXCD {
+			return c.Errf("revoked_usage %q is not a number from 5 to 255", args[0])
+		}
+		cfg.render.RevokedUsage = uint8(u)
+	case "discovery":
+		on, err := onOff(c, opt, args)
+		if err != nil {
+			return err
+		}
+		cfg.render.Discovery = on
+	case "signature_validity":
+		if len(args) != 1 {
+			return c.ArgErr()
+		}
+		v, err := time.ParseDuration(args[0])
+		if err != nil || v < minSignatureValidity {
+			return c.Errf("signature_validity %q is not a duration of at least %s", args[0], minSignatureValidity)
+		}
+		cfg.validity = v
+	case "cds":
+		on, err := onOff(c, opt, args)
+		if err != nil {
+			return err
+		}
+		cfg.cds = on
+	default:
+		return c.Errf("unknown property '%s'", opt)
+	}
+	return nil
+}
+
+// fields splits arguments at white space, so that one environment variable
+// ({$DEVICEID_ETCD} in a Corefile) can hold several endpoints or names.
+func fields(args []string) []string {
+	var out []string
+	for _, a := range args {
+		out = append(out, strings.Fields(a)...)
+	}
+	return out
+}
+
+func onOff(c *caddy.Controller, opt string, args []string) (bool, error) {
+	if len(args) != 1 {
+		return false, c.ArgErr()
+	}
+	switch args[0] {
+	case "on":
+		return true, nil
+	case "off":
+		return false, nil
+	}
+	return false, c.Errf("%s %q: want on or off", opt, args[0])
+}
+
+// etcdConfig is the etcd client configuration of the block.
+func (cfg *config) etcdConfig() clientv3.Config {
+	return clientv3.Config{
+		Endpoints:            cfg.endpoints,
+		TLS:                  cfg.tls,
+		Username:             cfg.username,
+		Password:             cfg.password,
+		DialTimeout:          5 * time.Second,
+		DialKeepAliveTime:    10 * time.Second,
+		DialKeepAliveTimeout: 5 * time.Second,
+		// The client's own logs of its retries would repeat ours.
+		Logger: zap.NewNop(),
+		// gRPC's default reconnect backoff grows to two minutes; an etcd back from
+		// an outage should be followed again within seconds.
+		DialOptions: []grpc.DialOption{grpc.WithConnectParams(grpc.ConnectParams{
+			Backoff:           backoff.Config{BaseDelay: 250 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: 3 * time.Second},
+			MinConnectTimeout: 5 * time.Second,
+		})},
+	}
+}

@@ -1,0 +1,116 @@
+package deviceid
+
+import (
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/coredns/caddy"
+)
+
+func TestSetup(t *testing.T) {
+	dir := t.TempDir()
+	cert, key := filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
+	writeTestTLSFiles(t, cert, key)
+	tests := []struct {
+		name  string
+		input string
+		err   string // empty: no error
+		check func(t *testing.T, c *config)
+	}{
+		{"defaults", `deviceid`, "", func(t *testing.T, c *config) {
+			if !slices.Equal(c.zones, []string{"iot.example."}) || !slices.Equal(c.endpoints, []string{defaultEndpoint}) ||
+				c.prefix != "/deviceid" || c.ttl != 60 || c.render.RevokedUsage != 255 || !c.render.Discovery ||
+				c.validity != 24*time.Hour || !c.cds || !slices.Equal(c.ns, []string{"ns1.iot.example."}) {
+				t.Errorf("defaults %+v", c)
+			}
+		}},
+		{"zones as arguments", `deviceid A.example b.example.`, "", func(t *testing.T, c *config) {
+			if !slices.Equal(c.zones, []string{"a.example.", "b.example."}) {
+				t.Errorf("zones %v", c.zones)
+			}
+		}},
+		{"every option", `deviceid {
+			endpoint http://10.0.0.1:2379 https://10.0.0.2:2379
+			tls ` + cert + ` ` + key + ` ` + cert + `
+			credentials user secret
+			prefix /ids/
+			key file Kiot.example.+013+12345 Kiot.example.+015+54321
+			ns NS1.iot.example. ns2.example.net.
+			ttl 30
+			revoked_usage 254
+			discovery off
+			signature_validity 6h
+			cds off
+		}`, "", func(t *testing.T, c *config) {
+			if !slices.Equal(c.endpoints, []string{"http://10.0.0.1:2379", "https://10.0.0.2:2379"}) || c.tls == nil ||
+				c.username != "user" || c.password != "secret" || c.prefix != "/ids" || len(c.keyFiles) != 2 ||
+				!slices.Equal(c.ns, []string{"ns1.iot.example.", "ns2.example.net."}) || c.ttl != 30 ||
+				c.render.RevokedUsage != 254 || c.render.Discovery || c.validity != 6*time.Hour || c.cds {
+				t.Errorf("config %+v", c)
+			}
+		}},
+		{"endpoints in one argument", "deviceid {\nendpoint \"http://a:2379 http://b:2379\"\n}", "", func(t *testing.T, c *config) {
+			if len(c.endpoints) != 2 {
+				t.Errorf("endpoints %v", c.endpoints)
+			}
+		}},
+		{"unknown option", "deviceid {\nfoo bar\n}", "unknown property 'foo'", nil},
+		{"endpoint missing", "deviceid {\nendpoint\n}", "Wrong argument count", nil},
+		{"endpoint not a URL", "deviceid {\nendpoint 127.0.0.1:2379\n}", "not an http:// or https:// URL", nil},
+		{"endpoint bad scheme", "deviceid {\nendpoint unix:///tmp/etcd\n}", "not an http:// or https:// URL", nil},
+		{"tls too many", "deviceid {\ntls a b c d\n}", "Wrong argument count", nil},
+		{"tls missing file", "deviceid {\ntls /nonexistent/cert.pem /nonexistent/key.pem\n}", "tls:", nil},
+		{"credentials one", "deviceid {\ncredentials user\n}", "Wrong argument count", nil},
+		{"prefix relative", "deviceid {\nprefix deviceid\n}", "must start with '/'", nil},
+		{"prefix root", "deviceid {\nprefix /\n}", "must start with '/'", nil},
+		{"prefix two", "deviceid {\nprefix /a /b\n}", "Wrong argument count", nil},
+		{"key without file", "deviceid {\nkey Kiot\n}", "key file NAME", nil},
+		{"key file without name", "deviceid {\nkey file\n}", "key file NAME", nil},
+		{"ns not fqdn", "deviceid {\nns ns1.iot.example\n}", "not a fully qualified", nil},
+		{"ns missing", "deviceid {\nns\n}", "Wrong argument count", nil},
+		{"ttl zero", "deviceid {\nttl 0\n}", "ttl \"0\"", nil},
+		{"ttl text", "deviceid {\nttl soon\n}", "ttl \"soon\"", nil},
+		{"ttl too large", "deviceid {\nttl 2147483648\n}", "ttl \"2147483648\"", nil},
+		{"revoked_usage usable", "deviceid {\nrevoked_usage 3\n}", "from 5 to 255", nil},
+		{"revoked_usage pkix-cd", "deviceid {\nrevoked_usage 4\n}", "from 5 to 255", nil},
+		{"revoked_usage too large", "deviceid {\nrevoked_usage 256\n}", "from 5 to 255", nil},
+		{"discovery maybe", "deviceid {\ndiscovery maybe\n}", "want on or off", nil},
+		{"discovery missing", "deviceid {\ndiscovery\n}", "Wrong argument count", nil},
+		{"signature_validity short", "deviceid {\nsignature_validity 30m\n}", "at least 2h", nil},
+		{"signature_validity text", "deviceid {\nsignature_validity long\n}", "at least 2h", nil},
+		{"cds yes", "deviceid {\ncds yes\n}", "want on or off", nil},
+		{"twice", "deviceid\ndeviceid", "this plugin", nil},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			c := caddy.NewTestController("dns", tc.input)
+			c.ServerBlockKeys = []string{"iot.example."}
+			cfg, err := parse(c)
+			if tc.err != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.err) {
+					t.Fatalf("error %v, want one containing %q", err, tc.err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			tc.check(t, cfg)
+		})
+	}
+}
+
+func writeTestTLSFiles(t *testing.T, certFile, keyFile string) {
+	t.Helper()
+	certPEM, keyPEM := selfSigned(t)
+	if err := os.WriteFile(certFile, certPEM, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(keyFile, keyPEM, 0o600); err != nil {
+		t.Fatal(err)
+	}
+}

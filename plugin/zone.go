@@ -1,0 +1,252 @@
+package deviceid
+
+import (
+	"container/heap"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/deviceid/deviceid/plugin/record"
+
+	"github.com/miekg/dns"
+)
+
+// zone serves one zone's records from memory. The etcd loop of the zone is its only
+// writer; queries read it under the read lock. A full reload builds a new index and
+// swaps it in, so a query sees either the old data or the new, never a mix.
+type zone struct {
+	origin string // lower case, fully qualified
+	cfg    *config
+
+	mu  sync.RWMutex
+	idx *index // nil until the first full load
+
+	// rejected remembers the revision of each invalid key already logged, so each
+	// bad version is logged and counted once. Only the etcd loop uses it.
+	rejected map[string]int64
+}
+
+// index is the in-memory form of one zone at one etcd revision.
+type index struct {
+	origin string
+	cfg    *config
+	names  map[string]*node // lower-case owner name → node
+	// loadRevision is the etcd revision of the full load; revision that of the last
+	// change applied since, which the SOA serial follows.
+	loadRevision int64
+	revision     int64
+	soa          *dns.SOA
+	ns     []dns.RR
+	// expiries orders devices by the time an active credential expires, so the
+	// loop re-renders them then.
+	expiries expiryHeap
+	devices  int
+}
+
+// node is one owner name that exists: a record (device or CA) or an empty non-terminal.
+type node struct {
+	tlsa   []dns.RR       // the published RRset; replaced, never mutated
+	device *record.Device // the device record, kept to re-render when a credential expires
+	record bool           // a device or CA record is stored here
+	below  int            // records stored under this name
+}
+
+func newIndex(origin string, cfg *config, revision int64) *index {
+	ns := make([]dns.RR, len(cfg.ns))
+	for i, n := range cfg.ns {
+		ns[i] = &dns.NS{Hdr: dns.RR_Header{Name: origin, Rrtype: dns.TypeNS, Class: dns.ClassINET, Ttl: cfg.ttl}, Ns: n}
+	}
+	idx := &index{origin: origin, cfg: cfg, names: make(map[string]*node), ns: ns, loadRevision: revision}
+	idx.setSerial(revision)
+	return idx
+}
+
+// setSerial sets the SOA serial to the etcd revision of the last change (mod 2^32).
+func (x *index) setSerial(revision int64) {
+	x.revision = revision
+	x.soa = &dns.SOA{
+		Hdr:     dns.RR_Header{Name: x.origin, Rrtype: dns.TypeSOA, Class: dns.ClassINET, Ttl: x.cfg.ttl},
+		Ns:      x.cfg.ns[0],
+		Mbox:    "hostmaster." + x.origin,
+		Serial:  uint32(revision),
+		Refresh: 7200,
+		Retry:   1800,
+		Expire:  1209600,
+		Minttl:  x.cfg.ttl, // the negative TTL: a device provisioned after a miss shows up within it
+	}
+}
+
+// putDevice stores (or replaces) a device's record at its owner name.
+func (x *index) putDevice(owner string, d *record.Device, now time.Time) {
+	n := x.put(owner)
+	if n.device == nil {
+		x.devices++
+	}
+	n.device = d
+	x.render(owner, n, now)
+}
+
+// putCA stores (or replaces) a CA discovery record.
+func (x *index) putCA(aki string, der []byte) {
+	owner := record.CAOwner(aki, x.origin)
+	n := x.put(owner)
+	if n.device != nil { // cannot happen: device names have no '_'; kept for the counter's sake
+		x.devices--
+		n.device = nil
+	}
+	n.tlsa = []dns.RR{record.CATLSA(owner, x.cfg.ttl, der)}
+}
+
+// render recomputes a device's published RRset as of now, and schedules the next
+// re-render if a credential expires later.
+func (x *index) render(owner string, n *node, now time.Time) {
+	n.tlsa = n.device.TLSA(owner, x.cfg.ttl, now, x.cfg.render)
+	if next := n.device.NextChange(now); !next.IsZero() {
+		heap.Push(&x.expiries, expiry{at: next, owner: owner, device: n.device})
+	}
+}
+
+// put returns the node at owner, creating it and counting it in its ancestors.
+func (x *index) put(owner string) *node {
+	n := x.names[owner]
+	if n == nil {
+		n = &node{}
+		x.names[owner] = n
+	}
+	if !n.record {
+		n.record = true
+		x.ancestors(owner, func(a string) {
+			p := x.names[a]
+			if p == nil {
+				p = &node{}
+				x.names[a] = p
+			}
+			p.below++
+		})
+	}
+	return n
+}
+
+// remove deletes the record at owner; names that no longer hold or lead to a record go.
+func (x *index) remove(owner string) {
+	n := x.names[owner]
+	if n == nil || !n.record {
+		return
+	}
+	if n.device != nil {
+		x.devices--
+	}
+	n.record, n.device, n.tlsa = false, nil, nil
+	if n.below == 0 {
+		delete(x.names, owner)
+	}
+	x.ancestors(owner, func(a string) {
+		p := x.names[a]
+		p.below--
+		if p.below == 0 && !p.record {
+			delete(x.names, a)
+		}
+	})
+}
+
+// ancestors calls f for each name strictly between owner and the apex.
+func (x *index) ancestors(owner string, f func(string)) {
+	for name := owner; ; {
+		_, parent, ok := strings.Cut(name, ".")
+		if !ok || len(parent) <= len(x.origin) {
+			return
+		}
+		f(parent)
+		name = parent
+	}
+}
+
+// expire re-renders the devices whose credentials expired by now.
+func (x *index) expire(now time.Time) {
+	for len(x.expiries) > 0 && !x.expiries[0].at.After(now) {
+		e := heap.Pop(&x.expiries).(expiry)
+		if n := x.names[e.owner]; n != nil && n.device == e.device { // else replaced since
+			x.render(e.owner, n, now)
+		}
+	}
+}
+
+// nextExpiry returns when expire has work next, or the zero time.
+func (x *index) nextExpiry() time.Time {
+	if len(x.expiries) == 0 {
+		return time.Time{}
+	}
+	return x.expiries[0].at
+}
+
+type expiry struct {
+	at     time.Time
+	owner  string
+	device *record.Device
+}
+
+type expiryHeap []expiry
+
+func (h expiryHeap) Len() int           { return len(h) }
+func (h expiryHeap) Less(i, j int) bool { return h[i].at.Before(h[j].at) }
+func (h expiryHeap) Swap(i, j int)      { h[i], h[j] = h[j], h[i] }
+func (h *expiryHeap) Push(v any)        { *h = append(*h, v.(expiry)) }
+func (h *expiryHeap) Pop() any {
+	old := *h
+	v := old[len(old)-1]
+	*h = old[:len(old)-1]
+	return v
+}
+
+// answer is what a query finds in the zone, read under the lock and used after it.
+type answer struct {
+	exists bool     // the name exists (record, empty non-terminal, or apex)
+	rrs    []dns.RR // RRs of the queried type, owner names in lower case
+	soa    *dns.SOA // for the authority section of negative answers
+}
+
+// lookup finds qname (lower case) and qtype in the zone. ok is false before the first load.
+func (z *zone) lookup(qname string, qtype uint16) (a answer, ok bool) {
+	z.mu.RLock()
+	defer z.mu.RUnlock()
+	x := z.idx
+	if x == nil {
+		return a, false
+	}
+	a.soa = x.soa
+	if qname == x.origin {
+		a.exists = true
+		switch qtype {
+		case dns.TypeSOA:
+			a.rrs = []dns.RR{x.soa}
+		case dns.TypeNS:
+			a.rrs = x.ns
+		case dns.TypeANY: // RFC 8482: one RRset is enough
+			a.rrs = []dns.RR{x.soa}
+		}
+		return a, true
+	}
+	n := x.names[qname]
+	if n == nil {
+		return a, true
+	}
+	a.exists = true
+	if qtype == dns.TypeTLSA || qtype == dns.TypeANY {
+		a.rrs = n.tlsa
+	}
+	return a, true
+}
+
+// swap installs a freshly loaded index.
+func (z *zone) swap(x *index) {
+	z.mu.Lock()
+	z.idx = x
+	z.mu.Unlock()
+}
+
+// update applies f to the current index under the write lock.
+func (z *zone) update(f func(x *index)) {
+	z.mu.Lock()
+	f(z.idx)
+	z.mu.Unlock()
+}
