@@ -5,6 +5,7 @@ package deviceid
 import (
 	"context"
 	"sync"
+	"time"
 
 	"github.com/coredns/coredns/plugin"
 	clog "github.com/coredns/coredns/plugin/pkg/log"
@@ -61,9 +62,9 @@ func (d *Deviceid) ServeDNS(ctx context.Context, w dns.ResponseWriter, r *dns.Ms
 	m := new(dns.Msg)
 	m.SetReply(r)
 	m.Authoritative = true
+	m.Answer = answerRRs(a, state.QName(), time.Now().UnixNano())
 	switch {
-	case len(a.rrs) > 0:
-		m.Answer = withOwner(a.rrs, state.QName())
+	case len(m.Answer) > 0:
 	case a.exists:
 		m.Ns = []dns.RR{dns.Copy(a.soa)}
 	default:
@@ -74,13 +75,20 @@ func (d *Deviceid) ServeDNS(ctx context.Context, w dns.ResponseWriter, r *dns.Ms
 	return dns.RcodeSuccess, nil
 }
 
-// withOwner copies rrs with owner name qname, which keeps the query's case. The
-// stored RRs are shared between queries and must not be written, not even by Pack.
-func withOwner(rrs []dns.RR, qname string) []dns.RR {
-	out := make([]dns.RR, len(rrs))
-	for i, rr := range rrs {
-		out[i] = dns.Copy(rr)
-		out[i].Header().Name = qname
+// answerRRs copies the RRs of the answer that are published at now, with owner name
+// qname, which keeps the query's case. The stored RRs are shared between queries and
+// must not be written, not even by Pack (which sets Rdlength).
+func answerRRs(a answer, qname string, now int64) []dns.RR {
+	var out []dns.RR
+	for _, rr := range a.apex {
+		c := dns.Copy(rr)
+		c.Header().Name = qname
+		out = append(out, c)
+	}
+	for i := range a.tlsa {
+		if p := &a.tlsa[i]; p.Current(now) {
+			out = append(out, p.RR(qname))
+		}
 	}
 	return out
 }

@@ -38,7 +38,7 @@ func testDeviceid(t testing.TB) (*Deviceid, []dns.RR, []dns.RR, []dns.RR) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	x := newIndex("iot.example.", c, 42)
+	x := newIndex("iot.example.", c, 42, 0)
 	now := time.Now()
 	var sets [][]dns.RR
 	for _, dev := range []struct{ name, status string }{{"sensor7", "active"}, {"c90a.airquality", "revoked"}} {
@@ -53,12 +53,20 @@ func testDeviceid(t testing.TB) (*Deviceid, []dns.RR, []dns.RR, []dns.RR) {
 		}
 		owner, _ := record.DeviceOwner(dev.name, "iot.example.")
 		x.putDevice(owner, rec, now)
-		sets = append(sets, x.names[owner].tlsa)
+		sets = append(sets, rrsOf(owner, x.names[owner].tlsa))
 	}
 	aki := record.KeyID(ca.Cert.SubjectKeyId)
 	x.putCA(aki, ca.Cert.Raw)
 	d.zones["iot.example."].swap(x)
-	return d, sets[0], sets[1], x.names[record.CAOwner(aki, "iot.example.")].tlsa
+	return d, sets[0], sets[1], rrsOf(record.CAOwner(aki, "iot.example."), x.names[record.CAOwner(aki, "iot.example.")].tlsa)
+}
+
+func rrsOf(owner string, pub []record.Published) []dns.RR {
+	var rrs []dns.RR
+	for _, p := range pub {
+		rrs = append(rrs, p.RR(owner))
+	}
+	return rrs
 }
 
 func caddyConfig(t testing.TB) *config {
@@ -155,7 +163,7 @@ func TestServeDNSBeforeLoad(t *testing.T) {
 	if rcode != dns.RcodeServerFailure {
 		t.Errorf("rcode %d before load, want SERVFAIL", rcode)
 	}
-	d.zones["iot.example."].swap(newIndex("iot.example.", d.cfg, 1))
+	d.zones["iot.example."].swap(newIndex("iot.example.", d.cfg, 1, 0))
 	if !d.Ready() {
 		t.Error("not ready after the first load")
 	}
@@ -174,9 +182,10 @@ func TestServeDNSOtherZone(t *testing.T) {
 
 func TestIndexRemove(t *testing.T) {
 	c := caddyConfig(t)
-	x := newIndex("iot.example.", c, 1)
+	x := newIndex("iot.example.", c, 1, 0)
 	rec := &record.Device{Version: 1}
 	x.putDevice("a.b._device.iot.example.", rec, time.Now())
+	x.putDevice("a.b._device.iot.example.", rec, time.Now()) // a replacement counts once
 	x.putDevice("b._device.iot.example.", rec, time.Now())
 	if len(x.names) != 3 || x.devices != 2 {
 		t.Fatalf("names %v devices %d", x.names, x.devices)
@@ -212,4 +221,3 @@ func BenchmarkServeDNS(b *testing.B) {
 		})
 	}
 }
-

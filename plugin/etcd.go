@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"runtime/debug"
 	"strings"
 	"time"
 
@@ -44,6 +45,9 @@ func (z *zone) run(ctx context.Context, cli *clientv3.Client) {
 		}
 		retry = time.Second
 		z.swap(x)
+		// A full load makes several times the index's size in garbage (etcd pages,
+		// JSON); give it back to the system now rather than let the process keep it.
+		debug.FreeOSMemory()
 		z.report(x)
 		log.Infof("zone %s: loaded %d devices at etcd revision %d", z.origin, x.devices, x.loadRevision)
 		err = z.follow(ctx, cli, prefix, x.loadRevision)
@@ -55,57 +59,66 @@ func (z *zone) run(ctx context.Context, cli *clientv3.Client) {
 	}
 }
 
-// load reads every record of the zone at one revision into a new index.
+// load reads every record of the zone at one revision into a new index. The next
+// page is fetched while the current one is parsed.
 func (z *zone) load(ctx context.Context, cli *clientv3.Client, prefix string) (*index, error) {
-	end := clientv3.GetPrefixRangeEnd(prefix)
-	key := prefix
+	pages := make(chan *clientv3.GetResponse, 1)
+	fetched := make(chan error, 1)
+	go func() { fetched <- fetchPages(ctx, cli, prefix, pages) }()
 	var x *index
 	now := time.Now()
+	for resp := range pages {
+		if x == nil {
+			x = newIndex(z.origin, z.cfg, resp.Header.Revision, 0)
+		}
+		for _, kv := range resp.Kvs {
+			z.put(x, prefix, kv, now)
+		}
+	}
+	if err := <-fetched; err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// fetchPages sends the keys under prefix in pages, all read at the revision of the
+// first, and closes pages.
+func fetchPages(ctx context.Context, cli *clientv3.Client, prefix string, pages chan<- *clientv3.GetResponse) error {
+	defer close(pages)
+	end := clientv3.GetPrefixRangeEnd(prefix)
+	key := prefix
+	var rev int64
 	for {
 		opts := []clientv3.OpOption{clientv3.WithRange(end), clientv3.WithLimit(loadPageSize)}
-		if x != nil {
-			opts = append(opts, clientv3.WithRev(x.loadRevision))
+		if rev != 0 {
+			opts = append(opts, clientv3.WithRev(rev))
 		}
 		rctx, cancel := context.WithTimeout(ctx, requestTimeout)
 		resp, err := cli.Get(rctx, key, opts...)
 		cancel()
 		if err != nil {
-			return nil, err
+			return err
 		}
-		if x == nil {
-			x = newIndex(z.origin, z.cfg, resp.Header.Revision)
+		if rev == 0 {
+			rev = resp.Header.Revision
 		}
-		for _, kv := range resp.Kvs {
-			z.put(x, prefix, kv, now)
-		}
+		pages <- resp
 		if !resp.More || len(resp.Kvs) == 0 {
-			return x, nil
+			return nil
 		}
 		key = string(resp.Kvs[len(resp.Kvs)-1].Key) + "\x00"
 	}
 }
 
-// follow applies watch events from revision rev+1 on, and re-renders devices when
-// their credentials expire. It returns why the watch ended.
+// follow applies watch events from revision rev+1 on. It returns why the watch ended.
 func (z *zone) follow(ctx context.Context, cli *clientv3.Client, prefix string, rev int64) error {
 	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
 	defer cancel()
 	events := cli.Watch(wctx, prefix, clientv3.WithPrefix(), clientv3.WithRev(rev+1))
-	expiry := time.NewTimer(time.Hour)
-	defer expiry.Stop()
 	for {
-		z.mu.RLock()
-		next := z.idx.nextExpiry()
-		z.mu.RUnlock()
-		if next.IsZero() {
-			next = time.Now().Add(time.Hour)
-		}
-		expiry.Reset(time.Until(next))
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
-		case <-expiry.C:
-			z.update(func(x *index) { x.expire(time.Now()) })
 		case resp, ok := <-events:
 			if !ok {
 				return errors.New("watch closed")

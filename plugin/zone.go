@@ -1,7 +1,6 @@
 package deviceid
 
 import (
-	"container/heap"
 	"strings"
 	"sync"
 	"time"
@@ -36,27 +35,25 @@ type index struct {
 	loadRevision int64
 	revision     int64
 	soa          *dns.SOA
-	ns     []dns.RR
-	// expiries orders devices by the time an active credential expires, so the
-	// loop re-renders them then.
-	expiries expiryHeap
-	devices  int
+	ns           []dns.RR
+	devices      int
 }
 
 // node is one owner name that exists: a record (device or CA) or an empty non-terminal.
 type node struct {
-	tlsa   []dns.RR       // the published RRset; replaced, never mutated
-	device *record.Device // the device record, kept to re-render when a credential expires
-	record bool           // a device or CA record is stored here
-	below  int            // records stored under this name
+	tlsa   []record.Published // the RRset with its expiries; replaced, never mutated
+	device bool               // a device record is stored here
+	record bool               // a device or CA record is stored here
+	below  int32              // records stored under this name
 }
 
-func newIndex(origin string, cfg *config, revision int64) *index {
+// newIndex returns an empty index at revision, with room for size names.
+func newIndex(origin string, cfg *config, revision int64, size int) *index {
 	ns := make([]dns.RR, len(cfg.ns))
 	for i, n := range cfg.ns {
 		ns[i] = &dns.NS{Hdr: dns.RR_Header{Name: origin, Rrtype: dns.TypeNS, Class: dns.ClassINET, Ttl: cfg.ttl}, Ns: n}
 	}
-	idx := &index{origin: origin, cfg: cfg, names: make(map[string]*node), ns: ns, loadRevision: revision}
+	idx := &index{origin: origin, cfg: cfg, names: make(map[string]*node, size), ns: ns, loadRevision: revision}
 	idx.setSerial(revision)
 	return idx
 }
@@ -78,43 +75,22 @@ func (x *index) setSerial(revision int64) {
 
 // putDevice stores (or replaces) a device's record at its owner name.
 func (x *index) putDevice(owner string, d *record.Device, now time.Time) {
-	n := x.put(owner)
-	if n.device == nil {
-		x.devices++
-	}
-	n.device = d
-	x.render(owner, n, now)
+	x.put(owner, d.Render(x.cfg.ttl, now, x.cfg.render), true)
 }
 
 // putCA stores (or replaces) a CA discovery record.
 func (x *index) putCA(aki string, der []byte) {
-	owner := record.CAOwner(aki, x.origin)
-	n := x.put(owner)
-	if n.device != nil { // cannot happen: device names have no '_'; kept for the counter's sake
-		x.devices--
-		n.device = nil
-	}
-	n.tlsa = []dns.RR{record.CATLSA(owner, x.cfg.ttl, der)}
+	x.put(record.CAOwner(aki, x.origin), []record.Published{record.CAPublished(x.cfg.ttl, der)}, false)
 }
 
-// render recomputes a device's published RRset as of now, and schedules the next
-// re-render if a credential expires later.
-func (x *index) render(owner string, n *node, now time.Time) {
-	n.tlsa = n.device.TLSA(owner, x.cfg.ttl, now, x.cfg.render)
-	if next := n.device.NextChange(now); !next.IsZero() {
-		heap.Push(&x.expiries, expiry{at: next, owner: owner, device: n.device})
-	}
-}
-
-// put returns the node at owner, creating it and counting it in its ancestors.
-func (x *index) put(owner string) *node {
+// put stores a record's RRset at owner, counting a new record in its ancestors.
+func (x *index) put(owner string, tlsa []record.Published, device bool) {
 	n := x.names[owner]
 	if n == nil {
 		n = &node{}
 		x.names[owner] = n
 	}
 	if !n.record {
-		n.record = true
 		x.ancestors(owner, func(a string) {
 			p := x.names[a]
 			if p == nil {
@@ -124,7 +100,10 @@ func (x *index) put(owner string) *node {
 			p.below++
 		})
 	}
-	return n
+	if device && !n.device {
+		x.devices++
+	}
+	n.record, n.device, n.tlsa = true, device, tlsa
 }
 
 // remove deletes the record at owner; names that no longer hold or lead to a record go.
@@ -133,17 +112,16 @@ func (x *index) remove(owner string) {
 	if n == nil || !n.record {
 		return
 	}
-	if n.device != nil {
+	if n.device {
 		x.devices--
 	}
-	n.record, n.device, n.tlsa = false, nil, nil
+	n.record, n.device, n.tlsa = false, false, nil
 	if n.below == 0 {
 		delete(x.names, owner)
 	}
 	x.ancestors(owner, func(a string) {
 		p := x.names[a]
-		p.below--
-		if p.below == 0 && !p.record {
+		if p.below--; p.below == 0 && !p.record {
 			delete(x.names, a)
 		}
 	})
@@ -161,48 +139,12 @@ func (x *index) ancestors(owner string, f func(string)) {
 	}
 }
 
-// expire re-renders the devices whose credentials expired by now.
-func (x *index) expire(now time.Time) {
-	for len(x.expiries) > 0 && !x.expiries[0].at.After(now) {
-		e := heap.Pop(&x.expiries).(expiry)
-		if n := x.names[e.owner]; n != nil && n.device == e.device { // else replaced since
-			x.render(e.owner, n, now)
-		}
-	}
-}
-
-// nextExpiry returns when expire has work next, or the zero time.
-func (x *index) nextExpiry() time.Time {
-	if len(x.expiries) == 0 {
-		return time.Time{}
-	}
-	return x.expiries[0].at
-}
-
-type expiry struct {
-	at     time.Time
-	owner  string
-	device *record.Device
-}
-
-type expiryHeap []expiry
-
-func (h expiryHeap) Len() int           { return len(h) }
-func (h expiryHeap) Less(i, j int) bool { return h[i].at.Before(h[j].at) }
-func (h expiryHeap) Swap(i, j int)      { h[i], h[j] = h[j], h[i] }
-func (h *expiryHeap) Push(v any)        { *h = append(*h, v.(expiry)) }
-func (h *expiryHeap) Pop() any {
-	old := *h
-	v := old[len(old)-1]
-	*h = old[:len(old)-1]
-	return v
-}
-
 // answer is what a query finds in the zone, read under the lock and used after it.
 type answer struct {
-	exists bool     // the name exists (record, empty non-terminal, or apex)
-	rrs    []dns.RR // RRs of the queried type, owner names in lower case
-	soa    *dns.SOA // for the authority section of negative answers
+	exists bool               // the name exists (record, empty non-terminal, or apex)
+	apex   []dns.RR           // apex RRs of the queried type
+	tlsa   []record.Published // TLSA RRs, when the query asks for them
+	soa    *dns.SOA           // for the authority section of negative answers
 }
 
 // lookup finds qname (lower case) and qtype in the zone. ok is false before the first load.
@@ -217,12 +159,10 @@ func (z *zone) lookup(qname string, qtype uint16) (a answer, ok bool) {
 	if qname == x.origin {
 		a.exists = true
 		switch qtype {
-		case dns.TypeSOA:
-			a.rrs = []dns.RR{x.soa}
+		case dns.TypeSOA, dns.TypeANY: // RFC 8482: one RRset is enough for ANY
+			a.apex = []dns.RR{x.soa}
 		case dns.TypeNS:
-			a.rrs = x.ns
-		case dns.TypeANY: // RFC 8482: one RRset is enough
-			a.rrs = []dns.RR{x.soa}
+			a.apex = x.ns
 		}
 		return a, true
 	}
@@ -232,7 +172,7 @@ func (z *zone) lookup(qname string, qtype uint16) (a answer, ok bool) {
 	}
 	a.exists = true
 	if qtype == dns.TypeTLSA || qtype == dns.TypeANY {
-		a.rrs = n.tlsa
+		a.tlsa = n.tlsa
 	}
 	return a, true
 }

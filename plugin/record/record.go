@@ -8,10 +8,14 @@ package record
 import (
 	"bytes"
 	"crypto/x509"
+	"encoding/asn1"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"time"
+
+	"golang.org/x/crypto/cryptobyte"
+	cbasn1 "golang.org/x/crypto/cryptobyte/asn1"
 )
 
 // Version is the only device record version this code understands.
@@ -112,8 +116,20 @@ func (c *Credential) validate() error {
 		}
 		return nil
 	}
-	if _, err := x509.ParsePKIXPublicKey(c.SPKI); err != nil {
-		return fmt.Errorf("spki: %w", err)
+	return checkSPKI(c.SPKI)
+}
+
+// checkSPKI checks that spki is a DER SubjectPublicKeyInfo. Only its structure is
+// checked: the server publishes a hash of it, and decoding the key (a curve point
+// check for ECDSA) would cost more than the rest of loading a record.
+func checkSPKI(spki []byte) error {
+	input := cryptobyte.String(spki)
+	var info, algorithm cryptobyte.String
+	var key asn1.BitString
+	if !input.ReadASN1(&info, cbasn1.SEQUENCE) || !input.Empty() ||
+		!info.ReadASN1(&algorithm, cbasn1.SEQUENCE) || !algorithm.PeekASN1Tag(cbasn1.OBJECT_IDENTIFIER) ||
+		!info.ReadASN1BitString(&key) || !info.Empty() {
+		return errors.New("spki: not a DER SubjectPublicKeyInfo")
 	}
 	return nil
 }

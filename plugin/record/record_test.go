@@ -192,22 +192,32 @@ func TestTLSA(t *testing.T) {
 	}
 }
 
-func TestNextChange(t *testing.T) {
+func TestRenderUntil(t *testing.T) {
 	_, issue := testCA(t)
 	soon, later := now.Add(time.Hour).Truncate(time.Second), now.Add(2*time.Hour).Truncate(time.Second)
+	c := issue(later)
 	d, err := ParseDevice([]byte(`{"version": 1, "credentials": [
-		{"cert": "` + b64(issue(later)) + `", "status": "active"},
+		{"cert": "` + b64(c) + `", "status": "active", "not_after": "` + soon.Format(time.RFC3339) + `"},
+		{"cert": "` + b64(c) + `", "status": "active"},
 		{"cert": "` + b64(issue(soon)) + `", "status": "active"},
 		{"cert": "` + b64(issue(now.Add(-time.Hour))) + `", "status": "active"},
+		{"spki": "` + b64(spkiOf(issue(soon))) + `", "status": "active"},
 		{"cert": "` + b64(issue(now.Add(time.Minute))) + `", "status": "revoked"}]}`))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := d.NextChange(now); !got.Equal(soon) {
-		t.Errorf("NextChange = %v, want %v", got, soon)
+	var untils []int64
+	for _, p := range d.Render(60, now, RenderOptions{RevokedUsage: 255, Discovery: true}) {
+		untils = append(untils, p.Until)
 	}
-	if got := d.NextChange(later); !got.IsZero() {
-		t.Errorf("NextChange after all expired = %v, want zero", got)
+	// The duplicate credential keeps the later expiry; the expired one is left out;
+	// an SPKI without not_after and a revoked key never expire.
+	want := []int64{later.UnixNano(), later.UnixNano(), soon.UnixNano(), soon.UnixNano(), 0, 0}
+	if !slices.Equal(untils, want) {
+		t.Errorf("until %v, want %v", untils, want)
+	}
+	if n := len(d.TLSA("a.", 60, soon, RenderOptions{RevokedUsage: 255, Discovery: true})); n != 4 {
+		t.Errorf("%d records at the first expiry, want 4", n)
 	}
 }
 
@@ -297,7 +307,8 @@ func TestParseCA(t *testing.T) {
 			t.Errorf("%s: error %v, want %q", tc.name, err, tc.err)
 		}
 	}
-	rr := CATLSA(CAOwner(aki, "iot.example"), 60, ca.Raw).(*dns.TLSA)
+	pub := CAPublished(60, ca.Raw)
+	rr := pub.RR(CAOwner(aki, "iot.example"))
 	if rr.Hdr.Name != aki+"._ca._device.iot.example." || rr.Usage != 2 || rr.Selector != 0 || rr.MatchingType != 0 || rr.Certificate != hex.EncodeToString(ca.Raw) {
 		t.Errorf("CA TLSA %v", rr)
 	}

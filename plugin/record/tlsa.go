@@ -1,6 +1,7 @@
 package record
 
 import (
+	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
 	"time"
@@ -28,75 +29,102 @@ type RenderOptions struct {
 	Discovery    bool  // publish 4 0 0 certificate discovery records
 }
 
-// TLSA renders the device's RRset at owner as of now: 3 1 1 for each active unexpired
-// credential, 4 0 0 for each of those with a certificate (when opt.Discovery), and
-// RevokedUsage 1 1 for each revoked credential. A key that is revoked in any credential
-// is never published as active: a verifier that does not know the revoked usage must
-// find no usable record for it. ttl is the zone's TTL; the device's own TTL wins.
-func (d *Device) TLSA(owner string, ttl uint32, now time.Time, opt RenderOptions) []dns.RR {
+// Published is one TLSA record of a device without its owner name, and when it stops
+// being published: Until in Unix nanoseconds, 0 for as long as the record is stored.
+// Keeping the expiry with the record lets a server withdraw an expired credential at
+// the instant it expires without keeping the device record. It is kept small: a
+// server holds one or more for each of a million devices.
+type Published struct {
+	Data         []byte // certificate association data; hex only in RR, at half the memory
+	Until        int64
+	TTL          uint32
+	Usage        uint8
+	Selector     uint8
+	MatchingType uint8
+}
+
+// Current reports whether p is still published at now (Unix nanoseconds).
+func (p *Published) Current(now int64) bool { return p.Until == 0 || now < p.Until }
+
+// RR returns p as a TLSA record at owner.
+func (p *Published) RR(owner string) *dns.TLSA {
+	return &dns.TLSA{
+		Hdr:          dns.RR_Header{Name: owner, Rrtype: dns.TypeTLSA, Class: dns.ClassINET, Ttl: p.TTL},
+		Usage:        p.Usage,
+		Selector:     p.Selector,
+		MatchingType: p.MatchingType,
+		Certificate:  hex.EncodeToString(p.Data),
+	}
+}
+
+// Render renders the device's RRset: 3 1 1 for each active credential that has not
+// expired by now, 4 0 0 for each of those with a certificate (when opt.Discovery), and
+// RevokedUsage 1 1 for each revoked credential. A key that is revoked in any
+// credential is never published as active: a verifier that does not know the revoked
+// usage must find no usable record for it. ttl is the zone's TTL; the device's own
+// TTL wins.
+func (d *Device) Render(ttl uint32, now time.Time, opt RenderOptions) []Published {
 	if d.TTL != nil {
 		ttl = *d.TTL
 	}
-	revoked := make(map[string]bool)
+	var revoked map[string]bool // made only when needed: most devices have no revoked key
 	for _, c := range d.Credentials {
 		if c.Status == StatusRevoked {
+			if revoked == nil {
+				revoked = make(map[string]bool)
+			}
 			revoked[string(c.SPKI)] = true
 		}
 	}
-	var rrs []dns.RR
-	seen := make(map[dns.TLSA]bool) // an RRset holds no duplicates
-	add := func(usage, selector, matching uint8, data []byte) {
-		rr := dns.TLSA{
-			Hdr:          dns.RR_Header{Name: owner, Rrtype: dns.TypeTLSA, Class: dns.ClassINET, Ttl: ttl},
-			Usage:        usage,
-			Selector:     selector,
-			MatchingType: matching,
-			Certificate:  hex.EncodeToString(data),
+	pub := make([]Published, 0, len(d.Credentials))
+	add := func(usage, selector, matching uint8, data []byte, until int64) {
+		p := Published{Data: data, Until: until, TTL: ttl, Usage: usage, Selector: selector, MatchingType: matching}
+		for i, q := range pub { // an RRset holds no duplicates; the longest-lived one stays
+			if bytes.Equal(q.Data, p.Data) && q.Usage == p.Usage && q.Selector == p.Selector && q.MatchingType == p.MatchingType {
+				if q.Until != 0 && (until == 0 || until > q.Until) {
+					pub[i].Until = until
+				}
+				return
+			}
 		}
-		if !seen[rr] {
-			seen[rr] = true
-			rrs = append(rrs, &rr)
-		}
+		pub = append(pub, p)
 	}
 	for _, c := range d.Credentials {
 		switch {
 		case c.Status == StatusRevoked:
-			sum := sha256.Sum256(c.SPKI)
-			add(opt.RevokedUsage, SelectorSPKI, MatchingSHA256, sum[:])
+			add(opt.RevokedUsage, SelectorSPKI, MatchingSHA256, sha256Of(c.SPKI), 0)
 		case revoked[string(c.SPKI)] || c.Expired(now):
 		default:
-			sum := sha256.Sum256(c.SPKI)
-			add(UsageDANEEE, SelectorSPKI, MatchingSHA256, sum[:])
-			if opt.Discovery && c.Cert != nil {
-				add(UsagePKIXCD, SelectorCert, MatchingFull, c.Cert)
+			var until int64
+			if c.NotAfter != nil {
+				until = c.NotAfter.UnixNano()
 			}
+			add(UsageDANEEE, SelectorSPKI, MatchingSHA256, sha256Of(c.SPKI), until)
+			if opt.Discovery && c.Cert != nil {
+				add(UsagePKIXCD, SelectorCert, MatchingFull, c.Cert, until)
+			}
+		}
+	}
+	return pub
+}
+
+func sha256Of(b []byte) []byte {
+	sum := sha256.Sum256(b)
+	return sum[:]
+}
+
+// TLSA returns the device's RRset at owner as published at now.
+func (d *Device) TLSA(owner string, ttl uint32, now time.Time, opt RenderOptions) []dns.RR {
+	var rrs []dns.RR
+	for _, p := range d.Render(ttl, now, opt) {
+		if p.Current(now.UnixNano()) {
+			rrs = append(rrs, p.RR(owner))
 		}
 	}
 	return rrs
 }
 
-// NextChange returns the earliest time after now at which the rendered RRset changes
-// because an active credential expires, or the zero time if it never does by itself.
-func (d *Device) NextChange(now time.Time) time.Time {
-	var next time.Time
-	for _, c := range d.Credentials {
-		if c.Status != StatusActive || c.NotAfter == nil || !c.NotAfter.After(now) {
-			continue
-		}
-		if next.IsZero() || c.NotAfter.Before(next) {
-			next = *c.NotAfter
-		}
-	}
-	return next
-}
-
-// CATLSA renders the 2 0 0 discovery record of a CA certificate (DER) at owner.
-func CATLSA(owner string, ttl uint32, der []byte) dns.RR {
-	return &dns.TLSA{
-		Hdr:          dns.RR_Header{Name: owner, Rrtype: dns.TypeTLSA, Class: dns.ClassINET, Ttl: ttl},
-		Usage:        UsageDANETA,
-		Selector:     SelectorCert,
-		MatchingType: MatchingFull,
-		Certificate:  hex.EncodeToString(der),
-	}
+// CAPublished returns the 2 0 0 discovery record of a CA certificate (DER).
+func CAPublished(ttl uint32, der []byte) Published {
+	return Published{Data: der, TTL: ttl, Usage: UsageDANETA, Selector: SelectorCert, MatchingType: MatchingFull}
 }
