@@ -33,6 +33,7 @@ e2e:
 FUZZTIME ?= 30s
 fuzz:
 	$(GO) test -run XXX -fuzz FuzzParseDevice -fuzztime $(FUZZTIME) ./plugin/record/
+	$(GO) test -run XXX -fuzz FuzzServeDNS -fuzztime $(FUZZTIME) ./plugin/
 
 # CoreDNS on 127.0.0.1:1053 over an embedded etcd with sample devices.
 run: build

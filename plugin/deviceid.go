@@ -59,38 +59,45 @@ func (d *Deviceid) ServeDNS(ctx context.Context, w dns.ResponseWriter, r *dns.Ms
 		return dns.RcodeServerFailure, nil // not loaded from etcd yet
 	}
 
-	m := new(dns.Msg)
-	m.SetReply(r)
-	m.Authoritative = true
-	m.Answer = answerRRs(a, state.QName(), time.Now().UnixNano())
-	switch {
-	case len(m.Answer) > 0:
-	case a.exists:
-		m.Ns = []dns.RR{dns.Copy(a.soa)}
-	default:
-		m.Rcode = dns.RcodeNameError
-		m.Ns = []dns.RR{dns.Copy(a.soa)}
+	if len(a.apex) > 0 {
+		m := new(dns.Msg)
+		m.SetReply(r)
+		m.Authoritative = true
+		for _, rr := range a.apex {
+			// The stored RRs are shared between queries and must not be written, not
+			// even by Pack (which sets Rdlength): copy, and take the query's case.
+			rr = dns.Copy(rr)
+			rr.Header().Name = state.QName()
+			m.Answer = append(m.Answer, rr)
+		}
+		w.WriteMsg(m)
+		return dns.RcodeSuccess, nil
 	}
-	w.WriteMsg(m)
+
+	now := time.Now().UnixNano()
+	var err error
+	switch {
+	case published(a.tlsa, now):
+		err = writePacked(w, state, dns.RcodeSuccess, a.tlsa, nil, 0, now)
+	case a.exists:
+		err = writePacked(w, state, dns.RcodeSuccess, nil, a.soa, 1, now)
+	default:
+		err = writePacked(w, state, dns.RcodeNameError, nil, a.soa, 1, now)
+	}
+	if err != nil {
+		return dns.RcodeServerFailure, err
+	}
 	return dns.RcodeSuccess, nil
 }
 
-// answerRRs copies the RRs of the answer that are published at now, with owner name
-// qname, which keeps the query's case. The stored RRs are shared between queries and
-// must not be written, not even by Pack (which sets Rdlength).
-func answerRRs(a answer, qname string, now int64) []dns.RR {
-	var out []dns.RR
-	for _, rr := range a.apex {
-		c := dns.Copy(rr)
-		c.Header().Name = qname
-		out = append(out, c)
-	}
-	for i := range a.tlsa {
-		if p := &a.tlsa[i]; p.Current(now) {
-			out = append(out, p.RR(qname))
+// published reports whether any of rrs is published at now.
+func published(rrs []packedRR, now int64) bool {
+	for i := range rrs {
+		if rrs[i].until == 0 || now < rrs[i].until {
+			return true
 		}
 	}
-	return out
+	return false
 }
 
 // Name implements the plugin.Handler interface.

@@ -12,6 +12,7 @@ import (
 
 	"github.com/coredns/coredns/plugin/pkg/dnstest"
 	"github.com/coredns/coredns/plugin/test"
+	"github.com/coredns/coredns/request"
 	"github.com/miekg/dns"
 )
 
@@ -61,10 +62,10 @@ func testDeviceid(t testing.TB) (*Deviceid, []dns.RR, []dns.RR, []dns.RR) {
 	return d, sets[0], sets[1], rrsOf(record.CAOwner(aki, "iot.example."), x.names[record.CAOwner(aki, "iot.example.")].tlsa)
 }
 
-func rrsOf(owner string, pub []record.Published) []dns.RR {
+func rrsOf(owner string, packed []packedRR) []dns.RR {
 	var rrs []dns.RR
-	for _, p := range pub {
-		rrs = append(rrs, p.RR(owner))
+	for _, p := range packed {
+		rrs = append(rrs, p.tlsa(owner))
 	}
 	return rrs
 }
@@ -106,7 +107,9 @@ func TestServeDNS(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.Qname+"/"+dns.TypeToString[tc.Qtype], func(t *testing.T) {
 			rec := dnstest.NewRecorder(&test.ResponseWriter{})
-			rcode, err := d.ServeDNS(context.Background(), rec, tc.Msg())
+			m := tc.Msg()
+			m.SetEdns0(4096, false)
+			rcode, err := d.ServeDNS(context.Background(), rec, m)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -119,6 +122,7 @@ func TestServeDNS(t *testing.T) {
 			if !rec.Msg.Authoritative {
 				t.Error("AA not set")
 			}
+			rec.Msg.Extra = nil // the OPT record, added here or by the server
 			if err := test.SortAndCheck(rec.Msg, tc); err != nil {
 				t.Error(err)
 			}
@@ -131,6 +135,7 @@ func TestServeDNSKeepsCase(t *testing.T) {
 	qname := "SENSOR7._Device.IoT.Example."
 	m := new(dns.Msg)
 	m.SetQuestion(qname, dns.TypeTLSA)
+	m.SetEdns0(4096, false)
 	rec := dnstest.NewRecorder(&test.ResponseWriter{})
 	if _, err := d.ServeDNS(context.Background(), rec, m); err != nil {
 		t.Fatal(err)
@@ -213,11 +218,155 @@ func BenchmarkServeDNS(b *testing.B) {
 		b.Run(bc.name, func(b *testing.B) {
 			m := new(dns.Msg)
 			m.SetQuestion(bc.qname, dns.TypeTLSA)
-			w := &test.ResponseWriter{}
+			m.SetEdns0(1232, false)
+			// As in the server: a ScrubWriter over the connection's writer.
+			w := request.NewScrubWriter(m, discardWriter{&test.ResponseWriter{}})
 			b.ReportAllocs()
 			for b.Loop() {
 				d.ServeDNS(context.Background(), w, m)
 			}
 		})
 	}
+}
+
+// TestPackedAnswer checks the bytes written straight to the client (no plugin wraps
+// the writer) against what the message path gives, and truncation to the buffer.
+func TestPackedAnswer(t *testing.T) {
+	d, sensor7, _, _ := testDeviceid(t)
+	for _, tc := range []struct {
+		name      string
+		qname     string
+		edns      uint16 // 0: no EDNS
+		do, co    bool
+		rd, cd    bool
+		tcp       bool
+		truncated bool
+	}{
+		{name: "edns", qname: "sensor7._device.iot.example.", edns: 1232, rd: true},
+		{name: "do and co", qname: "SENSOR7._device.iot.example.", edns: 4096, do: true, co: true, cd: true},
+		{name: "no edns: 512 bytes", qname: "sensor7._device.iot.example.", truncated: true},
+		{name: "no edns over tcp", qname: "sensor7._device.iot.example.", tcp: true},
+		{name: "small buffer", qname: "sensor7._device.iot.example.", edns: 512, truncated: true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			q := new(dns.Msg)
+			q.SetQuestion(tc.qname, dns.TypeTLSA)
+			q.Id, q.RecursionDesired, q.CheckingDisabled = 4711, tc.rd, tc.cd
+			if tc.edns != 0 {
+				q.SetEdns0(tc.edns, tc.do)
+				q.IsEdns0().SetCo(tc.co)
+			}
+			raw := &rawWriter{ResponseWriter: &test.ResponseWriter{TCP: tc.tcp}}
+			if _, err := d.ServeDNS(context.Background(), request.NewScrubWriter(q, raw), q); err != nil {
+				t.Fatal(err)
+			}
+			if raw.buf == nil {
+				t.Fatal("nothing written with Write")
+			}
+			m := new(dns.Msg)
+			if err := m.Unpack(raw.buf); err != nil {
+				t.Fatalf("unpacking the answer: %v", err)
+			}
+			if m.Id != 4711 || !m.Response || !m.Authoritative || m.RecursionDesired != tc.rd || m.CheckingDisabled != tc.cd ||
+				m.Rcode != dns.RcodeSuccess || m.Question[0] != q.Question[0] {
+				t.Errorf("header or question wrong: %v", m)
+			}
+			if m.Truncated != tc.truncated {
+				t.Errorf("TC = %v", m.Truncated)
+			}
+			if o := m.IsEdns0(); (o != nil) != (tc.edns != 0) || o != nil && (o.Do() != tc.do || o.Co() != tc.co) {
+				t.Errorf("OPT %v", o)
+			}
+			if tc.truncated {
+				if len(m.Answer) != 0 {
+					t.Errorf("truncated answer has records")
+				}
+				return
+			}
+			if err := test.Section(test.Case{Qname: tc.qname, Answer: withName(sensor7, tc.qname)}, test.Answer, m.Answer); err != nil {
+				t.Error(err)
+			}
+			for _, rr := range m.Answer {
+				if rr.Header().Name != tc.qname {
+					t.Errorf("owner %q, want the query's %q", rr.Header().Name, tc.qname)
+				}
+			}
+		})
+	}
+}
+
+func withName(rrs []dns.RR, name string) []dns.RR {
+	var out []dns.RR
+	for _, rr := range rrs {
+		c := dns.Copy(rr)
+		c.Header().Name = name
+		out = append(out, c)
+	}
+	return out
+}
+
+// discardWriter packs messages as the server would, and drops all it is given.
+type discardWriter struct{ dns.ResponseWriter }
+
+func (discardWriter) WriteMsg(m *dns.Msg) error   { _, err := m.Pack(); return err }
+func (discardWriter) Write(b []byte) (int, error) { return len(b), nil }
+
+// rawWriter records what is written with Write.
+type rawWriter struct {
+	dns.ResponseWriter
+	buf []byte
+}
+
+func (w *rawWriter) Write(b []byte) (int, error) {
+	w.buf = append([]byte(nil), b...)
+	return len(b), nil
+}
+
+// FuzzServeDNS sends arbitrary messages through the query path: no panic, and every
+// reply written is a well-formed message that answers the query.
+func FuzzServeDNS(f *testing.F) {
+	d, _, _, _ := testDeviceid(f)
+	for _, q := range []struct {
+		name  string
+		qtype uint16
+		edns  bool
+	}{
+		{"sensor7._device.iot.example.", dns.TypeTLSA, true},
+		{"SENSOR7._device.iot.example.", dns.TypeTLSA, false},
+		{"airquality._device.iot.example.", dns.TypeANY, true},
+		{"nosuch._device.iot.example.", dns.TypeTLSA, true},
+		{"iot.example.", dns.TypeSOA, false},
+		{"iot.example.", dns.TypeAXFR, false},
+		{"example.org.", dns.TypeA, false},
+	} {
+		m := new(dns.Msg)
+		m.SetQuestion(q.name, q.qtype)
+		if q.edns {
+			m.SetEdns0(1232, true)
+		}
+		b, _ := m.Pack()
+		f.Add(b, false)
+	}
+	d.Next = test.NextHandler(dns.RcodeRefused, nil)
+	f.Fuzz(func(t *testing.T, wire []byte, tcp bool) {
+		r := new(dns.Msg)
+		if r.Unpack(wire) != nil || len(r.Question) != 1 {
+			return // the server drops these before any plugin sees them
+		}
+		raw := &rawWriter{ResponseWriter: &test.ResponseWriter{TCP: tcp}}
+		d.ServeDNS(context.Background(), request.NewScrubWriter(r, raw), r)
+		if raw.buf == nil {
+			return // written as a message, or not at all: the server answers
+		}
+		m := new(dns.Msg)
+		if err := m.Unpack(raw.buf); err != nil {
+			t.Fatalf("reply does not unpack: %v", err)
+		}
+		if m.Id != r.Id || !m.Response || len(m.Question) != 1 || m.Question[0] != r.Question[0] {
+			t.Fatalf("reply %v does not answer %v", m, r)
+		}
+		if size := (&request.Request{Req: r, W: raw}).Size(); !tcp && len(raw.buf) > size {
+			t.Fatalf("UDP reply of %d bytes exceeds the client's buffer", len(raw.buf))
+		}
+	})
 }

@@ -35,16 +35,17 @@ type index struct {
 	loadRevision int64
 	revision     int64
 	soa          *dns.SOA
+	soaWire      []byte // the SOA packed, for the authority section of negative answers
 	ns           []dns.RR
 	devices      int
 }
 
 // node is one owner name that exists: a record (device or CA) or an empty non-terminal.
 type node struct {
-	tlsa   []record.Published // the RRset with its expiries; replaced, never mutated
-	device bool               // a device record is stored here
-	record bool               // a device or CA record is stored here
-	below  int32              // records stored under this name
+	tlsa   []packedRR // the RRset with its expiries; replaced, never mutated
+	device bool       // a device record is stored here
+	record bool       // a device or CA record is stored here
+	below  int32      // records stored under this name
 }
 
 // newIndex returns an empty index at revision, with room for size names.
@@ -71,20 +72,21 @@ func (x *index) setSerial(revision int64) {
 		Expire:  1209600,
 		Minttl:  x.cfg.ttl, // the negative TTL: a device provisioned after a miss shows up within it
 	}
+	x.soaWire = packRR(x.soa)
 }
 
 // putDevice stores (or replaces) a device's record at its owner name.
 func (x *index) putDevice(owner string, d *record.Device, now time.Time) {
-	x.put(owner, d.Render(x.cfg.ttl, now, x.cfg.render), true)
+	x.put(owner, packAll(d.Render(x.cfg.ttl, now, x.cfg.render)), true)
 }
 
 // putCA stores (or replaces) a CA discovery record.
 func (x *index) putCA(aki string, der []byte) {
-	x.put(record.CAOwner(aki, x.origin), []record.Published{record.CAPublished(x.cfg.ttl, der)}, false)
+	x.put(record.CAOwner(aki, x.origin), []packedRR{packTLSA(record.CAPublished(x.cfg.ttl, der))}, false)
 }
 
 // put stores a record's RRset at owner, counting a new record in its ancestors.
-func (x *index) put(owner string, tlsa []record.Published, device bool) {
+func (x *index) put(owner string, tlsa []packedRR, device bool) {
 	n := x.names[owner]
 	if n == nil {
 		n = &node{}
@@ -141,10 +143,10 @@ func (x *index) ancestors(owner string, f func(string)) {
 
 // answer is what a query finds in the zone, read under the lock and used after it.
 type answer struct {
-	exists bool               // the name exists (record, empty non-terminal, or apex)
-	apex   []dns.RR           // apex RRs of the queried type
-	tlsa   []record.Published // TLSA RRs, when the query asks for them
-	soa    *dns.SOA           // for the authority section of negative answers
+	exists bool       // the name exists (record, empty non-terminal, or apex)
+	apex   []dns.RR   // apex RRs of the queried type
+	tlsa   []packedRR // TLSA RRs, when the query asks for them
+	soa    []byte     // packed SOA for the authority section of negative answers
 }
 
 // lookup finds qname (lower case) and qtype in the zone. ok is false before the first load.
@@ -155,7 +157,7 @@ func (z *zone) lookup(qname string, qtype uint16) (a answer, ok bool) {
 	if x == nil {
 		return a, false
 	}
-	a.soa = x.soa
+	a.soa = x.soaWire
 	if qname == x.origin {
 		a.exists = true
 		switch qtype {

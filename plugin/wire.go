@@ -1,0 +1,145 @@
+package deviceid
+
+import (
+	"encoding/binary"
+	"encoding/hex"
+	"sync"
+
+	"github.com/deviceid/deviceid/plugin/record"
+
+	"github.com/coredns/coredns/request"
+	"github.com/miekg/dns"
+)
+
+// packedRR is one record of a device's RRset in DNS wire form, ready to be copied
+// into an answer: its owner name is a compression pointer to the question name,
+// which starts at offset 12 of every message, so the answer keeps the query's case.
+// Packing at load time leaves the query path a lookup and a few copies.
+type packedRR struct {
+	wire  []byte // 0xC00C | type | class | TTL | RDLENGTH | RDATA
+	until int64  // Unix nanoseconds after which it is not published; 0: never
+}
+
+// ownerPointer is a compression pointer to offset 12, the question name.
+var ownerPointer = []byte{0xC0, 0x0C}
+
+// packTLSA packs a published TLSA record.
+func packTLSA(p record.Published) packedRR {
+	w := make([]byte, 0, 12+3+len(p.Data))
+	w = append(w, ownerPointer...)
+	w = binary.BigEndian.AppendUint16(w, dns.TypeTLSA)
+	w = binary.BigEndian.AppendUint16(w, dns.ClassINET)
+	w = binary.BigEndian.AppendUint32(w, p.TTL)
+	w = binary.BigEndian.AppendUint16(w, uint16(3+len(p.Data)))
+	w = append(w, p.Usage, p.Selector, p.MatchingType)
+	w = append(w, p.Data...)
+	return packedRR{wire: w, until: p.Until}
+}
+
+func packAll(pub []record.Published) []packedRR {
+	out := make([]packedRR, len(pub))
+	for i, p := range pub {
+		out[i] = packTLSA(p)
+	}
+	return out
+}
+
+// tlsa returns the record as a dns.TLSA at owner, for tests and tools.
+func (p packedRR) tlsa(owner string) *dns.TLSA {
+	rdata := p.wire[12:]
+	return &dns.TLSA{
+		Hdr: dns.RR_Header{Name: owner, Rrtype: dns.TypeTLSA, Class: dns.ClassINET,
+			Ttl: binary.BigEndian.Uint32(p.wire[6:10])},
+		Usage: rdata[0], Selector: rdata[1], MatchingType: rdata[2],
+		Certificate: hex.EncodeToString(rdata[3:]),
+	}
+}
+
+// bufPool holds answer buffers; an answer is written before its buffer is reused.
+var bufPool = sync.Pool{New: func() any { b := make([]byte, 0, 4096); return &b }}
+
+// packRR packs rr as it stands, owner name uncompressed.
+func packRR(rr dns.RR) []byte {
+	buf := make([]byte, dns.Len(rr))
+	off, err := dns.PackRR(rr, buf, 0, nil, false)
+	if err != nil {
+		panic(err) // our own records, made from checked data
+	}
+	return buf[:off]
+}
+
+// writePacked writes an answer with RCODE rcode, the records of answer published at
+// now in the answer section, and the packed records authority (count of them in
+// nAuthority) in the authority section.
+// When no other plugin wraps the writer, the bytes go out as they are; otherwise they
+// are unpacked and written as a message, so that plugins such as log, cache and
+// prometheus see the answer as usual.
+func writePacked(w dns.ResponseWriter, state request.Request, rcode int, answer []packedRR, authority []byte, nAuthority uint16, now int64) error {
+	r := state.Req
+	bp := bufPool.Get().(*[]byte)
+	defer bufPool.Put(bp)
+	buf := (*bp)[:12]
+
+	flags := uint16(1<<15|uint16(r.Opcode)<<11|1<<10) | uint16(rcode&0xF) // QR, opcode, AA, RCODE
+	if r.RecursionDesired {
+		flags |= 1 << 8
+	}
+	if r.CheckingDisabled {
+		flags |= 1 << 4
+	}
+	binary.BigEndian.PutUint16(buf[0:], r.Id)
+	binary.BigEndian.PutUint16(buf[4:], 1) // QDCOUNT
+
+	q := r.Question[0]
+	buf = buf[:cap(buf)]
+	off, err := dns.PackDomainName(q.Name, buf, 12, nil, false)
+	if err != nil {
+		return err
+	}
+	buf = binary.BigEndian.AppendUint16(buf[:off], q.Qtype)
+	buf = binary.BigEndian.AppendUint16(buf, q.Qclass)
+	question := len(buf)
+
+	var answers uint16
+	for i := range answer {
+		if answer[i].until == 0 || now < answer[i].until {
+			buf = append(buf, answer[i].wire...)
+			answers++
+		}
+	}
+	buf = append(buf, authority...)
+
+	var opt []byte
+	if o := r.IsEdns0(); o != nil {
+		// OPT: root owner, UDP size, extended RCODE 0, version 0, the DO and CO flags of the query.
+		opt = binary.BigEndian.AppendUint16([]byte{0}, dns.TypeOPT)
+		opt = binary.BigEndian.AppendUint16(opt, o.UDPSize())
+		opt = binary.BigEndian.AppendUint32(opt, o.Hdr.Ttl&0xC000)
+		opt = append(opt, 0, 0)
+	}
+	if len(buf)+len(opt) > state.Size() { // the client's buffer; TCP: 64 KiB
+		buf = buf[:question]
+		answers, nAuthority = 0, 0
+		flags |= 1 << 9 // TC: ask again over TCP
+	}
+	binary.BigEndian.PutUint16(buf[2:], flags)
+	binary.BigEndian.PutUint16(buf[6:], answers)
+	binary.BigEndian.PutUint16(buf[8:], nAuthority)
+	if opt != nil {
+		buf = append(buf, opt...)
+		binary.BigEndian.PutUint16(buf[10:], 1)
+	} else {
+		binary.BigEndian.PutUint16(buf[10:], 0)
+	}
+	*bp = buf[:0]
+
+	if sw, ok := w.(*request.ScrubWriter); ok {
+		_, err := sw.Write(buf)
+		return err
+	}
+	m := new(dns.Msg)
+	if err := m.Unpack(buf); err != nil {
+		return err
+	}
+	return w.WriteMsg(m)
+}
