@@ -34,7 +34,12 @@ type Deviceid struct {
 func newDeviceid(cfg *config) *Deviceid {
 	d := &Deviceid{origins: cfg.zones, zones: make(map[string]*zone), cfg: cfg}
 	for _, origin := range cfg.zones {
-		d.zones[origin] = &zone{origin: origin, cfg: cfg, rejected: make(map[string]int64)}
+		z := &zone{origin: origin, cfg: cfg, rejected: make(map[string]int64)}
+		if ks := cfg.keys[origin]; ks != nil {
+			z.signer = &signer{origin: origin, keys: ks, validity: cfg.validity,
+				exist: newSigCache(cfg.cacheSize), nonexist: newSigCache(max(cfg.cacheSize/4, 1))}
+		}
+		d.zones[origin] = z
 	}
 	return d
 }
@@ -54,37 +59,27 @@ func (d *Deviceid) ServeDNS(ctx context.Context, w dns.ResponseWriter, r *dns.Ms
 	if qtype == dns.TypeAXFR || qtype == dns.TypeIXFR || state.QClass() != dns.ClassINET {
 		return dns.RcodeRefused, nil
 	}
-	a, ok := d.zones[origin].lookup(qname, qtype)
+	if qtype == dns.TypeNXNAME {
+		return dns.RcodeFormatError, nil // RFC 9824 §3.2: a meta-type, not to be asked for
+	}
+	z := d.zones[origin]
+	a, ok := z.lookup(qname, qtype)
 	if !ok {
 		return dns.RcodeServerFailure, nil // not loaded from etcd yet
 	}
-
-	if len(a.apex) > 0 {
-		m := new(dns.Msg)
-		m.SetReply(r)
-		m.Authoritative = true
-		for _, rr := range a.apex {
-			// The stored RRs are shared between queries and must not be written, not
-			// even by Pack (which sets Rdlength): copy, and take the query's case.
-			rr = dns.Copy(rr)
-			rr.Header().Name = state.QName()
-			m.Answer = append(m.Answer, rr)
-		}
-		w.WriteMsg(m)
-		return dns.RcodeSuccess, nil
-	}
-
-	now := time.Now().UnixNano()
+	do := z.signer != nil && state.Do()
+	now := time.Now()
 	var err error
-	switch {
-	case published(a.tlsa, now):
-		err = writePacked(w, state, dns.RcodeSuccess, a.tlsa, nil, 0, now)
-	case a.exists:
-		err = writePacked(w, state, dns.RcodeSuccess, nil, a.soa, 1, now)
-	default:
-		err = writePacked(w, state, dns.RcodeNameError, nil, a.soa, 1, now)
+	if len(a.apex) > 0 {
+		err = z.writeApex(w, state, a, do, now)
+	} else {
+		var rep reply
+		if rep, err = z.reply(state, a, do, now); err == nil {
+			err = writePacked(w, state, rep, now.UnixNano())
+		}
 	}
 	if err != nil {
+		log.Errorf("zone %s: answering %s %s: %v", origin, qname, dns.TypeToString[qtype], err)
 		return dns.RcodeServerFailure, err
 	}
 	return dns.RcodeSuccess, nil
@@ -93,7 +88,7 @@ func (d *Deviceid) ServeDNS(ctx context.Context, w dns.ResponseWriter, r *dns.Ms
 // published reports whether any of rrs is published at now.
 func published(rrs []packedRR, now int64) bool {
 	for i := range rrs {
-		if rrs[i].until == 0 || now < rrs[i].until {
+		if rrs[i].current(now) {
 			return true
 		}
 	}
@@ -128,6 +123,9 @@ func (d *Deviceid) start() error {
 	d.cancel = cancel
 	for _, z := range d.zones {
 		d.wg.Go(func() { z.run(ctx, cli) })
+		if z.signer != nil {
+			d.wg.Go(func() { z.signer.sweep(ctx) })
+		}
 	}
 	return nil
 }

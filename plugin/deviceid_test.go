@@ -33,7 +33,11 @@ func selfSigned(t testing.TB) (certPEM, keyPEM []byte) {
 // devices sensor7 (active) and c90a.airquality (revoked), and the CA's record.
 func testDeviceid(t testing.TB) (*Deviceid, []dns.RR, []dns.RR, []dns.RR) {
 	t.Helper()
-	c := caddyConfig(t)
+	return testDeviceidWith(t, caddyConfig(t))
+}
+
+func testDeviceidWith(t testing.TB, c *config) (*Deviceid, []dns.RR, []dns.RR, []dns.RR) {
+	t.Helper()
 	d := newDeviceid(c)
 	ca, err := devpki.NewCA("test")
 	if err != nil {
@@ -311,10 +315,16 @@ type discardWriter struct{ dns.ResponseWriter }
 func (discardWriter) WriteMsg(m *dns.Msg) error   { _, err := m.Pack(); return err }
 func (discardWriter) Write(b []byte) (int, error) { return len(b), nil }
 
-// rawWriter records what is written with Write.
+// rawWriter records what is written with Write, or with WriteMsg.
 type rawWriter struct {
 	dns.ResponseWriter
 	buf []byte
+	msg *dns.Msg
+}
+
+func (w *rawWriter) WriteMsg(m *dns.Msg) error {
+	w.msg = m
+	return nil
 }
 
 func (w *rawWriter) Write(b []byte) (int, error) {

@@ -42,4 +42,39 @@ var (
 		Name:      "revision",
 		Help:      "Gauge of the etcd revision of the last change applied, by zone.",
 	}, []string{"zone"})
+
+	signatures = promauto.NewCounterVec(prometheus.CounterOpts{
+		Namespace: plugin.Namespace,
+		Subsystem: "deviceid",
+		Name:      "signatures_total",
+		Help:      "Counter of RRSIGs made, by zone.",
+	}, []string{"zone"})
+
+	signFailures = promauto.NewCounterVec(prometheus.CounterOpts{
+		Namespace: plugin.Namespace,
+		Subsystem: "deviceid",
+		Name:      "signing_failures_total",
+		Help:      "Counter of RRsets that could not be signed, by zone.",
+	}, []string{"zone"})
+
+	cacheHits = promauto.NewCounterVec(prometheus.CounterOpts{
+		Namespace: plugin.Namespace,
+		Subsystem: "deviceid",
+		Name:      "signature_cache_hits_total",
+		Help:      "Counter of answers whose signatures came from the cache, by zone.",
+	}, []string{"zone"})
+
+	cacheMisses = promauto.NewCounterVec(prometheus.CounterOpts{
+		Namespace: plugin.Namespace,
+		Subsystem: "deviceid",
+		Name:      "signature_cache_misses_total",
+		Help:      "Counter of answers that were signed on the query path, by zone.",
+	}, []string{"zone"})
+
+	signatureExpiry = promauto.NewGaugeVec(prometheus.GaugeOpts{
+		Namespace: plugin.Namespace,
+		Subsystem: "deviceid",
+		Name:      "signature_expiry_seconds",
+		Help:      "Gauge of the seconds until the earliest cached signature expires, by zone.",
+	}, []string{"zone"})
 )

@@ -2,7 +2,9 @@ package deviceid
 
 import (
 	"crypto/tls"
+	"fmt"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -30,6 +32,7 @@ const (
 	defaultTTL               = 60
 	defaultSignatureValidity = 24 * time.Hour
 	minSignatureValidity     = 2 * time.Hour
+	defaultSignatureCache    = 250000
 )
 
 // config is one deviceid block of the Corefile.
@@ -40,12 +43,14 @@ type config struct {
 	username  string
 	password  string
 	prefix    string
-	keyFiles  []string // BIND key file base names; signing uses them
+	keyFiles  []string           // BIND key file base names
+	keys      map[string]*keySet // by zone; a zone without keys is not signed
 	ns        []string
 	ttl       uint32
 	render    record.RenderOptions
 	validity  time.Duration
 	cds       bool
+	cacheSize int // signatures cached per zone for names that exist
 }
 
 func setup(c *caddy.Controller) error {
@@ -71,6 +76,7 @@ func parse(c *caddy.Controller) (*config, error) {
 		render:    record.RenderOptions{RevokedUsage: record.UsageRevoked, Discovery: true},
 		validity:  defaultSignatureValidity,
 		cds:       true,
+		cacheSize: defaultSignatureCache,
 	}
 	blocks := 0
 	for c.Next() {
@@ -90,7 +96,34 @@ func parse(c *caddy.Controller) (*config, error) {
 	if len(cfg.ns) == 0 {
 		cfg.ns = []string{"ns1." + cfg.zones[0]}
 	}
+	if err := cfg.loadKeys(); err != nil {
+		return nil, c.Err(err.Error())
+	}
 	return cfg, nil
+}
+
+// loadKeys reads the key files and sorts the keys by zone.
+func (cfg *config) loadKeys() error {
+	byZone := make(map[string][]*key)
+	for _, f := range cfg.keyFiles {
+		k, err := loadKey(f)
+		if err != nil {
+			return fmt.Errorf("key file %s: %v", f, err)
+		}
+		if !slices.Contains(cfg.zones, k.dnskey.Hdr.Name) {
+			return fmt.Errorf("key file %s is for zone %s, which this block does not serve", f, k.dnskey.Hdr.Name)
+		}
+		byZone[k.dnskey.Hdr.Name] = append(byZone[k.dnskey.Hdr.Name], k)
+	}
+	cfg.keys = make(map[string]*keySet)
+	for zone, keys := range byZone {
+		ks, err := newKeySet(zone, keys, cfg.ttl, cfg.cds)
+		if err != nil {
+			return err
+		}
+		cfg.keys[zone] = ks
+	}
+	return nil
 }
 
 func parseOption(c *caddy.Controller, cfg *config) error {
@@ -189,6 +222,15 @@ func parseOption(c *caddy.Controller, cfg *config) error {
 			return err
 		}
 		cfg.cds = on
+	case "signature_cache":
+		if len(args) != 1 {
+			return c.ArgErr()
+		}
+		n, err := strconv.Atoi(args[0])
+		if err != nil || n < 1 {
+			return c.Errf("signature_cache %q is not a positive number of entries", args[0])
+		}
+		cfg.cacheSize = n
 	default:
 		return c.Errf("unknown property '%s'", opt)
 	}

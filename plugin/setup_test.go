@@ -8,13 +8,25 @@ import (
 	"testing"
 	"time"
 
+	"github.com/deviceid/deviceid/internal/dnskey"
+
 	"github.com/coredns/caddy"
+	"github.com/miekg/dns"
 )
 
 func TestSetup(t *testing.T) {
 	dir := t.TempDir()
 	cert, key := filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
 	writeTestTLSFiles(t, cert, key)
+	ksk := genKey(t, dir, "iot.example.", dns.ECDSAP256SHA256, true)
+	zsk := genKey(t, dir, "iot.example.", dns.ED25519, false)
+	otherZone := genKey(t, dir, "other.example.", dns.ECDSAP256SHA256, true)
+	mismatched := filepath.Join(dir, "Kmismatch")
+	copyFile(t, ksk+".key", mismatched+".key")
+	copyFile(t, zsk+".private", mismatched+".private")
+	rsa := filepath.Join(dir, "Krsa")
+	writeFileT(t, rsa+".key", "iot.example. IN DNSKEY 257 3 8 AwEAAcFcGsaxxdgiuuGmCkVImy4h99CqT7jwY3pexPGcnUFtR2Fh36BponcwtkZ4cAgtvd4Qs8PkxUdp6p/DlUmObdk=")
+	writeFileT(t, rsa+".private", "Private-key-format: v1.3\nAlgorithm: 8 (RSASHA256)\n")
 	tests := []struct {
 		name  string
 		input string
@@ -38,19 +50,24 @@ func TestSetup(t *testing.T) {
 			tls ` + cert + ` ` + key + ` ` + cert + `
 			credentials user secret
 			prefix /ids/
-			key file Kiot.example.+013+12345 Kiot.example.+015+54321
+			key file ` + ksk + ` ` + zsk + `.key
 			ns NS1.iot.example. ns2.example.net.
 			ttl 30
 			revoked_usage 254
 			discovery off
 			signature_validity 6h
 			cds off
+			signature_cache 1000
 		}`, "", func(t *testing.T, c *config) {
 			if !slices.Equal(c.endpoints, []string{"http://10.0.0.1:2379", "https://10.0.0.2:2379"}) || c.tls == nil ||
 				c.username != "user" || c.password != "secret" || c.prefix != "/ids" || len(c.keyFiles) != 2 ||
 				!slices.Equal(c.ns, []string{"ns1.iot.example.", "ns2.example.net."}) || c.ttl != 30 ||
-				c.render.RevokedUsage != 254 || c.render.Discovery || c.validity != 6*time.Hour || c.cds {
+				c.render.RevokedUsage != 254 || c.render.Discovery || c.validity != 6*time.Hour || c.cds || c.cacheSize != 1000 {
 				t.Errorf("config %+v", c)
+			}
+			ks := c.keys["iot.example."]
+			if ks == nil || len(ks.ksk) != 1 || len(ks.zsk) != 1 || len(ks.dnskey) != 2 || ks.cds != nil {
+				t.Errorf("keys %+v", ks)
 			}
 		}},
 		{"endpoints in one argument", "deviceid {\nendpoint \"http://a:2379 http://b:2379\"\n}", "", func(t *testing.T, c *config) {
@@ -69,6 +86,18 @@ func TestSetup(t *testing.T) {
 		{"prefix root", "deviceid {\nprefix /\n}", "must start with '/'", nil},
 		{"prefix two", "deviceid {\nprefix /a /b\n}", "Wrong argument count", nil},
 		{"key without file", "deviceid {\nkey Kiot\n}", "key file NAME", nil},
+		{"one key is a CSK", "deviceid {\nkey file " + ksk + "\n}", "", func(t *testing.T, c *config) {
+			ks := c.keys["iot.example."]
+			if ks == nil || len(ks.ksk) != 1 || ks.zsk[0] != ks.ksk[0] || len(ks.cds) != 1 || len(ks.cdnskey) != 1 || len(ks.ds) != 1 {
+				t.Errorf("keys %+v", ks)
+			}
+		}},
+		{"key file missing", "deviceid {\nkey file " + dir + "/Knothere\n}", "no such file", nil},
+		{"key for another zone", "deviceid {\nkey file " + otherZone + "\n}", "which this block does not serve", nil},
+		{"only a zsk", "deviceid {\nkey file " + zsk + "\n}", "no key with the SEP flag", nil},
+		{"private key of another key", "deviceid {\nkey file " + mismatched + "\n}", "does not match", nil},
+		{"rsa key", "deviceid {\nkey file " + rsa + "\n}", "not supported", nil},
+		{"signature_cache zero", "deviceid {\nsignature_cache 0\n}", "positive number", nil},
 		{"key file without name", "deviceid {\nkey file\n}", "key file NAME", nil},
 		{"ns not fqdn", "deviceid {\nns ns1.iot.example\n}", "not a fully qualified", nil},
 		{"ns missing", "deviceid {\nns\n}", "Wrong argument count", nil},
@@ -101,6 +130,31 @@ func TestSetup(t *testing.T) {
 			}
 			tc.check(t, cfg)
 		})
+	}
+}
+
+func genKey(t *testing.T, dir, zone string, alg uint8, sep bool) string {
+	t.Helper()
+	base, _, err := dnskey.Generate(dir, zone, alg, sep)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return base
+}
+
+func copyFile(t *testing.T, from, to string) {
+	t.Helper()
+	b, err := os.ReadFile(from)
+	if err != nil {
+		t.Fatal(err)
+	}
+	writeFileT(t, to, string(b))
+}
+
+func writeFileT(t *testing.T, name, content string) {
+	t.Helper()
+	if err := os.WriteFile(name, []byte(content), 0o600); err != nil {
+		t.Fatal(err)
 	}
 }
 

@@ -20,6 +20,9 @@ type packedRR struct {
 	until int64  // Unix nanoseconds after which it is not published; 0: never
 }
 
+// current reports whether the record is published at now (Unix ns).
+func (p *packedRR) current(now int64) bool { return p.until == 0 || now < p.until }
+
 // ownerPointer is a compression pointer to offset 12, the question name.
 var ownerPointer = []byte{0xC0, 0x0C}
 
@@ -68,19 +71,26 @@ func packRR(rr dns.RR) []byte {
 	return buf[:off]
 }
 
-// writePacked writes an answer with RCODE rcode, the records of answer published at
-// now in the answer section, and the packed records authority (count of them in
-// nAuthority) in the authority section.
+// packAtQuestion packs rr with its owner name compressed to the question name, which
+// must be the same name.
+func packAtQuestion(rr dns.RR) []byte {
+	c := dns.Copy(rr)
+	c.Header().Name = "."
+	return append(append([]byte(nil), ownerPointer...), packRR(c)[1:]...)
+}
+
+// writePacked writes rep: the records of rep.answer published at now and their
+// signatures in the answer section, rep.authority in the authority section.
 // When no other plugin wraps the writer, the bytes go out as they are; otherwise they
 // are unpacked and written as a message, so that plugins such as log, cache and
 // prometheus see the answer as usual.
-func writePacked(w dns.ResponseWriter, state request.Request, rcode int, answer []packedRR, authority []byte, nAuthority uint16, now int64) error {
+func writePacked(w dns.ResponseWriter, state request.Request, rep reply, now int64) error {
 	r := state.Req
 	bp := bufPool.Get().(*[]byte)
 	defer bufPool.Put(bp)
 	buf := (*bp)[:12]
 
-	flags := uint16(1<<15|uint16(r.Opcode)<<11|1<<10) | uint16(rcode&0xF) // QR, opcode, AA, RCODE
+	flags := uint16(1<<15|uint16(r.Opcode)<<11|1<<10) | uint16(rep.rcode&0xF) // QR, opcode, AA, RCODE
 	if r.RecursionDesired {
 		flags |= 1 << 8
 	}
@@ -101,13 +111,18 @@ func writePacked(w dns.ResponseWriter, state request.Request, rcode int, answer 
 	question := len(buf)
 
 	var answers uint16
-	for i := range answer {
-		if answer[i].until == 0 || now < answer[i].until {
-			buf = append(buf, answer[i].wire...)
+	for i := range rep.answer {
+		if rep.answer[i].current(now) {
+			buf = append(buf, rep.answer[i].wire...)
 			answers++
 		}
 	}
-	buf = append(buf, authority...)
+	if rep.answerSigs != nil {
+		buf = append(buf, rep.answerSigs.wire...)
+		answers += uint16(len(rep.answerSigs.rrs))
+	}
+	buf = append(buf, rep.authority...)
+	nAuthority := rep.nAuthority
 
 	var opt []byte
 	if o := r.IsEdns0(); o != nil {

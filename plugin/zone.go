@@ -17,6 +17,8 @@ type zone struct {
 	origin string // lower case, fully qualified
 	cfg    *config
 
+	signer *signer // nil: the zone is not signed
+
 	mu  sync.RWMutex
 	idx *index // nil until the first full load
 
@@ -144,8 +146,11 @@ func (x *index) ancestors(owner string, f func(string)) {
 // answer is what a query finds in the zone, read under the lock and used after it.
 type answer struct {
 	exists bool       // the name exists (record, empty non-terminal, or apex)
+	isApex bool       // the name is the zone apex
+	soaRR  *dns.SOA   // the SOA, to sign
 	apex   []dns.RR   // apex RRs of the queried type
 	tlsa   []packedRR // TLSA RRs, when the query asks for them
+	stored []packedRR // TLSA RRs at the name, for the NSEC type bitmap
 	soa    []byte     // packed SOA for the authority section of negative answers
 }
 
@@ -157,14 +162,24 @@ func (z *zone) lookup(qname string, qtype uint16) (a answer, ok bool) {
 	if x == nil {
 		return a, false
 	}
-	a.soa = x.soaWire
+	a.soa, a.soaRR = x.soaWire, x.soa
 	if qname == x.origin {
-		a.exists = true
+		a.exists, a.isApex = true, true
 		switch qtype {
 		case dns.TypeSOA, dns.TypeANY: // RFC 8482: one RRset is enough for ANY
 			a.apex = []dns.RR{x.soa}
 		case dns.TypeNS:
 			a.apex = x.ns
+		}
+		if z.signer != nil {
+			switch qtype {
+			case dns.TypeDNSKEY:
+				a.apex = z.signer.keys.dnskey
+			case dns.TypeCDS:
+				a.apex = z.signer.keys.cds
+			case dns.TypeCDNSKEY:
+				a.apex = z.signer.keys.cdnskey
+			}
 		}
 		return a, true
 	}
@@ -172,7 +187,7 @@ func (z *zone) lookup(qname string, qtype uint16) (a answer, ok bool) {
 	if n == nil {
 		return a, true
 	}
-	a.exists = true
+	a.exists, a.stored = true, n.tlsa
 	if qtype == dns.TypeTLSA || qtype == dns.TypeANY {
 		a.tlsa = n.tlsa
 	}

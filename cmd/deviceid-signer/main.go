@@ -1,5 +1,6 @@
 // Command deviceid-signer is deviceid's sidecar: today its dev subcommand runs the
-// local stack's etcd with sample devices; the CA and its APIs follow (DESIGN.md §5).
+// local stack's etcd with sample devices, and keygen makes DNSSEC keys; the CA and its
+// APIs follow (DESIGN.md §5).
 package main
 
 import (
@@ -11,7 +12,8 @@ import (
 const usage = `usage: deviceid-signer <command> [flags]
 
 commands:
-  dev    run an embedded etcd with a CA and sample devices for a laptop (see 'deviceid-signer dev -h')
+  dev      run an embedded etcd with a CA and sample devices for a laptop (see 'deviceid-signer dev -h')
+  keygen   write a DNSSEC key pair for the deviceid plugin and print its DS (see 'deviceid-signer keygen -h')
 `
 
 func main() {
@@ -23,6 +25,8 @@ func main() {
 	switch os.Args[1] {
 	case "dev":
 		err = dev(os.Args[2:])
+	case "keygen":
+		err = keygen(os.Args[2:])
 	case "-h", "-help", "--help", "help":
 		fmt.Print(usage)
 		return

@@ -1,0 +1,274 @@
+package deviceid
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/deviceid/deviceid/internal/dnskey"
+
+	"github.com/coredns/coredns/plugin/test"
+	"github.com/coredns/coredns/request"
+	"github.com/miekg/dns"
+)
+
+// signedDeviceid returns the test zone signed with a CSK, or with a KSK and a ZSK.
+func signedDeviceid(t testing.TB, split bool, alg uint8) *Deviceid {
+	t.Helper()
+	dir := t.TempDir()
+	c := caddyConfig(t)
+	c.validity, c.cds, c.cacheSize = 24*time.Hour, true, 1000
+	for _, sep := range []bool{true, false} {
+		if !sep && !split {
+			continue
+		}
+		base, _, err := dnskey.Generate(dir, "iot.example.", alg, sep)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.keyFiles = append(c.keyFiles, base)
+	}
+	if err := c.loadKeys(); err != nil {
+		t.Fatal(err)
+	}
+	d, _, _, _ := testDeviceidWith(t, c)
+	return d
+}
+
+// ask sends a query through ServeDNS as the server would, and returns the reply.
+func ask(t testing.TB, d *Deviceid, qname string, qtype uint16, do, co bool) (*dns.Msg, int) {
+	t.Helper()
+	q := new(dns.Msg)
+	q.SetQuestion(qname, qtype)
+	q.SetEdns0(4096, do)
+	q.IsEdns0().SetCo(co)
+	raw := &rawWriter{ResponseWriter: &test.ResponseWriter{}}
+	rcode, err := d.ServeDNS(context.Background(), request.NewScrubWriter(q, raw), q)
+	if err != nil {
+		t.Fatalf("%s %s: %v", qname, dns.TypeToString[qtype], err)
+	}
+	if raw.buf == nil && raw.msg == nil {
+		return nil, rcode
+	}
+	m := raw.msg
+	if m == nil {
+		m = new(dns.Msg)
+		if err := m.Unpack(raw.buf); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return m, rcode
+}
+
+// verifyAll checks that every RRset in the answer and authority sections is signed by
+// a key of the zone's DNSKEY RRset whose role fits the type, and that each RRSIG verifies.
+func verifyAll(t *testing.T, d *Deviceid, m *dns.Msg) {
+	t.Helper()
+	dk, _ := ask(t, d, "iot.example.", dns.TypeDNSKEY, false, false)
+	keys := map[uint16]*dns.DNSKEY{}
+	for _, rr := range dk.Answer {
+		k := rr.(*dns.DNSKEY)
+		keys[k.KeyTag()] = k
+	}
+	for _, section := range [][]dns.RR{m.Answer, m.Ns} {
+		sets := map[string][]dns.RR{}
+		var sigs []*dns.RRSIG
+		for _, rr := range section {
+			if s, ok := rr.(*dns.RRSIG); ok {
+				sigs = append(sigs, s)
+				continue
+			}
+			k := strings.ToLower(rr.Header().Name) + "/" + dns.TypeToString[rr.Header().Rrtype]
+			sets[k] = append(sets[k], rr)
+		}
+		for k, set := range sets {
+			var n int
+			for _, s := range sigs {
+				if strings.ToLower(s.Hdr.Name)+"/"+dns.TypeToString[s.TypeCovered] != k {
+					continue
+				}
+				n++
+				key := keys[s.KeyTag]
+				if key == nil {
+					t.Errorf("%s signed by key %d, not in the DNSKEY RRset", k, s.KeyTag)
+					continue
+				}
+				ksk := key.Flags&dns.SEP != 0
+				apexKeys := s.TypeCovered == dns.TypeDNSKEY || s.TypeCovered == dns.TypeCDS || s.TypeCovered == dns.TypeCDNSKEY
+				if len(keys) > 1 && ksk != apexKeys {
+					t.Errorf("%s signed by key %d (SEP %v)", k, s.KeyTag, ksk)
+				}
+				if err := s.Verify(key, set); err != nil {
+					t.Errorf("%s: RRSIG by %d does not verify: %v", k, s.KeyTag, err)
+				}
+				if !s.ValidityPeriod(time.Now()) || s.OrigTtl != set[0].Header().Ttl ||
+					time.Unix(int64(s.Inception), 0).After(time.Now().Add(-59*time.Minute)) {
+					t.Errorf("%s: RRSIG times or TTL wrong: %v", k, s)
+				}
+			}
+			if n == 0 {
+				t.Errorf("%s has no RRSIG", k)
+			}
+		}
+	}
+}
+
+func TestSigned(t *testing.T) {
+	for _, variant := range []struct {
+		name  string
+		split bool
+		alg   uint8
+	}{
+		{"csk ecdsa", false, dns.ECDSAP256SHA256},
+		{"ksk+zsk ecdsa", true, dns.ECDSAP256SHA256},
+		{"csk ed25519", false, dns.ED25519},
+	} {
+		t.Run(variant.name, func(t *testing.T) {
+			d := signedDeviceid(t, variant.split, variant.alg)
+			tests := []struct {
+				qname  string
+				qtype  uint16
+				co     bool
+				rcode  int
+				answer []uint16 // types in the answer section besides RRSIG
+				nsec   []uint16 // the NSEC bitmap in the authority section; nil: no NSEC
+			}{
+				{"sensor7._device.iot.example.", dns.TypeTLSA, false, dns.RcodeSuccess, []uint16{dns.TypeTLSA}, nil},
+				{"SeNsOr7._device.iot.example.", dns.TypeTLSA, false, dns.RcodeSuccess, []uint16{dns.TypeTLSA}, nil},
+				{"c90a.airquality._device.iot.example.", dns.TypeTLSA, false, dns.RcodeSuccess, []uint16{dns.TypeTLSA}, nil},
+				{"sensor7._device.iot.example.", dns.TypeA, false, dns.RcodeSuccess, nil, []uint16{dns.TypeRRSIG, dns.TypeNSEC, dns.TypeTLSA}},
+				{"airquality._device.iot.example.", dns.TypeTLSA, false, dns.RcodeSuccess, nil, []uint16{dns.TypeRRSIG, dns.TypeNSEC}},
+				{"nosuch._device.iot.example.", dns.TypeTLSA, false, dns.RcodeSuccess, nil, []uint16{dns.TypeRRSIG, dns.TypeNSEC, dns.TypeNXNAME}},
+				{"NoSuch._device.iot.example.", dns.TypeTLSA, true, dns.RcodeNameError, nil, []uint16{dns.TypeRRSIG, dns.TypeNSEC, dns.TypeNXNAME}},
+				{"iot.example.", dns.TypeTXT, false, dns.RcodeSuccess, nil,
+					[]uint16{dns.TypeNS, dns.TypeSOA, dns.TypeRRSIG, dns.TypeNSEC, dns.TypeDNSKEY, dns.TypeCDS, dns.TypeCDNSKEY}},
+				{"iot.example.", dns.TypeSOA, false, dns.RcodeSuccess, []uint16{dns.TypeSOA}, nil},
+				{"iot.example.", dns.TypeNS, false, dns.RcodeSuccess, []uint16{dns.TypeNS}, nil},
+				{"iot.example.", dns.TypeDNSKEY, false, dns.RcodeSuccess, []uint16{dns.TypeDNSKEY}, nil},
+				{"iot.example.", dns.TypeCDS, false, dns.RcodeSuccess, []uint16{dns.TypeCDS}, nil},
+				{"iot.example.", dns.TypeCDNSKEY, false, dns.RcodeSuccess, []uint16{dns.TypeCDNSKEY}, nil},
+			}
+			for _, tc := range tests {
+				t.Run(fmt.Sprintf("%s/%s/co=%v", tc.qname, dns.TypeToString[tc.qtype], tc.co), func(t *testing.T) {
+					m, _ := ask(t, d, tc.qname, tc.qtype, true, tc.co)
+					if m.Rcode != tc.rcode {
+						t.Fatalf("rcode %s, want %s", dns.RcodeToString[m.Rcode], dns.RcodeToString[tc.rcode])
+					}
+					var types []uint16
+					for _, rr := range m.Answer {
+						if t := rr.Header().Rrtype; t != dns.TypeRRSIG && !slices.Contains(types, t) {
+							types = append(types, t)
+						}
+						if rr.Header().Name != tc.qname {
+							t.Errorf("owner %q, want the query's %q", rr.Header().Name, tc.qname)
+						}
+					}
+					if !slices.Equal(types, tc.answer) {
+						t.Errorf("answer types %v, want %v", types, tc.answer)
+					}
+					var nsec *dns.NSEC
+					for _, rr := range m.Ns {
+						if n, ok := rr.(*dns.NSEC); ok {
+							nsec = n
+						}
+						if rr.Header().Rrtype == dns.TypeNS {
+							t.Error("NS RRset in the authority section")
+						}
+					}
+					switch {
+					case tc.nsec == nil && nsec != nil:
+						t.Errorf("unexpected NSEC %v", nsec)
+					case tc.nsec != nil && nsec == nil:
+						t.Fatalf("no NSEC in %v", m.Ns)
+					case nsec != nil:
+						if !slices.Equal(nsec.TypeBitMap, tc.nsec) || nsec.NextDomain != "\\000."+strings.ToLower(tc.qname) ||
+							!strings.EqualFold(nsec.Hdr.Name, tc.qname) {
+							t.Errorf("NSEC %v, want bitmap %v", nsec, tc.nsec)
+						}
+					}
+					if o := m.IsEdns0(); o == nil || !o.Do() || o.Co() != tc.co {
+						t.Errorf("OPT %v", o)
+					}
+					verifyAll(t, d, m)
+				})
+			}
+		})
+	}
+}
+
+func TestSignedWithoutDO(t *testing.T) {
+	d := signedDeviceid(t, false, dns.ECDSAP256SHA256)
+	for _, q := range []struct {
+		name  string
+		qtype uint16
+		rcode int
+	}{
+		{"sensor7._device.iot.example.", dns.TypeTLSA, dns.RcodeSuccess},
+		{"nosuch._device.iot.example.", dns.TypeTLSA, dns.RcodeNameError},
+		{"iot.example.", dns.TypeSOA, dns.RcodeSuccess},
+		{"iot.example.", dns.TypeDNSKEY, dns.RcodeSuccess},
+	} {
+		m, _ := ask(t, d, q.name, q.qtype, false, false)
+		if m.Rcode != q.rcode {
+			t.Errorf("%s: rcode %s", q.name, dns.RcodeToString[m.Rcode])
+		}
+		for _, rr := range append(m.Answer, m.Ns...) {
+			if rr.Header().Rrtype == dns.TypeRRSIG || rr.Header().Rrtype == dns.TypeNSEC {
+				t.Errorf("%s without DO has %v", q.name, rr)
+			}
+		}
+	}
+}
+
+func TestNXNAMEQuery(t *testing.T) {
+	d := signedDeviceid(t, false, dns.ECDSAP256SHA256)
+	if _, rcode := ask(t, d, "sensor7._device.iot.example.", dns.TypeNXNAME, true, false); rcode != dns.RcodeFormatError {
+		t.Errorf("rcode %d for a query of type NXNAME, want FORMERR", rcode)
+	}
+}
+
+// TestSignatureCache checks that a repeated query is answered from the cache, and that
+// a changed RRset is signed anew rather than served with the old signature.
+func TestSignatureCache(t *testing.T) {
+	d := signedDeviceid(t, false, dns.ECDSAP256SHA256)
+	z := d.zones["iot.example."]
+	first, _ := ask(t, d, "sensor7._device.iot.example.", dns.TypeTLSA, true, false)
+	again, _ := ask(t, d, "sensor7._device.iot.example.", dns.TypeTLSA, true, false)
+	sig := func(m *dns.Msg) string {
+		for _, rr := range m.Answer {
+			if s, ok := rr.(*dns.RRSIG); ok {
+				return s.Signature
+			}
+		}
+		return ""
+	}
+	if sig(first) == "" || sig(first) != sig(again) {
+		t.Error("the second answer was signed again")
+	}
+	// Revoke: the new RRset gets its own signature.
+	z.update(func(x *index) {
+		n := x.names["sensor7._device.iot.example."]
+		n.tlsa = n.tlsa[:1]
+	})
+	changed, _ := ask(t, d, "sensor7._device.iot.example.", dns.TypeTLSA, true, false)
+	if len(changed.Answer) != 2 || sig(changed) == sig(first) {
+		t.Errorf("changed RRset: %v", changed.Answer)
+	}
+	verifyAll(t, d, changed)
+	if n := z.signer.exist.sweep(time.Now().Add(48 * time.Hour).UnixNano()); n != 0 || len(z.signer.exist.m) != 0 {
+		t.Errorf("sweep after expiry left %d entries", len(z.signer.exist.m))
+	}
+}
+
+func TestSigCacheBounded(t *testing.T) {
+	c := newSigCache(3)
+	for i := range 10 {
+		c.put(uint64(i), &sigs{expire: 1})
+	}
+	if len(c.m) != 3 {
+		t.Errorf("cache holds %d entries, bound 3", len(c.m))
+	}
+}

@@ -1,0 +1,126 @@
+package deviceid
+
+import (
+	"crypto"
+	"fmt"
+	"os"
+	"strings"
+
+	"github.com/miekg/dns"
+)
+
+// key is one DNSSEC key pair of a zone, from BIND-format files.
+type key struct {
+	dnskey *dns.DNSKEY
+	signer crypto.Signer
+	tag    uint16
+}
+
+// sep reports whether the key has the Secure Entry Point flag (a KSK or CSK).
+func (k *key) sep() bool { return k.dnskey.Flags&dns.SEP != 0 }
+
+// loadKey reads the key pair NAME.key and NAME.private (NAME may end in either).
+func loadKey(name string) (*key, error) {
+	base := strings.TrimSuffix(strings.TrimSuffix(name, ".key"), ".private")
+	pub, err := os.ReadFile(base + ".key")
+	if err != nil {
+		return nil, err
+	}
+	rr, err := dns.NewRR(stripComments(string(pub)))
+	if err != nil {
+		return nil, fmt.Errorf("%s.key: %v", base, err)
+	}
+	dk, ok := rr.(*dns.DNSKEY)
+	if !ok {
+		return nil, fmt.Errorf("%s.key: not a DNSKEY record", base)
+	}
+	if dk.Algorithm != dns.ECDSAP256SHA256 && dk.Algorithm != dns.ED25519 {
+		return nil, fmt.Errorf("%s.key: algorithm %s is not supported (want ECDSAP256SHA256 or ED25519)",
+			base, dns.AlgorithmToString[dk.Algorithm])
+	}
+	if dk.Flags&dns.ZONE == 0 {
+		return nil, fmt.Errorf("%s.key: not a zone key (flags %d)", base, dk.Flags)
+	}
+	f, err := os.Open(base + ".private")
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	priv, err := dk.ReadPrivateKey(f, base+".private")
+	if err != nil {
+		return nil, fmt.Errorf("%s.private: %v", base, err)
+	}
+	signer, ok := priv.(crypto.Signer)
+	if !ok {
+		return nil, fmt.Errorf("%s.private: not a signing key", base)
+	}
+	// A private key that does not belong to the public key would sign everything
+	// with signatures no validator accepts.
+	probe := &dns.RRSIG{Algorithm: dk.Algorithm, SignerName: dk.Hdr.Name, KeyTag: dk.KeyTag(), Expiration: 1 << 31}
+	txt := &dns.TXT{Hdr: dns.RR_Header{Name: dk.Hdr.Name, Rrtype: dns.TypeTXT, Class: dns.ClassINET}, Txt: []string{"probe"}}
+	if err := probe.Sign(signer, []dns.RR{txt}); err != nil || probe.Verify(dk, []dns.RR{txt}) != nil {
+		return nil, fmt.Errorf("%s.private does not match %s.key", base, base)
+	}
+	dk.Hdr.Name = strings.ToLower(dk.Hdr.Name)
+	return &key{dnskey: dk, signer: signer, tag: dk.KeyTag()}, nil
+}
+
+// stripComments drops the ';' comment lines that dnssec-keygen writes before the record.
+func stripComments(s string) string {
+	var lines []string
+	for l := range strings.SplitSeq(s, "\n") {
+		if t := strings.TrimSpace(l); t != "" && !strings.HasPrefix(t, ";") {
+			lines = append(lines, l)
+		}
+	}
+	return strings.Join(lines, "\n")
+}
+
+// keySet is what a zone's keys publish and sign. SEP keys sign DNSKEY, CDS and
+// CDNSKEY; the others sign the rest; without non-SEP keys, the SEP keys sign all.
+type keySet struct {
+	ksk, zsk []*key
+	dnskey   []dns.RR // the DNSKEY RRset
+	cds      []dns.RR // CDS (SHA-256) for each SEP key; nil with cds off
+	cdnskey  []dns.RR // CDNSKEY for each SEP key; nil with cds off
+	ds       []*dns.DS
+}
+
+func newKeySet(origin string, keys []*key, ttl uint32, cds bool) (*keySet, error) {
+	ks := &keySet{}
+	for _, k := range keys {
+		if k.dnskey.Hdr.Name != origin {
+			return nil, fmt.Errorf("key %d is for %s, not %s", k.tag, k.dnskey.Hdr.Name, origin)
+		}
+		dk := *k.dnskey
+		dk.Hdr.Ttl = ttl
+		ks.dnskey = append(ks.dnskey, &dk)
+		if k.sep() {
+			ks.ksk = append(ks.ksk, k)
+			ds := dk.ToDS(dns.SHA256)
+			ks.ds = append(ks.ds, ds)
+			if cds {
+				ks.cds = append(ks.cds, ds.ToCDS())
+				ks.cdnskey = append(ks.cdnskey, dk.ToCDNSKEY())
+			}
+		} else {
+			ks.zsk = append(ks.zsk, k)
+		}
+	}
+	if len(ks.ksk) == 0 {
+		return nil, fmt.Errorf("zone %s has no key with the SEP flag (257): nothing the parent's DS can point to", origin)
+	}
+	if len(ks.zsk) == 0 {
+		ks.zsk = ks.ksk
+	}
+	return ks, nil
+}
+
+// signers returns the keys that sign an RRset of type t.
+func (ks *keySet) signers(t uint16) []*key {
+	switch t {
+	case dns.TypeDNSKEY, dns.TypeCDS, dns.TypeCDNSKEY:
+		return ks.ksk
+	}
+	return ks.zsk
+}

@@ -1,0 +1,198 @@
+package deviceid
+
+import (
+	"context"
+	"hash/maphash"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/miekg/dns"
+)
+
+// inceptionSkew backdates signatures for validators whose clocks run behind.
+const inceptionSkew = time.Hour
+
+// signer makes and caches the RRSIGs of one zone. Each RRset is signed on first use
+// and cached; a signature that has lived a quarter of its validity is made again in
+// the background the next time it is used, so the query path signs only what it sees
+// for the first time (or after eviction).
+type signer struct {
+	origin   string
+	keys     *keySet
+	validity time.Duration
+	// Positive answers and NODATA proofs of names that exist, and proofs of names that
+	// do not exist, are cached apart: random names must not evict device signatures.
+	exist, nonexist *sigCache
+}
+
+// sigs are the RRSIGs over one RRset, as records and packed for an answer.
+type sigs struct {
+	rrs     []dns.RR
+	wire    []byte // the RRSIGs packed; owner compressed to the question name if atQuestion
+	set     []byte // the RRset packed the same way
+	refresh int64  // Unix ns after which they are made again, in the background
+	expire  int64  // Unix ns of the earliest RRSIG expiration
+	busy    atomic.Bool
+}
+
+var hashSeed = maphash.MakeSeed()
+
+// rrsetKey identifies an RRset by its owner, type and packed records.
+func rrsetKey(owner string, t uint16, packed ...[]byte) uint64 {
+	var h maphash.Hash
+	h.SetSeed(hashSeed)
+	h.WriteString(owner)
+	h.WriteByte(byte(t >> 8))
+	h.WriteByte(byte(t))
+	for _, p := range packed {
+		h.Write(p)
+	}
+	return h.Sum64()
+}
+
+// signed returns the RRSIGs over the RRset that build makes (owner in lower case),
+// from cache c under key k. atQuestion says the owner is the question name, whose
+// compression pointer then stands for it in the packed signatures.
+func (s *signer) signed(c *sigCache, k uint64, atQuestion bool, now time.Time, build func() []dns.RR) (*sigs, error) {
+	ns := now.UnixNano()
+	if e := c.get(k); e != nil && ns < e.expire-int64(inceptionSkew) {
+		cacheHits.WithLabelValues(s.origin).Inc()
+		if ns > e.refresh && e.busy.CompareAndSwap(false, true) {
+			go func() {
+				if fresh, err := s.sign(build(), atQuestion, time.Now()); err == nil {
+					c.put(k, fresh)
+				} else {
+					e.busy.Store(false)
+				}
+			}()
+		}
+		return e, nil
+	}
+	cacheMisses.WithLabelValues(s.origin).Inc()
+	e, err := s.sign(build(), atQuestion, now)
+	if err != nil {
+		return nil, err
+	}
+	c.put(k, e)
+	return e, nil
+}
+
+// sign makes the RRSIGs over rrset with the keys for its type.
+func (s *signer) sign(rrset []dns.RR, atQuestion bool, now time.Time) (*sigs, error) {
+	h := rrset[0].Header()
+	inception, expiration := now.Add(-inceptionSkew), now.Add(s.validity)
+	e := &sigs{
+		refresh: now.Add(s.validity / 4).UnixNano(),
+		expire:  expiration.UnixNano(),
+	}
+	pack := packRR
+	if atQuestion {
+		pack = packAtQuestion
+	}
+	for _, rr := range rrset {
+		e.set = append(e.set, pack(rr)...)
+	}
+	for _, k := range s.keys.signers(h.Rrtype) {
+		sig := &dns.RRSIG{
+			Hdr:        dns.RR_Header{Name: h.Name, Rrtype: dns.TypeRRSIG, Class: dns.ClassINET, Ttl: h.Ttl},
+			Algorithm:  k.dnskey.Algorithm,
+			OrigTtl:    h.Ttl,
+			Inception:  uint32(inception.Unix()),
+			Expiration: uint32(expiration.Unix()),
+			KeyTag:     k.tag,
+			SignerName: s.origin,
+		}
+		if err := sig.Sign(k.signer, rrset); err != nil {
+			signFailures.WithLabelValues(s.origin).Inc()
+			return nil, err
+		}
+		signatures.WithLabelValues(s.origin).Inc()
+		e.rrs = append(e.rrs, sig)
+		e.wire = append(e.wire, pack(sig)...)
+	}
+	return e, nil
+}
+
+// withSigs returns copies of rrset and its signatures with owner name qname, for
+// answers assembled as messages.
+func withSigs(rrset []dns.RR, e *sigs, qname string) []dns.RR {
+	out := make([]dns.RR, 0, len(rrset)+len(e.rrs))
+	for _, rr := range append(rrset[:len(rrset):len(rrset)], e.rrs...) {
+		rr = dns.Copy(rr)
+		rr.Header().Name = qname
+		out = append(out, rr)
+	}
+	return out
+}
+
+// sweep drops expired signatures every half minute and reports the earliest
+// expiration in use, until ctx ends.
+func (s *signer) sweep(ctx context.Context) {
+	t := time.NewTicker(30 * time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		now := time.Now().UnixNano()
+		earliest := s.exist.sweep(now)
+		if e := s.nonexist.sweep(now); e != 0 && (earliest == 0 || e < earliest) {
+			earliest = e
+		}
+		if earliest != 0 {
+			signatureExpiry.WithLabelValues(s.origin).Set(float64(earliest-now) / 1e9)
+		}
+	}
+}
+
+// sigCache is a bounded map of signatures. When full it drops an arbitrary entry
+// (Go's map iteration order is random): no bookkeeping on the query path, and a
+// dropped entry costs one signature.
+type sigCache struct {
+	mu   sync.RWMutex
+	m    map[uint64]*sigs
+	size int
+}
+
+func newSigCache(size int) *sigCache {
+	return &sigCache{m: make(map[uint64]*sigs), size: size}
+}
+
+func (c *sigCache) get(k uint64) *sigs {
+	c.mu.RLock()
+	e := c.m[k]
+	c.mu.RUnlock()
+	return e
+}
+
+func (c *sigCache) put(k uint64, e *sigs) {
+	c.mu.Lock()
+	if _, ok := c.m[k]; !ok && len(c.m) >= c.size {
+		for old := range c.m {
+			delete(c.m, old)
+			break
+		}
+	}
+	c.m[k] = e
+	c.mu.Unlock()
+}
+
+// sweep drops expired entries and returns the earliest expiration left (0 if none).
+func (c *sigCache) sweep(now int64) int64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var earliest int64
+	for k, e := range c.m {
+		if now >= e.expire-int64(inceptionSkew) {
+			delete(c.m, k)
+			continue
+		}
+		if earliest == 0 || e.expire < earliest {
+			earliest = e.expire
+		}
+	}
+	return earliest
+}
