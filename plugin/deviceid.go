@@ -34,7 +34,7 @@ type Deviceid struct {
 func newDeviceid(cfg *config) *Deviceid {
 	d := &Deviceid{origins: cfg.zones, zones: make(map[string]*zone), cfg: cfg}
 	for _, origin := range cfg.zones {
-		z := &zone{origin: origin, cfg: cfg, rejected: make(map[string]int64)}
+		z := &zone{origin: origin, cfg: cfg, rejected: make(map[string]int64), loaded: make(chan struct{})}
 		if ks := cfg.keys[origin]; ks != nil {
 			z.signer = &signer{origin: origin, keys: ks, validity: cfg.validity,
 				exist: newSigCache(cfg.cacheSize), nonexist: newSigCache(max(cfg.cacheSize/4, 1))}
@@ -127,8 +127,22 @@ func (d *Deviceid) start() error {
 			d.wg.Go(func() { z.signer.sweep(ctx) })
 		}
 	}
+	// Wait a while for the first load, so that a server started (or reloaded: the old
+	// one serves meanwhile) answers from the start instead of with SERVFAIL.
+	deadline := time.After(startupWait)
+	for _, z := range d.zones {
+		select {
+		case <-z.loaded:
+		case <-deadline:
+			log.Warningf("zone %s not loaded from etcd within %s; answering SERVFAIL until it is", z.origin, startupWait)
+			return nil
+		}
+	}
 	return nil
 }
+
+// startupWait bounds how long startup waits for the first load from etcd.
+const startupWait = 15 * time.Second
 
 // stop ends the watches and closes the etcd client.
 func (d *Deviceid) stop() error {

@@ -19,8 +19,9 @@ type zone struct {
 
 	signer *signer // nil: the zone is not signed
 
-	mu  sync.RWMutex
-	idx *index // nil until the first full load
+	mu     sync.RWMutex
+	idx    *index        // nil until the first full load
+	loaded chan struct{} // closed at the first full load
 
 	// rejected remembers the revision of each invalid key already logged, so each
 	// bad version is logged and counted once. Only the etcd loop uses it.
@@ -197,8 +198,12 @@ func (z *zone) lookup(qname string, qtype uint16) (a answer, ok bool) {
 // swap installs a freshly loaded index.
 func (z *zone) swap(x *index) {
 	z.mu.Lock()
+	first := z.idx == nil
 	z.idx = x
 	z.mu.Unlock()
+	if first {
+		close(z.loaded)
+	}
 }
 
 // update applies f to the current index under the write lock.

@@ -96,6 +96,7 @@ func (s *etcdServer) client() *clientv3.Client {
 // coreDNS is a running CoreDNS server.
 type coreDNS struct {
 	udp, tcp string
+	inst     *caddy.Instance
 }
 
 // startCoreDNS starts CoreDNS with the given Corefile and stops it when the test ends.
@@ -107,9 +108,21 @@ func startCoreDNS(t *testing.T, corefile string) *coreDNS {
 	if err != nil {
 		t.Fatalf("starting CoreDNS: %v", err)
 	}
-	t.Cleanup(func() { i.ShutdownCallbacks(); i.Stop() })
 	srv := i.Servers()[0]
-	return &coreDNS{udp: srv.LocalAddr().String(), tcp: srv.Addr().String()}
+	c := &coreDNS{udp: srv.LocalAddr().String(), tcp: srv.Addr().String(), inst: i}
+	t.Cleanup(func() { c.inst.ShutdownCallbacks(); c.inst.Stop() })
+	return c
+}
+
+// reload replaces the server's configuration as the reload plugin does: the new
+// instance starts on the same listeners while the old one still serves.
+func (c *coreDNS) reload(t *testing.T, corefile string) {
+	t.Helper()
+	i, err := c.inst.Restart(caddy.CaddyfileInput{Contents: []byte(corefile), Filepath: "Corefile", ServerTypeName: "dns"})
+	if err != nil {
+		t.Fatalf("reloading CoreDNS: %v", err)
+	}
+	c.inst = i
 }
 
 // exchange sends one query over net ("udp" or "tcp") and returns the reply.

@@ -1,0 +1,160 @@
+package test
+
+import (
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/deviceid/deviceid/internal/dnskey"
+
+	"github.com/miekg/dns"
+)
+
+// The independent validators of the end-to-end tests: unbound, a validating
+// resolver, with our zone as a stub zone; and delv, BIND's validating lookup tool,
+// querying our server directly. Both trust only the zone's DS.
+
+// zoneKey is a generated key pair: its file base name and its DS.
+type zoneKey struct {
+	base string
+	ds   *dns.DS
+}
+
+func genZoneKey(t *testing.T, dir string, alg uint8, sep bool) zoneKey {
+	t.Helper()
+	base, k, err := dnskey.Generate(dir, zone, alg, sep)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return zoneKey{base: base, ds: k.ToDS(dns.SHA256)}
+}
+
+// dnsPort returns a loopback port free for both UDP and TCP: the validators reach
+// CoreDNS over both on one port.
+func dnsPort(t *testing.T) int {
+	t.Helper()
+	for range 20 {
+		p := freePort(t)
+		if c, err := net.ListenPacket("udp", fmt.Sprintf("127.0.0.1:%d", p)); err == nil {
+			c.Close()
+			return p
+		}
+	}
+	t.Fatal("no free port for UDP and TCP")
+	return 0
+}
+
+// signedCorefile serves the test zone on port over etcd at endpoint, signed with keys.
+func signedCorefile(port int, endpoint string, keys ...zoneKey) string {
+	var files []string
+	for _, k := range keys {
+		files = append(files, k.base)
+	}
+	return fmt.Sprintf(`iot.example:%d {
+    bind 127.0.0.1
+    deviceid {
+        endpoint %s
+        ns ns1.iot.example.
+        ttl 60
+        key file %s
+    }
+}`, port, endpoint, strings.Join(files, " "))
+}
+
+// startUnbound runs unbound on a free port with iot.example as a stub zone at
+// 127.0.0.1@dnsPort, trusting the given DS records, and returns its address.
+func startUnbound(t *testing.T, port int, anchors ...*dns.DS) string {
+	t.Helper()
+	dir := t.TempDir()
+	listen := dnsPort(t)
+	var ta strings.Builder
+	for _, ds := range anchors {
+		fmt.Fprintf(&ta, "    trust-anchor: %q\n", fmt.Sprintf("%s DS %d %d %d %s", ds.Hdr.Name, ds.KeyTag, ds.Algorithm, ds.DigestType, ds.Digest))
+	}
+	conf := fmt.Sprintf(`server:
+    interface: 127.0.0.1
+    port: %d
+    do-daemonize: no
+    use-syslog: no
+    logfile: ""
+    username: ""
+    chroot: ""
+    directory: %q
+    pidfile: ""
+    do-not-query-localhost: no
+    module-config: "validator iterator"
+    qname-minimisation: no
+    val-log-level: 2
+    # Answers are cached for a second at most, so a change in the zone is seen at once.
+    cache-max-ttl: 1
+    cache-max-negative-ttl: 1
+%sstub-zone:
+    name: "iot.example."
+    stub-addr: 127.0.0.1@%d
+remote-control:
+    control-enable: no
+`, listen, dir, ta.String(), port)
+	confFile := filepath.Join(dir, "unbound.conf")
+	if err := os.WriteFile(confFile, []byte(conf), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	logFile, err := os.Create(filepath.Join(dir, "unbound.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command("unbound", "-d", "-c", confFile)
+	cmd.Stdout, cmd.Stderr = logFile, logFile
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("starting unbound (Debian package unbound): %v", err)
+	}
+	t.Cleanup(func() {
+		cmd.Process.Kill()
+		cmd.Wait()
+		if t.Failed() {
+			b, _ := os.ReadFile(logFile.Name())
+			t.Logf("unbound log:\n%s", b)
+		}
+	})
+	addr := fmt.Sprintf("127.0.0.1:%d", listen)
+	eventually(t, "unbound answers", func() error {
+		_, err := resolve(addr, "udp", zone, dns.TypeSOA)
+		return err
+	})
+	return addr
+}
+
+// resolve asks the server at addr with DO set and a 1232-byte buffer, and asks again
+// over TCP when the answer is truncated, as a stub resolver does.
+func resolve(addr, network, name string, qtype uint16) (*dns.Msg, error) {
+	m := new(dns.Msg)
+	m.SetQuestion(name, qtype)
+	m.SetEdns0(1232, true)
+	c := &dns.Client{Net: network, Timeout: 5 * time.Second}
+	r, _, err := c.Exchange(m, addr)
+	if err == nil && r.Truncated && network == "udp" {
+		return resolve(addr, "tcp", name, qtype)
+	}
+	return r, err
+}
+
+// delv runs delv against our server with the DS as its only trust anchor and returns
+// its output.
+func delv(t *testing.T, port int, ds *dns.DS, name string, qtype uint16) string {
+	t.Helper()
+	anchors := filepath.Join(t.TempDir(), "anchors.conf")
+	content := fmt.Sprintf("trust-anchors {\n  %s static-ds %d %d %d \"%s\";\n};\n", ds.Hdr.Name, ds.KeyTag, ds.Algorithm, ds.DigestType, ds.Digest)
+	if err := os.WriteFile(anchors, []byte(content), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.Command("delv", "@127.0.0.1", "-p", fmt.Sprint(port), "-a", anchors, "+root="+zone,
+		name, dns.TypeToString[qtype]).CombinedOutput()
+	if err != nil && !strings.Contains(string(out), "resolution failed") {
+		t.Fatalf("delv %s %s (Debian package bind9-dnsutils): %v\n%s", name, dns.TypeToString[qtype], err, out)
+	}
+	return string(out)
+}
