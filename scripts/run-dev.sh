@@ -22,6 +22,8 @@ CoreDNS is starting on 127.0.0.1:1053. In another terminal try:
   dig @127.0.0.1 -p 1053 TLSA sensor8._device.iot.example          # revoked: 255 1 1
   dig @127.0.0.1 -p 1053 TLSA c90a.airquality._device.iot.example  # multi-label device
   dig @127.0.0.1 -p 1053 TLSA nosuch._device.iot.example           # NXDOMAIN
+  dig @127.0.0.1 -p 1053 +dnssec TLSA sensor7._device.iot.example  # with its RRSIG
+  delv @127.0.0.1 -p 1053 -a .deviceid-dev/anchors.conf +root=iot.example TLSA sensor7._device.iot.example
 
 MSG
 bin/coredns -conf corefile/dev.Corefile

@@ -52,10 +52,20 @@ func TestDevCorefile(t *testing.T) {
 	cf := exampleCorefile(t, "dev.Corefile", ":8181", ":8080", ":9153")
 	cf = strings.Replace(cf, ":1053", ":0", 1)
 	cf = strings.Replace(cf, "http://127.0.0.1:2379", etcd.cfg.ClientURL, 1)
+	key := genZoneKey(t, t.TempDir(), dns.ECDSAP256SHA256, true)
+	if !strings.Contains(cf, ".deviceid-dev/Kiot.example") {
+		t.Fatal("dev.Corefile does not name the dev key")
+	}
+	cf = strings.Replace(cf, ".deviceid-dev/Kiot.example", key.base, 1)
 	c := startCoreDNS(t, cf)
 	eventually(t, "dev Corefile serves", func() error {
 		return answerIs(t, c, "sensor7._device.iot.example.", dns.RcodeSuccess, []string{d.ee(), d.discovery()})
 	})
+	r, err := resolve(c.udp, "udp", "sensor7._device.iot.example.", dns.TypeTLSA)
+	if err != nil {
+		t.Fatal(err)
+	}
+	verifySection(t, r.Answer, trustedKeys(t, c, key.ds))
 }
 
 // TestProductionCorefile runs corefile/production.Corefile against an etcd that

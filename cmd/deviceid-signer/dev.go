@@ -11,13 +11,16 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
 
 	"github.com/deviceid/deviceid/internal/devpki"
+	"github.com/deviceid/deviceid/internal/dnskey"
 	"github.com/deviceid/deviceid/internal/embedetcd"
 	"github.com/deviceid/deviceid/plugin/record"
 
+	"github.com/miekg/dns"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
@@ -38,6 +41,11 @@ func dev(args []string) error {
 	if err := os.MkdirAll(*dataDir, 0o700); err != nil {
 		return err
 	}
+	// The key first: make run starts CoreDNS, which reads it, once etcd answers.
+	ds, err := loadOrCreateZoneKey(*dataDir, *zone)
+	if err != nil {
+		return fmt.Errorf("DNSSEC key: %w", err)
+	}
 	e, err := embedetcd.Start(embedetcd.Config{Dir: filepath.Join(*dataDir, "etcd"), ClientURL: *clientURL, PeerURL: *peerURL})
 	if err != nil {
 		return fmt.Errorf("starting etcd: %w", err)
@@ -55,11 +63,14 @@ func dev(args []string) error {
 	if err := seed(cli, ca, *prefix, *zone); err != nil {
 		return fmt.Errorf("writing sample devices: %w", err)
 	}
+
 	fmt.Printf("etcd serving on %s, data in %s; sample devices in zone %s:\n", *clientURL, *dataDir, *zone)
 	for _, s := range samples {
 		fmt.Printf("  %-16s %s\n", s.name, s.status)
 	}
 	fmt.Printf("CA discovery record: %s\n", record.CAOwner(record.KeyID(ca.Cert.SubjectKeyId), *zone))
+	fmt.Printf("DNSSEC key %s (.key, .private); its DS, the trust anchor for validators:\n%s\n",
+		filepath.Join(*dataDir, zoneKeyName(*zone)), ds)
 
 	stop := make(chan os.Signal, 1)
 	signal.Notify(stop, os.Interrupt, syscall.SIGTERM)
@@ -121,6 +132,51 @@ func putIfAbsent(ctx context.Context, cli *clientv3.Client, key string, value []
 		Then(clientv3.OpPut(key, string(value))).
 		Commit()
 	return err
+}
+
+// zoneKeyName is the base name of the dev zone's DNSSEC key in the data directory:
+// fixed, so that corefile/dev.Corefile can name it.
+func zoneKeyName(zone string) string { return "K" + strings.TrimSuffix(zone, ".") }
+
+// loadOrCreateZoneKey keeps a DNSSEC key (a CSK) for the dev zone in the data
+// directory, and writes its DS as a trust anchor file for delv (anchors.conf).
+func loadOrCreateZoneKey(dir, zone string) (*dns.DS, error) {
+	base := filepath.Join(dir, zoneKeyName(zone))
+	if _, err := os.Stat(base + ".key"); errors.Is(err, os.ErrNotExist) {
+		if err := generateZoneKey(dir, zone, base); err != nil {
+			return nil, err
+		}
+	}
+	pub, err := os.ReadFile(base + ".key")
+	if err != nil {
+		return nil, err
+	}
+	var k *dns.DNSKEY
+	for line := range strings.SplitSeq(string(pub), "\n") {
+		if rr, err := dns.NewRR(line); err == nil && rr != nil {
+			k, _ = rr.(*dns.DNSKEY)
+		}
+	}
+	if k == nil {
+		return nil, fmt.Errorf("%s.key holds no DNSKEY", base)
+	}
+	ds := k.ToDS(dns.SHA256)
+	anchors := fmt.Sprintf("trust-anchors {\n  %s static-ds %d %d %d \"%s\";\n};\n", ds.Hdr.Name, ds.KeyTag, ds.Algorithm, ds.DigestType, ds.Digest)
+	return ds, os.WriteFile(filepath.Join(dir, "anchors.conf"), []byte(anchors), 0o644)
+}
+
+// generateZoneKey makes a key pair and gives its files the fixed base name.
+func generateZoneKey(dir, zone, base string) error {
+	generated, _, err := dnskey.Generate(dir, zone, dns.ECDSAP256SHA256, true)
+	if err != nil {
+		return err
+	}
+	for _, ext := range []string{".key", ".private"} {
+		if err := os.Rename(generated+ext, base+ext); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // loadOrCreateCA keeps the dev CA in the data directory, so the sample devices stay
