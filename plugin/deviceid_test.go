@@ -335,7 +335,7 @@ func (w *rawWriter) Write(b []byte) (int, error) {
 // FuzzServeDNS sends arbitrary messages through the query path: no panic, and every
 // reply written is a well-formed message that answers the query.
 func FuzzServeDNS(f *testing.F) {
-	d, _, _, _ := testDeviceid(f)
+	d := signedDeviceid(f, true, dns.ECDSAP256SHA256)
 	for _, q := range []struct {
 		name  string
 		qtype uint16
@@ -348,11 +348,13 @@ func FuzzServeDNS(f *testing.F) {
 		{"iot.example.", dns.TypeSOA, false},
 		{"iot.example.", dns.TypeAXFR, false},
 		{"example.org.", dns.TypeA, false},
+		{"nosuch._device.iot.example.", dns.TypeNXNAME, true},
 	} {
 		m := new(dns.Msg)
 		m.SetQuestion(q.name, q.qtype)
 		if q.edns {
 			m.SetEdns0(1232, true)
+			m.IsEdns0().SetCo()
 		}
 		b, _ := m.Pack()
 		f.Add(b, false)

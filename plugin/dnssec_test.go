@@ -13,6 +13,8 @@ import (
 	"github.com/coredns/coredns/plugin/test"
 	"github.com/coredns/coredns/request"
 	"github.com/miekg/dns"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 )
 
 // signedDeviceid returns the test zone signed with a CSK, or with a KSK and a ZSK.
@@ -235,8 +237,14 @@ func TestNXNAMEQuery(t *testing.T) {
 func TestSignatureCache(t *testing.T) {
 	d := signedDeviceid(t, false, dns.ECDSAP256SHA256)
 	z := d.zones["iot.example."]
+	counter := func(c *prometheus.CounterVec) float64 { return testutil.ToFloat64(c.WithLabelValues("iot.example.")) }
+	made, hits, misses := counter(signatures), counter(cacheHits), counter(cacheMisses)
 	first, _ := ask(t, d, "sensor7._device.iot.example.", dns.TypeTLSA, true, false)
 	again, _ := ask(t, d, "sensor7._device.iot.example.", dns.TypeTLSA, true, false)
+	if counter(signatures) != made+1 || counter(cacheMisses) != misses+1 || counter(cacheHits) != hits+1 {
+		t.Errorf("metrics: signatures +%v, misses +%v, hits +%v; want 1 each",
+			counter(signatures)-made, counter(cacheMisses)-misses, counter(cacheHits)-hits)
+	}
 	sig := func(m *dns.Msg) string {
 		for _, rr := range m.Answer {
 			if s, ok := rr.(*dns.RRSIG); ok {

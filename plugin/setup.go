@@ -165,6 +165,7 @@ func parseOption(c *caddy.Controller, cfg *config) error {
 		}
 		cfg.prefix = strings.TrimRight(args[0], "/")
 	case "key":
+		args = fields(args)
 		if len(args) < 2 || args[0] != "file" {
 			return c.Errf("want 'key file NAME...'")
 		}

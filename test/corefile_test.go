@@ -112,6 +112,9 @@ func TestProductionCorefile(t *testing.T) {
 	t.Setenv("DEVICEID_ETCD_KEY", clientKey)
 	t.Setenv("DEVICEID_ETCD_CA", caFile)
 	t.Setenv("DEVICEID_NS", "ns1.example.net. ns2.example.net.")
+	ksk := genZoneKey(t, dir, dns.ECDSAP256SHA256, true)
+	zsk := genZoneKey(t, dir, dns.ED25519, false)
+	t.Setenv("DEVICEID_KEYS", ksk.base+" "+zsk.base)
 	cf := exampleCorefile(t, "production.Corefile", ":8181", ":8080", ":9153")
 	cf = strings.Replace(cf, ":53 {", ":0 {", 1)
 	c := startCoreDNS(t, cf)
@@ -121,6 +124,11 @@ func TestProductionCorefile(t *testing.T) {
 	if ns := c.query(t, zone, dns.TypeNS); len(ns.Answer) != 2 {
 		t.Errorf("NS from the environment: %v", ns.Answer)
 	}
+	r, err := resolve(c.udp, "udp", "sensor7._device.iot.example.", dns.TypeTLSA)
+	if err != nil {
+		t.Fatal(err)
+	}
+	verifySection(t, r.Answer, trustedKeys(t, c, ksk.ds))
 }
 
 // tlsPair writes a certificate for 127.0.0.1 with the given use, and its key.
