@@ -26,7 +26,7 @@ func (z *zone) reply(state request.Request, a answer, do bool, now time.Time) (r
 	if published(a.tlsa, now.UnixNano()) {
 		rep := reply{rcode: dns.RcodeSuccess, answer: a.tlsa}
 		if do {
-			e, err := z.signer.signed(z.signer.exist, tlsaKey(qname, a.tlsa, now.UnixNano()), true, now, func() []dns.RR {
+			e, err := z.signer.signed(z.signer.exist, a.key(qname, now.UnixNano()), forAnswer, now, func() []dns.RR {
 				var rrs []dns.RR
 				for _, p := range a.tlsa {
 					if p.current(now.UnixNano()) {
@@ -56,7 +56,7 @@ func (z *zone) reply(state request.Request, a answer, do bool, now time.Time) (r
 		rep.rcode = dns.RcodeSuccess
 	}
 	s := z.signer
-	soa, err := s.signed(s.exist, rrsetKey(z.origin, dns.TypeSOA, a.soa), false, now, func() []dns.RR {
+	soa, err := s.signed(s.exist, rrsetKey(z.origin, dns.TypeSOA, a.soa), forAuthority, now, func() []dns.RR {
 		return []dns.RR{a.soaRR}
 	})
 	if err != nil {
@@ -74,7 +74,7 @@ func (z *zone) reply(state request.Request, a answer, do bool, now time.Time) (r
 	for _, t := range types {
 		bitmap = append(bitmap, byte(t>>8), byte(t))
 	}
-	nsec, err := s.signed(cache, rrsetKey(qname, dns.TypeNSEC, bitmap), true, now, func() []dns.RR {
+	nsec, err := s.signed(cache, rrsetKey(qname, dns.TypeNSEC, bitmap), forNSEC, now, func() []dns.RR {
 		return []dns.RR{&dns.NSEC{
 			Hdr:        dns.RR_Header{Name: qname, Rrtype: dns.TypeNSEC, Class: dns.ClassINET, Ttl: z.cfg.ttl},
 			NextDomain: "\\000." + qname,
@@ -87,7 +87,7 @@ func (z *zone) reply(state request.Request, a answer, do bool, now time.Time) (r
 	auth := make([]byte, 0, len(a.soa)+len(soa.wire)+len(nsec.set)+len(nsec.wire))
 	auth = append(append(append(append(auth, a.soa...), soa.wire...), nsec.set...), nsec.wire...)
 	rep.authority = auth
-	rep.nAuthority = uint16(1 + len(soa.rrs) + 1 + len(nsec.rrs))
+	rep.nAuthority = 1 + soa.n + 1 + nsec.n
 	return rep, nil
 }
 
@@ -122,7 +122,7 @@ func (z *zone) writeApex(w dns.ResponseWriter, state request.Request, a answer, 
 		packed = append(packed, packRR(rr))
 	}
 	t := a.apex[0].Header().Rrtype
-	e, err := z.signer.signed(z.signer.exist, rrsetKey(z.origin, t, packed...), false, now, func() []dns.RR { return a.apex })
+	e, err := z.signer.signed(z.signer.exist, rrsetKey(z.origin, t, packed...), forMessage, now, func() []dns.RR { return a.apex })
 	if err != nil {
 		return err
 	}
@@ -130,7 +130,18 @@ func (z *zone) writeApex(w dns.ResponseWriter, state request.Request, a answer, 
 	return w.WriteMsg(m)
 }
 
-// tlsaKey identifies the published part of a device's RRset at now.
+// key identifies the published part of the answer's TLSA RRset at now: the sum made
+// when it was stored while every record is current, a fresh one after some expired.
+func (a answer) key(qname string, now int64) uint64 {
+	for i := range a.tlsa {
+		if !a.tlsa[i].current(now) {
+			return tlsaKey(qname, a.tlsa, now)
+		}
+	}
+	return a.sum
+}
+
+// tlsaKey identifies the records of rrs published at now, at qname.
 func tlsaKey(qname string, rrs []packedRR, now int64) uint64 {
 	var h maphash.Hash
 	h.SetSeed(hashSeed)

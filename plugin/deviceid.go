@@ -36,8 +36,7 @@ func newDeviceid(cfg *config) *Deviceid {
 	for _, origin := range cfg.zones {
 		z := &zone{origin: origin, cfg: cfg, rejected: make(map[string]int64), loaded: make(chan struct{})}
 		if ks := cfg.keys[origin]; ks != nil {
-			z.signer = &signer{origin: origin, keys: ks, validity: cfg.validity,
-				exist: newSigCache(cfg.cacheSize), nonexist: newSigCache(max(cfg.cacheSize/4, 1))}
+			z.signer = newSigner(origin, ks, cfg.validity, cfg.cacheSize)
 		}
 		d.zones[origin] = z
 	}

@@ -57,11 +57,11 @@ func testDeviceidWith(t testing.TB, c *config) (*Deviceid, []dns.RR, []dns.RR, [
 			t.Fatal(err)
 		}
 		owner, _ := record.DeviceOwner(dev.name, "iot.example.")
-		x.putDevice(owner, rec, now)
+		x.put(owner, c.deviceTLSA(rec, now), true)
 		sets = append(sets, rrsOf(owner, x.names[owner].tlsa))
 	}
 	aki := record.KeyID(ca.Cert.SubjectKeyId)
-	x.putCA(aki, ca.Cert.Raw)
+	x.put(record.CAOwner(aki, "iot.example."), c.caTLSA(ca.Cert.Raw), false)
 	d.zones["iot.example."].swap(x)
 	return d, sets[0], sets[1], rrsOf(record.CAOwner(aki, "iot.example."), x.names[record.CAOwner(aki, "iot.example.")].tlsa)
 }
@@ -193,9 +193,9 @@ func TestIndexRemove(t *testing.T) {
 	c := caddyConfig(t)
 	x := newIndex("iot.example.", c, 1, 0)
 	rec := &record.Device{Version: 1}
-	x.putDevice("a.b._device.iot.example.", rec, time.Now())
-	x.putDevice("a.b._device.iot.example.", rec, time.Now()) // a replacement counts once
-	x.putDevice("b._device.iot.example.", rec, time.Now())
+	x.put("a.b._device.iot.example.", c.deviceTLSA(rec, time.Now()), true)
+	x.put("a.b._device.iot.example.", c.deviceTLSA(rec, time.Now()), true) // a replacement counts once
+	x.put("b._device.iot.example.", c.deviceTLSA(rec, time.Now()), true)
 	if len(x.names) != 3 || x.devices != 2 {
 		t.Fatalf("names %v devices %d", x.names, x.devices)
 	}

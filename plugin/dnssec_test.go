@@ -258,8 +258,8 @@ func TestSignatureCache(t *testing.T) {
 	}
 	// Revoke: the new RRset gets its own signature.
 	z.update(func(x *index) {
-		n := x.names["sensor7._device.iot.example."]
-		n.tlsa = n.tlsa[:1]
+		owner := "sensor7._device.iot.example."
+		x.put(owner, x.names[owner].tlsa[:1], true)
 	})
 	changed, _ := ask(t, d, "sensor7._device.iot.example.", dns.TypeTLSA, true, false)
 	if len(changed.Answer) != 2 || sig(changed) == sig(first) {
@@ -278,5 +278,32 @@ func TestSigCacheBounded(t *testing.T) {
 	}
 	if len(c.m) != 3 {
 		t.Errorf("cache holds %d entries, bound 3", len(c.m))
+	}
+}
+
+// BenchmarkServeDNSSigned measures DO queries: a device whose signature is cached, and
+// names that do not exist, each needing a fresh NSEC signature.
+func BenchmarkServeDNSSigned(b *testing.B) {
+	for _, alg := range []uint8{dns.ECDSAP256SHA256, dns.ED25519} {
+		d := signedDeviceid(b, false, alg)
+		for _, bc := range []struct {
+			name  string
+			qname func(i int) string
+		}{
+			{"device", func(int) string { return "sensor7._device.iot.example." }},
+			{"nonexistent", func(i int) string { return fmt.Sprintf("nx%d._device.iot.example.", i) }},
+		} {
+			b.Run(dns.AlgorithmToString[alg]+"/"+bc.name, func(b *testing.B) {
+				b.ReportAllocs()
+				i := 0
+				for b.Loop() {
+					m := new(dns.Msg)
+					m.SetQuestion(bc.qname(i), dns.TypeTLSA)
+					m.SetEdns0(1232, true)
+					d.ServeDNS(context.Background(), request.NewScrubWriter(m, discardWriter{&test.ResponseWriter{}}), m)
+					i++
+				}
+			})
+		}
 	}
 }

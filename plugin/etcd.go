@@ -2,10 +2,13 @@ package deviceid
 
 import (
 	"context"
+	"crypto/x509"
 	"errors"
 	"fmt"
+	"runtime"
 	"runtime/debug"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/deviceid/deviceid/plugin/record"
@@ -59,39 +62,55 @@ func (z *zone) run(ctx context.Context, cli *clientv3.Client) {
 	}
 }
 
-// load reads every record of the zone at one revision into a new index. The next
-// page is fetched while the current one is parsed.
+// load reads every record of the zone at one revision into a new index. Pages are
+// fetched while earlier ones are parsed, by as many workers as there are CPUs; one
+// goroutine puts the parsed records into the index.
 func (z *zone) load(ctx context.Context, cli *clientv3.Client, prefix string) (*index, error) {
-	pages := make(chan *clientv3.GetResponse, 1)
+	pages := make(chan *clientv3.GetResponse, 2)
+	var rev int64
 	fetched := make(chan error, 1)
-	go func() { fetched <- fetchPages(ctx, cli, prefix, pages) }()
-	var x *index
+	go func() { fetched <- fetchPages(ctx, cli, prefix, pages, &rev) }()
+
+	results := make(chan []parsed, 2)
+	var workers sync.WaitGroup
 	now := time.Now()
-	for resp := range pages {
-		if x == nil {
-			x = newIndex(z.origin, z.cfg, resp.Header.Revision, 0)
-		}
-		for _, kv := range resp.Kvs {
-			z.put(x, prefix, kv, now)
+	for range runtime.GOMAXPROCS(0) {
+		workers.Go(func() {
+			for resp := range pages {
+				out := make([]parsed, len(resp.Kvs))
+				for i, kv := range resp.Kvs {
+					out[i] = z.parse(prefix, kv, now)
+				}
+				results <- out
+			}
+		})
+	}
+	go func() { workers.Wait(); close(results) }()
+
+	x := newIndex(z.origin, z.cfg, 0, 0)
+	for batch := range results {
+		for _, p := range batch {
+			z.apply(x, p)
 		}
 	}
 	if err := <-fetched; err != nil {
 		return nil, err
 	}
+	x.loadRevision = rev
+	x.setSerial(rev)
 	return x, nil
 }
 
 // fetchPages sends the keys under prefix in pages, all read at the revision of the
-// first, and closes pages.
-func fetchPages(ctx context.Context, cli *clientv3.Client, prefix string, pages chan<- *clientv3.GetResponse) error {
+// first, which it stores in rev; it closes pages.
+func fetchPages(ctx context.Context, cli *clientv3.Client, prefix string, pages chan<- *clientv3.GetResponse, rev *int64) error {
 	defer close(pages)
 	end := clientv3.GetPrefixRangeEnd(prefix)
 	key := prefix
-	var rev int64
 	for {
 		opts := []clientv3.OpOption{clientv3.WithRange(end), clientv3.WithLimit(loadPageSize)}
-		if rev != 0 {
-			opts = append(opts, clientv3.WithRev(rev))
+		if *rev != 0 {
+			opts = append(opts, clientv3.WithRev(*rev))
 		}
 		rctx, cancel := context.WithTimeout(ctx, requestTimeout)
 		resp, err := cli.Get(rctx, key, opts...)
@@ -99,8 +118,8 @@ func fetchPages(ctx context.Context, cli *clientv3.Client, prefix string, pages 
 		if err != nil {
 			return err
 		}
-		if rev == 0 {
-			rev = resp.Header.Revision
+		if *rev == 0 {
+			*rev = resp.Header.Revision
 		}
 		pages <- resp
 		if !resp.More || len(resp.Kvs) == 0 {
@@ -138,7 +157,7 @@ func (z *zone) follow(ctx context.Context, cli *clientv3.Client, prefix string, 
 					if ev.Type == mvccpb.DELETE {
 						z.delete(x, prefix, ev.Kv)
 					} else {
-						z.put(x, prefix, ev.Kv, now)
+						z.apply(x, z.parse(prefix, ev.Kv, now))
 					}
 					rev = ev.Kv.ModRevision
 				}
@@ -151,41 +170,61 @@ func (z *zone) follow(ctx context.Context, cli *clientv3.Client, prefix string, 
 	}
 }
 
-// put applies one stored key. A record that does not parse is skipped, logged once
-// per revision and counted; the older version of it stops being served too, since a
-// failed attempt to revoke must not leave a device active.
-func (z *zone) put(x *index, prefix string, kv *mvccpb.KeyValue, now time.Time) {
-	key := string(kv.Key)
-	kind, name, err := record.SplitKey(strings.TrimPrefix(key, prefix))
-	if err == nil {
-		switch kind {
-		case record.KindDevice:
-			var owner string
-			if owner, err = record.DeviceOwner(name, x.origin); err != nil {
-				break
-			}
-			var d *record.Device
-			if d, err = record.ParseDevice(kv.Value); err == nil {
-				x.putDevice(owner, d, now)
-			} else {
-				x.remove(owner)
-			}
-		case record.KindCA:
-			if cert, perr := record.ParseCA(name, kv.Value); perr == nil {
-				x.putCA(name, cert.Raw)
-			} else {
-				err = perr
-				x.remove(record.CAOwner(name, x.origin))
-			}
+// parsed is one stored key made ready for the index: the owner name and the packed
+// RRset of its record, or why the record is invalid.
+type parsed struct {
+	kv     *mvccpb.KeyValue
+	owner  string // "" when the key names no record
+	tlsa   []packedRR
+	device bool
+	err    error
+}
+
+// parse checks and renders one stored key. It reads nothing but the key and the
+// zone's configuration, so that several can run at once.
+func (z *zone) parse(prefix string, kv *mvccpb.KeyValue, now time.Time) parsed {
+	p := parsed{kv: kv}
+	kind, name, err := record.SplitKey(strings.TrimPrefix(string(kv.Key), prefix))
+	if err != nil {
+		p.err = err
+		return p
+	}
+	switch kind {
+	case record.KindDevice:
+		if p.owner, p.err = record.DeviceOwner(name, z.origin); p.err != nil {
+			p.owner = ""
+			return p
+		}
+		var d *record.Device
+		if d, p.err = record.ParseDevice(kv.Value); p.err == nil {
+			p.tlsa, p.device = z.cfg.deviceTLSA(d, now), true
+		}
+	case record.KindCA:
+		p.owner = record.CAOwner(name, z.origin)
+		var cert *x509.Certificate
+		if cert, p.err = record.ParseCA(name, kv.Value); p.err == nil {
+			p.tlsa = z.cfg.caTLSA(cert.Raw)
 		}
 	}
-	if err == nil {
+	return p
+}
+
+// apply puts a parsed key into the index. A record that does not parse is skipped,
+// logged once per revision and counted; the older version of it stops being served
+// too, since a failed attempt to revoke must not leave a device active.
+func (z *zone) apply(x *index, p parsed) {
+	key := string(p.kv.Key)
+	if p.err == nil {
+		x.put(p.owner, p.tlsa, p.device)
 		delete(z.rejected, key)
 		return
 	}
-	if z.rejected[key] != kv.ModRevision {
-		z.rejected[key] = kv.ModRevision
-		log.Warningf("zone %s: skipping invalid record %s (revision %d): %v", z.origin, key, kv.ModRevision, err)
+	if p.owner != "" {
+		x.remove(p.owner)
+	}
+	if z.rejected[key] != p.kv.ModRevision {
+		z.rejected[key] = p.kv.ModRevision
+		log.Warningf("zone %s: skipping invalid record %s (revision %d): %v", z.origin, key, p.kv.ModRevision, p.err)
 		rejected.WithLabelValues(z.origin).Inc()
 	}
 }

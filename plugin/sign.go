@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/miekg/dns"
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // inceptionSkew backdates signatures for validators whose clocks run behind.
@@ -24,15 +25,41 @@ type signer struct {
 	// Positive answers and NODATA proofs of names that exist, and proofs of names that
 	// do not exist, are cached apart: random names must not evict device signatures.
 	exist, nonexist *sigCache
+
+	made, failed, hits, misses prometheus.Counter
 }
 
-// sigs are the RRSIGs over one RRset, as records and packed for an answer.
+func newSigner(origin string, keys *keySet, validity time.Duration, cacheSize int) *signer {
+	return &signer{
+		origin: origin, keys: keys, validity: validity,
+		exist:    newSigCache(cacheSize),
+		nonexist: newSigCache(max(cacheSize/4, 1)),
+		made:     signatures.WithLabelValues(origin),
+		failed:   signFailures.WithLabelValues(origin),
+		hits:     cacheHits.WithLabelValues(origin),
+		misses:   cacheMisses.WithLabelValues(origin),
+	}
+}
+
+// signMode says what an RRset's signatures are for, and so what of them to keep.
+type signMode uint8
+
+const (
+	forAnswer    signMode = iota // the answer section: owner is the question name
+	forNSEC                      // an NSEC at the question name: keep the packed NSEC too
+	forAuthority                 // the SOA in the authority section: owner is the apex
+	forMessage                   // an apex answer assembled as a message: keep the records
+)
+
+// sigs are the RRSIGs over one RRset, packed for an answer. The cache holds many: they
+// keep little besides bytes, which the garbage collector need not scan.
 type sigs struct {
-	rrs     []dns.RR
-	wire    []byte // the RRSIGs packed; owner compressed to the question name if atQuestion
-	set     []byte // the RRset packed the same way
-	refresh int64  // Unix ns after which they are made again, in the background
-	expire  int64  // Unix ns of the earliest RRSIG expiration
+	n       uint16   // how many RRSIGs
+	wire    []byte   // the RRSIGs packed; owner compressed to the question name but forAuthority
+	set     []byte   // forNSEC: the NSEC packed the same way
+	rrs     []dns.RR // forMessage: the RRSIGs as records
+	refresh int64    // Unix ns after which they are made again, in the background
+	expire  int64    // Unix ns of the earliest RRSIG expiration
 	busy    atomic.Bool
 }
 
@@ -52,15 +79,15 @@ func rrsetKey(owner string, t uint16, packed ...[]byte) uint64 {
 }
 
 // signed returns the RRSIGs over the RRset that build makes (owner in lower case),
-// from cache c under key k. atQuestion says the owner is the question name, whose
-// compression pointer then stands for it in the packed signatures.
-func (s *signer) signed(c *sigCache, k uint64, atQuestion bool, now time.Time, build func() []dns.RR) (*sigs, error) {
+// from cache c under key k.
+func (s *signer) signed(c *sigCache, k uint64, mode signMode, now time.Time, build func() []dns.RR) (*sigs, error) {
+	k = k*31 + uint64(mode) // one RRset is kept once for each use: they keep different parts
 	ns := now.UnixNano()
 	if e := c.get(k); e != nil && ns < e.expire-int64(inceptionSkew) {
-		cacheHits.WithLabelValues(s.origin).Inc()
+		s.hits.Inc()
 		if ns > e.refresh && e.busy.CompareAndSwap(false, true) {
 			go func() {
-				if fresh, err := s.sign(build(), atQuestion, time.Now()); err == nil {
+				if fresh, err := s.sign(build(), mode, time.Now()); err == nil {
 					c.put(k, fresh)
 				} else {
 					e.busy.Store(false)
@@ -69,8 +96,8 @@ func (s *signer) signed(c *sigCache, k uint64, atQuestion bool, now time.Time, b
 		}
 		return e, nil
 	}
-	cacheMisses.WithLabelValues(s.origin).Inc()
-	e, err := s.sign(build(), atQuestion, now)
+	s.misses.Inc()
+	e, err := s.sign(build(), mode, now)
 	if err != nil {
 		return nil, err
 	}
@@ -79,19 +106,21 @@ func (s *signer) signed(c *sigCache, k uint64, atQuestion bool, now time.Time, b
 }
 
 // sign makes the RRSIGs over rrset with the keys for its type.
-func (s *signer) sign(rrset []dns.RR, atQuestion bool, now time.Time) (*sigs, error) {
+func (s *signer) sign(rrset []dns.RR, mode signMode, now time.Time) (*sigs, error) {
 	h := rrset[0].Header()
 	inception, expiration := now.Add(-inceptionSkew), now.Add(s.validity)
 	e := &sigs{
 		refresh: now.Add(s.validity / 4).UnixNano(),
 		expire:  expiration.UnixNano(),
 	}
-	pack := packRR
-	if atQuestion {
-		pack = packAtQuestion
+	pack := packAtQuestion
+	if mode == forAuthority || mode == forMessage {
+		pack = packRR
 	}
-	for _, rr := range rrset {
-		e.set = append(e.set, pack(rr)...)
+	if mode == forNSEC {
+		for _, rr := range rrset {
+			e.set = append(e.set, pack(rr)...)
+		}
 	}
 	for _, k := range s.keys.signers(h.Rrtype) {
 		sig := &dns.RRSIG{
@@ -104,12 +133,16 @@ func (s *signer) sign(rrset []dns.RR, atQuestion bool, now time.Time) (*sigs, er
 			SignerName: s.origin,
 		}
 		if err := sig.Sign(k.signer, rrset); err != nil {
-			signFailures.WithLabelValues(s.origin).Inc()
+			s.failed.Inc()
 			return nil, err
 		}
-		signatures.WithLabelValues(s.origin).Inc()
-		e.rrs = append(e.rrs, sig)
-		e.wire = append(e.wire, pack(sig)...)
+		s.made.Inc()
+		e.n++
+		if mode == forMessage {
+			e.rrs = append(e.rrs, sig)
+		} else {
+			e.wire = append(e.wire, pack(sig)...)
+		}
 	}
 	return e, nil
 }
@@ -181,18 +214,25 @@ func (c *sigCache) put(k uint64, e *sigs) {
 }
 
 // sweep drops expired entries and returns the earliest expiration left (0 if none).
+// It scans under the read lock, so queries go on meanwhile, and deletes after.
 func (c *sigCache) sweep(now int64) int64 {
-	c.mu.Lock()
-	defer c.mu.Unlock()
 	var earliest int64
+	var expired []uint64
+	c.mu.RLock()
 	for k, e := range c.m {
 		if now >= e.expire-int64(inceptionSkew) {
-			delete(c.m, k)
-			continue
-		}
-		if earliest == 0 || e.expire < earliest {
+			expired = append(expired, k)
+		} else if earliest == 0 || e.expire < earliest {
 			earliest = e.expire
 		}
 	}
+	c.mu.RUnlock()
+	c.mu.Lock()
+	for _, k := range expired {
+		if e := c.m[k]; e != nil && now >= e.expire-int64(inceptionSkew) { // not replaced since
+			delete(c.m, k)
+		}
+	}
+	c.mu.Unlock()
 	return earliest
 }

@@ -119,7 +119,7 @@ func writePacked(w dns.ResponseWriter, state request.Request, rep reply, now int
 	}
 	if rep.answerSigs != nil {
 		buf = append(buf, rep.answerSigs.wire...)
-		answers += uint16(len(rep.answerSigs.rrs))
+		answers += rep.answerSigs.n
 	}
 	buf = append(buf, rep.authority...)
 	nAuthority := rep.nAuthority

@@ -46,6 +46,7 @@ type index struct {
 // node is one owner name that exists: a record (device or CA) or an empty non-terminal.
 type node struct {
 	tlsa   []packedRR // the RRset with its expiries; replaced, never mutated
+	sum    uint64     // tlsaKey of the whole RRset, to find its signatures
 	device bool       // a device record is stored here
 	record bool       // a device or CA record is stored here
 	below  int32      // records stored under this name
@@ -78,14 +79,14 @@ func (x *index) setSerial(revision int64) {
 	x.soaWire = packRR(x.soa)
 }
 
-// putDevice stores (or replaces) a device's record at its owner name.
-func (x *index) putDevice(owner string, d *record.Device, now time.Time) {
-	x.put(owner, packAll(d.Render(x.cfg.ttl, now, x.cfg.render)), true)
+// deviceTLSA renders and packs a device's RRset.
+func (cfg *config) deviceTLSA(d *record.Device, now time.Time) []packedRR {
+	return packAll(d.Render(cfg.ttl, now, cfg.render))
 }
 
-// putCA stores (or replaces) a CA discovery record.
-func (x *index) putCA(aki string, der []byte) {
-	x.put(record.CAOwner(aki, x.origin), []packedRR{packTLSA(record.CAPublished(x.cfg.ttl, der))}, false)
+// caTLSA renders and packs the RRset of a CA discovery record.
+func (cfg *config) caTLSA(der []byte) []packedRR {
+	return []packedRR{packTLSA(record.CAPublished(cfg.ttl, der))}
 }
 
 // put stores a record's RRset at owner, counting a new record in its ancestors.
@@ -109,6 +110,7 @@ func (x *index) put(owner string, tlsa []packedRR, device bool) {
 		x.devices++
 	}
 	n.record, n.device, n.tlsa = true, device, tlsa
+	n.sum = tlsaKey(owner, tlsa, 0)
 }
 
 // remove deletes the record at owner; names that no longer hold or lead to a record go.
@@ -152,6 +154,7 @@ type answer struct {
 	apex   []dns.RR   // apex RRs of the queried type
 	tlsa   []packedRR // TLSA RRs, when the query asks for them
 	stored []packedRR // TLSA RRs at the name, for the NSEC type bitmap
+	sum    uint64     // tlsaKey of the whole TLSA RRset
 	soa    []byte     // packed SOA for the authority section of negative answers
 }
 
@@ -188,7 +191,7 @@ func (z *zone) lookup(qname string, qtype uint16) (a answer, ok bool) {
 	if n == nil {
 		return a, true
 	}
-	a.exists, a.stored = true, n.tlsa
+	a.exists, a.stored, a.sum = true, n.tlsa, n.sum
 	if qtype == dns.TypeTLSA || qtype == dns.TypeANY {
 		a.tlsa = n.tlsa
 	}

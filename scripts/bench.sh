@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# make bench: load runs of BENCHMARKS.md. The server is pinned to core 0 and dnsperf to
-# core 1; every figure is compared with whoami measured in the same run. Results go to
+# make bench: the load runs of BENCHMARKS.md. One bin/coredns pinned to core 0 serves
+# whoami (the framework's ceiling), deviceid signed with ECDSA P-256, file + dnssec with
+# the same key and records, and deviceid signed with Ed25519; dnsperf runs on core 1.
+# Every figure is compared with whoami measured in the same run. Results go to
 # bench-out/results.md. Needs dnsperf (Debian package) and about 2 GB of disk.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,20 +28,31 @@ start_data() {
 }
 
 wait_ready() { # wait_ready URL: until CoreDNS's ready plugin says so
-  for _ in $(seq 600); do curl -fs "$1" >/dev/null 2>&1 && return; sleep 0.05; done
+  for _ in $(seq 6000); do curl -fs "$1" >/dev/null 2>&1 && return; sleep 0.05; done
   echo "CoreDNS not ready" >&2; exit 1
 }
 
-qps() { # qps PORT FILE
-  taskset -c 1 dnsperf -s 127.0.0.1 -p "$1" -d "$2" -l "$SECONDS_PER_RUN" -c 4 -q 200 2>&1 |
+qps() { # qps PORT FILE [dnsperf flags]: saturating throughput
+  local port=$1 file=$2; shift 2
+  taskset -c 1 dnsperf -s 127.0.0.1 -p "$port" -d "$file" -l "$SECONDS_PER_RUN" -c 4 -q 200 "$@" 2>&1 |
     awk '/Queries per second/ {print int($4)}'
 }
 
-median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+p99() { # p99 PORT FILE RATE [dnsperf flags]: 99th percentile latency in ms at RATE q/s
+  local port=$1 file=$2 rate=$3; shift 3
+  taskset -c 1 dnsperf -s 127.0.0.1 -p "$port" -d "$file" -l 5 -c 4 -Q "$rate" -v "$@" 2>/dev/null |
+    awk '/^> / {print $NF}' | sort -n | awk '{a[NR]=$1} END {printf "%.2f", a[int(NR*0.99)]*1000}'
+}
 
-echo "== $N devices with certificates (3 1 1 + 4 0 0): whoami, deviceid, file"
-mkdir -p $out/data
+median() { tr ' ' '\n' | grep . | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+ratio() { awk "BEGIN {printf \"%.2f\", $1/$2}"; }
+
+echo "== $N devices with certificates (3 1 1 + 4 0 0)"
+mkdir -p $out/data $out/keys
 start_data $out/data -n "$N"
+rm -f $out/keys/K*
+ecdsa=$(bin/deviceid-signer keygen -zone iot.example -dir $out/keys | awk '/^Corefile:/ {print $4}')
+ed25519=$(bin/deviceid-signer keygen -zone iot.example -algorithm ED25519 -dir $out/keys | awk '/^Corefile:/ {print $4}')
 cat > $out/bench.Corefile <<CF
 .:5300 {
     bind 127.0.0.1
@@ -50,41 +63,80 @@ iot.example:5301 {
     ready 127.0.0.1:18181
     deviceid {
         endpoint http://127.0.0.1:23790
+        key file $ecdsa
     }
 }
 iot.example:5302 {
     bind 127.0.0.1
     file $out/data/zone.db
+    dnssec {
+        key file $ecdsa
+    }
+}
+iot.example:5304 {
+    bind 127.0.0.1
+    deviceid {
+        endpoint http://127.0.0.1:23790
+        key file $ed25519
+    }
 }
 CF
 taskset -c 0 bin/coredns -conf $out/bench.Corefile > $out/coredns.log 2>&1 &
 cdns=$!; pids+=($cdns)
 wait_ready http://127.0.0.1:18181/ready
-sleep 2 # the file plugin loads its zone in the background
+sleep 3 # the file plugin loads its zone in the background
+# Warm the signature caches: steady state is every device's answer signed once.
+for port in 5301 5302; do taskset -c 1 dnsperf -s 127.0.0.1 -p $port -d $out/data/wide.txt -n 1 -c 4 -q 200 -D >/dev/null 2>&1; done
 
 declare -A runs
+run() { # run NAME PORT MIX [dnsperf flags]
+  local name=$1 port=$2 mix=$3; shift 3
+  local q; q=$(qps "$port" $out/data/$mix.txt "$@")
+  runs[$name.$mix]+="$q "
+  echo "round $round $mix $name: $q q/s"
+}
 for round in $(seq "$ROUNDS"); do
   for mix in hot wide nonexistent; do
-    for srv in whoami:5300 deviceid:5301 file:5302; do
-      q=$(qps "${srv#*:}" $out/data/$mix.txt)
-      runs[${srv%:*}.$mix]+="$q "
-      echo "round $round $mix ${srv%:*}: $q q/s"
-    done
+    run whoami 5300 $mix
+    run deviceid 5301 $mix
+    run file 5302 $mix
+    run whoami-do 5300 $mix -D
+    run deviceid-do 5301 $mix -D
+    run file-dnssec-do 5302 $mix -D
   done
+  run deviceid-ed25519-do 5304 nonexistent -D
 done
+
+hot_sat=$(median <<<"${runs[deviceid-do.hot]}")
+lat_hot=$(p99 5301 $out/data/hot.txt $((hot_sat / 2)) -D)
+wide_sat=$(median <<<"${runs[deviceid-do.wide]}")
+lat_wide=$(p99 5301 $out/data/wide.txt $((wide_sat / 2)) -D)
 kill $cdns; wait $cdns 2>/dev/null || true
 
 {
   echo "# make bench results, $(date -u +%Y-%m-%dT%H:%MZ), $N devices, median of $ROUNDS runs of ${SECONDS_PER_RUN}s"
   echo
+  echo "Plain queries (no DO bit):"
+  echo
   echo "| mix | whoami q/s | deviceid q/s | deviceid / whoami | file q/s | file / whoami |"
   echo "|---|---|---|---|---|---|"
   for mix in hot wide nonexistent; do
-    w=$(tr ' ' '\n' <<<"${runs[whoami.$mix]}" | grep . | median)
-    d=$(tr ' ' '\n' <<<"${runs[deviceid.$mix]}" | grep . | median)
-    f=$(tr ' ' '\n' <<<"${runs[file.$mix]}" | grep . | median)
-    echo "| $mix | $w | $d | $(awk "BEGIN {printf \"%.2f\", $d/$w}") | $f | $(awk "BEGIN {printf \"%.2f\", $f/$w}") |"
+    w=$(median <<<"${runs[whoami.$mix]}"); d=$(median <<<"${runs[deviceid.$mix]}"); f=$(median <<<"${runs[file.$mix]}")
+    echo "| $mix | $w | $d | $(ratio "$d" "$w") | $f | $(ratio "$f" "$w") |"
   done
+  echo
+  echo "DO bit set (signed answers; whoami answers unsigned, the ceiling):"
+  echo
+  echo "| mix | whoami q/s | deviceid (ECDSA) q/s | / whoami | file + dnssec q/s | / whoami |"
+  echo "|---|---|---|---|---|---|"
+  for mix in hot wide nonexistent; do
+    w=$(median <<<"${runs[whoami-do.$mix]}"); d=$(median <<<"${runs[deviceid-do.$mix]}"); f=$(median <<<"${runs[file-dnssec-do.$mix]}")
+    echo "| $mix | $w | $d | $(ratio "$d" "$w") | $f | $(ratio "$f" "$w") |"
+  done
+  w=$(median <<<"${runs[whoami-do.nonexistent]}"); e=$(median <<<"${runs[deviceid-ed25519-do.nonexistent]}")
+  echo "| nonexistent, Ed25519 | $w | $e | $(ratio "$e" "$w") | | |"
+  echo
+  echo "p99 latency of signed answers at half the saturating load: hot $lat_hot ms (at $((hot_sat / 2)) q/s), wide $lat_wide ms (at $((wide_sat / 2)) q/s)."
 } > $out/results.md
 cleanup; pids=()
 
@@ -100,11 +152,14 @@ iot.example:5303 {
     }
 }
 CF
+# The load may use both cores (etcd, on the same machine, serves it meanwhile); the
+# queries after it run with the server pinned to core 0 as above.
 start=$(date +%s.%N)
-taskset -c 0 bin/coredns -conf $out/big.Corefile > $out/coredns-big.log 2>&1 &
+bin/coredns -conf $out/big.Corefile > $out/coredns-big.log 2>&1 &
 cdns=$!; pids+=($cdns)
-for _ in $(seq 6000); do curl -fs http://127.0.0.1:18182/ready >/dev/null 2>&1 && break; sleep 0.01; done
+wait_ready http://127.0.0.1:18182/ready
 end=$(date +%s.%N)
+taskset -a -p -c 0 $cdns >/dev/null
 sleep 1
 rss=$(awk '/VmRSS/ {print int($2/1024)}' /proc/$cdns/status)
 answer=$(dig +short @127.0.0.1 -p 5303 TLSA dev0999999._device.iot.example | head -1 || true)

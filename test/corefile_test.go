@@ -40,12 +40,7 @@ func exampleCorefile(t *testing.T, name string, ports ...string) string {
 }
 
 func TestDevCorefile(t *testing.T) {
-	etcd := startEtcd(t)
-	cli := etcd.client()
-	ca, err := devpki.NewCA("deviceid test CA")
-	if err != nil {
-		t.Fatal(err)
-	}
+	etcd, cli, ca := testbed(t)
 	d := newDevice(t, ca, "sensor7", time.Now().AddDate(1, 0, 0))
 	put(t, cli, deviceKey("sensor7"), deviceJSON(credentialJSON(d, "active")))
 

@@ -10,19 +10,13 @@ import (
 	"testing"
 	"time"
 
-	"github.com/deviceid/deviceid/internal/devpki"
 	"github.com/deviceid/deviceid/plugin/record"
 
 	"github.com/miekg/dns"
 )
 
 func TestDNSSECValidation(t *testing.T) {
-	etcd := startEtcd(t)
-	cli := etcd.client()
-	ca, err := devpki.NewCA("deviceid test CA")
-	if err != nil {
-		t.Fatal(err)
-	}
+	etcd, cli, ca := testbed(t)
 	year := time.Now().AddDate(1, 0, 0)
 	active := newDevice(t, ca, "sensor7", year)
 	revoked := newDevice(t, ca, "sensor8", year)
@@ -236,12 +230,7 @@ func verifySection(t *testing.T, rrs []dns.RR, keys map[uint16]*dns.DNSKEY) {
 // asking: every answer must validate throughout. The resolver trusts the DS of both
 // KSKs, as the parent would publish them during the roll.
 func TestKeyRollover(t *testing.T) {
-	etcd := startEtcd(t)
-	cli := etcd.client()
-	ca, err := devpki.NewCA("deviceid test CA")
-	if err != nil {
-		t.Fatal(err)
-	}
+	etcd, cli, ca := testbed(t)
 	d := newDevice(t, ca, "sensor7", time.Now().AddDate(1, 0, 0))
 	put(t, cli, deviceKey("sensor7"), deviceJSON(fmt.Sprintf(`{"cert": %q, "status": "active"}`, base64.StdEncoding.EncodeToString(d.cert))))
 

@@ -93,6 +93,17 @@ func (s *etcdServer) client() *clientv3.Client {
 	return cli
 }
 
+// testbed starts an etcd and returns it with a client, and a CA for device certificates.
+func testbed(t *testing.T) (*etcdServer, *clientv3.Client, *devpki.CA) {
+	t.Helper()
+	etcd := startEtcd(t)
+	ca, err := devpki.NewCA("deviceid test CA")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return etcd, etcd.client(), ca
+}
+
 // coreDNS is a running CoreDNS server.
 type coreDNS struct {
 	udp, tcp string

@@ -9,7 +9,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/deviceid/deviceid/internal/devpki"
 	"github.com/deviceid/deviceid/plugin/record"
 
 	"github.com/miekg/dns"
@@ -42,12 +41,7 @@ func waitLoaded(t *testing.T, c *coreDNS) {
 }
 
 func TestServe(t *testing.T) {
-	etcd := startEtcd(t)
-	cli := etcd.client()
-	ca, err := devpki.NewCA("deviceid test CA")
-	if err != nil {
-		t.Fatal(err)
-	}
+	etcd, cli, ca := testbed(t)
 	year := time.Now().AddDate(1, 0, 0)
 	active := newDevice(t, ca, "sensor7", year)
 	revoked := newDevice(t, ca, "sensor8", year)
@@ -223,12 +217,7 @@ func answerIs(t *testing.T, c *coreDNS, name string, rcode int, want []string) e
 }
 
 func TestUpdateAndDelete(t *testing.T) {
-	etcd := startEtcd(t)
-	cli := etcd.client()
-	ca, err := devpki.NewCA("deviceid test CA")
-	if err != nil {
-		t.Fatal(err)
-	}
+	etcd, cli, ca := testbed(t)
 	d := newDevice(t, ca, "sensor1", time.Now().AddDate(1, 0, 0))
 	c := startCoreDNS(t, corefile(etcd.cfg.ClientURL, fmt.Sprintf("127.0.0.1:%d", freePort(t))))
 	waitLoaded(t, c)
@@ -268,12 +257,7 @@ func TestUpdateAndDelete(t *testing.T) {
 }
 
 func TestCredentialExpiresWhileServed(t *testing.T) {
-	etcd := startEtcd(t)
-	cli := etcd.client()
-	ca, err := devpki.NewCA("deviceid test CA")
-	if err != nil {
-		t.Fatal(err)
-	}
+	etcd, cli, ca := testbed(t)
 	d := newDevice(t, ca, "brief", time.Now().AddDate(1, 0, 0))
 	c := startCoreDNS(t, corefile(etcd.cfg.ClientURL, fmt.Sprintf("127.0.0.1:%d", freePort(t))))
 	waitLoaded(t, c)
@@ -286,12 +270,7 @@ func TestCredentialExpiresWhileServed(t *testing.T) {
 }
 
 func TestEtcdStopAndRestart(t *testing.T) {
-	etcd := startEtcd(t)
-	cli := etcd.client()
-	ca, err := devpki.NewCA("deviceid test CA")
-	if err != nil {
-		t.Fatal(err)
-	}
+	etcd, cli, ca := testbed(t)
 	d1 := newDevice(t, ca, "before", time.Now().AddDate(1, 0, 0))
 	d2 := newDevice(t, ca, "after", time.Now().AddDate(1, 0, 0))
 	put(t, cli, deviceKey("before"), deviceJSON(credentialJSON(d1, "active")))
@@ -315,12 +294,7 @@ func TestEtcdStopAndRestart(t *testing.T) {
 }
 
 func TestReloadAfterCompaction(t *testing.T) {
-	etcd := startEtcd(t)
-	cli := etcd.client()
-	ca, err := devpki.NewCA("deviceid test CA")
-	if err != nil {
-		t.Fatal(err)
-	}
+	etcd, cli, ca := testbed(t)
 	d := newDevice(t, ca, "gone", time.Now().AddDate(1, 0, 0))
 	put(t, cli, deviceKey("gone"), deviceJSON(credentialJSON(d, "active")))
 	p := startProxy(t, strings.TrimPrefix(etcd.cfg.ClientURL, "http://"))

@@ -165,7 +165,8 @@ func mustSPKI(k *ecdsa.PrivateKey) []byte {
 }
 
 // queryFiles writes the dnsperf inputs: hot (1,000 names repeated), wide (every
-// device once, shuffled) and nonexistent (random names).
+// device once, shuffled) and nonexistent (500,000 random names: each query needs a
+// denial signed afresh).
 func queryFiles(dir string, n int) error {
 	write := func(name string, lines int, qname func(i int) string) error {
 		f, err := os.Create(filepath.Join(dir, name))
@@ -190,7 +191,7 @@ func queryFiles(dir string, n int) error {
 	if err := write("wide.txt", n, func(i int) string { return deviceName(perm[i]) }); err != nil {
 		return err
 	}
-	return write("nonexistent.txt", 100000, func(int) string {
+	return write("nonexistent.txt", 500000, func(int) string {
 		v, _ := rand.Int(rand.Reader, big.NewInt(1<<62))
 		return fmt.Sprintf("nx%x", v)
 	})
