@@ -382,3 +382,21 @@ func FuzzServeDNS(f *testing.F) {
 		}
 	})
 }
+
+func TestMatchZone(t *testing.T) {
+	origins := []string{"iot.example.", "b.iot.example.", "example.org."}
+	for qname, want := range map[string]string{
+		"iot.example.":                 "iot.example.",
+		"a.iot.example.":               "iot.example.",
+		"x.b.iot.example.":             "b.iot.example.",
+		"b.iot.example.":               "b.iot.example.",
+		"xiot.example.":                "",
+		"example.":                     "",
+		"sensor7._device.example.org.": "example.org.",
+		".":                            "",
+	} {
+		if got := matchZone(origins, qname); got != want {
+			t.Errorf("matchZone(%q) = %q, want %q", qname, got, want)
+		}
+	}
+}

@@ -124,15 +124,14 @@ func writePacked(w dns.ResponseWriter, state request.Request, rep reply, now int
 	buf = append(buf, rep.authority...)
 	nAuthority := rep.nAuthority
 
-	var opt []byte
-	if o := r.IsEdns0(); o != nil {
-		// OPT: root owner, UDP size, extended RCODE 0, version 0, the DO and CO flags of the query.
-		opt = binary.BigEndian.AppendUint16([]byte{0}, dns.TypeOPT)
-		opt = binary.BigEndian.AppendUint16(opt, o.UDPSize())
-		opt = binary.BigEndian.AppendUint32(opt, o.Hdr.Ttl&0xC000)
-		opt = append(opt, 0, 0)
+	// OPT: root owner, UDP size, extended RCODE 0, version 0, the DO and CO flags of the
+	// query, no options: 11 bytes.
+	o := r.IsEdns0()
+	optLen := 0
+	if o != nil {
+		optLen = 11
 	}
-	if len(buf)+len(opt) > state.Size() { // the client's buffer; TCP: 64 KiB
+	if len(buf)+optLen > state.Size() { // the client's buffer; TCP: 64 KiB
 		buf = buf[:question]
 		answers, nAuthority = 0, 0
 		flags |= 1 << 9 // TC: ask again over TCP
@@ -140,11 +139,14 @@ func writePacked(w dns.ResponseWriter, state request.Request, rep reply, now int
 	binary.BigEndian.PutUint16(buf[2:], flags)
 	binary.BigEndian.PutUint16(buf[6:], answers)
 	binary.BigEndian.PutUint16(buf[8:], nAuthority)
-	if opt != nil {
-		buf = append(buf, opt...)
+	binary.BigEndian.PutUint16(buf[10:], 0)
+	if o != nil {
+		buf = append(buf, 0)
+		buf = binary.BigEndian.AppendUint16(buf, dns.TypeOPT)
+		buf = binary.BigEndian.AppendUint16(buf, o.UDPSize())
+		buf = binary.BigEndian.AppendUint32(buf, o.Hdr.Ttl&0xC000)
+		buf = append(buf, 0, 0)
 		binary.BigEndian.PutUint16(buf[10:], 1)
-	} else {
-		binary.BigEndian.PutUint16(buf[10:], 0)
 	}
 	*bp = buf[:0]
 
