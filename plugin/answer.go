@@ -63,8 +63,8 @@ func (z *zone) reply(state request.Request, a answer, do bool, now time.Time) (r
 		return rep, err
 	}
 	types := a.types(z, now.UnixNano())
-	if len(qname)+5 > 255 { // "\000." makes the next name longer than a name can be
-		return rep, errors.New("query name too long for a compact denial")
+	if len(qname)+3 > 255 { // "\000." (2 octets) makes the next name longer than a name can be
+		return rep, errNameTooLong
 	}
 	cache := s.exist
 	if !a.exists {
@@ -90,6 +90,10 @@ func (z *zone) reply(state request.Request, a answer, do bool, now time.Time) (r
 	rep.nAuthority = 1 + soa.n + 1 + nsec.n
 	return rep, nil
 }
+
+// errNameTooLong: a name this long cannot be denied with an NSEC at \000.<qname>.
+// Only a client can send one, so it is not logged.
+var errNameTooLong = errors.New("query name too long for a compact denial")
 
 // types lists the types that exist at the answer's name, for its NSEC (ascending).
 func (a answer) types(z *zone, now int64) []uint16 {

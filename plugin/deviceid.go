@@ -4,6 +4,7 @@ package deviceid
 
 import (
 	"context"
+	"errors"
 	"strings"
 	"sync"
 	"time"
@@ -77,6 +78,9 @@ func (d *Deviceid) ServeDNS(ctx context.Context, w dns.ResponseWriter, r *dns.Ms
 		if rep, err = z.reply(state, a, do, now); err == nil {
 			err = writePacked(w, state, rep, now.UnixNano())
 		}
+	}
+	if errors.Is(err, errNameTooLong) {
+		return dns.RcodeServerFailure, nil
 	}
 	if err != nil {
 		log.Errorf("zone %s: answering %s %s: %v", origin, qname, dns.TypeToString[qtype], err)

@@ -225,6 +225,21 @@ func TestSignedWithoutDO(t *testing.T) {
 	}
 }
 
+func TestLongNameDenial(t *testing.T) {
+	d := signedDeviceid(t, false, dns.ECDSAP256SHA256)
+	long := strings.Repeat(strings.Repeat("a", 60)+".", 3) + strings.Repeat("b", 49) + "._device.iot.example." // 253 characters
+	if _, rcode := ask(t, d, long, dns.TypeTLSA, true, false); rcode != dns.RcodeServerFailure {
+		t.Errorf("rcode %d for a name too long to deny compactly, want SERVFAIL", rcode)
+	}
+	if m, _ := ask(t, d, long, dns.TypeTLSA, false, false); m == nil || m.Rcode != dns.RcodeNameError {
+		t.Errorf("without DO: %v", m)
+	}
+	ok := long[:183] + long[184:] // one character less: the NSEC's next name still fits
+	if m, _ := ask(t, d, ok, dns.TypeTLSA, true, false); m == nil || len(m.Ns) != 4 {
+		t.Errorf("a 252-character name: %v", m)
+	}
+}
+
 func TestNXNAMEQuery(t *testing.T) {
 	d := signedDeviceid(t, false, dns.ECDSAP256SHA256)
 	if _, rcode := ask(t, d, "sensor7._device.iot.example.", dns.TypeNXNAME, true, false); rcode != dns.RcodeFormatError {

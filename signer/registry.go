@@ -1,0 +1,230 @@
+package signer
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"time"
+
+	"github.com/deviceid/deviceid/plugin/record"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+// Errors a caller can tell apart.
+var (
+	ErrNotFound   = errors.New("no such device")
+	ErrBadReason  = errors.New("not an RFC 5280 revocation reason")
+	ErrNoSuchKey  = errors.New("the device has no credential with that key")
+	errConflicted = errors.New("the record kept changing; try again")
+)
+
+// Reasons are the RFC 5280 §5.3.1 CRLReason names accepted for a revocation.
+var Reasons = []string{
+	"unspecified", "keyCompromise", "cACompromise", "affiliationChanged", "superseded",
+	"cessationOfOperation", "certificateHold", "privilegeWithdrawn", "aACompromise",
+}
+
+// maxAttempts bounds the retries of one update against concurrent writers.
+const maxAttempts = 20
+
+// Registry reads and writes the device records of one zone in etcd. Every write is
+// one transaction that compares the record's revision, retried when another writer
+// got there first, so concurrent writers never lose an update.
+type Registry struct {
+	Client *clientv3.Client
+	Prefix string
+	Zone   string
+}
+
+// Get returns a device's record and the revision it was last changed at.
+func (r *Registry) Get(ctx context.Context, device string) (*record.Device, int64, error) {
+	device, err := record.DeviceName(device)
+	if err != nil {
+		return nil, 0, err
+	}
+	d, rev, err := r.get(ctx, record.DeviceKey(r.Prefix, r.Zone, device))
+	if err == nil && d == nil {
+		err = ErrNotFound
+	}
+	return d, rev, err
+}
+
+// get reads a key: a nil device and revision 0 when absent.
+func (r *Registry) get(ctx context.Context, key string) (*record.Device, int64, error) {
+	resp, err := r.Client.Get(ctx, key)
+	if err != nil {
+		return nil, 0, err
+	}
+	if len(resp.Kvs) == 0 {
+		return nil, 0, nil
+	}
+	d, err := record.ParseDevice(resp.Kvs[0].Value)
+	if err != nil {
+		return nil, 0, fmt.Errorf("the stored record is invalid: %w", err)
+	}
+	return d, resp.Kvs[0].ModRevision, nil
+}
+
+// update applies change to the device's record (nil when there is none) and writes
+// the result if it differs, comparing the revision it read. change returns the new
+// record, or nil to delete it.
+func (r *Registry) update(ctx context.Context, device string, change func(*record.Device) (*record.Device, error)) (*record.Device, error) {
+	device, err := record.DeviceName(device)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := record.DeviceOwner(device, r.Zone); err != nil {
+		return nil, err
+	}
+	key := record.DeviceKey(r.Prefix, r.Zone, device)
+	for range maxAttempts {
+		old, rev, err := r.get(ctx, key)
+		if err != nil {
+			return nil, err
+		}
+		var before []byte
+		if old != nil {
+			before, _ = json.Marshal(old)
+		}
+		updated, err := change(old)
+		if err != nil {
+			return nil, err
+		}
+		var op clientv3.Op
+		if updated == nil {
+			if old == nil {
+				return nil, nil // deleting what is not there: done
+			}
+			op = clientv3.OpDelete(key)
+		} else {
+			if err := updated.Validate(); err != nil {
+				return nil, err
+			}
+			after, err := json.Marshal(updated)
+			if err != nil {
+				return nil, err
+			}
+			if bytes.Equal(before, after) {
+				return updated, nil // idempotent: nothing to write
+			}
+			op = clientv3.OpPut(key, string(after))
+		}
+		resp, err := r.Client.Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(key), "=", rev)).Then(op).Commit()
+		if err != nil {
+			return nil, err
+		}
+		if resp.Succeeded {
+			return updated, nil
+		}
+		txnConflicts.Inc()
+	}
+	return nil, errConflicted
+}
+
+// Enroll adds an active credential to a device, creating the device if needed. A
+// credential for a key the device already has active changes nothing; a key that was
+// revoked is refused.
+func (r *Registry) Enroll(ctx context.Context, device string, cred record.Credential) (*record.Device, error) {
+	cred.Status = record.StatusActive
+	probe := record.Device{Version: record.Version, Credentials: []record.Credential{cred}}
+	if err := probe.Validate(); err != nil { // fills SPKI and not_after from the certificate
+		return nil, err
+	}
+	cred = probe.Credentials[0]
+	return r.update(ctx, device, func(d *record.Device) (*record.Device, error) {
+		if d == nil {
+			d = &record.Device{Version: record.Version}
+		}
+		for _, c := range d.Credentials {
+			if bytes.Equal(c.SPKI, cred.SPKI) {
+				if c.Status == record.StatusRevoked {
+					return nil, errors.New("this key was revoked for the device; enroll a new key")
+				}
+				if bytes.Equal(c.Cert, cred.Cert) {
+					return d, nil
+				}
+			}
+		}
+		if len(d.Credentials) >= record.MaxCredentials {
+			return nil, fmt.Errorf("the device has %d credentials already, the most a record holds", len(d.Credentials))
+		}
+		d.Credentials = append(d.Credentials, cred)
+		return d, nil
+	})
+}
+
+// Revoke marks a device's credentials for the key spki revoked (all its credentials
+// when spki is nil), with an RFC 5280 reason. Revoking what is revoked changes nothing.
+func (r *Registry) Revoke(ctx context.Context, device string, spki []byte, reason string, at time.Time) (*record.Device, error) {
+	if reason == "" {
+		reason = "unspecified"
+	}
+	if !slices.Contains(Reasons, reason) {
+		return nil, fmt.Errorf("%w: %q", ErrBadReason, reason)
+	}
+	at = at.UTC().Truncate(time.Second)
+	return r.update(ctx, device, func(d *record.Device) (*record.Device, error) {
+		if d == nil {
+			return nil, ErrNotFound
+		}
+		found := false
+		for i := range d.Credentials {
+			c := &d.Credentials[i]
+			if spki != nil && !bytes.Equal(c.SPKI, spki) {
+				continue
+			}
+			found = true
+			if c.Status != record.StatusRevoked {
+				c.Status, c.RevokedAt, c.Reason = record.StatusRevoked, &at, reason
+			}
+		}
+		if !found && spki != nil {
+			return nil, ErrNoSuchKey
+		}
+		return d, nil
+	})
+}
+
+// Delete removes a device's record. Deleting a device that is not there succeeds.
+func (r *Registry) Delete(ctx context.Context, device string) error {
+	_, err := r.update(ctx, device, func(*record.Device) (*record.Device, error) { return nil, nil })
+	return err
+}
+
+// List returns up to limit device names after the name after (in key order), and
+// the name to pass as after for the next page ("" at the end).
+func (r *Registry) List(ctx context.Context, after string, limit int) ([]string, string, error) {
+	if limit <= 0 || limit > 1000 {
+		limit = 1000
+	}
+	prefix := record.DeviceKey(r.Prefix, r.Zone, "")
+	from := prefix
+	if after != "" {
+		from = prefix + after + "\x00"
+	}
+	resp, err := r.Client.Get(ctx, from, clientv3.WithRange(clientv3.GetPrefixRangeEnd(prefix)),
+		clientv3.WithLimit(int64(limit)), clientv3.WithKeysOnly())
+	if err != nil {
+		return nil, "", err
+	}
+	names := make([]string, 0, len(resp.Kvs))
+	for _, kv := range resp.Kvs {
+		names = append(names, string(kv.Key[len(prefix):]))
+	}
+	next := ""
+	if resp.More && len(names) > 0 {
+		next = names[len(names)-1]
+	}
+	return names, next, nil
+}
+
+// PutCA publishes the CA certificate under P/<zone>/ca/<aki> for discovery.
+func (r *Registry) PutCA(ctx context.Context, ca *CA) error {
+	key := record.CAKey(r.Prefix, r.Zone, ca.AKI())
+	_, err := r.Client.Put(ctx, key, string(ca.PEM()))
+	return err
+}

@@ -1,0 +1,283 @@
+package signer
+
+import (
+	"context"
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/ed25519"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"net"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/deviceid/deviceid/internal/embedetcd"
+	"github.com/deviceid/deviceid/plugin/record"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+func freePort(t *testing.T) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+// testRegistry runs an embedded etcd and returns a registry for iot.example on it.
+func testRegistry(t *testing.T) *Registry {
+	t.Helper()
+	url := fmt.Sprintf("http://127.0.0.1:%d", freePort(t))
+	e, err := embedetcd.Start(embedetcd.Config{Dir: t.TempDir(), ClientURL: url, PeerURL: fmt.Sprintf("http://127.0.0.1:%d", freePort(t))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(e.Close)
+	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{url}, DialTimeout: 5 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cli.Close() })
+	return &Registry{Client: cli, Prefix: "/deviceid", Zone: "iot.example."}
+}
+
+func testCA(t *testing.T) *CA {
+	t.Helper()
+	ca, err := InitCA(t.TempDir(), "test CA", "iot.example", elliptic.P256())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ca
+}
+
+func TestInitAndLoadCA(t *testing.T) {
+	dir := t.TempDir()
+	ca, err := InitCA(dir, "test CA", "IoT.example", elliptic.P384())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := InitCA(dir, "again", "iot.example", elliptic.P256()); err == nil || !strings.Contains(err.Error(), "refusing to overwrite") {
+		t.Errorf("second InitCA: %v", err)
+	}
+	loaded, err := LoadCA(filepath.Join(dir, CACertFile), filepath.Join(dir, CAKeyFile), "iot.example")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !loaded.Cert.Equal(ca.Cert) || loaded.Zone != "iot.example." || len(loaded.AKI()) != 40 {
+		t.Errorf("loaded CA differs: %v %s", loaded.Zone, loaded.AKI())
+	}
+	other := t.TempDir()
+	if _, err := InitCA(other, "other", "iot.example", elliptic.P256()); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := LoadCA(filepath.Join(dir, CACertFile), filepath.Join(other, CAKeyFile), "iot.example"); err == nil {
+		t.Error("a key of another CA was accepted")
+	}
+	if _, err := InitCA(t.TempDir(), "x", "iot.example", elliptic.P224()); err == nil {
+		t.Error("a P-224 CA was made")
+	}
+}
+
+func TestIssue(t *testing.T) {
+	ca := testCA(t)
+	rsa2048, _ := rsa.GenerateKey(rand.Reader, 2048)
+	rsa1024, _ := rsa.GenerateKey(rand.Reader, 1024)
+	p256, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	p224, _ := ecdsa.GenerateKey(elliptic.P224(), rand.Reader)
+	edPub, _, _ := ed25519.GenerateKey(rand.Reader)
+	now := time.Now()
+	for _, tc := range []struct {
+		name   string
+		device string
+		pub    crypto.PublicKey
+		err    string
+	}{
+		{"ecdsa", "sensor7", p256.Public(), ""},
+		{"ed25519", "c90a.airquality", edPub, ""},
+		{"rsa 2048", "Sensor8", rsa2048.Public(), ""},
+		{"rsa 1024", "s", rsa1024.Public(), "too short"},
+		{"p224", "s", p224.Public(), "not accepted"},
+		{"bad name", "bad_name", p256.Public(), "only a-z"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cert, err := ca.Issue(tc.device, tc.pub, now)
+			if tc.err != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.err) {
+					t.Fatalf("error %v, want %q", err, tc.err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			want := strings.ToLower(tc.device) + "._device.iot.example"
+			if len(cert.DNSNames) != 1 || cert.DNSNames[0] != want {
+				t.Errorf("SAN %v, want %s", cert.DNSNames, want)
+			}
+			if len(cert.ExtKeyUsage) != 1 || cert.ExtKeyUsage[0] != x509.ExtKeyUsageClientAuth || cert.KeyUsage != x509.KeyUsageDigitalSignature {
+				t.Errorf("usages %v %v", cert.ExtKeyUsage, cert.KeyUsage)
+			}
+			if cert.SerialNumber.BitLen() < 100 || cert.SerialNumber.BitLen() > 128 {
+				t.Errorf("serial of %d bits", cert.SerialNumber.BitLen())
+			}
+			if record.KeyID(cert.AuthorityKeyId) != ca.AKI() || len(cert.SubjectKeyId) == 0 {
+				t.Errorf("AKI %x SKI %x", cert.AuthorityKeyId, cert.SubjectKeyId)
+			}
+			if d := cert.NotAfter.Sub(now); d < DefaultLifetime-time.Minute || d > DefaultLifetime+time.Minute {
+				t.Errorf("lifetime %s", d)
+			}
+			pool := x509.NewCertPool()
+			pool.AddCert(ca.Cert)
+			if _, err := cert.Verify(x509.VerifyOptions{Roots: pool, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}); err != nil {
+				t.Errorf("does not chain to the CA: %v", err)
+			}
+		})
+	}
+}
+
+func TestRegistry(t *testing.T) {
+	r := testRegistry(t)
+	ca := testCA(t)
+	ctx := context.Background()
+	k1, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	k2, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	c1, _ := ca.Issue("sensor7", k1.Public(), time.Now())
+	c2, _ := ca.Issue("sensor7", k2.Public(), time.Now())
+
+	if _, _, err := r.Get(ctx, "sensor7"); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("Get before enrollment: %v", err)
+	}
+	d, err := r.Enroll(ctx, "Sensor7", record.Credential{Cert: c1.Raw})
+	if err != nil || len(d.Credentials) != 1 {
+		t.Fatalf("Enroll: %v %v", d, err)
+	}
+	_, rev, _ := r.Get(ctx, "sensor7")
+	if _, err := r.Enroll(ctx, "sensor7", record.Credential{Cert: c1.Raw}); err != nil {
+		t.Fatal(err)
+	}
+	if _, rev2, _ := r.Get(ctx, "sensor7"); rev2 != rev {
+		t.Error("enrolling the same certificate again wrote the record")
+	}
+	if d, err = r.Enroll(ctx, "sensor7", record.Credential{Cert: c2.Raw}); err != nil || len(d.Credentials) != 2 {
+		t.Fatalf("second key: %v %v", d, err)
+	}
+	if d, err = r.Revoke(ctx, "sensor7", c1.RawSubjectPublicKeyInfo, "keyCompromise", time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	if d.Credentials[0].Status != record.StatusRevoked || d.Credentials[0].Reason != "keyCompromise" || d.Credentials[1].Status != record.StatusActive {
+		t.Errorf("after revoking one: %+v", d.Credentials)
+	}
+	if _, err := r.Enroll(ctx, "sensor7", record.Credential{Cert: c1.Raw}); err == nil {
+		t.Error("a revoked key was enrolled again")
+	}
+	if _, err := r.Revoke(ctx, "sensor7", nil, "no such reason", time.Now()); !errors.Is(err, ErrBadReason) {
+		t.Errorf("bad reason: %v", err)
+	}
+	if _, err := r.Revoke(ctx, "sensor7", []byte("nope"), "", time.Now()); !errors.Is(err, ErrNoSuchKey) {
+		t.Errorf("unknown key: %v", err)
+	}
+	if _, err := r.Revoke(ctx, "nosuch", nil, "", time.Now()); !errors.Is(err, ErrNotFound) {
+		t.Errorf("unknown device: %v", err)
+	}
+	if d, err = r.Revoke(ctx, "sensor7", nil, "cessationOfOperation", time.Now()); err != nil || d.Credentials[1].Status != record.StatusRevoked || d.Credentials[0].Reason != "keyCompromise" {
+		t.Errorf("revoke all: %+v %v", d, err)
+	}
+	if _, err := r.Enroll(ctx, "bad_name", record.Credential{Cert: c1.Raw}); err == nil {
+		t.Error("a bad name was enrolled")
+	}
+	spkiOnly, _ := x509.MarshalPKIXPublicKey(k2.Public())
+	if _, err := r.Enroll(ctx, "bare", record.Credential{SPKI: spkiOnly}); err != nil {
+		t.Errorf("SPKI-only enrollment: %v", err)
+	}
+	names, next, err := r.List(ctx, "", 1)
+	if err != nil || len(names) != 1 || names[0] != "bare" || next != "bare" {
+		t.Errorf("List page 1: %v %q %v", names, next, err)
+	}
+	names, next, _ = r.List(ctx, next, 1)
+	if len(names) != 1 || names[0] != "sensor7" || next != "" {
+		t.Errorf("List page 2: %v %q", names, next)
+	}
+	if err := r.Delete(ctx, "sensor7"); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Delete(ctx, "sensor7"); err != nil {
+		t.Errorf("deleting twice: %v", err)
+	}
+	if _, _, err := r.Get(ctx, "sensor7"); !errors.Is(err, ErrNotFound) {
+		t.Errorf("after delete: %v", err)
+	}
+}
+
+// TestConcurrentWriters runs 50 enrollments and revocations on the same devices at
+// once: every one must land, none overwrite another.
+func TestConcurrentWriters(t *testing.T) {
+	r := testRegistry(t)
+	ca := testCA(t)
+	ctx := context.Background()
+	devices := []string{"a", "b"}
+	type op struct {
+		device string
+		cert   *x509.Certificate
+		revoke bool
+	}
+	var ops []op
+	for i := range 50 {
+		k, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+		dev := devices[i%2]
+		c, err := ca.Issue(dev, k.Public(), time.Now())
+		if err != nil {
+			t.Fatal(err)
+		}
+		ops = append(ops, op{device: dev, cert: c, revoke: i%5 == 0})
+	}
+	var wg sync.WaitGroup
+	errs := make(chan error, len(ops))
+	for _, o := range ops {
+		wg.Go(func() {
+			if _, err := r.Enroll(ctx, o.device, record.Credential{Cert: o.cert.Raw}); err != nil {
+				errs <- err
+				return
+			}
+			if o.revoke {
+				if _, err := r.Revoke(ctx, o.device, o.cert.RawSubjectPublicKeyInfo, "superseded", time.Now()); err != nil {
+					errs <- err
+				}
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	for _, dev := range devices {
+		d, _, err := r.Get(ctx, dev)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := map[string]string{}
+		for _, o := range ops {
+			if o.device == dev {
+				want[string(o.cert.RawSubjectPublicKeyInfo)] = map[bool]string{false: record.StatusActive, true: record.StatusRevoked}[o.revoke]
+			}
+		}
+		if len(d.Credentials) != len(want) {
+			t.Errorf("%s has %d credentials, want %d", dev, len(d.Credentials), len(want))
+		}
+		for _, c := range d.Credentials {
+			if want[string(c.SPKI)] != c.Status {
+				t.Errorf("%s: a credential is %s, want %s", dev, c.Status, want[string(c.SPKI)])
+			}
+		}
+	}
+}
