@@ -2,9 +2,9 @@ package main
 
 import (
 	"context"
-	"crypto/x509"
-	"encoding/json"
-	"encoding/pem"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
 	"errors"
 	"flag"
 	"fmt"
@@ -15,10 +15,10 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/deviceid/deviceid/internal/devpki"
 	"github.com/deviceid/deviceid/internal/dnskey"
 	"github.com/deviceid/deviceid/internal/embedetcd"
 	"github.com/deviceid/deviceid/plugin/record"
+	"github.com/deviceid/deviceid/signer"
 
 	"github.com/miekg/dns"
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -56,11 +56,11 @@ func dev(args []string) error {
 		return err
 	}
 	defer cli.Close()
-	ca, err := loadOrCreateCA(*dataDir)
+	ca, err := loadOrCreateCA(*dataDir, *zone)
 	if err != nil {
 		return err
 	}
-	if err := seed(cli, ca, *prefix, *zone); err != nil {
+	if err := seed(&signer.Registry{Client: cli, Prefix: *prefix, Zone: *zone}, ca); err != nil {
 		return fmt.Errorf("writing sample devices: %w", err)
 	}
 
@@ -68,7 +68,7 @@ func dev(args []string) error {
 	for _, s := range samples {
 		fmt.Printf("  %-16s %s\n", s.name, s.status)
 	}
-	fmt.Printf("CA discovery record: %s\n", record.CAOwner(record.KeyID(ca.Cert.SubjectKeyId), *zone))
+	fmt.Printf("CA discovery record: %s\n", record.CAOwner(ca.AKI(), *zone))
 	fmt.Printf("DNSSEC key %s (.key, .private); its DS, the trust anchor for validators:\n%s\n",
 		filepath.Join(*dataDir, zoneKeyName(*zone)), ds)
 
@@ -89,49 +89,36 @@ var samples = []struct{ name, status string }{
 	{"c90a.airquality", record.StatusActive},
 }
 
-// seed writes the CA record and the sample devices that are not there yet.
-func seed(cli *clientv3.Client, ca *devpki.CA, prefix, zone string) error {
+// seed publishes the CA and enrolls the sample devices that are not there yet,
+// through the registry the signer's APIs use.
+func seed(reg *signer.Registry, ca *signer.CA) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	aki := record.KeyID(ca.Cert.SubjectKeyId)
-	if err := putIfAbsent(ctx, cli, record.CAKey(prefix, zone, aki), ca.PEM()); err != nil {
+	if err := reg.PutCA(ctx, ca); err != nil {
 		return err
 	}
 	for _, s := range samples {
-		owner, err := record.DeviceOwner(s.name, zone)
+		if _, _, err := reg.Get(ctx, s.name); !errors.Is(err, signer.ErrNotFound) {
+			continue // there already (or unreadable: left as it is)
+		}
+		key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 		if err != nil {
 			return err
 		}
-		key, err := devpki.NewDeviceKey()
+		cert, err := ca.Issue(s.name, key.Public(), time.Now())
 		if err != nil {
 			return err
 		}
-		der, err := ca.Issue(owner[:len(owner)-1], key.Public(), time.Now().AddDate(1, 0, 0))
-		if err != nil {
+		if _, err := reg.Enroll(ctx, s.name, record.Credential{Cert: cert.Raw}); err != nil {
 			return err
 		}
-		d := record.Device{Version: record.Version, Credentials: []record.Credential{{Cert: der, Status: s.status}}}
 		if s.status == record.StatusRevoked {
-			now := time.Now().UTC()
-			d.Credentials[0].RevokedAt, d.Credentials[0].Reason = &now, "keyCompromise"
-		}
-		value, err := json.Marshal(d)
-		if err != nil {
-			return err
-		}
-		if err := putIfAbsent(ctx, cli, record.DeviceKey(prefix, zone, s.name), value); err != nil {
-			return err
+			if _, err := reg.Revoke(ctx, s.name, nil, "keyCompromise", time.Now()); err != nil {
+				return err
+			}
 		}
 	}
 	return nil
-}
-
-func putIfAbsent(ctx context.Context, cli *clientv3.Client, key string, value []byte) error {
-	_, err := cli.Txn(ctx).
-		If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).
-		Then(clientv3.OpPut(key, string(value))).
-		Commit()
-	return err
 }
 
 // zoneKeyName is the base name of the dev zone's DNSSEC key in the data directory:
@@ -181,42 +168,10 @@ func generateZoneKey(dir, zone, base string) error {
 
 // loadOrCreateCA keeps the dev CA in the data directory, so the sample devices stay
 // valid across restarts.
-func loadOrCreateCA(dir string) (*devpki.CA, error) {
-	certFile, keyFile := filepath.Join(dir, "ca.pem"), filepath.Join(dir, "ca-key.pem")
-	certPEM, err := os.ReadFile(certFile)
-	if errors.Is(err, os.ErrNotExist) {
-		ca, err := devpki.NewCA("deviceid dev CA")
-		if err != nil {
-			return nil, err
-		}
-		keyDER, err := x509.MarshalECPrivateKey(ca.Key)
-		if err != nil {
-			return nil, err
-		}
-		if err := os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER}), 0o600); err != nil {
-			return nil, err
-		}
-		return ca, os.WriteFile(certFile, ca.PEM(), 0o644)
+func loadOrCreateCA(dir, zone string) (*signer.CA, error) {
+	certFile, keyFile := filepath.Join(dir, signer.CACertFile), filepath.Join(dir, signer.CAKeyFile)
+	if _, err := os.Stat(certFile); errors.Is(err, os.ErrNotExist) {
+		return signer.InitCA(dir, "deviceid dev CA", zone, elliptic.P256())
 	}
-	if err != nil {
-		return nil, err
-	}
-	keyPEM, err := os.ReadFile(keyFile)
-	if err != nil {
-		return nil, err
-	}
-	cb, _ := pem.Decode(certPEM)
-	kb, _ := pem.Decode(keyPEM)
-	if cb == nil || kb == nil {
-		return nil, fmt.Errorf("%s or %s is not PEM", certFile, keyFile)
-	}
-	cert, err := x509.ParseCertificate(cb.Bytes)
-	if err != nil {
-		return nil, fmt.Errorf("%s: %w", certFile, err)
-	}
-	key, err := x509.ParseECPrivateKey(kb.Bytes)
-	if err != nil {
-		return nil, fmt.Errorf("%s: %w", keyFile, err)
-	}
-	return &devpki.CA{Cert: cert, Key: key}, nil
+	return signer.LoadCA(certFile, keyFile, zone)
 }

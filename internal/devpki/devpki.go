@@ -1,5 +1,6 @@
-// Package devpki makes the small CA and device certificates that the dev stack and the
-// tests publish. It is not the signer's CA: it has no persistence and no policy.
+// Package devpki makes the small CA and device certificates that the tests and the
+// benchmark data publish, with any validity they need (expired ones too). It is not
+// the signer's CA (package signer): it has no persistence and no policy.
 package devpki
 
 import (
