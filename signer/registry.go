@@ -16,11 +16,17 @@ import (
 
 // Errors a caller can tell apart.
 var (
-	ErrNotFound   = errors.New("no such device")
-	ErrBadReason  = errors.New("not an RFC 5280 revocation reason")
-	ErrNoSuchKey  = errors.New("the device has no credential with that key")
-	errConflicted = errors.New("the record kept changing; try again")
+	ErrNotFound      = errors.New("no such device")
+	ErrInvalid       = errors.New("invalid request")
+	ErrBadReason     = fmt.Errorf("%w: not an RFC 5280 revocation reason", ErrInvalid)
+	ErrNoSuchKey     = errors.New("the device has no credential with that key")
+	ErrRevokedKey    = errors.New("this key was revoked for the device; enroll a new key")
+	errConflicted    = errors.New("the record kept changing; try again")
+	errStoredInvalid = errors.New("the stored record is invalid")
 )
+
+// invalid marks err as the caller's mistake.
+func invalid(err error) error { return fmt.Errorf("%w: %w", ErrInvalid, err) }
 
 // Reasons are the RFC 5280 §5.3.1 CRLReason names accepted for a revocation.
 var Reasons = []string{
@@ -44,7 +50,7 @@ type Registry struct {
 func (r *Registry) Get(ctx context.Context, device string) (*record.Device, int64, error) {
 	device, err := record.DeviceName(device)
 	if err != nil {
-		return nil, 0, err
+		return nil, 0, invalid(err)
 	}
 	d, rev, err := r.get(ctx, record.DeviceKey(r.Prefix, r.Zone, device))
 	if err == nil && d == nil {
@@ -64,7 +70,7 @@ func (r *Registry) get(ctx context.Context, key string) (*record.Device, int64, 
 	}
 	d, err := record.ParseDevice(resp.Kvs[0].Value)
 	if err != nil {
-		return nil, 0, fmt.Errorf("the stored record is invalid: %w", err)
+		return nil, 0, fmt.Errorf("%w: %w", errStoredInvalid, err)
 	}
 	return d, resp.Kvs[0].ModRevision, nil
 }
@@ -75,10 +81,10 @@ func (r *Registry) get(ctx context.Context, key string) (*record.Device, int64, 
 func (r *Registry) update(ctx context.Context, device string, change func(*record.Device) (*record.Device, error)) (*record.Device, error) {
 	device, err := record.DeviceName(device)
 	if err != nil {
-		return nil, err
+		return nil, invalid(err)
 	}
 	if _, err := record.DeviceOwner(device, r.Zone); err != nil {
-		return nil, err
+		return nil, invalid(err)
 	}
 	key := record.DeviceKey(r.Prefix, r.Zone, device)
 	for range maxAttempts {
@@ -102,7 +108,7 @@ func (r *Registry) update(ctx context.Context, device string, change func(*recor
 			op = clientv3.OpDelete(key)
 		} else {
 			if err := updated.Validate(); err != nil {
-				return nil, err
+				return nil, invalid(err)
 			}
 			after, err := json.Marshal(updated)
 			if err != nil {
@@ -132,7 +138,7 @@ func (r *Registry) Enroll(ctx context.Context, device string, cred record.Creden
 	cred.Status = record.StatusActive
 	probe := record.Device{Version: record.Version, Credentials: []record.Credential{cred}}
 	if err := probe.Validate(); err != nil { // fills SPKI and not_after from the certificate
-		return nil, err
+		return nil, invalid(err)
 	}
 	cred = probe.Credentials[0]
 	return r.update(ctx, device, func(d *record.Device) (*record.Device, error) {
@@ -142,7 +148,7 @@ func (r *Registry) Enroll(ctx context.Context, device string, cred record.Creden
 		for _, c := range d.Credentials {
 			if bytes.Equal(c.SPKI, cred.SPKI) {
 				if c.Status == record.StatusRevoked {
-					return nil, errors.New("this key was revoked for the device; enroll a new key")
+					return nil, ErrRevokedKey
 				}
 				if bytes.Equal(c.Cert, cred.Cert) {
 					return d, nil
@@ -150,7 +156,7 @@ func (r *Registry) Enroll(ctx context.Context, device string, cred record.Creden
 			}
 		}
 		if len(d.Credentials) >= record.MaxCredentials {
-			return nil, fmt.Errorf("the device has %d credentials already, the most a record holds", len(d.Credentials))
+			return nil, invalid(fmt.Errorf("the device has %d credentials already, the most a record holds", len(d.Credentials)))
 		}
 		d.Credentials = append(d.Credentials, cred)
 		return d, nil

@@ -1,0 +1,201 @@
+package signer
+
+import (
+	"bytes"
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/sha256"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
+	"encoding/pem"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/deviceid/deviceid/plugin/record"
+)
+
+const token = "s3cret-token"
+
+func testAPI(t *testing.T) (*httptest.Server, *Registry) {
+	t.Helper()
+	r := testRegistry(t)
+	api := &API{CA: testCA(t), Registry: r, Token: token, Timeout: 2 * time.Second}
+	srv := httptest.NewServer(api.Handler())
+	t.Cleanup(srv.Close)
+	return srv, r
+}
+
+func call(t *testing.T, srv *httptest.Server, method, path, auth, body string) (int, []byte) {
+	t.Helper()
+	req, err := http.NewRequest(method, srv.URL+path, strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if auth != "" {
+		req.Header.Set("Authorization", "Bearer "+auth)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, b
+}
+
+func csrPEM(t *testing.T, key any) string {
+	t.Helper()
+	der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{Subject: pkix.Name{CommonName: "ignored"}}, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: der}))
+}
+
+func jsonBody(v any) string {
+	b, _ := json.Marshal(v)
+	return string(b)
+}
+
+// revision returns etcd's current revision, to tell that a request changed nothing.
+func revision(t *testing.T, r *Registry) int64 {
+	t.Helper()
+	resp, err := r.Client.Get(context.Background(), "/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return resp.Header.Revision
+}
+
+func TestAPIEnrollRevoke(t *testing.T) {
+	srv, reg := testAPI(t)
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	code, body := call(t, srv, "POST", "/api/v1/devices/Sensor7/enroll", token, jsonBody(EnrollRequest{CSR: csrPEM(t, key)}))
+	if code != http.StatusCreated {
+		t.Fatalf("enroll: %d %s", code, body)
+	}
+	var er EnrollResponse
+	if err := json.Unmarshal(body, &er); err != nil {
+		t.Fatal(err)
+	}
+	b, _ := pem.Decode([]byte(er.Certificate))
+	cert, err := x509.ParseCertificate(b.Bytes)
+	if err != nil || cert.DNSNames[0] != "sensor7._device.iot.example" || !key.PublicKey.Equal(cert.PublicKey) {
+		t.Fatalf("certificate %v %v", err, cert)
+	}
+	spki := sha256.Sum256(cert.RawSubjectPublicKeyInfo)
+
+	bare, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	spkiDER, _ := x509.MarshalPKIXPublicKey(bare.Public())
+	if code, body := call(t, srv, "POST", "/api/v1/devices/sensor7/enroll", token,
+		jsonBody(EnrollRequest{PublicKey: base64.StdEncoding.EncodeToString(spkiDER)})); code != http.StatusCreated {
+		t.Fatalf("enroll a bare key: %d %s", code, body)
+	}
+
+	code, body = call(t, srv, "POST", "/api/v1/devices/sensor7/revoke", token,
+		jsonBody(RevokeRequest{SPKISHA256: hex.EncodeToString(spki[:]), Reason: "keyCompromise"}))
+	if code != http.StatusOK {
+		t.Fatalf("revoke: %d %s", code, body)
+	}
+	d, _, err := reg.Get(context.Background(), "sensor7")
+	if err != nil || len(d.Credentials) != 2 || d.Credentials[0].Status != record.StatusRevoked || d.Credentials[1].Status != record.StatusActive {
+		t.Fatalf("after revoking one key: %+v %v", d, err)
+	}
+	if code, _ := call(t, srv, "GET", "/api/v1/devices/sensor7", token, ""); code != http.StatusOK {
+		t.Errorf("get: %d", code)
+	}
+	if code, body := call(t, srv, "GET", "/api/v1/devices?limit=10", token, ""); code != http.StatusOK || !strings.Contains(string(body), `"sensor7"`) {
+		t.Errorf("list: %d %s", code, body)
+	}
+	if code, _ := call(t, srv, "DELETE", "/api/v1/devices/sensor7", token, ""); code != http.StatusNoContent {
+		t.Errorf("delete: %d", code)
+	}
+	if code, _ := call(t, srv, "GET", "/api/v1/devices/sensor7", token, ""); code != http.StatusNotFound {
+		t.Errorf("get after delete: %d", code)
+	}
+}
+
+// TestAPIBadInput sends every kind of bad request: each gets its 4xx with a JSON error
+// and leaves etcd unchanged.
+func TestAPIBadInput(t *testing.T) {
+	srv, reg := testAPI(t)
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	goodCSR := csrPEM(t, key)
+	p224, _ := ecdsa.GenerateKey(elliptic.P224(), rand.Reader)
+	rsa1024, _ := rsa.GenerateKey(rand.Reader, 1024)
+	block, _ := pem.Decode([]byte(goodCSR))
+	tampered := append([]byte(nil), block.Bytes...)
+	tampered[len(tampered)-5] ^= 0xff // breaks the signature
+	badSig := string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: tampered}))
+	// One device with a revoked key, to try enrolling that key again.
+	if code, body := call(t, srv, "POST", "/api/v1/devices/old/enroll", token, jsonBody(EnrollRequest{CSR: goodCSR})); code != http.StatusCreated {
+		t.Fatalf("setup: %d %s", code, body)
+	}
+	if code, _ := call(t, srv, "POST", "/api/v1/devices/old/revoke", token, `{}`); code != http.StatusOK {
+		t.Fatal("setup revoke")
+	}
+	spkiDER, _ := x509.MarshalPKIXPublicKey(key.Public())
+	for _, tc := range []struct {
+		name, method, path, auth, body string
+		status                         int
+	}{
+		{"no token", "POST", "/api/v1/devices/a/enroll", "", jsonBody(EnrollRequest{CSR: goodCSR}), 401},
+		{"wrong token", "POST", "/api/v1/devices/a/enroll", "nope", jsonBody(EnrollRequest{CSR: goodCSR}), 401},
+		{"bad json", "POST", "/api/v1/devices/a/enroll", token, `{"csr": `, 400},
+		{"unknown field", "POST", "/api/v1/devices/a/enroll", token, `{"csr": "x", "name": "b"}`, 400},
+		{"trailing data", "POST", "/api/v1/devices/a/enroll", token, `{} {}`, 400},
+		{"oversize body", "POST", "/api/v1/devices/a/enroll", token, `{"csr": "` + strings.Repeat("A", MaxBody) + `"}`, 413},
+		{"nothing to enroll", "POST", "/api/v1/devices/a/enroll", token, `{}`, 400},
+		{"both", "POST", "/api/v1/devices/a/enroll", token, jsonBody(EnrollRequest{CSR: goodCSR, PublicKey: "x"}), 400},
+		{"malformed csr", "POST", "/api/v1/devices/a/enroll", token, jsonBody(EnrollRequest{CSR: "bm90IGEgY3Ny"}), 400},
+		{"not base64", "POST", "/api/v1/devices/a/enroll", token, jsonBody(EnrollRequest{CSR: "%%%"}), 400},
+		{"csr signature", "POST", "/api/v1/devices/a/enroll", token, jsonBody(EnrollRequest{CSR: badSig}), 400},
+		{"p224 key", "POST", "/api/v1/devices/a/enroll", token, jsonBody(EnrollRequest{CSR: csrPEM(t, p224)}), 400},
+		{"rsa 1024", "POST", "/api/v1/devices/a/enroll", token, jsonBody(EnrollRequest{CSR: csrPEM(t, rsa1024)}), 400},
+		{"bad name", "POST", "/api/v1/devices/bad_name/enroll", token, jsonBody(EnrollRequest{CSR: goodCSR}), 400},
+		{"name too long", "POST", "/api/v1/devices/" + strings.Repeat(strings.Repeat("a", 63)+".", 4) + "a/enroll", token, jsonBody(EnrollRequest{CSR: goodCSR}), 400},
+		{"bad public key", "POST", "/api/v1/devices/a/enroll", token, jsonBody(EnrollRequest{PublicKey: "AAEC"}), 400},
+		{"revoked key again", "POST", "/api/v1/devices/old/enroll", token, jsonBody(EnrollRequest{PublicKey: base64.StdEncoding.EncodeToString(spkiDER)}), 409},
+		{"bad reason", "POST", "/api/v1/devices/old/revoke", token, `{"reason": "bored"}`, 400},
+		{"bad digest", "POST", "/api/v1/devices/old/revoke", token, `{"spki_sha256": "zz"}`, 400},
+		{"unknown key", "POST", "/api/v1/devices/old/revoke", token, fmt.Sprintf(`{"spki_sha256": %q}`, strings.Repeat("00", 32)), 404},
+		{"revoke nobody", "POST", "/api/v1/devices/nobody/revoke", token, `{}`, 404},
+		{"bad limit", "GET", "/api/v1/devices?limit=0", token, "", 400},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			before := revision(t, reg)
+			code, body := call(t, srv, tc.method, tc.path, tc.auth, tc.body)
+			if code != tc.status {
+				t.Errorf("status %d, want %d: %s", code, tc.status, body)
+			}
+			var e struct{ Error string }
+			if json.Unmarshal(body, &e) != nil || e.Error == "" {
+				t.Errorf("no JSON error: %s", body)
+			}
+			if after := revision(t, reg); after != before {
+				t.Errorf("etcd changed: revision %d -> %d", before, after)
+			}
+		})
+	}
+}
+
+func TestAPIEtcdDown(t *testing.T) {
+	srv, reg := testAPI(t)
+	reg.Client.Close() // as good as an unreachable etcd for the API
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	code, body := call(t, srv, "POST", "/api/v1/devices/a/enroll", token, jsonBody(EnrollRequest{CSR: csrPEM(t, key)}))
+	if code != http.StatusServiceUnavailable || !bytes.Contains(body, []byte("error")) {
+		t.Errorf("enroll with etcd down: %d %s", code, body)
+	}
+}
