@@ -50,6 +50,7 @@ func (a *API) Handler() http.Handler {
 	mux.HandleFunc("GET /api/v1/devices/{name}", a.get)
 	mux.HandleFunc("DELETE /api/v1/devices/{name}", a.delete)
 	mux.HandleFunc("GET /api/v1/devices", a.list)
+	mux.HandleFunc("POST /api/v1/devices/{name}/code", a.code)
 	return a.authenticate(mux)
 }
 
@@ -84,6 +85,12 @@ type EnrollResponse struct {
 type RevokeRequest struct {
 	SPKISHA256 string `json:"spki_sha256,omitempty"`
 	Reason     string `json:"reason,omitempty"`
+}
+
+// CodeResponse carries a one-time enrollment code for EST's /simpleenroll.
+type CodeResponse struct {
+	Code    string    `json:"code"`
+	Expires time.Time `json:"expires"`
 }
 
 // ListResponse is one page of device names.
@@ -242,6 +249,17 @@ func (a *API) list(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, http.StatusOK, ListResponse{Devices: names, Next: next})
+}
+
+func (a *API) code(w http.ResponseWriter, r *http.Request) {
+	ctx, cancel := a.context(r)
+	defer cancel()
+	code, err := a.Registry.IssueCode(ctx, r.PathValue("name"), DefaultCodeLifetime)
+	if err != nil {
+		writeError(w, statusOf(err), err)
+		return
+	}
+	writeJSON(w, http.StatusCreated, CodeResponse{Code: code, Expires: time.Now().Add(DefaultCodeLifetime).UTC()})
 }
 
 // decodePEMOrBase64 accepts one PEM block of the given type, or base64 DER.

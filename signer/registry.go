@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	mrand "math/rand/v2"
 	"slices"
 	"time"
 
@@ -34,8 +35,9 @@ var Reasons = []string{
 	"cessationOfOperation", "certificateHold", "privilegeWithdrawn", "aACompromise",
 }
 
-// maxAttempts bounds the retries of one update against concurrent writers.
-const maxAttempts = 20
+// maxAttempts bounds the retries of one update against concurrent writers; between
+// attempts a writer waits a random while that grows, so that contenders spread out.
+const maxAttempts = 50
 
 // Registry reads and writes the device records of one zone in etcd. Every write is
 // one transaction that compares the record's revision, retried when another writer
@@ -87,7 +89,15 @@ func (r *Registry) update(ctx context.Context, device string, change func(*recor
 		return nil, invalid(err)
 	}
 	key := record.DeviceKey(r.Prefix, r.Zone, device)
-	for range maxAttempts {
+	for attempt := range maxAttempts {
+		if attempt > 0 {
+			wait := time.Duration(mrand.Int64N(int64(min(attempt, 20)) * int64(time.Millisecond)))
+			select {
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			case <-time.After(wait):
+			}
+		}
 		old, rev, err := r.get(ctx, key)
 		if err != nil {
 			return nil, err

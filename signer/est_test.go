@@ -1,0 +1,164 @@
+package signer
+
+import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/base64"
+	"encoding/json"
+	"encoding/pem"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/deviceid/deviceid/plugin/record"
+
+	"github.com/smallstep/pkcs7"
+)
+
+// testEST serves EST over TLS as the signer does: client certificates are asked for
+// and checked against the CA when given.
+func testEST(t *testing.T) (*httptest.Server, *Registry, *CA, *httptest.Server) {
+	t.Helper()
+	reg := testRegistry(t)
+	ca := testCA(t)
+	srv := httptest.NewUnstartedServer((&EST{CA: ca, Registry: reg, Timeout: 2 * time.Second}).Handler())
+	srv.TLS = &tls.Config{ClientAuth: tls.VerifyClientCertIfGiven, ClientCAs: poolOf(ca.Cert)}
+	srv.StartTLS()
+	t.Cleanup(srv.Close)
+	admin := httptest.NewServer((&API{CA: ca, Registry: reg, Token: token}).Handler())
+	t.Cleanup(admin.Close)
+	return srv, reg, ca, admin
+}
+
+func poolOf(c *x509.Certificate) *x509.CertPool {
+	p := x509.NewCertPool()
+	p.AddCert(c)
+	return p
+}
+
+// estClient is a device's HTTPS client: it trusts the test server, and presents
+// cert when given.
+func estClient(srv *httptest.Server, cert *tls.Certificate) *http.Client {
+	tr := srv.Client().Transport.(*http.Transport).Clone()
+	if cert != nil {
+		tr.TLSClientConfig.Certificates = []tls.Certificate{*cert}
+	}
+	return &http.Client{Transport: tr}
+}
+
+func estPost(t *testing.T, c *http.Client, url, user, pass string, key *ecdsa.PrivateKey) (int, []byte) {
+	t.Helper()
+	der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req, _ := http.NewRequest("POST", url, strings.NewReader(base64.StdEncoding.EncodeToString(der)))
+	req.Header.Set("Content-Type", "application/pkcs10")
+	if user != "" {
+		req.SetBasicAuth(user, pass)
+	}
+	resp, err := c.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, body
+}
+
+func certsOf(t *testing.T, body []byte) []*x509.Certificate {
+	t.Helper()
+	der, err := base64.StdEncoding.DecodeString(string(body))
+	if err != nil {
+		t.Fatalf("not base64: %s", body)
+	}
+	p7, err := pkcs7.Parse(der)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p7.Certificates
+}
+
+func TestEST(t *testing.T) {
+	srv, reg, ca, admin := testEST(t)
+	c := estClient(srv, nil)
+
+	resp, err := c.Get(srv.URL + "/.well-known/est/cacerts")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if got := certsOf(t, body); len(got) != 1 || !got[0].Equal(ca.Cert) {
+		t.Fatalf("cacerts %v", got)
+	}
+	resp, err = c.Get(srv.URL + "/.well-known/ca/" + DashedKeyID(ca.Cert.SubjectKeyId) + ".pem")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ = io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if b, _ := pem.Decode(body); resp.StatusCode != 200 || b == nil || string(b.Bytes) != string(ca.Cert.Raw) {
+		t.Errorf("CA discovery: %d %s", resp.StatusCode, body)
+	}
+
+	// A code from the admin API, used once.
+	code, body := call(t, admin, "POST", "/api/v1/devices/sensor7/code", token, "")
+	var cr CodeResponse
+	if code != 201 || json.Unmarshal(body, &cr) != nil || cr.Code == "" {
+		t.Fatalf("code: %d %s", code, body)
+	}
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	enrollURL := srv.URL + "/.well-known/est/simpleenroll"
+	if status, body := estPost(t, c, enrollURL, "sensor7", "wrong", key); status != 401 {
+		t.Errorf("wrong code: %d %s", status, body)
+	}
+	status, body := estPost(t, c, enrollURL, "sensor7", cr.Code, key)
+	if status != 200 {
+		t.Fatalf("simpleenroll: %d %s", status, body)
+	}
+	cert := certsOf(t, body)[0]
+	if cert.DNSNames[0] != "sensor7._device.iot.example" || !key.PublicKey.Equal(cert.PublicKey) {
+		t.Errorf("issued %v", cert.DNSNames)
+	}
+	if status, _ := estPost(t, c, enrollURL, "sensor7", cr.Code, key); status != 401 {
+		t.Errorf("a used code worked again: %d", status)
+	}
+	if status, _ := estPost(t, c, enrollURL, "", "", key); status != 401 {
+		t.Errorf("no authentication: %d", status)
+	}
+
+	// Re-enrollment with the current certificate over mutual TLS adds the new key.
+	tlsCert := tls.Certificate{Certificate: [][]byte{cert.Raw}, PrivateKey: key}
+	key2, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	reURL := srv.URL + "/.well-known/est/simplereenroll"
+	if status, body := estPost(t, estClient(srv, &tlsCert), reURL, "", "", key2); status != 200 {
+		t.Fatalf("simplereenroll: %d %s", status, body)
+	}
+	if status, _ := estPost(t, c, reURL, "", "", key2); status != 401 {
+		t.Errorf("re-enrollment without a certificate: %d", status)
+	}
+	d, _, err := reg.Get(t.Context(), "sensor7")
+	if err != nil || len(d.Credentials) != 2 {
+		t.Fatalf("after re-enrollment: %+v %v", d, err)
+	}
+	// Once revoked, the old certificate cannot renew itself back.
+	if _, err := reg.Revoke(t.Context(), "sensor7", nil, "keyCompromise", time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	if status, _ := estPost(t, estClient(srv, &tlsCert), reURL, "", "", key2); status != 401 {
+		t.Errorf("a revoked certificate re-enrolled: %d", status)
+	}
+	d, _, _ = reg.Get(t.Context(), "sensor7")
+	for _, c := range d.Credentials {
+		if c.Status != record.StatusRevoked {
+			t.Errorf("a credential is %s after the refused re-enrollment", c.Status)
+		}
+	}
+}
