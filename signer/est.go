@@ -202,7 +202,19 @@ func writeCerts(w http.ResponseWriter, der []byte) {
 	}
 	w.Header().Set("Content-Type", "application/pkcs7-mime; smime-type=certs-only")
 	w.Header().Set("Content-Transfer-Encoding", "base64")
-	w.Write([]byte(base64.StdEncoding.EncodeToString(p7)))
+	w.Write(base64Lines(p7))
+}
+
+// base64Lines encodes b as MIME base64 (RFC 2045 §6.8): lines of 64 characters ended
+// by CRLF, which line-oriented decoders such as openssl's need.
+func base64Lines(b []byte) []byte {
+	enc := base64.StdEncoding.EncodeToString(b)
+	var out []byte
+	for len(enc) > 64 {
+		out = append(append(out, enc[:64]...), '\r', '\n')
+		enc = enc[64:]
+	}
+	return append(append(out, enc...), '\r', '\n')
 }
 
 // estError answers with a JSON error, as the admin API does.

@@ -74,7 +74,7 @@ func estPost(t *testing.T, c *http.Client, url, user, pass string, key *ecdsa.Pr
 
 func certsOf(t *testing.T, body []byte) []*x509.Certificate {
 	t.Helper()
-	der, err := base64.StdEncoding.DecodeString(string(body))
+	der, err := base64.StdEncoding.DecodeString(strings.Join(strings.Fields(string(body)), ""))
 	if err != nil {
 		t.Fatalf("not base64: %s", body)
 	}

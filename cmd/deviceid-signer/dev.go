@@ -5,6 +5,7 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"flag"
 	"fmt"
@@ -30,6 +31,7 @@ func dev(args []string) error {
 	dataDir := fs.String("data", ".deviceid-dev", "directory for etcd's data and the dev CA")
 	clientURL := fs.String("etcd", "http://127.0.0.1:2379", "URL etcd serves clients on")
 	peerURL := fs.String("etcd-peer", "http://127.0.0.1:2380", "URL etcd serves peers on")
+	listen := fs.String("listen", "127.0.0.1:8443", "HTTPS address for EST and the admin API")
 	zone := fs.String("zone", "iot.example", "zone of the sample devices")
 	prefix := fs.String("prefix", "/deviceid", "etcd prefix of deviceid's records")
 	if err := fs.Parse(args); err != nil {
@@ -72,14 +74,28 @@ func dev(args []string) error {
 	fmt.Printf("DNSSEC key %s (.key, .private); its DS, the trust anchor for validators:\n%s\n",
 		filepath.Join(*dataDir, zoneKeyName(*zone)), ds)
 
-	stop := make(chan os.Signal, 1)
-	signal.Notify(stop, os.Interrupt, syscall.SIGTERM)
+	token, err := loadOrCreateToken(filepath.Join(*dataDir, "admin-token"))
+	if err != nil {
+		return err
+	}
+	srv := serveFlags{
+		listen: *listen, zone: *zone, prefix: *prefix, etcd: *clientURL,
+		caCert: filepath.Join(*dataDir, signer.CACertFile), caKey: filepath.Join(*dataDir, signer.CAKeyFile),
+		tokenFile: filepath.Join(*dataDir, "admin-token"), lifetime: signer.DefaultLifetime,
+	}
+	fmt.Printf("EST and the admin API on https://%s (CA: %s; admin bearer token in %s: %s)\n",
+		*listen, srv.caCert, srv.tokenFile, token)
+
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	served := make(chan error, 1)
+	go func() { served <- srv.run(ctx, nil) }()
 	select {
-	case <-stop:
+	case err := <-served:
+		return err
 	case err := <-e.Err():
 		return err
 	}
-	return nil
 }
 
 // samples are the dev stack's devices: one of each kind of answer.
@@ -119,6 +135,19 @@ func seed(reg *signer.Registry, ca *signer.CA) error {
 		}
 	}
 	return nil
+}
+
+// loadOrCreateToken keeps the dev admin API's bearer token in a file.
+func loadOrCreateToken(file string) (string, error) {
+	if b, err := os.ReadFile(file); err == nil {
+		return strings.TrimSpace(string(b)), nil
+	}
+	raw := make([]byte, 16)
+	if _, err := rand.Read(raw); err != nil {
+		return "", err
+	}
+	token := hex.EncodeToString(raw)
+	return token, os.WriteFile(file, []byte(token+"\n"), 0o600)
 }
 
 // zoneKeyName is the base name of the dev zone's DNSSEC key in the data directory:

@@ -14,6 +14,7 @@ const usage = `usage: deviceid-signer <command> [flags]
 commands:
   dev      run an embedded etcd with a CA and sample devices for a laptop (see 'deviceid-signer dev -h')
   keygen   write a DNSSEC key pair for the deviceid plugin and print its DS (see 'deviceid-signer keygen -h')
+  serve    serve EST, the admin API and CA discovery over HTTPS (see 'deviceid-signer serve -h')
 `
 
 func main() {
@@ -27,6 +28,8 @@ func main() {
 		err = dev(os.Args[2:])
 	case "keygen":
 		err = keygen(os.Args[2:])
+	case "serve":
+		err = serve(os.Args[2:])
 	case "-h", "-help", "--help", "help":
 		fmt.Print(usage)
 		return

@@ -1,0 +1,243 @@
+package test
+
+import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/hex"
+	"encoding/json"
+	"encoding/pem"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/deviceid/deviceid/signer"
+
+	"github.com/miekg/dns"
+)
+
+const adminToken = "test-admin-token-0123456789"
+
+// signerServer is the real signer (EST, admin API) over HTTPS on a loopback port.
+type signerServer struct {
+	url    string
+	caFile string
+	ca     *signer.CA
+	client *http.Client // trusts the CA, as a device or provisioning system does
+}
+
+func startSigner(t *testing.T, etcd *etcdServer) *signerServer {
+	t.Helper()
+	dir := t.TempDir()
+	ca, err := signer.InitCA(dir, "deviceid e2e CA", zone, elliptic.P256())
+	if err != nil {
+		t.Fatal(err)
+	}
+	cli := etcd.client()
+	reg := &signer.Registry{Client: cli, Prefix: "/deviceid", Zone: zone}
+	if err := reg.PutCA(t.Context(), ca); err != nil {
+		t.Fatal(err)
+	}
+	cert, err := ca.ServerCertificate([]string{"127.0.0.1"}, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: signer.Handler(ca, reg, adminToken), TLSConfig: signer.TLSConfig(ca, cert)}
+	go srv.ServeTLS(ln, "", "")
+	t.Cleanup(func() { srv.Close() })
+	pool := x509.NewCertPool()
+	pool.AddCert(ca.Cert)
+	return &signerServer{
+		url:    "https://" + ln.Addr().String(),
+		caFile: filepath.Join(dir, signer.CACertFile),
+		ca:     ca,
+		client: &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}, Timeout: 20 * time.Second},
+	}
+}
+
+// admin calls the admin API and decodes its JSON answer into out.
+func (s *signerServer) admin(t *testing.T, method, path, body string, out any) int {
+	t.Helper()
+	req, _ := http.NewRequest(method, s.url+path, strings.NewReader(body))
+	req.Header.Set("Authorization", "Bearer "+adminToken)
+	resp, err := s.client.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	if out != nil && resp.StatusCode < 300 {
+		if err := json.Unmarshal(b, out); err != nil {
+			t.Fatalf("%s %s: %v: %s", method, path, err, b)
+		}
+	}
+	return resp.StatusCode
+}
+
+// run runs a command, failing the test with its output if it fails.
+func run(t *testing.T, dir, name string, args ...string) []byte {
+	t.Helper()
+	cmd := exec.Command(name, args...)
+	cmd.Dir = dir
+	out, err := cmd.Output()
+	if err != nil {
+		stderr := ""
+		if ee, ok := err.(*exec.ExitError); ok {
+			stderr = string(ee.Stderr)
+		}
+		t.Fatalf("%s %v: %v\n%s%s", name, args, err, out, stderr)
+	}
+	return out
+}
+
+// estEnroll enrolls over EST the way a device with only openssl and curl would:
+// a key, a CSR, /simpleenroll with the code (or /simplereenroll with the current
+// certificate when code is ""), and the PKCS#7 answer turned into PEM.
+func estEnroll(t *testing.T, s *signerServer, dir, device, code, keyFile string) *x509.Certificate {
+	t.Helper()
+	run(t, dir, "openssl", "ecparam", "-genkey", "-name", "prime256v1", "-noout", "-out", keyFile)
+	csr := run(t, dir, "openssl", "req", "-new", "-key", keyFile, "-subj", "/CN="+device, "-outform", "DER")
+	if err := os.WriteFile(filepath.Join(dir, "csr.der"), csr, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	run(t, dir, "openssl", "base64", "-in", "csr.der", "-out", "csr.b64")
+	args := []string{"-sS", "--fail-with-body", "--cacert", s.caFile, "-H", "Content-Type: application/pkcs10", "--data-binary", "@csr.b64", "-o", "certs.b64"}
+	if code != "" {
+		args = append(args, "-u", device+":"+code, s.url+"/.well-known/est/simpleenroll")
+	} else {
+		args = append(args, "--cert", "device.pem", "--key", "device.key", s.url+"/.well-known/est/simplereenroll")
+	}
+	run(t, dir, "curl", args...)
+	run(t, dir, "openssl", "base64", "-d", "-in", "certs.b64", "-out", "certs.der")
+	pemOut := run(t, dir, "openssl", "pkcs7", "-inform", "DER", "-in", "certs.der", "-print_certs")
+	b, _ := pem.Decode(pemOut)
+	if b == nil {
+		t.Fatalf("no certificate in the EST answer: %s", pemOut)
+	}
+	cert, err := x509.ParseCertificate(b.Bytes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cert
+}
+
+func eeOf(c *x509.Certificate) string {
+	sum := sha256.Sum256(c.RawSubjectPublicKeyInfo)
+	return "3 1 1 " + hex.EncodeToString(sum[:])
+}
+
+func revokedOf(c *x509.Certificate) string {
+	sum := sha256.Sum256(c.RawSubjectPublicKeyInfo)
+	return "255 1 1 " + hex.EncodeToString(sum[:])
+}
+
+func discoveryOf(c *x509.Certificate) string { return "4 0 0 " + hex.EncodeToString(c.Raw) }
+
+// TestEnrollOverEST walks a device through the signer with openssl and curl, and
+// checks each step in DNS: enrollment, re-enrollment over mutual TLS, revocation.
+func TestEnrollOverEST(t *testing.T) {
+	etcd := startEtcd(t)
+	c := startCoreDNS(t, corefile(etcd.cfg.ClientURL, fmt.Sprintf("127.0.0.1:%d", freePort(t))))
+	waitLoaded(t, c)
+	s := startSigner(t, etcd)
+	dir := t.TempDir()
+	name := "thermo1._device.iot.example."
+
+	var code signer.CodeResponse
+	if status := s.admin(t, "POST", "/api/v1/devices/thermo1/code", "", &code); status != http.StatusCreated {
+		t.Fatalf("code: %d", status)
+	}
+	first := estEnroll(t, s, dir, "thermo1", code.Code, "device.key")
+	if first.DNSNames[0] != "thermo1._device.iot.example" {
+		t.Errorf("SAN %v", first.DNSNames)
+	}
+	eventually(t, "enrolled device in DNS", func() error {
+		return answerIs(t, c, name, dns.RcodeSuccess, []string{eeOf(first), discoveryOf(first)})
+	})
+	// The code was used: a second enrollment with it is refused.
+	out, err := exec.Command("curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "--cacert", s.caFile, "-u", "thermo1:"+code.Code,
+		"-H", "Content-Type: application/pkcs10", "--data-binary", "@"+filepath.Join(dir, "csr.b64"), s.url+"/.well-known/est/simpleenroll").Output()
+	if err != nil || string(out) != "401" {
+		t.Errorf("reused code: %s %v", out, err)
+	}
+
+	// Re-enrollment: the current certificate over mutual TLS gets a certificate for a new key.
+	if err := os.WriteFile(filepath.Join(dir, "device.pem"), pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: first.Raw}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	second := estEnroll(t, s, dir, "thermo1", "", "new.key")
+	eventually(t, "re-enrolled key in DNS", func() error {
+		return answerIs(t, c, name, dns.RcodeSuccess, []string{eeOf(first), discoveryOf(first), eeOf(second), discoveryOf(second)})
+	})
+
+	// Revocation through the admin API: only revoked-status records remain.
+	if status := s.admin(t, "POST", "/api/v1/devices/thermo1/revoke", `{"reason": "keyCompromise"}`, nil); status != http.StatusOK {
+		t.Fatalf("revoke: %d", status)
+	}
+	eventually(t, "revoked in DNS", func() error {
+		return answerIs(t, c, name, dns.RcodeSuccess, []string{revokedOf(first), revokedOf(second)})
+	})
+	// The CA record the signer published is served for discovery.
+	caName := s.ca.AKI() + "._ca._device.iot.example."
+	if err := answerIs(t, c, caName, dns.RcodeSuccess, []string{"2 0 0 " + hex.EncodeToString(s.ca.Cert.Raw)}); err != nil {
+		t.Error(err)
+	}
+}
+
+// TestConcurrentAdminWrites sends 50 enrollments and revocations for the same two
+// devices at once through the admin API; DNS ends with exactly the expected records.
+func TestConcurrentAdminWrites(t *testing.T) {
+	etcd := startEtcd(t)
+	c := startCoreDNS(t, corefile(etcd.cfg.ClientURL, fmt.Sprintf("127.0.0.1:%d", freePort(t))))
+	waitLoaded(t, c)
+	s := startSigner(t, etcd)
+	want := map[string][]string{}
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	for i := range 50 {
+		device := []string{"pump1", "pump2"}[i%2]
+		wg.Go(func() {
+			key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+			der, _ := x509.MarshalPKIXPublicKey(key.Public())
+			body := fmt.Sprintf(`{"public_key": %q}`, string(pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: der})))
+			if status := s.admin(t, "POST", "/api/v1/devices/"+device+"/enroll", body, nil); status != http.StatusCreated {
+				t.Errorf("enroll: %d", status)
+				return
+			}
+			sum := sha256.Sum256(der)
+			rr := "3 1 1 " + hex.EncodeToString(sum[:])
+			if i%5 == 0 {
+				revoke := fmt.Sprintf(`{"spki_sha256": %q, "reason": "superseded"}`, hex.EncodeToString(sum[:]))
+				if status := s.admin(t, "POST", "/api/v1/devices/"+device+"/revoke", revoke, nil); status != http.StatusOK {
+					t.Errorf("revoke: %d", status)
+					return
+				}
+				rr = "255 1 1 " + hex.EncodeToString(sum[:])
+			}
+			mu.Lock()
+			want[device] = append(want[device], rr)
+			mu.Unlock()
+		})
+	}
+	wg.Wait()
+	for device, rrs := range want {
+		eventually(t, device+" in DNS", func() error {
+			return answerIs(t, c, device+"._device.iot.example.", dns.RcodeSuccess, rrs)
+		})
+	}
+}
