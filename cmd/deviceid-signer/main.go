@@ -1,6 +1,6 @@
-// Command deviceid-signer is deviceid's sidecar: today its dev subcommand runs the
-// local stack's etcd with sample devices, and keygen makes DNSSEC keys; the CA and its
-// APIs follow (DESIGN.md §5).
+// Command deviceid-signer is deviceid's sidecar CA (DESIGN.md §5): it serves EST and the
+// admin API, offers the same operations on the command line, makes DNSSEC keys, and
+// runs the whole stack for a laptop (dev).
 package main
 
 import (
@@ -11,10 +11,20 @@ import (
 
 const usage = `usage: deviceid-signer <command> [flags]
 
-commands:
-  dev      run an embedded etcd with a CA and sample devices for a laptop (see 'deviceid-signer dev -h')
-  keygen   write a DNSSEC key pair for the deviceid plugin and print its DS (see 'deviceid-signer keygen -h')
-  serve    serve EST, the admin API and CA discovery over HTTPS (see 'deviceid-signer serve -h')
+commands (each has -h):
+  serve    serve EST, the admin API, CA discovery, /healthz and /metrics over HTTPS
+  init-ca  make a self-signed root CA (ca.pem, ca-key.pem)
+  enroll   enroll a device with a CSR (-csr) or a bare public key (-pubkey)
+  revoke   revoke a device's key (-spki-sha256) or all its keys, with a reason
+  delete   delete a device's record
+  show     print a device's record
+  list     list devices, a page at a time
+  code     issue a one-time enrollment code for a device's first EST enrollment
+  keygen   write a DNSSEC key pair for the deviceid plugin and print its DS
+  dev      run an embedded etcd, a CA, a DNSSEC key, sample devices and serve, for a laptop
+
+enroll, revoke, delete, show, list and code work on etcd directly (with the CA's files
+and -zone), or through a running signer with -server and -token-file.
 `
 
 func main() {
@@ -30,6 +40,10 @@ func main() {
 		err = keygen(os.Args[2:])
 	case "serve":
 		err = serve(os.Args[2:])
+	case "init-ca":
+		err = initCA(os.Args[2:])
+	case "enroll", "revoke", "delete", "show", "list", "code":
+		err = adminCommand(os.Args[1], os.Args[2:])
 	case "-h", "-help", "--help", "help":
 		fmt.Print(usage)
 		return
