@@ -172,3 +172,15 @@ rss_load=$(awk '/VmRSS/ {print int($2/1024)}' /proc/$cdns/status)
   echo "Last device answers: ${answer:-NO ANSWER}"
 } >> $out/results.md
 cat $out/results.md
+
+echo "== enrollment through the admin API against raw etcd puts"
+go test -run XXX -bench 'EnrollAdminAPI|RawEtcdPut' -benchtime 5s ./test/ > $out/enroll.txt
+cat $out/enroll.txt
+rate() { awk -v n="$1" '$1 ~ "^Benchmark"n"-" {for (i = 1; i <= NF; i++) if ($(i+1) ~ /\/s$/) print $i}' $out/enroll.txt; }
+csr=$(rate EnrollAdminAPI); bare=$(rate EnrollAdminAPIBareKey); raw=$(rate RawEtcdPut)
+{
+  echo
+  echo "Enrollment through the admin API (16 concurrent clients, single-node etcd): with a CSR $csr/s ($(ratio "$csr" "$raw")× raw puts),"
+  echo "with a bare public key $bare/s ($(ratio "$bare" "$raw")×); raw etcd puts of the same record size $raw/s."
+} >> $out/results.md
+tail -3 $out/results.md

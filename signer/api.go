@@ -322,5 +322,6 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 }
 
 func writeError(w http.ResponseWriter, status int, err error) {
+	requestErrors.WithLabelValues(strconv.Itoa(status)).Inc()
 	writeJSON(w, status, map[string]string{"error": err.Error()})
 }

@@ -218,7 +218,4 @@ func base64Lines(b []byte) []byte {
 }
 
 // estError answers with a JSON error, as the admin API does.
-func estError(w http.ResponseWriter, status int, err error) {
-	estErrors.Inc()
-	writeError(w, status, err)
-}
+func estError(w http.ResponseWriter, status int, err error) { writeError(w, status, err) }

@@ -19,10 +19,26 @@ var (
 		Name:      "est_enrollments_total",
 		Help:      "Counter of certificates issued over EST.",
 	})
-	estErrors = promauto.NewCounter(prometheus.CounterOpts{
+)
+
+var (
+	txnSeconds = promauto.NewHistogram(prometheus.HistogramOpts{
 		Namespace: "deviceid",
 		Subsystem: "signer",
-		Name:      "est_errors_total",
-		Help:      "Counter of EST requests refused.",
+		Name:      "etcd_txn_seconds",
+		Help:      "Histogram of the latency of record transactions with etcd.",
+		Buckets:   prometheus.ExponentialBuckets(0.0005, 2, 14),
 	})
+	revocations = promauto.NewCounter(prometheus.CounterOpts{
+		Namespace: "deviceid",
+		Subsystem: "signer",
+		Name:      "revocations_total",
+		Help:      "Counter of revocation requests carried out.",
+	})
+	requestErrors = promauto.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "deviceid",
+		Subsystem: "signer",
+		Name:      "request_errors_total",
+		Help:      "Counter of refused EST and admin API requests, by HTTP status.",
+	}, []string{"status"})
 )

@@ -78,9 +78,12 @@ func (r *Registry) get(ctx context.Context, key string) (*record.Device, int64, 
 }
 
 // update applies change to the device's record (nil when there is none) and writes
-// the result if it differs, comparing the revision it read. change returns the new
-// record, or nil to delete it.
-func (r *Registry) update(ctx context.Context, device string, change func(*record.Device) (*record.Device, error)) (*record.Device, error) {
+// the result if it differs, in a transaction that compares the revision it read and,
+// when another writer got there first, returns the record as it is now for the next
+// attempt: one etcd round trip per attempt. change returns the new record, or nil to
+// delete it. With assumeAbsent the first attempt guesses that there is no record yet
+// (an enrollment of a new device) and needs no read at all.
+func (r *Registry) update(ctx context.Context, device string, assumeAbsent bool, change func(*record.Device) (*record.Device, error)) (*record.Device, error) {
 	device, err := record.DeviceName(device)
 	if err != nil {
 		return nil, invalid(err)
@@ -89,18 +92,22 @@ func (r *Registry) update(ctx context.Context, device string, change func(*recor
 		return nil, invalid(err)
 	}
 	key := record.DeviceKey(r.Prefix, r.Zone, device)
+	var old *record.Device
+	var rev int64
+	if !assumeAbsent {
+		if old, rev, err = r.get(ctx, key); err != nil {
+			return nil, err
+		}
+	}
 	for attempt := range maxAttempts {
 		if attempt > 0 {
+			txnConflicts.Inc()
 			wait := time.Duration(mrand.Int64N(int64(min(attempt, 20)) * int64(time.Millisecond)))
 			select {
 			case <-ctx.Done():
 				return nil, ctx.Err()
 			case <-time.After(wait):
 			}
-		}
-		old, rev, err := r.get(ctx, key)
-		if err != nil {
-			return nil, err
 		}
 		var before []byte
 		if old != nil {
@@ -112,7 +119,7 @@ func (r *Registry) update(ctx context.Context, device string, change func(*recor
 		}
 		var op clientv3.Op
 		if updated == nil {
-			if old == nil {
+			if old == nil && rev == 0 && !assumeAbsent {
 				return nil, nil // deleting what is not there: done
 			}
 			op = clientv3.OpDelete(key)
@@ -124,19 +131,33 @@ func (r *Registry) update(ctx context.Context, device string, change func(*recor
 			if err != nil {
 				return nil, err
 			}
-			if bytes.Equal(before, after) {
+			if old != nil && bytes.Equal(before, after) {
 				return updated, nil // idempotent: nothing to write
 			}
 			op = clientv3.OpPut(key, string(after))
 		}
-		resp, err := r.Client.Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(key), "=", rev)).Then(op).Commit()
+		start := time.Now()
+		resp, err := r.Client.Txn(ctx).
+			If(clientv3.Compare(clientv3.ModRevision(key), "=", rev)).
+			Then(op).
+			Else(clientv3.OpGet(key)).
+			Commit()
+		txnSeconds.Observe(time.Since(start).Seconds())
 		if err != nil {
 			return nil, err
 		}
 		if resp.Succeeded {
 			return updated, nil
 		}
-		txnConflicts.Inc()
+		// Someone else wrote first: start again from what is there now.
+		assumeAbsent = false
+		old, rev = nil, 0
+		if kvs := resp.Responses[0].GetResponseRange().Kvs; len(kvs) > 0 {
+			if old, err = record.ParseDevice(kvs[0].Value); err != nil {
+				return nil, fmt.Errorf("%w: %w", errStoredInvalid, err)
+			}
+			rev = kvs[0].ModRevision
+		}
 	}
 	return nil, errConflicted
 }
@@ -151,7 +172,7 @@ func (r *Registry) Enroll(ctx context.Context, device string, cred record.Creden
 		return nil, invalid(err)
 	}
 	cred = probe.Credentials[0]
-	return r.update(ctx, device, func(d *record.Device) (*record.Device, error) {
+	return r.update(ctx, device, true, func(d *record.Device) (*record.Device, error) {
 		if d == nil {
 			d = &record.Device{Version: record.Version}
 		}
@@ -183,7 +204,7 @@ func (r *Registry) Revoke(ctx context.Context, device string, spki []byte, reaso
 		return nil, fmt.Errorf("%w: %q", ErrBadReason, reason)
 	}
 	at = at.UTC().Truncate(time.Second)
-	return r.update(ctx, device, func(d *record.Device) (*record.Device, error) {
+	d, err := r.update(ctx, device, false, func(d *record.Device) (*record.Device, error) {
 		if d == nil {
 			return nil, ErrNotFound
 		}
@@ -203,11 +224,15 @@ func (r *Registry) Revoke(ctx context.Context, device string, spki []byte, reaso
 		}
 		return d, nil
 	})
+	if err == nil {
+		revocations.Inc()
+	}
+	return d, err
 }
 
 // Delete removes a device's record. Deleting a device that is not there succeeds.
 func (r *Registry) Delete(ctx context.Context, device string) error {
-	_, err := r.update(ctx, device, func(*record.Device) (*record.Device, error) { return nil, nil })
+	_, err := r.update(ctx, device, false, func(*record.Device) (*record.Device, error) { return nil, nil })
 	return err
 }
 

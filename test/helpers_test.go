@@ -36,7 +36,7 @@ const zone = "iot.example."
 const pollTimeout = 20 * time.Second
 
 // freePort returns a loopback port that was free a moment ago.
-func freePort(t *testing.T) int {
+func freePort(t testing.TB) int {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -49,12 +49,12 @@ func freePort(t *testing.T) int {
 // etcdServer is an embedded etcd that a test can stop and start again on the same
 // ports and data.
 type etcdServer struct {
-	t   *testing.T
+	t   testing.TB
 	cfg embedetcd.Config
 	e   *embed.Etcd
 }
 
-func startEtcd(t *testing.T) *etcdServer {
+func startEtcd(t testing.TB) *etcdServer {
 	t.Helper()
 	s := &etcdServer{t: t, cfg: embedetcd.Config{
 		Dir:       t.TempDir(),
