@@ -11,6 +11,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/http"
 	"strconv"
 	"strings"
@@ -26,12 +27,14 @@ const MaxBody = 64 << 10
 const requestTimeout = 10 * time.Second
 
 // API is the admin JSON API for provisioning systems (DESIGN.md §5): enroll, revoke,
-// get, list and delete devices. Every request must carry the bearer token.
+// get, list and delete devices, and issue enrollment codes. Every request must carry
+// the bearer token, or come over mutual TLS with a client certificate from AdminCAs.
 type API struct {
 	CA       *CA
 	Registry *Registry
 	Token    string
-	Timeout  time.Duration // of one request's etcd work; 10 s when 0
+	AdminCAs *x509.CertPool // CAs of provisioning systems' client certificates; nil: bearer token only
+	Timeout  time.Duration  // of one request's etcd work; 10 s when 0
 }
 
 func (a *API) context(r *http.Request) (context.Context, context.CancelFunc) {
@@ -56,10 +59,9 @@ func (a *API) Handler() http.Handler {
 
 func (a *API) authenticate(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		token, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-		if !ok || a.Token == "" || subtle.ConstantTimeCompare([]byte(token), []byte(a.Token)) != 1 {
+		if !a.tokenOK(r) && !a.clientCertOK(r) {
 			w.Header().Set("WWW-Authenticate", `Bearer realm="deviceid"`)
-			writeError(w, http.StatusUnauthorized, errors.New("missing or wrong bearer token"))
+			writeError(w, http.StatusUnauthorized, errors.New("missing or wrong bearer token, and no admin client certificate"))
 			return
 		}
 		r.Body = http.MaxBytesReader(w, r.Body, MaxBody)
@@ -67,11 +69,32 @@ func (a *API) authenticate(next http.Handler) http.Handler {
 	})
 }
 
+func (a *API) tokenOK(r *http.Request) bool {
+	token, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+	return ok && a.Token != "" && subtle.ConstantTimeCompare([]byte(token), []byte(a.Token)) == 1
+}
+
+func (a *API) clientCertOK(r *http.Request) bool {
+	if a.AdminCAs == nil || r.TLS == nil || len(r.TLS.PeerCertificates) == 0 {
+		return false
+	}
+	inter := x509.NewCertPool()
+	for _, c := range r.TLS.PeerCertificates[1:] {
+		inter.AddCert(c)
+	}
+	_, err := r.TLS.PeerCertificates[0].Verify(x509.VerifyOptions{Roots: a.AdminCAs, Intermediates: inter,
+		KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}})
+	return err == nil
+}
+
 // EnrollRequest enrolls a device with a CSR (PEM, or base64 DER) or, for a device
 // that has no certificate, a bare public key (PEM, or base64 DER SubjectPublicKeyInfo).
 type EnrollRequest struct {
 	CSR       string `json:"csr,omitempty"`
 	PublicKey string `json:"public_key,omitempty"`
+	// Supersede revokes the device's other active keys (reason "superseded") in the
+	// same write; otherwise they stay until they expire.
+	Supersede bool `json:"supersede,omitempty"`
 }
 
 // EnrollResponse is the device's record after enrollment, with the new certificate.
@@ -160,11 +183,20 @@ func (a *API) enroll(w http.ResponseWriter, r *http.Request) {
 	}
 	// The certificate is returned only once its record is written: a crash in between
 	// leaves at most an issued certificate nobody received, which DNS never vouches for.
-	d, err := a.Registry.Enroll(ctx, name, cred)
+	var supersede [][]byte
+	if req.Supersede {
+		if old, _, err := a.Registry.Get(ctx, name); err == nil {
+			for _, c := range old.Credentials {
+				supersede = append(supersede, c.SPKI)
+			}
+		}
+	}
+	d, err := a.Registry.Enroll(ctx, name, cred, supersede...)
 	if err != nil {
 		writeError(w, statusOf(err), err)
 		return
 	}
+	slog.Info("enrolled through the admin API", "device", name, "certificate", cert != nil, "superseded_keys", len(supersede))
 	resp := EnrollResponse{Device: d}
 	if cert != nil {
 		resp.Certificate = string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: cert.Raw}))
@@ -207,6 +239,7 @@ func (a *API) revoke(w http.ResponseWriter, r *http.Request) {
 		writeError(w, statusOf(err), err)
 		return
 	}
+	slog.Info("revoked", "device", name, "all_keys", spki == nil, "reason", req.Reason)
 	writeJSON(w, http.StatusOK, d)
 }
 

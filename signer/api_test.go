@@ -8,6 +8,7 @@ import (
 	"crypto/rand"
 	"crypto/rsa"
 	"crypto/sha256"
+	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/base64"
@@ -22,6 +23,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/deviceid/deviceid/internal/devpki"
 	"github.com/deviceid/deviceid/plugin/record"
 )
 
@@ -197,5 +199,49 @@ func TestAPIEtcdDown(t *testing.T) {
 	code, body := call(t, srv, "POST", "/api/v1/devices/a/enroll", token, jsonBody(EnrollRequest{CSR: csrPEM(t, key)}))
 	if code != http.StatusServiceUnavailable || !bytes.Contains(body, []byte("error")) {
 		t.Errorf("enroll with etcd down: %d %s", code, body)
+	}
+}
+
+// TestAPIMutualTLS authenticates a provisioning system by its client certificate.
+func TestAPIMutualTLS(t *testing.T) {
+	reg := testRegistry(t)
+	adminCA, err := devpki.NewCA("provisioning systems")
+	if err != nil {
+		t.Fatal(err)
+	}
+	admins := x509.NewCertPool()
+	admins.AddCert(adminCA.Cert)
+	srv := httptest.NewUnstartedServer((&API{CA: testCA(t), Registry: reg, AdminCAs: admins}).Handler())
+	srv.TLS = &tls.Config{ClientAuth: tls.RequestClientCert}
+	srv.StartTLS()
+	defer srv.Close()
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	der, err := adminCA.Issue("provisioner.example", key.Public(), time.Now().Add(time.Hour))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name   string
+		certs  []tls.Certificate
+		status int
+	}{
+		{"admin certificate", []tls.Certificate{{Certificate: [][]byte{der}, PrivateKey: key}}, http.StatusOK},
+		{"no certificate", nil, http.StatusUnauthorized},
+		{"a device certificate", func() []tls.Certificate {
+			dk, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+			c, _ := testCA(t).Issue("sensor7", dk.Public(), time.Now())
+			return []tls.Certificate{{Certificate: [][]byte{c.Raw}, PrivateKey: dk}}
+		}(), http.StatusUnauthorized},
+	} {
+		tr := srv.Client().Transport.(*http.Transport).Clone()
+		tr.TLSClientConfig.Certificates = tc.certs
+		resp, err := (&http.Client{Transport: tr}).Get(srv.URL + "/api/v1/devices")
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != tc.status {
+			t.Errorf("%s: status %d, want %d", tc.name, resp.StatusCode, tc.status)
+		}
 	}
 }

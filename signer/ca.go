@@ -36,6 +36,7 @@ const backdate = time.Hour
 // CA issues device certificates for one zone.
 type CA struct {
 	Cert     *x509.Certificate
+	Chain    []*x509.Certificate // certificates above Cert, for an intermediate CA
 	Key      crypto.Signer
 	Zone     string        // fully qualified, lower case
 	Lifetime time.Duration // of issued certificates
@@ -47,20 +48,33 @@ const (
 	CAKeyFile  = "ca-key.pem"
 )
 
-// LoadCA reads a CA certificate and its ECDSA P-256 or P-384 key from PEM files.
+// LoadCA reads a CA certificate and its ECDSA P-256 or P-384 key from PEM files. The
+// certificate file may go on with the certificates above it (an intermediate CA's
+// chain), which /cacerts then serves too.
 func LoadCA(certFile, keyFile, zone string) (*CA, error) {
 	certPEM, err := os.ReadFile(certFile)
 	if err != nil {
 		return nil, err
 	}
-	block, _ := pem.Decode(certPEM)
-	if block == nil || block.Type != "CERTIFICATE" {
+	var certs []*x509.Certificate
+	for rest := certPEM; ; {
+		var block *pem.Block
+		if block, rest = pem.Decode(rest); block == nil {
+			break
+		}
+		if block.Type != "CERTIFICATE" {
+			continue
+		}
+		c, err := x509.ParseCertificate(block.Bytes)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %v", certFile, err)
+		}
+		certs = append(certs, c)
+	}
+	if len(certs) == 0 {
 		return nil, fmt.Errorf("%s: no PEM CERTIFICATE", certFile)
 	}
-	cert, err := x509.ParseCertificate(block.Bytes)
-	if err != nil {
-		return nil, fmt.Errorf("%s: %v", certFile, err)
-	}
+	cert := certs[0]
 	if !cert.IsCA || len(cert.SubjectKeyId) == 0 {
 		return nil, fmt.Errorf("%s: not a CA certificate with a subject key identifier", certFile)
 	}
@@ -79,7 +93,42 @@ func LoadCA(certFile, keyFile, zone string) (*CA, error) {
 	if !key.PublicKey.Equal(cert.PublicKey) {
 		return nil, fmt.Errorf("%s does not hold the key of %s", keyFile, certFile)
 	}
-	return &CA{Cert: cert, Key: key, Zone: record.Zone(zone), Lifetime: DefaultLifetime}, nil
+	return &CA{Cert: cert, Chain: certs[1:], Key: key, Zone: record.Zone(zone), Lifetime: DefaultLifetime}, nil
+}
+
+// CARequestFile is where InitIntermediate writes the CA's CSR.
+const CARequestFile = "ca.csr"
+
+// InitIntermediate starts an intermediate CA: it writes a new ECDSA key (ca-key.pem)
+// and a CSR for it (ca.csr) to dir. Once the parent CA has signed the CSR, its
+// certificate, followed by the parent's chain, goes to ca.pem and LoadCA takes it.
+func InitIntermediate(dir, commonName string, curve elliptic.Curve) error {
+	if curve != elliptic.P256() && curve != elliptic.P384() {
+		return errors.New("the CA key must be ECDSA P-256 or P-384")
+	}
+	keyFile := filepath.Join(dir, CAKeyFile)
+	if _, err := os.Stat(keyFile); err == nil {
+		return fmt.Errorf("%s exists; refusing to overwrite a CA key", keyFile)
+	}
+	key, err := ecdsa.GenerateKey(curve, rand.Reader)
+	if err != nil {
+		return err
+	}
+	csr, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{Subject: pkix.Name{CommonName: commonName}}, key)
+	if err != nil {
+		return err
+	}
+	keyDER, err := x509.MarshalECPrivateKey(key)
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	if err := os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER}), 0o600); err != nil {
+		return err
+	}
+	return os.WriteFile(filepath.Join(dir, CARequestFile), pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: csr}), 0o644)
 }
 
 func parseECKey(b *pem.Block) (*ecdsa.PrivateKey, error) {

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"strings"
 	"time"
@@ -19,7 +20,8 @@ import (
 // EST serves Enrollment over Secure Transport (RFC 7030) for devices:
 // /.well-known/est/cacerts, /csrattrs, /simpleenroll (HTTP Basic: the device name and
 // a one-time enrollment code) and /simplereenroll (the device's current certificate
-// over mutual TLS). The protocol's parts are few (base64 PKCS#10 in, base64 PKCS#7
+// over mutual TLS; with ?supersede=true that certificate's key is revoked, reason
+// "superseded", in the same write that adds the new one). The protocol's parts are few (base64 PKCS#10 in, base64 PKCS#7
 // certs-only out), and the PKCS#7 encoding comes from a maintained library.
 type EST struct {
 	CA       *CA
@@ -50,7 +52,11 @@ func (e *EST) context(r *http.Request) (context.Context, context.CancelFunc) {
 }
 
 func (e *EST) cacerts(w http.ResponseWriter, _ *http.Request) {
-	writeCerts(w, e.CA.Cert.Raw)
+	der := append([]byte(nil), e.CA.Cert.Raw...)
+	for _, c := range e.CA.Chain {
+		der = append(der, c.Raw...)
+	}
+	writeCerts(w, der) // the issuing CA and the chain above it
 }
 
 func (e *EST) caDiscovery(w http.ResponseWriter, r *http.Request) {
@@ -140,7 +146,11 @@ func (e *EST) simplereenroll(w http.ResponseWriter, r *http.Request) {
 		estError(w, http.StatusUnauthorized, errors.New("the client certificate is not an active credential of its device"))
 		return
 	}
-	e.issue(ctx, w, device, csr)
+	var supersede [][]byte
+	if r.URL.Query().Get("supersede") == "true" {
+		supersede = append(supersede, current.RawSubjectPublicKeyInfo)
+	}
+	e.issue(ctx, w, device, csr, supersede...)
 }
 
 // deviceOf returns the device a certificate of this CA names in its SAN.
@@ -155,17 +165,18 @@ func (e *EST) deviceOf(cert *x509.Certificate) (string, error) {
 }
 
 // issue makes the certificate, writes its record, and only then returns it.
-func (e *EST) issue(ctx context.Context, w http.ResponseWriter, device string, csr *x509.CertificateRequest) {
+func (e *EST) issue(ctx context.Context, w http.ResponseWriter, device string, csr *x509.CertificateRequest, supersede ...[]byte) {
 	cert, err := e.CA.Issue(device, csr.PublicKey, time.Now())
 	if err != nil {
 		estError(w, http.StatusBadRequest, err)
 		return
 	}
-	if _, err := e.Registry.Enroll(ctx, device, record.Credential{Cert: cert.Raw}); err != nil {
+	if _, err := e.Registry.Enroll(ctx, device, record.Credential{Cert: cert.Raw}, supersede...); err != nil {
 		estError(w, statusOf(err), err)
 		return
 	}
 	enrollments.Inc()
+	slog.Info("enrolled over EST", "device", device, "serial", cert.SerialNumber.Text(16), "superseded_keys", len(supersede))
 	writeCerts(w, cert.Raw)
 }
 

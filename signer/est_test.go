@@ -28,7 +28,7 @@ func testEST(t *testing.T) (*httptest.Server, *Registry, *CA, *httptest.Server) 
 	reg := testRegistry(t)
 	ca := testCA(t)
 	srv := httptest.NewUnstartedServer((&EST{CA: ca, Registry: reg, Timeout: 2 * time.Second}).Handler())
-	srv.TLS = &tls.Config{ClientAuth: tls.VerifyClientCertIfGiven, ClientCAs: poolOf(ca.Cert)}
+	srv.TLS = &tls.Config{ClientAuth: tls.RequestClientCert}
 	srv.StartTLS()
 	t.Cleanup(srv.Close)
 	admin := httptest.NewServer((&API{CA: ca, Registry: reg, Token: token}).Handler())
@@ -138,15 +138,25 @@ func TestEST(t *testing.T) {
 	tlsCert := tls.Certificate{Certificate: [][]byte{cert.Raw}, PrivateKey: key}
 	key2, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	reURL := srv.URL + "/.well-known/est/simplereenroll"
-	if status, body := estPost(t, estClient(srv, &tlsCert), reURL, "", "", key2); status != 200 {
+	if status, body := estPost(t, estClient(srv, &tlsCert), reURL+"?supersede=true", "", "", key2); status != 200 {
 		t.Fatalf("simplereenroll: %d %s", status, body)
 	}
 	if status, _ := estPost(t, c, reURL, "", "", key2); status != 401 {
 		t.Errorf("re-enrollment without a certificate: %d", status)
 	}
+	// A certificate for the same name from another CA is refused with a JSON error.
+	other := testCA(t)
+	forged, err := other.Issue("sensor7", key.Public(), time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	forgedTLS := tls.Certificate{Certificate: [][]byte{forged.Raw}, PrivateKey: key}
+	if status, body := estPost(t, estClient(srv, &forgedTLS), reURL, "", "", key2); status != 401 || !strings.Contains(string(body), "error") {
+		t.Errorf("re-enrollment with another CA's certificate: %d %s", status, body)
+	}
 	d, _, err := reg.Get(t.Context(), "sensor7")
-	if err != nil || len(d.Credentials) != 2 {
-		t.Fatalf("after re-enrollment: %+v %v", d, err)
+	if err != nil || len(d.Credentials) != 2 || d.Credentials[0].Reason != "superseded" || d.Credentials[1].Status != record.StatusActive {
+		t.Fatalf("after re-enrollment superseding the old key: %+v %v", d, err)
 	}
 	// Once revoked, the old certificate cannot renew itself back.
 	if _, err := reg.Revoke(t.Context(), "sensor7", nil, "keyCompromise", time.Now()); err != nil {

@@ -164,8 +164,9 @@ func (r *Registry) update(ctx context.Context, device string, assumeAbsent bool,
 
 // Enroll adds an active credential to a device, creating the device if needed. A
 // credential for a key the device already has active changes nothing; a key that was
-// revoked is refused.
-func (r *Registry) Enroll(ctx context.Context, device string, cred record.Credential) (*record.Device, error) {
+// revoked is refused. The device's other credentials stay until they expire, unless
+// supersede names keys (SPKIs) to revoke in the same write with reason "superseded".
+func (r *Registry) Enroll(ctx context.Context, device string, cred record.Credential, supersede ...[]byte) (*record.Device, error) {
 	cred.Status = record.StatusActive
 	probe := record.Device{Version: record.Version, Credentials: []record.Credential{cred}}
 	if err := probe.Validate(); err != nil { // fills SPKI and not_after from the certificate
@@ -183,6 +184,15 @@ func (r *Registry) Enroll(ctx context.Context, device string, cred record.Creden
 				}
 				if bytes.Equal(c.Cert, cred.Cert) {
 					return d, nil
+				}
+			}
+		}
+		now := time.Now().UTC().Truncate(time.Second)
+		for i := range d.Credentials {
+			c := &d.Credentials[i]
+			for _, old := range supersede {
+				if bytes.Equal(c.SPKI, old) && c.Status == record.StatusActive && !bytes.Equal(old, cred.SPKI) {
+					c.Status, c.RevokedAt, c.Reason = record.StatusRevoked, &now, "superseded"
 				}
 			}
 		}

@@ -16,13 +16,13 @@ import (
 )
 
 // Handler serves everything the signer offers over HTTPS: EST and CA discovery under
-// /.well-known/, the admin API under /api/ (only when token is set), /healthz, which
-// reports whether etcd answers, and /metrics.
-func Handler(ca *CA, reg *Registry, token string) http.Handler {
+// /.well-known/, the admin API under /api/ (only with a token or admin CAs), /healthz,
+// which reports whether etcd answers, and /metrics.
+func Handler(ca *CA, reg *Registry, token string, adminCAs *x509.CertPool) http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("/.well-known/", (&EST{CA: ca, Registry: reg}).Handler())
-	if token != "" {
-		mux.Handle("/api/", (&API{CA: ca, Registry: reg, Token: token}).Handler())
+	if token != "" || adminCAs != nil {
+		mux.Handle("/api/", (&API{CA: ca, Registry: reg, Token: token, AdminCAs: adminCAs}).Handler())
 	}
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
@@ -38,14 +38,13 @@ func Handler(ca *CA, reg *Registry, token string) http.Handler {
 }
 
 // TLSConfig is the server's TLS configuration: its certificate, and client
-// certificates of the CA asked for (re-enrollment uses them) but not required.
-func TLSConfig(ca *CA, serverCert tls.Certificate) *tls.Config {
-	pool := x509.NewCertPool()
-	pool.AddCert(ca.Cert)
+// certificates asked for but neither required nor checked during the handshake: the
+// handlers that use them (re-enrollment, the admin API) check them, and answer a
+// wrong one with a JSON error instead of a failed handshake.
+func TLSConfig(serverCert tls.Certificate) *tls.Config {
 	return &tls.Config{
 		Certificates: []tls.Certificate{serverCert},
-		ClientAuth:   tls.VerifyClientCertIfGiven,
-		ClientCAs:    pool,
+		ClientAuth:   tls.RequestClientCert,
 		MinVersion:   tls.VersionTLS12,
 	}
 }

@@ -9,19 +9,23 @@ import (
 	"crypto/rand"
 	"crypto/rsa"
 	"crypto/x509"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"net"
+	"os"
 	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/deviceid/deviceid/internal/devpki"
 	"github.com/deviceid/deviceid/internal/embedetcd"
 	"github.com/deviceid/deviceid/plugin/record"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
 )
 
 func freePort(t *testing.T) int {
@@ -43,7 +47,7 @@ func testRegistry(t *testing.T) *Registry {
 		t.Fatal(err)
 	}
 	t.Cleanup(e.Close)
-	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{url}, DialTimeout: 5 * time.Second})
+	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{url}, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -85,6 +89,55 @@ func TestInitAndLoadCA(t *testing.T) {
 	}
 	if _, err := InitCA(t.TempDir(), "x", "iot.example", elliptic.P224()); err == nil {
 		t.Error("a P-224 CA was made")
+	}
+}
+
+// TestIntermediateCA runs the CSR workflow: a parent CA signs the intermediate's CSR,
+// and device certificates chain through it to the parent.
+func TestIntermediateCA(t *testing.T) {
+	root, err := devpki.NewCA("external root") // one that may have intermediates
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	if err = InitIntermediate(dir, "deviceid intermediate", elliptic.P256()); err != nil {
+		t.Fatal(err)
+	}
+	if err := InitIntermediate(dir, "again", elliptic.P256()); err == nil {
+		t.Error("InitIntermediate overwrote a key")
+	}
+	b, _ := os.ReadFile(filepath.Join(dir, CARequestFile))
+	block, _ := pem.Decode(b)
+	csr, err := x509.ParseCertificateRequest(block.Bytes)
+	if err != nil || csr.CheckSignature() != nil {
+		t.Fatalf("CSR: %v", err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: randomSerial(), Subject: csr.Subject, NotBefore: time.Now().Add(-time.Hour),
+		NotAfter: time.Now().AddDate(5, 0, 0), IsCA: true, BasicConstraintsValid: true, MaxPathLenZero: true,
+		KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageCRLSign}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, root.Cert, csr.PublicKey, root.Key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	chain := append(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), root.PEM()...)
+	os.WriteFile(filepath.Join(dir, CACertFile), chain, 0o644)
+	ca, err := LoadCA(filepath.Join(dir, CACertFile), filepath.Join(dir, CAKeyFile), "iot.example")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(ca.Chain) != 1 || !ca.Chain[0].Equal(root.Cert) {
+		t.Errorf("chain %v", ca.Chain)
+	}
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	cert, err := ca.Issue("sensor7", key.Public(), time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	inter := x509.NewCertPool()
+	inter.AddCert(ca.Cert)
+	if _, err := cert.Verify(x509.VerifyOptions{Roots: poolOf(root.Cert), Intermediates: inter,
+		KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}); err != nil {
+		t.Errorf("device certificate does not chain to the root: %v", err)
 	}
 }
 
@@ -171,10 +224,16 @@ func TestRegistry(t *testing.T) {
 	if d, err = r.Enroll(ctx, "sensor7", record.Credential{Cert: c2.Raw}); err != nil || len(d.Credentials) != 2 {
 		t.Fatalf("second key: %v %v", d, err)
 	}
+	k3, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	c3, _ := ca.Issue("sensor7", k3.Public(), time.Now())
+	if d, err = r.Enroll(ctx, "sensor7", record.Credential{Cert: c3.Raw}, c2.RawSubjectPublicKeyInfo); err != nil || len(d.Credentials) != 3 ||
+		d.Credentials[1].Status != record.StatusRevoked || d.Credentials[1].Reason != "superseded" || d.Credentials[0].Status != record.StatusActive {
+		t.Fatalf("enroll superseding the second key: %+v %v", d, err)
+	}
 	if d, err = r.Revoke(ctx, "sensor7", c1.RawSubjectPublicKeyInfo, "keyCompromise", time.Now()); err != nil {
 		t.Fatal(err)
 	}
-	if d.Credentials[0].Status != record.StatusRevoked || d.Credentials[0].Reason != "keyCompromise" || d.Credentials[1].Status != record.StatusActive {
+	if d.Credentials[0].Status != record.StatusRevoked || d.Credentials[0].Reason != "keyCompromise" || d.Credentials[2].Status != record.StatusActive {
 		t.Errorf("after revoking one: %+v", d.Credentials)
 	}
 	if _, err := r.Enroll(ctx, "sensor7", record.Credential{Cert: c1.Raw}); err == nil {
@@ -189,7 +248,7 @@ func TestRegistry(t *testing.T) {
 	if _, err := r.Revoke(ctx, "nosuch", nil, "", time.Now()); !errors.Is(err, ErrNotFound) {
 		t.Errorf("unknown device: %v", err)
 	}
-	if d, err = r.Revoke(ctx, "sensor7", nil, "cessationOfOperation", time.Now()); err != nil || d.Credentials[1].Status != record.StatusRevoked || d.Credentials[0].Reason != "keyCompromise" {
+	if d, err = r.Revoke(ctx, "sensor7", nil, "cessationOfOperation", time.Now()); err != nil || d.Credentials[2].Status != record.StatusRevoked || d.Credentials[0].Reason != "keyCompromise" {
 		t.Errorf("revoke all: %+v %v", d, err)
 	}
 	if _, err := r.Enroll(ctx, "bad_name", record.Credential{Cert: c1.Raw}); err == nil {

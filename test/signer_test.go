@@ -57,7 +57,7 @@ func startSigner(t testing.TB, etcd *etcdServer) *signerServer {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := &http.Server{Handler: signer.Handler(ca, reg, adminToken), TLSConfig: signer.TLSConfig(ca, cert)}
+	srv := &http.Server{Handler: signer.Handler(ca, reg, adminToken, nil), TLSConfig: signer.TLSConfig(cert)}
 	go srv.ServeTLS(ln, "", "")
 	t.Cleanup(func() { srv.Close() })
 	pool := x509.NewCertPool()

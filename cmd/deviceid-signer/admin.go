@@ -187,17 +187,19 @@ func readDERorPEM(file string) (string, error) {
 	return base64.StdEncoding.EncodeToString(b), nil
 }
 
-// initCA makes a self-signed root CA in a directory.
+// initCA makes a self-signed root CA in a directory, or with -csr the key and CSR of
+// an intermediate CA for a parent CA to sign.
 func initCA(args []string) error {
 	fs := flag.NewFlagSet("init-ca", flag.ContinueOnError)
 	dir := fs.String("dir", ".", "directory to write ca.pem and ca-key.pem into")
 	zone := fs.String("zone", env("DEVICEID_ZONE", ""), "the zone the CA issues device names in ($DEVICEID_ZONE; required)")
 	name := fs.String("name", "deviceid device CA", "the CA's common name")
 	curve := fs.String("curve", "P-256", "P-256 or P-384")
+	csr := fs.Bool("csr", false, "make an intermediate CA: write ca-key.pem and ca.csr; put the signed certificate and the chain above it in ca.pem")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	if *zone == "" {
+	if *zone == "" && !*csr {
 		return errors.New("-zone is required")
 	}
 	c := elliptic.P256()
@@ -207,6 +209,14 @@ func initCA(args []string) error {
 		c = elliptic.P384()
 	default:
 		return fmt.Errorf("curve %q: want P-256 or P-384", *curve)
+	}
+	if *csr {
+		if err := signer.InitIntermediate(*dir, *name, c); err != nil {
+			return err
+		}
+		fmt.Printf("wrote %s/%s and %s/%s: have the CSR signed as a CA (basicConstraints cA, keyCertSign),\n"+
+			"then write the certificate, followed by its chain, to %s/%s\n", *dir, signer.CAKeyFile, *dir, signer.CARequestFile, *dir, signer.CACertFile)
+		return nil
 	}
 	ca, err := signer.InitCA(*dir, *name, *zone, c)
 	if err != nil {

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"flag"
 	"fmt"
@@ -25,7 +26,7 @@ import (
 type serveFlags struct {
 	listen, zone, prefix, etcd     string
 	caCert, caKey, tlsCert, tlsKey string
-	tokenFile                      string
+	tokenFile, adminCA             string
 	lifetime                       time.Duration
 }
 
@@ -46,6 +47,7 @@ func (f *serveFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&f.tlsCert, "tls-cert", env("DEVICEID_TLS_CERT", ""), "HTTPS server certificate, PEM; empty: one issued by the CA for the listen host ($DEVICEID_TLS_CERT)")
 	fs.StringVar(&f.tlsKey, "tls-key", env("DEVICEID_TLS_KEY", ""), "HTTPS server key, PEM ($DEVICEID_TLS_KEY)")
 	fs.StringVar(&f.tokenFile, "token-file", env("DEVICEID_TOKEN_FILE", ""), "file holding the admin API's bearer token; empty: no admin API ($DEVICEID_TOKEN_FILE)")
+	fs.StringVar(&f.adminCA, "admin-ca", env("DEVICEID_ADMIN_CA", ""), "PEM CA(s) whose client certificates may use the admin API over mutual TLS ($DEVICEID_ADMIN_CA)")
 	fs.DurationVar(&f.lifetime, "lifetime", signer.DefaultLifetime, "lifetime of issued device certificates")
 }
 
@@ -68,6 +70,7 @@ func serve(args []string) error {
 // run serves until ctx ends; ready, when not nil, is told the address once listening.
 func (f *serveFlags) run(ctx context.Context, ready chan<- string) error {
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
+	slog.SetDefault(log) // the signer's handlers log through the default logger; never codes or tokens
 	ca, err := signer.LoadCA(f.caCert, f.caKey, f.zone)
 	if err != nil {
 		return fmt.Errorf("loading the CA: %w", err)
@@ -81,6 +84,17 @@ func (f *serveFlags) run(ctx context.Context, ready chan<- string) error {
 		}
 		if token = strings.TrimSpace(string(b)); len(token) < 16 {
 			return fmt.Errorf("%s: the token must be at least 16 characters", f.tokenFile)
+		}
+	}
+	var adminCAs *x509.CertPool
+	if f.adminCA != "" {
+		b, err := os.ReadFile(f.adminCA)
+		if err != nil {
+			return err
+		}
+		adminCAs = x509.NewCertPool()
+		if !adminCAs.AppendCertsFromPEM(b) {
+			return fmt.Errorf("%s: no PEM certificate", f.adminCA)
 		}
 	}
 	cli, err := clientv3.New(clientv3.Config{Endpoints: strings.Split(f.etcd, ","), DialTimeout: 5 * time.Second})
@@ -113,14 +127,15 @@ func (f *serveFlags) run(ctx context.Context, ready chan<- string) error {
 		return err
 	}
 	srv := &http.Server{
-		Handler:           signer.Handler(ca, reg, token),
-		TLSConfig:         signer.TLSConfig(ca, cert),
+		Handler:           signer.Handler(ca, reg, token, adminCAs),
+		TLSConfig:         signer.TLSConfig(cert),
 		ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout:       30 * time.Second,
 		WriteTimeout:      30 * time.Second,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 	}
-	log.Info("deviceid-signer serving", "addr", ln.Addr().String(), "zone", f.zone, "admin_api", token != "", "ca_aki", ca.AKI())
+	log.Info("deviceid-signer serving", "addr", ln.Addr().String(), "zone", f.zone,
+		"admin_token", token != "", "admin_mtls", adminCAs != nil, "ca_aki", ca.AKI())
 	if ready != nil {
 		ready <- ln.Addr().String()
 	}
