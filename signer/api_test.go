@@ -97,6 +97,12 @@ func TestAPIEnrollRevoke(t *testing.T) {
 		t.Fatalf("certificate %v %v", err, cert)
 	}
 	spki := sha256.Sum256(cert.RawSubjectPublicKeyInfo)
+	// A retry with the same CSR (its answer lost) gets the same certificate back.
+	code, body = call(t, srv, "POST", "/api/v1/devices/sensor7/enroll", token, jsonBody(EnrollRequest{CSR: csrPEM(t, key)}))
+	var again EnrollResponse
+	if code != http.StatusOK || json.Unmarshal(body, &again) != nil || again.Certificate != er.Certificate || len(again.Device.Credentials) != 1 {
+		t.Errorf("retried enrollment: %d %s", code, body)
+	}
 
 	bare, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	spkiDER, _ := x509.MarshalPKIXPublicKey(bare.Public())

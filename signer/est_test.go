@@ -172,3 +172,57 @@ func TestEST(t *testing.T) {
 		}
 	}
 }
+
+// TestESTBadInput: each bad enrollment gets a 4xx with a JSON error and writes nothing.
+func TestESTBadInput(t *testing.T) {
+	srv, reg, _, _ := testEST(t)
+	c := estClient(srv, nil)
+	code, err := reg.IssueCode(t.Context(), "sensor7", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p224, _ := ecdsa.GenerateKey(elliptic.P224(), rand.Reader)
+	badKeyCSR, _ := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, p224)
+	for _, tc := range []struct {
+		name, user, pass, body string
+		status                 int
+	}{
+		{"not base64", "sensor7", code, "%%%", 400},
+		{"not a CSR", "sensor7", code, base64.StdEncoding.EncodeToString([]byte("hello")), 400},
+		{"wrong key type", "sensor7", code, base64.StdEncoding.EncodeToString(badKeyCSR), 400},
+		{"oversize", "sensor7", code, strings.Repeat("A", MaxBody+1), 413},
+		{"bad name", "bad_name", code, "", 400},
+		{"code of another device", "sensor8", code, "", 401},
+		{"no authentication", "", "", "", 401},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			body := tc.body
+			if body == "" {
+				key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+				der, _ := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, key)
+				body = base64.StdEncoding.EncodeToString(der)
+			}
+			before := revision(t, reg)
+			req, _ := http.NewRequest("POST", srv.URL+"/.well-known/est/simpleenroll", strings.NewReader(body))
+			if tc.user != "" {
+				req.SetBasicAuth(tc.user, tc.pass)
+			}
+			resp, err := c.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != tc.status || !strings.Contains(string(b), `"error"`) {
+				t.Errorf("status %d, want %d: %s", resp.StatusCode, tc.status, b)
+			}
+			if after := revision(t, reg); after != before {
+				t.Errorf("etcd changed: %d -> %d", before, after)
+			}
+		})
+	}
+	// The code survived every refused attempt: bad requests do not use it up.
+	if err := reg.ConsumeCode(t.Context(), "sensor7", code); err != nil {
+		t.Errorf("the code was used up by a refused request: %v", err)
+	}
+}
