@@ -27,6 +27,7 @@ const DefaultCodeLifetime = 24 * time.Hour
 type storedCode struct {
 	SHA256  string    `json:"sha256"`
 	Expires time.Time `json:"expires"`
+	UsedBy  string    `json:"used_by,omitempty"` // SHA-256 of the key it enrolled, once used
 }
 
 // codeKey is where a device's enrollment code lives: outside P/<zone>/, which the DNS
@@ -63,38 +64,83 @@ func (r *Registry) IssueCode(ctx context.Context, device string, lifetime time.D
 	return code, nil
 }
 
-// ConsumeCode checks device's enrollment code and deletes it in the same
-// transaction, so that it works once even against concurrent attempts.
-func (r *Registry) ConsumeCode(ctx context.Context, device, code string) error {
+// EnrollWithCode enrolls a device with its one-time code: issue makes the credential
+// for the key spki, and the record is written in the same transaction that marks the
+// code used by that key. A retry with the same code and key, whose answer was lost,
+// gets the certificate on record instead of a new one; any other use of a used code
+// fails. So a crash never leaves a record vouching for a certificate that its device
+// cannot get.
+func (r *Registry) EnrollWithCode(ctx context.Context, device, code string, spki []byte, issue func() (record.Credential, error)) ([]byte, error) {
 	device, err := record.DeviceName(device)
 	if err != nil {
-		return ErrBadCode
+		return nil, ErrBadCode
 	}
 	key := r.codeKey(device)
+	stored, rev, err := r.readCode(ctx, key, code)
+	if err != nil {
+		return nil, err
+	}
+	sum := sha256.Sum256(spki)
+	keyHash := hex.EncodeToString(sum[:])
+	if stored.UsedBy != "" {
+		if stored.UsedBy != keyHash {
+			return nil, ErrBadCode
+		}
+		d, _, err := r.Get(ctx, device)
+		if err != nil {
+			return nil, err
+		}
+		for _, c := range d.Credentials {
+			if c.Status == record.StatusActive && c.Cert != nil && string(c.SPKI) == string(spki) {
+				return c.Cert, nil // the retry of an enrollment that was done
+			}
+		}
+		return nil, ErrBadCode
+	}
+	cred, err := issue()
+	if err != nil {
+		return nil, err
+	}
+	change, err := enrollChange(cred, nil)
+	if err != nil {
+		return nil, err
+	}
+	stored.UsedBy = keyHash
+	used, _ := json.Marshal(stored)
+	g := &guard{
+		cmps: []clientv3.Cmp{clientv3.Compare(clientv3.ModRevision(key), "=", rev)},
+		ops:  []clientv3.Op{clientv3.OpPut(key, string(used), clientv3.WithIgnoreLease())},
+		recheck: func(ctx context.Context) error {
+			resp, err := r.Client.Get(ctx, key)
+			if err != nil {
+				return err
+			}
+			if len(resp.Kvs) == 0 || resp.Kvs[0].ModRevision != rev {
+				return ErrBadCode // used, replaced or expired meanwhile
+			}
+			return nil
+		},
+	}
+	if _, err := r.updateGuarded(ctx, device, true, g, change); err != nil {
+		return nil, err
+	}
+	return cred.Cert, nil
+}
+
+// readCode returns a device's stored code if code matches it and it has not expired.
+func (r *Registry) readCode(ctx context.Context, key, code string) (storedCode, int64, error) {
+	var stored storedCode
 	resp, err := r.Client.Get(ctx, key)
 	if err != nil {
-		return err
+		return stored, 0, err
 	}
-	if len(resp.Kvs) == 0 {
-		return ErrBadCode
-	}
-	var stored storedCode
-	if err := json.Unmarshal(resp.Kvs[0].Value, &stored); err != nil {
-		return ErrBadCode
+	if len(resp.Kvs) == 0 || json.Unmarshal(resp.Kvs[0].Value, &stored) != nil {
+		return stored, 0, ErrBadCode
 	}
 	sum := sha256.Sum256([]byte(code))
 	want, _ := hex.DecodeString(stored.SHA256)
 	if subtle.ConstantTimeCompare(sum[:], want) != 1 || time.Now().After(stored.Expires) {
-		return ErrBadCode
+		return stored, 0, ErrBadCode
 	}
-	txn, err := r.Client.Txn(ctx).
-		If(clientv3.Compare(clientv3.ModRevision(key), "=", resp.Kvs[0].ModRevision)).
-		Then(clientv3.OpDelete(key)).Commit()
-	if err != nil {
-		return err
-	}
-	if !txn.Succeeded {
-		return ErrBadCode // used (or replaced) meanwhile
-	}
-	return nil
+	return stored, resp.Kvs[0].ModRevision, nil
 }

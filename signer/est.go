@@ -95,15 +95,24 @@ func (e *EST) simpleenroll(w http.ResponseWriter, r *http.Request) {
 	}
 	ctx, cancel := e.context(r)
 	defer cancel()
-	if err := e.Registry.ConsumeCode(ctx, device, code); err != nil {
-		status := http.StatusUnauthorized
-		if !errors.Is(err, ErrBadCode) {
-			status = http.StatusServiceUnavailable
+	certDER, err := e.Registry.EnrollWithCode(ctx, device, code, csr.RawSubjectPublicKeyInfo, func() (record.Credential, error) {
+		cert, err := e.CA.Issue(device, csr.PublicKey, time.Now())
+		if err != nil {
+			return record.Credential{}, fmt.Errorf("%w: %w", ErrInvalid, err)
 		}
-		estError(w, status, err)
+		return record.Credential{Cert: cert.Raw}, nil
+	})
+	switch {
+	case errors.Is(err, ErrBadCode):
+		estError(w, http.StatusUnauthorized, err)
+		return
+	case err != nil:
+		estError(w, statusOf(err), err)
 		return
 	}
-	e.issue(ctx, w, device, csr)
+	enrollments.Inc()
+	slog.Info("enrolled over EST", "device", device, "with", "code")
+	writeCerts(w, certDER)
 }
 
 func (e *EST) simplereenroll(w http.ResponseWriter, r *http.Request) {

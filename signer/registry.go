@@ -84,6 +84,19 @@ func (r *Registry) get(ctx context.Context, key string) (*record.Device, int64, 
 // delete it. With assumeAbsent the first attempt guesses that there is no record yet
 // (an enrollment of a new device) and needs no read at all.
 func (r *Registry) update(ctx context.Context, device string, assumeAbsent bool, change func(*record.Device) (*record.Device, error)) (*record.Device, error) {
+	return r.updateGuarded(ctx, device, assumeAbsent, nil, change)
+}
+
+// guard is more for an update's transaction: comparisons that must hold and
+// operations done with the write. When a comparison fails, recheck says whether to
+// try again (nil) or give up (an error).
+type guard struct {
+	cmps    []clientv3.Cmp
+	ops     []clientv3.Op
+	recheck func(ctx context.Context) error
+}
+
+func (r *Registry) updateGuarded(ctx context.Context, device string, assumeAbsent bool, g *guard, change func(*record.Device) (*record.Device, error)) (*record.Device, error) {
 	device, err := record.DeviceName(device)
 	if err != nil {
 		return nil, invalid(err)
@@ -136,18 +149,23 @@ func (r *Registry) update(ctx context.Context, device string, assumeAbsent bool,
 			}
 			op = clientv3.OpPut(key, string(after))
 		}
+		cmps, ops := []clientv3.Cmp{clientv3.Compare(clientv3.ModRevision(key), "=", rev)}, []clientv3.Op{op}
+		if g != nil {
+			cmps, ops = append(cmps, g.cmps...), append(ops, g.ops...)
+		}
 		start := time.Now()
-		resp, err := r.Client.Txn(ctx).
-			If(clientv3.Compare(clientv3.ModRevision(key), "=", rev)).
-			Then(op).
-			Else(clientv3.OpGet(key)).
-			Commit()
+		resp, err := r.Client.Txn(ctx).If(cmps...).Then(ops...).Else(clientv3.OpGet(key)).Commit()
 		txnSeconds.Observe(time.Since(start).Seconds())
 		if err != nil {
 			return nil, err
 		}
 		if resp.Succeeded {
 			return updated, nil
+		}
+		if g != nil {
+			if err := g.recheck(ctx); err != nil {
+				return nil, err
+			}
 		}
 		// Someone else wrote first: start again from what is there now.
 		assumeAbsent = false
@@ -167,13 +185,22 @@ func (r *Registry) update(ctx context.Context, device string, assumeAbsent bool,
 // revoked is refused. The device's other credentials stay until they expire, unless
 // supersede names keys (SPKIs) to revoke in the same write with reason "superseded".
 func (r *Registry) Enroll(ctx context.Context, device string, cred record.Credential, supersede ...[]byte) (*record.Device, error) {
+	change, err := enrollChange(cred, supersede)
+	if err != nil {
+		return nil, err
+	}
+	return r.update(ctx, device, true, change)
+}
+
+// enrollChange returns the change that adds cred (active) to a device record.
+func enrollChange(cred record.Credential, supersede [][]byte) (func(*record.Device) (*record.Device, error), error) {
 	cred.Status = record.StatusActive
 	probe := record.Device{Version: record.Version, Credentials: []record.Credential{cred}}
 	if err := probe.Validate(); err != nil { // fills SPKI and not_after from the certificate
 		return nil, invalid(err)
 	}
 	cred = probe.Credentials[0]
-	return r.update(ctx, device, true, func(d *record.Device) (*record.Device, error) {
+	return func(d *record.Device) (*record.Device, error) {
 		if d == nil {
 			d = &record.Device{Version: record.Version}
 		}
@@ -201,7 +228,7 @@ func (r *Registry) Enroll(ctx context.Context, device string, cred record.Creden
 		}
 		d.Credentials = append(d.Credentials, cred)
 		return d, nil
-	})
+	}, nil
 }
 
 // Revoke marks a device's credentials for the key spki revoked (all its credentials

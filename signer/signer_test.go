@@ -340,3 +340,45 @@ func TestConcurrentWriters(t *testing.T) {
 		}
 	}
 }
+
+// TestCodeUsedOnce races ten enrollments with one code, each for its own key: exactly
+// one gets a certificate, and the record holds exactly that key.
+func TestCodeUsedOnce(t *testing.T) {
+	r := testRegistry(t)
+	ca := testCA(t)
+	ctx := context.Background()
+	code, err := r.IssueCode(ctx, "sensor7", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	won := make(chan []byte, 10)
+	for range 10 {
+		wg.Go(func() {
+			key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+			spki, _ := x509.MarshalPKIXPublicKey(key.Public())
+			cert, err := r.EnrollWithCode(ctx, "sensor7", code, spki, func() (record.Credential, error) {
+				c, err := ca.Issue("sensor7", key.Public(), time.Now())
+				return record.Credential{Cert: c.Raw}, err
+			})
+			if err == nil {
+				won <- cert
+			} else if !errors.Is(err, ErrBadCode) {
+				t.Error(err)
+			}
+		})
+	}
+	wg.Wait()
+	close(won)
+	var winners [][]byte
+	for c := range won {
+		winners = append(winners, c)
+	}
+	d, _, err := r.Get(ctx, "sensor7")
+	if len(winners) != 1 || err != nil || len(d.Credentials) != 1 || string(d.Credentials[0].Cert) != string(winners[0]) {
+		t.Errorf("%d enrollments won; record %+v %v", len(winners), d, err)
+	}
+	if _, err := r.EnrollWithCode(ctx, "sensor7", "wrong", []byte("x"), nil); !errors.Is(err, ErrBadCode) {
+		t.Errorf("wrong code: %v", err)
+	}
+}

@@ -172,11 +172,16 @@ func TestEnrollOverEST(t *testing.T) {
 	eventually(t, "enrolled device in DNS", func() error {
 		return answerIs(t, c, name, dns.RcodeSuccess, []string{eeOf(first), discoveryOf(first)})
 	})
-	// The code was used: a second enrollment with it is refused.
+	// The code was used: it enrolls no other key (a retry with the same key would get
+	// the same certificate back).
+	run(t, dir, "openssl", "ecparam", "-genkey", "-name", "prime256v1", "-noout", "-out", "other.key")
+	otherCSR := run(t, dir, "openssl", "req", "-new", "-key", "other.key", "-subj", "/CN=x", "-outform", "DER")
+	os.WriteFile(filepath.Join(dir, "other.der"), otherCSR, 0o600)
+	run(t, dir, "openssl", "base64", "-in", "other.der", "-out", "other.b64")
 	out, err := exec.Command("curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "--cacert", s.caFile, "-u", "thermo1:"+code.Code,
-		"-H", "Content-Type: application/pkcs10", "--data-binary", "@"+filepath.Join(dir, "csr.b64"), s.url+"/.well-known/est/simpleenroll").Output()
+		"-H", "Content-Type: application/pkcs10", "--data-binary", "@"+filepath.Join(dir, "other.b64"), s.url+"/.well-known/est/simpleenroll").Output()
 	if err != nil || string(out) != "401" {
-		t.Errorf("reused code: %s %v", out, err)
+		t.Errorf("reused code for another key: %s %v", out, err)
 	}
 
 	// Re-enrollment: the current certificate over mutual TLS gets a certificate for a new key.
