@@ -158,7 +158,7 @@ func (a *API) enroll(w http.ResponseWriter, r *http.Request) {
 		}
 		// A retry of an enrollment whose answer was lost gets the certificate already
 		// on record for this key: a record never vouches for a certificate nobody got.
-		if existing := a.activeCert(ctx, name, csr.RawSubjectPublicKeyInfo); existing != nil && !req.Supersede {
+		if existing := a.Registry.ActiveCert(ctx, name, csr.RawSubjectPublicKeyInfo); existing != nil && !req.Supersede {
 			d, _, _ := a.Registry.Get(ctx, name)
 			writeJSON(w, http.StatusOK, EnrollResponse{Device: d,
 				Certificate: string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: existing}))})
@@ -210,21 +210,6 @@ func (a *API) enroll(w http.ResponseWriter, r *http.Request) {
 		resp.Certificate = string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: cert.Raw}))
 	}
 	writeJSON(w, http.StatusCreated, resp)
-}
-
-// activeCert returns the certificate of the device's active, unexpired credential for
-// the key spki, or nil.
-func (a *API) activeCert(ctx context.Context, device string, spki []byte) []byte {
-	d, _, err := a.Registry.Get(ctx, device)
-	if err != nil {
-		return nil
-	}
-	for _, c := range d.Credentials {
-		if c.Status == record.StatusActive && c.Cert != nil && !c.Expired(time.Now()) && string(c.SPKI) == string(spki) {
-			return c.Cert
-		}
-	}
-	return nil
 }
 
 func (a *API) revoke(w http.ResponseWriter, r *http.Request) {

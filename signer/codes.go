@@ -86,14 +86,8 @@ func (r *Registry) EnrollWithCode(ctx context.Context, device, code string, spki
 		if stored.UsedBy != keyHash {
 			return nil, ErrBadCode
 		}
-		d, _, err := r.Get(ctx, device)
-		if err != nil {
-			return nil, err
-		}
-		for _, c := range d.Credentials {
-			if c.Status == record.StatusActive && c.Cert != nil && string(c.SPKI) == string(spki) {
-				return c.Cert, nil // the retry of an enrollment that was done
-			}
+		if cert := r.ActiveCert(ctx, device, spki); cert != nil {
+			return cert, nil // the retry of an enrollment that was done
 		}
 		return nil, ErrBadCode
 	}

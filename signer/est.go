@@ -155,6 +155,11 @@ func (e *EST) simplereenroll(w http.ResponseWriter, r *http.Request) {
 		estError(w, http.StatusUnauthorized, errors.New("the client certificate is not an active credential of its device"))
 		return
 	}
+	// A retry whose answer was lost gets the certificate already on record for the key.
+	if existing := e.Registry.ActiveCert(ctx, device, csr.RawSubjectPublicKeyInfo); existing != nil {
+		writeCerts(w, existing)
+		return
+	}
 	var supersede [][]byte
 	if r.URL.Query().Get("supersede") == "true" {
 		supersede = append(supersede, current.RawSubjectPublicKeyInfo)

@@ -150,6 +150,12 @@ func TestEST(t *testing.T) {
 	if status, _ := estPost(t, c, reURL, "", "", key2); status != 401 {
 		t.Errorf("re-enrollment without a certificate: %d", status)
 	}
+	// The retry of that re-enrollment (same key) gets the same certificate, no second one.
+	current := tlsCert2(t, reg, key2)
+	_, first := estPost(t, estClient(srv, &current), reURL, "", "", key2)
+	if d, _, _ := reg.Get(t.Context(), "sensor7"); len(d.Credentials) != 2 || len(certsOf(t, first)) != 1 {
+		t.Errorf("retried re-enrollment added a credential: %+v", d)
+	}
 	// A certificate for the same name from another CA is refused with a JSON error.
 	otherCA := testCA(t)
 	forged, err := otherCA.Issue("sensor7", key.Public(), time.Now())
@@ -232,4 +238,15 @@ func TestESTBadInput(t *testing.T) {
 	if status, body := estPost(t, c, srv.URL+"/.well-known/est/simpleenroll", "sensor7", code, key); status != 200 {
 		t.Errorf("the code was used up by a refused request: %d %s", status, body)
 	}
+}
+
+// tlsCert2 is the client certificate of the device's active credential for key.
+func tlsCert2(t *testing.T, reg *Registry, key *ecdsa.PrivateKey) tls.Certificate {
+	t.Helper()
+	spki, _ := x509.MarshalPKIXPublicKey(key.Public())
+	der := reg.ActiveCert(t.Context(), "sensor7", spki)
+	if der == nil {
+		t.Fatal("no active certificate for the key")
+	}
+	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
 }

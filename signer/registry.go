@@ -61,6 +61,22 @@ func (r *Registry) Get(ctx context.Context, device string) (*record.Device, int6
 	return d, rev, err
 }
 
+// ActiveCert returns the certificate of the device's active, unexpired credential for
+// the key spki, or nil: what a retried enrollment of that key gets back instead of a
+// second certificate.
+func (r *Registry) ActiveCert(ctx context.Context, device string, spki []byte) []byte {
+	d, _, err := r.Get(ctx, device)
+	if err != nil {
+		return nil
+	}
+	for _, c := range d.Credentials {
+		if c.Status == record.StatusActive && c.Cert != nil && !c.Expired(time.Now()) && bytes.Equal(c.SPKI, spki) {
+			return c.Cert
+		}
+	}
+	return nil
+}
+
 // get reads a key: a nil device and revision 0 when absent.
 func (r *Registry) get(ctx context.Context, key string) (*record.Device, int64, error) {
 	resp, err := r.Client.Get(ctx, key)
