@@ -44,4 +44,4 @@ bench: build
 	scripts/bench.sh
 
 clean:
-	rm -rf $(BIN) .deviceid-dev
+	rm -rf $(BIN) .deviceid-dev bench-out
