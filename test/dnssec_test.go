@@ -240,7 +240,10 @@ func TestKeyRollover(t *testing.T) {
 	z1 := genZoneKey(t, dir, dns.ECDSAP256SHA256, false)
 	z2 := genZoneKey(t, dir, dns.ECDSAP256SHA256, false)
 	port := dnsPort(t)
-	c := startCoreDNS(t, signedCorefile(port, etcd.cfg.ClientURL, k1, z1))
+	// A short TTL, since each step must wait it out: a resolver keeps the DNSKEY RRset
+	// it validated (unbound in its key cache) for that long.
+	const ttl = 2
+	c := startCoreDNS(t, signedCorefileTTL(port, etcd.cfg.ClientURL, ttl, k1, z1))
 	waitLoaded(t, c)
 	unbound := startUnbound(t, port, k1.ds, k2.ds)
 
@@ -279,15 +282,16 @@ func TestKeyRollover(t *testing.T) {
 		{k2, z2},     // retire the old KSK
 	}
 	for _, keys := range steps {
-		// Let the resolver see the current state (its cache holds answers for a second).
-		before := asked.Load()
-		eventually(t, "queries before the step", func() error {
-			if asked.Load() < before+100 {
-				return fmt.Errorf("%d queries", asked.Load()-before)
+		// Each step waits out the TTL (twice, for good measure) with queries going on,
+		// as the README's rollover tells operators to.
+		before, since := asked.Load(), time.Now()
+		eventually(t, "queries and the TTL before the step", func() error {
+			if n := asked.Load() - before; n < 100 || time.Since(since) < 2*ttl*time.Second {
+				return fmt.Errorf("%d queries in %s", n, time.Since(since))
 			}
 			return nil
 		})
-		c.reload(t, signedCorefile(port, etcd.cfg.ClientURL, keys...))
+		c.reload(t, signedCorefileTTL(port, etcd.cfg.ClientURL, ttl, keys...))
 	}
 	before := asked.Load()
 	eventually(t, "queries after the last step", func() error {

@@ -49,8 +49,13 @@ func dnsPort(t *testing.T) int {
 	return 0
 }
 
-// signedCorefile serves the test zone on port over etcd at endpoint, signed with keys.
+// signedCorefile serves the test zone on port over etcd at endpoint, signed with keys,
+// with TTL 60.
 func signedCorefile(port int, endpoint string, keys ...zoneKey) string {
+	return signedCorefileTTL(port, endpoint, 60, keys...)
+}
+
+func signedCorefileTTL(port int, endpoint string, ttl int, keys ...zoneKey) string {
 	var files []string
 	for _, k := range keys {
 		files = append(files, k.base)
@@ -60,10 +65,10 @@ func signedCorefile(port int, endpoint string, keys ...zoneKey) string {
     deviceid {
         endpoint %s
         ns ns1.iot.example.
-        ttl 60
+        ttl %d
         key file %s
     }
-}`, port, endpoint, strings.Join(files, " "))
+}`, port, endpoint, ttl, strings.Join(files, " "))
 }
 
 // startUnbound runs unbound on a free port with iot.example as a stub zone at
