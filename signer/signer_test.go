@@ -12,6 +12,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
@@ -27,6 +28,9 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 )
+
+// The handlers log every enrollment and revocation; the tests make many.
+func init() { slog.SetDefault(slog.New(slog.DiscardHandler)) }
 
 func freePort(t *testing.T) int {
 	t.Helper()
