@@ -1,0 +1,158 @@
+package test
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"io"
+	"net"
+	"testing"
+	"time"
+
+	"github.com/deviceid/deviceid/plugin/record"
+	"github.com/deviceid/deviceid/signer"
+	"github.com/deviceid/deviceid/verify"
+
+	"github.com/miekg/dns"
+)
+
+// TestVerify authenticates clients by DANE through the verify package, in both of its
+// modes: trusting a validating resolver's AD bit (unbound), and validating locally from
+// the zone's DS. Everything on the path is real: etcd, CoreDNS signing, the signer's CA
+// and registry, unbound.
+func TestVerify(t *testing.T) {
+	etcd := startEtcd(t)
+	dir := t.TempDir()
+	ksk := genZoneKey(t, dir, dns.ECDSAP256SHA256, true)
+	other := genZoneKey(t, dir, dns.ECDSAP256SHA256, true) // a DS that vouches for nothing served
+	port := dnsPort(t)
+	c := startCoreDNS(t, signedCorefile(port, etcd.cfg.ClientURL, ksk))
+	waitLoaded(t, c)
+	unbound := startUnbound(t, port, ksk.ds)
+
+	ca, err := signer.InitCA(t.TempDir(), "device CA", zone, elliptic.P256())
+	if err != nil {
+		t.Fatal(err)
+	}
+	otherCA, _ := signer.InitCA(t.TempDir(), "another CA", zone, elliptic.P256())
+	reg := &signer.Registry{Client: etcd.client(), Prefix: "/deviceid", Zone: zone}
+	ctx := context.Background()
+	keys := map[*x509.Certificate]*ecdsa.PrivateKey{}
+	device := func(name string, from *signer.CA, enroll bool) []*x509.Certificate {
+		key := mustKey()
+		cert, err := from.Issue(name, key.Public(), time.Now())
+		if err != nil {
+			t.Fatal(err)
+		}
+		keys[cert] = key
+		if enroll {
+			if _, err := reg.Enroll(ctx, name, record.Credential{Cert: cert.Raw}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		return []*x509.Certificate{cert}
+	}
+	good := device("good", ca, true)
+	revoked := device("gone", ca, true)
+	if _, err := reg.Revoke(ctx, "gone", nil, "keyCompromise", time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	unknown := device("nobody", ca, false)
+	foreign := device("good", otherCA, false) // the right name, another CA, another key
+	device("twin", ca, true)
+	mismatch := device("twin", ca, false) // a valid certificate for twin, but not the enrolled key
+	outside, _ := otherCA.Issue("x", mustKey().Public(), time.Now())
+	outside.DNSNames = []string{"x._device.elsewhere.example"}
+	eventually(t, "devices in DNS", func() error {
+		return answerIs(t, c, "gone._device.iot.example.", dns.RcodeSuccess, []string{revokedOf(revoked[0])})
+	})
+
+	modes := map[string]*verify.Verifier{
+		"resolver AD":      {Zones: []string{zone}, Resolver: unbound},
+		"local validation": {Zones: []string{zone}, TrustAnchor: []dns.RR{ksk.ds}, Server: c.udp},
+	}
+	for mode, v := range modes {
+		for _, tc := range []struct {
+			name  string
+			chain []*x509.Certificate
+			want  error // nil: accepted
+		}{
+			{"enrolled device", good, nil},
+			{"revoked device", revoked, verify.ErrRevoked},
+			{"name not in DNS", unknown, verify.ErrNoMatch},
+			{"certificate from another CA", foreign, verify.ErrNoMatch},
+			{"key that does not match", mismatch, verify.ErrNoMatch},
+			{"name outside the accepted zones", []*x509.Certificate{outside}, verify.ErrNoIdentity},
+		} {
+			t.Run(mode+"/"+tc.name, func(t *testing.T) {
+				_, err := v.Verify(ctx, tc.chain)
+				if tc.want == nil && err != nil || tc.want != nil && !errors.Is(err, tc.want) {
+					t.Errorf("got %v, want %v", err, tc.want)
+				}
+			})
+		}
+	}
+	t.Run("no AD from the resolver", func(t *testing.T) {
+		v := &verify.Verifier{Zones: []string{zone}, Resolver: c.udp} // an authoritative server sets no AD
+		if _, err := v.Verify(ctx, good); !errors.Is(err, verify.ErrNotValidated) {
+			t.Errorf("got %v", err)
+		}
+	})
+	t.Run("trust anchor that vouches for no key", func(t *testing.T) {
+		v := &verify.Verifier{Zones: []string{zone}, TrustAnchor: []dns.RR{other.ds}, Server: c.udp}
+		if _, err := v.Verify(ctx, good); !errors.Is(err, verify.ErrNotValidated) {
+			t.Errorf("got %v", err)
+		}
+	})
+	t.Run("TLS handshake", func(t *testing.T) {
+		v := modes["resolver AD"]
+		for _, tc := range []struct {
+			chain []*x509.Certificate
+			ok    bool
+		}{{good, true}, {revoked, false}} {
+			client := tls.Certificate{Certificate: [][]byte{tc.chain[0].Raw}, PrivateKey: keys[tc.chain[0]]}
+			if err := handshake(t, ca, v, client); (err == nil) != tc.ok {
+				t.Errorf("handshake with %s: %v", tc.chain[0].DNSNames[0], err)
+			}
+		}
+	})
+}
+
+func mustKey() *ecdsa.PrivateKey {
+	k, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	return k
+}
+
+// handshake runs a TLS 1.3 handshake between a client presenting client and a server
+// that authenticates clients by DANE, and returns the server's verdict.
+func handshake(t *testing.T, ca *signer.CA, v *verify.Verifier, client tls.Certificate) error {
+	t.Helper()
+	serverCert, err := ca.ServerCertificate([]string{"127.0.0.1"}, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	cc, sc := net.Pipe()
+	defer cc.Close()
+	defer sc.Close()
+	server := tls.Server(sc, &tls.Config{
+		Certificates:          []tls.Certificate{serverCert},
+		ClientAuth:            tls.RequireAnyClientCert, // DANE, not a CA pool, decides
+		VerifyPeerCertificate: v.VerifyPeerCertificate,
+		MinVersion:            tls.VersionTLS13,
+	})
+	pool := x509.NewCertPool()
+	pool.AddCert(ca.Cert)
+	cc.SetDeadline(time.Now().Add(20 * time.Second)) // a pipe blocks forever otherwise
+	sc.SetDeadline(time.Now().Add(20 * time.Second))
+	go func() {
+		c := tls.Client(cc, &tls.Config{Certificates: []tls.Certificate{client}, RootCAs: pool, ServerName: "127.0.0.1"})
+		if c.Handshake() == nil {
+			io.Copy(io.Discard, c) // read what the server still sends (a pipe has no buffer)
+		}
+	}()
+	return server.Handshake()
+}

@@ -1,0 +1,368 @@
+// Package verify authenticates TLS clients by DANE (draft-ietf-dance-client-auth): a
+// Go TLS server plugs a Verifier into tls.Config.VerifyPeerCertificate, and a client
+// certificate is accepted only if a DNSSEC-validated TLSA record at the client's
+// identity name (the _device dNSName in its SAN) matches it.
+//
+// It lives in its own package, apart from the signer and the plugin, because it is
+// what third parties import into their servers: it depends on neither.
+package verify
+
+import (
+	"context"
+	"crypto/sha256"
+	"crypto/sha512"
+	"crypto/x509"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/miekg/dns"
+)
+
+// Reasons a client is refused, for errors.Is; every refusal wraps one of them.
+var (
+	ErrNoIdentity     = errors.New("the certificate names no device identity under an accepted zone")
+	ErrNotValidated   = errors.New("the TLSA answer is not DNSSEC-validated")
+	ErrRevoked        = errors.New("the client's key is revoked")
+	ErrNoMatch        = errors.New("no usable TLSA record matches the certificate")
+	ErrLookupFailed   = errors.New("the TLSA lookup failed")
+	ErrNoCertificates = errors.New("the client sent no certificate")
+)
+
+// Verifier checks client certificates against DANE TLSA records.
+type Verifier struct {
+	// Zones are the zones whose _device names may be looked up (an allow-list, so a
+	// client cannot make the server query arbitrary names), e.g. "iot.example.".
+	Zones []string
+	// Resolver is the address (host:port) of a validating resolver reached over a
+	// trusted path: its AD bit is trusted. Used when TrustAnchor is empty.
+	Resolver string
+	// TrustAnchor, with Server, makes the verifier validate locally: the DS (or
+	// DNSKEY) records of the zone, and the authoritative server to ask.
+	TrustAnchor []dns.RR
+	Server      string
+	// RevokedUsage is deviceid's revoked-status usage (255 when 0).
+	RevokedUsage uint8
+	// Timeout bounds one lookup (5 s when 0).
+	Timeout time.Duration
+
+	mu    sync.Mutex
+	cache map[string]cached
+}
+
+type cached struct {
+	tlsa    []*dns.TLSA
+	expires time.Time
+}
+
+// VerifyPeerCertificate is for tls.Config.VerifyPeerCertificate (with ClientAuth
+// tls.RequireAnyClientCert): the chain the client sent, leaf first.
+func (v *Verifier) VerifyPeerCertificate(rawCerts [][]byte, _ [][]*x509.Certificate) error {
+	if len(rawCerts) == 0 {
+		return ErrNoCertificates
+	}
+	chain, err := parseChain(rawCerts...)
+	if err != nil {
+		return fmt.Errorf("%w: %v", ErrNoMatch, err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), v.timeout())
+	defer cancel()
+	_, err = v.Verify(ctx, chain)
+	return err
+}
+
+func parseChain(raw ...[]byte) ([]*x509.Certificate, error) {
+	chain := make([]*x509.Certificate, len(raw))
+	for i, der := range raw {
+		c, err := x509.ParseCertificate(der)
+		if err != nil {
+			return nil, err
+		}
+		chain[i] = c
+	}
+	return chain, nil
+}
+
+func (v *Verifier) timeout() time.Duration {
+	if v.Timeout == 0 {
+		return 5 * time.Second
+	}
+	return v.Timeout
+}
+
+// Verify checks a client's chain (leaf first) and returns the identity name whose
+// TLSA record matched.
+func (v *Verifier) Verify(ctx context.Context, chain []*x509.Certificate) (string, error) {
+	if len(chain) == 0 {
+		return "", ErrNoCertificates
+	}
+	name, err := v.identity(chain[0])
+	if err != nil {
+		return "", err
+	}
+	rrs, err := v.lookup(ctx, name)
+	if err != nil {
+		return name, err
+	}
+	return name, v.match(name, chain, rrs)
+}
+
+// identity returns the client's _device name in an accepted zone, from its SAN.
+func (v *Verifier) identity(cert *x509.Certificate) (string, error) {
+	for _, n := range cert.DNSNames {
+		name := dns.Fqdn(strings.ToLower(n))
+		if !strings.Contains(name, "._device.") {
+			continue
+		}
+		for _, z := range v.Zones {
+			if dns.IsSubDomain(dns.Fqdn(strings.ToLower(z)), name) {
+				return name, nil
+			}
+		}
+	}
+	return "", ErrNoIdentity
+}
+
+// match applies RFC 6698/7671 matching: a revoked-status record for the key refuses
+// it outright; otherwise one usable DANE-EE (3) or DANE-TA (2) record must match.
+func (v *Verifier) match(name string, chain []*x509.Certificate, rrs []*dns.TLSA) error {
+	revoked := v.RevokedUsage
+	if revoked == 0 {
+		revoked = 255
+	}
+	leaf := chain[0]
+	for _, rr := range rrs {
+		if rr.Usage == revoked && matches(rr, leaf) {
+			return fmt.Errorf("%w: %s %d %d %d", ErrRevoked, name, rr.Usage, rr.Selector, rr.MatchingType)
+		}
+	}
+	for _, rr := range rrs {
+		switch rr.Usage {
+		case 3: // DANE-EE: the key or certificate itself; dates and names are not checked (RFC 7671 §5.1)
+			if matches(rr, leaf) {
+				return nil
+			}
+		case 2: // DANE-TA: a CA in the chain, and the name in the leaf's SAN
+			for _, ta := range chain[1:] {
+				if matches(rr, ta) && chainsTo(leaf, chain[1:], ta) && leaf.VerifyHostname(strings.TrimSuffix(name, ".")) == nil {
+					return nil
+				}
+			}
+			if ta := fullCert(rr); ta != nil && chainsTo(leaf, chain[1:], ta) && leaf.VerifyHostname(strings.TrimSuffix(name, ".")) == nil {
+				return nil // a 2 0 0 record carries the CA itself
+			}
+		}
+	}
+	return fmt.Errorf("%w at %s", ErrNoMatch, name)
+}
+
+// matches reports whether a TLSA record's selector and matching type fit cert.
+func matches(rr *dns.TLSA, cert *x509.Certificate) bool {
+	var data []byte
+	switch rr.Selector {
+	case 0:
+		data = cert.Raw
+	case 1:
+		data = cert.RawSubjectPublicKeyInfo
+	default:
+		return false
+	}
+	switch rr.MatchingType {
+	case 0:
+	case 1:
+		sum := sha256.Sum256(data)
+		data = sum[:]
+	case 2:
+		sum := sha512.Sum512(data)
+		data = sum[:]
+	default:
+		return false
+	}
+	want, err := hex.DecodeString(rr.Certificate)
+	return err == nil && string(want) == string(data)
+}
+
+// fullCert returns the certificate a "x 0 0" record carries, or nil.
+func fullCert(rr *dns.TLSA) *x509.Certificate {
+	if rr.Selector != 0 || rr.MatchingType != 0 {
+		return nil
+	}
+	der, err := hex.DecodeString(rr.Certificate)
+	if err != nil {
+		return nil
+	}
+	c, err := x509.ParseCertificate(der)
+	if err != nil || !c.IsCA {
+		return nil
+	}
+	return c
+}
+
+// chainsTo reports whether leaf chains to the trust anchor ta (through the
+// intermediates sent), for client authentication. The anchor's own dates are not
+// checked: DNSSEC vouches for it (RFC 7671 §5.2).
+func chainsTo(leaf *x509.Certificate, intermediates []*x509.Certificate, ta *x509.Certificate) bool {
+	roots, inter := x509.NewCertPool(), x509.NewCertPool()
+	roots.AddCert(ta)
+	for _, c := range intermediates {
+		inter.AddCert(c)
+	}
+	_, err := leaf.Verify(x509.VerifyOptions{Roots: roots, Intermediates: inter, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}})
+	return err == nil
+}
+
+// lookup returns the validated TLSA RRset at name, cached no longer than its TTL.
+func (v *Verifier) lookup(ctx context.Context, name string) ([]*dns.TLSA, error) {
+	v.mu.Lock()
+	if c, ok := v.cache[name]; ok && time.Now().Before(c.expires) {
+		v.mu.Unlock()
+		return c.tlsa, nil
+	}
+	v.mu.Unlock()
+	var rrs []*dns.TLSA
+	var ttl uint32
+	var err error
+	if len(v.TrustAnchor) > 0 {
+		rrs, ttl, err = v.lookupLocal(ctx, name)
+	} else {
+		rrs, ttl, err = v.lookupAD(ctx, name)
+	}
+	if err != nil {
+		return nil, err
+	}
+	v.mu.Lock()
+	if v.cache == nil {
+		v.cache = make(map[string]cached)
+	}
+	v.cache[name] = cached{tlsa: rrs, expires: time.Now().Add(time.Duration(ttl) * time.Second)}
+	v.mu.Unlock()
+	return rrs, nil
+}
+
+// exchange asks addr with DO set, over TCP when the answer is truncated.
+func exchange(ctx context.Context, addr, name string, qtype uint16, cd bool) (*dns.Msg, error) {
+	m := new(dns.Msg)
+	m.SetQuestion(name, qtype)
+	m.SetEdns0(1232, true)
+	m.CheckingDisabled = cd
+	r, _, err := (&dns.Client{}).ExchangeContext(ctx, m, addr)
+	if err == nil && r.Truncated {
+		r, _, err = (&dns.Client{Net: "tcp"}).ExchangeContext(ctx, m, addr)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrLookupFailed, err)
+	}
+	if r.Rcode != dns.RcodeSuccess && r.Rcode != dns.RcodeNameError {
+		return nil, fmt.Errorf("%w: %s for %s", ErrLookupFailed, dns.RcodeToString[r.Rcode], name)
+	}
+	return r, nil
+}
+
+// lookupAD trusts the validating resolver's AD bit.
+func (v *Verifier) lookupAD(ctx context.Context, name string) ([]*dns.TLSA, uint32, error) {
+	r, err := exchange(ctx, v.Resolver, name, dns.TypeTLSA, false)
+	if err != nil {
+		return nil, 0, err
+	}
+	if !r.AuthenticatedData {
+		return nil, 0, fmt.Errorf("%w: no AD bit for %s", ErrNotValidated, name)
+	}
+	rrs, ttl := tlsaOf(r.Answer, name)
+	return rrs, ttl, nil
+}
+
+// lookupLocal validates the answer itself: the zone's DNSKEY RRset against the trust
+// anchor, then the TLSA RRset's signature with those keys. A name with no TLSA RRset
+// gets no records, which refuses the client whatever the proof of denial says.
+func (v *Verifier) lookupLocal(ctx context.Context, name string) ([]*dns.TLSA, uint32, error) {
+	zone := v.TrustAnchor[0].Header().Name
+	keys, err := v.trustedKeys(ctx, zone)
+	if err != nil {
+		return nil, 0, err
+	}
+	r, err := exchange(ctx, v.Server, name, dns.TypeTLSA, true)
+	if err != nil {
+		return nil, 0, err
+	}
+	rrs, ttl := tlsaOf(r.Answer, name)
+	if len(rrs) == 0 {
+		return nil, 0, nil
+	}
+	set := make([]dns.RR, len(rrs))
+	for i, rr := range rrs {
+		set[i] = rr
+	}
+	if !verified(r.Answer, set, keys) {
+		return nil, 0, fmt.Errorf("%w: no valid RRSIG over the TLSA RRset of %s", ErrNotValidated, name)
+	}
+	return rrs, ttl, nil
+}
+
+// trustedKeys fetches the zone's DNSKEY RRset and keeps it if a key matching the
+// trust anchor signs it.
+func (v *Verifier) trustedKeys(ctx context.Context, zone string) (map[uint16]*dns.DNSKEY, error) {
+	r, err := exchange(ctx, v.Server, zone, dns.TypeDNSKEY, true)
+	if err != nil {
+		return nil, err
+	}
+	keys := map[uint16]*dns.DNSKEY{}
+	var set []dns.RR
+	anchored := map[uint16]*dns.DNSKEY{}
+	for _, rr := range r.Answer {
+		k, ok := rr.(*dns.DNSKEY)
+		if !ok {
+			continue
+		}
+		set = append(set, k)
+		keys[k.KeyTag()] = k
+		for _, ta := range v.TrustAnchor {
+			switch a := ta.(type) {
+			case *dns.DS:
+				if d := k.ToDS(a.DigestType); d != nil && strings.EqualFold(d.Digest, a.Digest) && d.KeyTag == a.KeyTag {
+					anchored[k.KeyTag()] = k
+				}
+			case *dns.DNSKEY:
+				if a.PublicKey == k.PublicKey && a.Algorithm == k.Algorithm {
+					anchored[k.KeyTag()] = k
+				}
+			}
+		}
+	}
+	if len(anchored) == 0 || !verified(r.Answer, set, anchored) {
+		return nil, fmt.Errorf("%w: the DNSKEY RRset of %s is not signed by a trust anchor", ErrNotValidated, zone)
+	}
+	return keys, nil
+}
+
+// verified reports whether an RRSIG in section over set verifies with one of keys and
+// is within its validity period.
+func verified(section []dns.RR, set []dns.RR, keys map[uint16]*dns.DNSKEY) bool {
+	for _, rr := range section {
+		sig, ok := rr.(*dns.RRSIG)
+		if !ok || sig.TypeCovered != set[0].Header().Rrtype || !strings.EqualFold(sig.Hdr.Name, set[0].Header().Name) {
+			continue
+		}
+		if k := keys[sig.KeyTag]; k != nil && sig.ValidityPeriod(time.Now()) && sig.Verify(k, set) == nil {
+			return true
+		}
+	}
+	return false
+}
+
+// tlsaOf returns the TLSA records at name in an answer section, and their TTL.
+func tlsaOf(answer []dns.RR, name string) ([]*dns.TLSA, uint32) {
+	var rrs []*dns.TLSA
+	var ttl uint32
+	for _, rr := range answer {
+		if t, ok := rr.(*dns.TLSA); ok && strings.EqualFold(t.Hdr.Name, name) {
+			rrs = append(rrs, t)
+			if ttl == 0 || t.Hdr.Ttl < ttl {
+				ttl = t.Hdr.Ttl
+			}
+		}
+	}
+	return rrs, ttl
+}

@@ -1,0 +1,85 @@
+package verify
+
+import (
+	"crypto/sha256"
+	"crypto/sha512"
+	"encoding/hex"
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/deviceid/deviceid/internal/devpki"
+
+	"github.com/miekg/dns"
+)
+
+func tlsa(usage, selector, matching uint8, data []byte) *dns.TLSA {
+	return &dns.TLSA{Usage: usage, Selector: selector, MatchingType: matching, Certificate: hex.EncodeToString(data)}
+}
+
+// TestMatch covers the RFC 6698/7671 matching rules and the revoked usage.
+func TestMatch(t *testing.T) {
+	ca, err := devpki.NewCA("test CA")
+	if err != nil {
+		t.Fatal(err)
+	}
+	key, _ := devpki.NewDeviceKey()
+	der, err := ca.Issue("sensor7._device.iot.example", key.Public(), time.Now().AddDate(1, 0, 0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	v := &Verifier{Zones: []string{"iot.example."}}
+	chain, err := parseChain(der)
+	if err != nil {
+		t.Fatal(err)
+	}
+	leaf := chain[0]
+	name, err := v.identity(leaf)
+	if err != nil || name != "sensor7._device.iot.example." {
+		t.Fatalf("identity %q %v", name, err)
+	}
+	spki256 := sha256.Sum256(leaf.RawSubjectPublicKeyInfo)
+	spki512 := sha512.Sum512(leaf.RawSubjectPublicKeyInfo)
+	cert256 := sha256.Sum256(leaf.Raw)
+	other := sha256.Sum256([]byte("another key"))
+	for _, tc := range []struct {
+		name  string
+		rrs   []*dns.TLSA
+		chain bool // send the CA certificate after the leaf
+		want  error
+	}{
+		{"3 1 1", []*dns.TLSA{tlsa(3, 1, 1, spki256[:])}, false, nil},
+		{"3 1 2", []*dns.TLSA{tlsa(3, 1, 2, spki512[:])}, false, nil},
+		{"3 0 1", []*dns.TLSA{tlsa(3, 0, 1, cert256[:])}, false, nil},
+		{"3 0 0", []*dns.TLSA{tlsa(3, 0, 0, leaf.Raw)}, false, nil},
+		{"2 0 0 carrying the CA", []*dns.TLSA{tlsa(2, 0, 0, ca.Cert.Raw)}, false, nil},
+		{"2 1 1 of the CA sent in the chain", []*dns.TLSA{tlsa(2, 1, 1, sha256Of(ca.Cert.RawSubjectPublicKeyInfo))}, true, nil},
+		{"2 1 1 of a CA not sent", []*dns.TLSA{tlsa(2, 1, 1, sha256Of(ca.Cert.RawSubjectPublicKeyInfo))}, false, ErrNoMatch},
+		{"another key", []*dns.TLSA{tlsa(3, 1, 1, other[:])}, false, ErrNoMatch},
+		{"unknown usage is unusable", []*dns.TLSA{tlsa(4, 0, 0, leaf.Raw), tlsa(1, 1, 1, spki256[:])}, false, ErrNoMatch},
+		{"unknown matching type", []*dns.TLSA{tlsa(3, 1, 3, spki256[:])}, false, ErrNoMatch},
+		{"revoked", []*dns.TLSA{tlsa(255, 1, 1, spki256[:])}, false, ErrRevoked},
+		{"revoked wins over active", []*dns.TLSA{tlsa(3, 1, 1, spki256[:]), tlsa(255, 1, 1, spki256[:])}, false, ErrRevoked},
+		{"another key revoked", []*dns.TLSA{tlsa(255, 1, 1, other[:]), tlsa(3, 1, 1, spki256[:])}, false, nil},
+		{"no records", nil, false, ErrNoMatch},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := chain[:1]
+			if tc.chain {
+				c = append(c, ca.Cert)
+			}
+			err := v.match(name, c, tc.rrs)
+			if tc.want == nil && err != nil || tc.want != nil && !errors.Is(err, tc.want) {
+				t.Errorf("got %v, want %v", err, tc.want)
+			}
+		})
+	}
+	if _, err := (&Verifier{Zones: []string{"other.example."}}).identity(leaf); !errors.Is(err, ErrNoIdentity) {
+		t.Errorf("a name outside the zones: %v", err)
+	}
+}
+
+func sha256Of(b []byte) []byte {
+	s := sha256.Sum256(b)
+	return s[:]
+}
