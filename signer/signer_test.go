@@ -11,9 +11,7 @@ import (
 	"crypto/x509"
 	"encoding/pem"
 	"errors"
-	"fmt"
 	"log/slog"
-	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -32,21 +30,10 @@ import (
 // The handlers log every enrollment and revocation; the tests make many.
 func init() { slog.SetDefault(slog.New(slog.DiscardHandler)) }
 
-func freePort(t *testing.T) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
-}
-
 // testRegistry runs an embedded etcd and returns a registry for iot.example on it.
 func testRegistry(t *testing.T) *Registry {
 	t.Helper()
-	url := fmt.Sprintf("http://127.0.0.1:%d", freePort(t))
-	e, err := embedetcd.Start(embedetcd.Config{Dir: t.TempDir(), ClientURL: url, PeerURL: fmt.Sprintf("http://127.0.0.1:%d", freePort(t))})
+	e, url, err := embedetcd.StartLoopback(t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -7,8 +7,6 @@ import (
 	"crypto/rand"
 	"crypto/x509"
 	"encoding/pem"
-	"fmt"
-	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -22,22 +20,11 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
-func freePort(t *testing.T) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
-}
-
 // TestAdminCommands runs the operator's commands against etcd directly and against
 // a running signer, and checks the registry after each.
 func TestAdminCommands(t *testing.T) {
 	dir := t.TempDir()
-	etcdURL := fmt.Sprintf("http://127.0.0.1:%d", freePort(t))
-	e, err := embedetcd.Start(embedetcd.Config{Dir: filepath.Join(dir, "etcd"), ClientURL: etcdURL, PeerURL: fmt.Sprintf("http://127.0.0.1:%d", freePort(t))})
+	e, etcdURL, err := embedetcd.StartLoopback(filepath.Join(dir, "etcd"))
 	if err != nil {
 		t.Fatal(err)
 	}
