@@ -10,6 +10,7 @@ all: build
 build:
 	$(GO) build -o $(BIN)/coredns ./cmd/coredns
 	$(GO) build -o $(BIN)/deviceid-signer ./cmd/deviceid-signer
+	$(GO) build -o $(BIN)/deviceid-verify ./cmd/deviceid-verify
 
 $(BIN)/staticcheck:
 	GOBIN=$(BIN) $(GO) install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION)

@@ -93,21 +93,27 @@ func (v *Verifier) timeout() time.Duration {
 	return v.Timeout
 }
 
-// Verify checks a client's chain (leaf first) and returns the identity name whose
-// TLSA record matched.
-func (v *Verifier) Verify(ctx context.Context, chain []*x509.Certificate) (string, error) {
+// Result says who a client is and which record vouched for it.
+type Result struct {
+	Name    string    // the identity name, fully qualified
+	Matched *dns.TLSA // the record that matched (the revoked-status one on ErrRevoked)
+}
+
+// Verify checks a client's chain (leaf first).
+func (v *Verifier) Verify(ctx context.Context, chain []*x509.Certificate) (Result, error) {
 	if len(chain) == 0 {
-		return "", ErrNoCertificates
+		return Result{}, ErrNoCertificates
 	}
 	name, err := v.identity(chain[0])
 	if err != nil {
-		return "", err
+		return Result{}, err
 	}
 	rrs, err := v.lookup(ctx, name)
 	if err != nil {
-		return name, err
+		return Result{Name: name}, err
 	}
-	return name, v.match(name, chain, rrs)
+	rr, err := v.match(name, chain, rrs)
+	return Result{Name: name, Matched: rr}, err
 }
 
 // identity returns the client's _device name in an accepted zone, from its SAN.
@@ -128,7 +134,7 @@ func (v *Verifier) identity(cert *x509.Certificate) (string, error) {
 
 // match applies RFC 6698/7671 matching: a revoked-status record for the key refuses
 // it outright; otherwise one usable DANE-EE (3) or DANE-TA (2) record must match.
-func (v *Verifier) match(name string, chain []*x509.Certificate, rrs []*dns.TLSA) error {
+func (v *Verifier) match(name string, chain []*x509.Certificate, rrs []*dns.TLSA) (*dns.TLSA, error) {
 	revoked := v.RevokedUsage
 	if revoked == 0 {
 		revoked = 255
@@ -136,27 +142,27 @@ func (v *Verifier) match(name string, chain []*x509.Certificate, rrs []*dns.TLSA
 	leaf := chain[0]
 	for _, rr := range rrs {
 		if rr.Usage == revoked && matches(rr, leaf) {
-			return fmt.Errorf("%w: %s %d %d %d", ErrRevoked, name, rr.Usage, rr.Selector, rr.MatchingType)
+			return rr, fmt.Errorf("%w: %s %d %d %d", ErrRevoked, name, rr.Usage, rr.Selector, rr.MatchingType)
 		}
 	}
 	for _, rr := range rrs {
 		switch rr.Usage {
 		case 3: // DANE-EE: the key or certificate itself; dates and names are not checked (RFC 7671 §5.1)
 			if matches(rr, leaf) {
-				return nil
+				return rr, nil
 			}
 		case 2: // DANE-TA: a CA in the chain, and the name in the leaf's SAN
 			for _, ta := range chain[1:] {
 				if matches(rr, ta) && chainsTo(leaf, chain[1:], ta) && leaf.VerifyHostname(strings.TrimSuffix(name, ".")) == nil {
-					return nil
+					return rr, nil
 				}
 			}
 			if ta := fullCert(rr); ta != nil && chainsTo(leaf, chain[1:], ta) && leaf.VerifyHostname(strings.TrimSuffix(name, ".")) == nil {
-				return nil // a 2 0 0 record carries the CA itself
+				return rr, nil // a 2 0 0 record carries the CA itself
 			}
 		}
 	}
-	return fmt.Errorf("%w at %s", ErrNoMatch, name)
+	return nil, fmt.Errorf("%w at %s", ErrNoMatch, name)
 }
 
 // matches reports whether a TLSA record's selector and matching type fit cert.

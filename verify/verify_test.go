@@ -68,7 +68,7 @@ func TestMatch(t *testing.T) {
 			if tc.chain {
 				c = append(c, ca.Cert)
 			}
-			err := v.match(name, c, tc.rrs)
+			_, err := v.match(name, c, tc.rrs)
 			if tc.want == nil && err != nil || tc.want != nil && !errors.Is(err, tc.want) {
 				t.Errorf("got %v, want %v", err, tc.want)
 			}

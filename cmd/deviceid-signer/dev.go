@@ -155,7 +155,8 @@ func loadOrCreateToken(file string) (string, error) {
 func zoneKeyName(zone string) string { return "K" + strings.TrimSuffix(zone, ".") }
 
 // loadOrCreateZoneKey keeps a DNSSEC key (a CSK) for the dev zone in the data
-// directory, and writes its DS as a trust anchor file for delv (anchors.conf).
+// directory, and writes its DS as a record (ds.txt) and as a trust anchor file for
+// delv (anchors.conf).
 func loadOrCreateZoneKey(dir, zone string) (*dns.DS, error) {
 	base := filepath.Join(dir, zoneKeyName(zone))
 	if _, err := os.Stat(base + ".key"); errors.Is(err, os.ErrNotExist) {
@@ -178,6 +179,9 @@ func loadOrCreateZoneKey(dir, zone string) (*dns.DS, error) {
 	}
 	ds := k.ToDS(dns.SHA256)
 	anchors := fmt.Sprintf("trust-anchors {\n  %s static-ds %d %d %d \"%s\";\n};\n", ds.Hdr.Name, ds.KeyTag, ds.Algorithm, ds.DigestType, ds.Digest)
+	if err := os.WriteFile(filepath.Join(dir, "ds.txt"), []byte(ds.String()+"\n"), 0o644); err != nil {
+		return nil, err
+	}
 	return ds, os.WriteFile(filepath.Join(dir, "anchors.conf"), []byte(anchors), 0o644)
 }
 
