@@ -32,6 +32,8 @@ func dev(args []string) error {
 	clientURL := fs.String("etcd", "http://127.0.0.1:2379", "URL etcd serves clients on")
 	peerURL := fs.String("etcd-peer", "http://127.0.0.1:2380", "URL etcd serves peers on")
 	listen := fs.String("listen", "127.0.0.1:8443", "HTTPS address for EST and the admin API")
+	demo := fs.String("demo", "127.0.0.1:8444", "HTTPS address of the demo service that authenticates devices by DANE")
+	dnsServer := fs.String("dns", "127.0.0.1:1053", "the dev CoreDNS, which the demo service asks")
 	zone := fs.String("zone", "iot.example", "zone of the sample devices")
 	prefix := fs.String("prefix", "/deviceid", "etcd prefix of deviceid's records")
 	if err := fs.Parse(args); err != nil {
@@ -88,8 +90,10 @@ func dev(args []string) error {
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	served := make(chan error, 1)
+	served := make(chan error, 2)
 	go func() { served <- srv.run(ctx, nil) }()
+	go func() { served <- demoService(ctx, *demo, *zone, *dnsServer, ds, ca) }()
+	fmt.Printf("demo service authenticating devices by DANE on https://%s\n", *demo)
 	select {
 	case err := <-served:
 		return err
