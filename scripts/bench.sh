@@ -184,3 +184,15 @@ csr=$(rate EnrollAdminAPI); bare=$(rate EnrollAdminAPIBareKey); raw=$(rate RawEt
   echo "with a bare public key $bare/s ($(ratio "$bare" "$raw")×); raw etcd puts of the same record size $raw/s."
 } >> $out/results.md
 tail -3 $out/results.md
+
+echo "== TLS handshakes: client authentication by DANE against a CA pool"
+go test -run XXX -bench 'Handshake' -benchtime 5s ./test/ > $out/handshake.txt
+cat $out/handshake.txt
+hs() { awk -v n="$1" '$1 ~ "^Benchmark"n"-" {for (i = 1; i <= NF; i++) if ($(i+1) ~ /\/s$/) print $i}' $out/handshake.txt; }
+pool=$(hs HandshakeCAPool); cached=$(hs HandshakeDANECached); uncached=$(hs HandshakeDANEUncached)
+{
+  echo
+  echo "TLS 1.3 handshakes with client authentication: CA pool $pool/s; DANE, answers cached, $cached/s ($(ratio "$cached" "$pool")×);"
+  echo "DANE with a lookup at unbound for every handshake $uncached/s ($(ratio "$uncached" "$pool")×)."
+} >> $out/results.md
+tail -2 $out/results.md

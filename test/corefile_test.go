@@ -23,7 +23,7 @@ import (
 
 // exampleCorefile reads a Corefile from corefile/ and moves its fixed ports to free
 // ones, so that the test starts the file as shipped, on ports nothing else uses.
-func exampleCorefile(t *testing.T, name string, ports ...string) string {
+func exampleCorefile(t testing.TB, name string, ports ...string) string {
 	t.Helper()
 	b, err := os.ReadFile(filepath.Join("..", "corefile", name))
 	if err != nil {
@@ -127,7 +127,7 @@ func TestProductionCorefile(t *testing.T) {
 }
 
 // tlsPair writes a certificate for 127.0.0.1 with the given use, and its key.
-func tlsPair(t *testing.T, ca *devpki.CA, dir, name string, use x509.ExtKeyUsage) (certFile, keyFile string) {
+func tlsPair(t testing.TB, ca *devpki.CA, dir, name string, use x509.ExtKeyUsage) (certFile, keyFile string) {
 	t.Helper()
 	key, err := devpki.NewDeviceKey()
 	if err != nil {
@@ -153,7 +153,7 @@ func tlsPair(t *testing.T, ca *devpki.CA, dir, name string, use x509.ExtKeyUsage
 	return certFile, keyFile
 }
 
-func writeFile(t *testing.T, name string, data []byte) {
+func writeFile(t testing.TB, name string, data []byte) {
 	t.Helper()
 	if err := os.WriteFile(name, data, 0o600); err != nil {
 		t.Fatal(err)

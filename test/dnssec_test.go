@@ -177,7 +177,7 @@ func TestDNSSECValidation(t *testing.T) {
 
 // trustedKeys fetches the zone's DNSKEY RRset and checks it against the DS the way a
 // validator does: a key matches the DS and signs the RRset.
-func trustedKeys(t *testing.T, c *coreDNS, ds *dns.DS) map[uint16]*dns.DNSKEY {
+func trustedKeys(t testing.TB, c *coreDNS, ds *dns.DS) map[uint16]*dns.DNSKEY {
 	t.Helper()
 	r, err := resolve(c.udp, "udp", zone, dns.TypeDNSKEY)
 	if err != nil {
@@ -201,7 +201,7 @@ func trustedKeys(t *testing.T, c *coreDNS, ds *dns.DS) map[uint16]*dns.DNSKEY {
 }
 
 // verifySection checks that every RRset in rrs has an RRSIG that verifies with keys.
-func verifySection(t *testing.T, rrs []dns.RR, keys map[uint16]*dns.DNSKEY) {
+func verifySection(t testing.TB, rrs []dns.RR, keys map[uint16]*dns.DNSKEY) {
 	t.Helper()
 	sets := map[string][]dns.RR{}
 	for _, rr := range rrs {

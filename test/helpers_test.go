@@ -97,7 +97,7 @@ func (s *etcdServer) client() *clientv3.Client {
 }
 
 // testbed starts an etcd and returns it with a client, and a CA for device certificates.
-func testbed(t *testing.T) (*etcdServer, *clientv3.Client, *devpki.CA) {
+func testbed(t testing.TB) (*etcdServer, *clientv3.Client, *devpki.CA) {
 	t.Helper()
 	etcd := startEtcd(t)
 	ca, err := devpki.NewCA("deviceid test CA")
@@ -114,7 +114,7 @@ type coreDNS struct {
 }
 
 // startCoreDNS starts CoreDNS with the given Corefile and stops it when the test ends.
-func startCoreDNS(t *testing.T, corefile string) *coreDNS {
+func startCoreDNS(t testing.TB, corefile string) *coreDNS {
 	t.Helper()
 	caddy.Quiet = true
 	dnsserver.Quiet = true
@@ -130,7 +130,7 @@ func startCoreDNS(t *testing.T, corefile string) *coreDNS {
 
 // reload replaces the server's configuration as the reload plugin does: the new
 // instance starts on the same listeners while the old one still serves.
-func (c *coreDNS) reload(t *testing.T, corefile string) {
+func (c *coreDNS) reload(t testing.TB, corefile string) {
 	t.Helper()
 	i, err := c.inst.Restart(caddy.CaddyfileInput{Contents: []byte(corefile), Filepath: "Corefile", ServerTypeName: "dns"})
 	if err != nil {
@@ -140,7 +140,7 @@ func (c *coreDNS) reload(t *testing.T, corefile string) {
 }
 
 // exchange sends one query over net ("udp" or "tcp") and returns the reply.
-func (c *coreDNS) exchange(t *testing.T, network, name string, qtype uint16) *dns.Msg {
+func (c *coreDNS) exchange(t testing.TB, network, name string, qtype uint16) *dns.Msg {
 	t.Helper()
 	m := new(dns.Msg)
 	m.SetQuestion(name, qtype)
@@ -158,13 +158,13 @@ func (c *coreDNS) exchange(t *testing.T, network, name string, qtype uint16) *dn
 }
 
 // query sends one query over UDP.
-func (c *coreDNS) query(t *testing.T, name string, qtype uint16) *dns.Msg {
+func (c *coreDNS) query(t testing.TB, name string, qtype uint16) *dns.Msg {
 	t.Helper()
 	return c.exchange(t, "udp", name, qtype)
 }
 
 // eventually polls f until it returns nil or pollTimeout passes.
-func eventually(t *testing.T, what string, f func() error) {
+func eventually(t testing.TB, what string, f func() error) {
 	t.Helper()
 	deadline := time.Now().Add(pollTimeout)
 	for {
@@ -197,7 +197,7 @@ type device struct {
 	cert []byte // DER
 }
 
-func newDevice(t *testing.T, ca *devpki.CA, name string, notAfter time.Time) *device {
+func newDevice(t testing.TB, ca *devpki.CA, name string, notAfter time.Time) *device {
 	t.Helper()
 	key, err := devpki.NewDeviceKey()
 	if err != nil {
@@ -244,7 +244,7 @@ func deviceJSON(credentials ...string) string {
 	return fmt.Sprintf(`{"version": 1, "credentials": [%s]}`, strings.Join(credentials, ", "))
 }
 
-func put(t *testing.T, cli *clientv3.Client, key, value string) {
+func put(t testing.TB, cli *clientv3.Client, key, value string) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -287,7 +287,7 @@ type proxy struct {
 	conns  []net.Conn
 }
 
-func startProxy(t *testing.T, target string) *proxy {
+func startProxy(t testing.TB, target string) *proxy {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

@@ -30,7 +30,7 @@ func corefile(endpoint, metricsAddr string) string {
 }
 
 // waitLoaded waits until the server answers the zone's SOA, i.e. has loaded from etcd.
-func waitLoaded(t *testing.T, c *coreDNS) {
+func waitLoaded(t testing.TB, c *coreDNS) {
 	t.Helper()
 	eventually(t, "zone loaded", func() error {
 		if r := c.query(t, zone, dns.TypeSOA); r.Rcode != dns.RcodeSuccess {
@@ -186,7 +186,7 @@ func TestServe(t *testing.T) {
 
 // checkNegative checks a negative answer: no answer records, the zone's SOA in the
 // authority section with the zone TTL.
-func checkNegative(t *testing.T, r *dns.Msg) {
+func checkNegative(t testing.TB, r *dns.Msg) {
 	t.Helper()
 	if len(r.Answer) != 0 {
 		t.Errorf("negative answer has answers: %v", r.Answer)
@@ -208,7 +208,7 @@ func sameSet(a, b []string) bool {
 }
 
 // answerIs returns nil when the TLSA answer for name is want.
-func answerIs(t *testing.T, c *coreDNS, name string, rcode int, want []string) error {
+func answerIs(t testing.TB, c *coreDNS, name string, rcode int, want []string) error {
 	r := c.query(t, name, dns.TypeTLSA)
 	if r.Rcode != rcode || !sameSet(tlsaSet(r), want) {
 		return fmt.Errorf("%s: rcode %s answer %v", name, dns.RcodeToString[r.Rcode], tlsaSet(r))

@@ -74,7 +74,7 @@ func startSigner(t testing.TB, etcd *etcdServer) *signerServer {
 }
 
 // admin calls the admin API and decodes its JSON answer into out.
-func (s *signerServer) admin(t *testing.T, method, path, body string, out any) int {
+func (s *signerServer) admin(t testing.TB, method, path, body string, out any) int {
 	t.Helper()
 	req, _ := http.NewRequest(method, s.url+path, strings.NewReader(body))
 	req.Header.Set("Authorization", "Bearer "+adminToken)
@@ -93,7 +93,7 @@ func (s *signerServer) admin(t *testing.T, method, path, body string, out any) i
 }
 
 // run runs a command, failing the test with its output if it fails.
-func run(t *testing.T, dir, name string, args ...string) []byte {
+func run(t testing.TB, dir, name string, args ...string) []byte {
 	t.Helper()
 	cmd := exec.Command(name, args...)
 	cmd.Dir = dir
@@ -111,7 +111,7 @@ func run(t *testing.T, dir, name string, args ...string) []byte {
 // estEnroll enrolls over EST the way a device with only openssl and curl would:
 // a key, a CSR, /simpleenroll with the code (or /simplereenroll with the current
 // certificate when code is ""), and the PKCS#7 answer turned into PEM.
-func estEnroll(t *testing.T, s *signerServer, dir, device, code, keyFile string) *x509.Certificate {
+func estEnroll(t testing.TB, s *signerServer, dir, device, code, keyFile string) *x509.Certificate {
 	t.Helper()
 	run(t, dir, "openssl", "ecparam", "-genkey", "-name", "prime256v1", "-noout", "-out", keyFile)
 	csr := run(t, dir, "openssl", "req", "-new", "-key", keyFile, "-subj", "/CN="+device, "-outform", "DER")

@@ -25,7 +25,7 @@ type zoneKey struct {
 	ds   *dns.DS
 }
 
-func genZoneKey(t *testing.T, dir string, alg uint8, sep bool) zoneKey {
+func genZoneKey(t testing.TB, dir string, alg uint8, sep bool) zoneKey {
 	t.Helper()
 	base, k, err := dnskey.Generate(dir, zone, alg, sep)
 	if err != nil {
@@ -36,7 +36,7 @@ func genZoneKey(t *testing.T, dir string, alg uint8, sep bool) zoneKey {
 
 // dnsPort returns a loopback port free for both UDP and TCP: the validators reach
 // CoreDNS over both on one port.
-func dnsPort(t *testing.T) int {
+func dnsPort(t testing.TB) int {
 	t.Helper()
 	for range 20 {
 		p := freePort(t)
@@ -73,7 +73,7 @@ func signedCorefileTTL(port int, endpoint string, ttl int, keys ...zoneKey) stri
 
 // startUnbound runs unbound on a free port with iot.example as a stub zone at
 // 127.0.0.1@dnsPort, trusting the given DS records, and returns its address.
-func startUnbound(t *testing.T, port int, anchors ...*dns.DS) string {
+func startUnbound(t testing.TB, port int, anchors ...*dns.DS) string {
 	t.Helper()
 	dir := t.TempDir()
 	listen := dnsPort(t)
@@ -149,7 +149,7 @@ func resolve(addr, network, name string, qtype uint16) (*dns.Msg, error) {
 
 // delv runs delv against our server with the DS as its only trust anchor and returns
 // its output.
-func delv(t *testing.T, port int, ds *dns.DS, name string, qtype uint16) string {
+func delv(t testing.TB, port int, ds *dns.DS, name string, qtype uint16) string {
 	t.Helper()
 	anchors := filepath.Join(t.TempDir(), "anchors.conf")
 	content := fmt.Sprintf("trust-anchors {\n  %s static-ds %d %d %d \"%s\";\n};\n", ds.Hdr.Name, ds.KeyTag, ds.Algorithm, ds.DigestType, ds.Digest)

@@ -129,7 +129,7 @@ func mustKey() *ecdsa.PrivateKey {
 
 // handshake runs a TLS 1.3 handshake between a client presenting client and a server
 // that authenticates clients by DANE, and returns the server's verdict.
-func handshake(t *testing.T, ca *signer.CA, v *verify.Verifier, client tls.Certificate) error {
+func handshake(t testing.TB, ca *signer.CA, v *verify.Verifier, client tls.Certificate) error {
 	t.Helper()
 	serverCert, err := ca.ServerCertificate([]string{"127.0.0.1"}, time.Now())
 	if err != nil {
@@ -155,4 +155,48 @@ func handshake(t *testing.T, ca *signer.CA, v *verify.Verifier, client tls.Certi
 		}
 	}()
 	return server.Handshake()
+}
+
+// TestVerifyRevocationWithinTTL: a server authenticating by DANE accepts a device,
+// and refuses it once revoked as soon as the answer it cached has lived out its TTL
+// (2 s here) — checked one second after that, in both modes.
+func TestVerifyRevocationWithinTTL(t *testing.T) {
+	etcd := startEtcd(t)
+	dir := t.TempDir()
+	ksk := genZoneKey(t, dir, dns.ECDSAP256SHA256, true)
+	port := dnsPort(t)
+	const ttl = 2
+	c := startCoreDNS(t, signedCorefileTTL(port, etcd.cfg.ClientURL, ttl, ksk))
+	waitLoaded(t, c)
+	unbound := startUnbound(t, port, ksk.ds)
+	ca, err := signer.InitCA(t.TempDir(), "device CA", zone, elliptic.P256())
+	if err != nil {
+		t.Fatal(err)
+	}
+	reg := &signer.Registry{Client: etcd.client(), Prefix: "/deviceid", Zone: zone}
+	key := mustKey()
+	cert, _ := ca.Issue("lamp", key.Public(), time.Now())
+	if _, err := reg.Enroll(t.Context(), "lamp", record.Credential{Cert: cert.Raw}); err != nil {
+		t.Fatal(err)
+	}
+	client := tls.Certificate{Certificate: [][]byte{cert.Raw}, PrivateKey: key}
+	verifiers := map[string]*verify.Verifier{
+		"resolver AD":      {Zones: []string{zone}, Resolver: unbound},
+		"local validation": {Zones: []string{zone}, TrustAnchor: []dns.RR{ksk.ds}, Server: c.udp},
+	}
+	for mode, v := range verifiers {
+		eventually(t, mode+": accepted", func() error { return handshake(t, ca, v, client) })
+	}
+	if _, err := reg.Revoke(t.Context(), "lamp", nil, "keyCompromise", time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "revocation in DNS", func() error {
+		return answerIs(t, c, "lamp._device.iot.example.", dns.RcodeSuccess, []string{revokedOf(cert)})
+	})
+	time.Sleep((ttl + 1) * time.Second) // the bound under test: TTL + a second
+	for mode, v := range verifiers {
+		if err := handshake(t, ca, v, client); err == nil || !errors.Is(err, verify.ErrRevoked) {
+			t.Errorf("%s: handshake after revocation + TTL + 1 s: %v, want %v", mode, err, verify.ErrRevoked)
+		}
+	}
 }
