@@ -8,6 +8,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"testing"
@@ -198,5 +199,84 @@ func TestVerifyRevocationWithinTTL(t *testing.T) {
 		if err := handshake(t, ca, v, client); err == nil || !errors.Is(err, verify.ErrRevoked) {
 			t.Errorf("%s: handshake after revocation + TTL + 1 s: %v, want %v", mode, err, verify.ErrRevoked)
 		}
+	}
+}
+
+// tamperingProxy forwards DNS queries to upstream and spoils every RRSIG over a TLSA
+// RRset in the answers: what an attacker on the path would serve.
+func tamperingProxy(t testing.TB, upstream string) string {
+	t.Helper()
+	port := dnsPort(t)
+	addr := fmt.Sprintf("127.0.0.1:%d", port)
+	handler := dns.HandlerFunc(func(w dns.ResponseWriter, r *dns.Msg) {
+		network := "udp"
+		if _, ok := w.RemoteAddr().(*net.TCPAddr); ok {
+			network = "tcp"
+		}
+		resp, _, err := (&dns.Client{Net: network}).Exchange(r, upstream)
+		if err != nil {
+			return
+		}
+		for _, rr := range resp.Answer {
+			if sig, ok := rr.(*dns.RRSIG); ok && sig.TypeCovered == dns.TypeTLSA {
+				// Another valid base64 character at one place: still a signature of the
+				// right length, no longer the right one.
+				b := []byte(sig.Signature)
+				if b[10] == 'A' {
+					b[10] = 'B'
+				} else {
+					b[10] = 'A'
+				}
+				sig.Signature = string(b)
+			}
+		}
+		w.WriteMsg(resp)
+	})
+	for _, network := range []string{"udp", "tcp"} {
+		srv := &dns.Server{Addr: addr, Net: network, Handler: handler}
+		started := make(chan struct{})
+		srv.NotifyStartedFunc = func() { close(started) }
+		go srv.ListenAndServe()
+		<-started
+		t.Cleanup(func() { srv.Shutdown() })
+	}
+	return addr
+}
+
+// TestVerifyBogusSignature: a TLSA answer whose signature does not verify is refused,
+// whether the server validates itself or trusts a validating resolver.
+func TestVerifyBogusSignature(t *testing.T) {
+	etcd := startEtcd(t)
+	ksk := genZoneKey(t, t.TempDir(), dns.ECDSAP256SHA256, true)
+	port := dnsPort(t)
+	c := startCoreDNS(t, signedCorefile(port, etcd.cfg.ClientURL, ksk))
+	waitLoaded(t, c)
+	proxy := tamperingProxy(t, fmt.Sprintf("127.0.0.1:%d", port))
+	_, proxyPort, _ := net.SplitHostPort(proxy)
+	var pp int
+	fmt.Sscan(proxyPort, &pp)
+	unbound := startUnbound(t, pp, ksk.ds) // its stub zone is the tampering proxy
+
+	ca, _ := signer.InitCA(t.TempDir(), "device CA", zone, elliptic.P256())
+	reg := &signer.Registry{Client: etcd.client(), Prefix: "/deviceid", Zone: zone}
+	cert, _ := ca.Issue("lamp", mustKey().Public(), time.Now())
+	if _, err := reg.Enroll(t.Context(), "lamp", record.Credential{Cert: cert.Raw}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "device in DNS", func() error {
+		return answerIs(t, c, "lamp._device.iot.example.", dns.RcodeSuccess, []string{eeOf(cert), discoveryOf(cert)})
+	})
+	local := &verify.Verifier{Zones: []string{zone}, TrustAnchor: []dns.RR{ksk.ds}, Server: proxy}
+	if _, err := local.Verify(t.Context(), []*x509.Certificate{cert}); !errors.Is(err, verify.ErrNotValidated) {
+		t.Errorf("local validation of a bogus signature: %v, want %v", err, verify.ErrNotValidated)
+	}
+	viaResolver := &verify.Verifier{Zones: []string{zone}, Resolver: unbound}
+	if _, err := viaResolver.Verify(t.Context(), []*x509.Certificate{cert}); err == nil {
+		t.Error("a bogus answer through the validating resolver was accepted")
+	}
+	// The same verifiers accept the device from the untampered server.
+	honest := &verify.Verifier{Zones: []string{zone}, TrustAnchor: []dns.RR{ksk.ds}, Server: c.udp}
+	if _, err := honest.Verify(t.Context(), []*x509.Certificate{cert}); err != nil {
+		t.Errorf("untampered: %v", err)
 	}
 }
