@@ -173,26 +173,19 @@ rss_load=$(awk '/VmRSS/ {print int($2/1024)}' /proc/$cdns/status)
 } >> $out/results.md
 cat $out/results.md
 
-echo "== enrollment through the admin API against raw etcd puts"
-go test -run XXX -bench 'EnrollAdminAPI|RawEtcdPut' -benchtime 5s ./test/ > $out/enroll.txt
-cat $out/enroll.txt
-rate() { awk -v n="$1" '$1 ~ "^Benchmark"n"-" {for (i = 1; i <= NF; i++) if ($(i+1) ~ /\/s$/) print $i}' $out/enroll.txt; }
+echo "== enrollment through the admin API against raw etcd puts; TLS handshakes by DANE against a CA pool"
+go test -run XXX -bench 'EnrollAdminAPI|RawEtcdPut|Handshake' -benchtime 5s ./test/ > $out/gobench.txt
+cat $out/gobench.txt
+# rate NAME: the per-second figure a benchmark reported
+rate() { awk -v n="$1" '$1 ~ "^Benchmark"n"-" {for (i = 1; i <= NF; i++) if ($(i+1) ~ /\/s$/) print $i}' $out/gobench.txt; }
 csr=$(rate EnrollAdminAPI); bare=$(rate EnrollAdminAPIBareKey); raw=$(rate RawEtcdPut)
+pool=$(rate HandshakeCAPool); cached=$(rate HandshakeDANECached); uncached=$(rate HandshakeDANEUncached)
 {
   echo
   echo "Enrollment through the admin API (16 concurrent clients, single-node etcd): with a CSR $csr/s ($(ratio "$csr" "$raw")× raw puts),"
   echo "with a bare public key $bare/s ($(ratio "$bare" "$raw")×); raw etcd puts of the same record size $raw/s."
-} >> $out/results.md
-tail -3 $out/results.md
-
-echo "== TLS handshakes: client authentication by DANE against a CA pool"
-go test -run XXX -bench 'Handshake' -benchtime 5s ./test/ > $out/handshake.txt
-cat $out/handshake.txt
-hs() { awk -v n="$1" '$1 ~ "^Benchmark"n"-" {for (i = 1; i <= NF; i++) if ($(i+1) ~ /\/s$/) print $i}' $out/handshake.txt; }
-pool=$(hs HandshakeCAPool); cached=$(hs HandshakeDANECached); uncached=$(hs HandshakeDANEUncached)
-{
   echo
   echo "TLS 1.3 handshakes with client authentication: CA pool $pool/s; DANE, answers cached, $cached/s ($(ratio "$cached" "$pool")×);"
   echo "DANE with a lookup at unbound for every handshake $uncached/s ($(ratio "$uncached" "$pool")×)."
 } >> $out/results.md
-tail -2 $out/results.md
+tail -6 $out/results.md
