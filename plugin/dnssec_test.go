@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -321,4 +322,65 @@ func BenchmarkServeDNSSigned(b *testing.B) {
 			})
 		}
 	}
+}
+
+// TestSignDeterministic: ECDSA keys sign with RFC 6979 nonces, so one RRset signed twice
+// at one time gets one signature, which validates; Ed25519 is deterministic by design.
+func TestSignDeterministic(t *testing.T) {
+	for _, alg := range []uint8{dns.ECDSAP256SHA256, dns.ED25519} {
+		base, dk, err := dnskey.Generate(t.TempDir(), "iot.example.", alg, true)
+		if err != nil {
+			t.Fatal(err)
+		}
+		k, err := loadKey(base)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ks, err := newKeySet("iot.example.", []*key{k}, 60, false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		s := newSigner("iot.example.", ks, time.Hour, 10)
+		nsec := []dns.RR{&dns.NSEC{
+			Hdr:        dns.RR_Header{Name: "nx._device.iot.example.", Rrtype: dns.TypeNSEC, Class: dns.ClassINET, Ttl: 60},
+			NextDomain: "\\000.nx._device.iot.example.",
+			TypeBitMap: []uint16{dns.TypeRRSIG, dns.TypeNSEC, dns.TypeNXNAME},
+		}}
+		now := time.Now()
+		first, err := s.sign(nsec, forMessage, now)
+		if err != nil {
+			t.Fatal(err)
+		}
+		second, err := s.sign(nsec, forMessage, now)
+		if err != nil {
+			t.Fatal(err)
+		}
+		a, b := first.rrs[0].(*dns.RRSIG), second.rrs[0].(*dns.RRSIG)
+		if a.Signature != b.Signature {
+			t.Errorf("%s: two signatures of one RRset at one time differ", dns.AlgorithmToString[alg])
+		}
+		if err := a.Verify(dk, nsec); err != nil {
+			t.Errorf("%s: %v", dns.AlgorithmToString[alg], err)
+		}
+	}
+}
+
+// TestSignConcurrent: many queries signing at once share the signing goroutines and
+// each gets the signatures over its own RRset.
+func TestSignConcurrent(t *testing.T) {
+	d := signedDeviceid(t, true, dns.ECDSAP256SHA256)
+	var wg sync.WaitGroup
+	for i := range 64 {
+		wg.Go(func() {
+			qname := fmt.Sprintf("nx%d._device.iot.example.", i)
+			m, _ := ask(t, d, qname, dns.TypeTLSA, true, false)
+			for _, rr := range m.Ns {
+				if rr.Header().Rrtype == dns.TypeNSEC && rr.Header().Name != qname {
+					t.Errorf("NSEC for %s at %s", qname, rr.Header().Name)
+				}
+			}
+			verifyAll(t, d, m)
+		})
+	}
+	wg.Wait()
 }

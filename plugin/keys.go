@@ -2,7 +2,9 @@ package deviceid
 
 import (
 	"crypto"
+	"crypto/ecdsa"
 	"fmt"
+	"io"
 	"os"
 	"strings"
 
@@ -54,6 +56,9 @@ func loadKey(name string) (*key, error) {
 	if !ok {
 		return nil, fmt.Errorf("%s.private: not a signing key", base)
 	}
+	if ec, ok := priv.(*ecdsa.PrivateKey); ok {
+		signer = rfc6979{ec}
+	}
 	// A private key that does not belong to the public key would sign everything
 	// with signatures no validator accepts.
 	probe := &dns.RRSIG{Algorithm: dk.Algorithm, SignerName: dk.Hdr.Name, KeyTag: dk.KeyTag(), Expiration: 1 << 31}
@@ -63,6 +68,16 @@ func loadKey(name string) (*key, error) {
 	}
 	dk.Hdr.Name = strings.ToLower(dk.Hdr.Name)
 	return &key{dnskey: dk, signer: signer, tag: dk.KeyTag()}, nil
+}
+
+// rfc6979 signs with deterministic ECDSA (RFC 6979, allowed for DNSSEC by RFC 6605
+// section 6). Its nonce costs an HMAC-DRBG over SHA-256, a quarter less per signature
+// than Go's hedged nonce (over SHA-512), and a proof of nonexistence is one signature
+// per query.
+type rfc6979 struct{ *ecdsa.PrivateKey }
+
+func (k rfc6979) Sign(_ io.Reader, digest []byte, opts crypto.SignerOpts) ([]byte, error) {
+	return k.PrivateKey.Sign(nil, digest, opts) // a nil Reader asks for RFC 6979
 }
 
 // stripComments drops the ';' comment lines that dnssec-keygen writes before the record.

@@ -3,6 +3,7 @@ package deviceid
 import (
 	"context"
 	"hash/maphash"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -105,8 +106,50 @@ func (s *signer) signed(c *sigCache, k uint64, mode signMode, now time.Time, bui
 	return e, nil
 }
 
-// sign makes the RRSIGs over rrset with the keys for its type.
+// signJob is one call of signNow, handed to a signing goroutine.
+type signJob struct {
+	s     *signer
+	rrset []dns.RR
+	mode  signMode
+	now   time.Time
+	e     *sigs
+	err   error
+	done  chan struct{}
+}
+
+var (
+	signJobs     = make(chan *signJob)
+	startSigning sync.Once
+	signJobPool  = sync.Pool{New: func() any { return &signJob{done: make(chan struct{}, 1)} }}
+)
+
+// sign makes the RRSIGs over rrset on one of GOMAXPROCS long-lived goroutines. The DNS
+// server runs each query on a new goroutine with a small stack; a signature needs a
+// deeper one, and growing it on every query (proofs of nonexistence sign on every
+// query) cost a fifth as much as the signature itself.
 func (s *signer) sign(rrset []dns.RR, mode signMode, now time.Time) (*sigs, error) {
+	startSigning.Do(func() {
+		for range runtime.GOMAXPROCS(0) {
+			go func() {
+				for j := range signJobs {
+					j.e, j.err = j.s.signNow(j.rrset, j.mode, j.now)
+					j.done <- struct{}{}
+				}
+			}()
+		}
+	})
+	j := signJobPool.Get().(*signJob)
+	j.s, j.rrset, j.mode, j.now = s, rrset, mode, now
+	signJobs <- j
+	<-j.done
+	e, err := j.e, j.err
+	*j = signJob{done: j.done}
+	signJobPool.Put(j)
+	return e, err
+}
+
+// signNow makes the RRSIGs over rrset with the keys for its type.
+func (s *signer) signNow(rrset []dns.RR, mode signMode, now time.Time) (*sigs, error) {
 	h := rrset[0].Header()
 	inception, expiration := now.Add(-inceptionSkew), now.Add(s.validity)
 	e := &sigs{
