@@ -328,14 +328,7 @@ func BenchmarkServeDNSSigned(b *testing.B) {
 // at one time gets one signature, which validates; Ed25519 is deterministic by design.
 func TestSignDeterministic(t *testing.T) {
 	for _, alg := range []uint8{dns.ECDSAP256SHA256, dns.ED25519} {
-		base, dk, err := dnskey.Generate(t.TempDir(), "iot.example.", alg, true)
-		if err != nil {
-			t.Fatal(err)
-		}
-		k, err := loadKey(base)
-		if err != nil {
-			t.Fatal(err)
-		}
+		k, dk := testKey(t, alg)
 		ks, err := newKeySet("iot.example.", []*key{k}, 60, false)
 		if err != nil {
 			t.Fatal(err)

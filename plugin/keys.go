@@ -59,15 +59,16 @@ func loadKey(name string) (*key, error) {
 	if ec, ok := priv.(*ecdsa.PrivateKey); ok {
 		signer = rfc6979{ec}
 	}
+	dk.Hdr.Name = strings.ToLower(dk.Hdr.Name)
+	k := &key{dnskey: dk, signer: signer, tag: dk.KeyTag()}
 	// A private key that does not belong to the public key would sign everything
 	// with signatures no validator accepts.
-	probe := &dns.RRSIG{Algorithm: dk.Algorithm, SignerName: dk.Hdr.Name, KeyTag: dk.KeyTag(), Expiration: 1 << 31}
+	probe := &dns.RRSIG{Algorithm: dk.Algorithm, SignerName: dk.Hdr.Name, KeyTag: k.tag, Expiration: 1 << 31}
 	txt := &dns.TXT{Hdr: dns.RR_Header{Name: dk.Hdr.Name, Rrtype: dns.TypeTXT, Class: dns.ClassINET}, Txt: []string{"probe"}}
-	if err := probe.Sign(signer, []dns.RR{txt}); err != nil || probe.Verify(dk, []dns.RR{txt}) != nil {
+	if err := signRRset(k, probe, []dns.RR{txt}); err != nil || probe.Verify(dk, []dns.RR{txt}) != nil {
 		return nil, fmt.Errorf("%s.private does not match %s.key", base, base)
 	}
-	dk.Hdr.Name = strings.ToLower(dk.Hdr.Name)
-	return &key{dnskey: dk, signer: signer, tag: dk.KeyTag()}, nil
+	return k, nil
 }
 
 // rfc6979 signs with deterministic ECDSA (RFC 6979, allowed for DNSSEC by RFC 6605

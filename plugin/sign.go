@@ -167,15 +167,13 @@ func (s *signer) signNow(rrset []dns.RR, mode signMode, now time.Time) (*sigs, e
 	}
 	for _, k := range s.keys.signers(h.Rrtype) {
 		sig := &dns.RRSIG{
-			Hdr:        dns.RR_Header{Name: h.Name, Rrtype: dns.TypeRRSIG, Class: dns.ClassINET, Ttl: h.Ttl},
 			Algorithm:  k.dnskey.Algorithm,
-			OrigTtl:    h.Ttl,
 			Inception:  uint32(inception.Unix()),
 			Expiration: uint32(expiration.Unix()),
 			KeyTag:     k.tag,
 			SignerName: s.origin,
 		}
-		if err := sig.Sign(k.signer, rrset); err != nil {
+		if err := signRRset(k, sig, rrset); err != nil {
 			s.failed.Inc()
 			return nil, err
 		}

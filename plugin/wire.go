@@ -63,20 +63,26 @@ var bufPool = sync.Pool{New: func() any { b := make([]byte, 0, 4096); return &b 
 
 // packRR packs rr as it stands, owner name uncompressed.
 func packRR(rr dns.RR) []byte {
-	buf := make([]byte, dns.Len(rr))
-	off, err := dns.PackRR(rr, buf, 0, nil, false)
-	if err != nil {
-		panic(err) // our own records, made from checked data
-	}
-	return buf[:off]
+	return packAs(rr, rr.Header().Name)
 }
 
 // packAtQuestion packs rr with its owner name compressed to the question name, which
 // must be the same name.
 func packAtQuestion(rr dns.RR) []byte {
+	return append(append([]byte(nil), ownerPointer...), packAs(rr, ".")[1:]...)
+}
+
+// packAs packs a copy of rr with owner name owner: dns.PackRR writes the RDLENGTH
+// into the record it packs, and records are shared between queries.
+func packAs(rr dns.RR, owner string) []byte {
 	c := dns.Copy(rr)
-	c.Header().Name = "."
-	return append(append([]byte(nil), ownerPointer...), packRR(c)[1:]...)
+	c.Header().Name = owner
+	buf := make([]byte, dns.Len(c))
+	off, err := dns.PackRR(c, buf, 0, nil, false)
+	if err != nil {
+		panic(err) // our own records, made from checked data
+	}
+	return buf[:off]
 }
 
 // writePacked writes rep: the records of rep.answer published at now and their

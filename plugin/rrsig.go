@@ -1,0 +1,151 @@
+package deviceid
+
+import (
+	"bytes"
+	"crypto"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/base64"
+	"errors"
+	"slices"
+	"sync"
+
+	"github.com/miekg/dns"
+	"golang.org/x/crypto/cryptobyte"
+	"golang.org/x/crypto/cryptobyte/asn1"
+)
+
+// signRRset fills in sig (header, type covered, labels, original TTL, signature) over
+// rrset with key k, as dns.RRSIG.Sign does: the signed data is the RRSIG RDATA without
+// its signature followed by the RRset in canonical form and order (RFC 4034 sections
+// 3.1.8.1, 6.2 and 6.3). It is here because proofs of nonexistence are signed on every
+// query, and dns.RRSIG.Sign spends a third as much as the signature itself on copies,
+// a 4 KB buffer and reflection-based ASN.1. The RRsets signed here have no wildcard
+// owners; of the types with names in their RDATA it has NS and SOA.
+func signRRset(k *key, sig *dns.RRSIG, rrset []dns.RR) error {
+	h := rrset[0].Header()
+	sig.Hdr = dns.RR_Header{Name: h.Name, Rrtype: dns.TypeRRSIG, Class: h.Class, Ttl: h.Ttl}
+	sig.TypeCovered = h.Rrtype
+	sig.Labels = uint8(dns.CountLabel(h.Name))
+	sig.OrigTtl = h.Ttl
+	sig.Signature = ""
+
+	bp := signBufPool.Get().(*[]byte)
+	data := (*bp)[:0]
+	defer func() { *bp = data[:0]; signBufPool.Put(bp) }()
+
+	// The RRSIG RDATA: the record packed at the root with an empty signature, less
+	// the 11 octets of root owner, type, class, TTL and length.
+	rdata := *sig
+	rdata.Hdr.Name = "."
+	rdata.SignerName = dns.CanonicalName(sig.SignerName)
+	data, err := appendPacked(data, &rdata)
+	if err != nil {
+		return err
+	}
+	data = append(data[:0], data[11:]...)
+
+	// The records, each packed in canonical form, sorted by RDATA, without duplicates.
+	start := len(data)
+	var ends [8]int
+	end := ends[:0]
+	for _, rr := range rrset {
+		if data, err = appendPacked(data, canonical(rr, h.Ttl)); err != nil {
+			return err
+		}
+		end = append(end, len(data))
+	}
+	if len(rrset) > 1 {
+		data = sortRecords(data, start, end)
+	}
+
+	var signature []byte
+	if k.dnskey.Algorithm == dns.ED25519 {
+		signature, err = k.signer.Sign(rand.Reader, data, crypto.Hash(0))
+	} else {
+		digest := sha256.Sum256(data)
+		var der []byte
+		if der, err = k.signer.Sign(rand.Reader, digest[:], crypto.SHA256); err == nil {
+			signature, err = rawECDSA(der)
+		}
+	}
+	if err != nil {
+		return err
+	}
+	sig.Signature = base64.StdEncoding.EncodeToString(signature)
+	return nil
+}
+
+var signBufPool = sync.Pool{New: func() any { b := make([]byte, 0, 1024); return &b }}
+
+// appendPacked appends rr packed without name compression.
+func appendPacked(buf []byte, rr dns.RR) ([]byte, error) {
+	n := dns.Len(rr)
+	buf = slices.Grow(buf, n)
+	off, err := dns.PackRR(rr, buf[len(buf):len(buf)+n], 0, nil, false)
+	return buf[:len(buf)+off], err
+}
+
+// canonical returns a copy of rr with its owner name and any domain names in its
+// RDATA in lower case, and the given TTL. (A copy also because dns.PackRR writes the
+// RDLENGTH into the record it packs, and records are shared between queries.)
+func canonical(rr dns.RR, ttl uint32) dns.RR {
+	rr = dns.Copy(rr)
+	h := rr.Header()
+	h.Name, h.Ttl = dns.CanonicalName(h.Name), ttl
+	switch x := rr.(type) {
+	case *dns.NS:
+		x.Ns = dns.CanonicalName(x.Ns)
+	case *dns.SOA:
+		x.Ns, x.Mbox = dns.CanonicalName(x.Ns), dns.CanonicalName(x.Mbox)
+	}
+	return rr
+}
+
+// sortRecords orders the packed records in data[start:] (record i ends at end[i]) by
+// their RDATA, dropping duplicates. All share owner, type, class and TTL, so RDATA
+// starts at the same offset in each.
+func sortRecords(data []byte, start int, end []int) []byte {
+	recs := make([][]byte, len(end))
+	for i := range end {
+		from := start
+		if i > 0 {
+			from = end[i-1]
+		}
+		recs[i] = data[from:end[i]]
+	}
+	_, ownerEnd, _ := dns.UnpackDomainName(recs[0], 0)
+	at := ownerEnd + 10 // type, class, TTL, RDLENGTH
+	slices.SortFunc(recs, func(a, b []byte) int { return bytes.Compare(a[at:], b[at:]) })
+	recs = slices.CompactFunc(recs, bytes.Equal)
+	sorted := make([]byte, 0, len(data)-start)
+	for _, r := range recs {
+		sorted = append(sorted, r...)
+	}
+	return append(data[:start], sorted...)
+}
+
+// rawECDSA turns an ASN.1 ECDSA P-256 signature into r || s, 32 octets each (RFC 6605).
+func rawECDSA(der []byte) ([]byte, error) {
+	var r, s []byte
+	in, seq := cryptobyte.String(der), cryptobyte.String(nil)
+	if !in.ReadASN1(&seq, asn1.SEQUENCE) || !seq.ReadASN1Integer(&r) || !seq.ReadASN1Integer(&s) {
+		return nil, errors.New("malformed ECDSA signature")
+	}
+	out := make([]byte, 64)
+	if !fitRight(out[:32], r) || !fitRight(out[32:], s) {
+		return nil, errors.New("ECDSA signature is not P-256")
+	}
+	return out, nil
+}
+
+// fitRight copies the big-endian integer v into dst, right-aligned, and reports
+// whether it fits.
+func fitRight(dst, v []byte) bool {
+	v = bytes.TrimLeft(v, "\x00")
+	if len(v) > len(dst) {
+		return false
+	}
+	copy(dst[len(dst)-len(v):], v)
+	return true
+}
