@@ -41,7 +41,7 @@ run: build
 	@scripts/run-dev.sh
 
 bench: build
-	$(GO) test -run XXX -bench . -benchmem ./plugin/
+	$(GO) test -run XXX -bench . -benchmem -cpu 1,2 ./plugin/
 	scripts/bench.sh
 
 clean:
