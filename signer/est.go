@@ -1,62 +1,205 @@
 package signer
 
 import (
+	"bytes"
 	"context"
 	"crypto/x509"
-	"encoding/base64"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
+	"strconv"
 	"strings"
 	"time"
 
 	"github.com/deviceid/deviceid/plugin/record"
 
-	"github.com/smallstep/pkcs7"
+	"github.com/globalsign/est"
 )
 
-// EST serves Enrollment over Secure Transport (RFC 7030) for devices:
-// /.well-known/est/cacerts, /csrattrs, /simpleenroll (HTTP Basic: the device name and
-// a one-time enrollment code) and /simplereenroll (the device's current certificate
-// over mutual TLS; with ?supersede=true that certificate's key is revoked, reason
-// "superseded", in the same write that adds the new one). The protocol's parts are few (base64 PKCS#10 in, base64 PKCS#7
-// certs-only out), and the PKCS#7 encoding comes from a maintained library.
+// EST serves Enrollment over Secure Transport (RFC 7030) for devices with
+// github.com/globalsign/est, which speaks the protocol: the routes under
+// /.well-known/est/ (cacerts, csrattrs, simpleenroll, simplereenroll), base64 PKCS#10
+// in and base64 PKCS#7 certs-only out, and RFC 7030 §4.2.2's rule that a re-enrollment
+// CSR repeats the Subject and SubjectAltName of the certificate it renews. Our CA and
+// registry sit behind its CA interface (estCA): /simpleenroll is authenticated by HTTP
+// Basic with the device name and a one-time enrollment code, /simplereenroll by the
+// device's current, active certificate over mutual TLS (with ?supersede=true that
+// certificate's key is revoked, reason "superseded", in the same write that adds the
+// new one).
 type EST struct {
 	CA       *CA
 	Registry *Registry
-	Timeout  time.Duration // of one request's etcd work; 10 s when 0
+	Timeout  time.Duration // of one request; 10 s when 0
 }
 
 // Handler returns the EST routes and the PKIX-CD CA discovery route
 // /.well-known/ca/<AKI as lowercase hex pairs joined by '-'>.pem.
 func (e *EST) Handler() http.Handler {
+	timeout := e.Timeout
+	if timeout == 0 {
+		timeout = requestTimeout
+	}
+	router, err := est.NewRouter(&est.ServerConfig{CA: estCA{e}, Timeout: timeout, CheckBasicAuth: checkBasicAuth})
+	if err != nil {
+		panic(err) // only for a configuration without a CA
+	}
 	mux := http.NewServeMux()
-	mux.HandleFunc("GET /.well-known/est/cacerts", e.cacerts)
-	mux.HandleFunc("GET /.well-known/est/csrattrs", func(w http.ResponseWriter, _ *http.Request) {
-		w.WriteHeader(http.StatusNoContent) // no attributes required
-	})
-	mux.HandleFunc("POST /.well-known/est/simpleenroll", e.simpleenroll)
-	mux.HandleFunc("POST /.well-known/est/simplereenroll", e.simplereenroll)
+	mux.Handle("/.well-known/est/", limitBody(router))
 	mux.HandleFunc("GET /.well-known/ca/{file}", e.caDiscovery)
 	return mux
 }
 
-func (e *EST) context(r *http.Request) (context.Context, context.CancelFunc) {
-	t := e.Timeout
-	if t == 0 {
-		t = requestTimeout
-	}
-	return context.WithTimeout(r.Context(), t)
+// limitBody answers a body over MaxBody with 413 before the EST library reads it (the
+// library answers one over its own limit with 500).
+func limitBody(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, MaxBody))
+		if err != nil {
+			requestErrors.WithLabelValues(strconv.Itoa(http.StatusRequestEntityTooLarge)).Inc()
+			w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+			w.WriteHeader(http.StatusRequestEntityTooLarge)
+			fmt.Fprintf(w, "%d request body larger than %d bytes\n", http.StatusRequestEntityTooLarge, MaxBody)
+			return
+		}
+		r.Body = io.NopCloser(bytes.NewReader(body))
+		next.ServeHTTP(w, r)
+	})
 }
 
-func (e *EST) cacerts(w http.ResponseWriter, _ *http.Request) {
-	der := append([]byte(nil), e.CA.Cert.Raw...)
-	for _, c := range e.CA.Chain {
-		der = append(der, c.Raw...)
+// checkBasicAuth lets a request through the library's authentication check: a
+// re-enrollment that presents a client certificate (estCA.Reenroll checks it), or an
+// enrollment with a name and a code (estCA.Enroll checks and uses up the code in the
+// same etcd write as the record, which a check here could not).
+func checkBasicAuth(_ context.Context, r *http.Request, _, user, code string) error {
+	if strings.HasSuffix(r.URL.Path, "/simplereenroll") && r.TLS != nil && len(r.TLS.PeerCertificates) > 0 {
+		return nil
 	}
-	writeCerts(w, der) // the issuing CA and the chain above it
+	if user == "" || code == "" {
+		return errors.New("HTTP Basic authentication with the device name and its enrollment code is required")
+	}
+	return nil
+}
+
+// estCA puts the CA and the registry behind the EST library's CA interface.
+type estCA struct{ *EST }
+
+// estStatus is an error with the HTTP status the EST library answers with.
+type estStatus struct {
+	status int
+	err    error
+}
+
+func (e estStatus) Error() string   { return e.err.Error() }
+func (e estStatus) Unwrap() error   { return e.err }
+func (e estStatus) StatusCode() int { return e.status }
+func (e estStatus) RetryAfter() int { return 0 }
+
+// estFail counts and logs a refused EST request and returns its error for the library.
+func estFail(status int, err error) error {
+	requestErrors.WithLabelValues(strconv.Itoa(status)).Inc()
+	if status >= 500 {
+		slog.Error("EST request failed", "status", status, "err", err)
+	}
+	return estStatus{status, err}
+}
+
+func (c estCA) CACerts(context.Context, string, *http.Request) ([]*x509.Certificate, error) {
+	return append([]*x509.Certificate{c.CA.Cert}, c.CA.Chain...), nil // the issuing CA and the chain above it
+}
+
+func (c estCA) CSRAttrs(context.Context, string, *http.Request) (est.CSRAttrs, error) {
+	return est.CSRAttrs{}, nil // no attributes required
+}
+
+func (c estCA) Enroll(ctx context.Context, csr *x509.CertificateRequest, _ string, r *http.Request) (*x509.Certificate, error) {
+	device, code, _ := r.BasicAuth()
+	if err := CheckCSR(csr); err != nil {
+		return nil, estFail(http.StatusBadRequest, err)
+	}
+	if _, err := record.DeviceOwner(device, c.CA.Zone); err != nil {
+		return nil, estFail(http.StatusBadRequest, err)
+	}
+	der, err := c.Registry.EnrollWithCode(ctx, device, code, csr.RawSubjectPublicKeyInfo, func() (record.Credential, error) {
+		cert, err := c.CA.Issue(device, csr.PublicKey, time.Now())
+		if err != nil {
+			return record.Credential{}, fmt.Errorf("%w: %w", ErrInvalid, err)
+		}
+		return record.Credential{Cert: cert.Raw}, nil
+	})
+	switch {
+	case errors.Is(err, ErrBadCode):
+		return nil, estFail(http.StatusUnauthorized, err)
+	case err != nil:
+		return nil, estFail(statusOf(err), err)
+	}
+	enrollments.Inc()
+	slog.Info("enrolled over EST", "device", device, "with", "code")
+	return parseIssued(der)
+}
+
+func (c estCA) Reenroll(ctx context.Context, current *x509.Certificate, csr *x509.CertificateRequest, _ string, r *http.Request) (*x509.Certificate, error) {
+	// The library has checked that current chains to our CA for client authentication
+	// and that the CSR repeats its Subject and SubjectAltName.
+	device, err := c.deviceOf(current)
+	if err != nil {
+		return nil, estFail(http.StatusForbidden, err)
+	}
+	if err := CheckCSR(csr); err != nil {
+		return nil, estFail(http.StatusBadRequest, err)
+	}
+	// The certificate must still be an active credential of the device: a revoked
+	// or deleted device cannot renew itself back.
+	d, _, err := c.Registry.Get(ctx, device)
+	if err != nil {
+		return nil, estFail(statusOf(err), err)
+	}
+	active := false
+	for _, cred := range d.Credentials {
+		if cred.Status == record.StatusActive && string(cred.Cert) == string(current.Raw) {
+			active = true
+		}
+	}
+	if !active {
+		return nil, estFail(http.StatusForbidden, errors.New("the client certificate is not an active credential of its device"))
+	}
+	// A retry whose answer was lost gets the certificate already on record for the key.
+	if existing := c.Registry.ActiveCert(ctx, device, csr.RawSubjectPublicKeyInfo); existing != nil {
+		return parseIssued(existing)
+	}
+	var supersede [][]byte
+	if r.URL.Query().Get("supersede") == "true" {
+		supersede = append(supersede, current.RawSubjectPublicKeyInfo)
+	}
+	// The certificate is returned only once its record is written.
+	cert, err := c.CA.Issue(device, csr.PublicKey, time.Now())
+	if err != nil {
+		return nil, estFail(http.StatusBadRequest, err)
+	}
+	if _, err := c.Registry.Enroll(ctx, device, record.Credential{Cert: cert.Raw}, supersede...); err != nil {
+		return nil, estFail(statusOf(err), err)
+	}
+	enrollments.Inc()
+	slog.Info("enrolled over EST", "device", device, "serial", cert.SerialNumber.Text(16), "superseded_keys", len(supersede))
+	return cert, nil
+}
+
+func (estCA) ServerKeyGen(context.Context, *x509.CertificateRequest, string, *http.Request) (*x509.Certificate, []byte, error) {
+	return nil, nil, estFail(http.StatusNotImplemented, errors.New("server-side key generation is not offered: a device's key never leaves it"))
+}
+
+func (estCA) TPMEnroll(context.Context, *x509.CertificateRequest, []*x509.Certificate, []byte, []byte, string, *http.Request) ([]byte, []byte, []byte, error) {
+	return nil, nil, nil, estFail(http.StatusNotImplemented, errors.New("TPM enrollment is not offered"))
+}
+
+// parseIssued parses a certificate this CA issued (and so could parse before).
+func parseIssued(der []byte) (*x509.Certificate, error) {
+	cert, err := x509.ParseCertificate(der)
+	if err != nil {
+		return nil, estFail(http.StatusInternalServerError, err)
+	}
+	return cert, nil
 }
 
 func (e *EST) caDiscovery(w http.ResponseWriter, r *http.Request) {
@@ -78,95 +221,6 @@ func DashedKeyID(id []byte) string {
 	return strings.Join(parts, "-")
 }
 
-func (e *EST) simpleenroll(w http.ResponseWriter, r *http.Request) {
-	device, code, ok := r.BasicAuth()
-	if !ok {
-		w.Header().Set("WWW-Authenticate", `Basic realm="deviceid enrollment"`)
-		estError(w, http.StatusUnauthorized, errors.New("HTTP Basic authentication with the device name and its enrollment code is required"))
-		return
-	}
-	csr, ok := readCSR(w, r)
-	if !ok {
-		return
-	}
-	if _, err := record.DeviceOwner(device, e.CA.Zone); err != nil {
-		estError(w, http.StatusBadRequest, err)
-		return
-	}
-	ctx, cancel := e.context(r)
-	defer cancel()
-	certDER, err := e.Registry.EnrollWithCode(ctx, device, code, csr.RawSubjectPublicKeyInfo, func() (record.Credential, error) {
-		cert, err := e.CA.Issue(device, csr.PublicKey, time.Now())
-		if err != nil {
-			return record.Credential{}, fmt.Errorf("%w: %w", ErrInvalid, err)
-		}
-		return record.Credential{Cert: cert.Raw}, nil
-	})
-	switch {
-	case errors.Is(err, ErrBadCode):
-		estError(w, http.StatusUnauthorized, err)
-		return
-	case err != nil:
-		estError(w, statusOf(err), err)
-		return
-	}
-	enrollments.Inc()
-	slog.Info("enrolled over EST", "device", device, "with", "code")
-	writeCerts(w, certDER)
-}
-
-func (e *EST) simplereenroll(w http.ResponseWriter, r *http.Request) {
-	if r.TLS == nil || len(r.TLS.PeerCertificates) == 0 {
-		estError(w, http.StatusUnauthorized, errors.New("re-enrollment needs the device's current certificate over mutual TLS"))
-		return
-	}
-	current := r.TLS.PeerCertificates[0]
-	pool := x509.NewCertPool()
-	pool.AddCert(e.CA.Cert)
-	if _, err := current.Verify(x509.VerifyOptions{Roots: pool, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}); err != nil {
-		estError(w, http.StatusUnauthorized, fmt.Errorf("client certificate: %v", err))
-		return
-	}
-	device, err := e.deviceOf(current)
-	if err != nil {
-		estError(w, http.StatusUnauthorized, err)
-		return
-	}
-	csr, ok := readCSR(w, r)
-	if !ok {
-		return
-	}
-	ctx, cancel := e.context(r)
-	defer cancel()
-	// The certificate must still be an active credential of the device: a revoked
-	// or deleted device cannot renew itself back.
-	d, _, err := e.Registry.Get(ctx, device)
-	if err != nil {
-		estError(w, statusOf(err), err)
-		return
-	}
-	active := false
-	for _, c := range d.Credentials {
-		if c.Status == record.StatusActive && string(c.Cert) == string(current.Raw) {
-			active = true
-		}
-	}
-	if !active {
-		estError(w, http.StatusUnauthorized, errors.New("the client certificate is not an active credential of its device"))
-		return
-	}
-	// A retry whose answer was lost gets the certificate already on record for the key.
-	if existing := e.Registry.ActiveCert(ctx, device, csr.RawSubjectPublicKeyInfo); existing != nil {
-		writeCerts(w, existing)
-		return
-	}
-	var supersede [][]byte
-	if r.URL.Query().Get("supersede") == "true" {
-		supersede = append(supersede, current.RawSubjectPublicKeyInfo)
-	}
-	e.issue(ctx, w, device, csr, supersede...)
-}
-
 // deviceOf returns the device a certificate of this CA names in its SAN.
 func (e *EST) deviceOf(cert *x509.Certificate) (string, error) {
 	suffix := "." + record.DeviceLabel + "." + strings.TrimSuffix(e.CA.Zone, ".")
@@ -177,70 +231,3 @@ func (e *EST) deviceOf(cert *x509.Certificate) (string, error) {
 	}
 	return "", errors.New("the client certificate names no device of this zone")
 }
-
-// issue makes the certificate, writes its record, and only then returns it.
-func (e *EST) issue(ctx context.Context, w http.ResponseWriter, device string, csr *x509.CertificateRequest, supersede ...[]byte) {
-	cert, err := e.CA.Issue(device, csr.PublicKey, time.Now())
-	if err != nil {
-		estError(w, http.StatusBadRequest, err)
-		return
-	}
-	if _, err := e.Registry.Enroll(ctx, device, record.Credential{Cert: cert.Raw}, supersede...); err != nil {
-		estError(w, statusOf(err), err)
-		return
-	}
-	enrollments.Inc()
-	slog.Info("enrolled over EST", "device", device, "serial", cert.SerialNumber.Text(16), "superseded_keys", len(supersede))
-	writeCerts(w, cert.Raw)
-}
-
-// readCSR reads a base64 PKCS#10 body (RFC 7030 §4.2.1) and checks it.
-func readCSR(w http.ResponseWriter, r *http.Request) (*x509.CertificateRequest, bool) {
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, MaxBody))
-	if err != nil {
-		estError(w, http.StatusRequestEntityTooLarge, fmt.Errorf("request body larger than %d bytes", MaxBody))
-		return nil, false
-	}
-	der, err := base64.StdEncoding.DecodeString(strings.Join(strings.Fields(string(body)), ""))
-	if err != nil {
-		estError(w, http.StatusBadRequest, errors.New("the body is not base64"))
-		return nil, false
-	}
-	csr, err := x509.ParseCertificateRequest(der)
-	if err != nil {
-		estError(w, http.StatusBadRequest, fmt.Errorf("CSR: %v", err))
-		return nil, false
-	}
-	if err := CheckCSR(csr); err != nil {
-		estError(w, http.StatusBadRequest, err)
-		return nil, false
-	}
-	return csr, true
-}
-
-// writeCerts answers with a base64 PKCS#7 certs-only structure (RFC 7030 §4.1.3).
-func writeCerts(w http.ResponseWriter, der []byte) {
-	p7, err := pkcs7.DegenerateCertificate(der)
-	if err != nil {
-		estError(w, http.StatusInternalServerError, err)
-		return
-	}
-	w.Header().Set("Content-Type", "application/pkcs7-mime; smime-type=certs-only")
-	w.Header().Set("Content-Transfer-Encoding", "base64")
-	w.Write(base64Lines(p7))
-}
-
-// base64Lines encodes b as MIME base64 (RFC 2045 §6.8): lines of 64 characters ended
-// by CRLF, which line-oriented decoders such as openssl's need.
-func base64Lines(b []byte) []byte {
-	enc := base64.StdEncoding.EncodeToString(b)
-	var out []byte
-	for len(enc) > 64 {
-		out = append(append(out, enc[:64]...), '\r', '\n')
-		enc = enc[64:]
-	}
-	return append(append(out, enc...), '\r', '\n')
-}
-
-// estError answers with a JSON error, as the admin API does.
-func estError(w http.ResponseWriter, status int, err error) { writeError(w, status, err) }

@@ -12,13 +12,14 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/deviceid/deviceid/plugin/record"
 
-	"github.com/smallstep/pkcs7"
+	"go.mozilla.org/pkcs7"
 )
 
 // testEST serves EST over TLS as the signer does: client certificates are asked for
@@ -52,14 +53,19 @@ func estClient(srv *httptest.Server, cert *tls.Certificate) *http.Client {
 	return &http.Client{Transport: tr}
 }
 
-func estPost(t *testing.T, c *http.Client, url, user, pass string, key *ecdsa.PrivateKey) (int, []byte) {
+// estPost sends a CSR for key; a re-enrollment's CSR repeats the Subject and
+// SubjectAltName of the certificate it renews (RFC 7030 §4.2.2), given as renews.
+func estPost(t *testing.T, c *http.Client, url, user, pass string, key *ecdsa.PrivateKey, renews ...*x509.Certificate) (int, []byte) {
 	t.Helper()
-	der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, key)
+	tmpl := &x509.CertificateRequest{}
+	if len(renews) > 0 {
+		tmpl = &x509.CertificateRequest{RawSubject: renews[0].RawSubject, DNSNames: renews[0].DNSNames}
+	}
+	der, err := x509.CreateCertificateRequest(rand.Reader, tmpl, key)
 	if err != nil {
 		t.Fatal(err)
 	}
-	req, _ := http.NewRequest("POST", url, strings.NewReader(base64.StdEncoding.EncodeToString(der)))
-	req.Header.Set("Content-Type", "application/pkcs10")
+	req := estRequest(url, base64.StdEncoding.EncodeToString(der))
 	if user != "" {
 		req.SetBasicAuth(user, pass)
 	}
@@ -70,6 +76,14 @@ func estPost(t *testing.T, c *http.Client, url, user, pass string, key *ecdsa.Pr
 	defer resp.Body.Close()
 	body, _ := io.ReadAll(resp.Body)
 	return resp.StatusCode, body
+}
+
+// estRequest is a POST of a base64 PKCS#10 body with the headers RFC 7030 asks for.
+func estRequest(url, body string) *http.Request {
+	req, _ := http.NewRequest("POST", url, strings.NewReader(body))
+	req.Header.Set("Content-Type", "application/pkcs10")
+	req.Header.Set("Content-Transfer-Encoding", "base64")
+	return req
 }
 
 func certsOf(t *testing.T, body []byte) []*x509.Certificate {
@@ -144,26 +158,31 @@ func TestEST(t *testing.T) {
 	tlsCert := tls.Certificate{Certificate: [][]byte{cert.Raw}, PrivateKey: key}
 	key2, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	reURL := srv.URL + "/.well-known/est/simplereenroll"
-	if status, body := estPost(t, estClient(srv, &tlsCert), reURL+"?supersede=true", "", "", key2); status != 200 {
+	if status, body := estPost(t, estClient(srv, &tlsCert), reURL+"?supersede=true", "", "", key2, cert); status != 200 {
 		t.Fatalf("simplereenroll: %d %s", status, body)
 	}
-	if status, _ := estPost(t, c, reURL, "", "", key2); status != 401 {
+	if status, _ := estPost(t, c, reURL, "", "", key2, cert); status != 401 {
 		t.Errorf("re-enrollment without a certificate: %d", status)
 	}
 	// The retry of that re-enrollment (same key) gets the same certificate, no second one.
 	current := tlsCert2(t, reg, key2)
-	_, first := estPost(t, estClient(srv, &current), reURL, "", "", key2)
+	currentCert, _ := x509.ParseCertificate(current.Certificate[0])
+	_, first := estPost(t, estClient(srv, &current), reURL, "", "", key2, currentCert)
 	if d, _, _ := reg.Get(t.Context(), "sensor7"); len(d.Credentials) != 2 || len(certsOf(t, first)) != 1 {
 		t.Errorf("retried re-enrollment added a credential: %+v", d)
 	}
-	// A certificate for the same name from another CA is refused with a JSON error.
+	// A CSR that does not repeat the certificate's Subject and SubjectAltName is refused.
+	if status, body := estPost(t, estClient(srv, &current), reURL, "", "", key2); status != 403 {
+		t.Errorf("re-enrollment with another subject: %d %s", status, body)
+	}
+	// A certificate for the same name from another CA is refused.
 	otherCA := testCA(t)
 	forged, err := otherCA.Issue("sensor7", key.Public(), time.Now())
 	if err != nil {
 		t.Fatal(err)
 	}
 	forgedTLS := tls.Certificate{Certificate: [][]byte{forged.Raw}, PrivateKey: key}
-	if status, body := estPost(t, estClient(srv, &forgedTLS), reURL, "", "", key2); status != 401 || !strings.Contains(string(body), "error") {
+	if status, body := estPost(t, estClient(srv, &forgedTLS), reURL, "", "", key2, forged); status != 403 || !strings.Contains(string(body), "invalid client certificate") {
 		t.Errorf("re-enrollment with another CA's certificate: %d %s", status, body)
 	}
 	d, _, err := reg.Get(t.Context(), "sensor7")
@@ -174,8 +193,8 @@ func TestEST(t *testing.T) {
 	if _, err := reg.Revoke(t.Context(), "sensor7", nil, "keyCompromise", time.Now()); err != nil {
 		t.Fatal(err)
 	}
-	if status, _ := estPost(t, estClient(srv, &tlsCert), reURL, "", "", key2); status != 401 {
-		t.Errorf("a revoked certificate re-enrolled: %d", status)
+	if status, body := estPost(t, estClient(srv, &tlsCert), reURL, "", "", key2, cert); status != 403 || !strings.Contains(string(body), "not an active credential") {
+		t.Errorf("a revoked certificate re-enrolled: %d %s", status, body)
 	}
 	d, _, _ = reg.Get(t.Context(), "sensor7")
 	for _, c := range d.Credentials {
@@ -185,7 +204,8 @@ func TestEST(t *testing.T) {
 	}
 }
 
-// TestESTBadInput: each bad enrollment gets a 4xx with a JSON error and writes nothing.
+// TestESTBadInput: each bad enrollment gets a 4xx saying why (RFC 7030 §4.2.3: a
+// human-readable text body) and writes nothing.
 func TestESTBadInput(t *testing.T) {
 	srv, reg, _, _ := testEST(t)
 	c := estClient(srv, nil)
@@ -197,15 +217,17 @@ func TestESTBadInput(t *testing.T) {
 	badKeyCSR, _ := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, p224)
 	for _, tc := range []struct {
 		name, user, pass, body string
+		contentType            string
 		status                 int
 	}{
-		{"not base64", "sensor7", code, "%%%", 400},
-		{"not a CSR", "sensor7", code, base64.StdEncoding.EncodeToString([]byte("hello")), 400},
-		{"wrong key type", "sensor7", code, base64.StdEncoding.EncodeToString(badKeyCSR), 400},
-		{"oversize", "sensor7", code, strings.Repeat("A", MaxBody+1), 413},
-		{"bad name", "bad_name", code, "", 400},
-		{"code of another device", "sensor8", code, "", 401},
-		{"no authentication", "", "", "", 401},
+		{"not base64", "sensor7", code, "%%%", "", 400},
+		{"not a CSR", "sensor7", code, base64.StdEncoding.EncodeToString([]byte("hello")), "", 400},
+		{"wrong key type", "sensor7", code, base64.StdEncoding.EncodeToString(badKeyCSR), "", 400},
+		{"oversize", "sensor7", code, strings.Repeat("A", 1<<20), "", 413},
+		{"not a PKCS#10 content type", "sensor7", code, "", "application/json", 415},
+		{"bad name", "bad_name", code, "", "", 400},
+		{"code of another device", "sensor8", code, "", "", 401},
+		{"no authentication", "", "", "", "", 401},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			body := tc.body
@@ -215,7 +237,10 @@ func TestESTBadInput(t *testing.T) {
 				body = base64.StdEncoding.EncodeToString(der)
 			}
 			before := revision(t, reg)
-			req, _ := http.NewRequest("POST", srv.URL+"/.well-known/est/simpleenroll", strings.NewReader(body))
+			req := estRequest(srv.URL+"/.well-known/est/simpleenroll", body)
+			if tc.contentType != "" {
+				req.Header.Set("Content-Type", tc.contentType)
+			}
 			if tc.user != "" {
 				req.SetBasicAuth(tc.user, tc.pass)
 			}
@@ -225,7 +250,7 @@ func TestESTBadInput(t *testing.T) {
 			}
 			b, _ := io.ReadAll(resp.Body)
 			resp.Body.Close()
-			if resp.StatusCode != tc.status || !strings.Contains(string(b), `"error"`) {
+			if resp.StatusCode != tc.status || !strings.HasPrefix(string(b), strconv.Itoa(tc.status)+" ") {
 				t.Errorf("status %d, want %d: %s", resp.StatusCode, tc.status, b)
 			}
 			if after := revision(t, reg); after != before {

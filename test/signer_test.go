@@ -110,16 +110,20 @@ func run(t testing.TB, dir, name string, args ...string) []byte {
 
 // estEnroll enrolls over EST the way a device with only openssl and curl would:
 // a key, a CSR, /simpleenroll with the code (or /simplereenroll with the current
-// certificate when code is ""), and the PKCS#7 answer turned into PEM.
+// certificate when code is ""), and the PKCS#7 answer turned into PEM. The CSR names
+// the device as its certificate will (Subject CN and SubjectAltName), which RFC 7030
+// §4.2.2 requires of a re-enrollment.
 func estEnroll(t testing.TB, s *signerServer, dir, device, code, keyFile string) *x509.Certificate {
 	t.Helper()
 	run(t, dir, "openssl", "ecparam", "-genkey", "-name", "prime256v1", "-noout", "-out", keyFile)
-	csr := run(t, dir, "openssl", "req", "-new", "-key", keyFile, "-subj", "/CN="+device, "-outform", "DER")
+	owner := device + "._device.iot.example"
+	csr := run(t, dir, "openssl", "req", "-new", "-key", keyFile, "-subj", "/CN="+owner, "-addext", "subjectAltName=DNS:"+owner, "-outform", "DER")
 	if err := os.WriteFile(filepath.Join(dir, "csr.der"), csr, 0o600); err != nil {
 		t.Fatal(err)
 	}
 	run(t, dir, "openssl", "base64", "-in", "csr.der", "-out", "csr.b64")
-	args := []string{"-sS", "--fail-with-body", "--cacert", s.caFile, "-H", "Content-Type: application/pkcs10", "--data-binary", "@csr.b64", "-o", "certs.b64"}
+	args := []string{"-sS", "--fail-with-body", "--cacert", s.caFile, "-H", "Content-Type: application/pkcs10",
+		"-H", "Content-Transfer-Encoding: base64", "--data-binary", "@csr.b64", "-o", "certs.b64"}
 	if code != "" {
 		args = append(args, "-u", device+":"+code, s.url+"/.well-known/est/simpleenroll")
 	} else {
@@ -179,7 +183,8 @@ func TestEnrollOverEST(t *testing.T) {
 	os.WriteFile(filepath.Join(dir, "other.der"), otherCSR, 0o600)
 	run(t, dir, "openssl", "base64", "-in", "other.der", "-out", "other.b64")
 	out, err := exec.Command("curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "--cacert", s.caFile, "-u", "thermo1:"+code.Code,
-		"-H", "Content-Type: application/pkcs10", "--data-binary", "@"+filepath.Join(dir, "other.b64"), s.url+"/.well-known/est/simpleenroll").Output()
+		"-H", "Content-Type: application/pkcs10", "-H", "Content-Transfer-Encoding: base64",
+		"--data-binary", "@"+filepath.Join(dir, "other.b64"), s.url+"/.well-known/est/simpleenroll").Output()
 	if err != nil || string(out) != "401" {
 		t.Errorf("reused code for another key: %s %v", out, err)
 	}
