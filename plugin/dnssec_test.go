@@ -377,3 +377,16 @@ func TestSignConcurrent(t *testing.T) {
 	}
 	wg.Wait()
 }
+
+// TestSignPanicIsError: a panic while signing (here, a signer without keys) comes back
+// to the query as an error; it must not take down the signing goroutines or the server.
+func TestSignPanicIsError(t *testing.T) {
+	broken := &signer{origin: "iot.example."}
+	nsec := []dns.RR{&dns.NSEC{Hdr: dns.RR_Header{Name: "nx._device.iot.example.", Rrtype: dns.TypeNSEC, Class: dns.ClassINET}}}
+	if _, err := broken.sign(nsec, forNSEC, time.Now()); err == nil {
+		t.Fatal("no error from a signer without keys")
+	}
+	d := signedDeviceid(t, false, dns.ED25519)
+	m, _ := ask(t, d, "nx._device.iot.example.", dns.TypeTLSA, true, false)
+	verifyAll(t, d, m) // the signing goroutines still work
+}

@@ -2,6 +2,7 @@ package deviceid
 
 import (
 	"context"
+	"fmt"
 	"hash/maphash"
 	"runtime"
 	"sync"
@@ -132,7 +133,7 @@ func (s *signer) sign(rrset []dns.RR, mode signMode, now time.Time) (*sigs, erro
 		for range runtime.GOMAXPROCS(0) {
 			go func() {
 				for j := range signJobs {
-					j.e, j.err = j.s.signNow(j.rrset, j.mode, j.now)
+					j.e, j.err = j.s.signRecovering(j.rrset, j.mode, j.now)
 					j.done <- struct{}{}
 				}
 			}()
@@ -146,6 +147,17 @@ func (s *signer) sign(rrset []dns.RR, mode signMode, now time.Time) (*sigs, erro
 	*j = signJob{done: j.done}
 	signJobPool.Put(j)
 	return e, err
+}
+
+// signRecovering is signNow with a panic turned into an error: the server recovers a
+// panic on a query's goroutine, but not on these, which serve every zone.
+func (s *signer) signRecovering(rrset []dns.RR, mode signMode, now time.Time) (e *sigs, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("signing %s %s: %v", rrset[0].Header().Name, dns.TypeToString[rrset[0].Header().Rrtype], r)
+		}
+	}()
+	return s.signNow(rrset, mode, now)
 }
 
 // signNow makes the RRSIGs over rrset with the keys for its type.
