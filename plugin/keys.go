@@ -65,7 +65,7 @@ func loadKey(name string) (*key, error) {
 	// with signatures no validator accepts.
 	probe := &dns.RRSIG{Algorithm: dk.Algorithm, SignerName: dk.Hdr.Name, KeyTag: k.tag, Expiration: 1 << 31}
 	txt := &dns.TXT{Hdr: dns.RR_Header{Name: dk.Hdr.Name, Rrtype: dns.TypeTXT, Class: dns.ClassINET}, Txt: []string{"probe"}}
-	if err := signRRset(k, probe, []dns.RR{txt}); err != nil || probe.Verify(dk, []dns.RR{txt}) != nil {
+	if _, _, err := signRRset(k, probe, []dns.RR{txt}); err != nil || probe.Verify(dk, []dns.RR{txt}) != nil {
 		return nil, fmt.Errorf("%s.private does not match %s.key", base, base)
 	}
 	return k, nil

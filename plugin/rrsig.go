@@ -6,6 +6,7 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/base64"
+	"encoding/binary"
 	"errors"
 	"slices"
 	"sync"
@@ -18,45 +19,48 @@ import (
 // signRRset fills in sig (header, type covered, labels, original TTL, signature) over
 // rrset with key k, as dns.RRSIG.Sign does: the signed data is the RRSIG RDATA without
 // its signature followed by the RRset in canonical form and order (RFC 4034 sections
-// 3.1.8.1, 6.2 and 6.3). It is here because proofs of nonexistence are signed on every
-// query, and dns.RRSIG.Sign spends a third as much as the signature itself on copies,
-// a 4 KB buffer and reflection-based ASN.1. The RRsets signed here have no wildcard
-// owners; of the types with names in their RDATA it has NS and SOA.
-func signRRset(k *key, sig *dns.RRSIG, rrset []dns.RR) error {
+// 3.1.8.1, 6.2 and 6.3). It returns the RRSIG's RDATA and the records' RDATA in that
+// order, for answers built from bytes. It is here because proofs of nonexistence are
+// signed on every query, and dns.RRSIG.Sign spends a third as much as the signature
+// itself on copies, a 4 KB buffer and reflection-based ASN.1. The RRsets signed here
+// have no wildcard owners; of the types with names in their RDATA it has NS and SOA.
+func signRRset(k *key, sig *dns.RRSIG, rrset []dns.RR) (sigRdata []byte, rdatas [][]byte, err error) {
 	h := rrset[0].Header()
 	sig.Hdr = dns.RR_Header{Name: h.Name, Rrtype: dns.TypeRRSIG, Class: h.Class, Ttl: h.Ttl}
 	sig.TypeCovered = h.Rrtype
 	sig.Labels = uint8(dns.CountLabel(h.Name))
 	sig.OrigTtl = h.Ttl
+	sig.SignerName = dns.CanonicalName(sig.SignerName) // as signed (section 3.1.7)
 	sig.Signature = ""
 
 	bp := signBufPool.Get().(*[]byte)
 	data := (*bp)[:0]
 	defer func() { *bp = data[:0]; signBufPool.Put(bp) }()
 
-	// The RRSIG RDATA: the record packed at the root with an empty signature, less
-	// the 11 octets of root owner, type, class, TTL and length.
-	rdata := *sig
-	rdata.Hdr.Name = "."
-	rdata.SignerName = dns.CanonicalName(sig.SignerName)
-	data, err := appendPacked(data, &rdata)
-	if err != nil {
-		return err
+	// The RRSIG RDATA up to the signature (RFC 4034 section 3.1).
+	data = binary.BigEndian.AppendUint16(data, sig.TypeCovered)
+	data = append(data, sig.Algorithm, sig.Labels)
+	data = binary.BigEndian.AppendUint32(data, sig.OrigTtl)
+	data = binary.BigEndian.AppendUint32(data, sig.Expiration)
+	data = binary.BigEndian.AppendUint32(data, sig.Inception)
+	data = binary.BigEndian.AppendUint16(data, sig.KeyTag)
+	if data, err = appendName(data, sig.SignerName); err != nil {
+		return nil, nil, err
 	}
-	data = append(data[:0], data[11:]...)
+	prefix := len(data)
 
 	// The records, each packed in canonical form, sorted by RDATA, without duplicates.
-	start := len(data)
 	var ends [8]int
 	end := ends[:0]
 	for _, rr := range rrset {
 		if data, err = appendPacked(data, canonical(rr, h.Ttl)); err != nil {
-			return err
+			return nil, nil, err
 		}
 		end = append(end, len(data))
 	}
-	if len(rrset) > 1 {
-		data = sortRecords(data, start, end)
+	recs := records(data, prefix, end)
+	if len(recs) > 1 {
+		data, recs = sortRecords(data, prefix, recs)
 	}
 
 	var signature []byte
@@ -70,13 +74,24 @@ func signRRset(k *key, sig *dns.RRSIG, rrset []dns.RR) error {
 		}
 	}
 	if err != nil {
-		return err
+		return nil, nil, err
 	}
 	sig.Signature = base64.StdEncoding.EncodeToString(signature)
-	return nil
+	sigRdata = append(append(make([]byte, 0, prefix+len(signature)), data[:prefix]...), signature...)
+	for _, r := range recs {
+		rdatas = append(rdatas, bytes.Clone(r[rdataAt(r):]))
+	}
+	return sigRdata, rdatas, nil
 }
 
 var signBufPool = sync.Pool{New: func() any { b := make([]byte, 0, 1024); return &b }}
+
+// appendName appends a domain name, uncompressed.
+func appendName(buf []byte, name string) ([]byte, error) {
+	buf = slices.Grow(buf, 256)
+	off, err := dns.PackDomainName(name, buf[:cap(buf)], len(buf), nil, false)
+	return buf[:off], err
+}
 
 // appendPacked appends rr packed without name compression.
 func appendPacked(buf []byte, rr dns.RR) ([]byte, error) {
@@ -102,27 +117,41 @@ func canonical(rr dns.RR, ttl uint32) dns.RR {
 	return rr
 }
 
-// sortRecords orders the packed records in data[start:] (record i ends at end[i]) by
-// their RDATA, dropping duplicates. All share owner, type, class and TTL, so RDATA
-// starts at the same offset in each.
-func sortRecords(data []byte, start int, end []int) []byte {
+// records splits the packed records in data[start:], record i ending at end[i].
+func records(data []byte, start int, end []int) [][]byte {
 	recs := make([][]byte, len(end))
 	for i := range end {
-		from := start
-		if i > 0 {
-			from = end[i-1]
-		}
-		recs[i] = data[from:end[i]]
+		recs[i] = data[start:end[i]]
+		start = end[i]
 	}
-	_, ownerEnd, _ := dns.UnpackDomainName(recs[0], 0)
-	at := ownerEnd + 10 // type, class, TTL, RDLENGTH
+	return recs
+}
+
+// rdataAt is where the RDATA of a packed record (owner name uncompressed) starts.
+func rdataAt(rec []byte) int {
+	i := 0
+	for i < len(rec) && rec[i] != 0 {
+		i += 1 + int(rec[i])
+	}
+	return i + 1 + 10 // the root label, then type, class, TTL and RDLENGTH
+}
+
+// sortRecords orders the packed records recs, which lie in data[start:], by their
+// RDATA, dropping duplicates. It returns data with them in that order, and the records
+// kept. All records share owner, type, class and TTL, so their RDATA starts at the
+// same offset.
+func sortRecords(data []byte, start int, recs [][]byte) ([]byte, [][]byte) {
+	at := rdataAt(recs[0])
 	slices.SortFunc(recs, func(a, b []byte) int { return bytes.Compare(a[at:], b[at:]) })
 	recs = slices.CompactFunc(recs, bytes.Equal)
 	sorted := make([]byte, 0, len(data)-start)
-	for _, r := range recs {
+	end := make([]int, len(recs))
+	for i, r := range recs {
 		sorted = append(sorted, r...)
+		end[i] = start + len(sorted)
 	}
-	return append(data[:start], sorted...)
+	data = append(data[:start], sorted...)
+	return data, records(data, start, end)
 }
 
 // rawECDSA turns an ASN.1 ECDSA P-256 signature into r || s, 32 octets each (RFC 6605).

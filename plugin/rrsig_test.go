@@ -1,6 +1,8 @@
 package deviceid
 
 import (
+	"bytes"
+	"slices"
 	"testing"
 
 	"github.com/deviceid/deviceid/internal/dnskey"
@@ -42,18 +44,42 @@ func TestSignRRsetMatchesMiekg(t *testing.T) {
 			t.Run(dns.AlgorithmToString[alg]+"/"+tc.name, func(t *testing.T) {
 				fields := dns.RRSIG{Algorithm: alg, KeyTag: k.tag, SignerName: "IOT.example.", Inception: 1e9, Expiration: 2e9}
 				ours, theirs := fields, fields
-				if err := signRRset(k, &ours, tc.rrset); err != nil {
+				sigRdata, rdatas, err := signRRset(k, &ours, tc.rrset)
+				if err != nil {
 					t.Fatal(err)
 				}
 				if err := theirs.Sign(k.signer, tc.rrset); err != nil {
 					t.Fatal(err)
 				}
-				theirs.Hdr.Ttl = ours.Hdr.Ttl // dns.RRSIG.Sign leaves the header TTL to its caller
+				theirs.Hdr.Ttl = ours.Hdr.Ttl      // dns.RRSIG.Sign leaves the header TTL to its caller
+				theirs.SignerName = "iot.example." // and the signer name as given; it signs it in lower case
 				if ours.String() != theirs.String() {
 					t.Errorf("signRRset:\n%s\ndns.RRSIG.Sign:\n%s", &ours, &theirs)
 				}
 				if err := ours.Verify(dk, tc.rrset); err != nil {
 					t.Errorf("verify: %v", err)
+				}
+				// The RDATA returned is what the records pack to: the RRSIG's, and the
+				// RRset's in canonical order without duplicates.
+				if want := rdataOf(t, &theirs); !bytes.Equal(sigRdata, want) {
+					t.Errorf("RRSIG RDATA\n%x, packed\n%x", sigRdata, want)
+				}
+				var want [][]byte
+				for _, rr := range tc.rrset {
+					c := dns.Copy(rr)
+					c.Header().Name = dns.CanonicalName(c.Header().Name)
+					if ns, ok := c.(*dns.NS); ok {
+						ns.Ns = dns.CanonicalName(ns.Ns)
+					}
+					if soa, ok := c.(*dns.SOA); ok {
+						soa.Ns, soa.Mbox = dns.CanonicalName(soa.Ns), dns.CanonicalName(soa.Mbox)
+					}
+					want = append(want, rdataOf(t, c))
+				}
+				slices.SortFunc(want, bytes.Compare)
+				want = slices.CompactFunc(want, bytes.Equal)
+				if !slices.EqualFunc(rdatas, want, bytes.Equal) {
+					t.Errorf("records' RDATA\n%x, want\n%x", rdatas, want)
 				}
 			})
 		}
@@ -92,6 +118,17 @@ func testKey(t *testing.T, alg uint8) (*key, *dns.DNSKEY) {
 		t.Fatal(err)
 	}
 	return k, dk
+}
+
+// rdataOf packs rr and returns its RDATA.
+func rdataOf(t *testing.T, rr dns.RR) []byte {
+	t.Helper()
+	buf := make([]byte, dns.Len(rr))
+	off, err := dns.PackRR(rr, buf, 0, nil, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return buf[off-int(rr.Header().Rdlength) : off]
 }
 
 func mustRR(t *testing.T, s string) dns.RR {

@@ -168,15 +168,6 @@ func (s *signer) signNow(rrset []dns.RR, mode signMode, now time.Time) (*sigs, e
 		refresh: now.Add(s.validity / 4).UnixNano(),
 		expire:  expiration.UnixNano(),
 	}
-	pack := packAtQuestion
-	if mode == forAuthority || mode == forMessage {
-		pack = packRR
-	}
-	if mode == forNSEC {
-		for _, rr := range rrset {
-			e.set = append(e.set, pack(rr)...)
-		}
-	}
 	for _, k := range s.keys.signers(h.Rrtype) {
 		sig := &dns.RRSIG{
 			Algorithm:  k.dnskey.Algorithm,
@@ -185,16 +176,25 @@ func (s *signer) signNow(rrset []dns.RR, mode signMode, now time.Time) (*sigs, e
 			KeyTag:     k.tag,
 			SignerName: s.origin,
 		}
-		if err := signRRset(k, sig, rrset); err != nil {
+		sigRdata, rdatas, err := signRRset(k, sig, rrset)
+		if err != nil {
 			s.failed.Inc()
 			return nil, err
 		}
 		s.made.Inc()
 		e.n++
-		if mode == forMessage {
+		switch mode {
+		case forMessage:
 			e.rrs = append(e.rrs, sig)
-		} else {
-			e.wire = append(e.wire, pack(sig)...)
+		case forAuthority:
+			e.wire = append(e.wire, packRR(sig)...)
+		default:
+			e.wire = append(e.wire, atQuestion(dns.TypeRRSIG, h.Class, h.Ttl, sigRdata)...)
+		}
+		if mode == forNSEC && e.set == nil {
+			for _, rdata := range rdatas {
+				e.set = append(e.set, atQuestion(h.Rrtype, h.Class, h.Ttl, rdata)...)
+			}
 		}
 	}
 	return e, nil

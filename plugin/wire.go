@@ -28,15 +28,19 @@ var ownerPointer = []byte{0xC0, 0x0C}
 
 // packTLSA packs a published TLSA record.
 func packTLSA(p record.Published) packedRR {
-	w := make([]byte, 0, 12+3+len(p.Data))
+	rdata := append([]byte{p.Usage, p.Selector, p.MatchingType}, p.Data...)
+	return packedRR{wire: atQuestion(dns.TypeTLSA, dns.ClassINET, p.TTL, rdata), until: p.Until}
+}
+
+// atQuestion is a record with its owner name compressed to the question name.
+func atQuestion(rrtype, class uint16, ttl uint32, rdata []byte) []byte {
+	w := make([]byte, 0, 12+len(rdata))
 	w = append(w, ownerPointer...)
-	w = binary.BigEndian.AppendUint16(w, dns.TypeTLSA)
-	w = binary.BigEndian.AppendUint16(w, dns.ClassINET)
-	w = binary.BigEndian.AppendUint32(w, p.TTL)
-	w = binary.BigEndian.AppendUint16(w, uint16(3+len(p.Data)))
-	w = append(w, p.Usage, p.Selector, p.MatchingType)
-	w = append(w, p.Data...)
-	return packedRR{wire: w, until: p.Until}
+	w = binary.BigEndian.AppendUint16(w, rrtype)
+	w = binary.BigEndian.AppendUint16(w, class)
+	w = binary.BigEndian.AppendUint32(w, ttl)
+	w = binary.BigEndian.AppendUint16(w, uint16(len(rdata)))
+	return append(w, rdata...)
 }
 
 func packAll(pub []record.Published) []packedRR {
@@ -61,22 +65,10 @@ func (p packedRR) tlsa(owner string) *dns.TLSA {
 // bufPool holds answer buffers; an answer is written before its buffer is reused.
 var bufPool = sync.Pool{New: func() any { b := make([]byte, 0, 4096); return &b }}
 
-// packRR packs rr as it stands, owner name uncompressed.
+// packRR packs rr as it stands, owner name uncompressed. It packs a copy: dns.PackRR
+// writes the RDLENGTH into the record it packs, and records are shared between queries.
 func packRR(rr dns.RR) []byte {
-	return packAs(rr, rr.Header().Name)
-}
-
-// packAtQuestion packs rr with its owner name compressed to the question name, which
-// must be the same name.
-func packAtQuestion(rr dns.RR) []byte {
-	return append(append([]byte(nil), ownerPointer...), packAs(rr, ".")[1:]...)
-}
-
-// packAs packs a copy of rr with owner name owner: dns.PackRR writes the RDLENGTH
-// into the record it packs, and records are shared between queries.
-func packAs(rr dns.RR, owner string) []byte {
 	c := dns.Copy(rr)
-	c.Header().Name = owner
 	buf := make([]byte, dns.Len(c))
 	off, err := dns.PackRR(c, buf, 0, nil, false)
 	if err != nil {
