@@ -129,6 +129,13 @@ wide_sat=$(median <<<"${runs[deviceid-do.wide]}")
 lat_wide=$(p99 5301 $out/data/wide.txt $((wide_sat / 2)) -D)
 kill $cdns $cfile; wait $cdns $cfile 2>/dev/null || true
 
+rows() { # rows WHOAMI DEVICEID FILE: one table row a mix, medians and ratios to whoami
+  local mix w d f
+  for mix in hot wide nonexistent; do
+    w=$(median <<<"${runs[$1.$mix]}"); d=$(median <<<"${runs[$2.$mix]}"); f=$(median <<<"${runs[$3.$mix]}")
+    echo "| $mix | $w | $d | $(ratio "$d" "$w") | $f | $(ratio "$f" "$w") |"
+  done
+}
 {
   echo "# make bench results, $(date -u +%Y-%m-%dT%H:%MZ), $N devices, median of $ROUNDS runs of ${SECONDS_PER_RUN}s"
   echo
@@ -136,19 +143,13 @@ kill $cdns $cfile; wait $cdns $cfile 2>/dev/null || true
   echo
   echo "| mix | whoami q/s | deviceid q/s | deviceid / whoami | file q/s | file / whoami |"
   echo "|---|---|---|---|---|---|"
-  for mix in hot wide nonexistent; do
-    w=$(median <<<"${runs[whoami.$mix]}"); d=$(median <<<"${runs[deviceid.$mix]}"); f=$(median <<<"${runs[file.$mix]}")
-    echo "| $mix | $w | $d | $(ratio "$d" "$w") | $f | $(ratio "$f" "$w") |"
-  done
+  rows whoami deviceid file
   echo
   echo "DO bit set (signed answers; whoami answers unsigned, the ceiling):"
   echo
   echo "| mix | whoami q/s | deviceid (ECDSA) q/s | / whoami | file + dnssec q/s | / whoami |"
   echo "|---|---|---|---|---|---|"
-  for mix in hot wide nonexistent; do
-    w=$(median <<<"${runs[whoami-do.$mix]}"); d=$(median <<<"${runs[deviceid-do.$mix]}"); f=$(median <<<"${runs[file-dnssec-do.$mix]}")
-    echo "| $mix | $w | $d | $(ratio "$d" "$w") | $f | $(ratio "$f" "$w") |"
-  done
+  rows whoami-do deviceid-do file-dnssec-do
   w=$(median <<<"${runs[whoami-do.nonexistent]}"); e=$(median <<<"${runs[deviceid-ed25519-do.nonexistent]}")
   echo "| nonexistent, Ed25519 | $w | $e | $(ratio "$e" "$w") | | |"
   echo
