@@ -25,7 +25,7 @@ lint: $(BIN)/staticcheck
 	$(BIN)/staticcheck ./...
 
 unit:
-	$(GO) test -race -count=1 ./plugin/... ./signer/... ./verify/... ./internal/... ./cmd/...
+	$(GO) test -race -count=1 ./record/... ./plugin/... ./signer/... ./verify/... ./internal/... ./cmd/...
 
 e2e:
 	$(GO) test -count=1 -timeout 10m ./test/...
@@ -33,7 +33,7 @@ e2e:
 # A short fuzzing run of each parser; longer runs: make fuzz FUZZTIME=10m.
 FUZZTIME ?= 30s
 fuzz:
-	$(GO) test -run XXX -fuzz FuzzParseDevice -fuzztime $(FUZZTIME) ./plugin/record/
+	$(GO) test -run XXX -fuzz FuzzParseDevice -fuzztime $(FUZZTIME) ./record/
 	$(GO) test -run XXX -fuzz FuzzServeDNS -fuzztime $(FUZZTIME) ./plugin/
 
 # CoreDNS on 127.0.0.1:1053 over an embedded etcd with sample devices.

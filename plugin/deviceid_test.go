@@ -2,32 +2,17 @@ package deviceid
 
 import (
 	"context"
-	"crypto/x509"
-	"encoding/pem"
 	"testing"
 	"time"
 
-	"github.com/deviceid/deviceid/internal/devpki"
-	"github.com/deviceid/deviceid/plugin/record"
+	"github.com/deviceid/deviceid/internal/testenv"
+	"github.com/deviceid/deviceid/record"
 
 	"github.com/coredns/coredns/plugin/pkg/dnstest"
 	"github.com/coredns/coredns/plugin/test"
 	"github.com/coredns/coredns/request"
 	"github.com/miekg/dns"
 )
-
-func selfSigned(t testing.TB) (certPEM, keyPEM []byte) {
-	t.Helper()
-	ca, err := devpki.NewCA("test")
-	if err != nil {
-		t.Fatal(err)
-	}
-	der, err := x509.MarshalECPrivateKey(ca.Key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return ca.PEM(), pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: der})
-}
 
 // testDeviceid returns a plugin serving iot.example. from memory (no etcd) with the
 // devices sensor7 (active) and c90a.airquality (revoked), and the CA's record.
@@ -39,7 +24,7 @@ func testDeviceid(t testing.TB) (*Deviceid, []dns.RR, []dns.RR, []dns.RR) {
 func testDeviceidWith(t testing.TB, c *config) (*Deviceid, []dns.RR, []dns.RR, []dns.RR) {
 	t.Helper()
 	d := newDeviceid(c)
-	ca, err := devpki.NewCA("test")
+	ca, err := testenv.NewCA("test")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -47,7 +32,7 @@ func testDeviceidWith(t testing.TB, c *config) (*Deviceid, []dns.RR, []dns.RR, [
 	now := time.Now()
 	var sets [][]dns.RR
 	for _, dev := range []struct{ name, status string }{{"sensor7", "active"}, {"c90a.airquality", "revoked"}} {
-		key, _ := devpki.NewDeviceKey()
+		key, _ := testenv.NewDeviceKey()
 		der, err := ca.Issue(dev.name+"._device.iot.example", key.Public(), now.AddDate(1, 0, 0))
 		if err != nil {
 			t.Fatal(err)

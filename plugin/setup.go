@@ -4,12 +4,13 @@ import (
 	"crypto/tls"
 	"fmt"
 	"net/url"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
 	"time"
 
-	"github.com/deviceid/deviceid/plugin/record"
+	"github.com/deviceid/deviceid/record"
 
 	"github.com/coredns/caddy"
 	"github.com/coredns/coredns/core/dnsserver"
@@ -25,7 +26,7 @@ import (
 
 func init() { plugin.Register(pluginName, setup) }
 
-// Defaults of the Corefile options (DESIGN.md §4).
+// Defaults of the Corefile options (docs/design.md).
 const (
 	defaultEndpoint          = "http://127.0.0.1:2379"
 	defaultPrefix            = "/deviceid"
@@ -87,8 +88,9 @@ func parse(c *caddy.Controller) (*config, error) {
 		for i, z := range cfg.zones {
 			cfg.zones[i] = record.Zone(z)
 		}
+		root := dnsserver.GetConfig(c).Root
 		for c.NextBlock() {
-			if err := parseOption(c, cfg); err != nil {
+			if err := parseOption(c, cfg, root); err != nil {
 				return nil, err
 			}
 		}
@@ -126,7 +128,9 @@ func (cfg *config) loadKeys() error {
 	return nil
 }
 
-func parseOption(c *caddy.Controller, cfg *config) error {
+// parseOption parses one option of the block; relative file names are joined with
+// the server's root, as CoreDNS's own plugins do.
+func parseOption(c *caddy.Controller, cfg *config, root string) error {
 	opt := c.Val()
 	args := c.RemainingArgs()
 	switch opt {
@@ -145,6 +149,9 @@ func parseOption(c *caddy.Controller, cfg *config) error {
 	case "tls":
 		if len(args) > 3 {
 			return c.ArgErr()
+		}
+		for i := range args {
+			args[i] = inRoot(root, args[i])
 		}
 		t, err := mwtls.NewTLSConfigFromArgs(args...)
 		if err != nil {
@@ -169,7 +176,9 @@ func parseOption(c *caddy.Controller, cfg *config) error {
 		if len(args) < 2 || args[0] != "file" {
 			return c.Errf("want 'key file NAME...'")
 		}
-		cfg.keyFiles = append(cfg.keyFiles, args[1:]...)
+		for _, f := range args[1:] {
+			cfg.keyFiles = append(cfg.keyFiles, inRoot(root, f))
+		}
 	case "ns":
 		args = fields(args)
 		if len(args) == 0 {
@@ -236,6 +245,14 @@ func parseOption(c *caddy.Controller, cfg *config) error {
 		return c.Errf("unknown property '%s'", opt)
 	}
 	return nil
+}
+
+// inRoot joins a relative file name with the server's root directory, if one is set.
+func inRoot(root, name string) string {
+	if root == "" || filepath.IsAbs(name) {
+		return name
+	}
+	return filepath.Join(root, name)
 }
 
 // fields splits arguments at white space, so that one environment variable

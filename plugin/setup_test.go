@@ -1,6 +1,7 @@
 package deviceid
 
 import (
+	"crypto/x509"
 	"os"
 	"path/filepath"
 	"slices"
@@ -9,15 +10,16 @@ import (
 	"time"
 
 	"github.com/deviceid/deviceid/internal/dnskey"
+	"github.com/deviceid/deviceid/internal/testenv"
 
 	"github.com/coredns/caddy"
+	"github.com/coredns/coredns/core/dnsserver"
 	"github.com/miekg/dns"
 )
 
 func TestSetup(t *testing.T) {
 	dir := t.TempDir()
-	cert, key := filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
-	writeTestTLSFiles(t, cert, key)
+	cert, key := testenv.NewTestCA(t, "test").WriteTLSPair(t, dir, "client", x509.ExtKeyUsageClientAuth)
 	ksk := genKey(t, dir, "iot.example.", dns.ECDSAP256SHA256, true)
 	zsk := genKey(t, dir, "iot.example.", dns.ED25519, false)
 	otherZone := genKey(t, dir, "other.example.", dns.ECDSAP256SHA256, true)
@@ -25,8 +27,8 @@ func TestSetup(t *testing.T) {
 	copyFile(t, ksk+".key", mismatched+".key")
 	copyFile(t, zsk+".private", mismatched+".private")
 	rsa := filepath.Join(dir, "Krsa")
-	writeFileT(t, rsa+".key", "iot.example. IN DNSKEY 257 3 8 AwEAAcFcGsaxxdgiuuGmCkVImy4h99CqT7jwY3pexPGcnUFtR2Fh36BponcwtkZ4cAgtvd4Qs8PkxUdp6p/DlUmObdk=")
-	writeFileT(t, rsa+".private", "Private-key-format: v1.3\nAlgorithm: 8 (RSASHA256)\n")
+	testenv.WriteFile(t, rsa+".key", []byte("iot.example. IN DNSKEY 257 3 8 AwEAAcFcGsaxxdgiuuGmCkVImy4h99CqT7jwY3pexPGcnUFtR2Fh36BponcwtkZ4cAgtvd4Qs8PkxUdp6p/DlUmObdk="))
+	testenv.WriteFile(t, rsa+".private", []byte("Private-key-format: v1.3\nAlgorithm: 8 (RSASHA256)\n"))
 	tests := []struct {
 		name  string
 		input string
@@ -148,23 +150,29 @@ func copyFile(t *testing.T, from, to string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	writeFileT(t, to, string(b))
+	testenv.WriteFile(t, to, b)
 }
 
-func writeFileT(t *testing.T, name, content string) {
-	t.Helper()
-	if err := os.WriteFile(name, []byte(content), 0o600); err != nil {
+// TestSetupRoot: relative file names of 'key file' and 'tls' are joined with the
+// server's root, as CoreDNS's own plugins do.
+func TestSetupRoot(t *testing.T) {
+	dir := t.TempDir()
+	ksk := genKey(t, dir, "iot.example.", dns.ECDSAP256SHA256, true)
+	testenv.NewTestCA(t, "test").WriteTLSPair(t, dir, "client", x509.ExtKeyUsageClientAuth)
+	c := caddy.NewTestController("dns", "deviceid {\nkey file "+filepath.Base(ksk)+"\ntls client.pem client-key.pem\n}")
+	c.ServerBlockKeys = []string{"iot.example."}
+	dnsserver.GetConfig(c).Root = dir
+	cfg, err := parse(c)
+	if err != nil {
 		t.Fatal(err)
 	}
-}
-
-func writeTestTLSFiles(t *testing.T, certFile, keyFile string) {
-	t.Helper()
-	certPEM, keyPEM := selfSigned(t)
-	if err := os.WriteFile(certFile, certPEM, 0o600); err != nil {
-		t.Fatal(err)
+	if !slices.Equal(cfg.keyFiles, []string{ksk}) || cfg.tls == nil {
+		t.Errorf("key files %v, tls %v: not read from the root %s", cfg.keyFiles, cfg.tls != nil, dir)
 	}
-	if err := os.WriteFile(keyFile, keyPEM, 0o600); err != nil {
-		t.Fatal(err)
+	// Without the root the same names are not found.
+	c = caddy.NewTestController("dns", "deviceid {\nkey file "+filepath.Base(ksk)+"\n}")
+	c.ServerBlockKeys = []string{"iot.example."}
+	if _, err := parse(c); err == nil {
+		t.Error("a relative key file was found outside the root")
 	}
 }

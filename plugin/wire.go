@@ -5,7 +5,7 @@ import (
 	"encoding/hex"
 	"sync"
 
-	"github.com/deviceid/deviceid/plugin/record"
+	"github.com/deviceid/deviceid/record"
 
 	"github.com/coredns/coredns/request"
 	"github.com/miekg/dns"

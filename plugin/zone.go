@@ -5,7 +5,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/deviceid/deviceid/plugin/record"
+	"github.com/deviceid/deviceid/record"
 
 	"github.com/miekg/dns"
 )

@@ -17,7 +17,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/deviceid/deviceid/plugin/record"
+	"github.com/deviceid/deviceid/record"
 )
 
 // MaxBody bounds the body of an API request; a CSR or a public key is a few KB.
@@ -26,7 +26,7 @@ const MaxBody = 64 << 10
 // requestTimeout bounds the etcd work of one API request.
 const requestTimeout = 10 * time.Second
 
-// API is the admin JSON API for provisioning systems (DESIGN.md §5): enroll, revoke,
+// API is the admin JSON API for provisioning systems (docs/design.md): enroll, revoke,
 // get, list and delete devices, and issue enrollment codes. Every request must carry
 // the bearer token, or come over mutual TLS with a client certificate from AdminCAs.
 type API struct {

@@ -10,7 +10,6 @@ import (
 	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
@@ -23,8 +22,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/deviceid/deviceid/internal/devpki"
-	"github.com/deviceid/deviceid/plugin/record"
+	"github.com/deviceid/deviceid/internal/testenv"
+	"github.com/deviceid/deviceid/record"
 )
 
 const token = "s3cret-token"
@@ -56,15 +55,6 @@ func call(t *testing.T, srv *httptest.Server, method, path, auth, body string) (
 	return resp.StatusCode, b
 }
 
-func csrPEM(t *testing.T, key any) string {
-	t.Helper()
-	der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{Subject: pkix.Name{CommonName: "ignored"}}, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: der}))
-}
-
 func jsonBody(v any) string {
 	b, _ := json.Marshal(v)
 	return string(b)
@@ -83,7 +73,7 @@ func revision(t *testing.T, r *Registry) int64 {
 func TestAPIEnrollRevoke(t *testing.T) {
 	srv, reg := testAPI(t)
 	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	code, body := call(t, srv, "POST", "/api/v1/devices/Sensor7/enroll", token, jsonBody(EnrollRequest{CSR: csrPEM(t, key)}))
+	code, body := call(t, srv, "POST", "/api/v1/devices/Sensor7/enroll", token, jsonBody(EnrollRequest{CSR: testenv.CSRPEM(t, key, "ignored")}))
 	if code != http.StatusCreated {
 		t.Fatalf("enroll: %d %s", code, body)
 	}
@@ -98,7 +88,7 @@ func TestAPIEnrollRevoke(t *testing.T) {
 	}
 	spki := sha256.Sum256(cert.RawSubjectPublicKeyInfo)
 	// A retry with the same CSR (its answer lost) gets the same certificate back.
-	code, body = call(t, srv, "POST", "/api/v1/devices/sensor7/enroll", token, jsonBody(EnrollRequest{CSR: csrPEM(t, key)}))
+	code, body = call(t, srv, "POST", "/api/v1/devices/sensor7/enroll", token, jsonBody(EnrollRequest{CSR: testenv.CSRPEM(t, key, "ignored")}))
 	var again EnrollResponse
 	if code != http.StatusOK || json.Unmarshal(body, &again) != nil || again.Certificate != er.Certificate || len(again.Device.Credentials) != 1 {
 		t.Errorf("retried enrollment: %d %s", code, body)
@@ -139,7 +129,7 @@ func TestAPIEnrollRevoke(t *testing.T) {
 func TestAPIBadInput(t *testing.T) {
 	srv, reg := testAPI(t)
 	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	goodCSR := csrPEM(t, key)
+	goodCSR := testenv.CSRPEM(t, key, "ignored")
 	p224, _ := ecdsa.GenerateKey(elliptic.P224(), rand.Reader)
 	rsa1024, _ := rsa.GenerateKey(rand.Reader, 1024)
 	block, _ := pem.Decode([]byte(goodCSR))
@@ -169,8 +159,8 @@ func TestAPIBadInput(t *testing.T) {
 		{"malformed csr", "POST", "/api/v1/devices/a/enroll", token, jsonBody(EnrollRequest{CSR: "bm90IGEgY3Ny"}), 400},
 		{"not base64", "POST", "/api/v1/devices/a/enroll", token, jsonBody(EnrollRequest{CSR: "%%%"}), 400},
 		{"csr signature", "POST", "/api/v1/devices/a/enroll", token, jsonBody(EnrollRequest{CSR: badSig}), 400},
-		{"p224 key", "POST", "/api/v1/devices/a/enroll", token, jsonBody(EnrollRequest{CSR: csrPEM(t, p224)}), 400},
-		{"rsa 1024", "POST", "/api/v1/devices/a/enroll", token, jsonBody(EnrollRequest{CSR: csrPEM(t, rsa1024)}), 400},
+		{"p224 key", "POST", "/api/v1/devices/a/enroll", token, jsonBody(EnrollRequest{CSR: testenv.CSRPEM(t, p224, "ignored")}), 400},
+		{"rsa 1024", "POST", "/api/v1/devices/a/enroll", token, jsonBody(EnrollRequest{CSR: testenv.CSRPEM(t, rsa1024, "ignored")}), 400},
 		{"bad name", "POST", "/api/v1/devices/bad_name/enroll", token, jsonBody(EnrollRequest{CSR: goodCSR}), 400},
 		{"name too long", "POST", "/api/v1/devices/" + strings.Repeat(strings.Repeat("a", 63)+".", 4) + "a/enroll", token, jsonBody(EnrollRequest{CSR: goodCSR}), 400},
 		{"bad public key", "POST", "/api/v1/devices/a/enroll", token, jsonBody(EnrollRequest{PublicKey: "AAEC"}), 400},
@@ -202,7 +192,7 @@ func TestAPIEtcdDown(t *testing.T) {
 	srv, reg := testAPI(t)
 	reg.Client.Close() // as good as an unreachable etcd for the API
 	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	code, body := call(t, srv, "POST", "/api/v1/devices/a/enroll", token, jsonBody(EnrollRequest{CSR: csrPEM(t, key)}))
+	code, body := call(t, srv, "POST", "/api/v1/devices/a/enroll", token, jsonBody(EnrollRequest{CSR: testenv.CSRPEM(t, key, "ignored")}))
 	if code != http.StatusServiceUnavailable || !bytes.Contains(body, []byte("error")) {
 		t.Errorf("enroll with etcd down: %d %s", code, body)
 	}
@@ -211,7 +201,7 @@ func TestAPIEtcdDown(t *testing.T) {
 // TestAPIMutualTLS authenticates a provisioning system by its client certificate.
 func TestAPIMutualTLS(t *testing.T) {
 	reg := testRegistry(t)
-	adminCA, err := devpki.NewCA("provisioning systems")
+	adminCA, err := testenv.NewCA("provisioning systems")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,6 +1,6 @@
 // Package signer is deviceid's certificate authority and registry: it issues device
 // certificates and writes device records into etcd for the CoreDNS plugin to serve
-// (DESIGN.md §5). The HTTP/EST interfaces and the CLI are built on it.
+// (docs/design.md). The HTTP/EST interfaces and the CLI are built on it.
 package signer
 
 import (
@@ -23,7 +23,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/deviceid/deviceid/plugin/record"
+	"github.com/deviceid/deviceid/record"
 )
 
 // DefaultLifetime is how long an issued device certificate is valid.

@@ -11,7 +11,7 @@ import (
 	"errors"
 	"time"
 
-	"github.com/deviceid/deviceid/plugin/record"
+	"github.com/deviceid/deviceid/record"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 )

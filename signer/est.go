@@ -13,7 +13,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/deviceid/deviceid/plugin/record"
+	"github.com/deviceid/deviceid/record"
 
 	"github.com/globalsign/est"
 )

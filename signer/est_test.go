@@ -17,7 +17,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/deviceid/deviceid/plugin/record"
+	"github.com/deviceid/deviceid/internal/testenv"
+	"github.com/deviceid/deviceid/record"
 
 	"go.mozilla.org/pkcs7"
 )
@@ -57,13 +58,11 @@ func estClient(srv *httptest.Server, cert *tls.Certificate) *http.Client {
 // SubjectAltName of the certificate it renews (RFC 7030 §4.2.2), given as renews.
 func estPost(t *testing.T, c *http.Client, url, user, pass string, key *ecdsa.PrivateKey, renews ...*x509.Certificate) (int, []byte) {
 	t.Helper()
-	tmpl := &x509.CertificateRequest{}
+	var der []byte
 	if len(renews) > 0 {
-		tmpl = &x509.CertificateRequest{RawSubject: renews[0].RawSubject, DNSNames: renews[0].DNSNames}
-	}
-	der, err := x509.CreateCertificateRequest(rand.Reader, tmpl, key)
-	if err != nil {
-		t.Fatal(err)
+		der = testenv.CSR(t, key, renews[0].Subject.CommonName, renews[0].DNSNames...)
+	} else {
+		der = testenv.CSR(t, key, "")
 	}
 	req := estRequest(url, base64.StdEncoding.EncodeToString(der))
 	if user != "" {
@@ -214,7 +213,7 @@ func TestESTBadInput(t *testing.T) {
 		t.Fatal(err)
 	}
 	p224, _ := ecdsa.GenerateKey(elliptic.P224(), rand.Reader)
-	badKeyCSR, _ := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, p224)
+	badKeyCSR := testenv.CSR(t, p224, "")
 	for _, tc := range []struct {
 		name, user, pass, body string
 		contentType            string
@@ -233,7 +232,7 @@ func TestESTBadInput(t *testing.T) {
 			body := tc.body
 			if body == "" {
 				key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-				der, _ := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, key)
+				der := testenv.CSR(t, key, "")
 				body = base64.StdEncoding.EncodeToString(der)
 			}
 			before := revision(t, reg)

@@ -10,7 +10,7 @@ import (
 	"slices"
 	"time"
 
-	"github.com/deviceid/deviceid/plugin/record"
+	"github.com/deviceid/deviceid/record"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 )

@@ -19,12 +19,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/deviceid/deviceid/internal/devpki"
-	"github.com/deviceid/deviceid/internal/embedetcd"
-	"github.com/deviceid/deviceid/plugin/record"
+	"github.com/deviceid/deviceid/internal/testenv"
 
-	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.uber.org/zap"
+	"github.com/deviceid/deviceid/record"
 )
 
 // The handlers log every enrollment and revocation; the tests make many.
@@ -33,17 +30,7 @@ func init() { slog.SetDefault(slog.New(slog.DiscardHandler)) }
 // testRegistry runs an embedded etcd and returns a registry for iot.example on it.
 func testRegistry(t *testing.T) *Registry {
 	t.Helper()
-	e, url, err := embedetcd.StartLoopback(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(e.Close)
-	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{url}, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cli.Close() })
-	return &Registry{Client: cli, Prefix: "/deviceid", Zone: "iot.example."}
+	return &Registry{Client: testenv.StartEtcd(t).Client(), Prefix: "/deviceid", Zone: "iot.example."}
 }
 
 func testCA(t *testing.T) *CA {
@@ -86,7 +73,7 @@ func TestInitAndLoadCA(t *testing.T) {
 // TestIntermediateCA runs the CSR workflow: a parent CA signs the intermediate's CSR,
 // and device certificates chain through it to the parent.
 func TestIntermediateCA(t *testing.T) {
-	root, err := devpki.NewCA("external root") // one that may have intermediates
+	root, err := testenv.NewCA("external root") // one that may have intermediates
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -10,7 +10,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/deviceid/deviceid/plugin/record"
+	"github.com/deviceid/deviceid/internal/testenv"
+	"github.com/deviceid/deviceid/record"
 
 	"github.com/miekg/dns"
 )
@@ -30,18 +31,18 @@ func TestDNSSECValidation(t *testing.T) {
 		fleetWant = append(fleetWant, d.ee(), d.discovery())
 	}
 	aki := record.KeyID(ca.Cert.SubjectKeyId)
-	put(t, cli, deviceKey("sensor7"), deviceJSON(credentialJSON(active, "active")))
-	put(t, cli, deviceKey("sensor8"), deviceJSON(credentialJSON(revoked, "revoked")))
-	put(t, cli, deviceKey("c90a.airquality"), deviceJSON(credentialJSON(multi, "active")))
-	put(t, cli, deviceKey("sensor9"), deviceJSON(credentialJSON(later, "active")))
-	put(t, cli, deviceKey("fleet"), deviceJSON(fleet...))
-	put(t, cli, "/deviceid/iot.example/ca/"+aki, string(ca.PEM()))
+	testenv.Put(t, cli, deviceKey("sensor7"), deviceJSON(credentialJSON(active, "active")))
+	testenv.Put(t, cli, deviceKey("sensor8"), deviceJSON(credentialJSON(revoked, "revoked")))
+	testenv.Put(t, cli, deviceKey("c90a.airquality"), deviceJSON(credentialJSON(multi, "active")))
+	testenv.Put(t, cli, deviceKey("sensor9"), deviceJSON(credentialJSON(later, "active")))
+	testenv.Put(t, cli, deviceKey("fleet"), deviceJSON(fleet...))
+	testenv.Put(t, cli, "/deviceid/iot.example/ca/"+aki, string(ca.PEM()))
 
 	dir := t.TempDir()
 	ksk := genZoneKey(t, dir, dns.ECDSAP256SHA256, true)
 	zsk := genZoneKey(t, dir, dns.ECDSAP256SHA256, false)
 	port := dnsPort(t)
-	c := startCoreDNS(t, signedCorefile(port, etcd.cfg.ClientURL, ksk, zsk))
+	c := testenv.StartCoreDNS(t, signedCorefile(port, etcd.URL(), ksk, zsk))
 	waitLoaded(t, c)
 	unbound := startUnbound(t, port, ksk.ds)
 
@@ -98,11 +99,11 @@ func TestDNSSECValidation(t *testing.T) {
 		m := new(dns.Msg)
 		m.SetQuestion("fleet._device.iot.example.", dns.TypeTLSA)
 		m.SetEdns0(1232, true)
-		r, err := dns.Exchange(m, c.udp)
+		r, err := dns.Exchange(m, c.UDP)
 		if err != nil || !r.Truncated || len(r.Answer) != 0 {
 			t.Errorf("UDP with a 1232-byte buffer: %v, TC %v, %d records", err, r.Truncated, len(r.Answer))
 		}
-		r, err = resolve(c.tcp, "tcp", "fleet._device.iot.example.", dns.TypeTLSA)
+		r, err = resolve(c.TCP, "tcp", "fleet._device.iot.example.", dns.TypeTLSA)
 		if err != nil || r.Truncated || !sameSet(tlsaSet(r), fleetWant) {
 			t.Errorf("over TCP: %v %v", err, r)
 		}
@@ -136,7 +137,7 @@ func TestDNSSECValidation(t *testing.T) {
 		m.SetQuestion("nosuch._device.iot.example.", dns.TypeTLSA)
 		m.SetEdns0(1232, true)
 		m.IsEdns0().SetCo()
-		r, err := dns.Exchange(m, c.udp)
+		r, err := dns.Exchange(m, c.UDP)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -161,8 +162,8 @@ func TestDNSSECValidation(t *testing.T) {
 		if r, err := resolve(unbound, "udp", name, dns.TypeTLSA); err != nil || !r.AuthenticatedData || !sameSet(tlsaSet(r), []string{later.ee(), later.discovery()}) {
 			t.Fatalf("before: %v %v", err, r)
 		}
-		put(t, cli, deviceKey("sensor9"), deviceJSON(credentialJSON(later, "revoked")))
-		eventually(t, "revoked record validated", func() error {
+		testenv.Put(t, cli, deviceKey("sensor9"), deviceJSON(credentialJSON(later, "revoked")))
+		testenv.Eventually(t, "revoked record validated", func() error {
 			r, err := resolve(unbound, "udp", name, dns.TypeTLSA)
 			if err != nil {
 				return err
@@ -177,9 +178,9 @@ func TestDNSSECValidation(t *testing.T) {
 
 // trustedKeys fetches the zone's DNSKEY RRset and checks it against the DS the way a
 // validator does: a key matches the DS and signs the RRset.
-func trustedKeys(t testing.TB, c *coreDNS, ds *dns.DS) map[uint16]*dns.DNSKEY {
+func trustedKeys(t testing.TB, c *testenv.CoreDNS, ds *dns.DS) map[uint16]*dns.DNSKEY {
 	t.Helper()
-	r, err := resolve(c.udp, "udp", zone, dns.TypeDNSKEY)
+	r, err := resolve(c.UDP, "udp", zone, dns.TypeDNSKEY)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -232,7 +233,7 @@ func verifySection(t testing.TB, rrs []dns.RR, keys map[uint16]*dns.DNSKEY) {
 func TestKeyRollover(t *testing.T) {
 	etcd, cli, ca := testbed(t)
 	d := newDevice(t, ca, "sensor7", time.Now().AddDate(1, 0, 0))
-	put(t, cli, deviceKey("sensor7"), deviceJSON(fmt.Sprintf(`{"cert": %q, "status": "active"}`, base64.StdEncoding.EncodeToString(d.cert))))
+	testenv.Put(t, cli, deviceKey("sensor7"), deviceJSON(fmt.Sprintf(`{"cert": %q, "status": "active"}`, base64.StdEncoding.EncodeToString(d.cert))))
 
 	dir := t.TempDir()
 	k1 := genZoneKey(t, dir, dns.ECDSAP256SHA256, true)
@@ -243,7 +244,7 @@ func TestKeyRollover(t *testing.T) {
 	// A short TTL, since each step must wait it out: a resolver keeps the DNSKEY RRset
 	// it validated (unbound in its key cache) for that long.
 	const ttl = 2
-	c := startCoreDNS(t, signedCorefileTTL(port, etcd.cfg.ClientURL, ttl, k1, z1))
+	c := testenv.StartCoreDNS(t, signedCorefileTTL(port, etcd.URL(), ttl, k1, z1))
 	waitLoaded(t, c)
 	unbound := startUnbound(t, port, k1.ds, k2.ds)
 
@@ -285,16 +286,16 @@ func TestKeyRollover(t *testing.T) {
 		// Each step waits out the TTL (twice, for good measure) with queries going on,
 		// as the README's rollover tells operators to.
 		before, since := asked.Load(), time.Now()
-		eventually(t, "queries and the TTL before the step", func() error {
+		testenv.Eventually(t, "queries and the TTL before the step", func() error {
 			if n := asked.Load() - before; n < 100 || time.Since(since) < 2*ttl*time.Second {
 				return fmt.Errorf("%d queries in %s", n, time.Since(since))
 			}
 			return nil
 		})
-		c.reload(t, signedCorefileTTL(port, etcd.cfg.ClientURL, ttl, keys...))
+		c.Reload(t, signedCorefileTTL(port, etcd.URL(), ttl, keys...))
 	}
 	before := asked.Load()
-	eventually(t, "queries after the last step", func() error {
+	testenv.Eventually(t, "queries after the last step", func() error {
 		if asked.Load() < before+100 {
 			return fmt.Errorf("%d queries", asked.Load()-before)
 		}
@@ -305,7 +306,7 @@ func TestKeyRollover(t *testing.T) {
 	if failed.Load() != 0 {
 		t.Errorf("%d of %d answers did not validate during the rollover; first: %v", failed.Load(), asked.Load(), failures[0])
 	}
-	r, err := resolve(c.udp, "udp", zone, dns.TypeDNSKEY)
+	r, err := resolve(c.UDP, "udp", zone, dns.TypeDNSKEY)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -16,7 +16,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/deviceid/deviceid/plugin/record"
+	"github.com/deviceid/deviceid/internal/testenv"
+	"github.com/deviceid/deviceid/record"
 	"github.com/deviceid/deviceid/signer"
 )
 
@@ -29,8 +30,7 @@ const enrollClients = 16
 
 func BenchmarkEnrollAdminAPI(b *testing.B) {
 	benchmarkEnroll(b, func(key *ecdsa.PrivateKey) signer.EnrollRequest {
-		der, _ := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, key)
-		return signer.EnrollRequest{CSR: string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: der}))}
+		return signer.EnrollRequest{CSR: testenv.CSRPEM(b, key, "")}
 	})
 }
 
@@ -44,7 +44,7 @@ func BenchmarkEnrollAdminAPIBareKey(b *testing.B) {
 }
 
 func benchmarkEnroll(b *testing.B, request func(*ecdsa.PrivateKey) signer.EnrollRequest) {
-	etcd := startEtcd(b)
+	etcd := testenv.StartEtcd(b)
 	s := startSigner(b, etcd)
 	csrs := make([]string, 256)
 	for i := range csrs {
@@ -77,7 +77,7 @@ func benchmarkEnroll(b *testing.B, request func(*ecdsa.PrivateKey) signer.Enroll
 }
 
 func BenchmarkRawEtcdPut(b *testing.B) {
-	etcd := startEtcd(b)
+	etcd := testenv.StartEtcd(b)
 	ca, err := signer.InitCA(b.TempDir(), "bench CA", zone, elliptic.P256())
 	if err != nil {
 		b.Fatal(err)
@@ -87,7 +87,7 @@ func BenchmarkRawEtcdPut(b *testing.B) {
 	d := record.Device{Version: record.Version, Credentials: []record.Credential{{Cert: cert.Raw, Status: record.StatusActive}}}
 	d.Validate()
 	value, _ := json.Marshal(d) // the same size as an enrolled record
-	cli := etcd.client()
+	cli := etcd.Client()
 	var n atomic.Int64
 	b.SetParallelism(enrollClients / 2)
 	b.ResetTimer()

@@ -9,7 +9,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/deviceid/deviceid/plugin/record"
+	"github.com/deviceid/deviceid/internal/testenv"
+	"github.com/deviceid/deviceid/record"
 	"github.com/deviceid/deviceid/signer"
 	"github.com/deviceid/deviceid/verify"
 
@@ -38,14 +39,14 @@ func BenchmarkHandshakeDANEUncached(b *testing.B) {
 }
 
 func benchmarkDANE(b *testing.B, deviceTTL uint32) {
-	etcd := startEtcd(b)
+	etcd := testenv.StartEtcd(b)
 	dir := b.TempDir()
 	ksk := genZoneKey(b, dir, dns.ECDSAP256SHA256, true)
 	port := dnsPort(b)
-	c := startCoreDNS(b, signedCorefile(port, etcd.cfg.ClientURL, ksk))
+	c := testenv.StartCoreDNS(b, signedCorefile(port, etcd.URL(), ksk))
 	waitLoaded(b, c)
 	unbound := startUnbound(b, port, ksk.ds)
-	reg := &signer.Registry{Client: etcd.client(), Prefix: "/deviceid", Zone: zone}
+	reg := &signer.Registry{Client: etcd.Client(), Prefix: "/deviceid", Zone: zone}
 	ca, client := benchDevice(b, func(cert *x509.Certificate) {
 		d, err := reg.Enroll(b.Context(), "bench", record.Credential{Cert: cert.Raw})
 		if err != nil {
@@ -53,10 +54,10 @@ func benchmarkDANE(b *testing.B, deviceTTL uint32) {
 		}
 		d.TTL = &deviceTTL
 		v, _ := json.Marshal(d)
-		put(b, etcd.client(), deviceKey("bench"), string(v))
+		testenv.Put(b, etcd.Client(), deviceKey("bench"), string(v))
 	})
 	v := &verify.Verifier{Zones: []string{zone}, Resolver: unbound}
-	eventually(b, "device validated", func() error {
+	testenv.Eventually(b, "device validated", func() error {
 		leaf, _ := x509.ParseCertificate(client.Certificate[0])
 		_, err := v.Verify(b.Context(), []*x509.Certificate{leaf})
 		return err

@@ -9,7 +9,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/deviceid/deviceid/plugin/record"
+	"github.com/deviceid/deviceid/internal/testenv"
+	"github.com/deviceid/deviceid/record"
 
 	"github.com/miekg/dns"
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -30,10 +31,10 @@ func corefile(endpoint, metricsAddr string) string {
 }
 
 // waitLoaded waits until the server answers the zone's SOA, i.e. has loaded from etcd.
-func waitLoaded(t testing.TB, c *coreDNS) {
+func waitLoaded(t testing.TB, c *testenv.CoreDNS) {
 	t.Helper()
-	eventually(t, "zone loaded", func() error {
-		if r := c.query(t, zone, dns.TypeSOA); r.Rcode != dns.RcodeSuccess {
+	testenv.Eventually(t, "zone loaded", func() error {
+		if r := c.Query(t, zone, dns.TypeSOA); r.Rcode != dns.RcodeSuccess {
 			return fmt.Errorf("SOA rcode %s", dns.RcodeToString[r.Rcode])
 		}
 		return nil
@@ -51,14 +52,14 @@ func TestServe(t *testing.T) {
 	multi := newDevice(t, ca, "c90a.airquality", year)
 	aki := record.KeyID(ca.Cert.SubjectKeyId)
 
-	put(t, cli, deviceKey("sensor7"), deviceJSON(credentialJSON(active, "active")))
-	put(t, cli, deviceKey("sensor8"), deviceJSON(credentialJSON(revoked, "revoked")))
-	put(t, cli, deviceKey("sensor9"), deviceJSON(credentialJSON(oldKey, "revoked"), credentialJSON(newKey, "active")))
-	put(t, cli, deviceKey("old1"), deviceJSON(credentialJSON(expired, "active")))
-	put(t, cli, deviceKey("old2"), deviceJSON(fmt.Sprintf(`{"spki": %q, "status": "active", "not_after": "2020-01-01T00:00:00Z"}`,
+	testenv.Put(t, cli, deviceKey("sensor7"), deviceJSON(credentialJSON(active, "active")))
+	testenv.Put(t, cli, deviceKey("sensor8"), deviceJSON(credentialJSON(revoked, "revoked")))
+	testenv.Put(t, cli, deviceKey("sensor9"), deviceJSON(credentialJSON(oldKey, "revoked"), credentialJSON(newKey, "active")))
+	testenv.Put(t, cli, deviceKey("old1"), deviceJSON(credentialJSON(expired, "active")))
+	testenv.Put(t, cli, deviceKey("old2"), deviceJSON(fmt.Sprintf(`{"spki": %q, "status": "active", "not_after": "2020-01-01T00:00:00Z"}`,
 		base64.StdEncoding.EncodeToString(active.spki()))))
-	put(t, cli, deviceKey("c90a.airquality"), deviceJSON(credentialJSON(multi, "active")))
-	put(t, cli, "/deviceid/iot.example/ca/"+aki, string(ca.PEM()))
+	testenv.Put(t, cli, deviceKey("c90a.airquality"), deviceJSON(credentialJSON(multi, "active")))
+	testenv.Put(t, cli, "/deviceid/iot.example/ca/"+aki, string(ca.PEM()))
 	// Invalid records next to the valid ones: each skipped, none stops the zone.
 	invalid := map[string]string{
 		deviceKey("bad1"):     `this is not json`,
@@ -68,11 +69,11 @@ func TestServe(t *testing.T) {
 		deviceKey("Bad_Name"): deviceJSON(credentialJSON(active, "active")),
 	}
 	for k, v := range invalid {
-		put(t, cli, k, v)
+		testenv.Put(t, cli, k, v)
 	}
 
-	metrics := fmt.Sprintf("127.0.0.1:%d", freePort(t))
-	c := startCoreDNS(t, corefile(etcd.cfg.ClientURL, metrics))
+	metrics := fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))
+	c := testenv.StartCoreDNS(t, corefile(etcd.URL(), metrics))
 	waitLoaded(t, c)
 
 	const (
@@ -107,7 +108,7 @@ func TestServe(t *testing.T) {
 	for _, tc := range tests {
 		for _, network := range []string{"udp", "tcp"} {
 			t.Run(tc.name+"/"+network, func(t *testing.T) {
-				r := c.exchange(t, network, tc.qname, tc.qtype)
+				r := c.Exchange(t, network, tc.qname, tc.qtype)
 				if r.Rcode != tc.rcode {
 					t.Fatalf("rcode %s, want %s", dns.RcodeToString[r.Rcode], dns.RcodeToString[tc.rcode])
 				}
@@ -128,7 +129,7 @@ func TestServe(t *testing.T) {
 	}
 
 	t.Run("apex", func(t *testing.T) {
-		r := c.query(t, zone, dns.TypeSOA)
+		r := c.Query(t, zone, dns.TypeSOA)
 		if len(r.Answer) != 1 {
 			t.Fatalf("SOA answer %v", r.Answer)
 		}
@@ -136,7 +137,7 @@ func TestServe(t *testing.T) {
 		if soa.Ns != "ns1.iot.example." || soa.Minttl != 60 || soa.Serial == 0 {
 			t.Errorf("SOA %v", soa)
 		}
-		r = c.query(t, zone, dns.TypeNS)
+		r = c.Query(t, zone, dns.TypeNS)
 		var ns []string
 		for _, rr := range r.Answer {
 			ns = append(ns, rr.(*dns.NS).Ns)
@@ -148,7 +149,7 @@ func TestServe(t *testing.T) {
 
 	t.Run("mixed case", func(t *testing.T) {
 		qname := "SeNsOr7._DeViCe.IoT.ExAmPlE."
-		r := c.query(t, qname, dns.TypeTLSA)
+		r := c.Query(t, qname, dns.TypeTLSA)
 		if r.Question[0].Name != qname {
 			t.Errorf("question %q", r.Question[0].Name)
 		}
@@ -163,21 +164,20 @@ func TestServe(t *testing.T) {
 	})
 
 	t.Run("AXFR refused", func(t *testing.T) {
-		r := c.exchange(t, "tcp", zone, dns.TypeAXFR)
+		r := c.Exchange(t, "tcp", zone, dns.TypeAXFR)
 		if r.Rcode != dns.RcodeRefused {
 			t.Errorf("rcode %s", dns.RcodeToString[r.Rcode])
 		}
 	})
 
 	t.Run("invalid records counted", func(t *testing.T) {
-		v, err := metric(metrics, `coredns_deviceid_records_rejected_total{zone="iot.example."}`)
-		if err != nil || v != fmt.Sprint(len(invalid)) {
-			t.Errorf("rejected = %q (%v), want %d", v, err, len(invalid))
+		if v := testenv.Metric(metrics, "coredns_deviceid_records_rejected_total", zone); v != fmt.Sprint(len(invalid)) {
+			t.Errorf("rejected = %q, want %d", v, len(invalid))
 		}
 		// The gauge is per zone, and earlier tests in this process served the same zone.
-		eventually(t, "devices gauge", func() error {
-			if v, err := metric(metrics, `coredns_deviceid_devices{zone="iot.example."}`); err != nil || v != "6" {
-				return fmt.Errorf("devices = %q (%v), want 6", v, err)
+		testenv.Eventually(t, "devices gauge", func() error {
+			if v := testenv.Metric(metrics, "coredns_deviceid_devices", zone); v != "6" {
+				return fmt.Errorf("devices = %q, want 6", v)
 			}
 			return nil
 		})
@@ -208,8 +208,8 @@ func sameSet(a, b []string) bool {
 }
 
 // answerIs returns nil when the TLSA answer for name is want.
-func answerIs(t testing.TB, c *coreDNS, name string, rcode int, want []string) error {
-	r := c.query(t, name, dns.TypeTLSA)
+func answerIs(t testing.TB, c *testenv.CoreDNS, name string, rcode int, want []string) error {
+	r := c.Query(t, name, dns.TypeTLSA)
 	if r.Rcode != rcode || !sameSet(tlsaSet(r), want) {
 		return fmt.Errorf("%s: rcode %s answer %v", name, dns.RcodeToString[r.Rcode], tlsaSet(r))
 	}
@@ -219,37 +219,37 @@ func answerIs(t testing.TB, c *coreDNS, name string, rcode int, want []string) e
 func TestUpdateAndDelete(t *testing.T) {
 	etcd, cli, ca := testbed(t)
 	d := newDevice(t, ca, "sensor1", time.Now().AddDate(1, 0, 0))
-	c := startCoreDNS(t, corefile(etcd.cfg.ClientURL, fmt.Sprintf("127.0.0.1:%d", freePort(t))))
+	c := testenv.StartCoreDNS(t, corefile(etcd.URL(), fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))))
 	waitLoaded(t, c)
 	name := "sensor1._device.iot.example."
 	if err := answerIs(t, c, name, dns.RcodeNameError, nil); err != nil {
 		t.Fatal(err)
 	}
-	serial := c.query(t, zone, dns.TypeSOA).Answer[0].(*dns.SOA).Serial
+	serial := c.Query(t, zone, dns.TypeSOA).Answer[0].(*dns.SOA).Serial
 
-	put(t, cli, deviceKey("sensor1"), deviceJSON(credentialJSON(d, "active")))
-	eventually(t, "device added", func() error { return answerIs(t, c, name, dns.RcodeSuccess, []string{d.ee(), d.discovery()}) })
-	if s := c.query(t, zone, dns.TypeSOA).Answer[0].(*dns.SOA).Serial; s <= serial {
+	testenv.Put(t, cli, deviceKey("sensor1"), deviceJSON(credentialJSON(d, "active")))
+	testenv.Eventually(t, "device added", func() error { return answerIs(t, c, name, dns.RcodeSuccess, []string{d.ee(), d.discovery()}) })
+	if s := c.Query(t, zone, dns.TypeSOA).Answer[0].(*dns.SOA).Serial; s <= serial {
 		t.Errorf("SOA serial %d did not grow past %d after a change", s, serial)
 	}
 
-	put(t, cli, deviceKey("sensor1"), deviceJSON(credentialJSON(d, "revoked")))
-	eventually(t, "device revoked", func() error { return answerIs(t, c, name, dns.RcodeSuccess, []string{d.revoked()}) })
+	testenv.Put(t, cli, deviceKey("sensor1"), deviceJSON(credentialJSON(d, "revoked")))
+	testenv.Eventually(t, "device revoked", func() error { return answerIs(t, c, name, dns.RcodeSuccess, []string{d.revoked()}) })
 
 	// A bad write over a good record: the device stops being served rather than
 	// keep a version its owner tried to replace.
-	put(t, cli, deviceKey("sensor1"), `{"version": 1, "credentials": [{"status": "active"}]}`)
-	eventually(t, "invalid update", func() error { return answerIs(t, c, name, dns.RcodeNameError, nil) })
+	testenv.Put(t, cli, deviceKey("sensor1"), `{"version": 1, "credentials": [{"status": "active"}]}`)
+	testenv.Eventually(t, "invalid update", func() error { return answerIs(t, c, name, dns.RcodeNameError, nil) })
 
-	put(t, cli, deviceKey("sensor1"), deviceJSON(credentialJSON(d, "active")))
-	eventually(t, "device fixed", func() error { return answerIs(t, c, name, dns.RcodeSuccess, []string{d.ee(), d.discovery()}) })
+	testenv.Put(t, cli, deviceKey("sensor1"), deviceJSON(credentialJSON(d, "active")))
+	testenv.Eventually(t, "device fixed", func() error { return answerIs(t, c, name, dns.RcodeSuccess, []string{d.ee(), d.discovery()}) })
 
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	if _, err := cli.Delete(ctx, deviceKey("sensor1")); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "device deleted", func() error { return answerIs(t, c, name, dns.RcodeNameError, nil) })
+	testenv.Eventually(t, "device deleted", func() error { return answerIs(t, c, name, dns.RcodeNameError, nil) })
 	// With no device left, _device itself no longer exists.
 	if err := answerIs(t, c, "_device.iot.example.", dns.RcodeNameError, nil); err != nil {
 		t.Error(err)
@@ -259,25 +259,25 @@ func TestUpdateAndDelete(t *testing.T) {
 func TestCredentialExpiresWhileServed(t *testing.T) {
 	etcd, cli, ca := testbed(t)
 	d := newDevice(t, ca, "brief", time.Now().AddDate(1, 0, 0))
-	c := startCoreDNS(t, corefile(etcd.cfg.ClientURL, fmt.Sprintf("127.0.0.1:%d", freePort(t))))
+	c := testenv.StartCoreDNS(t, corefile(etcd.URL(), fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))))
 	waitLoaded(t, c)
 	notAfter := time.Now().Add(2 * time.Second).UTC().Format(time.RFC3339Nano)
-	put(t, cli, deviceKey("brief"), deviceJSON(fmt.Sprintf(`{"cert": %q, "status": "active", "not_after": %q}`,
+	testenv.Put(t, cli, deviceKey("brief"), deviceJSON(fmt.Sprintf(`{"cert": %q, "status": "active", "not_after": %q}`,
 		base64.StdEncoding.EncodeToString(d.cert), notAfter)))
 	name := "brief._device.iot.example."
-	eventually(t, "device served", func() error { return answerIs(t, c, name, dns.RcodeSuccess, []string{d.ee(), d.discovery()}) })
-	eventually(t, "credential expired", func() error { return answerIs(t, c, name, dns.RcodeSuccess, nil) })
+	testenv.Eventually(t, "device served", func() error { return answerIs(t, c, name, dns.RcodeSuccess, []string{d.ee(), d.discovery()}) })
+	testenv.Eventually(t, "credential expired", func() error { return answerIs(t, c, name, dns.RcodeSuccess, nil) })
 }
 
 func TestEtcdStopAndRestart(t *testing.T) {
 	etcd, cli, ca := testbed(t)
 	d1 := newDevice(t, ca, "before", time.Now().AddDate(1, 0, 0))
 	d2 := newDevice(t, ca, "after", time.Now().AddDate(1, 0, 0))
-	put(t, cli, deviceKey("before"), deviceJSON(credentialJSON(d1, "active")))
-	c := startCoreDNS(t, corefile(etcd.cfg.ClientURL, fmt.Sprintf("127.0.0.1:%d", freePort(t))))
+	testenv.Put(t, cli, deviceKey("before"), deviceJSON(credentialJSON(d1, "active")))
+	c := testenv.StartCoreDNS(t, corefile(etcd.URL(), fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))))
 	waitLoaded(t, c)
 
-	etcd.stop()
+	etcd.Stop()
 	// The last data keeps being served while etcd is down.
 	for range 20 {
 		if err := answerIs(t, c, "before._device.iot.example.", dns.RcodeSuccess, []string{d1.ee(), d1.discovery()}); err != nil {
@@ -286,9 +286,9 @@ func TestEtcdStopAndRestart(t *testing.T) {
 		time.Sleep(100 * time.Millisecond)
 	}
 
-	etcd.start()
-	put(t, etcd.client(), deviceKey("after"), deviceJSON(credentialJSON(d2, "active")))
-	eventually(t, "write after restart", func() error {
+	etcd.Start()
+	testenv.Put(t, etcd.Client(), deviceKey("after"), deviceJSON(credentialJSON(d2, "active")))
+	testenv.Eventually(t, "write after restart", func() error {
 		return answerIs(t, c, "after._device.iot.example.", dns.RcodeSuccess, []string{d2.ee(), d2.discovery()})
 	})
 }
@@ -296,13 +296,13 @@ func TestEtcdStopAndRestart(t *testing.T) {
 func TestReloadAfterCompaction(t *testing.T) {
 	etcd, cli, ca := testbed(t)
 	d := newDevice(t, ca, "gone", time.Now().AddDate(1, 0, 0))
-	put(t, cli, deviceKey("gone"), deviceJSON(credentialJSON(d, "active")))
-	p := startProxy(t, strings.TrimPrefix(etcd.cfg.ClientURL, "http://"))
-	metrics := fmt.Sprintf("127.0.0.1:%d", freePort(t))
-	c := startCoreDNS(t, corefile("http://"+p.addr(), metrics))
+	testenv.Put(t, cli, deviceKey("gone"), deviceJSON(credentialJSON(d, "active")))
+	p := startProxy(t, strings.TrimPrefix(etcd.URL(), "http://"))
+	metrics := fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))
+	c := testenv.StartCoreDNS(t, corefile("http://"+p.addr(), metrics))
 	waitLoaded(t, c)
-	restarts := `coredns_deviceid_watch_restarts_total{zone="iot.example."}`
-	before, _ := metric(metrics, restarts) // absent until the first restart
+	const restarts = "coredns_deviceid_watch_restarts_total"
+	before := testenv.Metric(metrics, restarts, zone) // absent until the first restart
 
 	// While the server cannot reach etcd, the device is deleted, another added, and
 	// the history compacted: the watch cannot resume and the zone must be reloaded.
@@ -312,7 +312,7 @@ func TestReloadAfterCompaction(t *testing.T) {
 	if _, err := cli.Delete(ctx, deviceKey("gone")); err != nil {
 		t.Fatal(err)
 	}
-	put(t, cli, deviceKey("new"), deviceJSON(credentialJSON(d, "revoked")))
+	testenv.Put(t, cli, deviceKey("new"), deviceJSON(credentialJSON(d, "revoked")))
 	resp, err := cli.Put(ctx, "/unrelated", "x")
 	if err != nil {
 		t.Fatal(err)
@@ -325,14 +325,13 @@ func TestReloadAfterCompaction(t *testing.T) {
 	}
 	p.restore()
 
-	eventually(t, "reloaded", func() error {
+	testenv.Eventually(t, "reloaded", func() error {
 		if err := answerIs(t, c, "gone._device.iot.example.", dns.RcodeNameError, nil); err != nil {
 			return err
 		}
 		return answerIs(t, c, "new._device.iot.example.", dns.RcodeSuccess, []string{d.revoked()})
 	})
-	after, err := metric(metrics, restarts)
-	if err != nil || after == before {
-		t.Errorf("watch restarts %q -> %q (%v): the change was not seen through a reload", before, after, err)
+	if after := testenv.Metric(metrics, restarts, zone); after == "" || after == before {
+		t.Errorf("watch restarts %q -> %q: the change was not seen through a reload", before, after)
 	}
 }

@@ -22,6 +22,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/deviceid/deviceid/internal/testenv"
 	"github.com/deviceid/deviceid/signer"
 
 	"github.com/miekg/dns"
@@ -37,14 +38,14 @@ type signerServer struct {
 	client *http.Client // trusts the CA, as a device or provisioning system does
 }
 
-func startSigner(t testing.TB, etcd *etcdServer) *signerServer {
+func startSigner(t testing.TB, etcd *testenv.Etcd) *signerServer {
 	t.Helper()
 	dir := t.TempDir()
 	ca, err := signer.InitCA(dir, "deviceid e2e CA", zone, elliptic.P256())
 	if err != nil {
 		t.Fatal(err)
 	}
-	cli := etcd.client()
+	cli := etcd.Client()
 	reg := &signer.Registry{Client: cli, Prefix: "/deviceid", Zone: zone}
 	if err := reg.PutCA(t.Context(), ca); err != nil {
 		t.Fatal(err)
@@ -158,8 +159,8 @@ func discoveryOf(c *x509.Certificate) string { return "4 0 0 " + hex.EncodeToStr
 // TestEnrollOverEST walks a device through the signer with openssl and curl, and
 // checks each step in DNS: enrollment, re-enrollment over mutual TLS, revocation.
 func TestEnrollOverEST(t *testing.T) {
-	etcd := startEtcd(t)
-	c := startCoreDNS(t, corefile(etcd.cfg.ClientURL, fmt.Sprintf("127.0.0.1:%d", freePort(t))))
+	etcd := testenv.StartEtcd(t)
+	c := testenv.StartCoreDNS(t, corefile(etcd.URL(), fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))))
 	waitLoaded(t, c)
 	s := startSigner(t, etcd)
 	dir := t.TempDir()
@@ -173,7 +174,7 @@ func TestEnrollOverEST(t *testing.T) {
 	if first.DNSNames[0] != "thermo1._device.iot.example" {
 		t.Errorf("SAN %v", first.DNSNames)
 	}
-	eventually(t, "enrolled device in DNS", func() error {
+	testenv.Eventually(t, "enrolled device in DNS", func() error {
 		return answerIs(t, c, name, dns.RcodeSuccess, []string{eeOf(first), discoveryOf(first)})
 	})
 	// The code was used: it enrolls no other key (a retry with the same key would get
@@ -194,7 +195,7 @@ func TestEnrollOverEST(t *testing.T) {
 		t.Fatal(err)
 	}
 	second := estEnroll(t, s, dir, "thermo1", "", "new.key")
-	eventually(t, "re-enrolled key in DNS", func() error {
+	testenv.Eventually(t, "re-enrolled key in DNS", func() error {
 		return answerIs(t, c, name, dns.RcodeSuccess, []string{eeOf(first), discoveryOf(first), eeOf(second), discoveryOf(second)})
 	})
 
@@ -202,7 +203,7 @@ func TestEnrollOverEST(t *testing.T) {
 	if status := s.admin(t, "POST", "/api/v1/devices/thermo1/revoke", `{"reason": "keyCompromise"}`, nil); status != http.StatusOK {
 		t.Fatalf("revoke: %d", status)
 	}
-	eventually(t, "revoked in DNS", func() error {
+	testenv.Eventually(t, "revoked in DNS", func() error {
 		return answerIs(t, c, name, dns.RcodeSuccess, []string{revokedOf(first), revokedOf(second)})
 	})
 	// The CA record the signer published is served for discovery.
@@ -215,8 +216,8 @@ func TestEnrollOverEST(t *testing.T) {
 // TestConcurrentAdminWrites sends 50 enrollments and revocations for the same two
 // devices at once through the admin API; DNS ends with exactly the expected records.
 func TestConcurrentAdminWrites(t *testing.T) {
-	etcd := startEtcd(t)
-	c := startCoreDNS(t, corefile(etcd.cfg.ClientURL, fmt.Sprintf("127.0.0.1:%d", freePort(t))))
+	etcd := testenv.StartEtcd(t)
+	c := testenv.StartCoreDNS(t, corefile(etcd.URL(), fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))))
 	waitLoaded(t, c)
 	s := startSigner(t, etcd)
 	want := map[string][]string{}
@@ -249,7 +250,7 @@ func TestConcurrentAdminWrites(t *testing.T) {
 	}
 	wg.Wait()
 	for device, rrs := range want {
-		eventually(t, device+" in DNS", func() error {
+		testenv.Eventually(t, device+" in DNS", func() error {
 			return answerIs(t, c, device+"._device.iot.example.", dns.RcodeSuccess, rrs)
 		})
 	}

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/deviceid/deviceid/internal/dnskey"
+	"github.com/deviceid/deviceid/internal/testenv"
 
 	"github.com/miekg/dns"
 )
@@ -39,7 +40,7 @@ func genZoneKey(t testing.TB, dir string, alg uint8, sep bool) zoneKey {
 func dnsPort(t testing.TB) int {
 	t.Helper()
 	for range 20 {
-		p := freePort(t)
+		p := testenv.FreePort(t)
 		if c, err := net.ListenPacket("udp", fmt.Sprintf("127.0.0.1:%d", p)); err == nil {
 			c.Close()
 			return p
@@ -126,7 +127,7 @@ remote-control:
 		}
 	})
 	addr := fmt.Sprintf("127.0.0.1:%d", listen)
-	eventually(t, "unbound answers", func() error {
+	testenv.Eventually(t, "unbound answers", func() error {
 		_, err := resolve(addr, "udp", zone, dns.TypeSOA)
 		return err
 	})

@@ -14,7 +14,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/deviceid/deviceid/plugin/record"
+	"github.com/deviceid/deviceid/internal/testenv"
+	"github.com/deviceid/deviceid/record"
 	"github.com/deviceid/deviceid/signer"
 	"github.com/deviceid/deviceid/verify"
 
@@ -26,12 +27,12 @@ import (
 // the zone's DS. Everything on the path is real: etcd, CoreDNS signing, the signer's CA
 // and registry, unbound.
 func TestVerify(t *testing.T) {
-	etcd := startEtcd(t)
+	etcd := testenv.StartEtcd(t)
 	dir := t.TempDir()
 	ksk := genZoneKey(t, dir, dns.ECDSAP256SHA256, true)
 	other := genZoneKey(t, dir, dns.ECDSAP256SHA256, true) // a DS that vouches for nothing served
 	port := dnsPort(t)
-	c := startCoreDNS(t, signedCorefile(port, etcd.cfg.ClientURL, ksk))
+	c := testenv.StartCoreDNS(t, signedCorefile(port, etcd.URL(), ksk))
 	waitLoaded(t, c)
 	unbound := startUnbound(t, port, ksk.ds)
 
@@ -40,7 +41,7 @@ func TestVerify(t *testing.T) {
 		t.Fatal(err)
 	}
 	otherCA, _ := signer.InitCA(t.TempDir(), "another CA", zone, elliptic.P256())
-	reg := &signer.Registry{Client: etcd.client(), Prefix: "/deviceid", Zone: zone}
+	reg := &signer.Registry{Client: etcd.Client(), Prefix: "/deviceid", Zone: zone}
 	ctx := context.Background()
 	keys := map[*x509.Certificate]*ecdsa.PrivateKey{}
 	device := func(name string, from *signer.CA, enroll bool) []*x509.Certificate {
@@ -68,13 +69,13 @@ func TestVerify(t *testing.T) {
 	mismatch := device("twin", ca, false) // a valid certificate for twin, but not the enrolled key
 	outside, _ := otherCA.Issue("x", mustKey().Public(), time.Now())
 	outside.DNSNames = []string{"x._device.elsewhere.example"}
-	eventually(t, "devices in DNS", func() error {
+	testenv.Eventually(t, "devices in DNS", func() error {
 		return answerIs(t, c, "gone._device.iot.example.", dns.RcodeSuccess, []string{revokedOf(revoked[0])})
 	})
 
 	modes := map[string]*verify.Verifier{
 		"resolver AD":      {Zones: []string{zone}, Resolver: unbound},
-		"local validation": {Zones: []string{zone}, TrustAnchor: []dns.RR{ksk.ds}, Server: c.udp},
+		"local validation": {Zones: []string{zone}, TrustAnchor: []dns.RR{ksk.ds}, Server: c.UDP},
 	}
 	for mode, v := range modes {
 		for _, tc := range []struct {
@@ -98,13 +99,13 @@ func TestVerify(t *testing.T) {
 		}
 	}
 	t.Run("no AD from the resolver", func(t *testing.T) {
-		v := &verify.Verifier{Zones: []string{zone}, Resolver: c.udp} // an authoritative server sets no AD
+		v := &verify.Verifier{Zones: []string{zone}, Resolver: c.UDP} // an authoritative server sets no AD
 		if _, err := v.Verify(ctx, good); !errors.Is(err, verify.ErrNotValidated) {
 			t.Errorf("got %v", err)
 		}
 	})
 	t.Run("trust anchor that vouches for no key", func(t *testing.T) {
-		v := &verify.Verifier{Zones: []string{zone}, TrustAnchor: []dns.RR{other.ds}, Server: c.udp}
+		v := &verify.Verifier{Zones: []string{zone}, TrustAnchor: []dns.RR{other.ds}, Server: c.UDP}
 		if _, err := v.Verify(ctx, good); !errors.Is(err, verify.ErrNotValidated) {
 			t.Errorf("got %v", err)
 		}
@@ -162,19 +163,19 @@ func handshake(t testing.TB, ca *signer.CA, v *verify.Verifier, client tls.Certi
 // and refuses it once revoked as soon as the answer it cached has lived out its TTL
 // (2 s here) — checked one second after that, in both modes.
 func TestVerifyRevocationWithinTTL(t *testing.T) {
-	etcd := startEtcd(t)
+	etcd := testenv.StartEtcd(t)
 	dir := t.TempDir()
 	ksk := genZoneKey(t, dir, dns.ECDSAP256SHA256, true)
 	port := dnsPort(t)
 	const ttl = 2
-	c := startCoreDNS(t, signedCorefileTTL(port, etcd.cfg.ClientURL, ttl, ksk))
+	c := testenv.StartCoreDNS(t, signedCorefileTTL(port, etcd.URL(), ttl, ksk))
 	waitLoaded(t, c)
 	unbound := startUnbound(t, port, ksk.ds)
 	ca, err := signer.InitCA(t.TempDir(), "device CA", zone, elliptic.P256())
 	if err != nil {
 		t.Fatal(err)
 	}
-	reg := &signer.Registry{Client: etcd.client(), Prefix: "/deviceid", Zone: zone}
+	reg := &signer.Registry{Client: etcd.Client(), Prefix: "/deviceid", Zone: zone}
 	key := mustKey()
 	cert, _ := ca.Issue("lamp", key.Public(), time.Now())
 	if _, err := reg.Enroll(t.Context(), "lamp", record.Credential{Cert: cert.Raw}); err != nil {
@@ -183,15 +184,15 @@ func TestVerifyRevocationWithinTTL(t *testing.T) {
 	client := tls.Certificate{Certificate: [][]byte{cert.Raw}, PrivateKey: key}
 	verifiers := map[string]*verify.Verifier{
 		"resolver AD":      {Zones: []string{zone}, Resolver: unbound},
-		"local validation": {Zones: []string{zone}, TrustAnchor: []dns.RR{ksk.ds}, Server: c.udp},
+		"local validation": {Zones: []string{zone}, TrustAnchor: []dns.RR{ksk.ds}, Server: c.UDP},
 	}
 	for mode, v := range verifiers {
-		eventually(t, mode+": accepted", func() error { return handshake(t, ca, v, client) })
+		testenv.Eventually(t, mode+": accepted", func() error { return handshake(t, ca, v, client) })
 	}
 	if _, err := reg.Revoke(t.Context(), "lamp", nil, "keyCompromise", time.Now()); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "revocation in DNS", func() error {
+	testenv.Eventually(t, "revocation in DNS", func() error {
 		return answerIs(t, c, "lamp._device.iot.example.", dns.RcodeSuccess, []string{revokedOf(cert)})
 	})
 	time.Sleep((ttl + 1) * time.Second) // the bound under test: TTL + a second
@@ -246,10 +247,10 @@ func tamperingProxy(t testing.TB, upstream string) string {
 // TestVerifyBogusSignature: a TLSA answer whose signature does not verify is refused,
 // whether the server validates itself or trusts a validating resolver.
 func TestVerifyBogusSignature(t *testing.T) {
-	etcd := startEtcd(t)
+	etcd := testenv.StartEtcd(t)
 	ksk := genZoneKey(t, t.TempDir(), dns.ECDSAP256SHA256, true)
 	port := dnsPort(t)
-	c := startCoreDNS(t, signedCorefile(port, etcd.cfg.ClientURL, ksk))
+	c := testenv.StartCoreDNS(t, signedCorefile(port, etcd.URL(), ksk))
 	waitLoaded(t, c)
 	proxy := tamperingProxy(t, fmt.Sprintf("127.0.0.1:%d", port))
 	_, proxyPort, _ := net.SplitHostPort(proxy)
@@ -258,12 +259,12 @@ func TestVerifyBogusSignature(t *testing.T) {
 	unbound := startUnbound(t, pp, ksk.ds) // its stub zone is the tampering proxy
 
 	ca, _ := signer.InitCA(t.TempDir(), "device CA", zone, elliptic.P256())
-	reg := &signer.Registry{Client: etcd.client(), Prefix: "/deviceid", Zone: zone}
+	reg := &signer.Registry{Client: etcd.Client(), Prefix: "/deviceid", Zone: zone}
 	cert, _ := ca.Issue("lamp", mustKey().Public(), time.Now())
 	if _, err := reg.Enroll(t.Context(), "lamp", record.Credential{Cert: cert.Raw}); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "device in DNS", func() error {
+	testenv.Eventually(t, "device in DNS", func() error {
 		return answerIs(t, c, "lamp._device.iot.example.", dns.RcodeSuccess, []string{eeOf(cert), discoveryOf(cert)})
 	})
 	local := &verify.Verifier{Zones: []string{zone}, TrustAnchor: []dns.RR{ksk.ds}, Server: proxy}
@@ -275,7 +276,7 @@ func TestVerifyBogusSignature(t *testing.T) {
 		t.Error("a bogus answer through the validating resolver was accepted")
 	}
 	// The same verifiers accept the device from the untampered server.
-	honest := &verify.Verifier{Zones: []string{zone}, TrustAnchor: []dns.RR{ksk.ds}, Server: c.udp}
+	honest := &verify.Verifier{Zones: []string{zone}, TrustAnchor: []dns.RR{ksk.ds}, Server: c.UDP}
 	if _, err := honest.Verify(t.Context(), []*x509.Certificate{cert}); err != nil {
 		t.Errorf("untampered: %v", err)
 	}

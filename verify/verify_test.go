@@ -8,7 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/deviceid/deviceid/internal/devpki"
+	"github.com/deviceid/deviceid/internal/testenv"
 
 	"github.com/miekg/dns"
 )
@@ -19,11 +19,11 @@ func tlsa(usage, selector, matching uint8, data []byte) *dns.TLSA {
 
 // TestMatch covers the RFC 6698/7671 matching rules and the revoked usage.
 func TestMatch(t *testing.T) {
-	ca, err := devpki.NewCA("test CA")
+	ca, err := testenv.NewCA("test CA")
 	if err != nil {
 		t.Fatal(err)
 	}
-	key, _ := devpki.NewDeviceKey()
+	key, _ := testenv.NewDeviceKey()
 	der, err := ca.Issue("sensor7._device.iot.example", key.Public(), time.Now().AddDate(1, 0, 0))
 	if err != nil {
 		t.Fatal(err)

@@ -13,8 +13,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/deviceid/deviceid/internal/embedetcd"
-	"github.com/deviceid/deviceid/plugin/record"
+	"github.com/deviceid/deviceid/internal/testenv"
+	"github.com/deviceid/deviceid/record"
 	"github.com/deviceid/deviceid/signer"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -24,11 +24,7 @@ import (
 // a running signer, and checks the registry after each.
 func TestAdminCommands(t *testing.T) {
 	dir := t.TempDir()
-	e, etcdURL, err := embedetcd.StartLoopback(filepath.Join(dir, "etcd"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer e.Close()
+	etcdURL := testenv.StartEtcd(t).URL()
 	if err := initCA([]string{"-dir", dir, "-zone", "iot.example"}); err != nil {
 		t.Fatal(err)
 	}
@@ -36,7 +32,7 @@ func TestAdminCommands(t *testing.T) {
 		t.Error("init-ca overwrote a CA")
 	}
 	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	csr, _ := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, key)
+	csr := testenv.CSR(t, key, "")
 	csrFile := filepath.Join(dir, "csr.der") // DER, as openssl writes with -outform DER
 	os.WriteFile(csrFile, csr, 0o600)
 	spki, _ := x509.MarshalPKIXPublicKey(key.Public())

@@ -18,7 +18,7 @@ import (
 
 	"github.com/deviceid/deviceid/internal/dnskey"
 	"github.com/deviceid/deviceid/internal/embedetcd"
-	"github.com/deviceid/deviceid/plugin/record"
+	"github.com/deviceid/deviceid/record"
 	"github.com/deviceid/deviceid/signer"
 
 	"github.com/miekg/dns"

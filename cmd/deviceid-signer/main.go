@@ -1,4 +1,4 @@
-// Command deviceid-signer is deviceid's sidecar CA (DESIGN.md §5): it serves EST and the
+// Command deviceid-signer is deviceid's sidecar CA (docs/design.md): it serves EST and the
 // admin API, offers the same operations on the command line, makes DNSSEC keys, and
 // runs the whole stack for a laptop (dev).
 package main

@@ -12,7 +12,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/deviceid/deviceid/internal/devpki"
+	"github.com/deviceid/deviceid/internal/testenv"
 
 	"github.com/miekg/dns"
 )
@@ -40,8 +40,8 @@ func fakeResolver(t *testing.T, name string, rrs []dns.RR, ad bool) string {
 }
 
 func TestRun(t *testing.T) {
-	ca, _ := devpki.NewCA("test")
-	key, _ := devpki.NewDeviceKey()
+	ca, _ := testenv.NewCA("test")
+	key, _ := testenv.NewDeviceKey()
 	der, err := ca.Issue("sensor7._device.iot.example", key.Public(), time.Now().AddDate(1, 0, 0))
 	if err != nil {
 		t.Fatal(err)

@@ -22,9 +22,7 @@ func Generate(dir, zone string, alg uint8, sep bool) (string, *dns.DNSKEY, error
 	}
 	var bits int
 	switch alg {
-	case dns.ECDSAP256SHA256:
-		bits = 256
-	case dns.ED25519:
+	case dns.ECDSAP256SHA256, dns.ED25519:
 		bits = 256
 	default:
 		return "", nil, fmt.Errorf("algorithm %d is not supported (want %d ECDSAP256SHA256 or %d ED25519)", alg, dns.ECDSAP256SHA256, dns.ED25519)

@@ -1,5 +1,5 @@
-// Package embedetcd starts a single-node etcd inside the process, for the dev stack
-// and the end-to-end tests.
+// Package embedetcd starts an etcd member inside the process, for the dev stack and
+// the tests (through internal/testenv).
 package embedetcd
 
 import (
@@ -14,9 +14,13 @@ import (
 
 // Config says where the embedded etcd keeps its data and listens.
 type Config struct {
+	Name      string // member name; "default" when empty
 	Dir       string // data directory; reused on restart
 	ClientURL string // http://127.0.0.1:PORT, or https:// with the TLS files below
 	PeerURL   string // http://127.0.0.1:PORT
+	// InitialCluster lists every member of a new cluster as name=peerURL,...; empty:
+	// a cluster of this member alone.
+	InitialCluster string
 
 	// Client TLS: the server's certificate and key, and the CA that client
 	// certificates must chain to (client certificate authentication is then required).
@@ -40,7 +44,13 @@ func Start(c Config) (*embed.Etcd, error) {
 	cfg.AdvertiseClientUrls = []url.URL{*cu}
 	cfg.ListenPeerUrls = []url.URL{*pu}
 	cfg.AdvertisePeerUrls = []url.URL{*pu}
+	if c.Name != "" {
+		cfg.Name = c.Name
+	}
 	cfg.InitialCluster = cfg.Name + "=" + c.PeerURL
+	if c.InitialCluster != "" {
+		cfg.InitialCluster = c.InitialCluster
+	}
 	if c.CertFile != "" {
 		cfg.ClientTLSInfo.CertFile = c.CertFile
 		cfg.ClientTLSInfo.KeyFile = c.KeyFile

@@ -23,9 +23,9 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/deviceid/deviceid/internal/devpki"
 	"github.com/deviceid/deviceid/internal/embedetcd"
-	"github.com/deviceid/deviceid/plugin/record"
+	"github.com/deviceid/deviceid/internal/testenv"
+	"github.com/deviceid/deviceid/record"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
@@ -89,7 +89,7 @@ func deviceName(i int) string { return fmt.Sprintf("dev%07d", i) }
 // populate writes n devices to etcd in transactions of 128 puts (etcd's default
 // limit), and the same RRsets to dir/zone.db for the file plugin.
 func populate(ctx context.Context, cli *clientv3.Client, dir string, n int, spkiOnly bool) error {
-	ca, err := devpki.NewCA("bench CA")
+	ca, err := testenv.NewCA("bench CA")
 	if err != nil {
 		return err
 	}

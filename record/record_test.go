@@ -1,24 +1,21 @@
 package record
 
 import (
-	"crypto/ecdsa"
 	"crypto/ed25519"
-	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/sha256"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
 	"encoding/pem"
 	"fmt"
-	"math/big"
 	"slices"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/deviceid/deviceid/internal/testenv"
 	"github.com/miekg/dns"
 )
 
@@ -27,34 +24,16 @@ var now = time.Date(2026, 11, 27, 12, 0, 0, 0, time.UTC)
 // testCA makes a CA and returns it with a function issuing device certificates.
 func testCA(t testing.TB) (*x509.Certificate, func(notAfter time.Time) []byte) {
 	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "test CA"},
-		NotBefore: now.AddDate(-1, 0, 0), NotAfter: now.AddDate(10, 0, 0),
-		BasicConstraintsValid: true, IsCA: true, KeyUsage: x509.KeyUsageCertSign,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ca, _ := x509.ParseCertificate(der)
+	ca := testenv.NewTestCA(t, "test CA")
 	issue := func(notAfter time.Time) []byte {
 		pub, _, _ := ed25519.GenerateKey(rand.Reader)
-		leaf := &x509.Certificate{
-			SerialNumber: big.NewInt(2), DNSNames: []string{"sensor7._device.iot.example"},
-			NotBefore: now.AddDate(-1, 0, 0), NotAfter: notAfter,
-			ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
-		}
-		der, err := x509.CreateCertificate(rand.Reader, leaf, ca, pub, key)
+		der, err := ca.Issue("sensor7._device.iot.example", pub, notAfter)
 		if err != nil {
 			t.Fatal(err)
 		}
 		return der
 	}
-	return ca, issue
+	return ca.Cert, issue
 }
 
 func spkiOf(der []byte) []byte {

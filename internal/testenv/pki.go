@@ -1,7 +1,8 @@
-// Package devpki makes the small CA and device certificates that the tests and the
-// benchmark data publish, with any validity they need (expired ones too). It is not
-// the signer's CA (package signer): it has no persistence and no policy.
-package devpki
+package testenv
+
+// The test PKI: a small CA and device certificates with any validity a test needs
+// (expired ones too), keys and CSRs. It is not the signer's CA (package signer): it
+// has no persistence and no policy.
 
 import (
 	"crypto"
@@ -12,6 +13,7 @@ import (
 	"crypto/x509/pkix"
 	"encoding/pem"
 	"math/big"
+	"testing"
 	"time"
 )
 
@@ -76,4 +78,42 @@ func NewDeviceKey() (*ecdsa.PrivateKey, error) {
 func serial() *big.Int {
 	n, _ := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 128))
 	return n
+}
+
+// NewTestCA is NewCA for a test: it fails the test on error.
+func NewTestCA(t testing.TB, commonName string) *CA {
+	t.Helper()
+	ca, err := NewCA(commonName)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ca
+}
+
+// DeviceKey is NewDeviceKey for a test.
+func DeviceKey(t testing.TB) *ecdsa.PrivateKey {
+	t.Helper()
+	k, err := NewDeviceKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return k
+}
+
+// CSR returns the DER of a PKCS#10 request signed by key, with Subject CN and
+// dNSName SANs as given (RFC 7030 wants a re-enrollment's to repeat the certificate's).
+func CSR(t testing.TB, key crypto.Signer, commonName string, dnsNames ...string) []byte {
+	t.Helper()
+	der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{
+		Subject: pkix.Name{CommonName: commonName}, DNSNames: dnsNames}, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return der
+}
+
+// CSRPEM is CSR in PEM form.
+func CSRPEM(t testing.TB, key crypto.Signer, commonName string, dnsNames ...string) string {
+	t.Helper()
+	return string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: CSR(t, key, commonName, dnsNames...)}))
 }

@@ -1,0 +1,67 @@
+package testenv
+
+import (
+	"testing"
+	"time"
+
+	"github.com/coredns/caddy"
+	"github.com/coredns/coredns/core/dnsserver"
+	"github.com/miekg/dns"
+)
+
+// CoreDNS is a running CoreDNS server in this process. The test package must
+// blank-import internal/plugins, which installs the plugin list of bin/coredns.
+type CoreDNS struct {
+	UDP, TCP string // listening addresses
+	inst     *caddy.Instance
+}
+
+// StartCoreDNS starts CoreDNS with a Corefile and stops it when the test ends.
+func StartCoreDNS(t testing.TB, corefile string) *CoreDNS {
+	t.Helper()
+	caddy.Quiet = true
+	dnsserver.Quiet = true
+	i, err := caddy.Start(caddy.CaddyfileInput{Contents: []byte(corefile), Filepath: "Corefile", ServerTypeName: "dns"})
+	if err != nil {
+		t.Fatalf("starting CoreDNS: %v", err)
+	}
+	srv := i.Servers()[0]
+	c := &CoreDNS{UDP: srv.LocalAddr().String(), TCP: srv.Addr().String(), inst: i}
+	t.Cleanup(func() { c.inst.ShutdownCallbacks(); c.inst.Stop() })
+	return c
+}
+
+// Reload replaces the server's configuration as the reload plugin does: the new
+// instance starts on the same listeners while the old one still serves.
+func (c *CoreDNS) Reload(t testing.TB, corefile string) {
+	t.Helper()
+	i, err := c.inst.Restart(caddy.CaddyfileInput{Contents: []byte(corefile), Filepath: "Corefile", ServerTypeName: "dns"})
+	if err != nil {
+		t.Fatalf("reloading CoreDNS: %v", err)
+	}
+	c.inst = i
+}
+
+// Exchange sends one query over network ("udp" or "tcp") and returns the reply.
+func (c *CoreDNS) Exchange(t testing.TB, network, name string, qtype uint16) *dns.Msg {
+	t.Helper()
+	m := new(dns.Msg)
+	m.SetQuestion(name, qtype)
+	m.SetEdns0(4096, false)
+	addr := c.UDP
+	if network == "tcp" {
+		addr = c.TCP
+	}
+	client := &dns.Client{Net: network, Timeout: 5 * time.Second}
+	r, _, err := client.Exchange(m, addr)
+	if err != nil {
+		t.Fatalf("%s %s over %s: %v", name, dns.TypeToString[qtype], network, err)
+	}
+	return r
+}
+
+// Query sends one query over UDP.
+func (c *CoreDNS) Query(t testing.TB, name string, qtype uint16) *dns.Msg {
+	t.Helper()
+	return c.Exchange(t, "udp", name, qtype)
+}

@@ -1,0 +1,155 @@
+// Package testenv is the one place for what the tests start and make: etcd (a
+// single node that can be stopped and started again, or a cluster), a test PKI,
+// CSRs, CoreDNS, and polling. Every test package uses it; nothing shipped does.
+package testenv
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/deviceid/deviceid/internal/embedetcd"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.etcd.io/etcd/server/v3/embed"
+	"go.uber.org/zap"
+)
+
+// Etcd is one etcd member that a test can stop and start again on its ports and data.
+type Etcd struct {
+	t   testing.TB
+	Cfg embedetcd.Config
+	e   *embed.Etcd
+}
+
+// StartEtcd runs a single-node etcd on free loopback ports and stops it when the test ends.
+func StartEtcd(t testing.TB) *Etcd {
+	t.Helper()
+	s := &Etcd{t: t, Cfg: embedetcd.Config{
+		Dir:       t.TempDir(),
+		ClientURL: fmt.Sprintf("http://127.0.0.1:%d", FreePort(t)),
+		PeerURL:   fmt.Sprintf("http://127.0.0.1:%d", FreePort(t)),
+	}}
+	s.Start()
+	t.Cleanup(s.Stop)
+	return s
+}
+
+// URL is the member's client URL.
+func (s *Etcd) URL() string { return s.Cfg.ClientURL }
+
+// Start starts the member again after Stop, on the same ports and data.
+func (s *Etcd) Start() {
+	s.t.Helper()
+	e, err := embedetcd.Start(s.Cfg)
+	if err != nil {
+		s.t.Fatalf("starting etcd: %v", err)
+	}
+	s.e = e
+}
+
+// Stop stops the member; stopping a stopped member does nothing.
+func (s *Etcd) Stop() {
+	if s.e != nil {
+		s.e.Close()
+		s.e = nil
+	}
+}
+
+// Client returns a client of the member, closed when the test ends.
+func (s *Etcd) Client() *clientv3.Client { return Client(s.t, s.URL()) }
+
+// Client returns an etcd client of endpoints, closed when the test ends.
+func Client(t testing.TB, endpoints ...string) *clientv3.Client {
+	t.Helper()
+	cli, err := clientv3.New(clientv3.Config{Endpoints: endpoints, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cli.Close() })
+	return cli
+}
+
+// Cluster is an etcd cluster of separate members, each with its own data directory
+// and ports, in this process.
+type Cluster struct {
+	Members []*Etcd
+}
+
+// StartCluster runs an n-member cluster on loopback and stops it when the test ends.
+func StartCluster(t testing.TB, n int) *Cluster {
+	t.Helper()
+	c := &Cluster{}
+	var initial []string
+	for i := range n {
+		m := &Etcd{t: t, Cfg: embedetcd.Config{
+			Name:      fmt.Sprintf("m%d", i),
+			Dir:       t.TempDir(),
+			ClientURL: fmt.Sprintf("http://127.0.0.1:%d", FreePort(t)),
+			PeerURL:   fmt.Sprintf("http://127.0.0.1:%d", FreePort(t)),
+		}}
+		initial = append(initial, m.Cfg.Name+"="+m.Cfg.PeerURL)
+		c.Members = append(c.Members, m)
+	}
+	errs := make(chan error, n)
+	for _, m := range c.Members {
+		m.Cfg.InitialCluster = strings.Join(initial, ",")
+		go func() {
+			e, err := embedetcd.Start(m.Cfg)
+			m.e = e
+			errs <- err
+		}()
+	}
+	for range n {
+		if err := <-errs; err != nil {
+			t.Fatalf("starting the etcd cluster: %v", err)
+		}
+	}
+	t.Cleanup(func() {
+		for _, m := range c.Members {
+			m.Stop()
+		}
+	})
+	return c
+}
+
+// Endpoints are the members' client URLs.
+func (c *Cluster) Endpoints() []string {
+	var out []string
+	for _, m := range c.Members {
+		out = append(out, m.URL())
+	}
+	return out
+}
+
+// Leader returns the index of the member that leads, or -1.
+func (c *Cluster) Leader() int {
+	for i, m := range c.Members {
+		if m.e != nil && m.e.Server.Leader() == m.e.Server.MemberID() {
+			return i
+		}
+	}
+	return -1
+}
+
+// Put writes key=value through cli, failing the test on error.
+func Put(t testing.TB, cli *clientv3.Client, key, value string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := cli.Put(ctx, key, value); err != nil {
+		t.Fatalf("put %s: %v", key, err)
+	}
+}
+
+// FreePort returns a loopback TCP port that was free a moment ago.
+func FreePort(t testing.TB) int {
+	t.Helper()
+	p, err := embedetcd.FreePort()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
