@@ -2,6 +2,7 @@ package signer
 
 import (
 	"context"
+	"crypto"
 	"crypto/sha256"
 	"crypto/subtle"
 	"crypto/x509"
@@ -127,89 +128,59 @@ func (a *API) enroll(w http.ResponseWriter, r *http.Request) {
 	if !readJSON(w, r, &req) {
 		return
 	}
+	e := Enrollment{Device: r.PathValue("name")}
+	if req.Supersede {
+		e.Supersede = SupersedeOthers
+	}
+	var err error
+	if e.CSR, e.PublicKey, err = req.Decode(); err != nil {
+		writeError(w, http.StatusBadRequest, err)
+		return
+	}
 	ctx, cancel := a.context(r)
 	defer cancel()
-	name := r.PathValue("name")
-	var cred record.Credential
-	var cert *x509.Certificate
-	switch {
-	case req.CSR != "" && req.PublicKey != "":
-		writeError(w, http.StatusBadRequest, errors.New("give either csr or public_key, not both"))
-		return
-	case req.CSR != "":
-		der, err := decodePEMOrBase64(req.CSR, "CERTIFICATE REQUEST")
-		if err != nil {
-			writeError(w, http.StatusBadRequest, fmt.Errorf("csr: %v", err))
-			return
-		}
-		csr, err := x509.ParseCertificateRequest(der)
-		if err != nil {
-			writeError(w, http.StatusBadRequest, fmt.Errorf("csr: %v", err))
-			return
-		}
-		if err := CheckCSR(csr); err != nil {
-			writeError(w, http.StatusBadRequest, err)
-			return
-		}
-		// The name is checked before a certificate is made for it.
-		if _, err := record.DeviceOwner(name, a.CA.Zone); err != nil {
-			writeError(w, http.StatusBadRequest, err)
-			return
-		}
-		// A retry of an enrollment whose answer was lost gets the certificate already
-		// on record for this key: a record never vouches for a certificate nobody got.
-		if existing := a.Registry.ActiveCert(ctx, name, csr.RawSubjectPublicKeyInfo); existing != nil && !req.Supersede {
-			d, _, _ := a.Registry.Get(ctx, name)
-			writeJSON(w, http.StatusOK, EnrollResponse{Device: d,
-				Certificate: string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: existing}))})
-			return
-		}
-		if cert, err = a.CA.Issue(name, csr.PublicKey, time.Now()); err != nil {
-			writeError(w, http.StatusBadRequest, err)
-			return
-		}
-		cred.Cert = cert.Raw
-	case req.PublicKey != "":
-		der, err := decodePEMOrBase64(req.PublicKey, "PUBLIC KEY")
-		if err != nil {
-			writeError(w, http.StatusBadRequest, fmt.Errorf("public_key: %v", err))
-			return
-		}
-		pub, err := x509.ParsePKIXPublicKey(der)
-		if err != nil {
-			writeError(w, http.StatusBadRequest, fmt.Errorf("public_key: %v", err))
-			return
-		}
-		if err := CheckPublicKey(pub); err != nil {
-			writeError(w, http.StatusBadRequest, err)
-			return
-		}
-		cred.SPKI = der
-	default:
-		writeError(w, http.StatusBadRequest, errors.New("give csr or public_key"))
-		return
-	}
-	// The certificate is returned only once its record is written: a crash in between
-	// leaves at most an issued certificate nobody received, which DNS never vouches for.
-	var supersede [][]byte
-	if req.Supersede {
-		if old, _, err := a.Registry.Get(ctx, name); err == nil {
-			for _, c := range old.Credentials {
-				supersede = append(supersede, c.SPKI)
-			}
-		}
-	}
-	d, err := a.Registry.Enroll(ctx, name, cred, supersede...)
+	done, err := (&Enroller{CA: a.CA, Registry: a.Registry}).Enroll(ctx, e)
 	if err != nil {
 		writeError(w, statusOf(err), err)
 		return
 	}
-	slog.Info("enrolled through the admin API", "device", name, "certificate", cert != nil, "superseded_keys", len(supersede))
-	resp := EnrollResponse{Device: d}
-	if cert != nil {
-		resp.Certificate = string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: cert.Raw}))
+	resp, status := EnrollResponse{Device: done.Device}, http.StatusCreated
+	if done.Again {
+		status = http.StatusOK
 	}
-	writeJSON(w, http.StatusCreated, resp)
+	if done.Cert != nil {
+		resp.Certificate = string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: done.Cert.Raw}))
+	}
+	writeJSON(w, status, resp)
+}
+
+// Decode parses the request's CSR or public key.
+func (req EnrollRequest) Decode() (*x509.CertificateRequest, crypto.PublicKey, error) {
+	switch {
+	case req.CSR != "" && req.PublicKey != "":
+		return nil, nil, errors.New("give either csr or public_key, not both")
+	case req.CSR != "":
+		der, err := decodePEMOrBase64(req.CSR, "CERTIFICATE REQUEST")
+		if err != nil {
+			return nil, nil, fmt.Errorf("csr: %v", err)
+		}
+		csr, err := x509.ParseCertificateRequest(der)
+		if err != nil {
+			return nil, nil, fmt.Errorf("csr: %v", err)
+		}
+		return csr, nil, nil
+	case req.PublicKey != "":
+		der, err := decodePEMOrBase64(req.PublicKey, "PUBLIC KEY")
+		if err != nil {
+			return nil, nil, fmt.Errorf("public_key: %v", err)
+		}
+		pub, err := x509.ParsePKIXPublicKey(der)
+		if err != nil {
+			return nil, nil, fmt.Errorf("public_key: %v", err)
+		}
+		return nil, pub, nil
+	}
+	return nil, nil, errors.New("give csr or public_key")
 }
 
 func (a *API) revoke(w http.ResponseWriter, r *http.Request) {
@@ -217,38 +188,32 @@ func (a *API) revoke(w http.ResponseWriter, r *http.Request) {
 	if !readJSON(w, r, &req) {
 		return
 	}
+	spki, err := req.Digest()
+	if err != nil {
+		writeError(w, http.StatusBadRequest, err)
+		return
+	}
 	ctx, cancel := a.context(r)
 	defer cancel()
-	name := r.PathValue("name")
-	var spki []byte
-	if req.SPKISHA256 != "" {
-		want, err := hex.DecodeString(req.SPKISHA256)
-		if err != nil || len(want) != sha256.Size {
-			writeError(w, http.StatusBadRequest, errors.New("spki_sha256 is not 64 hex digits"))
-			return
-		}
-		d, _, err := a.Registry.Get(ctx, name)
-		if err != nil {
-			writeError(w, statusOf(err), err)
-			return
-		}
-		for _, c := range d.Credentials {
-			if sum := sha256.Sum256(c.SPKI); subtle.ConstantTimeCompare(sum[:], want) == 1 {
-				spki = c.SPKI
-			}
-		}
-		if spki == nil {
-			writeError(w, http.StatusNotFound, ErrNoSuchKey)
-			return
-		}
-	}
-	d, err := a.Registry.Revoke(ctx, name, spki, req.Reason, time.Now())
+	d, err := a.Registry.Revoke(ctx, r.PathValue("name"), spki, req.Reason, time.Now())
 	if err != nil {
 		writeError(w, statusOf(err), err)
 		return
 	}
-	slog.Info("revoked", "device", name, "all_keys", spki == nil, "reason", req.Reason)
+	slog.Info("revoked", "device", r.PathValue("name"), "all_keys", spki == nil, "reason", req.Reason)
 	writeJSON(w, http.StatusOK, d)
+}
+
+// Digest decodes the key's SHA-256 digest; nil when the request names no key.
+func (req RevokeRequest) Digest() ([]byte, error) {
+	if req.SPKISHA256 == "" {
+		return nil, nil
+	}
+	want, err := hex.DecodeString(req.SPKISHA256)
+	if err != nil || len(want) != sha256.Size {
+		return nil, errors.New("spki_sha256 is not 64 hex digits")
+	}
+	return want, nil
 }
 
 func (a *API) get(w http.ResponseWriter, r *http.Request) {
@@ -348,6 +313,10 @@ func statusOf(err error) int {
 		return http.StatusNotFound
 	case errors.Is(err, ErrInvalid):
 		return http.StatusBadRequest
+	case errors.Is(err, ErrBadCode):
+		return http.StatusUnauthorized
+	case errors.Is(err, ErrNotActive):
+		return http.StatusForbidden
 	case errors.Is(err, ErrRevokedKey):
 		return http.StatusConflict
 	case errors.Is(err, errStoredInvalid):

@@ -64,77 +64,17 @@ func (r *Registry) IssueCode(ctx context.Context, device string, lifetime time.D
 	return code, nil
 }
 
-// EnrollWithCode enrolls a device with its one-time code: issue makes the credential
-// for the key spki, and the record is written in the same transaction that marks the
-// code used by that key. A retry with the same code and key, whose answer was lost,
-// gets the certificate on record instead of a new one; any other use of a used code
-// fails. So a crash never leaves a record vouching for a certificate that its device
-// cannot get.
-func (r *Registry) EnrollWithCode(ctx context.Context, device, code string, spki []byte, issue func() (record.Credential, error)) ([]byte, error) {
-	device, err := record.DeviceName(device)
-	if err != nil {
-		return nil, ErrBadCode
-	}
-	key := r.codeKey(device)
-	stored, rev, err := r.readCode(ctx, key, code)
-	if err != nil {
-		return nil, err
-	}
-	sum := sha256.Sum256(spki)
-	keyHash := hex.EncodeToString(sum[:])
-	if stored.UsedBy != "" {
-		if stored.UsedBy != keyHash {
-			return nil, ErrBadCode
-		}
-		if cert := r.ActiveCert(ctx, device, spki); cert != nil {
-			return cert, nil // the retry of an enrollment that was done
-		}
-		return nil, ErrBadCode
-	}
-	cred, err := issue()
-	if err != nil {
-		return nil, err
-	}
-	change, err := enrollChange(cred, nil)
-	if err != nil {
-		return nil, err
-	}
-	stored.UsedBy = keyHash
-	used, _ := json.Marshal(stored)
-	g := &guard{
-		cmps: []clientv3.Cmp{clientv3.Compare(clientv3.ModRevision(key), "=", rev)},
-		ops:  []clientv3.Op{clientv3.OpPut(key, string(used), clientv3.WithIgnoreLease())},
-		recheck: func(ctx context.Context) error {
-			resp, err := r.Client.Get(ctx, key)
-			if err != nil {
-				return err
-			}
-			if len(resp.Kvs) == 0 || resp.Kvs[0].ModRevision != rev {
-				return ErrBadCode // used, replaced or expired meanwhile
-			}
-			return nil
-		},
-	}
-	if _, err := r.updateGuarded(ctx, device, true, g, change); err != nil {
-		return nil, err
-	}
-	return cred.Cert, nil
-}
-
-// readCode returns a device's stored code if code matches it and it has not expired.
-func (r *Registry) readCode(ctx context.Context, key, code string) (storedCode, int64, error) {
-	var stored storedCode
-	resp, err := r.Client.Get(ctx, key)
-	if err != nil {
-		return stored, 0, err
-	}
-	if len(resp.Kvs) == 0 || json.Unmarshal(resp.Kvs[0].Value, &stored) != nil {
-		return stored, 0, ErrBadCode
+// checkCode parses a device's stored code (nil when it has none) and checks that code
+// matches it and that it has not expired at now.
+func checkCode(stored []byte, code string, now time.Time) (storedCode, error) {
+	var c storedCode
+	if stored == nil || json.Unmarshal(stored, &c) != nil {
+		return c, ErrBadCode
 	}
 	sum := sha256.Sum256([]byte(code))
-	want, _ := hex.DecodeString(stored.SHA256)
-	if subtle.ConstantTimeCompare(sum[:], want) != 1 || time.Now().After(stored.Expires) {
-		return stored, 0, ErrBadCode
+	want, _ := hex.DecodeString(c.SHA256)
+	if subtle.ConstantTimeCompare(sum[:], want) != 1 || now.After(c.Expires) {
+		return c, ErrBadCode
 	}
-	return stored, resp.Kvs[0].ModRevision, nil
+	return c, nil
 }

@@ -115,28 +115,7 @@ func (c estCA) CSRAttrs(context.Context, string, *http.Request) (est.CSRAttrs, e
 
 func (c estCA) Enroll(ctx context.Context, csr *x509.CertificateRequest, _ string, r *http.Request) (*x509.Certificate, error) {
 	device, code, _ := r.BasicAuth()
-	if err := CheckCSR(csr); err != nil {
-		return nil, estFail(http.StatusBadRequest, err)
-	}
-	if _, err := record.DeviceOwner(device, c.CA.Zone); err != nil {
-		return nil, estFail(http.StatusBadRequest, err)
-	}
-	der, err := c.Registry.EnrollWithCode(ctx, device, code, csr.RawSubjectPublicKeyInfo, func() (record.Credential, error) {
-		cert, err := c.CA.Issue(device, csr.PublicKey, time.Now())
-		if err != nil {
-			return record.Credential{}, fmt.Errorf("%w: %w", ErrInvalid, err)
-		}
-		return record.Credential{Cert: cert.Raw}, nil
-	})
-	switch {
-	case errors.Is(err, ErrBadCode):
-		return nil, estFail(http.StatusUnauthorized, err)
-	case err != nil:
-		return nil, estFail(statusOf(err), err)
-	}
-	enrollments.Inc()
-	slog.Info("enrolled over EST", "device", device, "with", "code")
-	return parseIssued(der)
+	return c.enroll(ctx, Enrollment{Device: device, CSR: csr, Code: code})
 }
 
 func (c estCA) Reenroll(ctx context.Context, current *x509.Certificate, csr *x509.CertificateRequest, _ string, r *http.Request) (*x509.Certificate, error) {
@@ -146,43 +125,20 @@ func (c estCA) Reenroll(ctx context.Context, current *x509.Certificate, csr *x50
 	if err != nil {
 		return nil, estFail(http.StatusForbidden, err)
 	}
-	if err := CheckCSR(csr); err != nil {
-		return nil, estFail(http.StatusBadRequest, err)
-	}
-	// The certificate must still be an active credential of the device: a revoked
-	// or deleted device cannot renew itself back.
-	d, _, err := c.Registry.Get(ctx, device)
-	if err != nil {
-		return nil, estFail(statusOf(err), err)
-	}
-	active := false
-	for _, cred := range d.Credentials {
-		if cred.Status == record.StatusActive && string(cred.Cert) == string(current.Raw) {
-			active = true
-		}
-	}
-	if !active {
-		return nil, estFail(http.StatusForbidden, errors.New("the client certificate is not an active credential of its device"))
-	}
-	// A retry whose answer was lost gets the certificate already on record for the key.
-	if existing := c.Registry.ActiveCert(ctx, device, csr.RawSubjectPublicKeyInfo); existing != nil {
-		return parseIssued(existing)
-	}
-	var supersede [][]byte
+	e := Enrollment{Device: device, CSR: csr, Current: current}
 	if r.URL.Query().Get("supersede") == "true" {
-		supersede = append(supersede, current.RawSubjectPublicKeyInfo)
+		e.Supersede = SupersedeCurrent
 	}
-	// The certificate is returned only once its record is written.
-	cert, err := c.CA.Issue(device, csr.PublicKey, time.Now())
+	return c.enroll(ctx, e)
+}
+
+// enroll runs the workflow and gives its errors the status EST answers with.
+func (c estCA) enroll(ctx context.Context, e Enrollment) (*x509.Certificate, error) {
+	done, err := (&Enroller{CA: c.CA, Registry: c.Registry}).Enroll(ctx, e)
 	if err != nil {
-		return nil, estFail(http.StatusBadRequest, err)
-	}
-	if _, err := c.Registry.Enroll(ctx, device, record.Credential{Cert: cert.Raw}, supersede...); err != nil {
 		return nil, estFail(statusOf(err), err)
 	}
-	enrollments.Inc()
-	slog.Info("enrolled over EST", "device", device, "serial", cert.SerialNumber.Text(16), "superseded_keys", len(supersede))
-	return cert, nil
+	return done.Cert, nil
 }
 
 func (estCA) ServerKeyGen(context.Context, *x509.CertificateRequest, string, *http.Request) (*x509.Certificate, []byte, error) {
@@ -191,15 +147,6 @@ func (estCA) ServerKeyGen(context.Context, *x509.CertificateRequest, string, *ht
 
 func (estCA) TPMEnroll(context.Context, *x509.CertificateRequest, []*x509.Certificate, []byte, []byte, string, *http.Request) ([]byte, []byte, []byte, error) {
 	return nil, nil, nil, estFail(http.StatusNotImplemented, errors.New("TPM enrollment is not offered"))
-}
-
-// parseIssued parses a certificate this CA issued (and so could parse before).
-func parseIssued(der []byte) (*x509.Certificate, error) {
-	cert, err := x509.ParseCertificate(der)
-	if err != nil {
-		return nil, estFail(http.StatusInternalServerError, err)
-	}
-	return cert, nil
 }
 
 func (e *EST) caDiscovery(w http.ResponseWriter, r *http.Request) {

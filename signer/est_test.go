@@ -268,9 +268,13 @@ func TestESTBadInput(t *testing.T) {
 func tlsCert2(t *testing.T, reg *Registry, key *ecdsa.PrivateKey) tls.Certificate {
 	t.Helper()
 	spki, _ := x509.MarshalPKIXPublicKey(key.Public())
-	der := reg.ActiveCert(t.Context(), "sensor7", spki)
-	if der == nil {
+	d, _, err := reg.Get(t.Context(), "sensor7")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := onRecord(d, spki, time.Now())
+	if c == nil || c.Cert == nil {
 		t.Fatal("no active certificate for the key")
 	}
-	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
+	return tls.Certificate{Certificate: [][]byte{c.Cert}, PrivateKey: key}
 }

@@ -16,8 +16,8 @@ var (
 	enrollments = promauto.NewCounter(prometheus.CounterOpts{
 		Namespace: "deviceid",
 		Subsystem: "signer",
-		Name:      "est_enrollments_total",
-		Help:      "Counter of certificates issued over EST.",
+		Name:      "enrollments_total",
+		Help:      "Counter of enrollments carried out (EST, admin API, CLI); retries answered from the record are not counted.",
 	})
 )
 

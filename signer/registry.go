@@ -3,6 +3,7 @@ package signer
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -12,6 +13,7 @@ import (
 
 	"github.com/deviceid/deviceid/record"
 
+	"go.etcd.io/etcd/api/v3/etcdserverpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
@@ -61,22 +63,6 @@ func (r *Registry) Get(ctx context.Context, device string) (*record.Device, int6
 	return d, rev, err
 }
 
-// ActiveCert returns the certificate of the device's active, unexpired credential for
-// the key spki, or nil: what a retried enrollment of that key gets back instead of a
-// second certificate.
-func (r *Registry) ActiveCert(ctx context.Context, device string, spki []byte) []byte {
-	d, _, err := r.Get(ctx, device)
-	if err != nil {
-		return nil
-	}
-	for _, c := range d.Credentials {
-		if c.Status == record.StatusActive && c.Cert != nil && !c.Expired(time.Now()) && bytes.Equal(c.SPKI, spki) {
-			return c.Cert
-		}
-	}
-	return nil
-}
-
 // get reads a key: a nil device and revision 0 when absent.
 func (r *Registry) get(ctx context.Context, key string) (*record.Device, int64, error) {
 	resp, err := r.Client.Get(ctx, key)
@@ -93,26 +79,19 @@ func (r *Registry) get(ctx context.Context, key string) (*record.Device, int64, 
 	return d, resp.Kvs[0].ModRevision, nil
 }
 
-// update applies change to the device's record (nil when there is none) and writes
-// the result if it differs, in a transaction that compares the revision it read and,
-// when another writer got there first, returns the record as it is now for the next
-// attempt: one etcd round trip per attempt. change returns the new record, or nil to
-// delete it. With assumeAbsent the first attempt guesses that there is no record yet
-// (an enrollment of a new device) and needs no read at all.
-func (r *Registry) update(ctx context.Context, device string, assumeAbsent bool, change func(*record.Device) (*record.Device, error)) (*record.Device, error) {
-	return r.updateGuarded(ctx, device, assumeAbsent, nil, change)
-}
+// change computes a device's new record from the one read (nil when there is none)
+// and the values of the side keys read with it (nil when absent). It returns the new
+// record (nil to delete it) and operations to commit in the same transaction.
+type change func(d *record.Device, side [][]byte) (*record.Device, []clientv3.Op, error)
 
-// guard is more for an update's transaction: comparisons that must hold and
-// operations done with the write. When a comparison fails, recheck says whether to
-// try again (nil) or give up (an error).
-type guard struct {
-	cmps    []clientv3.Cmp
-	ops     []clientv3.Op
-	recheck func(ctx context.Context) error
-}
-
-func (r *Registry) updateGuarded(ctx context.Context, device string, assumeAbsent bool, g *guard, change func(*record.Device) (*record.Device, error)) (*record.Device, error) {
+// update is the registry's one read-modify-write: it reads the device's record and the
+// side keys, applies change, and writes the result in a transaction that compares the
+// revisions it read. When another writer got there first, the failed transaction
+// returns what is there now, and the next attempt starts from that: one etcd round trip
+// per attempt. With assumeAbsent the first attempt guesses that none of the keys exist
+// and reads nothing: a first enrollment of a new device costs one transaction, and a
+// wrong guess is not counted as a conflict.
+func (r *Registry) update(ctx context.Context, device string, assumeAbsent bool, side []string, f change) (*record.Device, error) {
 	device, err := record.DeviceName(device)
 	if err != nil {
 		return nil, invalid(err)
@@ -120,16 +99,18 @@ func (r *Registry) updateGuarded(ctx context.Context, device string, assumeAbsen
 	if _, err := record.DeviceOwner(device, r.Zone); err != nil {
 		return nil, invalid(err)
 	}
-	key := record.DeviceKey(r.Prefix, r.Zone, device)
-	var old *record.Device
-	var rev int64
+	keys := append([]string{record.DeviceKey(r.Prefix, r.Zone, device)}, side...)
+	snap := snapshot{values: make([][]byte, len(keys)), revs: make([]int64, len(keys))}
 	if !assumeAbsent {
-		if old, rev, err = r.get(ctx, key); err != nil {
+		if snap, err = r.read(ctx, keys); err != nil {
 			return nil, err
 		}
 	}
+	guessed := assumeAbsent // the last attempt failed on a guess, not a race
 	for attempt := range maxAttempts {
-		if attempt > 0 {
+		if attempt > 0 && guessed {
+			guessed = false
+		} else if attempt > 0 {
 			txnConflicts.Inc()
 			wait := time.Duration(mrand.Int64N(int64(min(attempt, 20)) * int64(time.Millisecond)))
 			select {
@@ -138,20 +119,22 @@ func (r *Registry) updateGuarded(ctx context.Context, device string, assumeAbsen
 			case <-time.After(wait):
 			}
 		}
-		var before []byte
-		if old != nil {
-			before, _ = json.Marshal(old)
+		var old *record.Device
+		if snap.values[0] != nil {
+			if old, err = record.ParseDevice(snap.values[0]); err != nil {
+				return nil, fmt.Errorf("%w: %w", errStoredInvalid, err)
+			}
 		}
-		updated, err := change(old)
+		updated, ops, err := f(old, snap.values[1:])
 		if err != nil {
 			return nil, err
 		}
 		var op clientv3.Op
 		if updated == nil {
-			if old == nil && rev == 0 && !assumeAbsent {
+			if snap.values[0] == nil && len(ops) == 0 {
 				return nil, nil // deleting what is not there: done
 			}
-			op = clientv3.OpDelete(key)
+			op = clientv3.OpDelete(keys[0])
 		} else {
 			if err := updated.Validate(); err != nil {
 				return nil, invalid(err)
@@ -160,17 +143,19 @@ func (r *Registry) updateGuarded(ctx context.Context, device string, assumeAbsen
 			if err != nil {
 				return nil, err
 			}
-			if old != nil && bytes.Equal(before, after) {
+			if bytes.Equal(snap.values[0], after) && len(ops) == 0 {
 				return updated, nil // idempotent: nothing to write
 			}
-			op = clientv3.OpPut(key, string(after))
+			op = clientv3.OpPut(keys[0], string(after))
 		}
-		cmps, ops := []clientv3.Cmp{clientv3.Compare(clientv3.ModRevision(key), "=", rev)}, []clientv3.Op{op}
-		if g != nil {
-			cmps, ops = append(cmps, g.cmps...), append(ops, g.ops...)
+		cmps := make([]clientv3.Cmp, len(keys))
+		elses := make([]clientv3.Op, len(keys))
+		for i, k := range keys {
+			cmps[i] = clientv3.Compare(clientv3.ModRevision(k), "=", snap.revs[i])
+			elses[i] = clientv3.OpGet(k)
 		}
 		start := time.Now()
-		resp, err := r.Client.Txn(ctx).If(cmps...).Then(ops...).Else(clientv3.OpGet(key)).Commit()
+		resp, err := r.Client.Txn(ctx).If(cmps...).Then(append([]clientv3.Op{op}, ops...)...).Else(elses...).Commit()
 		txnSeconds.Observe(time.Since(start).Seconds())
 		if err != nil {
 			return nil, err
@@ -178,93 +163,79 @@ func (r *Registry) updateGuarded(ctx context.Context, device string, assumeAbsen
 		if resp.Succeeded {
 			return updated, nil
 		}
-		if g != nil {
-			if err := g.recheck(ctx); err != nil {
-				return nil, err
-			}
-		}
-		// Someone else wrote first: start again from what is there now.
-		assumeAbsent = false
-		old, rev = nil, 0
-		if kvs := resp.Responses[0].GetResponseRange().Kvs; len(kvs) > 0 {
-			if old, err = record.ParseDevice(kvs[0].Value); err != nil {
-				return nil, fmt.Errorf("%w: %w", errStoredInvalid, err)
-			}
-			rev = kvs[0].ModRevision
-		}
+		// Someone else wrote first (or the guess was wrong): start again from what is there now.
+		snap = snapshotOf(resp.Responses)
 	}
 	return nil, errConflicted
 }
 
-// Enroll adds an active credential to a device, creating the device if needed. A
-// credential for a key the device already has active changes nothing; a key that was
-// revoked is refused. The device's other credentials stay until they expire, unless
-// supersede names keys (SPKIs) to revoke in the same write with reason "superseded".
-func (r *Registry) Enroll(ctx context.Context, device string, cred record.Credential, supersede ...[]byte) (*record.Device, error) {
-	change, err := enrollChange(cred, supersede)
+// snapshot is what one read found at keys: values (nil when absent) and revisions.
+type snapshot struct {
+	values [][]byte
+	revs   []int64
+}
+
+// read gets keys at one revision: a plain Get for one key, one read-only
+// transaction for several.
+func (r *Registry) read(ctx context.Context, keys []string) (snapshot, error) {
+	if len(keys) == 1 {
+		resp, err := r.Client.Get(ctx, keys[0])
+		if err != nil {
+			return snapshot{}, err
+		}
+		return snapshotOf([]*etcdserverpb.ResponseOp{{Response: &etcdserverpb.ResponseOp_ResponseRange{ResponseRange: (*etcdserverpb.RangeResponse)(resp)}}}), nil
+	}
+	gets := make([]clientv3.Op, len(keys))
+	for i, k := range keys {
+		gets[i] = clientv3.OpGet(k)
+	}
+	resp, err := r.Client.Txn(ctx).Then(gets...).Commit()
 	if err != nil {
-		return nil, err
+		return snapshot{}, err
 	}
-	return r.update(ctx, device, true, change)
+	return snapshotOf(resp.Responses), nil
 }
 
-// enrollChange returns the change that adds cred (active) to a device record.
-func enrollChange(cred record.Credential, supersede [][]byte) (func(*record.Device) (*record.Device, error), error) {
-	cred.Status = record.StatusActive
-	probe := record.Device{Version: record.Version, Credentials: []record.Credential{cred}}
-	if err := probe.Validate(); err != nil { // fills SPKI and not_after from the certificate
-		return nil, invalid(err)
+func snapshotOf(responses []*etcdserverpb.ResponseOp) snapshot {
+	s := snapshot{values: make([][]byte, len(responses)), revs: make([]int64, len(responses))}
+	for i, r := range responses {
+		if kvs := r.GetResponseRange().Kvs; len(kvs) > 0 {
+			s.values[i], s.revs[i] = kvs[0].Value, kvs[0].ModRevision
+		}
 	}
-	cred = probe.Credentials[0]
-	return func(d *record.Device) (*record.Device, error) {
-		if d == nil {
-			d = &record.Device{Version: record.Version}
-		}
-		for _, c := range d.Credentials {
-			if bytes.Equal(c.SPKI, cred.SPKI) {
-				if c.Status == record.StatusRevoked {
-					return nil, ErrRevokedKey
-				}
-				if bytes.Equal(c.Cert, cred.Cert) {
-					return d, nil
-				}
-			}
-		}
-		now := time.Now().UTC().Truncate(time.Second)
-		for i := range d.Credentials {
-			c := &d.Credentials[i]
-			for _, old := range supersede {
-				if bytes.Equal(c.SPKI, old) && c.Status == record.StatusActive && !bytes.Equal(old, cred.SPKI) {
-					c.Status, c.RevokedAt, c.Reason = record.StatusRevoked, &now, "superseded"
-				}
-			}
-		}
-		if len(d.Credentials) >= record.MaxCredentials {
-			return nil, invalid(fmt.Errorf("the device has %d credentials already, the most a record holds", len(d.Credentials)))
-		}
-		d.Credentials = append(d.Credentials, cred)
-		return d, nil
-	}, nil
+	return s
 }
 
-// Revoke marks a device's credentials for the key spki revoked (all its credentials
-// when spki is nil), with an RFC 5280 reason. Revoking what is revoked changes nothing.
-func (r *Registry) Revoke(ctx context.Context, device string, spki []byte, reason string, at time.Time) (*record.Device, error) {
+// change1 adapts a change of the record alone.
+func change1(f func(*record.Device) (*record.Device, error)) change {
+	return func(d *record.Device, _ [][]byte) (*record.Device, []clientv3.Op, error) {
+		d, err := f(d)
+		return d, nil, err
+	}
+}
+
+// Revoke marks a device's credentials for the key whose SPKI has the SHA-256 digest
+// spkiSHA256 revoked (all its credentials when it is nil), with an RFC 5280 reason.
+// Revoking what is revoked changes nothing.
+func (r *Registry) Revoke(ctx context.Context, device string, spkiSHA256 []byte, reason string, at time.Time) (*record.Device, error) {
 	if reason == "" {
 		reason = "unspecified"
 	}
 	if !slices.Contains(Reasons, reason) {
 		return nil, fmt.Errorf("%w: %q", ErrBadReason, reason)
 	}
+	if spkiSHA256 != nil && len(spkiSHA256) != sha256.Size {
+		return nil, invalid(errors.New("the key's SHA-256 digest is not 32 bytes (64 hex digits)"))
+	}
 	at = at.UTC().Truncate(time.Second)
-	d, err := r.update(ctx, device, false, func(d *record.Device) (*record.Device, error) {
+	d, err := r.update(ctx, device, false, nil, change1(func(d *record.Device) (*record.Device, error) {
 		if d == nil {
 			return nil, ErrNotFound
 		}
 		found := false
 		for i := range d.Credentials {
 			c := &d.Credentials[i]
-			if spki != nil && !bytes.Equal(c.SPKI, spki) {
+			if sum := sha256.Sum256(c.SPKI); spkiSHA256 != nil && !bytes.Equal(sum[:], spkiSHA256) {
 				continue
 			}
 			found = true
@@ -272,11 +243,11 @@ func (r *Registry) Revoke(ctx context.Context, device string, spki []byte, reaso
 				c.Status, c.RevokedAt, c.Reason = record.StatusRevoked, &at, reason
 			}
 		}
-		if !found && spki != nil {
+		if !found && spkiSHA256 != nil {
 			return nil, ErrNoSuchKey
 		}
 		return d, nil
-	})
+	}))
 	if err == nil {
 		revocations.Inc()
 	}
@@ -285,7 +256,7 @@ func (r *Registry) Revoke(ctx context.Context, device string, spki []byte, reaso
 
 // Delete removes a device's record. Deleting a device that is not there succeeds.
 func (r *Registry) Delete(ctx context.Context, device string) error {
-	_, err := r.update(ctx, device, false, func(*record.Device) (*record.Device, error) { return nil, nil })
+	_, err := r.update(ctx, device, false, nil, change1(func(*record.Device) (*record.Device, error) { return nil, nil }))
 	return err
 }
 

@@ -1,7 +1,6 @@
 package signer
 
 import (
-	"context"
 	"crypto"
 	"crypto/ecdsa"
 	"crypto/ed25519"
@@ -10,12 +9,10 @@ import (
 	"crypto/rsa"
 	"crypto/x509"
 	"encoding/pem"
-	"errors"
 	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -173,190 +170,5 @@ func TestIssue(t *testing.T) {
 				t.Errorf("does not chain to the CA: %v", err)
 			}
 		})
-	}
-}
-
-func TestRegistry(t *testing.T) {
-	r := testRegistry(t)
-	ca := testCA(t)
-	ctx := context.Background()
-	k1, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	k2, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	c1, _ := ca.Issue("sensor7", k1.Public(), time.Now())
-	c2, _ := ca.Issue("sensor7", k2.Public(), time.Now())
-
-	if _, _, err := r.Get(ctx, "sensor7"); !errors.Is(err, ErrNotFound) {
-		t.Fatalf("Get before enrollment: %v", err)
-	}
-	d, err := r.Enroll(ctx, "Sensor7", record.Credential{Cert: c1.Raw})
-	if err != nil || len(d.Credentials) != 1 {
-		t.Fatalf("Enroll: %v %v", d, err)
-	}
-	_, rev, _ := r.Get(ctx, "sensor7")
-	if _, err := r.Enroll(ctx, "sensor7", record.Credential{Cert: c1.Raw}); err != nil {
-		t.Fatal(err)
-	}
-	if _, rev2, _ := r.Get(ctx, "sensor7"); rev2 != rev {
-		t.Error("enrolling the same certificate again wrote the record")
-	}
-	if d, err = r.Enroll(ctx, "sensor7", record.Credential{Cert: c2.Raw}); err != nil || len(d.Credentials) != 2 {
-		t.Fatalf("second key: %v %v", d, err)
-	}
-	k3, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	c3, _ := ca.Issue("sensor7", k3.Public(), time.Now())
-	if d, err = r.Enroll(ctx, "sensor7", record.Credential{Cert: c3.Raw}, c2.RawSubjectPublicKeyInfo); err != nil || len(d.Credentials) != 3 ||
-		d.Credentials[1].Status != record.StatusRevoked || d.Credentials[1].Reason != "superseded" || d.Credentials[0].Status != record.StatusActive {
-		t.Fatalf("enroll superseding the second key: %+v %v", d, err)
-	}
-	if d, err = r.Revoke(ctx, "sensor7", c1.RawSubjectPublicKeyInfo, "keyCompromise", time.Now()); err != nil {
-		t.Fatal(err)
-	}
-	if d.Credentials[0].Status != record.StatusRevoked || d.Credentials[0].Reason != "keyCompromise" || d.Credentials[2].Status != record.StatusActive {
-		t.Errorf("after revoking one: %+v", d.Credentials)
-	}
-	if _, err := r.Enroll(ctx, "sensor7", record.Credential{Cert: c1.Raw}); err == nil {
-		t.Error("a revoked key was enrolled again")
-	}
-	if _, err := r.Revoke(ctx, "sensor7", nil, "no such reason", time.Now()); !errors.Is(err, ErrBadReason) {
-		t.Errorf("bad reason: %v", err)
-	}
-	if _, err := r.Revoke(ctx, "sensor7", []byte("nope"), "", time.Now()); !errors.Is(err, ErrNoSuchKey) {
-		t.Errorf("unknown key: %v", err)
-	}
-	if _, err := r.Revoke(ctx, "nosuch", nil, "", time.Now()); !errors.Is(err, ErrNotFound) {
-		t.Errorf("unknown device: %v", err)
-	}
-	if d, err = r.Revoke(ctx, "sensor7", nil, "cessationOfOperation", time.Now()); err != nil || d.Credentials[2].Status != record.StatusRevoked || d.Credentials[0].Reason != "keyCompromise" {
-		t.Errorf("revoke all: %+v %v", d, err)
-	}
-	if _, err := r.Enroll(ctx, "bad_name", record.Credential{Cert: c1.Raw}); err == nil {
-		t.Error("a bad name was enrolled")
-	}
-	spkiOnly, _ := x509.MarshalPKIXPublicKey(k2.Public())
-	if _, err := r.Enroll(ctx, "bare", record.Credential{SPKI: spkiOnly}); err != nil {
-		t.Errorf("SPKI-only enrollment: %v", err)
-	}
-	names, next, err := r.List(ctx, "", 1)
-	if err != nil || len(names) != 1 || names[0] != "bare" || next != "bare" {
-		t.Errorf("List page 1: %v %q %v", names, next, err)
-	}
-	names, next, _ = r.List(ctx, next, 1)
-	if len(names) != 1 || names[0] != "sensor7" || next != "" {
-		t.Errorf("List page 2: %v %q", names, next)
-	}
-	if err := r.Delete(ctx, "sensor7"); err != nil {
-		t.Fatal(err)
-	}
-	if err := r.Delete(ctx, "sensor7"); err != nil {
-		t.Errorf("deleting twice: %v", err)
-	}
-	if _, _, err := r.Get(ctx, "sensor7"); !errors.Is(err, ErrNotFound) {
-		t.Errorf("after delete: %v", err)
-	}
-}
-
-// TestConcurrentWriters runs 50 enrollments and revocations on the same devices at
-// once: every one must land, none overwrite another.
-func TestConcurrentWriters(t *testing.T) {
-	r := testRegistry(t)
-	ca := testCA(t)
-	ctx := context.Background()
-	devices := []string{"a", "b"}
-	type op struct {
-		device string
-		cert   *x509.Certificate
-		revoke bool
-	}
-	var ops []op
-	for i := range 50 {
-		k, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-		dev := devices[i%2]
-		c, err := ca.Issue(dev, k.Public(), time.Now())
-		if err != nil {
-			t.Fatal(err)
-		}
-		ops = append(ops, op{device: dev, cert: c, revoke: i%5 == 0})
-	}
-	var wg sync.WaitGroup
-	errs := make(chan error, len(ops))
-	for _, o := range ops {
-		wg.Go(func() {
-			if _, err := r.Enroll(ctx, o.device, record.Credential{Cert: o.cert.Raw}); err != nil {
-				errs <- err
-				return
-			}
-			if o.revoke {
-				if _, err := r.Revoke(ctx, o.device, o.cert.RawSubjectPublicKeyInfo, "superseded", time.Now()); err != nil {
-					errs <- err
-				}
-			}
-		})
-	}
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		t.Error(err)
-	}
-	for _, dev := range devices {
-		d, _, err := r.Get(ctx, dev)
-		if err != nil {
-			t.Fatal(err)
-		}
-		want := map[string]string{}
-		for _, o := range ops {
-			if o.device == dev {
-				want[string(o.cert.RawSubjectPublicKeyInfo)] = map[bool]string{false: record.StatusActive, true: record.StatusRevoked}[o.revoke]
-			}
-		}
-		if len(d.Credentials) != len(want) {
-			t.Errorf("%s has %d credentials, want %d", dev, len(d.Credentials), len(want))
-		}
-		for _, c := range d.Credentials {
-			if want[string(c.SPKI)] != c.Status {
-				t.Errorf("%s: a credential is %s, want %s", dev, c.Status, want[string(c.SPKI)])
-			}
-		}
-	}
-}
-
-// TestCodeUsedOnce races ten enrollments with one code, each for its own key: exactly
-// one gets a certificate, and the record holds exactly that key.
-func TestCodeUsedOnce(t *testing.T) {
-	r := testRegistry(t)
-	ca := testCA(t)
-	ctx := context.Background()
-	code, err := r.IssueCode(ctx, "sensor7", time.Hour)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var wg sync.WaitGroup
-	won := make(chan []byte, 10)
-	for range 10 {
-		wg.Go(func() {
-			key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-			spki, _ := x509.MarshalPKIXPublicKey(key.Public())
-			cert, err := r.EnrollWithCode(ctx, "sensor7", code, spki, func() (record.Credential, error) {
-				c, err := ca.Issue("sensor7", key.Public(), time.Now())
-				return record.Credential{Cert: c.Raw}, err
-			})
-			if err == nil {
-				won <- cert
-			} else if !errors.Is(err, ErrBadCode) {
-				t.Error(err)
-			}
-		})
-	}
-	wg.Wait()
-	close(won)
-	var winners [][]byte
-	for c := range won {
-		winners = append(winners, c)
-	}
-	d, _, err := r.Get(ctx, "sensor7")
-	if len(winners) != 1 || err != nil || len(d.Credentials) != 1 || string(d.Credentials[0].Cert) != string(winners[0]) {
-		t.Errorf("%d enrollments won; record %+v %v", len(winners), d, err)
-	}
-	if _, err := r.EnrollWithCode(ctx, "sensor7", "wrong", []byte("x"), nil); !errors.Is(err, ErrBadCode) {
-		t.Errorf("wrong code: %v", err)
 	}
 }

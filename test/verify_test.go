@@ -15,7 +15,6 @@ import (
 	"time"
 
 	"github.com/deviceid/deviceid/internal/testenv"
-	"github.com/deviceid/deviceid/record"
 	"github.com/deviceid/deviceid/signer"
 	"github.com/deviceid/deviceid/verify"
 
@@ -52,9 +51,7 @@ func TestVerify(t *testing.T) {
 		}
 		keys[cert] = key
 		if enroll {
-			if _, err := reg.Enroll(ctx, name, record.Credential{Cert: cert.Raw}); err != nil {
-				t.Fatal(err)
-			}
+			testenv.Put(t, reg.Client, deviceKey(name), deviceJSON(credentialJSON(&device{cert: cert.Raw}, "active")))
 		}
 		return []*x509.Certificate{cert}
 	}
@@ -178,9 +175,7 @@ func TestVerifyRevocationWithinTTL(t *testing.T) {
 	reg := &signer.Registry{Client: etcd.Client(), Prefix: "/deviceid", Zone: zone}
 	key := mustKey()
 	cert, _ := ca.Issue("lamp", key.Public(), time.Now())
-	if _, err := reg.Enroll(t.Context(), "lamp", record.Credential{Cert: cert.Raw}); err != nil {
-		t.Fatal(err)
-	}
+	testenv.Put(t, reg.Client, deviceKey("lamp"), deviceJSON(credentialJSON(&device{cert: cert.Raw}, "active")))
 	client := tls.Certificate{Certificate: [][]byte{cert.Raw}, PrivateKey: key}
 	verifiers := map[string]*verify.Verifier{
 		"resolver AD":      {Zones: []string{zone}, Resolver: unbound},
@@ -261,9 +256,7 @@ func TestVerifyBogusSignature(t *testing.T) {
 	ca, _ := signer.InitCA(t.TempDir(), "device CA", zone, elliptic.P256())
 	reg := &signer.Registry{Client: etcd.Client(), Prefix: "/deviceid", Zone: zone}
 	cert, _ := ca.Issue("lamp", mustKey().Public(), time.Now())
-	if _, err := reg.Enroll(t.Context(), "lamp", record.Credential{Cert: cert.Raw}); err != nil {
-		t.Fatal(err)
-	}
+	testenv.Put(t, reg.Client, deviceKey("lamp"), deviceJSON(credentialJSON(&device{cert: cert.Raw}, "active")))
 	testenv.Eventually(t, "device in DNS", func() error {
 		return answerIs(t, c, "lamp._device.iot.example.", dns.RcodeSuccess, []string{eeOf(cert), discoveryOf(cert)})
 	})

@@ -1,32 +1,32 @@
 package main
 
 import (
+	"context"
 	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/base64"
-	"encoding/hex"
 	"encoding/json"
+	"encoding/pem"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"net/http"
-	"net/http/httptest"
 	"net/url"
 	"os"
 	"strings"
 	"time"
 
+	"github.com/deviceid/deviceid/record"
 	"github.com/deviceid/deviceid/signer"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
-// The operator's commands speak the admin API: to a running signer with -server, or,
-// without it, to the same API run in this process against etcd directly. One code
-// path, whichever way the operator reaches the registry.
+// The operator's commands work on etcd directly, through the same registry and
+// enrollment workflow the signer runs, or, with -server, speak the admin API of a
+// running signer. Both print the API's JSON answers.
 
 type adminFlags struct {
 	serveFlags
@@ -39,19 +39,29 @@ func (f *adminFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&f.device, "device", "", "the device name, e.g. sensor7")
 }
 
-// adminCommand runs one admin API request built from the command's flags and prints
-// the JSON answer.
+// adminArgs are the operation's arguments from the command's flags.
+type adminArgs struct {
+	enroll     signer.EnrollRequest
+	revoke     signer.RevokeRequest
+	out, after string
+	limit      int
+}
+
+// adminCommand runs one operation built from the command's flags and prints the
+// JSON answer.
 func adminCommand(name string, args []string) error {
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	var f adminFlags
 	f.register(fs)
 	csrFile := fs.String("csr", "", "enroll: a PKCS#10 CSR file (PEM or DER)")
 	keyFile := fs.String("pubkey", "", "enroll: a public key file (PEM or DER SubjectPublicKeyInfo), for a device without a certificate")
-	out := fs.String("out", "", "enroll: write the issued certificate (PEM) here")
-	spki := fs.String("spki-sha256", "", "revoke: the SHA-256 of the key to revoke (hex, as in its 3 1 1 record); empty: all keys")
-	reason := fs.String("reason", "unspecified", "revoke: the RFC 5280 reason")
-	after := fs.String("after", "", "list: start after this device")
-	limit := fs.Int("limit", 100, "list: how many devices")
+	supersede := fs.Bool("supersede", false, "enroll: revoke the device's other keys (reason superseded) in the same write")
+	var a adminArgs
+	fs.StringVar(&a.out, "out", "", "enroll: write the issued certificate (PEM) here")
+	fs.StringVar(&a.revoke.SPKISHA256, "spki-sha256", "", "revoke: the SHA-256 of the key to revoke (hex, as in its 3 1 1 record); empty: all keys")
+	fs.StringVar(&a.revoke.Reason, "reason", "unspecified", "revoke: the RFC 5280 reason")
+	fs.StringVar(&a.after, "after", "", "list: start after this device")
+	fs.IntVar(&a.limit, "limit", 100, "list: how many devices")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -61,110 +71,158 @@ func adminCommand(name string, args []string) error {
 	if name != "list" && f.device == "" {
 		return errors.New("-device is required")
 	}
-	path := "/api/v1/devices/" + url.PathEscape(f.device)
-	method, body := "POST", ""
-	switch name {
-	case "enroll":
-		req := signer.EnrollRequest{}
+	if name == "enroll" {
+		var err error
 		switch {
 		case *csrFile != "":
-			b, err := readDERorPEM(*csrFile)
-			if err != nil {
-				return err
-			}
-			req.CSR = b
+			a.enroll.CSR, err = readDERorPEM(*csrFile)
 		case *keyFile != "":
-			b, err := readDERorPEM(*keyFile)
-			if err != nil {
-				return err
-			}
-			req.PublicKey = b
+			a.enroll.PublicKey, err = readDERorPEM(*keyFile)
 		default:
-			return errors.New("enroll needs -csr or -pubkey")
+			err = errors.New("enroll needs -csr or -pubkey")
 		}
-		b, _ := json.Marshal(req)
-		path, body = path+"/enroll", string(b)
-	case "revoke":
-		b, _ := json.Marshal(signer.RevokeRequest{SPKISHA256: *spki, Reason: *reason})
-		path, body = path+"/revoke", string(b)
-	case "code":
-		path += "/code"
-	case "delete":
-		method = "DELETE"
-	case "show":
-		method = "GET"
-	case "list":
-		method, path = "GET", fmt.Sprintf("/api/v1/devices?after=%s&limit=%d", url.QueryEscape(*after), *limit)
+		if err != nil {
+			return err
+		}
+		a.enroll.Supersede = *supersede
 	}
-	status, answer, err := f.do(method, path, body)
+	var answer any
+	var err error
+	if f.server != "" {
+		answer, err = f.remote(name, a)
+	} else {
+		answer, err = f.local(name, a)
+	}
 	if err != nil {
 		return err
 	}
-	if status >= 300 {
-		return fmt.Errorf("%s: %s", http.StatusText(status), strings.TrimSpace(string(answer)))
-	}
-	if name == "enroll" && *out != "" {
-		var er signer.EnrollResponse
-		if err := json.Unmarshal(answer, &er); err != nil {
-			return err
-		}
-		if err := os.WriteFile(*out, []byte(er.Certificate), 0o644); err != nil {
+	if er, ok := answer.(*signer.EnrollResponse); ok && a.out != "" {
+		if err := os.WriteFile(a.out, []byte(er.Certificate), 0o644); err != nil {
 			return err
 		}
 	}
-	os.Stdout.Write(answer)
+	if answer != nil {
+		enc := json.NewEncoder(os.Stdout)
+		return enc.Encode(answer)
+	}
 	return nil
 }
 
-// do sends one request to the signer at -server, or to the API in this process.
-func (f *adminFlags) do(method, path, body string) (int, []byte, error) {
-	if f.server != "" {
-		token, err := readToken(f.tokenFile)
-		if err != nil {
-			return 0, nil, err
-		}
-		client := http.DefaultClient
-		if f.caCert != "" {
-			if pemCA, err := os.ReadFile(f.caCert); err == nil { // trust the signer's CA when we have it
-				pool := x509.NewCertPool()
-				pool.AppendCertsFromPEM(pemCA)
-				client = &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
-			}
-		}
-		req, err := http.NewRequest(method, strings.TrimSuffix(f.server, "/")+path, strings.NewReader(body))
-		if err != nil {
-			return 0, nil, err
-		}
-		req.Header.Set("Authorization", "Bearer "+token)
-		resp, err := client.Do(req)
-		if err != nil {
-			return 0, nil, err
-		}
-		defer resp.Body.Close()
-		b, err := io.ReadAll(resp.Body)
-		return resp.StatusCode, b, err
-	}
+// local carries out the operation on etcd directly. Only enroll needs the CA.
+func (f *adminFlags) local(name string, a adminArgs) (any, error) {
 	if f.zone == "" {
-		return 0, nil, errors.New("-zone is required")
+		return nil, errors.New("-zone is required")
 	}
-	ca, err := signer.LoadCA(f.caCert, f.caKey, f.zone)
-	if err != nil {
-		return 0, nil, fmt.Errorf("loading the CA (needed to work on etcd directly): %w", err)
-	}
-	ca.Lifetime = f.lifetime
 	cli, err := clientv3.New(clientv3.Config{Endpoints: strings.Split(f.etcd, ","), DialTimeout: 5 * time.Second})
 	if err != nil {
-		return 0, nil, err
+		return nil, err
 	}
 	defer cli.Close()
-	token := make([]byte, 16)
-	rand.Read(token)
-	api := &signer.API{CA: ca, Registry: &signer.Registry{Client: cli, Prefix: f.prefix, Zone: f.zone}, Token: hex.EncodeToString(token)}
-	req := httptest.NewRequest(method, path, strings.NewReader(body))
-	req.Header.Set("Authorization", "Bearer "+api.Token)
-	rec := httptest.NewRecorder()
-	api.Handler().ServeHTTP(rec, req)
-	return rec.Code, rec.Body.Bytes(), nil
+	reg := &signer.Registry{Client: cli, Prefix: f.prefix, Zone: f.zone}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	switch name {
+	case "enroll":
+		ca, err := signer.LoadCA(f.caCert, f.caKey, f.zone)
+		if err != nil {
+			return nil, fmt.Errorf("loading the CA (needed to enroll on etcd directly): %w", err)
+		}
+		ca.Lifetime = f.lifetime
+		e := signer.Enrollment{Device: f.device}
+		if e.CSR, e.PublicKey, err = a.enroll.Decode(); err != nil {
+			return nil, err
+		}
+		if a.enroll.Supersede {
+			e.Supersede = signer.SupersedeOthers
+		}
+		done, err := (&signer.Enroller{CA: ca, Registry: reg}).Enroll(ctx, e)
+		if err != nil {
+			return nil, err
+		}
+		resp := &signer.EnrollResponse{Device: done.Device}
+		if done.Cert != nil {
+			resp.Certificate = string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: done.Cert.Raw}))
+		}
+		return resp, nil
+	case "revoke":
+		spki, err := a.revoke.Digest()
+		if err != nil {
+			return nil, err
+		}
+		return reg.Revoke(ctx, f.device, spki, a.revoke.Reason, time.Now())
+	case "delete":
+		return nil, reg.Delete(ctx, f.device)
+	case "show":
+		d, _, err := reg.Get(ctx, f.device)
+		return d, err
+	case "list":
+		names, next, err := reg.List(ctx, a.after, a.limit)
+		return signer.ListResponse{Devices: names, Next: next}, err
+	case "code":
+		code, err := reg.IssueCode(ctx, f.device, signer.DefaultCodeLifetime)
+		return signer.CodeResponse{Code: code, Expires: time.Now().Add(signer.DefaultCodeLifetime).UTC()}, err
+	}
+	return nil, fmt.Errorf("unknown command %q", name)
+}
+
+// remote sends the operation to the signer at -server and decodes its answer.
+func (f *adminFlags) remote(name string, a adminArgs) (any, error) {
+	path := "/api/v1/devices/" + url.PathEscape(f.device)
+	method, body := "POST", ""
+	var answer any
+	switch name {
+	case "enroll":
+		b, _ := json.Marshal(a.enroll)
+		path, body, answer = path+"/enroll", string(b), &signer.EnrollResponse{}
+	case "revoke":
+		b, _ := json.Marshal(a.revoke)
+		path, body, answer = path+"/revoke", string(b), &record.Device{}
+	case "code":
+		path, answer = path+"/code", &signer.CodeResponse{}
+	case "delete":
+		method = "DELETE"
+	case "show":
+		method, answer = "GET", &record.Device{}
+	case "list":
+		method, path, answer = "GET", fmt.Sprintf("/api/v1/devices?after=%s&limit=%d", url.QueryEscape(a.after), a.limit), &signer.ListResponse{}
+	}
+	token, err := readToken(f.tokenFile)
+	if err != nil {
+		return nil, err
+	}
+	client := http.DefaultClient
+	if f.caCert != "" {
+		if pemCA, err := os.ReadFile(f.caCert); err == nil { // trust the signer's CA when we have it
+			pool := x509.NewCertPool()
+			pool.AppendCertsFromPEM(pemCA)
+			client = &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
+		}
+	}
+	req, err := http.NewRequest(method, strings.TrimSuffix(f.server, "/")+path, strings.NewReader(body))
+	if err != nil {
+		return nil, err
+	}
+	req.Header.Set("Authorization", "Bearer "+token)
+	resp, err := client.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return nil, err
+	}
+	if resp.StatusCode >= 300 {
+		var e struct{ Error string }
+		if json.Unmarshal(b, &e) == nil && e.Error != "" {
+			return nil, fmt.Errorf("%s: %s", http.StatusText(resp.StatusCode), e.Error)
+		}
+		return nil, fmt.Errorf("%s: %s", http.StatusText(resp.StatusCode), strings.TrimSpace(string(b)))
+	}
+	if answer == nil {
+		return nil, nil
+	}
+	return answer, json.Unmarshal(b, answer)
 }
 
 func readToken(file string) (string, error) {

@@ -55,6 +55,14 @@ func TestAdminCommands(t *testing.T) {
 	if err := adminCommand("enroll", append(direct, "-device", "bad_name", "-pubkey", pubFile)); err == nil {
 		t.Error("a bad name was enrolled")
 	}
+	// Reading needs no CA key (only enroll issues certificates).
+	noCA := []string{"-zone", "iot.example", "-etcd", etcdURL, "-ca-key", filepath.Join(dir, "missing.pem")}
+	if err := adminCommand("show", append(noCA, "-device", "sensor7")); err != nil {
+		t.Errorf("show without the CA key: %v", err)
+	}
+	if err := adminCommand("list", noCA); err != nil {
+		t.Errorf("list without the CA key: %v", err)
+	}
 
 	// The same commands through a running signer.
 	ctx, cancel := context.WithCancel(context.Background())

@@ -5,6 +5,7 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/x509"
 	"encoding/hex"
 	"errors"
 	"flag"
@@ -110,7 +111,7 @@ var samples = []struct{ name, status string }{
 }
 
 // seed publishes the CA and enrolls the sample devices that are not there yet,
-// through the registry the signer's APIs use.
+// through the enrollment workflow the signer's APIs use.
 func seed(reg *signer.Registry, ca *signer.CA) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -125,11 +126,15 @@ func seed(reg *signer.Registry, ca *signer.CA) error {
 		if err != nil {
 			return err
 		}
-		cert, err := ca.Issue(s.name, key.Public(), time.Now())
+		der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, key)
 		if err != nil {
 			return err
 		}
-		if _, err := reg.Enroll(ctx, s.name, record.Credential{Cert: cert.Raw}); err != nil {
+		csr, err := x509.ParseCertificateRequest(der)
+		if err != nil {
+			return err
+		}
+		if _, err := (&signer.Enroller{CA: ca, Registry: reg}).Enroll(ctx, signer.Enrollment{Device: s.name, CSR: csr}); err != nil {
 			return err
 		}
 		if s.status == record.StatusRevoked {

@@ -1,0 +1,246 @@
+package signer
+
+import (
+	"context"
+	"crypto"
+	"crypto/sha256"
+	"crypto/x509"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/deviceid/deviceid/record"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+// ErrNotActive refuses a re-enrollment whose certificate is no longer an active
+// credential of its device: a revoked or deleted device cannot renew itself back.
+var ErrNotActive = errors.New("the client certificate is not an active credential of its device")
+
+// Supersede says which of a device's other keys an enrollment revokes, with reason
+// "superseded", in the write that adds the new one.
+type Supersede int
+
+const (
+	SupersedeNone    Supersede = iota // keep them until they expire
+	SupersedeOthers                   // every other active key of the device
+	SupersedeCurrent                  // the key of Enrollment.Current (a re-enrollment's)
+)
+
+// Enrollment is one request for a credential: a CSR (a certificate is issued for its
+// key) or a bare public key (published without a certificate), authorised by a
+// one-time code, by the device's current certificate, or by the caller's role.
+type Enrollment struct {
+	Device    string
+	CSR       *x509.CertificateRequest
+	PublicKey crypto.PublicKey // when CSR is nil
+	// Code is the device's one-time enrollment code (EST /simpleenroll); it is used up
+	// in the transaction that writes the record.
+	Code string
+	// Current is the certificate a re-enrolling device authenticated with; it must be
+	// an active credential of the device when the record is written.
+	Current   *x509.Certificate
+	Supersede Supersede
+}
+
+// Enrolled is the outcome: the device's record as written, and the certificate
+// (nil for a bare key). Again is true when the enrollment had been done before (a
+// retry whose answer was lost): Cert is then the one on record, and nothing new was
+// issued.
+type Enrolled struct {
+	Cert   *x509.Certificate
+	Device *record.Device
+	Again  bool
+}
+
+// Enroller is the one enrollment workflow: EST, the admin API and the CLI all call it.
+type Enroller struct {
+	CA       *CA
+	Registry *Registry
+	Now      func() time.Time // nil: time.Now
+}
+
+func (e *Enroller) now() time.Time {
+	if e.Now != nil {
+		return e.Now()
+	}
+	return time.Now()
+}
+
+// Enroll carries out one enrollment as one read-modify-write of the device's record
+// (and its code) per attempt. Everything is decided from the record the attempt
+// changes: whether this is a retry, whether the key was revoked, whether a
+// re-enrollment's certificate is still active, which keys to supersede. At most one
+// certificate is issued, and it is returned only once its record is written.
+func (e *Enroller) Enroll(ctx context.Context, req Enrollment) (Enrolled, error) {
+	device, err := record.DeviceName(req.Device)
+	if err != nil {
+		return Enrolled{}, invalid(err)
+	}
+	if _, err := record.DeviceOwner(device, e.CA.Zone); err != nil {
+		return Enrolled{}, invalid(err)
+	}
+	pub, spki, err := enrollmentKey(req)
+	if err != nil {
+		return Enrolled{}, err
+	}
+	keySum := sha256.Sum256(spki)
+	keyHash := hex.EncodeToString(keySum[:])
+	var side []string
+	if req.Code != "" {
+		side = []string{e.Registry.codeKey(device)}
+	}
+
+	var issued *x509.Certificate // kept across attempts: at most one per call
+	var out Enrolled
+	// Only a device with no sign of existing is guessed absent: a re-enrollment's
+	// device exists, and a code's key must be read anyway.
+	assumeAbsent := req.Current == nil && req.Code == ""
+	d, err := e.Registry.update(ctx, device, assumeAbsent, side, func(d *record.Device, side [][]byte) (*record.Device, []clientv3.Op, error) {
+		now := e.now()
+		out = Enrolled{}
+		var ops []clientv3.Op
+		if req.Code != "" {
+			code, err := checkCode(side[0], req.Code, now)
+			if err != nil {
+				return nil, nil, err
+			}
+			if code.UsedBy != "" {
+				if code.UsedBy != keyHash {
+					return nil, nil, ErrBadCode
+				}
+				if d == nil || onRecord(d, spki, now) == nil {
+					return nil, nil, ErrBadCode // used for this key, which is gone since
+				}
+			} else {
+				code.UsedBy = keyHash
+				used, _ := json.Marshal(code)
+				ops = append(ops, clientv3.OpPut(e.Registry.codeKey(device), string(used), clientv3.WithIgnoreLease()))
+			}
+		}
+		if req.Current != nil && !activeCert(d, req.Current.Raw) {
+			return nil, nil, ErrNotActive
+		}
+		if d == nil {
+			d = &record.Device{Version: record.Version}
+		}
+		for _, c := range d.Credentials {
+			if c.Status == record.StatusRevoked && string(c.SPKI) == string(spki) {
+				return nil, nil, ErrRevokedKey
+			}
+		}
+		var supersede [][]byte
+		switch req.Supersede {
+		case SupersedeOthers:
+			for _, c := range d.Credentials {
+				supersede = append(supersede, c.SPKI)
+			}
+		case SupersedeCurrent:
+			if req.Current != nil {
+				supersede = append(supersede, req.Current.RawSubjectPublicKeyInfo)
+			}
+		}
+		retire(d, supersede, spki, now)
+
+		if c := onRecord(d, spki, now); c != nil && (req.CSR == nil || c.Cert != nil) {
+			out.Again = true // done before: the answer is what is on record
+			if c.Cert != nil {
+				cert, err := x509.ParseCertificate(c.Cert)
+				if err != nil {
+					return nil, nil, fmt.Errorf("%w: %w", errStoredInvalid, err)
+				}
+				out.Cert = cert
+			}
+			return d, ops, nil
+		}
+		cred := record.Credential{SPKI: spki, Status: record.StatusActive}
+		if req.CSR != nil {
+			if issued == nil {
+				if issued, err = e.CA.Issue(device, pub, now); err != nil {
+					return nil, nil, invalid(err)
+				}
+			}
+			cred = record.Credential{Cert: issued.Raw, Status: record.StatusActive}
+			out.Cert = issued
+		}
+		if len(d.Credentials) >= record.MaxCredentials {
+			return nil, nil, invalid(fmt.Errorf("the device has %d credentials already, the most a record holds", len(d.Credentials)))
+		}
+		d.Credentials = append(d.Credentials, cred)
+		return d, ops, nil
+	})
+	if err != nil {
+		return Enrolled{}, err
+	}
+	out.Device = d
+	if !out.Again {
+		enrollments.Inc()
+		slog.Info("enrolled", "device", device, "certificate", out.Cert != nil, "code", req.Code != "",
+			"reenrollment", req.Current != nil, "supersede", req.Supersede)
+	}
+	return out, nil
+}
+
+// enrollmentKey checks the request's key and returns it with its DER SPKI.
+func enrollmentKey(req Enrollment) (crypto.PublicKey, []byte, error) {
+	switch {
+	case req.CSR != nil && req.PublicKey != nil:
+		return nil, nil, invalid(errors.New("give either a CSR or a public key, not both"))
+	case req.CSR != nil:
+		if err := CheckCSR(req.CSR); err != nil {
+			return nil, nil, invalid(err)
+		}
+		return req.CSR.PublicKey, req.CSR.RawSubjectPublicKeyInfo, nil
+	case req.PublicKey != nil:
+		if err := CheckPublicKey(req.PublicKey); err != nil {
+			return nil, nil, invalid(err)
+		}
+		spki, err := x509.MarshalPKIXPublicKey(req.PublicKey)
+		if err != nil {
+			return nil, nil, invalid(err)
+		}
+		return req.PublicKey, spki, nil
+	}
+	return nil, nil, invalid(errors.New("give a CSR or a public key"))
+}
+
+// onRecord returns the device's active, unexpired credential for the key spki, or nil.
+func onRecord(d *record.Device, spki []byte, now time.Time) *record.Credential {
+	for i, c := range d.Credentials {
+		if c.Status == record.StatusActive && !c.Expired(now) && string(c.SPKI) == string(spki) {
+			return &d.Credentials[i]
+		}
+	}
+	return nil
+}
+
+// activeCert reports whether the certificate der is an active credential of d.
+func activeCert(d *record.Device, der []byte) bool {
+	if d == nil {
+		return false
+	}
+	for _, c := range d.Credentials {
+		if c.Status == record.StatusActive && string(c.Cert) == string(der) {
+			return true
+		}
+	}
+	return false
+}
+
+// retire revokes the active credentials of d for the keys in supersede, but never
+// the key being enrolled, with reason "superseded".
+func retire(d *record.Device, supersede [][]byte, keep []byte, now time.Time) {
+	at := now.UTC().Truncate(time.Second)
+	for i := range d.Credentials {
+		c := &d.Credentials[i]
+		for _, old := range supersede {
+			if string(c.SPKI) == string(old) && c.Status == record.StatusActive && string(old) != string(keep) {
+				c.Status, c.RevokedAt, c.Reason = record.StatusRevoked, &at, "superseded"
+			}
+		}
+	}
+}
