@@ -199,7 +199,8 @@ func TestVerifyRevocationWithinTTL(t *testing.T) {
 }
 
 // tamperingProxy forwards DNS queries to upstream and spoils every RRSIG over a TLSA
-// RRset in the answers: what an attacker on the path would serve.
+// RRset or an NSEC in the answers: what an attacker on the path would serve, to
+// vouch for a key or to deny one.
 func tamperingProxy(t testing.TB, upstream string) string {
 	t.Helper()
 	port := dnsPort(t)
@@ -213,8 +214,8 @@ func tamperingProxy(t testing.TB, upstream string) string {
 		if err != nil {
 			return
 		}
-		for _, rr := range resp.Answer {
-			if sig, ok := rr.(*dns.RRSIG); ok && sig.TypeCovered == dns.TypeTLSA {
+		for _, rr := range append(resp.Answer, resp.Ns...) {
+			if sig, ok := rr.(*dns.RRSIG); ok && (sig.TypeCovered == dns.TypeTLSA || sig.TypeCovered == dns.TypeNSEC) {
 				// Another valid base64 character at one place: still a signature of the
 				// right length, no longer the right one.
 				b := []byte(sig.Signature)
@@ -265,12 +266,52 @@ func TestVerifyBogusSignature(t *testing.T) {
 		t.Errorf("local validation of a bogus signature: %v, want %v", err, verify.ErrNotValidated)
 	}
 	viaResolver := &verify.Verifier{Zones: []string{zone}, Resolver: unbound}
-	if _, err := viaResolver.Verify(t.Context(), []*x509.Certificate{cert}); err == nil {
-		t.Error("a bogus answer through the validating resolver was accepted")
+	if _, err := viaResolver.Verify(t.Context(), []*x509.Certificate{cert}); !errors.Is(err, verify.ErrNotValidated) {
+		t.Errorf("a bogus answer through the validating resolver: %v, want %v", err, verify.ErrNotValidated)
 	}
-	// The same verifiers accept the device from the untampered server.
+	// A denial with a spoilt signature proves nothing.
+	nobody, _ := ca.Issue("nobody", mustKey().Public(), time.Now())
+	if _, err := local.Verify(t.Context(), []*x509.Certificate{nobody}); !errors.Is(err, verify.ErrNotValidated) {
+		t.Errorf("local validation of a bogus denial: %v, want %v", err, verify.ErrNotValidated)
+	}
+	// The same verifiers accept the device from the untampered server, and find the
+	// proof that nobody has no key.
 	honest := &verify.Verifier{Zones: []string{zone}, TrustAnchor: []dns.RR{ksk.ds}, Server: c.UDP}
 	if _, err := honest.Verify(t.Context(), []*x509.Certificate{cert}); err != nil {
 		t.Errorf("untampered: %v", err)
+	}
+	if _, err := honest.Verify(t.Context(), []*x509.Certificate{nobody}); !errors.Is(err, verify.ErrNoMatch) {
+		t.Errorf("untampered denial: %v, want %v", err, verify.ErrNoMatch)
+	}
+}
+
+// TestVerifyNegativeTTL: a device refused because it was not enrolled yet is accepted
+// once the refusal's negative TTL (the zone's, 60 s) has passed on the verifier's
+// clock, validated locally against the real signed zone.
+func TestVerifyNegativeTTL(t *testing.T) {
+	etcd := testenv.StartEtcd(t)
+	ksk := genZoneKey(t, t.TempDir(), dns.ECDSAP256SHA256, true)
+	port := dnsPort(t)
+	c := testenv.StartCoreDNS(t, signedCorefile(port, etcd.URL(), ksk))
+	waitLoaded(t, c)
+	ca, _ := signer.InitCA(t.TempDir(), "device CA", zone, elliptic.P256())
+	cert, _ := ca.Issue("late", mustKey().Public(), time.Now())
+	now := time.Now()
+	v := &verify.Verifier{Zones: []string{zone}, TrustAnchor: []dns.RR{ksk.ds}, Server: c.UDP, Now: func() time.Time { return now }}
+	chain := []*x509.Certificate{cert}
+	if _, err := v.Verify(t.Context(), chain); !errors.Is(err, verify.ErrNoMatch) {
+		t.Fatalf("before enrollment: %v, want %v", err, verify.ErrNoMatch)
+	}
+	testenv.Put(t, etcd.Client(), deviceKey("late"), deviceJSON(credentialJSON(&device{cert: cert.Raw}, "active")))
+	testenv.Eventually(t, "device in DNS", func() error {
+		return answerIs(t, c, "late._device.iot.example.", dns.RcodeSuccess, []string{eeOf(cert), discoveryOf(cert)})
+	})
+	now = now.Add(59 * time.Second)
+	if _, err := v.Verify(t.Context(), chain); !errors.Is(err, verify.ErrNoMatch) {
+		t.Errorf("within the negative TTL: %v, want the cached refusal", err)
+	}
+	now = now.Add(time.Second)
+	if _, err := v.Verify(t.Context(), chain); err != nil {
+		t.Errorf("after the negative TTL: %v", err)
 	}
 }

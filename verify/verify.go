@@ -15,11 +15,13 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"time"
 
 	"github.com/miekg/dns"
+	"golang.org/x/sync/singleflight"
 )
 
 // Reasons a client is refused, for errors.Is; every refusal wraps one of them.
@@ -48,14 +50,46 @@ type Verifier struct {
 	RevokedUsage uint8
 	// Timeout bounds one lookup (5 s when 0).
 	Timeout time.Duration
+	// CacheSize bounds how many names' answers are cached (DefaultCacheSize when 0):
+	// clients presenting certificates with ever new names cannot grow the server.
+	CacheSize int
+	// Now is the clock of the cache (time.Now when nil); tests set it.
+	Now func() time.Time
 
-	mu    sync.Mutex
-	cache map[string]cached
+	once     sync.Once
+	cache    *lru
+	inflight singleflight.Group
 }
 
-type cached struct {
-	tlsa    []*dns.TLSA
-	expires time.Time
+// DefaultCacheSize holds every device of a broker with 100,000 devices. An entry
+// keeps only the records a verifier uses, a few hundred bytes.
+const DefaultCacheSize = 100_000
+
+// MaxNegativeTTL caps how long a name without TLSA records stays refused from the
+// cache, so a device enrolled right after a refused attempt is accepted soon.
+const MaxNegativeTTL = time.Minute
+
+func (v *Verifier) now() time.Time {
+	if v.Now != nil {
+		return v.Now()
+	}
+	return time.Now()
+}
+
+// CacheLen is how many names the cache holds.
+func (v *Verifier) CacheLen() int {
+	v.init()
+	return v.cache.len()
+}
+
+func (v *Verifier) init() {
+	v.once.Do(func() {
+		size := v.CacheSize
+		if size <= 0 {
+			size = DefaultCacheSize
+		}
+		v.cache = newLRU(size)
+	})
 }
 
 // VerifyPeerCertificate is for tls.Config.VerifyPeerCertificate (with ClientAuth
@@ -135,10 +169,7 @@ func (v *Verifier) identity(cert *x509.Certificate) (string, error) {
 // match applies RFC 6698/7671 matching: a revoked-status record for the key refuses
 // it outright; otherwise one usable DANE-EE (3) or DANE-TA (2) record must match.
 func (v *Verifier) match(name string, chain []*x509.Certificate, rrs []*dns.TLSA) (*dns.TLSA, error) {
-	revoked := v.RevokedUsage
-	if revoked == 0 {
-		revoked = 255
-	}
+	revoked := v.revokedUsage()
 	leaf := chain[0]
 	for _, rr := range rrs {
 		if rr.Usage == revoked && matches(rr, leaf) {
@@ -220,32 +251,71 @@ func chainsTo(leaf *x509.Certificate, intermediates []*x509.Certificate, ta *x50
 	return err == nil
 }
 
-// lookup returns the validated TLSA RRset at name, cached no longer than its TTL.
+// lookup returns the validated TLSA RRset at name (empty when the name has none),
+// from the cache while it is fresh; concurrent lookups of one name share one query.
 func (v *Verifier) lookup(ctx context.Context, name string) ([]*dns.TLSA, error) {
-	v.mu.Lock()
-	if c, ok := v.cache[name]; ok && time.Now().Before(c.expires) {
-		v.mu.Unlock()
-		return c.tlsa, nil
+	v.init()
+	if rrs, ok := v.cache.get(name, v.now()); ok {
+		return rrs, nil
 	}
-	v.mu.Unlock()
-	var rrs []*dns.TLSA
-	var ttl uint32
-	var err error
-	if len(v.TrustAnchor) > 0 {
-		rrs, ttl, err = v.lookupLocal(ctx, name)
-	} else {
-		rrs, ttl, err = v.lookupAD(ctx, name)
-	}
+	res, err, _ := v.inflight.Do(name, func() (any, error) {
+		var a answer
+		var err error
+		if len(v.TrustAnchor) > 0 {
+			a, err = v.lookupLocal(ctx, name)
+		} else {
+			a, err = v.lookupAD(ctx, name)
+		}
+		if err != nil {
+			return nil, err
+		}
+		rrs := v.usable(a.tlsa)
+		if a.ttl > 0 {
+			v.cache.put(name, rrs, v.now().Add(a.ttl))
+		}
+		return rrs, nil
+	})
 	if err != nil {
 		return nil, err
 	}
-	v.mu.Lock()
-	if v.cache == nil {
-		v.cache = make(map[string]cached)
+	return res.([]*dns.TLSA), nil
+}
+
+// usable keeps the records match looks at: DANE-EE, DANE-TA and the revoked usage.
+func (v *Verifier) usable(rrs []*dns.TLSA) []*dns.TLSA {
+	out := make([]*dns.TLSA, 0, len(rrs))
+	for _, rr := range rrs {
+		if rr.Usage == 2 || rr.Usage == 3 || rr.Usage == v.revokedUsage() {
+			out = append(out, rr)
+		}
 	}
-	v.cache[name] = cached{tlsa: rrs, expires: time.Now().Add(time.Duration(ttl) * time.Second)}
-	v.mu.Unlock()
-	return rrs, nil
+	return out
+}
+
+func (v *Verifier) revokedUsage() uint8 {
+	if v.RevokedUsage == 0 {
+		return 255
+	}
+	return v.RevokedUsage
+}
+
+// answer is a validated lookup: the TLSA RRset (empty: proven absent) and how long
+// it may be cached.
+type answer struct {
+	tlsa []*dns.TLSA
+	ttl  time.Duration
+}
+
+// negativeTTL is how long a proven absence may be cached: the SOA's negative TTL
+// (the lesser of its TTL and MINIMUM, RFC 2308 §5), at most MaxNegativeTTL.
+func negativeTTL(authority []dns.RR) time.Duration {
+	ttl := MaxNegativeTTL
+	for _, rr := range authority {
+		if soa, ok := rr.(*dns.SOA); ok {
+			ttl = min(ttl, time.Duration(min(soa.Hdr.Ttl, soa.Minttl))*time.Second)
+		}
+	}
+	return ttl
 }
 
 // exchange asks addr with DO set, over TCP when the answer is truncated.
@@ -261,50 +331,101 @@ func exchange(ctx context.Context, addr, name string, qtype uint16, cd bool) (*d
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrLookupFailed, err)
 	}
+	if r.Rcode == dns.RcodeServerFailure {
+		return r, fmt.Errorf("%w: %w for %s", ErrLookupFailed, errServFail, name)
+	}
 	if r.Rcode != dns.RcodeSuccess && r.Rcode != dns.RcodeNameError {
 		return nil, fmt.Errorf("%w: %s for %s", ErrLookupFailed, dns.RcodeToString[r.Rcode], name)
 	}
 	return r, nil
 }
 
-// lookupAD trusts the validating resolver's AD bit.
-func (v *Verifier) lookupAD(ctx context.Context, name string) ([]*dns.TLSA, uint32, error) {
+var errServFail = errors.New("SERVFAIL")
+
+// lookupAD trusts the validating resolver's AD bit. A resolver answers a bogus
+// answer with SERVFAIL; asked again with CD (checking disabled) it then returns the
+// data, which tells a bogus answer (not validated) from a failed lookup.
+func (v *Verifier) lookupAD(ctx context.Context, name string) (answer, error) {
 	r, err := exchange(ctx, v.Resolver, name, dns.TypeTLSA, false)
+	if errors.Is(err, errServFail) {
+		if bogus(r) {
+			return answer{}, fmt.Errorf("%w: the resolver found the answer for %s bogus", ErrNotValidated, name)
+		}
+		if r2, err2 := exchange(ctx, v.Resolver, name, dns.TypeTLSA, true); err2 == nil && r2 != nil {
+			return answer{}, fmt.Errorf("%w: the resolver could not validate the answer for %s", ErrNotValidated, name)
+		}
+	}
 	if err != nil {
-		return nil, 0, err
+		return answer{}, err
 	}
 	if !r.AuthenticatedData {
-		return nil, 0, fmt.Errorf("%w: no AD bit for %s", ErrNotValidated, name)
-	}
-	rrs, ttl := tlsaOf(r.Answer, name)
-	return rrs, ttl, nil
-}
-
-// lookupLocal validates the answer itself: the zone's DNSKEY RRset against the trust
-// anchor, then the TLSA RRset's signature with those keys. A name with no TLSA RRset
-// gets no records, which refuses the client whatever the proof of denial says.
-func (v *Verifier) lookupLocal(ctx context.Context, name string) ([]*dns.TLSA, uint32, error) {
-	zone := v.TrustAnchor[0].Header().Name
-	keys, err := v.trustedKeys(ctx, zone)
-	if err != nil {
-		return nil, 0, err
-	}
-	r, err := exchange(ctx, v.Server, name, dns.TypeTLSA, true)
-	if err != nil {
-		return nil, 0, err
+		return answer{}, fmt.Errorf("%w: no AD bit for %s", ErrNotValidated, name)
 	}
 	rrs, ttl := tlsaOf(r.Answer, name)
 	if len(rrs) == 0 {
-		return nil, 0, nil
+		return answer{ttl: negativeTTL(r.Ns)}, nil
+	}
+	return answer{tlsa: rrs, ttl: time.Duration(ttl) * time.Second}, nil
+}
+
+// bogus reports whether a SERVFAIL carries an Extended DNS Error (RFC 8914) that
+// says DNSSEC validation failed (codes 1 to 12).
+func bogus(r *dns.Msg) bool {
+	if r == nil || r.IsEdns0() == nil {
+		return false
+	}
+	for _, o := range r.IsEdns0().Option {
+		if ede, ok := o.(*dns.EDNS0_EDE); ok && ede.InfoCode >= dns.ExtendedErrorCodeUnsupportedDNSKEYAlgorithm && ede.InfoCode <= dns.ExtendedErrorCodeNSECMissing {
+			return true
+		}
+	}
+	return false
+}
+
+// lookupLocal validates the answer itself: the zone's DNSKEY RRset against the trust
+// anchor, then the TLSA RRset's signature with those keys, or, for a name without
+// TLSA records, the proof of that: a signed NSEC at the name whose bitmap lacks TLSA
+// (RFC 4035 §5.4 NODATA, and RFC 9824 compact denial, which deviceid serves).
+func (v *Verifier) lookupLocal(ctx context.Context, name string) (answer, error) {
+	zone := v.TrustAnchor[0].Header().Name
+	keys, err := v.trustedKeys(ctx, zone)
+	if err != nil {
+		return answer{}, err
+	}
+	r, err := exchange(ctx, v.Server, name, dns.TypeTLSA, true)
+	if err != nil {
+		return answer{}, err
+	}
+	rrs, ttl := tlsaOf(r.Answer, name)
+	if len(rrs) == 0 {
+		if !deniedTLSA(r.Ns, name, keys) {
+			return answer{}, fmt.Errorf("%w: no valid proof that %s has no TLSA records", ErrNotValidated, name)
+		}
+		return answer{ttl: negativeTTL(r.Ns)}, nil
 	}
 	set := make([]dns.RR, len(rrs))
 	for i, rr := range rrs {
 		set[i] = rr
 	}
 	if !verified(r.Answer, set, keys) {
-		return nil, 0, fmt.Errorf("%w: no valid RRSIG over the TLSA RRset of %s", ErrNotValidated, name)
+		return answer{}, fmt.Errorf("%w: no valid RRSIG over the TLSA RRset of %s", ErrNotValidated, name)
 	}
-	return rrs, ttl, nil
+	return answer{tlsa: rrs, ttl: time.Duration(ttl) * time.Second}, nil
+}
+
+// deniedTLSA reports whether authority holds a validly signed NSEC at name whose type
+// bitmap has neither TLSA nor CNAME.
+func deniedTLSA(authority []dns.RR, name string, keys map[uint16]*dns.DNSKEY) bool {
+	for _, rr := range authority {
+		nsec, ok := rr.(*dns.NSEC)
+		if !ok || !strings.EqualFold(nsec.Hdr.Name, name) || slices.Contains(nsec.TypeBitMap, dns.TypeTLSA) || slices.Contains(nsec.TypeBitMap, dns.TypeCNAME) {
+			continue
+		}
+		if verified(authority, []dns.RR{nsec}, keys) {
+			return true
+		}
+	}
+	return false
 }
 
 // trustedKeys fetches the zone's DNSKEY RRset and keeps it if a key matching the
@@ -359,10 +480,10 @@ func verified(section []dns.RR, set []dns.RR, keys map[uint16]*dns.DNSKEY) bool 
 }
 
 // tlsaOf returns the TLSA records at name in an answer section, and their TTL.
-func tlsaOf(answer []dns.RR, name string) ([]*dns.TLSA, uint32) {
+func tlsaOf(section []dns.RR, name string) ([]*dns.TLSA, uint32) {
 	var rrs []*dns.TLSA
 	var ttl uint32
-	for _, rr := range answer {
+	for _, rr := range section {
 		if t, ok := rr.(*dns.TLSA); ok && strings.EqualFold(t.Hdr.Name, name) {
 			rrs = append(rrs, t)
 			if ttl == 0 || t.Hdr.Ttl < ttl {
