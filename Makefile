@@ -35,6 +35,7 @@ FUZZTIME ?= 30s
 fuzz:
 	$(GO) test -run XXX -fuzz FuzzParseDevice -fuzztime $(FUZZTIME) ./record/
 	$(GO) test -run XXX -fuzz FuzzServeDNS -fuzztime $(FUZZTIME) ./plugin/
+	$(GO) test -run XXX -fuzz FuzzParse -fuzztime $(FUZZTIME) ./internal/pkcs11key/
 
 # CoreDNS on 127.0.0.1:1053 over an embedded etcd with sample devices.
 run: build

@@ -28,13 +28,15 @@ type Deviceid struct {
 	zones   map[string]*zone
 	cfg     *config
 
+	now func() time.Time // the clock of signing; tests set it
+
 	client *clientv3.Client
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 }
 
 func newDeviceid(cfg *config) *Deviceid {
-	d := &Deviceid{origins: cfg.zones, zones: make(map[string]*zone), cfg: cfg}
+	d := &Deviceid{origins: cfg.zones, zones: make(map[string]*zone), cfg: cfg, now: time.Now}
 	for _, origin := range cfg.zones {
 		z := &zone{origin: origin, cfg: cfg, rejected: make(map[string]int64), loaded: make(chan struct{})}
 		if ks := cfg.keys[origin]; ks != nil {
@@ -69,7 +71,7 @@ func (d *Deviceid) ServeDNS(ctx context.Context, w dns.ResponseWriter, r *dns.Ms
 		return dns.RcodeServerFailure, nil // not loaded from etcd yet
 	}
 	do := z.signer != nil && state.Do()
-	now := time.Now()
+	now := d.now()
 	var err error
 	if len(a.apex) > 0 {
 		err = z.writeApex(w, state, a, do, now)
@@ -168,5 +170,6 @@ func (d *Deviceid) stop() error {
 	}
 	d.cancel()
 	d.wg.Wait()
+	d.cfg.closeKeys()
 	return d.client.Close()
 }

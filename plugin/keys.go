@@ -3,15 +3,19 @@ package deviceid
 import (
 	"crypto"
 	"crypto/ecdsa"
+	"crypto/elliptic"
 	"fmt"
 	"io"
 	"os"
 	"strings"
 
+	"github.com/deviceid/deviceid/internal/dnskey"
+	"github.com/deviceid/deviceid/internal/pkcs11key"
+
 	"github.com/miekg/dns"
 )
 
-// key is one DNSSEC key pair of a zone, from BIND-format files.
+// key is one DNSSEC key pair of a zone, from BIND-format files or in an HSM.
 type key struct {
 	dnskey *dns.DNSKEY
 	signer crypto.Signer
@@ -61,14 +65,41 @@ func loadKey(name string) (*key, error) {
 	}
 	dk.Hdr.Name = strings.ToLower(dk.Hdr.Name)
 	k := &key{dnskey: dk, signer: signer, tag: dk.KeyTag()}
-	// A private key that does not belong to the public key would sign everything
-	// with signatures no validator accepts.
-	probe := &dns.RRSIG{Algorithm: dk.Algorithm, SignerName: dk.Hdr.Name, KeyTag: k.tag, Expiration: 1 << 31}
-	txt := &dns.TXT{Hdr: dns.RR_Header{Name: dk.Hdr.Name, Rrtype: dns.TypeTXT, Class: dns.ClassINET}, Txt: []string{"probe"}}
-	if _, _, err := signRRset(k, probe, []dns.RR{txt}); err != nil || probe.Verify(dk, []dns.RR{txt}) != nil {
-		return nil, fmt.Errorf("%s.private does not match %s.key", base, base)
+	if err := k.probe(); err != nil {
+		return nil, fmt.Errorf("%s.private does not match %s.key: %v", base, base, err)
 	}
 	return k, nil
+}
+
+// loadPKCS11Key opens an ECDSA P-256 key in an HSM as a SEP key of zone; its DNSKEY
+// is made from the token's public key.
+func loadPKCS11Key(uri, zone string) (*key, error) {
+	hk, err := pkcs11key.Open(uri, elliptic.P256())
+	if err != nil {
+		return nil, err
+	}
+	dk, err := dnskey.FromECDSA(zone, hk.Public().(*ecdsa.PublicKey), true)
+	if err != nil {
+		hk.Close()
+		return nil, err
+	}
+	k := &key{dnskey: dk, signer: hk, tag: dk.KeyTag()}
+	if err := k.probe(); err != nil {
+		hk.Close()
+		return nil, fmt.Errorf("the key cannot sign: %v", err)
+	}
+	return k, nil
+}
+
+// probe signs and verifies a record: a private key that does not belong to the
+// public key, or cannot sign, would make signatures no validator accepts.
+func (k *key) probe() error {
+	probe := &dns.RRSIG{Algorithm: k.dnskey.Algorithm, SignerName: k.dnskey.Hdr.Name, KeyTag: k.tag, Expiration: 1 << 31}
+	txt := &dns.TXT{Hdr: dns.RR_Header{Name: k.dnskey.Hdr.Name, Rrtype: dns.TypeTXT, Class: dns.ClassINET}, Txt: []string{"probe"}}
+	if _, _, err := signRRset(k, probe, []dns.RR{txt}); err != nil {
+		return err
+	}
+	return probe.Verify(k.dnskey, []dns.RR{txt})
 }
 
 // rfc6979 signs with deterministic ECDSA (RFC 6979, allowed for DNSSEC by RFC 6605

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/deviceid/deviceid/internal/pkcs11key"
 	"github.com/deviceid/deviceid/record"
 
 	"github.com/coredns/caddy"
@@ -45,7 +46,9 @@ type config struct {
 	password  string
 	prefix    string
 	keyFiles  []string           // BIND key file base names
+	keyURIs   []string           // PKCS#11 URIs of keys in an HSM
 	keys      map[string]*keySet // by zone; a zone without keys is not signed
+	hsmKeys   []*pkcs11key.Key   // the keys opened in HSMs, closed on shutdown
 	ns        []string
 	ttl       uint32
 	render    record.RenderOptions
@@ -104,15 +107,30 @@ func parse(c *caddy.Controller) (*config, error) {
 	return cfg, nil
 }
 
-// loadKeys reads the key files and sorts the keys by zone.
+// loadKeys reads the key files, opens the keys in HSMs, and sorts the keys by zone.
+// A key in an HSM is a SEP key (a KSK, or a CSK alone) of the block's one zone.
 func (cfg *config) loadKeys() error {
 	byZone := make(map[string][]*key)
+	if len(cfg.keyURIs) > 0 && len(cfg.zones) != 1 {
+		return fmt.Errorf("key pkcs11 needs a block that serves one zone, not %d: the key does not name its zone", len(cfg.zones))
+	}
+	for _, uri := range cfg.keyURIs {
+		k, err := loadPKCS11Key(uri, cfg.zones[0])
+		if err != nil {
+			cfg.closeKeys()
+			return fmt.Errorf("key pkcs11: %v", err)
+		}
+		cfg.hsmKeys = append(cfg.hsmKeys, k.signer.(*pkcs11key.Key))
+		byZone[cfg.zones[0]] = append(byZone[cfg.zones[0]], k)
+	}
 	for _, f := range cfg.keyFiles {
 		k, err := loadKey(f)
 		if err != nil {
+			cfg.closeKeys()
 			return fmt.Errorf("key file %s: %v", f, err)
 		}
 		if !slices.Contains(cfg.zones, k.dnskey.Hdr.Name) {
+			cfg.closeKeys()
 			return fmt.Errorf("key file %s is for zone %s, which this block does not serve", f, k.dnskey.Hdr.Name)
 		}
 		byZone[k.dnskey.Hdr.Name] = append(byZone[k.dnskey.Hdr.Name], k)
@@ -121,6 +139,7 @@ func (cfg *config) loadKeys() error {
 	for zone, keys := range byZone {
 		ks, err := newKeySet(zone, keys, cfg.ttl, cfg.cds)
 		if err != nil {
+			cfg.closeKeys()
 			return err
 		}
 		cfg.keys[zone] = ks
@@ -173,11 +192,18 @@ func parseOption(c *caddy.Controller, cfg *config, root string) error {
 		cfg.prefix = strings.TrimRight(args[0], "/")
 	case "key":
 		args = fields(args)
-		if len(args) < 2 || args[0] != "file" {
-			return c.Errf("want 'key file NAME...'")
+		if len(args) < 2 || (args[0] != "file" && args[0] != "pkcs11") {
+			return c.Errf("want 'key file NAME...' or 'key pkcs11 URI...'")
 		}
-		for _, f := range args[1:] {
-			cfg.keyFiles = append(cfg.keyFiles, inRoot(root, f))
+		for _, a := range args[1:] {
+			if args[0] == "pkcs11" {
+				if !pkcs11key.IsURI(a) {
+					return c.Errf("key pkcs11 %q is not a pkcs11: URI (RFC 7512)", a)
+				}
+				cfg.keyURIs = append(cfg.keyURIs, a)
+			} else {
+				cfg.keyFiles = append(cfg.keyFiles, inRoot(root, a))
+			}
 		}
 	case "ns":
 		args = fields(args)
@@ -245,6 +271,14 @@ func parseOption(c *caddy.Controller, cfg *config, root string) error {
 		return c.Errf("unknown property '%s'", opt)
 	}
 	return nil
+}
+
+// closeKeys logs out of the HSMs the block's keys are in.
+func (cfg *config) closeKeys() {
+	for _, k := range cfg.hsmKeys {
+		k.Close()
+	}
+	cfg.hsmKeys = nil
 }
 
 // inRoot joins a relative file name with the server's root directory, if one is set.

@@ -1,6 +1,7 @@
 package deviceid
 
 import (
+	"crypto/elliptic"
 	"crypto/x509"
 	"os"
 	"path/filepath"
@@ -10,6 +11,7 @@ import (
 	"time"
 
 	"github.com/deviceid/deviceid/internal/dnskey"
+	"github.com/deviceid/deviceid/internal/pkcs11key"
 	"github.com/deviceid/deviceid/internal/testenv"
 
 	"github.com/coredns/caddy"
@@ -29,6 +31,16 @@ func TestSetup(t *testing.T) {
 	rsa := filepath.Join(dir, "Krsa")
 	testenv.WriteFile(t, rsa+".key", []byte("iot.example. IN DNSKEY 257 3 8 AwEAAcFcGsaxxdgiuuGmCkVImy4h99CqT7jwY3pexPGcnUFtR2Fh36BponcwtkZ4cAgtvd4Qs8PkxUdp6p/DlUmObdk="))
 	testenv.WriteFile(t, rsa+".private", []byte("Private-key-format: v1.3\nAlgorithm: 8 (RSASHA256)\n"))
+	// Keys in an HSM: a KSK in SoftHSM, and a P-384 key the zone cannot use.
+	h := testenv.SoftHSM(t)
+	hsmKSK := hsmKey(t, h, "ksk")
+	p384, err := pkcs11key.Generate(h.URI("p384"), elliptic.P384())
+	if err != nil {
+		t.Fatal(err)
+	}
+	p384.Close()
+	wrongPIN := filepath.Join(dir, "pin")
+	testenv.WriteFile(t, wrongPIN, []byte("0000"))
 	tests := []struct {
 		name  string
 		input string
@@ -115,6 +127,19 @@ func TestSetup(t *testing.T) {
 		{"signature_validity text", "deviceid {\nsignature_validity long\n}", "at least 2h", nil},
 		{"cds yes", "deviceid {\ncds yes\n}", "want on or off", nil},
 		{"twice", "deviceid\ndeviceid", "this plugin", nil},
+		{"hsm ksk and file zsk", "deviceid {\nkey pkcs11 \"" + hsmKSK + "\"\nkey file " + zsk + "\n}", "", func(t *testing.T, c *config) {
+			defer c.closeKeys()
+			if ks := c.keys["iot.example."]; ks == nil || len(ks.ksk) != 1 || len(ks.zsk) != 1 || len(ks.cds) != 1 || len(c.hsmKeys) != 1 {
+				t.Errorf("keys %+v", ks)
+			}
+		}},
+		{"pkcs11 not a uri", "deviceid {\nkey pkcs11 ksk.pem\n}", "not a pkcs11: URI", nil},
+		{"pkcs11 malformed", "deviceid {\nkey pkcs11 pkcs11:token\n}", "malformed", nil},
+		{"pkcs11 wrong pin", "deviceid {\nkey pkcs11 \"" + strings.Replace(hsmKSK, h.PINFile, wrongPIN, 1) + "\"\n}", "wrong PIN", nil},
+		{"pkcs11 missing object", "deviceid {\nkey pkcs11 \"" + h.URI("nosuch") + "\"\n}", "no such key pair", nil},
+		{"pkcs11 wrong key type", "deviceid {\nkey pkcs11 \"" + h.URI("p384") + "\"\n}", "want ECDSA on P-256", nil},
+		{"pkcs11 unreachable module", "deviceid {\nkey pkcs11 \"" + strings.Replace(hsmKSK, h.Module, "/nonexistent/module.so", 1) + "\"\n}", "not a readable module", nil},
+		{"pkcs11 two zones", "deviceid a.example b.example {\nkey pkcs11 \"" + hsmKSK + "\"\n}", "one zone", nil},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

@@ -13,6 +13,9 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 )
 
+// renewRetry is how long a failed renewal waits before the next try.
+const renewRetry = time.Minute
+
 // inceptionSkew backdates signatures for validators whose clocks run behind.
 const inceptionSkew = time.Hour
 
@@ -56,12 +59,12 @@ const (
 // sigs are the RRSIGs over one RRset, packed for an answer. The cache holds many: they
 // keep little besides bytes, which the garbage collector need not scan.
 type sigs struct {
-	n       uint16   // how many RRSIGs
-	wire    []byte   // the RRSIGs packed; owner compressed to the question name but forAuthority
-	set     []byte   // forNSEC: the NSEC packed the same way
-	rrs     []dns.RR // forMessage: the RRSIGs as records
-	refresh int64    // Unix ns after which they are made again, in the background
-	expire  int64    // Unix ns of the earliest RRSIG expiration
+	n       uint16       // how many RRSIGs
+	wire    []byte       // the RRSIGs packed; owner compressed to the question name but forAuthority
+	set     []byte       // forNSEC: the NSEC packed the same way
+	rrs     []dns.RR     // forMessage: the RRSIGs as records
+	refresh atomic.Int64 // Unix ns after which they are made again, in the background
+	expire  int64        // Unix ns of the earliest RRSIG expiration
 	busy    atomic.Bool
 }
 
@@ -87,12 +90,18 @@ func (s *signer) signed(c *sigCache, k uint64, mode signMode, now time.Time, bui
 	ns := now.UnixNano()
 	if e := c.get(k); e != nil && ns < e.expire-int64(inceptionSkew) {
 		s.hits.Inc()
-		if ns > e.refresh && e.busy.CompareAndSwap(false, true) {
+		if ns > e.refresh.Load() && e.busy.CompareAndSwap(false, true) {
 			go func() {
-				if fresh, err := s.sign(build(), mode, time.Now()); err == nil {
+				rrset := build()
+				if fresh, err := s.sign(rrset, mode, now); err == nil {
 					c.put(k, fresh)
 				} else {
+					// The cached signatures stay valid for a while yet (an HSM that went
+					// away may come back): try again in a minute, not on every query.
+					e.refresh.Store(now.Add(renewRetry).UnixNano())
 					e.busy.Store(false)
+					log.Warningf("zone %s: renewing the signatures of %s %s failed, serving the cached ones (valid until %s): %v",
+						s.origin, rrset[0].Header().Name, dns.TypeToString[rrset[0].Header().Rrtype], time.Unix(0, e.expire).UTC().Format(time.RFC3339), err)
 				}
 			}()
 		}
@@ -164,10 +173,8 @@ func (s *signer) signRecovering(rrset []dns.RR, mode signMode, now time.Time) (e
 func (s *signer) signNow(rrset []dns.RR, mode signMode, now time.Time) (*sigs, error) {
 	h := rrset[0].Header()
 	inception, expiration := now.Add(-inceptionSkew), now.Add(s.validity)
-	e := &sigs{
-		refresh: now.Add(s.validity / 4).UnixNano(),
-		expire:  expiration.UnixNano(),
-	}
+	e := &sigs{expire: expiration.UnixNano()}
+	e.refresh.Store(now.Add(s.validity / 4).UnixNano())
 	for _, k := range s.keys.signers(h.Rrtype) {
 		sig := &dns.RRSIG{
 			Algorithm:  k.dnskey.Algorithm,

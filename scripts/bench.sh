@@ -195,14 +195,15 @@ go test -run XXX -bench 'EnrollAdminAPI|RawEtcdPut|Handshake' -benchtime 5s ./te
 cat $out/gobench.txt
 # rate NAME: the per-second figure a benchmark reported
 rate() { awk -v n="$1" '$1 ~ "^Benchmark"n"-" {for (i = 1; i <= NF; i++) if ($(i+1) ~ /\/s$/) print $i}' $out/gobench.txt; }
-csr=$(rate EnrollAdminAPI); bare=$(rate EnrollAdminAPIBareKey); raw=$(rate RawEtcdPut)
+csr=$(rate EnrollAdminAPI); bare=$(rate EnrollAdminAPIBareKey); hsm=$(rate EnrollAdminAPIHSM); raw=$(rate RawEtcdPut)
 pool=$(rate HandshakeCAPool); cached=$(rate HandshakeDANECached); uncached=$(rate HandshakeDANEUncached)
 {
   echo
   echo "Enrollment through the admin API (16 concurrent clients, single-node etcd): with a CSR $csr/s ($(ratio "$csr" "$raw")× raw puts),"
   echo "with a bare public key $bare/s ($(ratio "$bare" "$raw")×); raw etcd puts of the same record size $raw/s."
+  echo "With the CA key in SoftHSM2 (PKCS#11), with a CSR $hsm/s ($(ratio "$hsm" "$csr")× the file key)."
   echo
   echo "TLS 1.3 handshakes with client authentication: CA pool $pool/s; DANE, answers cached, $cached/s ($(ratio "$cached" "$pool")×);"
   echo "DANE with a lookup at unbound for every handshake $uncached/s ($(ratio "$uncached" "$pool")×)."
 } >> $out/results.md
-tail -6 $out/results.md
+tail -7 $out/results.md

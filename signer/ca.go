@@ -23,6 +23,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/deviceid/deviceid/internal/pkcs11key"
 	"github.com/deviceid/deviceid/record"
 )
 
@@ -48,10 +49,11 @@ const (
 	CAKeyFile  = "ca-key.pem"
 )
 
-// LoadCA reads a CA certificate and its ECDSA P-256 or P-384 key from PEM files. The
-// certificate file may go on with the certificates above it (an intermediate CA's
-// chain), which /cacerts then serves too.
-func LoadCA(certFile, keyFile, zone string) (*CA, error) {
+// LoadCA reads a CA certificate from a PEM file and its ECDSA P-256 or P-384 key from
+// a PEM file or, when key is a pkcs11: URI (RFC 7512), from an HSM. The certificate
+// file may go on with the certificates above it (an intermediate CA's chain), which
+// /cacerts then serves too.
+func LoadCA(certFile, key, zone string) (*CA, error) {
 	certPEM, err := os.ReadFile(certFile)
 	if err != nil {
 		return nil, err
@@ -78,39 +80,91 @@ func LoadCA(certFile, keyFile, zone string) (*CA, error) {
 	if !cert.IsCA || len(cert.SubjectKeyId) == 0 {
 		return nil, fmt.Errorf("%s: not a CA certificate with a subject key identifier", certFile)
 	}
-	keyPEM, err := os.ReadFile(keyFile)
+	signer, err := loadCAKey(key)
+	if err != nil {
+		return nil, err
+	}
+	if !cert.PublicKey.(interface{ Equal(crypto.PublicKey) bool }).Equal(signer.Public()) {
+		return nil, fmt.Errorf("%s does not hold the key of %s", redactURI(key), certFile)
+	}
+	return &CA{Cert: cert, Chain: certs[1:], Key: signer, Zone: record.Zone(zone), Lifetime: DefaultLifetime}, nil
+}
+
+// caCurves are the curves a CA key may be on.
+var caCurves = []elliptic.Curve{elliptic.P256(), elliptic.P384()}
+
+// loadCAKey reads the CA's key from a PEM file or an HSM.
+func loadCAKey(key string) (crypto.Signer, error) {
+	if pkcs11key.IsURI(key) {
+		return pkcs11key.Open(key, caCurves...)
+	}
+	keyPEM, err := os.ReadFile(key)
 	if err != nil {
 		return nil, err
 	}
 	kb, _ := pem.Decode(keyPEM)
 	if kb == nil {
-		return nil, fmt.Errorf("%s: no PEM key", keyFile)
+		return nil, fmt.Errorf("%s: no PEM key", key)
 	}
-	key, err := parseECKey(kb)
+	k, err := parseECKey(kb)
 	if err != nil {
-		return nil, fmt.Errorf("%s: %v", keyFile, err)
+		return nil, fmt.Errorf("%s: %v", key, err)
 	}
-	if !key.PublicKey.Equal(cert.PublicKey) {
-		return nil, fmt.Errorf("%s does not hold the key of %s", keyFile, certFile)
+	return k, nil
+}
+
+// newCAKey makes the key of a new CA: in dir/ca-key.pem, or, when keyURI is a
+// pkcs11: URI, in the HSM it names. It refuses to overwrite a key.
+func newCAKey(dir, keyURI string, curve elliptic.Curve) (crypto.Signer, error) {
+	if curve != elliptic.P256() && curve != elliptic.P384() {
+		return nil, errors.New("the CA key must be ECDSA P-256 or P-384")
 	}
-	return &CA{Cert: cert, Chain: certs[1:], Key: key, Zone: record.Zone(zone), Lifetime: DefaultLifetime}, nil
+	if keyURI != "" {
+		if !pkcs11key.IsURI(keyURI) {
+			return nil, fmt.Errorf("%q is not a pkcs11: URI", keyURI)
+		}
+		return pkcs11key.Generate(keyURI, curve)
+	}
+	keyFile := filepath.Join(dir, CAKeyFile)
+	if _, err := os.Stat(keyFile); err == nil {
+		return nil, fmt.Errorf("%s exists; refusing to overwrite a CA key", keyFile)
+	}
+	key, err := ecdsa.GenerateKey(curve, rand.Reader)
+	if err != nil {
+		return nil, err
+	}
+	keyDER, err := x509.MarshalECPrivateKey(key)
+	if err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, err
+	}
+	return key, os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER}), 0o600)
+}
+
+// redactURI keeps a PIN given in a URI out of messages.
+func redactURI(s string) string {
+	if pkcs11key.IsURI(s) {
+		if path, _, ok := strings.Cut(s, "?"); ok {
+			return path
+		}
+	}
+	return s
 }
 
 // CARequestFile is where InitIntermediate writes the CA's CSR.
 const CARequestFile = "ca.csr"
 
-// InitIntermediate starts an intermediate CA: it writes a new ECDSA key (ca-key.pem)
-// and a CSR for it (ca.csr) to dir. Once the parent CA has signed the CSR, its
-// certificate, followed by the parent's chain, goes to ca.pem and LoadCA takes it.
-func InitIntermediate(dir, commonName string, curve elliptic.Curve) error {
-	if curve != elliptic.P256() && curve != elliptic.P384() {
-		return errors.New("the CA key must be ECDSA P-256 or P-384")
+// InitIntermediate starts an intermediate CA: it makes a new ECDSA key (ca-key.pem in
+// dir, or in the HSM keyURI names) and writes a CSR for it (ca.csr) to dir. Once the
+// parent CA has signed the CSR, its certificate, followed by the parent's chain, goes
+// to ca.pem and LoadCA takes it.
+func InitIntermediate(dir, commonName string, curve elliptic.Curve, keyURI string) error {
+	if _, err := os.Stat(filepath.Join(dir, CARequestFile)); err == nil {
+		return fmt.Errorf("%s exists; refusing to overwrite a CA request", filepath.Join(dir, CARequestFile))
 	}
-	keyFile := filepath.Join(dir, CAKeyFile)
-	if _, err := os.Stat(keyFile); err == nil {
-		return fmt.Errorf("%s exists; refusing to overwrite a CA key", keyFile)
-	}
-	key, err := ecdsa.GenerateKey(curve, rand.Reader)
+	key, err := newCAKey(dir, keyURI, curve)
 	if err != nil {
 		return err
 	}
@@ -118,14 +172,7 @@ func InitIntermediate(dir, commonName string, curve elliptic.Curve) error {
 	if err != nil {
 		return err
 	}
-	keyDER, err := x509.MarshalECPrivateKey(key)
-	if err != nil {
-		return err
-	}
 	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return err
-	}
-	if err := os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER}), 0o600); err != nil {
 		return err
 	}
 	return os.WriteFile(filepath.Join(dir, CARequestFile), pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: csr}), 0o644)
@@ -153,19 +200,14 @@ func parseECKey(b *pem.Block) (*ecdsa.PrivateKey, error) {
 }
 
 // InitCA makes a self-signed root CA with an ECDSA key on curve (P-256 or P-384),
-// valid for ten years, and writes it to dir as ca.pem and ca-key.pem. It refuses to
-// overwrite an existing CA.
-func InitCA(dir, commonName, zone string, curve elliptic.Curve) (*CA, error) {
-	if curve != elliptic.P256() && curve != elliptic.P384() {
-		return nil, errors.New("the CA key must be ECDSA P-256 or P-384")
+// valid for ten years, and writes it to dir as ca.pem, with its key in ca-key.pem or,
+// when keyURI is a pkcs11: URI, made in that HSM. It refuses to overwrite a CA.
+func InitCA(dir, commonName, zone string, curve elliptic.Curve, keyURI string) (*CA, error) {
+	certFile := filepath.Join(dir, CACertFile)
+	if _, err := os.Stat(certFile); err == nil {
+		return nil, fmt.Errorf("%s exists; refusing to overwrite a CA", certFile)
 	}
-	certFile, keyFile := filepath.Join(dir, CACertFile), filepath.Join(dir, CAKeyFile)
-	for _, f := range []string{certFile, keyFile} {
-		if _, err := os.Stat(f); err == nil {
-			return nil, fmt.Errorf("%s exists; refusing to overwrite a CA", f)
-		}
-	}
-	key, err := ecdsa.GenerateKey(curve, rand.Reader)
+	key, err := newCAKey(dir, keyURI, curve)
 	if err != nil {
 		return nil, err
 	}
@@ -186,16 +228,6 @@ func InitCA(dir, commonName, zone string, curve elliptic.Curve) (*CA, error) {
 	}
 	cert, err := x509.ParseCertificate(der)
 	if err != nil {
-		return nil, err
-	}
-	keyDER, err := x509.MarshalECPrivateKey(key)
-	if err != nil {
-		return nil, err
-	}
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return nil, err
-	}
-	if err := os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER}), 0o600); err != nil {
 		return nil, err
 	}
 	if err := os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o644); err != nil {

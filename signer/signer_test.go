@@ -9,6 +9,7 @@ import (
 	"crypto/rsa"
 	"crypto/x509"
 	"encoding/pem"
+	"errors"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -32,7 +33,7 @@ func testRegistry(t *testing.T) *Registry {
 
 func testCA(t *testing.T) *CA {
 	t.Helper()
-	ca, err := InitCA(t.TempDir(), "test CA", "iot.example", elliptic.P256())
+	ca, err := InitCA(t.TempDir(), "test CA", "iot.example", elliptic.P256(), "")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -41,11 +42,11 @@ func testCA(t *testing.T) *CA {
 
 func TestInitAndLoadCA(t *testing.T) {
 	dir := t.TempDir()
-	ca, err := InitCA(dir, "test CA", "IoT.example", elliptic.P384())
+	ca, err := InitCA(dir, "test CA", "IoT.example", elliptic.P384(), "")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := InitCA(dir, "again", "iot.example", elliptic.P256()); err == nil || !strings.Contains(err.Error(), "refusing to overwrite") {
+	if _, err := InitCA(dir, "again", "iot.example", elliptic.P256(), ""); err == nil || !strings.Contains(err.Error(), "refusing to overwrite") {
 		t.Errorf("second InitCA: %v", err)
 	}
 	loaded, err := LoadCA(filepath.Join(dir, CACertFile), filepath.Join(dir, CAKeyFile), "iot.example")
@@ -56,13 +57,13 @@ func TestInitAndLoadCA(t *testing.T) {
 		t.Errorf("loaded CA differs: %v %s", loaded.Zone, loaded.AKI())
 	}
 	other := t.TempDir()
-	if _, err := InitCA(other, "other", "iot.example", elliptic.P256()); err != nil {
+	if _, err := InitCA(other, "other", "iot.example", elliptic.P256(), ""); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := LoadCA(filepath.Join(dir, CACertFile), filepath.Join(other, CAKeyFile), "iot.example"); err == nil {
 		t.Error("a key of another CA was accepted")
 	}
-	if _, err := InitCA(t.TempDir(), "x", "iot.example", elliptic.P224()); err == nil {
+	if _, err := InitCA(t.TempDir(), "x", "iot.example", elliptic.P224(), ""); err == nil {
 		t.Error("a P-224 CA was made")
 	}
 }
@@ -75,10 +76,10 @@ func TestIntermediateCA(t *testing.T) {
 		t.Fatal(err)
 	}
 	dir := t.TempDir()
-	if err = InitIntermediate(dir, "deviceid intermediate", elliptic.P256()); err != nil {
+	if err = InitIntermediate(dir, "deviceid intermediate", elliptic.P256(), ""); err != nil {
 		t.Fatal(err)
 	}
-	if err := InitIntermediate(dir, "again", elliptic.P256()); err == nil {
+	if err := InitIntermediate(dir, "again", elliptic.P256(), ""); err == nil {
 		t.Error("InitIntermediate overwrote a key")
 	}
 	b, _ := os.ReadFile(filepath.Join(dir, CARequestFile))
@@ -170,5 +171,45 @@ func TestIssue(t *testing.T) {
 				t.Errorf("does not chain to the CA: %v", err)
 			}
 		})
+	}
+}
+
+// TestCAInHSM: init-ca makes the CA key in SoftHSM and writes only the certificate;
+// LoadCA opens it by URI and refuses a key that is not the certificate's.
+func TestCAInHSM(t *testing.T) {
+	h := testenv.SoftHSM(t)
+	dir := t.TempDir()
+	ca, err := InitCA(dir, "hsm CA", "iot.example", elliptic.P384(), h.URI("ca"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, CAKeyFile)); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("a key file was written beside an HSM key: %v", err)
+	}
+	loaded, err := LoadCA(filepath.Join(dir, CACertFile), h.URI("ca"), "iot.example")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, err := loaded.Issue("sensor7", testenv.DeviceKey(t).Public(), time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cert.CheckSignatureFrom(ca.Cert); err != nil {
+		t.Errorf("a certificate signed in the HSM does not verify: %v", err)
+	}
+	if _, err := InitCA(t.TempDir(), "again", "iot.example", elliptic.P256(), h.URI("ca")); err == nil || !strings.Contains(err.Error(), "already holds") {
+		t.Errorf("a second CA key of the same name: %v", err)
+	}
+	if err := InitIntermediate(t.TempDir(), "intermediate", elliptic.P256(), h.URI("intermediate")); err != nil {
+		t.Errorf("an intermediate CA with its key in the HSM: %v", err)
+	}
+	if _, err := LoadCA(filepath.Join(dir, CACertFile), h.URI("intermediate"), "iot.example"); err == nil || !strings.Contains(err.Error(), "does not hold the key") {
+		t.Errorf("another HSM key for the CA: %v", err)
+	}
+	if _, err := LoadCA(filepath.Join(dir, CACertFile), h.URI("nosuch"), "iot.example"); err == nil || !strings.Contains(err.Error(), "no such key pair") {
+		t.Errorf("a missing HSM key: %v", err)
+	}
+	if _, err := InitCA(t.TempDir(), "x", "iot.example", elliptic.P256(), "ca-key.pem"); err == nil {
+		t.Error("a file name was taken as an HSM key")
 	}
 }

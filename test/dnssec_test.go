@@ -3,6 +3,7 @@ package test
 import (
 	"encoding/base64"
 	"fmt"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -16,7 +17,18 @@ import (
 	"github.com/miekg/dns"
 )
 
+// TestDNSSECValidation: every kind of answer validates in unbound and delv, with the
+// KSK in a file and with the KSK in an HSM (SoftHSM) beside a ZSK in a file.
 func TestDNSSECValidation(t *testing.T) {
+	t.Run("keys in files", func(t *testing.T) {
+		dnssecValidation(t, genZoneKey(t, t.TempDir(), dns.ECDSAP256SHA256, true))
+	})
+	t.Run("KSK in an HSM", func(t *testing.T) {
+		dnssecValidation(t, genHSMZoneKey(t, testenv.SoftHSM(t), "ksk"))
+	})
+}
+
+func dnssecValidation(t *testing.T, ksk zoneKey) {
 	etcd, cli, ca := testbed(t)
 	year := time.Now().AddDate(1, 0, 0)
 	active := newDevice(t, ca, "sensor7", year)
@@ -38,9 +50,7 @@ func TestDNSSECValidation(t *testing.T) {
 	testenv.Put(t, cli, deviceKey("fleet"), deviceJSON(fleet...))
 	testenv.Put(t, cli, "/deviceid/iot.example/ca/"+aki, string(ca.PEM()))
 
-	dir := t.TempDir()
-	ksk := genZoneKey(t, dir, dns.ECDSAP256SHA256, true)
-	zsk := genZoneKey(t, dir, dns.ECDSAP256SHA256, false)
+	zsk := genZoneKey(t, t.TempDir(), dns.ECDSAP256SHA256, false)
 	port := dnsPort(t)
 	c := testenv.StartCoreDNS(t, signedCorefile(port, etcd.URL(), ksk, zsk))
 	waitLoaded(t, c)
@@ -231,13 +241,23 @@ func verifySection(t testing.TB, rrs []dns.RR, keys map[uint16]*dns.DNSKEY) {
 // asking: every answer must validate throughout. The resolver trusts the DS of both
 // KSKs, as the parent would publish them during the roll.
 func TestKeyRollover(t *testing.T) {
+	dir := t.TempDir()
+	rollover(t, genZoneKey(t, dir, dns.ECDSAP256SHA256, true), genZoneKey(t, dir, dns.ED25519, true))
+}
+
+// TestKeyRolloverHSM rolls a KSK kept in an HSM (SoftHSM) to a new one made there.
+func TestKeyRolloverHSM(t *testing.T) {
+	h := testenv.SoftHSM(t)
+	rollover(t, genHSMZoneKey(t, h, "ksk1"), genHSMZoneKey(t, h, "ksk2"))
+}
+
+// rollover rolls the ZSK, then the KSK from k1 to k2.
+func rollover(t *testing.T, k1, k2 zoneKey) {
 	etcd, cli, ca := testbed(t)
 	d := newDevice(t, ca, "sensor7", time.Now().AddDate(1, 0, 0))
 	testenv.Put(t, cli, deviceKey("sensor7"), deviceJSON(fmt.Sprintf(`{"cert": %q, "status": "active"}`, base64.StdEncoding.EncodeToString(d.cert))))
 
 	dir := t.TempDir()
-	k1 := genZoneKey(t, dir, dns.ECDSAP256SHA256, true)
-	k2 := genZoneKey(t, dir, dns.ED25519, true)
 	z1 := genZoneKey(t, dir, dns.ECDSAP256SHA256, false)
 	z2 := genZoneKey(t, dir, dns.ECDSAP256SHA256, false)
 	port := dnsPort(t)
@@ -321,5 +341,42 @@ func TestKeyRollover(t *testing.T) {
 	slices.Sort(want)
 	if !slices.Equal(tags, want) {
 		t.Errorf("DNSKEY tags after the rollover %v, want %v", tags, want)
+	}
+}
+
+// TestHSMBadConfig: a wrong PIN, a missing key and an unreachable module stop CoreDNS
+// from starting with an error that says so, and a reload to a missing key or module
+// is refused while the running configuration goes on answering, signed and validating.
+func TestHSMBadConfig(t *testing.T) {
+	etcd := testenv.StartEtcd(t)
+	h := testenv.SoftHSM(t)
+	ksk := genHSMZoneKey(t, h, "ksk")
+	wrongPIN := filepath.Join(t.TempDir(), "pin")
+	testenv.WriteFile(t, wrongPIN, []byte("0000\n"))
+	bad := map[string]zoneKey{
+		"wrong PIN":             {uri: strings.Replace(ksk.uri, h.PINFile, wrongPIN, 1)},
+		"no such key pair":      {uri: h.URI("nosuch")},
+		"not a readable module": {uri: strings.Replace(ksk.uri, h.Module, "/nonexistent/libpkcs11.so", 1)},
+	}
+	port := dnsPort(t)
+	for want, k := range bad {
+		if _, err := testenv.TryStartCoreDNS(t, signedCorefile(dnsPort(t), etcd.URL(), k)); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("start with %s: %v", want, err)
+		}
+	}
+	c := testenv.StartCoreDNS(t, signedCorefile(port, etcd.URL(), ksk))
+	waitLoaded(t, c)
+	unbound := startUnbound(t, port, ksk.ds)
+	// PKCS#11 keeps one login to a token per process: while the running configuration
+	// is logged in, a reload cannot check a changed PIN (plugin/README.md says so).
+	delete(bad, "wrong PIN")
+	for want, k := range bad {
+		if err := c.TryReload(signedCorefile(port, etcd.URL(), k)); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("reload with %s: %v", want, err)
+		}
+		r, err := resolve(unbound, "udp", zone, dns.TypeDNSKEY)
+		if err != nil || r.Rcode != dns.RcodeSuccess || !r.AuthenticatedData {
+			t.Errorf("after the refused reload with %s: %v %v", want, err, r)
+		}
 	}
 }

@@ -43,9 +43,21 @@ func BenchmarkEnrollAdminAPIBareKey(b *testing.B) {
 	})
 }
 
+// BenchmarkEnrollAdminAPIHSM enrolls CSRs with the CA key in SoftHSM: every
+// certificate is signed through PKCS#11.
+func BenchmarkEnrollAdminAPIHSM(b *testing.B) {
+	benchmarkEnrollKey(b, testenv.SoftHSM(b).URI("ca"), func(key *ecdsa.PrivateKey) signer.EnrollRequest {
+		return signer.EnrollRequest{CSR: testenv.CSRPEM(b, key, "")}
+	})
+}
+
 func benchmarkEnroll(b *testing.B, request func(*ecdsa.PrivateKey) signer.EnrollRequest) {
+	benchmarkEnrollKey(b, "", request)
+}
+
+func benchmarkEnrollKey(b *testing.B, caKey string, request func(*ecdsa.PrivateKey) signer.EnrollRequest) {
 	etcd := testenv.StartEtcd(b)
-	s := startSigner(b, etcd)
+	s := startSignerKey(b, etcd, caKey)
 	csrs := make([]string, 256)
 	for i := range csrs {
 		key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
@@ -78,7 +90,7 @@ func benchmarkEnroll(b *testing.B, request func(*ecdsa.PrivateKey) signer.Enroll
 
 func BenchmarkRawEtcdPut(b *testing.B) {
 	etcd := testenv.StartEtcd(b)
-	ca, err := signer.InitCA(b.TempDir(), "bench CA", zone, elliptic.P256())
+	ca, err := signer.InitCA(b.TempDir(), "bench CA", zone, elliptic.P256(), "")
 	if err != nil {
 		b.Fatal(err)
 	}

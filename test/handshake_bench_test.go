@@ -63,7 +63,7 @@ func benchmarkDANE(b *testing.B, deviceTTL uint32) {
 
 // benchDevice makes a CA and a device certificate; enroll, if given, publishes it.
 func benchDevice(b *testing.B, enroll func(*x509.Certificate)) (*signer.CA, tls.Certificate) {
-	ca, err := signer.InitCA(b.TempDir(), "bench CA", zone, elliptic.P256())
+	ca, err := signer.InitCA(b.TempDir(), "bench CA", zone, elliptic.P256(), "")
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -22,6 +22,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/deviceid/deviceid/internal/pkcs11key"
 	"github.com/deviceid/deviceid/internal/testenv"
 	"github.com/deviceid/deviceid/signer"
 
@@ -40,8 +41,15 @@ type signerServer struct {
 
 func startSigner(t testing.TB, etcd *testenv.Etcd) *signerServer {
 	t.Helper()
+	return startSignerKey(t, etcd, "")
+}
+
+// startSignerKey starts the signer with a new CA whose key is made in the HSM that
+// keyURI names, or in a file when it is "".
+func startSignerKey(t testing.TB, etcd *testenv.Etcd, keyURI string) *signerServer {
+	t.Helper()
 	dir := t.TempDir()
-	ca, err := signer.InitCA(dir, "deviceid e2e CA", zone, elliptic.P256())
+	ca, err := signer.InitCA(dir, "deviceid e2e CA", zone, elliptic.P256(), keyURI)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -254,4 +262,35 @@ func TestConcurrentAdminWrites(t *testing.T) {
 			return answerIs(t, c, device+"._device.iot.example.", dns.RcodeSuccess, rrs)
 		})
 	}
+}
+
+// TestEnrollWithHSMCA: with the CA key in SoftHSM, a device enrolled over EST gets a
+// certificate that verifies against the CA, and DNS publishes it.
+func TestEnrollWithHSMCA(t *testing.T) {
+	etcd := testenv.StartEtcd(t)
+	c := testenv.StartCoreDNS(t, corefile(etcd.URL(), fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))))
+	waitLoaded(t, c)
+	h := testenv.SoftHSM(t)
+	s := startSignerKey(t, etcd, h.URI("ca"))
+	if _, ok := s.ca.Key.(*pkcs11key.Key); !ok {
+		t.Fatalf("the CA key is a %T, not in the HSM", s.ca.Key)
+	}
+	var code signer.CodeResponse
+	if status := s.admin(t, "POST", "/api/v1/devices/thermo1/code", "", &code); status != http.StatusCreated {
+		t.Fatalf("code: %d", status)
+	}
+	cert := estEnroll(t, s, t.TempDir(), "thermo1", code.Code, "device.key")
+	roots := x509.NewCertPool()
+	roots.AddCert(s.ca.Cert)
+	if _, err := cert.Verify(x509.VerifyOptions{Roots: roots, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}); err != nil {
+		t.Errorf("the certificate the HSM CA issued does not verify: %v", err)
+	}
+	// LoadCA opens the same key from the HSM, as deviceid-signer serve -ca-key does.
+	loaded, err := signer.LoadCA(s.caFile, h.URI("ca"), zone)
+	if err != nil || !loaded.Cert.Equal(s.ca.Cert) {
+		t.Errorf("LoadCA from the HSM: %v", err)
+	}
+	testenv.Eventually(t, "enrolled device in DNS", func() error {
+		return answerIs(t, c, "thermo1._device.iot.example.", dns.RcodeSuccess, []string{eeOf(cert), discoveryOf(cert)})
+	})
 }

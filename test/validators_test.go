@@ -1,6 +1,8 @@
 package test
 
 import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
 	"fmt"
 	"net"
 	"os"
@@ -11,6 +13,7 @@ import (
 	"time"
 
 	"github.com/deviceid/deviceid/internal/dnskey"
+	"github.com/deviceid/deviceid/internal/pkcs11key"
 	"github.com/deviceid/deviceid/internal/testenv"
 
 	"github.com/miekg/dns"
@@ -20,10 +23,26 @@ import (
 // resolver, with our zone as a stub zone; and delv, BIND's validating lookup tool,
 // querying our server directly. Both trust only the zone's DS.
 
-// zoneKey is a generated key pair: its file base name and its DS.
+// zoneKey is a generated key pair: its file base name, or its PKCS#11 URI for a key
+// in SoftHSM, and its DS.
 type zoneKey struct {
-	base string
-	ds   *dns.DS
+	base, uri string
+	ds        *dns.DS
+}
+
+// genHSMZoneKey makes a KSK (ECDSA P-256) in the test's SoftHSM token.
+func genHSMZoneKey(t testing.TB, h *testenv.HSM, object string) zoneKey {
+	t.Helper()
+	k, err := pkcs11key.Generate(h.URI(object), elliptic.P256())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer k.Close()
+	dk, err := dnskey.FromECDSA(zone, k.Public().(*ecdsa.PublicKey), true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return zoneKey{uri: h.URI(object), ds: dk.ToDS(dns.SHA256)}
 }
 
 func genZoneKey(t testing.TB, dir string, alg uint8, sep bool) zoneKey {
@@ -57,9 +76,13 @@ func signedCorefile(port int, endpoint string, keys ...zoneKey) string {
 }
 
 func signedCorefileTTL(port int, endpoint string, ttl int, keys ...zoneKey) string {
-	var files []string
+	var lines []string
 	for _, k := range keys {
-		files = append(files, k.base)
+		if k.uri != "" {
+			lines = append(lines, fmt.Sprintf("key pkcs11 %q", k.uri))
+		} else {
+			lines = append(lines, "key file "+k.base)
+		}
 	}
 	return fmt.Sprintf(`iot.example:%d {
     bind 127.0.0.1
@@ -67,9 +90,9 @@ func signedCorefileTTL(port int, endpoint string, ttl int, keys ...zoneKey) stri
         endpoint %s
         ns ns1.iot.example.
         ttl %d
-        key file %s
+        %s
     }
-}`, port, endpoint, ttl, strings.Join(files, " "))
+}`, port, endpoint, ttl, strings.Join(lines, "\n        "))
 }
 
 // startUnbound runs unbound on a free port with iot.example as a stub zone at

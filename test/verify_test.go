@@ -35,11 +35,11 @@ func TestVerify(t *testing.T) {
 	waitLoaded(t, c)
 	unbound := startUnbound(t, port, ksk.ds)
 
-	ca, err := signer.InitCA(t.TempDir(), "device CA", zone, elliptic.P256())
+	ca, err := signer.InitCA(t.TempDir(), "device CA", zone, elliptic.P256(), "")
 	if err != nil {
 		t.Fatal(err)
 	}
-	otherCA, _ := signer.InitCA(t.TempDir(), "another CA", zone, elliptic.P256())
+	otherCA, _ := signer.InitCA(t.TempDir(), "another CA", zone, elliptic.P256(), "")
 	reg := &signer.Registry{Client: etcd.Client(), Prefix: "/deviceid", Zone: zone}
 	ctx := context.Background()
 	keys := map[*x509.Certificate]*ecdsa.PrivateKey{}
@@ -168,7 +168,7 @@ func TestVerifyRevocationWithinTTL(t *testing.T) {
 	c := testenv.StartCoreDNS(t, signedCorefileTTL(port, etcd.URL(), ttl, ksk))
 	waitLoaded(t, c)
 	unbound := startUnbound(t, port, ksk.ds)
-	ca, err := signer.InitCA(t.TempDir(), "device CA", zone, elliptic.P256())
+	ca, err := signer.InitCA(t.TempDir(), "device CA", zone, elliptic.P256(), "")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -254,7 +254,7 @@ func TestVerifyBogusSignature(t *testing.T) {
 	fmt.Sscan(proxyPort, &pp)
 	unbound := startUnbound(t, pp, ksk.ds) // its stub zone is the tampering proxy
 
-	ca, _ := signer.InitCA(t.TempDir(), "device CA", zone, elliptic.P256())
+	ca, _ := signer.InitCA(t.TempDir(), "device CA", zone, elliptic.P256(), "")
 	reg := &signer.Registry{Client: etcd.Client(), Prefix: "/deviceid", Zone: zone}
 	cert, _ := ca.Issue("lamp", mustKey().Public(), time.Now())
 	testenv.Put(t, reg.Client, deviceKey("lamp"), deviceJSON(credentialJSON(&device{cert: cert.Raw}, "active")))
@@ -294,7 +294,7 @@ func TestVerifyNegativeTTL(t *testing.T) {
 	port := dnsPort(t)
 	c := testenv.StartCoreDNS(t, signedCorefile(port, etcd.URL(), ksk))
 	waitLoaded(t, c)
-	ca, _ := signer.InitCA(t.TempDir(), "device CA", zone, elliptic.P256())
+	ca, _ := signer.InitCA(t.TempDir(), "device CA", zone, elliptic.P256(), "")
 	cert, _ := ca.Issue("late", mustKey().Public(), time.Now())
 	now := time.Now()
 	v := &verify.Verifier{Zones: []string{zone}, TrustAnchor: []dns.RR{ksk.ds}, Server: c.UDP, Now: func() time.Time { return now }}

@@ -81,7 +81,7 @@ func validated(q dns.Question, negTTL uint32, rrs ...dns.RR) *dns.Msg {
 // fakeClock is the verifier's clock in these tests.
 type fakeClock struct{ t atomic.Int64 }
 
-func (c *fakeClock) now() time.Time           { return time.Unix(0, c.t.Load()) }
+func (c *fakeClock) now() time.Time          { return time.Unix(0, c.t.Load()) }
 func (c *fakeClock) advance(d time.Duration) { c.t.Add(int64(d)) }
 
 func deviceCert(t *testing.T, name string) (*x509.Certificate, *dns.TLSA) {

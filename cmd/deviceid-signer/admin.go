@@ -254,6 +254,7 @@ func initCA(args []string) error {
 	name := fs.String("name", "deviceid device CA", "the CA's common name")
 	curve := fs.String("curve", "P-256", "P-256 or P-384")
 	csr := fs.Bool("csr", false, "make an intermediate CA: write ca-key.pem and ca.csr; put the signed certificate and the chain above it in ca.pem")
+	key := fs.String("key", "", "make the CA key in an HSM: a PKCS#11 URI (RFC 7512) with object=<label>, module-path and pin-source; serve then takes it as -ca-key")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -269,16 +270,20 @@ func initCA(args []string) error {
 		return fmt.Errorf("curve %q: want P-256 or P-384", *curve)
 	}
 	if *csr {
-		if err := signer.InitIntermediate(*dir, *name, c); err != nil {
+		if err := signer.InitIntermediate(*dir, *name, c, ""); err != nil {
 			return err
 		}
 		fmt.Printf("wrote %s/%s and %s/%s: have the CSR signed as a CA (basicConstraints cA, keyCertSign),\n"+
 			"then write the certificate, followed by its chain, to %s/%s\n", *dir, signer.CAKeyFile, *dir, signer.CARequestFile, *dir, signer.CACertFile)
 		return nil
 	}
-	ca, err := signer.InitCA(*dir, *name, *zone, c)
+	ca, err := signer.InitCA(*dir, *name, *zone, c, *key)
 	if err != nil {
 		return err
+	}
+	if *key != "" {
+		fmt.Printf("made the CA key in the HSM and wrote %s/%s; key identifier %s\nserve with -ca-key '%s'\n", *dir, signer.CACertFile, ca.AKI(), *key)
+		return nil
 	}
 	fmt.Printf("wrote %s/%s and %s/%s; key identifier %s\n", *dir, signer.CACertFile, *dir, signer.CAKeyFile, ca.AKI())
 	return nil

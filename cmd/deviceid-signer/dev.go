@@ -213,7 +213,7 @@ func generateZoneKey(dir, zone, base string) error {
 func loadOrCreateCA(dir, zone string) (*signer.CA, error) {
 	certFile, keyFile := filepath.Join(dir, signer.CACertFile), filepath.Join(dir, signer.CAKeyFile)
 	if _, err := os.Stat(certFile); errors.Is(err, os.ErrNotExist) {
-		return signer.InitCA(dir, "deviceid dev CA", zone, elliptic.P256())
+		return signer.InitCA(dir, "deviceid dev CA", zone, elliptic.P256(), "")
 	}
 	return signer.LoadCA(certFile, keyFile, zone)
 }

@@ -43,7 +43,7 @@ func (f *serveFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&f.prefix, "prefix", env("DEVICEID_PREFIX", "/deviceid"), "etcd prefix of deviceid's records ($DEVICEID_PREFIX)")
 	fs.StringVar(&f.etcd, "etcd", env("DEVICEID_ETCD", "http://127.0.0.1:2379"), "etcd endpoints, comma-separated ($DEVICEID_ETCD)")
 	fs.StringVar(&f.caCert, "ca-cert", env("DEVICEID_CA_CERT", "ca.pem"), "CA certificate, PEM ($DEVICEID_CA_CERT)")
-	fs.StringVar(&f.caKey, "ca-key", env("DEVICEID_CA_KEY", "ca-key.pem"), "CA key, PEM, ECDSA P-256 or P-384 ($DEVICEID_CA_KEY)")
+	fs.StringVar(&f.caKey, "ca-key", env("DEVICEID_CA_KEY", "ca-key.pem"), "CA key, ECDSA P-256 or P-384: a PEM file, or a pkcs11: URI (RFC 7512) of a key in an HSM ($DEVICEID_CA_KEY)")
 	fs.StringVar(&f.tlsCert, "tls-cert", env("DEVICEID_TLS_CERT", ""), "HTTPS server certificate, PEM; empty: one issued by the CA for the listen host ($DEVICEID_TLS_CERT)")
 	fs.StringVar(&f.tlsKey, "tls-key", env("DEVICEID_TLS_KEY", ""), "HTTPS server key, PEM ($DEVICEID_TLS_KEY)")
 	fs.StringVar(&f.tokenFile, "token-file", env("DEVICEID_TOKEN_FILE", ""), "file holding the admin API's bearer token; empty: no admin API ($DEVICEID_TOKEN_FILE)")

@@ -3,6 +3,9 @@
 package dnskey
 
 import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"encoding/base64"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -53,4 +56,27 @@ func Generate(dir, zone string, alg uint8, sep bool) (string, *dns.DNSKEY, error
 		return "", nil, err
 	}
 	return base, k, nil
+}
+
+// FromECDSA is the DNSKEY (algorithm 13, ECDSAP256SHA256) of a P-256 public key, for
+// keys whose private half lives elsewhere, such as in an HSM.
+func FromECDSA(zone string, pub *ecdsa.PublicKey, sep bool) (*dns.DNSKEY, error) {
+	if pub.Curve != elliptic.P256() {
+		return nil, fmt.Errorf("a %s key cannot be a DNSSEC ECDSAP256SHA256 key", pub.Curve.Params().Name)
+	}
+	raw, err := pub.Bytes() // 0x04 || X || Y
+	if err != nil {
+		return nil, err
+	}
+	k := &dns.DNSKEY{
+		Hdr:       dns.RR_Header{Name: dns.Fqdn(strings.ToLower(zone)), Rrtype: dns.TypeDNSKEY, Class: dns.ClassINET, Ttl: 3600},
+		Flags:     dns.ZONE,
+		Protocol:  3,
+		Algorithm: dns.ECDSAP256SHA256,
+		PublicKey: base64.StdEncoding.EncodeToString(raw[1:]),
+	}
+	if sep {
+		k.Flags |= dns.SEP
+	}
+	return k, nil
 }

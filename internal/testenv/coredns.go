@@ -19,27 +19,45 @@ type CoreDNS struct {
 // StartCoreDNS starts CoreDNS with a Corefile and stops it when the test ends.
 func StartCoreDNS(t testing.TB, corefile string) *CoreDNS {
 	t.Helper()
+	c, err := TryStartCoreDNS(t, corefile)
+	if err != nil {
+		t.Fatalf("starting CoreDNS: %v", err)
+	}
+	return c
+}
+
+// TryStartCoreDNS is StartCoreDNS for a Corefile that may be refused.
+func TryStartCoreDNS(t testing.TB, corefile string) (*CoreDNS, error) {
 	caddy.Quiet = true
 	dnsserver.Quiet = true
 	i, err := caddy.Start(caddy.CaddyfileInput{Contents: []byte(corefile), Filepath: "Corefile", ServerTypeName: "dns"})
 	if err != nil {
-		t.Fatalf("starting CoreDNS: %v", err)
+		return nil, err
 	}
 	srv := i.Servers()[0]
 	c := &CoreDNS{UDP: srv.LocalAddr().String(), TCP: srv.Addr().String(), inst: i}
 	t.Cleanup(func() { c.inst.ShutdownCallbacks(); c.inst.Stop() })
-	return c
+	return c, nil
 }
 
 // Reload replaces the server's configuration as the reload plugin does: the new
 // instance starts on the same listeners while the old one still serves.
 func (c *CoreDNS) Reload(t testing.TB, corefile string) {
 	t.Helper()
-	i, err := c.inst.Restart(caddy.CaddyfileInput{Contents: []byte(corefile), Filepath: "Corefile", ServerTypeName: "dns"})
-	if err != nil {
+	if err := c.TryReload(corefile); err != nil {
 		t.Fatalf("reloading CoreDNS: %v", err)
 	}
+}
+
+// TryReload is Reload for a Corefile that may be refused: then the old
+// configuration goes on serving.
+func (c *CoreDNS) TryReload(corefile string) error {
+	i, err := c.inst.Restart(caddy.CaddyfileInput{Contents: []byte(corefile), Filepath: "Corefile", ServerTypeName: "dns"})
+	if err != nil {
+		return err
+	}
 	c.inst = i
+	return nil
 }
 
 // Exchange sends one query over network ("udp" or "tcp") and returns the reply.

@@ -1,0 +1,324 @@
+// Package pkcs11key opens and makes keys in a hardware security module through
+// PKCS#11 (github.com/ThalesGroup/crypto11), named by RFC 7512 pkcs11: URIs. It is the
+// one place where the signer (its CA key) and the CoreDNS plugin (DNSSEC keys) reach
+// an HSM.
+//
+// A URI names the token (token=, serial= or slot-id=) and the key (object= for its
+// label, id= for its CKA_ID); its query names the module (module-path=) and the PIN
+// (pin-source= a file holding it, or pin-value=). Without module-path the module is
+// $DEVICEID_PKCS11_MODULE; without a PIN attribute the PIN is read from the file
+// $DEVICEID_PKCS11_PIN_FILE. A PIN never has to be written on a command line.
+package pkcs11key
+
+import (
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/ThalesGroup/crypto11"
+	"github.com/miekg/pkcs11"
+	"github.com/stefanberger/go-pkcs11uri"
+)
+
+// now is the clock of the reopening; tests replace it.
+var now = time.Now
+
+// Scheme starts every PKCS#11 URI.
+const Scheme = "pkcs11:"
+
+// IsURI reports whether s is meant as a PKCS#11 URI rather than a file name.
+func IsURI(s string) bool { return strings.HasPrefix(s, Scheme) }
+
+// Environment variables used when a URI names no module or PIN.
+const (
+	ModuleEnv  = "DEVICEID_PKCS11_MODULE"
+	PINFileEnv = "DEVICEID_PKCS11_PIN_FILE"
+)
+
+// Key is an ECDSA private key in a token. It signs with the token, and when a
+// signature fails (the token went away) it opens the token again, at most once a
+// second, so that signing recovers when the token is back.
+type Key struct {
+	spec spec
+	pub  *ecdsa.PublicKey
+
+	mu       sync.Mutex
+	ctx      *crypto11.Context
+	signer   crypto.Signer
+	reopened time.Time
+}
+
+// spec is a parsed URI: what crypto11 needs to open the token and find the key.
+type spec struct {
+	uri    string
+	config crypto11.Config
+	label  []byte // CKA_LABEL (object=)
+	id     []byte // CKA_ID (id=)
+}
+
+// parse reads an RFC 7512 URI and resolves its module and PIN.
+func parse(uri string) (spec, error) {
+	s := spec{uri: uri}
+	u := pkcs11uri.New()
+	if err := u.Parse(uri); err != nil {
+		return s, fmt.Errorf("PKCS#11 URI %q: %v", redact(uri), err)
+	}
+	u.SetAllowAnyModule(true) // the operator names the module; no policy list to keep
+	module := os.Getenv(ModuleEnv)
+	if m, ok := u.GetQueryAttribute("module-path", false); ok {
+		if info, err := os.Stat(m); err != nil || !info.Mode().IsRegular() {
+			return s, fmt.Errorf("PKCS#11 URI %q: module-path %q is not a readable module", redact(uri), m)
+		}
+		module = m
+	} else if module == "" {
+		return s, fmt.Errorf("PKCS#11 URI %q names no module: add ?module-path=/path/to/module.so or set $%s", redact(uri), ModuleEnv)
+	} else if _, err := os.Stat(module); err != nil {
+		return s, fmt.Errorf("PKCS#11 module %s (from $%s): %v", module, ModuleEnv, err)
+	}
+	s.config.Path = module
+	switch {
+	case u.HasPIN():
+		pin, err := u.GetPIN()
+		if err != nil {
+			return s, fmt.Errorf("PKCS#11 URI %q: %v", redact(uri), err)
+		}
+		s.config.Pin = strings.TrimRight(pin, "\r\n")
+	case os.Getenv(PINFileEnv) != "":
+		b, err := os.ReadFile(os.Getenv(PINFileEnv))
+		if err != nil {
+			return s, fmt.Errorf("the PIN file of $%s: %v", PINFileEnv, err)
+		}
+		s.config.Pin = strings.TrimRight(string(b), "\r\n")
+	default:
+		return s, fmt.Errorf("PKCS#11 URI %q has no PIN: add ?pin-source=/path/to/pin-file or set $%s", redact(uri), PINFileEnv)
+	}
+	token, hasToken := u.GetPathAttribute("token", false)
+	serial, hasSerial := u.GetPathAttribute("serial", false)
+	slot, hasSlot := u.GetPathAttribute("slot-id", false)
+	switch {
+	case hasToken && !hasSerial && !hasSlot:
+		s.config.TokenLabel = token
+	case hasSerial && !hasToken && !hasSlot:
+		s.config.TokenSerial = serial
+	case hasSlot && !hasToken && !hasSerial:
+		n, _ := strconv.Atoi(slot) // Validate checked it is a number
+		s.config.SlotNumber = &n
+	default:
+		return s, fmt.Errorf("PKCS#11 URI %q must name its token by exactly one of token=, serial= and slot-id=", redact(uri))
+	}
+	if t, ok := u.GetPathAttribute("type", false); ok && t != "private" {
+		return s, fmt.Errorf("PKCS#11 URI %q names a %s object; a signing key is type=private", redact(uri), t)
+	}
+	if l, ok := u.GetPathAttribute("object", false); ok {
+		s.label = []byte(l)
+	}
+	if id, ok := u.GetPathAttribute("id", false); ok {
+		s.id = []byte(id)
+	}
+	if s.label == nil && s.id == nil {
+		return s, fmt.Errorf("PKCS#11 URI %q names no key: add object=<label> or id=<id>", redact(uri))
+	}
+	s.config.PoolWaitTimeout = 10 * time.Second
+	return s, nil
+}
+
+// redact drops a pin-value from a URI that goes into a message.
+func redact(uri string) string {
+	path, query, ok := strings.Cut(uri, "?")
+	if !ok {
+		return uri
+	}
+	var kept []string
+	for _, a := range strings.Split(query, "&") {
+		if strings.HasPrefix(a, "pin-value=") {
+			a = "pin-value=REDACTED"
+		}
+		kept = append(kept, a)
+	}
+	return path + "?" + strings.Join(kept, "&")
+}
+
+// open logs in to the token and finds the key pair.
+func (s spec) open() (*crypto11.Context, crypto11.Signer, error) {
+	cfg := s.config
+	ctx, err := crypto11.Configure(&cfg)
+	if err != nil {
+		return nil, nil, fmt.Errorf("opening the PKCS#11 token of %q: %w", redact(s.uri), explain(err))
+	}
+	keys, err := ctx.FindKeyPairs(s.id, s.label)
+	switch {
+	case err == nil && len(keys) == 0:
+		err = errors.New("the token holds no such key pair")
+	case err == nil && len(keys) > 1:
+		err = fmt.Errorf("the URI names %d key pairs; name one (object= and id=)", len(keys))
+	}
+	if err != nil {
+		ctx.Close()
+		return nil, nil, fmt.Errorf("PKCS#11 key %q: %w", redact(s.uri), explain(err))
+	}
+	return ctx, keys[0], nil
+}
+
+// explain adds what a PKCS#11 return value means for an operator.
+func explain(err error) error {
+	var e pkcs11.Error
+	if errors.As(err, &e) {
+		switch e {
+		case pkcs11.CKR_PIN_INCORRECT, pkcs11.CKR_PIN_INVALID, pkcs11.CKR_PIN_LEN_RANGE:
+			return fmt.Errorf("wrong PIN (%w)", err)
+		case pkcs11.CKR_PIN_LOCKED:
+			return fmt.Errorf("the PIN is locked (%w)", err)
+		}
+	}
+	if strings.Contains(err.Error(), "could not find PKCS#11 token") {
+		return fmt.Errorf("no such token (%w)", err)
+	}
+	return err
+}
+
+// Open finds the private key a URI names. It must be ECDSA on one of curves.
+func Open(uri string, curves ...elliptic.Curve) (*Key, error) {
+	s, err := parse(uri)
+	if err != nil {
+		return nil, err
+	}
+	ctx, signer, err := s.open()
+	if err != nil {
+		return nil, err
+	}
+	pub, ok := signer.Public().(*ecdsa.PublicKey)
+	if !ok || !hasCurve(curves, pub.Curve) {
+		ctx.Close()
+		return nil, fmt.Errorf("PKCS#11 key %q is a %s key; want ECDSA on %s", redact(uri), describe(signer.Public()), curveNames(curves))
+	}
+	return &Key{spec: s, pub: pub, ctx: ctx, signer: signer}, nil
+}
+
+// Generate makes an ECDSA key pair on curve in the token a URI names, with the URI's
+// object= as its label and id= as its id, and refuses to make a second key of the
+// same name.
+func Generate(uri string, curve elliptic.Curve) (*Key, error) {
+	s, err := parse(uri)
+	if err != nil {
+		return nil, err
+	}
+	if s.label == nil {
+		return nil, fmt.Errorf("PKCS#11 URI %q: give the new key a label with object=", redact(uri))
+	}
+	cfg := s.config
+	ctx, err := crypto11.Configure(&cfg)
+	if err != nil {
+		return nil, fmt.Errorf("opening the PKCS#11 token of %q: %w", redact(uri), explain(err))
+	}
+	if keys, err := ctx.FindKeyPairs(s.id, s.label); err != nil || len(keys) > 0 {
+		ctx.Close()
+		if err != nil {
+			return nil, fmt.Errorf("PKCS#11 key %q: %w", redact(uri), err)
+		}
+		return nil, fmt.Errorf("the token already holds a key %q; refusing to make another of that name", s.label)
+	}
+	id := s.id
+	if id == nil {
+		id = s.label
+	}
+	signer, err := ctx.GenerateECDSAKeyPairWithLabel(id, s.label, curve)
+	if err != nil {
+		ctx.Close()
+		return nil, fmt.Errorf("making a key in the PKCS#11 token of %q: %w", redact(uri), err)
+	}
+	return &Key{spec: s, pub: signer.Public().(*ecdsa.PublicKey), ctx: ctx, signer: signer}, nil
+}
+
+// Public returns the key's public half.
+func (k *Key) Public() crypto.PublicKey { return k.pub }
+
+// Sign signs digest in the token; the signature is ASN.1 DER, as crypto/ecdsa's.
+func (k *Key) Sign(rand io.Reader, digest []byte, opts crypto.SignerOpts) ([]byte, error) {
+	k.mu.Lock()
+	signer := k.signer
+	k.mu.Unlock()
+	if signer != nil {
+		sig, err := signer.Sign(rand, digest, opts)
+		if err == nil {
+			return sig, nil
+		}
+		if !k.reopen() {
+			return nil, fmt.Errorf("PKCS#11 key %q: %w", redact(k.spec.uri), err)
+		}
+	} else if !k.reopen() {
+		return nil, fmt.Errorf("PKCS#11 key %q: the token is not available", redact(k.spec.uri))
+	}
+	k.mu.Lock()
+	signer = k.signer
+	k.mu.Unlock()
+	return signer.Sign(rand, digest, opts)
+}
+
+// reopen opens the token again after a failure, at most once a second, and reports
+// whether the same key is there.
+func (k *Key) reopen() bool {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if now().Sub(k.reopened) < time.Second {
+		return false
+	}
+	k.reopened = now()
+	if k.ctx != nil {
+		k.ctx.Close()
+		k.ctx, k.signer = nil, nil
+	}
+	ctx, signer, err := k.spec.open()
+	if err != nil {
+		return false
+	}
+	if !k.pub.Equal(signer.Public()) {
+		ctx.Close()
+		return false
+	}
+	k.ctx, k.signer = ctx, signer
+	return true
+}
+
+// Close logs out of the token.
+func (k *Key) Close() error {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if k.ctx == nil {
+		return nil
+	}
+	err := k.ctx.Close()
+	k.ctx, k.signer = nil, nil
+	return err
+}
+
+func hasCurve(curves []elliptic.Curve, c elliptic.Curve) bool {
+	for _, x := range curves {
+		if x == c {
+			return true
+		}
+	}
+	return false
+}
+
+func curveNames(curves []elliptic.Curve) string {
+	var names []string
+	for _, c := range curves {
+		names = append(names, c.Params().Name)
+	}
+	return strings.Join(names, " or ")
+}
+
+func describe(pub crypto.PublicKey) string {
+	if ec, ok := pub.(*ecdsa.PublicKey); ok {
+		return "ECDSA " + ec.Curve.Params().Name
+	}
+	return fmt.Sprintf("%T", pub)
+}
