@@ -17,7 +17,7 @@ import (
 	"testing"
 	"time"
 
-	_ "github.com/deviceid/deviceid/internal/plugins" // the server users run
+	_ "github.com/deviceid/deviceid/cmd/coredns/plugins" // the server users run
 	"github.com/deviceid/deviceid/internal/testenv"
 
 	"github.com/miekg/dns"

@@ -10,7 +10,7 @@ import (
 )
 
 // CoreDNS is a running CoreDNS server in this process. The test package must
-// blank-import internal/plugins, which installs the plugin list of bin/coredns.
+// blank-import cmd/coredns/plugins, which installs the plugin list of bin/coredns.
 type CoreDNS struct {
 	UDP, TCP string // listening addresses
 	inst     *caddy.Instance
