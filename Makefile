@@ -3,47 +3,56 @@ GO       ?= go
 BIN      := $(CURDIR)/bin
 STATICCHECK_VERSION := v0.8.2
 
-.PHONY: all build test lint unit e2e fuzz run bench clean
+VERSION  := $(shell git describe --tags --always --dirty 2>/dev/null || echo unknown)
+LDFLAGS  := -X github.com/deviceid/deviceid/internal/version.Version=$(VERSION)
+
+.PHONY: all help build test lint unit e2e fuzz run bench soak clean
 
 all: build
 
-build:
-	$(GO) build -o $(BIN)/coredns ./cmd/coredns
-	$(GO) build -o $(BIN)/deviceid-signer ./cmd/deviceid-signer
-	$(GO) build -o $(BIN)/deviceid-verify ./cmd/deviceid-verify
+help: ## this list
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+
+build: ## bin/coredns (with the plugin), bin/deviceid-signer, bin/deviceid-verify
+	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN)/coredns ./cmd/coredns
+	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN)/deviceid-signer ./cmd/deviceid-signer
+	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN)/deviceid-verify ./cmd/deviceid-verify
 
 $(BIN)/staticcheck:
 	GOBIN=$(BIN) $(GO) install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION)
 
 # Everything CI checks: formatting, vet, staticcheck, unit tests (with the race
 # detector), the end-to-end tests, and the Corefile examples.
-test: lint unit e2e
+test: lint unit e2e ## everything CI checks
 
-lint: $(BIN)/staticcheck
+lint: $(BIN)/staticcheck ## gofmt, go vet, staticcheck
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
 	$(BIN)/staticcheck ./...
 
-unit:
+unit: ## unit tests with the race detector
 	$(GO) test -race -count=1 ./record/... ./plugin/... ./signer/... ./verify/... ./internal/... ./cmd/...
 
-e2e:
+e2e: ## end-to-end tests: etcd (one node and a 3-member cluster), CoreDNS, the signer, unbound, delv, SoftHSM
 	$(GO) test -count=1 -timeout 10m ./test/...
 
 # A short fuzzing run of each parser; longer runs: make fuzz FUZZTIME=10m.
 FUZZTIME ?= 30s
-fuzz:
+fuzz: ## a short fuzzing run of each parser (FUZZTIME=10m for longer)
 	$(GO) test -run XXX -fuzz FuzzParseDevice -fuzztime $(FUZZTIME) ./record/
 	$(GO) test -run XXX -fuzz FuzzServeDNS -fuzztime $(FUZZTIME) ./plugin/
 	$(GO) test -run XXX -fuzz FuzzParse -fuzztime $(FUZZTIME) ./internal/pkcs11key/
 
 # CoreDNS on 127.0.0.1:1053 over an embedded etcd with sample devices.
-run: build
+run: build ## the dev stack: etcd, signer, demo service and CoreDNS on 127.0.0.1
 	@scripts/run-dev.sh
 
-bench: build
+bench: build ## query-path benchmarks and the load runs of BENCHMARKS.md
 	$(GO) test -run XXX -bench . -benchmem -cpu 1,2 ./plugin/
 	scripts/bench.sh
 
-clean:
+soak: ## 30 minutes of queries and enrollments against a 3-member cluster with restarts (SOAK=30m)
+	DEVICEID_SOAK=$${SOAK:-30m} $(GO) test -count=1 -run TestSoak -timeout 0 -v ./test/
+
+clean: ## remove bin/, the dev data and benchmark output
 	rm -rf $(BIN) .deviceid-dev bench-out

@@ -9,6 +9,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/deviceid/deviceid/record"
+
 	"github.com/coredns/coredns/plugin"
 	clog "github.com/coredns/coredns/plugin/pkg/log"
 	"github.com/coredns/coredns/request"
@@ -133,13 +135,21 @@ func (d *Deviceid) Ready() bool {
 
 // start connects to etcd and starts following each zone.
 func (d *Deviceid) start() error {
-	cli, err := clientv3.New(d.cfg.etcdConfig())
+	cli, err := d.cfg.etcd.New()
 	if err != nil {
 		return err
 	}
 	d.client = cli
 	ctx, cancel := context.WithCancel(context.Background())
 	d.cancel = cancel
+	// Say at once, not after the load's timeout, when etcd cannot be used, and why.
+	d.wg.Go(func() {
+		for _, z := range d.zones {
+			if err := d.cfg.etcd.Check(ctx, cli, record.ZonePrefix(d.cfg.prefix, z.origin)); err != nil && ctx.Err() == nil {
+				log.Errorf("zone %s: %v", z.origin, err)
+			}
+		}
+	})
 	for _, z := range d.zones {
 		d.wg.Go(func() { z.run(ctx, cli) })
 		if z.signer != nil {

@@ -36,7 +36,7 @@ func (z *zone) run(ctx context.Context, cli *clientv3.Client) {
 			if ctx.Err() != nil {
 				return
 			}
-			log.Warningf("zone %s: loading from etcd failed, retrying in %s: %v", z.origin, retry, err)
+			log.Warningf("zone %s: loading from etcd failed, retrying in %s: %v", z.origin, retry, z.cfg.etcd.Diagnose(ctx, prefix, err))
 			loadFailures.WithLabelValues(z.origin).Inc()
 			select {
 			case <-ctx.Done():

@@ -1,7 +1,6 @@
 package deviceid
 
 import (
-	"crypto/tls"
 	"fmt"
 	"net/url"
 	"path/filepath"
@@ -10,26 +9,21 @@ import (
 	"strings"
 	"time"
 
+	"github.com/deviceid/deviceid/internal/etcdclient"
 	"github.com/deviceid/deviceid/internal/pkcs11key"
 	"github.com/deviceid/deviceid/record"
 
 	"github.com/coredns/caddy"
 	"github.com/coredns/coredns/core/dnsserver"
 	"github.com/coredns/coredns/plugin"
-	mwtls "github.com/coredns/coredns/plugin/pkg/tls"
 
 	"github.com/miekg/dns"
-	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.uber.org/zap"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/backoff"
 )
 
 func init() { plugin.Register(pluginName, setup) }
 
 // Defaults of the Corefile options (docs/design.md).
 const (
-	defaultEndpoint          = "http://127.0.0.1:2379"
 	defaultPrefix            = "/deviceid"
 	defaultTTL               = 60
 	defaultSignatureValidity = 24 * time.Hour
@@ -40,10 +34,7 @@ const (
 // config is one deviceid block of the Corefile.
 type config struct {
 	zones     []string // lower case, fully qualified
-	endpoints []string
-	tls       *tls.Config
-	username  string
-	password  string
+	etcd      etcdclient.Settings
 	prefix    string
 	keyFiles  []string           // BIND key file base names
 	keyURIs   []string           // PKCS#11 URIs of keys in an HSM
@@ -74,7 +65,7 @@ func setup(c *caddy.Controller) error {
 
 func parse(c *caddy.Controller) (*config, error) {
 	cfg := &config{
-		endpoints: []string{defaultEndpoint},
+		etcd:      etcdclient.FromEnv(),
 		prefix:    defaultPrefix,
 		ttl:       defaultTTL,
 		render:    record.RenderOptions{RevokedUsage: record.UsageRevoked, Discovery: true},
@@ -100,6 +91,9 @@ func parse(c *caddy.Controller) (*config, error) {
 	}
 	if len(cfg.ns) == 0 {
 		cfg.ns = []string{"ns1." + cfg.zones[0]}
+	}
+	if _, err := cfg.etcd.Config(); err != nil {
+		return nil, c.Errf("etcd: %v", err)
 	}
 	if err := cfg.loadKeys(); err != nil {
 		return nil, c.Err(err.Error())
@@ -154,9 +148,9 @@ func parseOption(c *caddy.Controller, cfg *config, root string) error {
 	args := c.RemainingArgs()
 	switch opt {
 	case "endpoint":
-		args = fields(args)
+		args = etcdclient.SplitEndpoints(strings.Join(args, " "))
 		if len(args) == 0 {
-			return c.ArgErr()
+			return c.Errf("endpoint: no URL (an empty {$%s}?)", etcdclient.EnvEndpoints)
 		}
 		for _, e := range args {
 			u, err := url.Parse(e)
@@ -164,24 +158,28 @@ func parseOption(c *caddy.Controller, cfg *config, root string) error {
 				return c.Errf("endpoint %q is not an http:// or https:// URL", e)
 			}
 		}
-		cfg.endpoints = args
+		cfg.etcd.Endpoints = args
 	case "tls":
-		if len(args) > 3 {
-			return c.ArgErr()
-		}
+		// As the etcd plugin's: none (the system's CAs), CACERT, CERT KEY, or all three.
 		for i := range args {
 			args[i] = inRoot(root, args[i])
 		}
-		t, err := mwtls.NewTLSConfigFromArgs(args...)
-		if err != nil {
-			return c.Errf("tls: %v", err)
+		switch len(args) {
+		case 0:
+		case 1:
+			cfg.etcd.CAFile = args[0]
+		case 2:
+			cfg.etcd.CertFile, cfg.etcd.KeyFile = args[0], args[1]
+		case 3:
+			cfg.etcd.CertFile, cfg.etcd.KeyFile, cfg.etcd.CAFile = args[0], args[1], args[2]
+		default:
+			return c.ArgErr()
 		}
-		cfg.tls = t
 	case "credentials":
 		if len(args) != 2 {
 			return c.ArgErr()
 		}
-		cfg.username, cfg.password = args[0], args[1]
+		cfg.etcd.Username, cfg.etcd.Password = args[0], args[1]
 	case "prefix":
 		if len(args) != 1 {
 			return c.ArgErr()
@@ -193,7 +191,7 @@ func parseOption(c *caddy.Controller, cfg *config, root string) error {
 	case "key":
 		args = fields(args)
 		if len(args) < 2 || (args[0] != "file" && args[0] != "pkcs11") {
-			return c.Errf("want 'key file NAME...' or 'key pkcs11 URI...'")
+			return c.Errf("want 'key file NAME...' or 'key pkcs11 URI...' (an empty {$VARIABLE}, such as $DEVICEID_KEYS, leaves no name)")
 		}
 		for _, a := range args[1:] {
 			if args[0] == "pkcs11" {
@@ -310,25 +308,4 @@ func onOff(c *caddy.Controller, opt string, args []string) (bool, error) {
 		return false, nil
 	}
 	return false, c.Errf("%s %q: want on or off", opt, args[0])
-}
-
-// etcdConfig is the etcd client configuration of the block.
-func (cfg *config) etcdConfig() clientv3.Config {
-	return clientv3.Config{
-		Endpoints:            cfg.endpoints,
-		TLS:                  cfg.tls,
-		Username:             cfg.username,
-		Password:             cfg.password,
-		DialTimeout:          5 * time.Second,
-		DialKeepAliveTime:    10 * time.Second,
-		DialKeepAliveTimeout: 5 * time.Second,
-		// The client's own logs of its retries would repeat ours.
-		Logger: zap.NewNop(),
-		// gRPC's default reconnect backoff grows to two minutes; an etcd back from
-		// an outage should be followed again within seconds.
-		DialOptions: []grpc.DialOption{grpc.WithConnectParams(grpc.ConnectParams{
-			Backoff:           backoff.Config{BaseDelay: 250 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: 3 * time.Second},
-			MinConnectTimeout: 5 * time.Second,
-		})},
-	}
 }

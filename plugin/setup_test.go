@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/deviceid/deviceid/internal/dnskey"
+	"github.com/deviceid/deviceid/internal/etcdclient"
 	"github.com/deviceid/deviceid/internal/pkcs11key"
 	"github.com/deviceid/deviceid/internal/testenv"
 
@@ -48,7 +49,7 @@ func TestSetup(t *testing.T) {
 		check func(t *testing.T, c *config)
 	}{
 		{"defaults", `deviceid`, "", func(t *testing.T, c *config) {
-			if !slices.Equal(c.zones, []string{"iot.example."}) || !slices.Equal(c.endpoints, []string{defaultEndpoint}) ||
+			if !slices.Equal(c.zones, []string{"iot.example."}) || !slices.Equal(c.etcd.Endpoints, []string{etcdclient.DefaultEndpoint}) ||
 				c.prefix != "/deviceid" || c.ttl != 60 || c.render.RevokedUsage != 255 || !c.render.Discovery ||
 				c.validity != 24*time.Hour || !c.cds || !slices.Equal(c.ns, []string{"ns1.iot.example."}) {
 				t.Errorf("defaults %+v", c)
@@ -60,7 +61,7 @@ func TestSetup(t *testing.T) {
 			}
 		}},
 		{"every option", `deviceid {
-			endpoint http://10.0.0.1:2379 https://10.0.0.2:2379
+			endpoint https://10.0.0.1:2379,https://10.0.0.2:2379
 			tls ` + cert + ` ` + key + ` ` + cert + `
 			credentials user secret
 			prefix /ids/
@@ -73,8 +74,8 @@ func TestSetup(t *testing.T) {
 			cds off
 			signature_cache 1000
 		}`, "", func(t *testing.T, c *config) {
-			if !slices.Equal(c.endpoints, []string{"http://10.0.0.1:2379", "https://10.0.0.2:2379"}) || c.tls == nil ||
-				c.username != "user" || c.password != "secret" || c.prefix != "/ids" || len(c.keyFiles) != 2 ||
+			if !slices.Equal(c.etcd.Endpoints, []string{"https://10.0.0.1:2379", "https://10.0.0.2:2379"}) || c.etcd.CertFile != cert || c.etcd.CAFile != cert ||
+				c.etcd.Username != "user" || c.etcd.Password != "secret" || c.prefix != "/ids" || len(c.keyFiles) != 2 ||
 				!slices.Equal(c.ns, []string{"ns1.iot.example.", "ns2.example.net."}) || c.ttl != 30 ||
 				c.render.RevokedUsage != 254 || c.render.Discovery || c.validity != 6*time.Hour || c.cds || c.cacheSize != 1000 {
 				t.Errorf("config %+v", c)
@@ -85,16 +86,18 @@ func TestSetup(t *testing.T) {
 			}
 		}},
 		{"endpoints in one argument", "deviceid {\nendpoint \"http://a:2379 http://b:2379\"\n}", "", func(t *testing.T, c *config) {
-			if len(c.endpoints) != 2 {
-				t.Errorf("endpoints %v", c.endpoints)
+			if len(c.etcd.Endpoints) != 2 {
+				t.Errorf("endpoints %v", c.etcd.Endpoints)
 			}
 		}},
 		{"unknown option", "deviceid {\nfoo bar\n}", "unknown property 'foo'", nil},
-		{"endpoint missing", "deviceid {\nendpoint\n}", "Wrong argument count", nil},
+		{"endpoint missing", "deviceid {\nendpoint\n}", "no URL", nil},
+		{"tls with plain http", "deviceid {\nendpoint http://a:2379\ntls " + cert + " " + key + "\n}", "plain http", nil},
+		{"tls key missing", "deviceid {\nendpoint https://a:2379\ntls " + cert + " /nonexistent.pem\n}", "client certificate", nil},
 		{"endpoint not a URL", "deviceid {\nendpoint 127.0.0.1:2379\n}", "not an http:// or https:// URL", nil},
 		{"endpoint bad scheme", "deviceid {\nendpoint unix:///tmp/etcd\n}", "not an http:// or https:// URL", nil},
 		{"tls too many", "deviceid {\ntls a b c d\n}", "Wrong argument count", nil},
-		{"tls missing file", "deviceid {\ntls /nonexistent/cert.pem /nonexistent/key.pem\n}", "tls:", nil},
+		{"tls missing file", "deviceid {\nendpoint https://a:2379\ntls /nonexistent/cert.pem /nonexistent/key.pem\n}", "etcd client certificate", nil},
 		{"credentials one", "deviceid {\ncredentials user\n}", "Wrong argument count", nil},
 		{"prefix relative", "deviceid {\nprefix deviceid\n}", "must start with '/'", nil},
 		{"prefix root", "deviceid {\nprefix /\n}", "must start with '/'", nil},
@@ -184,15 +187,15 @@ func TestSetupRoot(t *testing.T) {
 	dir := t.TempDir()
 	ksk := genKey(t, dir, "iot.example.", dns.ECDSAP256SHA256, true)
 	testenv.NewTestCA(t, "test").WriteTLSPair(t, dir, "client", x509.ExtKeyUsageClientAuth)
-	c := caddy.NewTestController("dns", "deviceid {\nkey file "+filepath.Base(ksk)+"\ntls client.pem client-key.pem\n}")
+	c := caddy.NewTestController("dns", "deviceid {\nendpoint https://127.0.0.1:2379\nkey file "+filepath.Base(ksk)+"\ntls client.pem client-key.pem\n}")
 	c.ServerBlockKeys = []string{"iot.example."}
 	dnsserver.GetConfig(c).Root = dir
 	cfg, err := parse(c)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !slices.Equal(cfg.keyFiles, []string{ksk}) || cfg.tls == nil {
-		t.Errorf("key files %v, tls %v: not read from the root %s", cfg.keyFiles, cfg.tls != nil, dir)
+	if !slices.Equal(cfg.keyFiles, []string{ksk}) || cfg.etcd.CertFile != filepath.Join(dir, "client.pem") {
+		t.Errorf("key files %v, tls %q: not read from the root %s", cfg.keyFiles, cfg.etcd.CertFile, dir)
 	}
 	// Without the root the same names are not found.
 	c = caddy.NewTestController("dns", "deviceid {\nkey file "+filepath.Base(ksk)+"\n}")

@@ -1,16 +1,36 @@
 #!/usr/bin/env bash
-# make run: the dev stack in the foreground. Ctrl-C stops it all.
+# make run: the dev stack in the foreground. Ctrl-C stops it all, and so does the end
+# of any part of it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# Every port the stack needs, checked before anything starts: a second make run, or
+# another service on one of them, must not leave half a stack running.
+ports="1053 2379 2380 8080 8181 8443 8444 9153"
+taken=""
+for p in $ports; do
+  if (exec 3<>/dev/tcp/127.0.0.1/$p) 2>/dev/null; then taken="$taken $p"; fi
+done
+if [ -n "$taken" ]; then
+  echo "make run: port(s)$taken on 127.0.0.1 are in use (another make run?); stop what uses them first." >&2
+  exit 1
+fi
+
+pids=()
+stop() {
+  trap - EXIT INT TERM
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+}
+trap stop EXIT INT TERM
+
 bin/deviceid-signer dev -data .deviceid-dev &
-signer=$!
-trap 'kill $signer 2>/dev/null; wait $signer 2>/dev/null' EXIT
+pids+=($!)
 
 # Wait for the embedded etcd (and its sample devices) before starting CoreDNS.
 for _ in $(seq 100); do
   if curl -fsS http://127.0.0.1:2379/health >/dev/null 2>&1; then break; fi
-  kill -0 $signer 2>/dev/null || { echo "deviceid-signer dev failed to start" >&2; exit 1; }
+  kill -0 "${pids[0]}" 2>/dev/null || { echo "make run: deviceid-signer dev failed to start" >&2; exit 1; }
   sleep 0.1
 done
 
@@ -26,4 +46,12 @@ CoreDNS is starting on 127.0.0.1:1053. In another terminal try:
   delv @127.0.0.1 -p 1053 -a .deviceid-dev/anchors.conf +root=iot.example TLSA sensor7._device.iot.example
 
 MSG
-bin/coredns -conf corefile/dev.Corefile
+bin/coredns -conf corefile/dev.Corefile &
+pids+=($!)
+
+# Whichever part ends first ends the stack.
+set +e
+wait -n "${pids[@]}"
+status=$?
+echo "make run: a part of the stack stopped (exit $status); stopping the rest." >&2
+exit $status

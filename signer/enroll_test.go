@@ -185,8 +185,12 @@ func TestRevokeDeleteList(t *testing.T) {
 	if err := r.Delete(ctx, "sensor7"); err != nil {
 		t.Fatal(err)
 	}
-	if err := r.Delete(ctx, "sensor7"); err != nil {
-		t.Errorf("deleting twice: %v", err)
+	if err := r.Delete(ctx, "sensor7"); !errors.Is(err, ErrNotFound) {
+		t.Errorf("deleting twice: %v, want %v", err, ErrNotFound)
+	}
+	testenv.Put(t, r.Client, record.DeviceKey(r.Prefix, r.Zone, "broken"), "not json")
+	if err := r.Delete(ctx, "broken"); err != nil {
+		t.Errorf("deleting an invalid record: %v", err)
 	}
 	if _, _, err := r.Get(ctx, "sensor7"); !errors.Is(err, ErrNotFound) {
 		t.Errorf("after delete: %v", err)

@@ -50,6 +50,9 @@ type Registry struct {
 	Zone   string
 }
 
+// ZonePrefix is the etcd prefix of the zone's records, P/<zone>/.
+func (r *Registry) ZonePrefix() string { return record.ZonePrefix(r.Prefix, r.Zone) }
+
 // Get returns a device's record and the revision it was last changed at.
 func (r *Registry) Get(ctx context.Context, device string) (*record.Device, int64, error) {
 	device, err := record.DeviceName(device)
@@ -254,15 +257,46 @@ func (r *Registry) Revoke(ctx context.Context, device string, spkiSHA256 []byte,
 	return d, err
 }
 
-// Delete removes a device's record. Deleting a device that is not there succeeds.
+// Delete removes a device's record, an invalid one too; ErrNotFound when there is none.
 func (r *Registry) Delete(ctx context.Context, device string) error {
-	_, err := r.update(ctx, device, false, nil, change1(func(*record.Device) (*record.Device, error) { return nil, nil }))
-	return err
+	device, err := record.DeviceName(device)
+	if err != nil {
+		return invalid(err)
+	}
+	resp, err := r.Client.Delete(ctx, record.DeviceKey(r.Prefix, r.Zone, device))
+	if err != nil {
+		return err
+	}
+	if resp.Deleted == 0 {
+		return ErrNotFound
+	}
+	return nil
 }
 
 // List returns up to limit device names after the name after (in key order), and
 // the name to pass as after for the next page ("" at the end).
 func (r *Registry) List(ctx context.Context, after string, limit int) ([]string, string, error) {
+	entries, next, err := r.list(ctx, after, limit, true)
+	names := make([]string, len(entries))
+	for i, e := range entries {
+		names[i] = e.Name
+	}
+	return names, next, err
+}
+
+// Entry is one listed device: its record, or why the stored record is invalid.
+type Entry struct {
+	Name   string
+	Device *record.Device
+	Err    error
+}
+
+// ListRecords is List with the records.
+func (r *Registry) ListRecords(ctx context.Context, after string, limit int) ([]Entry, string, error) {
+	return r.list(ctx, after, limit, false)
+}
+
+func (r *Registry) list(ctx context.Context, after string, limit int, keysOnly bool) ([]Entry, string, error) {
 	if limit <= 0 || limit > 1000 {
 		limit = 1000
 	}
@@ -271,20 +305,27 @@ func (r *Registry) List(ctx context.Context, after string, limit int) ([]string,
 	if after != "" {
 		from = prefix + after + "\x00"
 	}
-	resp, err := r.Client.Get(ctx, from, clientv3.WithRange(clientv3.GetPrefixRangeEnd(prefix)),
-		clientv3.WithLimit(int64(limit)), clientv3.WithKeysOnly())
+	opts := []clientv3.OpOption{clientv3.WithRange(clientv3.GetPrefixRangeEnd(prefix)), clientv3.WithLimit(int64(limit))}
+	if keysOnly {
+		opts = append(opts, clientv3.WithKeysOnly())
+	}
+	resp, err := r.Client.Get(ctx, from, opts...)
 	if err != nil {
 		return nil, "", err
 	}
-	names := make([]string, 0, len(resp.Kvs))
+	entries := make([]Entry, 0, len(resp.Kvs))
 	for _, kv := range resp.Kvs {
-		names = append(names, string(kv.Key[len(prefix):]))
+		e := Entry{Name: string(kv.Key[len(prefix):])}
+		if !keysOnly {
+			e.Device, e.Err = record.ParseDevice(kv.Value)
+		}
+		entries = append(entries, e)
 	}
 	next := ""
-	if resp.More && len(names) > 0 {
-		next = names[len(names)-1]
+	if resp.More && len(entries) > 0 {
+		next = entries[len(entries)-1].Name
 	}
-	return names, next, nil
+	return entries, next, nil
 }
 
 // PutCA publishes the CA certificate under P/<zone>/ca/<aki> for discovery.

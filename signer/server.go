@@ -1,7 +1,6 @@
 package signer
 
 import (
-	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -12,29 +11,46 @@ import (
 	"net/http"
 	"time"
 
+	"github.com/deviceid/deviceid/internal/etcdclient"
+
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
 
-// Handler serves everything the signer offers over HTTPS: EST and CA discovery under
+// Server is what the signer serves over HTTPS: EST and CA discovery under
 // /.well-known/, the admin API under /api/ (only with a token or admin CAs), /healthz,
-// which reports whether etcd answers, and /metrics.
-func Handler(ca *CA, reg *Registry, token string, adminCAs *x509.CertPool) http.Handler {
+// which reports whether etcd answers and why not, and /metrics.
+type Server struct {
+	CA       *CA
+	Registry *Registry
+	Token    string         // the admin API's bearer token; "" for none
+	AdminCAs *x509.CertPool // CAs of admin client certificates; nil for none
+	Etcd     etcdclient.Settings
+}
+
+// Handler returns the server's routes.
+func (s *Server) Handler() http.Handler {
 	mux := http.NewServeMux()
-	mux.Handle("/.well-known/", (&EST{CA: ca, Registry: reg}).Handler())
-	if token != "" || adminCAs != nil {
-		mux.Handle("/api/", (&API{CA: ca, Registry: reg, Token: token, AdminCAs: adminCAs}).Handler())
+	mux.Handle("/.well-known/", (&EST{CA: s.CA, Registry: s.Registry}).Handler())
+	if s.Token != "" || s.AdminCAs != nil {
+		mux.Handle("/api/", (&API{CA: s.CA, Registry: s.Registry, Token: s.Token, AdminCAs: s.AdminCAs}).Handler())
 	}
-	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
-		ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
-		defer cancel()
-		if _, err := reg.Client.Get(ctx, "health"); err != nil {
-			writeError(w, http.StatusServiceUnavailable, err)
-			return
-		}
-		w.Write([]byte("ok\n"))
-	})
+	mux.HandleFunc("GET /healthz", s.health)
 	mux.Handle("GET /metrics", promhttp.Handler())
 	return mux
+}
+
+// health answers 200 when etcd serves the zone's prefix with a leader, and 503 with
+// each endpoint's problem otherwise.
+func (s *Server) health(w http.ResponseWriter, r *http.Request) {
+	settings := s.Etcd
+	if len(settings.Endpoints) == 0 {
+		settings.Endpoints = s.Registry.Client.Endpoints()
+	}
+	if err := settings.Check(r.Context(), s.Registry.Client, s.Registry.ZonePrefix()); err != nil {
+		writeError(w, http.StatusServiceUnavailable, err)
+		return
+	}
+	w.Write([]byte("ok\n"))
 }
 
 // TLSConfig is the server's TLS configuration: its certificate, and client

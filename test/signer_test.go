@@ -66,7 +66,7 @@ func startSignerKey(t testing.TB, etcd *testenv.Etcd, keyURI string) *signerServ
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := &http.Server{Handler: signer.Handler(ca, reg, adminToken, nil), TLSConfig: signer.TLSConfig(cert)}
+	srv := &http.Server{Handler: (&signer.Server{CA: ca, Registry: reg, Token: adminToken}).Handler(), TLSConfig: signer.TLSConfig(cert)}
 	go srv.ServeTLS(ln, "", "")
 	t.Cleanup(func() { srv.Close() })
 	pool := x509.NewCertPool()

@@ -1,32 +1,37 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/x509"
 	"encoding/pem"
+	"errors"
+	"flag"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/deviceid/deviceid/internal/testenv"
 	"github.com/deviceid/deviceid/record"
 	"github.com/deviceid/deviceid/signer"
-
-	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
 // TestAdminCommands runs the operator's commands against etcd directly and against
-// a running signer, and checks the registry after each.
+// a running signer, and checks the registry and what they print.
 func TestAdminCommands(t *testing.T) {
 	dir := t.TempDir()
-	etcdURL := testenv.StartEtcd(t).URL()
-	if err := initCA([]string{"-dir", dir, "-zone", "iot.example"}); err != nil {
+	etcd := testenv.StartEtcd(t)
+	etcdURL := etcd.URL()
+	if _, err := stdout(t, func() error { return initCA([]string{"-dir", dir, "-zone", "iot.example"}) }); err != nil {
 		t.Fatal(err)
+	}
+	token := filepath.Join(dir, "admin-token")
+	if b, err := os.ReadFile(token); err != nil || len(strings.TrimSpace(string(b))) < 32 {
+		t.Fatalf("init-ca wrote no admin token: %v %q", err, b)
 	}
 	if err := initCA([]string{"-dir", dir, "-zone", "iot.example"}); err == nil {
 		t.Error("init-ca overwrote a CA")
@@ -34,16 +39,17 @@ func TestAdminCommands(t *testing.T) {
 	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	csr := testenv.CSR(t, key, "")
 	csrFile := filepath.Join(dir, "csr.der") // DER, as openssl writes with -outform DER
-	os.WriteFile(csrFile, csr, 0o600)
+	testenv.WriteFile(t, csrFile, csr)
 	spki, _ := x509.MarshalPKIXPublicKey(key.Public())
 	pubFile := filepath.Join(dir, "pub.pem")
-	os.WriteFile(pubFile, pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: spki}), 0o600)
-	token := filepath.Join(dir, "token")
-	os.WriteFile(token, []byte("a-token-of-enough-length\n"), 0o600)
+	testenv.WriteFile(t, pubFile, pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: spki}))
 
-	direct := []string{"-zone", "iot.example", "-etcd", etcdURL, "-ca-cert", filepath.Join(dir, "ca.pem"), "-ca-key", filepath.Join(dir, "ca-key.pem")}
+	direct := []string{"-zone", "iot.example", "-etcd", etcdURL}
+	ca := []string{"-ca-cert", filepath.Join(dir, "ca.pem"), "-ca-key", filepath.Join(dir, "ca-key.pem")}
 	certOut := filepath.Join(dir, "cert.pem")
-	if err := adminCommand("enroll", append(direct, "-device", "Sensor7", "-csr", csrFile, "-out", certOut)); err != nil {
+	if _, err := stdout(t, func() error {
+		return adminCommand("enroll", append(append(direct, ca...), "-device", "Sensor7", "-csr", csrFile, "-out", certOut))
+	}); err != nil {
 		t.Fatal(err)
 	}
 	if b, err := os.ReadFile(certOut); err != nil || !strings.Contains(string(b), "BEGIN CERTIFICATE") {
@@ -52,23 +58,38 @@ func TestAdminCommands(t *testing.T) {
 	if err := adminCommand("show", append(direct, "-device", "nosuch")); err == nil || !strings.Contains(err.Error(), "no such device") {
 		t.Errorf("show of a missing device: %v", err)
 	}
-	if err := adminCommand("enroll", append(direct, "-device", "bad_name", "-pubkey", pubFile)); err == nil {
+	if err := adminCommand("enroll", append(append(direct, ca...), "-device", "bad_name", "-pubkey", pubFile)); err == nil {
 		t.Error("a bad name was enrolled")
 	}
-	// Reading needs no CA key (only enroll issues certificates).
-	noCA := []string{"-zone", "iot.example", "-etcd", etcdURL, "-ca-key", filepath.Join(dir, "missing.pem")}
-	if err := adminCommand("show", append(noCA, "-device", "sensor7")); err != nil {
-		t.Errorf("show without the CA key: %v", err)
+	// show and list need no CA, print a table, and flag an invalid record.
+	testenv.Put(t, etcd.Client(), "/deviceid/iot.example/device/broken", `{"version": 1, "credentials": [{"status": "maybe"}]}`)
+	out, err := stdout(t, func() error { return adminCommand("show", append(direct, "-device", "sensor7")) })
+	if err != nil || !strings.Contains(out, "KEY (SHA-256 of the SPKI)") || !strings.Contains(out, "3 1 1, 4 0 0") {
+		t.Errorf("show: %v\n%s", err, out)
 	}
-	if err := adminCommand("list", noCA); err != nil {
-		t.Errorf("list without the CA key: %v", err)
+	out, err = stdout(t, func() error { return adminCommand("list", direct) })
+	if err != nil || !strings.Contains(out, "INVALID RECORD") || !strings.Contains(out, "sensor7") {
+		t.Errorf("list: %v\n%s", err, out)
+	}
+	out, err = stdout(t, func() error { return adminCommand("list", append(direct, "-json")) })
+	if err != nil || !strings.Contains(out, `"devices":["broken","sensor7"]`) {
+		t.Errorf("list -json: %v\n%s", err, out)
+	}
+	if out, err := stdout(t, func() error { return adminCommand("delete", append(direct, "-device", "broken")) }); err != nil || !strings.Contains(out, "deleted broken") {
+		t.Errorf("delete of an invalid record: %v %s", err, out)
+	}
+	if err := adminCommand("delete", append(direct, "-device", "broken")); !errors.Is(err, signer.ErrNotFound) {
+		t.Errorf("delete of nothing: %v, want %v", err, signer.ErrNotFound)
 	}
 
 	// The same commands through a running signer.
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	srv := serveFlags{listen: "127.0.0.1:0", zone: "iot.example", prefix: "/deviceid", etcd: etcdURL,
-		caCert: filepath.Join(dir, "ca.pem"), caKey: filepath.Join(dir, "ca-key.pem"), tokenFile: token, lifetime: signer.DefaultLifetime}
+	srv := serveFlags{
+		etcdFlags: etcdFlags{zone: "iot.example", prefix: "/deviceid", endpoints: etcdURL},
+		caFlags:   caFlags{caCert: filepath.Join(dir, "ca.pem"), caKey: filepath.Join(dir, "ca-key.pem"), lifetime: signer.DefaultLifetime},
+		listen:    "127.0.0.1:0", tokenFile: token,
+	}
 	ready := make(chan string, 1)
 	served := make(chan error, 1)
 	go func() { served <- srv.run(ctx, ready) }()
@@ -78,29 +99,23 @@ func TestAdminCommands(t *testing.T) {
 	case err := <-served:
 		t.Fatal(err)
 	}
-	remote := []string{"-server", "https://" + addr, "-token-file", token, "-ca-cert", filepath.Join(dir, "ca.pem")}
-	if err := adminCommand("enroll", append(remote, "-device", "bare", "-pubkey", pubFile)); err != nil {
-		t.Fatal(err)
+	remote := []string{"-server", "https://" + addr, "-token-file", token, "-server-ca", filepath.Join(dir, "ca.pem")}
+	for _, c := range [][]string{
+		{"enroll", "-device", "bare", "-pubkey", pubFile},
+		{"code", "-device", "new"},
+		{"revoke", "-device", "sensor7", "-reason", "keyCompromise"},
+		{"list"},
+		{"show", "-device", "sensor7"},
+		{"delete", "-device", "bare"},
+	} {
+		if _, err := stdout(t, func() error { return adminCommand(c[0], append(remote, c[1:]...)) }); err != nil {
+			t.Errorf("%v through the signer: %v", c, err)
+		}
 	}
-	if err := adminCommand("code", append(remote, "-device", "new")); err != nil {
-		t.Error(err)
+	if err := adminCommand("delete", append(remote, "-device", "bare")); err == nil || !strings.Contains(err.Error(), "no such device") {
+		t.Errorf("delete of nothing through the signer: %v", err)
 	}
-	if err := adminCommand("revoke", append(remote, "-device", "sensor7", "-reason", "keyCompromise")); err != nil {
-		t.Fatal(err)
-	}
-	if err := adminCommand("list", remote); err != nil {
-		t.Error(err)
-	}
-	if err := adminCommand("delete", append(remote, "-device", "bare")); err != nil {
-		t.Error(err)
-	}
-
-	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{etcdURL}, DialTimeout: 5 * time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cli.Close()
-	reg := &signer.Registry{Client: cli, Prefix: "/deviceid", Zone: "iot.example"}
+	reg := &signer.Registry{Client: etcd.Client(), Prefix: "/deviceid", Zone: "iot.example"}
 	d, _, err := reg.Get(ctx, "sensor7")
 	if err != nil || len(d.Credentials) != 1 || d.Credentials[0].Status != record.StatusRevoked || d.Credentials[0].Cert == nil {
 		t.Errorf("sensor7: %+v %v", d, err)
@@ -111,5 +126,40 @@ func TestAdminCommands(t *testing.T) {
 	cancel()
 	if err := <-served; err != nil {
 		t.Errorf("serve ended with %v", err)
+	}
+}
+
+// TestHelp: each command's -h shows its usage line, an example and its own flags only.
+func TestHelp(t *testing.T) {
+	for _, tc := range []struct {
+		name       string
+		run        func([]string) error
+		has, hasNo []string
+	}{
+		{"show", func(a []string) error { return adminCommand("show", a) }, []string{"usage: deviceid-signer show", "example:", "-device", "-json", "-etcd-cert"}, []string{"-ca-key", "-csr", "-listen"}},
+		{"enroll", func(a []string) error { return adminCommand("enroll", a) }, []string{"-csr", "-ca-key", "-supersede"}, []string{"-listen", "-reason"}},
+		{"list", func(a []string) error { return adminCommand("list", a) }, []string{"-after", "-limit"}, []string{"-device", "-ca-key"}},
+		{"serve", serve, []string{"-listen", "-etcd-password-file", "-ca-key"}, []string{"-device", "-csr"}},
+		{"keygen", keygen, []string{"-pkcs11", "example:"}, []string{"-etcd"}},
+		{"init-ca", initCA, []string{"-key", "-csr"}, []string{"-etcd"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var out bytes.Buffer
+			flagOutput = &out
+			defer func() { flagOutput = nil }()
+			if err := tc.run([]string{"-h"}); !errors.Is(err, flag.ErrHelp) {
+				t.Fatalf("-h: %v", err)
+			}
+			for _, s := range tc.has {
+				if !strings.Contains(out.String(), s) {
+					t.Errorf("-h lacks %q:\n%s", s, out.String())
+				}
+			}
+			for _, s := range tc.hasNo {
+				if strings.Contains(out.String(), s+" ") {
+					t.Errorf("-h shows %q, not a flag of %s", s, tc.name)
+				}
+			}
+		})
 	}
 }

@@ -6,9 +6,7 @@ import (
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/x509"
-	"encoding/hex"
 	"errors"
-	"flag"
 	"fmt"
 	"os"
 	"os/signal"
@@ -28,7 +26,10 @@ import (
 
 // dev runs an embedded etcd holding a CA record and sample devices until interrupted.
 func dev(args []string) error {
-	fs := flag.NewFlagSet("dev", flag.ContinueOnError)
+	fs := command("dev", "[flags]",
+		"Runs everything for a laptop in one process: an embedded etcd, a CA, a DNSSEC key, sample devices,\n"+
+			"the signer (EST and the admin API) and a demo service that authenticates devices by DANE.",
+		"deviceid-signer dev -data .deviceid-dev")
 	dataDir := fs.String("data", ".deviceid-dev", "directory for etcd's data and the dev CA")
 	clientURL := fs.String("etcd", "http://127.0.0.1:2379", "URL etcd serves clients on")
 	peerURL := fs.String("etcd-peer", "http://127.0.0.1:2380", "URL etcd serves peers on")
@@ -82,9 +83,9 @@ func dev(args []string) error {
 		return err
 	}
 	srv := serveFlags{
-		listen: *listen, zone: *zone, prefix: *prefix, etcd: *clientURL,
-		caCert: filepath.Join(*dataDir, signer.CACertFile), caKey: filepath.Join(*dataDir, signer.CAKeyFile),
-		tokenFile: filepath.Join(*dataDir, "admin-token"), lifetime: signer.DefaultLifetime,
+		etcdFlags: etcdFlags{zone: *zone, prefix: *prefix, endpoints: *clientURL},
+		caFlags:   caFlags{caCert: filepath.Join(*dataDir, signer.CACertFile), caKey: filepath.Join(*dataDir, signer.CAKeyFile), lifetime: signer.DefaultLifetime},
+		listen:    *listen, tokenFile: filepath.Join(*dataDir, "admin-token"),
 	}
 	fmt.Printf("EST and the admin API on https://%s (CA: %s; admin bearer token in %s: %s)\n",
 		*listen, srv.caCert, srv.tokenFile, token)
@@ -148,15 +149,11 @@ func seed(reg *signer.Registry, ca *signer.CA) error {
 
 // loadOrCreateToken keeps the dev admin API's bearer token in a file.
 func loadOrCreateToken(file string) (string, error) {
-	if b, err := os.ReadFile(file); err == nil {
-		return strings.TrimSpace(string(b)), nil
-	}
-	raw := make([]byte, 16)
-	if _, err := rand.Read(raw); err != nil {
+	if _, err := writeToken(file); err != nil {
 		return "", err
 	}
-	token := hex.EncodeToString(raw)
-	return token, os.WriteFile(file, []byte(token+"\n"), 0o600)
+	b, err := os.ReadFile(file)
+	return strings.TrimSpace(string(b)), err
 }
 
 // zoneKeyName is the base name of the dev zone's DNSSEC key in the data directory:

@@ -4,7 +4,6 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"errors"
-	"flag"
 	"fmt"
 	"os"
 	"strings"
@@ -17,27 +16,21 @@ import (
 
 // keygen writes a DNSSEC key pair for the deviceid plugin and prints its DS record.
 func keygen(args []string) error {
-	fs := flag.NewFlagSet("keygen", flag.ContinueOnError)
+	fs := command("keygen", "-zone ZONE [flags]",
+		"Writes a DNSSEC key pair in BIND's format for the Corefile's 'key file' option, or with -pkcs11\n"+
+			"makes it in an HSM for 'key pkcs11', and prints the DS record to give the parent zone (for a KSK or CSK).",
+		"deviceid-signer keygen -zone iot.example -dir /etc/deviceid\n"+
+			"  deviceid-signer keygen -zone iot.example -pkcs11 'pkcs11:token=dns;object=ksk?module-path=/usr/lib/softhsm/libsofthsm2.so&pin-source=/etc/deviceid/pin'")
 	zone := fs.String("zone", "", "the zone the key signs (required)")
 	alg := fs.String("algorithm", "ECDSAP256SHA256", "ECDSAP256SHA256 or ED25519")
 	zsk := fs.Bool("zsk", false, "make a zone-signing key (no SEP flag) instead of a KSK/CSK")
 	dir := fs.String("dir", ".", "directory to write K<zone>.+<alg>+<tag>.key and .private into (made if missing)")
 	uri := fs.String("pkcs11", "", "make the key in an HSM instead: a PKCS#11 URI (RFC 7512) with object=<label>, module-path and pin-source; ECDSA P-256, a KSK")
-	fs.Usage = func() {
-		fmt.Fprintf(fs.Output(), "usage: deviceid-signer keygen -zone ZONE [flags]\n\n"+
-			"Writes a key pair in BIND's format for the Corefile's 'key file' option, or with\n"+
-			"-pkcs11 makes it in an HSM for 'key pkcs11', and prints the DS record to give the\n"+
-			"parent zone (for a KSK or CSK).\n\n"+
-			"example: deviceid-signer keygen -zone iot.example -dir /etc/deviceid\n"+
-			"         deviceid-signer keygen -zone iot.example -pkcs11 'pkcs11:token=dns;object=ksk?module-path=/usr/lib/softhsm/libsofthsm2.so&pin-source=/etc/deviceid/pin'\n\n")
-		fs.PrintDefaults()
-	}
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
 	if *zone == "" || fs.NArg() != 0 {
-		fs.Usage()
-		return errors.New("-zone is required")
+		return errors.New("-zone is required and no arguments are taken (-h for help)")
 	}
 	if *uri != "" {
 		return keygenPKCS11(*zone, *uri, *alg, *zsk)

@@ -7,24 +7,28 @@ import (
 	"flag"
 	"fmt"
 	"os"
+
+	"github.com/deviceid/deviceid/internal/version"
 )
 
 const usage = `usage: deviceid-signer <command> [flags]
+       deviceid-signer -version
 
 commands (each has -h):
   serve    serve EST, the admin API, CA discovery, /healthz and /metrics over HTTPS
-  init-ca  make a self-signed root CA (ca.pem, ca-key.pem)
+  init-ca  make a CA (ca.pem, its key in ca-key.pem or an HSM) and an admin token
   enroll   enroll a device with a CSR (-csr) or a bare public key (-pubkey)
   revoke   revoke a device's key (-spki-sha256) or all its keys, with a reason
   delete   delete a device's record
-  show     print a device's record
-  list     list devices, a page at a time
+  show     print a device's keys and what DNS publishes for them
+  list     list devices, a page at a time, invalid records flagged
   code     issue a one-time enrollment code for a device's first EST enrollment
   keygen   write a DNSSEC key pair for the deviceid plugin and print its DS
   dev      run an embedded etcd, a CA, a DNSSEC key, sample devices and serve, for a laptop
 
-enroll, revoke, delete, show, list and code work on etcd directly (with the CA's files
-and -zone), or through a running signer with -server and -token-file.
+enroll, revoke, delete, show, list and code work on etcd directly (with -zone and the
+-etcd* flags, which CoreDNS's DEVICEID_ETCD* variables set too; enroll also needs the
+CA), or through a running signer with -server and -token-file.
 `
 
 func main() {
@@ -46,6 +50,9 @@ func main() {
 		err = adminCommand(os.Args[1], os.Args[2:])
 	case "-h", "-help", "--help", "help":
 		fmt.Print(usage)
+		return
+	case "-version", "--version", "version":
+		fmt.Println("deviceid-signer", version.String())
 		return
 	default:
 		fmt.Fprintf(os.Stderr, "deviceid-signer: unknown command %q\n\n%s", os.Args[1], usage)

@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
-	"errors"
 	"flag"
 	"fmt"
 	"log/slog"
@@ -17,50 +16,38 @@ import (
 	"time"
 
 	"github.com/deviceid/deviceid/signer"
-
-	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
-// serveFlags are the settings of a running signer. Each flag's default comes from
-// the environment variable named in its help, so that a container needs no arguments.
+// serveFlags are the settings of a running signer.
 type serveFlags struct {
-	listen, zone, prefix, etcd     string
-	caCert, caKey, tlsCert, tlsKey string
-	tokenFile, adminCA             string
-	lifetime                       time.Duration
-}
-
-func env(name, def string) string {
-	if v, ok := os.LookupEnv(name); ok {
-		return v
-	}
-	return def
+	etcdFlags
+	caFlags
+	listen, tlsCert, tlsKey string
+	tokenFile, adminCA      string
 }
 
 func (f *serveFlags) register(fs *flag.FlagSet) {
+	f.etcdFlags.register(fs)
+	f.caFlags.register(fs)
 	fs.StringVar(&f.listen, "listen", env("DEVICEID_LISTEN", "127.0.0.1:8443"), "HTTPS address for EST, the admin API, /healthz and /metrics ($DEVICEID_LISTEN)")
-	fs.StringVar(&f.zone, "zone", env("DEVICEID_ZONE", ""), "the zone devices are named in, e.g. iot.example ($DEVICEID_ZONE; required)")
-	fs.StringVar(&f.prefix, "prefix", env("DEVICEID_PREFIX", "/deviceid"), "etcd prefix of deviceid's records ($DEVICEID_PREFIX)")
-	fs.StringVar(&f.etcd, "etcd", env("DEVICEID_ETCD", "http://127.0.0.1:2379"), "etcd endpoints, comma-separated ($DEVICEID_ETCD)")
-	fs.StringVar(&f.caCert, "ca-cert", env("DEVICEID_CA_CERT", "ca.pem"), "CA certificate, PEM ($DEVICEID_CA_CERT)")
-	fs.StringVar(&f.caKey, "ca-key", env("DEVICEID_CA_KEY", "ca-key.pem"), "CA key, ECDSA P-256 or P-384: a PEM file, or a pkcs11: URI (RFC 7512) of a key in an HSM ($DEVICEID_CA_KEY)")
 	fs.StringVar(&f.tlsCert, "tls-cert", env("DEVICEID_TLS_CERT", ""), "HTTPS server certificate, PEM; empty: one issued by the CA for the listen host ($DEVICEID_TLS_CERT)")
 	fs.StringVar(&f.tlsKey, "tls-key", env("DEVICEID_TLS_KEY", ""), "HTTPS server key, PEM ($DEVICEID_TLS_KEY)")
-	fs.StringVar(&f.tokenFile, "token-file", env("DEVICEID_TOKEN_FILE", ""), "file holding the admin API's bearer token; empty: no admin API ($DEVICEID_TOKEN_FILE)")
+	fs.StringVar(&f.tokenFile, "token-file", env("DEVICEID_TOKEN_FILE", ""), "file holding the admin API's bearer token (init-ca writes one); empty: no admin API by token ($DEVICEID_TOKEN_FILE)")
 	fs.StringVar(&f.adminCA, "admin-ca", env("DEVICEID_ADMIN_CA", ""), "PEM CA(s) whose client certificates may use the admin API over mutual TLS ($DEVICEID_ADMIN_CA)")
-	fs.DurationVar(&f.lifetime, "lifetime", signer.DefaultLifetime, "lifetime of issued device certificates")
 }
 
 // serve runs the signer's HTTPS server until SIGINT or SIGTERM.
 func serve(args []string) error {
-	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
+	fs := command("serve", "-zone ZONE [flags]",
+		"Serves EST, the admin API, PKIX-CD CA discovery, /healthz and /metrics over HTTPS.",
+		"deviceid-signer serve -zone iot.example -etcd https://etcd1:2379,https://etcd2:2379 -etcd-cert client.pem -etcd-key client-key.pem -etcd-ca etcd-ca.pem -token-file admin-token")
 	var f serveFlags
 	f.register(fs)
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	if f.zone == "" || fs.NArg() != 0 {
-		return errors.New("-zone is required and no arguments are taken")
+	if fs.NArg() != 0 {
+		return fmt.Errorf("unexpected arguments %v", fs.Args())
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
@@ -71,11 +58,14 @@ func serve(args []string) error {
 func (f *serveFlags) run(ctx context.Context, ready chan<- string) error {
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
 	slog.SetDefault(log) // the signer's handlers log through the default logger; never codes or tokens
-	ca, err := signer.LoadCA(f.caCert, f.caKey, f.zone)
+	settings, err := f.settings()
 	if err != nil {
-		return fmt.Errorf("loading the CA: %w", err)
+		return err
 	}
-	ca.Lifetime = f.lifetime
+	ca, err := f.load(f.zone)
+	if err != nil {
+		return err
+	}
 	var token string
 	if f.tokenFile != "" {
 		b, err := os.ReadFile(f.tokenFile)
@@ -97,12 +87,11 @@ func (f *serveFlags) run(ctx context.Context, ready chan<- string) error {
 			return fmt.Errorf("%s: no PEM certificate", f.adminCA)
 		}
 	}
-	cli, err := clientv3.New(clientv3.Config{Endpoints: strings.Split(f.etcd, ","), DialTimeout: 5 * time.Second})
-	if err != nil {
+	reg := &signer.Registry{Prefix: f.prefix, Zone: f.zone}
+	if reg.Client, err = settings.Connect(ctx, 10*time.Second, reg.ZonePrefix()); err != nil {
 		return err
 	}
-	defer cli.Close()
-	reg := &signer.Registry{Client: cli, Prefix: f.prefix, Zone: f.zone}
+	defer reg.Client.Close()
 	pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	err = reg.PutCA(pctx, ca)
 	cancel()
@@ -127,7 +116,7 @@ func (f *serveFlags) run(ctx context.Context, ready chan<- string) error {
 		return err
 	}
 	srv := &http.Server{
-		Handler:           signer.Handler(ca, reg, token, adminCAs),
+		Handler:           (&signer.Server{CA: ca, Registry: reg, Token: token, AdminCAs: adminCAs, Etcd: settings}).Handler(),
 		TLSConfig:         signer.TLSConfig(cert),
 		ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout:       30 * time.Second,

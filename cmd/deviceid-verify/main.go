@@ -16,6 +16,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/deviceid/deviceid/internal/version"
 	"github.com/deviceid/deviceid/verify"
 
 	"github.com/miekg/dns"
@@ -41,8 +42,19 @@ func run(args []string, out io.Writer) error {
 	server := fs.String("server", "", "with -ds: the zone's authoritative server (host:port)")
 	revoked := fs.Uint("revoked-usage", 255, "the TLSA usage of revoked keys")
 	timeout := fs.Duration("timeout", 5*time.Second, "bound of the lookup")
+	showVersion := fs.Bool("version", false, "print the version and exit")
+	fs.Usage = func() {
+		fmt.Fprintf(fs.Output(), "usage: deviceid-verify -zones ZONES (-cert FILE | -connect HOST:PORT) (-resolver ADDR | -ds DS -server ADDR)\n\n"+
+			"Checks a device certificate against DNS as a TLS server using package verify does, and says why.\n\n"+
+			"example:\n  deviceid-verify -zones iot.example -resolver 127.0.0.1:53 -cert device.pem\n\nflags:\n")
+		fs.PrintDefaults()
+	}
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	if *showVersion {
+		fmt.Fprintln(out, "deviceid-verify", version.String())
+		return nil
 	}
 	if *zones == "" || (*certFile == "") == (*connect == "") || (*resolver == "") == (*ds == "") || (*ds != "") != (*server != "") {
 		fs.Usage()
