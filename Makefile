@@ -52,7 +52,8 @@ bench: build ## query-path benchmarks and the load runs of BENCHMARKS.md
 	scripts/bench.sh
 
 soak: ## 30 minutes of queries and enrollments against a 3-member cluster with restarts (SOAK=30m)
-	DEVICEID_SOAK=$${SOAK:-30m} $(GO) test -count=1 -run TestSoak -timeout 0 -v ./test/
+	@DEVICEID_SOAK=$${SOAK:-30m} $(GO) test -tags soak -count=1 -run TestSoak -timeout 0 -v ./test/ > soak.log 2>&1; \
+	  status=$$?; grep -v '^\[' soak.log | tail -40; exit $$status
 
 clean: ## remove bin/, the dev data and benchmark output
 	rm -rf $(BIN) .deviceid-dev bench-out

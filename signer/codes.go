@@ -54,6 +54,7 @@ func (r *Registry) IssueCode(ctx context.Context, device string, lifetime time.D
 	code := base32.StdEncoding.WithPadding(base32.NoPadding).EncodeToString(raw)
 	sum := sha256.Sum256([]byte(code))
 	value, _ := json.Marshal(storedCode{SHA256: hex.EncodeToString(sum[:]), Expires: time.Now().Add(lifetime).UTC()})
+	ctx = clientv3.WithRequireLeader(ctx)
 	lease, err := r.Client.Grant(ctx, int64(lifetime/time.Second)+1)
 	if err != nil {
 		return "", err

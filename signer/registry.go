@@ -9,11 +9,13 @@ import (
 	"fmt"
 	mrand "math/rand/v2"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/deviceid/deviceid/record"
 
 	"go.etcd.io/etcd/api/v3/etcdserverpb"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
@@ -102,11 +104,14 @@ func (r *Registry) update(ctx context.Context, device string, assumeAbsent bool,
 	if _, err := record.DeviceOwner(device, r.Zone); err != nil {
 		return nil, invalid(err)
 	}
+	// A member without a leader refuses at once rather than queue the write: during a
+	// quorum loss nothing is proposed, so nothing is applied when quorum returns.
+	ctx = clientv3.WithRequireLeader(ctx)
 	keys := append([]string{record.DeviceKey(r.Prefix, r.Zone, device)}, side...)
 	snap := snapshot{values: make([][]byte, len(keys)), revs: make([]int64, len(keys))}
 	if !assumeAbsent {
 		if snap, err = r.read(ctx, keys); err != nil {
-			return nil, err
+			return nil, unavailable(err, false)
 		}
 	}
 	guessed := assumeAbsent // the last attempt failed on a guess, not a race
@@ -161,7 +166,7 @@ func (r *Registry) update(ctx context.Context, device string, assumeAbsent bool,
 		resp, err := r.Client.Txn(ctx).If(cmps...).Then(append([]clientv3.Op{op}, ops...)...).Else(elses...).Commit()
 		txnSeconds.Observe(time.Since(start).Seconds())
 		if err != nil {
-			return nil, err
+			return nil, unavailable(err, true)
 		}
 		if resp.Succeeded {
 			return updated, nil
@@ -170,6 +175,19 @@ func (r *Registry) update(ctx context.Context, device string, assumeAbsent bool,
 		snap = snapshotOf(resp.Responses)
 	}
 	return nil, errConflicted
+}
+
+// unavailable says what a failed etcd request means for the caller: with no leader
+// nothing was written; a write that timed out may still be applied by etcd, and
+// retrying the same request is safe (every operation is idempotent).
+func unavailable(err error, write bool) error {
+	switch {
+	case errors.Is(err, rpctypes.ErrNoLeader) || strings.Contains(err.Error(), rpctypes.ErrNoLeader.Error()):
+		return fmt.Errorf("etcd has no leader (quorum lost?); nothing was written: %w", err)
+	case write && (errors.Is(err, context.DeadlineExceeded) || errors.Is(err, rpctypes.ErrTimeout)):
+		return fmt.Errorf("etcd did not confirm the write in time; it may still be applied, and retrying the same request is safe: %w", err)
+	}
+	return err
 }
 
 // snapshot is what one read found at keys: values (nil when absent) and revisions.
@@ -263,9 +281,9 @@ func (r *Registry) Delete(ctx context.Context, device string) error {
 	if err != nil {
 		return invalid(err)
 	}
-	resp, err := r.Client.Delete(ctx, record.DeviceKey(r.Prefix, r.Zone, device))
+	resp, err := r.Client.Delete(clientv3.WithRequireLeader(ctx), record.DeviceKey(r.Prefix, r.Zone, device))
 	if err != nil {
-		return err
+		return unavailable(err, true)
 	}
 	if resp.Deleted == 0 {
 		return ErrNotFound

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/deviceid/deviceid/internal/testenv"
+	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/miekg/dns"
 )
@@ -55,30 +56,44 @@ func TestDevCorefile(t *testing.T) {
 	verifySection(t, r.Answer, trustedKeys(t, c, key.ds))
 }
 
-// TestProductionCorefile runs corefile/production.Corefile against an etcd that
-// requires mutual TLS, configured through the environment as the file documents.
+// TestProductionCorefile runs corefile/production.Corefile as shipped, configured
+// only through the environment as the file documents: against an etcd over plain
+// http, and against one that requires mutual TLS.
 func TestProductionCorefile(t *testing.T) {
-	dir := t.TempDir()
-	etcd, files := testenv.StartEtcdTLS(t)
-	cli := testenv.ClientTLS(t, files, etcd.URL())
-	clientURL, clientCert, clientKey, caFile := etcd.URL(), files.ClientCert, files.ClientKey, files.CA
+	t.Run("plain http", func(t *testing.T) {
+		etcd := testenv.StartEtcd(t)
+		t.Setenv("DEVICEID_ETCD", etcd.URL())
+		productionCorefile(t, etcd.Client())
+	})
+	t.Run("mutual TLS", func(t *testing.T) {
+		etcd, files := testenv.StartEtcdTLS(t)
+		t.Setenv("DEVICEID_ETCD", etcd.URL())
+		t.Setenv("DEVICEID_ETCD_CERT", files.ClientCert)
+		t.Setenv("DEVICEID_ETCD_KEY", files.ClientKey)
+		t.Setenv("DEVICEID_ETCD_CA", files.CA)
+		productionCorefile(t, testenv.ClientTLS(t, files, etcd.URL()))
+	})
+}
 
+func productionCorefile(t *testing.T, cli *clientv3.Client) {
+	dir := t.TempDir()
 	devCA := testenv.NewTestCA(t, "device CA")
 	d := newDevice(t, devCA, "sensor7", time.Now().AddDate(1, 0, 0))
 	testenv.Put(t, cli, deviceKey("sensor7"), deviceJSON(credentialJSON(d, "active")))
-
 	t.Setenv("DEVICEID_ZONE", "iot.example")
-	t.Setenv("DEVICEID_ETCD", clientURL)
-	t.Setenv("DEVICEID_ETCD_CERT", clientCert)
-	t.Setenv("DEVICEID_ETCD_KEY", clientKey)
-	t.Setenv("DEVICEID_ETCD_CA", caFile)
 	t.Setenv("DEVICEID_NS", "ns1.example.net. ns2.example.net.")
 	ksk := genZoneKey(t, dir, dns.ECDSAP256SHA256, true)
 	zsk := genZoneKey(t, dir, dns.ED25519, false)
 	t.Setenv("DEVICEID_KEYS", ksk.base+" "+zsk.base)
-	cf := exampleCorefile(t, "production.Corefile", ":8181", ":8080", ":9153")
-	cf = strings.Replace(cf, ":53 {", ":0 {", 1)
-	c := testenv.StartCoreDNS(t, cf)
+	t.Setenv("DEVICEID_DNS_PORT", "0")
+	for _, v := range []string{"DEVICEID_READY", "DEVICEID_HEALTH", "DEVICEID_METRICS"} {
+		t.Setenv(v, fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t)))
+	}
+	b, err := os.ReadFile(filepath.Join("..", "corefile", "production.Corefile"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := testenv.StartCoreDNS(t, string(b))
 	testenv.Eventually(t, "production Corefile serves", func() error {
 		return answerIs(t, c, "sensor7._device.iot.example.", dns.RcodeSuccess, []string{d.ee(), d.discovery()})
 	})

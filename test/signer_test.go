@@ -22,6 +22,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/deviceid/deviceid/internal/etcdclient"
 	"github.com/deviceid/deviceid/internal/pkcs11key"
 	"github.com/deviceid/deviceid/internal/testenv"
 	"github.com/deviceid/deviceid/signer"
@@ -53,7 +54,18 @@ func startSignerKey(t testing.TB, etcd *testenv.Etcd, keyURI string) *signerServ
 	if err != nil {
 		t.Fatal(err)
 	}
-	cli := etcd.Client()
+	return serveSigner(t, ca, filepath.Join(dir, signer.CACertFile), etcdclient.Settings{Endpoints: []string{etcd.URL()}})
+}
+
+// serveSigner runs the signer's HTTPS server for ca (its certificate in caFile) over
+// the etcd that settings reach, on a free loopback port.
+func serveSigner(t testing.TB, ca *signer.CA, caFile string, settings etcdclient.Settings) *signerServer {
+	t.Helper()
+	cli, err := settings.New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cli.Close() })
 	reg := &signer.Registry{Client: cli, Prefix: "/deviceid", Zone: zone}
 	if err := reg.PutCA(t.Context(), ca); err != nil {
 		t.Fatal(err)
@@ -66,14 +78,14 @@ func startSignerKey(t testing.TB, etcd *testenv.Etcd, keyURI string) *signerServ
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := &http.Server{Handler: (&signer.Server{CA: ca, Registry: reg, Token: adminToken}).Handler(), TLSConfig: signer.TLSConfig(cert)}
+	srv := &http.Server{Handler: (&signer.Server{CA: ca, Registry: reg, Token: adminToken, Etcd: settings}).Handler(), TLSConfig: signer.TLSConfig(cert)}
 	go srv.ServeTLS(ln, "", "")
 	t.Cleanup(func() { srv.Close() })
 	pool := x509.NewCertPool()
 	pool.AddCert(ca.Cert)
 	return &signerServer{
 		url:    "https://" + ln.Addr().String(),
-		caFile: filepath.Join(dir, signer.CACertFile),
+		caFile: caFile,
 		ca:     ca,
 		// Connections are kept for every concurrent client: a new TLS handshake per
 		// request would measure handshakes, not enrollment.

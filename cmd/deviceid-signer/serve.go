@@ -102,11 +102,15 @@ func (f *serveFlags) run(ctx context.Context, ready chan<- string) error {
 	if f.tlsCert != "" {
 		cert, err = tls.LoadX509KeyPair(f.tlsCert, f.tlsKey)
 	} else {
-		host, _, _ := net.SplitHostPort(f.listen)
-		if host == "" {
-			host = "localhost"
+		// Without a certificate of its own, the signer gets one from its CA for the
+		// listen host, or for this host's names when it listens on all addresses.
+		hosts := []string{"localhost", "127.0.0.1", "::1"}
+		if host, _, _ := net.SplitHostPort(f.listen); host != "" {
+			hosts = []string{host}
+		} else if name, err := os.Hostname(); err == nil {
+			hosts = append(hosts, name)
 		}
-		cert, err = ca.ServerCertificate([]string{host}, time.Now())
+		cert, err = ca.ServerCertificate(hosts, time.Now())
 	}
 	if err != nil {
 		return fmt.Errorf("HTTPS certificate: %w", err)

@@ -209,7 +209,9 @@ func (s Settings) Diagnose(ctx context.Context, key string, failed error) error 
 }
 
 func (s Settings) diagnose(ctx context.Context, endpoint, key string, failed error) string {
-	ctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	// The caller's deadline may be spent on the request that failed: the diagnosis
+	// gets its own few seconds.
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 3*time.Second)
 	defer cancel()
 	u, err := url.Parse(endpoint)
 	if err != nil {

@@ -6,6 +6,9 @@ package testenv
 import (
 	"context"
 	"fmt"
+	"io"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -13,6 +16,7 @@ import (
 	"github.com/deviceid/deviceid/internal/embedetcd"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.etcd.io/etcd/etcdutl/v3/snapshot"
 	"go.etcd.io/etcd/server/v3/embed"
 	"go.uber.org/zap"
 )
@@ -93,16 +97,26 @@ func StartCluster(t testing.TB, n int) *Cluster {
 		initial = append(initial, m.Cfg.Name+"="+m.Cfg.PeerURL)
 		c.Members = append(c.Members, m)
 	}
-	errs := make(chan error, n)
 	for _, m := range c.Members {
 		m.Cfg.InitialCluster = strings.Join(initial, ",")
+	}
+	c.start(t)
+	return c
+}
+
+// start starts every member at once (each waits for a quorum) and stops them when
+// the test ends.
+func (c *Cluster) start(t testing.TB) {
+	t.Helper()
+	errs := make(chan error, len(c.Members))
+	for _, m := range c.Members {
 		go func() {
 			e, err := embedetcd.Start(m.Cfg)
 			m.e = e
 			errs <- err
 		}()
 	}
-	for range n {
+	for range c.Members {
 		if err := <-errs; err != nil {
 			t.Fatalf("starting the etcd cluster: %v", err)
 		}
@@ -112,7 +126,6 @@ func StartCluster(t testing.TB, n int) *Cluster {
 			m.Stop()
 		}
 	})
-	return c
 }
 
 // Endpoints are the members' client URLs.
@@ -152,4 +165,60 @@ func FreePort(t testing.TB) int {
 		t.Fatal(err)
 	}
 	return p
+}
+
+// RestoreCluster restores an etcd snapshot file into a new n-member cluster, as
+// 'etcdutl snapshot restore' does for each member, starts it, and stops it when the
+// test ends.
+func RestoreCluster(t testing.TB, n int, snapshotPath string) *Cluster {
+	t.Helper()
+	c := &Cluster{}
+	var initial []string
+	for i := range n {
+		m := &Etcd{t: t, Cfg: embedetcd.Config{
+			Name:      fmt.Sprintf("r%d", i),
+			Dir:       filepath.Join(t.TempDir(), "data"),
+			ClientURL: fmt.Sprintf("http://127.0.0.1:%d", FreePort(t)),
+			PeerURL:   fmt.Sprintf("http://127.0.0.1:%d", FreePort(t)),
+		}}
+		initial = append(initial, m.Cfg.Name+"="+m.Cfg.PeerURL)
+		c.Members = append(c.Members, m)
+	}
+	for _, m := range c.Members {
+		m.Cfg.InitialCluster = strings.Join(initial, ",")
+		err := snapshot.NewV3(zap.NewNop()).Restore(snapshot.RestoreConfig{
+			SnapshotPath: snapshotPath, Name: m.Cfg.Name, OutputDataDir: m.Cfg.Dir,
+			PeerURLs: []string{m.Cfg.PeerURL}, InitialCluster: m.Cfg.InitialCluster, InitialClusterToken: "restored",
+		})
+		if err != nil {
+			t.Fatalf("restoring the snapshot for %s: %v", m.Cfg.Name, err)
+		}
+	}
+	c.start(t)
+	return c
+}
+
+// Snapshot saves a snapshot of the cluster's data through cli, as 'etcdctl snapshot
+// save' does, and returns the file.
+func Snapshot(t testing.TB, cli *clientv3.Client) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	r, err := cli.Snapshot(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	file := filepath.Join(t.TempDir(), "snapshot.db")
+	f, err := os.Create(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.Copy(f, r); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return file
 }

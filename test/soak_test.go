@@ -1,0 +1,127 @@
+//go:build soak
+
+package test
+
+import (
+	"fmt"
+	"net/http"
+	"os"
+	"runtime"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/deviceid/deviceid/internal/etcdclient"
+	"github.com/deviceid/deviceid/internal/testenv"
+	"github.com/deviceid/deviceid/signer"
+
+	"crypto/elliptic"
+
+	"github.com/miekg/dns"
+)
+
+// TestSoak (make soak; DEVICEID_SOAK sets the duration, 30m by default) runs mixed DNS
+// queries and enrollments against a 3-member cluster, two CoreDNS replicas and two
+// signers, restarting one member every two minutes, and reports errors, resident
+// memory and goroutines at the start and the end.
+func TestSoak(t *testing.T) {
+	duration, err := time.ParseDuration(os.Getenv("DEVICEID_SOAK"))
+	if err != nil {
+		duration = 30 * time.Minute
+	}
+	cluster := testenv.StartCluster(t, 3)
+	ksk := genZoneKey(t, t.TempDir(), dns.ECDSAP256SHA256, true)
+	var replicas []*testenv.CoreDNS
+	for range 2 {
+		c := testenv.StartCoreDNS(t, signedCorefile(dnsPort(t), strings.Join(cluster.Endpoints(), " "), ksk))
+		waitLoaded(t, c)
+		replicas = append(replicas, c)
+	}
+	dir := t.TempDir()
+	ca, err := signer.InitCA(dir, "soak CA", zone, elliptic.P256(), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	settings := etcdclient.Settings{Endpoints: cluster.Endpoints()}
+	signers := []*signerServer{serveSigner(t, ca, dir+"/ca.pem", settings), serveSigner(t, ca, dir+"/ca.pem", settings)}
+
+	var queries, queryErrors, enrolled, enrollErrors atomic.Int64
+	var firstError atomic.Value
+	fail := func(counter *atomic.Int64, format string, args ...any) {
+		counter.Add(1)
+		firstError.CompareAndSwap(nil, fmt.Sprintf(format, args...))
+	}
+	deadline := time.Now().Add(duration)
+	done := make(chan struct{})
+	// Enrollments, 5 a second, retried while a member restarts (every operation is
+	// idempotent; a 503 during an election is not an error if the retry lands).
+	go func() {
+		defer close(done)
+		for i := 0; time.Now().Before(deadline); i++ {
+			body, _ := bareKey()
+			name := fmt.Sprintf("soak%d", i)
+			ok := false
+			for try := 0; try < 20 && !ok; try++ {
+				status, _, _ := signers[i%2].try("POST", "/api/v1/devices/"+name+"/enroll", body)
+				ok = status == http.StatusCreated || status == http.StatusOK
+				if !ok {
+					time.Sleep(500 * time.Millisecond)
+				}
+			}
+			if ok {
+				enrolled.Add(1)
+			} else {
+				fail(&enrollErrors, "enrollment %s failed 20 times", name)
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
+	}()
+	// Queries, about 200 a second over both replicas: devices, names that do not exist, the apex.
+	go func() {
+		for i := 0; time.Now().Before(deadline); i++ {
+			name := []string{fmt.Sprintf("soak%d._device.iot.example.", i%max(1, int(enrolled.Load()))), fmt.Sprintf("nx%d._device.iot.example.", i), zone}[i%3]
+			c := replicas[i%2]
+			m, err := resolve(c.UDP, "udp", name, dns.TypeTLSA)
+			queries.Add(1)
+			if err != nil || m.Rcode == dns.RcodeServerFailure {
+				fail(&queryErrors, "%s: %v %v", name, err, m)
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}()
+	rss := func() string {
+		b, _ := os.ReadFile("/proc/self/status")
+		for _, l := range strings.Split(string(b), "\n") {
+			if strings.HasPrefix(l, "VmRSS:") {
+				return strings.TrimSpace(strings.TrimPrefix(l, "VmRSS:"))
+			}
+		}
+		return "?"
+	}
+	time.Sleep(30 * time.Second) // warmed up
+	startRSS, startG := rss(), runtime.NumGoroutine()
+	restarts := 0
+	for next := time.Now().Add(2 * time.Minute); time.Now().Before(deadline); next = next.Add(2 * time.Minute) {
+		time.Sleep(time.Until(next))
+		if time.Now().After(deadline) {
+			break
+		}
+		m := cluster.Members[restarts%3]
+		m.Stop()
+		time.Sleep(5 * time.Second)
+		m.Start()
+		restarts++
+		t.Logf("%s: restarted member %d; %d queries (%d errors), %d enrollments (%d errors), RSS %s, %d goroutines",
+			time.Now().Format(time.TimeOnly), restarts%3, queries.Load(), queryErrors.Load(), enrolled.Load(), enrollErrors.Load(), rss(), runtime.NumGoroutine())
+	}
+	<-done
+	runtime.GC()
+	report := fmt.Sprintf("soak of %s: %d member restarts; %d DNS queries, %d errors; %d enrollments, %d errors;\n"+
+		"resident memory %s at the start, %s at the end; goroutines %d at the start, %d at the end",
+		duration, restarts, queries.Load(), queryErrors.Load(), enrolled.Load(), enrollErrors.Load(), startRSS, rss(), startG, runtime.NumGoroutine())
+	t.Log(report)
+	if e := firstError.Load(); e != nil {
+		t.Errorf("errors during the soak; first: %v", e)
+	}
+}
