@@ -85,22 +85,33 @@ type Cluster struct {
 // StartCluster runs an n-member cluster on loopback and stops it when the test ends.
 func StartCluster(t testing.TB, n int) *Cluster {
 	t.Helper()
+	c := layout(t, n, embedetcd.Config{})
+	c.start(t)
+	return c
+}
+
+// layout places n members on free loopback ports, each with its own data directory,
+// clients served over TLS with tls's files when it names a certificate.
+func layout(t testing.TB, n int, tls embedetcd.Config) *Cluster {
+	t.Helper()
+	scheme := "http"
+	if tls.CertFile != "" {
+		scheme = "https"
+	}
 	c := &Cluster{}
 	var initial []string
 	for i := range n {
-		m := &Etcd{t: t, Cfg: embedetcd.Config{
-			Name:      fmt.Sprintf("m%d", i),
-			Dir:       t.TempDir(),
-			ClientURL: fmt.Sprintf("http://127.0.0.1:%d", FreePort(t)),
-			PeerURL:   fmt.Sprintf("http://127.0.0.1:%d", FreePort(t)),
-		}}
-		initial = append(initial, m.Cfg.Name+"="+m.Cfg.PeerURL)
-		c.Members = append(c.Members, m)
+		cfg := tls
+		cfg.Name = fmt.Sprintf("m%d", i)
+		cfg.Dir = filepath.Join(t.TempDir(), "data")
+		cfg.ClientURL = fmt.Sprintf("%s://127.0.0.1:%d", scheme, FreePort(t))
+		cfg.PeerURL = fmt.Sprintf("http://127.0.0.1:%d", FreePort(t))
+		initial = append(initial, cfg.Name+"="+cfg.PeerURL)
+		c.Members = append(c.Members, &Etcd{t: t, Cfg: cfg})
 	}
 	for _, m := range c.Members {
 		m.Cfg.InitialCluster = strings.Join(initial, ",")
 	}
-	c.start(t)
 	return c
 }
 
@@ -172,20 +183,8 @@ func FreePort(t testing.TB) int {
 // test ends.
 func RestoreCluster(t testing.TB, n int, snapshotPath string) *Cluster {
 	t.Helper()
-	c := &Cluster{}
-	var initial []string
-	for i := range n {
-		m := &Etcd{t: t, Cfg: embedetcd.Config{
-			Name:      fmt.Sprintf("r%d", i),
-			Dir:       filepath.Join(t.TempDir(), "data"),
-			ClientURL: fmt.Sprintf("http://127.0.0.1:%d", FreePort(t)),
-			PeerURL:   fmt.Sprintf("http://127.0.0.1:%d", FreePort(t)),
-		}}
-		initial = append(initial, m.Cfg.Name+"="+m.Cfg.PeerURL)
-		c.Members = append(c.Members, m)
-	}
+	c := layout(t, n, embedetcd.Config{})
 	for _, m := range c.Members {
-		m.Cfg.InitialCluster = strings.Join(initial, ",")
 		err := snapshot.NewV3(zap.NewNop()).Restore(snapshot.RestoreConfig{
 			SnapshotPath: snapshotPath, Name: m.Cfg.Name, OutputDataDir: m.Cfg.Dir,
 			PeerURLs: []string{m.Cfg.PeerURL}, InitialCluster: m.Cfg.InitialCluster, InitialClusterToken: "restored",

@@ -10,7 +10,6 @@ import (
 	"net"
 	"os"
 	"path/filepath"
-	"strings"
 	"testing"
 	"time"
 
@@ -106,22 +105,7 @@ func WriteFile(t testing.TB, name string, data []byte) {
 // given server certificate and key, requiring client certificates from caFile.
 func StartClusterTLS(t testing.TB, n int, certFile, keyFile, caFile string) *Cluster {
 	t.Helper()
-	c := &Cluster{}
-	var initial []string
-	for i := range n {
-		m := &Etcd{t: t, Cfg: embedetcd.Config{
-			Name:      fmt.Sprintf("m%d", i),
-			Dir:       t.TempDir(),
-			ClientURL: fmt.Sprintf("https://127.0.0.1:%d", FreePort(t)),
-			PeerURL:   fmt.Sprintf("http://127.0.0.1:%d", FreePort(t)),
-			CertFile:  certFile, KeyFile: keyFile, ClientCAFile: caFile,
-		}}
-		initial = append(initial, m.Cfg.Name+"="+m.Cfg.PeerURL)
-		c.Members = append(c.Members, m)
-	}
-	for _, m := range c.Members {
-		m.Cfg.InitialCluster = strings.Join(initial, ",")
-	}
+	c := layout(t, n, embedetcd.Config{CertFile: certFile, KeyFile: keyFile, ClientCAFile: caFile})
 	c.start(t)
 	return c
 }
