@@ -18,6 +18,9 @@ type Config struct {
 	Dir       string // data directory; reused on restart
 	ClientURL string // http://127.0.0.1:PORT, or https:// with the TLS files below
 	PeerURL   string // http://127.0.0.1:PORT
+	// CompactionRetention, when set, compacts the history older than it (periodic
+	// mode, e.g. "1h"), as a production cluster does.
+	CompactionRetention string
 	// InitialCluster lists every member of a new cluster as name=peerURL,...; empty:
 	// a cluster of this member alone.
 	InitialCluster string
@@ -46,6 +49,9 @@ func Start(c Config) (*embed.Etcd, error) {
 	cfg.AdvertisePeerUrls = []url.URL{*pu}
 	if c.Name != "" {
 		cfg.Name = c.Name
+	}
+	if c.CompactionRetention != "" {
+		cfg.AutoCompactionMode, cfg.AutoCompactionRetention = "periodic", c.CompactionRetention
 	}
 	cfg.InitialCluster = cfg.Name + "=" + c.PeerURL
 	if c.InitialCluster != "" {
