@@ -148,35 +148,21 @@ func TestClusterFaults(t *testing.T) {
 	converged(t, "seed", replicas, "base9", []string{loaded["base9"]})
 
 	// Queries to both replicas (signed, direct) and their unbounds (validated), all along.
-	var mu sync.Mutex
-	var failures []string
-	asked := 0
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	wg.Go(func() {
-		for i := 0; ; i++ {
-			select {
-			case <-stop:
-				return
-			default:
+	probe := startProber(5*time.Millisecond, func(i int) (int, []string) {
+		name := fmt.Sprintf("base%d._device.iot.example.", i%10)
+		r := replicas[i%2]
+		var failed []string
+		for _, addr := range []string{r.c.UDP, r.unbound} {
+			m, err := resolve(addr, "udp", name, dns.TypeTLSA)
+			ok := err == nil && m.Rcode == dns.RcodeSuccess && len(m.Answer) == 2 // the TLSA and its RRSIG
+			if addr == r.unbound {
+				ok = ok && m.AuthenticatedData
 			}
-			name := fmt.Sprintf("base%d._device.iot.example.", i%10)
-			r := replicas[i%2]
-			for _, addr := range []string{r.c.UDP, r.unbound} {
-				m, err := resolve(addr, "udp", name, dns.TypeTLSA)
-				ok := err == nil && m.Rcode == dns.RcodeSuccess && len(m.Answer) == 2 // the TLSA and its RRSIG
-				if addr == r.unbound {
-					ok = ok && m.AuthenticatedData
-				}
-				mu.Lock()
-				asked++
-				if !ok {
-					failures = append(failures, fmt.Sprintf("%s via %s: %v %v", name, addr, err, m))
-				}
-				mu.Unlock()
+			if !ok {
+				failed = append(failed, fmt.Sprintf("%s via %s: %v %v", name, addr, err, m))
 			}
-			time.Sleep(5 * time.Millisecond)
 		}
+		return 2, failed
 	})
 	write := func(what, device string) string {
 		t.Helper()
@@ -262,10 +248,7 @@ func TestClusterFaults(t *testing.T) {
 	}
 	converged(t, "replica reconnected", replicas, "while-cut", []string{ee})
 
-	close(stop)
-	wg.Wait()
-	mu.Lock()
-	defer mu.Unlock()
+	asked, failures := probe.done()
 	if len(failures) != 0 {
 		t.Errorf("%d of %d answers failed during the faults; first: %s", len(failures), asked, failures[0])
 	}

@@ -6,8 +6,6 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -268,32 +266,16 @@ func rollover(t *testing.T, k1, k2 zoneKey) {
 	waitLoaded(t, c)
 	unbound := startUnbound(t, port, k1.ds, k2.ds)
 
-	var asked, failed atomic.Int64
-	var mu sync.Mutex
-	var failures []string
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	wg.Go(func() {
-		for i := 0; ; i++ {
-			select {
-			case <-stop:
-				return
-			default:
-			}
-			q := []struct {
-				name  string
-				qtype uint16
-			}{{"sensor7._device.iot.example.", dns.TypeTLSA}, {zone, dns.TypeDNSKEY}, {fmt.Sprintf("nx%d._device.iot.example.", i), dns.TypeTLSA}}[i%3]
-			r, err := resolve(unbound, "udp", q.name, q.qtype)
-			asked.Add(1)
-			if err != nil || r.Rcode != dns.RcodeSuccess || !r.AuthenticatedData {
-				failed.Add(1)
-				mu.Lock()
-				failures = append(failures, fmt.Sprintf("%s %s: %v %v", q.name, dns.TypeToString[q.qtype], err, r))
-				mu.Unlock()
-			}
-			time.Sleep(10 * time.Millisecond) // a steady stream, not a flood
+	probe := startProber(10*time.Millisecond, func(i int) (int, []string) {
+		q := []struct {
+			name  string
+			qtype uint16
+		}{{"sensor7._device.iot.example.", dns.TypeTLSA}, {zone, dns.TypeDNSKEY}, {fmt.Sprintf("nx%d._device.iot.example.", i), dns.TypeTLSA}}[i%3]
+		r, err := resolve(unbound, "udp", q.name, q.qtype)
+		if err != nil || r.Rcode != dns.RcodeSuccess || !r.AuthenticatedData {
+			return 1, []string{fmt.Sprintf("%s %s: %v %v", q.name, dns.TypeToString[q.qtype], err, r)}
 		}
+		return 1, nil
 	})
 
 	steps := [][]zoneKey{
@@ -305,26 +287,25 @@ func rollover(t *testing.T, k1, k2 zoneKey) {
 	for _, keys := range steps {
 		// Each step waits out the TTL (twice, for good measure) with queries going on,
 		// as the README's rollover tells operators to.
-		before, since := asked.Load(), time.Now()
+		before, since := probe.asked.Load(), time.Now()
 		testenv.Eventually(t, "queries and the TTL before the step", func() error {
-			if n := asked.Load() - before; n < 100 || time.Since(since) < 2*ttl*time.Second {
+			if n := probe.asked.Load() - before; n < 100 || time.Since(since) < 2*ttl*time.Second {
 				return fmt.Errorf("%d queries in %s", n, time.Since(since))
 			}
 			return nil
 		})
 		c.Reload(t, signedCorefileTTL(port, etcd.URL(), ttl, keys...))
 	}
-	before := asked.Load()
+	before := probe.asked.Load()
 	testenv.Eventually(t, "queries after the last step", func() error {
-		if asked.Load() < before+100 {
-			return fmt.Errorf("%d queries", asked.Load()-before)
+		if probe.asked.Load() < before+100 {
+			return fmt.Errorf("%d queries", probe.asked.Load()-before)
 		}
 		return nil
 	})
-	close(stop)
-	wg.Wait()
-	if failed.Load() != 0 {
-		t.Errorf("%d of %d answers did not validate during the rollover; first: %v", failed.Load(), asked.Load(), failures[0])
+	asked, failures := probe.done()
+	if len(failures) != 0 {
+		t.Errorf("%d of %d answers did not validate during the rollover; first: %v", len(failures), asked, failures[0])
 	}
 	r, err := resolve(c.UDP, "udp", zone, dns.TypeDNSKEY)
 	if err != nil {

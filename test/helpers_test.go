@@ -14,6 +14,7 @@ import (
 	"net"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -167,4 +168,43 @@ func (p *proxy) restore() {
 	p.mu.Lock()
 	p.open = true
 	p.mu.Unlock()
+}
+
+// prober asks queries in the background, a steady stream and not a flood, counting
+// them and keeping what failed, until stopped.
+type prober struct {
+	asked    atomic.Int64
+	mu       sync.Mutex
+	failures []string
+	stop     chan struct{}
+	wg       sync.WaitGroup
+}
+
+// startProber calls ask with 0, 1, 2, ... every pause; ask returns how many queries it
+// sent and a description of each that failed.
+func startProber(pause time.Duration, ask func(i int) (int, []string)) *prober {
+	p := &prober{stop: make(chan struct{})}
+	p.wg.Go(func() {
+		for i := 0; ; i++ {
+			select {
+			case <-p.stop:
+				return
+			default:
+			}
+			n, failed := ask(i)
+			p.asked.Add(int64(n))
+			p.mu.Lock()
+			p.failures = append(p.failures, failed...)
+			p.mu.Unlock()
+			time.Sleep(pause)
+		}
+	})
+	return p
+}
+
+// done stops the prober and returns how many queries it asked and what failed.
+func (p *prober) done() (int64, []string) {
+	close(p.stop)
+	p.wg.Wait()
+	return p.asked.Load(), p.failures
 }
