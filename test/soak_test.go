@@ -124,8 +124,16 @@ func TestSoak(t *testing.T) {
 		}
 		return "?"
 	}
+	// The live heap after a collection: what the process holds, apart from memory the
+	// runtime has not given back to the system yet.
+	heap := func() string {
+		runtime.GC()
+		var m runtime.MemStats
+		runtime.ReadMemStats(&m)
+		return fmt.Sprintf("%d kB", m.HeapInuse>>10)
+	}
 	time.Sleep(30 * time.Second) // warmed up
-	startRSS, startG := rss(), runtime.NumGoroutine()
+	startRSS, startHeap, startG := rss(), heap(), runtime.NumGoroutine()
 	restarts := 0
 	for next := time.Now().Add(2 * time.Minute); time.Now().Before(deadline); next = next.Add(2 * time.Minute) {
 		time.Sleep(time.Until(next))
@@ -136,15 +144,14 @@ func TestSoak(t *testing.T) {
 		m.Stop()
 		time.Sleep(5 * time.Second)
 		m.Start()
+		t.Logf("%s: restarted member %d; %d queries (%d errors), %d enrollments (%d errors), RSS %s, heap %s, %d goroutines",
+			time.Now().Format(time.TimeOnly), restarts%3, queries.Load(), queryErrors.Load(), enrolled.Load(), enrollErrors.Load(), rss(), heap(), runtime.NumGoroutine())
 		restarts++
-		t.Logf("%s: restarted member %d; %d queries (%d errors), %d enrollments (%d errors), RSS %s, %d goroutines",
-			time.Now().Format(time.TimeOnly), restarts%3, queries.Load(), queryErrors.Load(), enrolled.Load(), enrollErrors.Load(), rss(), runtime.NumGoroutine())
 	}
 	<-done
-	runtime.GC()
 	report := fmt.Sprintf("soak of %s: %d member restarts; %d DNS queries, %d errors; %d enrollments, %d errors;\n"+
-		"resident memory %s at the start, %s at the end; goroutines %d at the start, %d at the end",
-		duration, restarts, queries.Load(), queryErrors.Load(), enrolled.Load(), enrollErrors.Load(), startRSS, rss(), startG, runtime.NumGoroutine())
+		"resident memory %s at the start, %s at the end; live heap %s and %s; goroutines %d at the start, %d at the end",
+		duration, restarts, queries.Load(), queryErrors.Load(), enrolled.Load(), enrollErrors.Load(), startRSS, rss(), startHeap, heap(), startG, runtime.NumGoroutine())
 	t.Log(report)
 	if e := firstError.Load(); e != nil {
 		t.Errorf("errors during the soak; first: %v", e)
