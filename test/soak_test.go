@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"os"
 	"runtime"
+	"runtime/pprof"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -153,6 +154,13 @@ func TestSoak(t *testing.T) {
 		"resident memory %s at the start, %s at the end; live heap %s and %s; goroutines %d at the start, %d at the end",
 		duration, restarts, queries.Load(), queryErrors.Load(), enrolled.Load(), enrollErrors.Load(), startRSS, rss(), startHeap, heap(), startG, runtime.NumGoroutine())
 	t.Log(report)
+	// DEVICEID_SOAK_HEAP=FILE keeps a heap profile of the end, for go tool pprof.
+	if file := os.Getenv("DEVICEID_SOAK_HEAP"); file != "" {
+		if f, err := os.Create(file); err == nil {
+			pprof.WriteHeapProfile(f)
+			f.Close()
+		}
+	}
 	if e := firstError.Load(); e != nil {
 		t.Errorf("errors during the soak; first: %v", e)
 	}
