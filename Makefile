@@ -6,7 +6,7 @@ STATICCHECK_VERSION := v0.8.2
 VERSION  := $(shell git describe --tags --always --dirty 2>/dev/null || echo unknown)
 LDFLAGS  := -X github.com/deviceid/deviceid/internal/version.Version=$(VERSION)
 
-.PHONY: all help build test lint unit e2e fuzz run bench soak clean
+.PHONY: all help build test lint unit e2e fuzz run bench bench-scale soak clean
 
 all: build
 
@@ -50,6 +50,9 @@ run: build ## the dev stack: etcd, signer, demo service and CoreDNS on 127.0.0.1
 bench: build ## query-path benchmarks and the load runs of BENCHMARKS.md
 	$(GO) test -run XXX -bench . -benchmem -cpu 1,2 ./plugin/
 	scripts/bench.sh
+
+bench-scale: build ## a million and ten million signed devices, floods, freshness (SIZES=1000000 for one size)
+	scripts/bench-scale.sh
 
 soak: ## 30 minutes of queries and enrollments against a 3-member cluster with restarts (SOAK=30m)
 	@DEVICEID_SOAK=$${SOAK:-30m} $(GO) test -tags soak -count=1 -run TestSoak -timeout 0 -v ./test/ > soak.log 2>&1; \

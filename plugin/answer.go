@@ -1,159 +1,272 @@
 package deviceid
 
 import (
+	"bytes"
+	"encoding/binary"
 	"errors"
-	"hash/maphash"
 	"time"
 
 	"github.com/coredns/coredns/request"
 	"github.com/miekg/dns"
 )
 
-// reply is an answer assembled from packed records.
-type reply struct {
-	rcode      int
-	answer     []packedRR // published records are copied; the rest skipped
-	answerSigs *sigs      // RRSIGs of the answer, with DO
-	authority  []byte     // packed records of the authority section
-	nAuthority uint16
-}
-
-// reply assembles the answer for a name under the apex, or a negative answer: with DO
-// and a signed zone, with RRSIGs, and for negative answers an NSEC at the query name
-// as RFC 9824 (compact denial of existence) describes.
-func (z *zone) reply(state request.Request, a answer, do bool, now time.Time) (reply, error) {
-	qname := state.Name()
-	if published(a.tlsa, now.UnixNano()) {
-		rep := reply{rcode: dns.RcodeSuccess, answer: a.tlsa}
-		if do {
-			e, err := z.signer.signed(z.signer.exist, a.key(qname, now.UnixNano()), forAnswer, now, func() []dns.RR {
-				var rrs []dns.RR
-				for _, p := range a.tlsa {
-					if p.current(now.UnixNano()) {
-						rrs = append(rrs, p.tlsa(qname))
-					}
-				}
-				return rrs
-			})
-			if err != nil {
-				return rep, err
-			}
-			rep.answerSigs = e
-		}
-		return rep, nil
-	}
-
-	rep := reply{rcode: dns.RcodeSuccess, authority: a.soa, nAuthority: 1}
-	if !a.exists {
-		rep.rcode = dns.RcodeNameError
-	}
-	if !do {
-		return rep, nil
-	}
-	// Compact denial: a name that does not exist gets NOERROR and an NSEC with the
-	// NXNAME type, unless the query sets CO (then NXDOMAIN as well).
-	if o := state.Req.IsEdns0(); !a.exists && (o == nil || !o.Co()) {
-		rep.rcode = dns.RcodeSuccess
-	}
-	s := z.signer
-	soa, err := s.signed(s.exist, rrsetKey(z.origin, dns.TypeSOA, a.soa), forAuthority, now, func() []dns.RR {
-		return []dns.RR{a.soaRR}
-	})
-	if err != nil {
-		return rep, err
-	}
-	types := a.types(z, now.UnixNano())
-	if len(qname)+3 > 255 { // "\000." (2 octets) makes the next name longer than a name can be
-		return rep, errNameTooLong
-	}
-	cache := s.exist
-	if !a.exists {
-		cache = s.nonexist
-	}
-	bitmap := make([]byte, 0, 2*len(types))
-	for _, t := range types {
-		bitmap = append(bitmap, byte(t>>8), byte(t))
-	}
-	nsec, err := s.signed(cache, rrsetKey(qname, dns.TypeNSEC, bitmap), forNSEC, now, func() []dns.RR {
-		return []dns.RR{&dns.NSEC{
-			Hdr:        dns.RR_Header{Name: qname, Rrtype: dns.TypeNSEC, Class: dns.ClassINET, Ttl: z.cfg.ttl},
-			NextDomain: "\\000." + qname,
-			TypeBitMap: types,
-		}}
-	})
-	if err != nil {
-		return rep, err
-	}
-	auth := make([]byte, 0, len(a.soa)+len(soa.wire)+len(nsec.set)+len(nsec.wire))
-	auth = append(append(append(append(auth, a.soa...), soa.wire...), nsec.set...), nsec.wire...)
-	rep.authority = auth
-	rep.nAuthority = 1 + soa.n + 1 + nsec.n
-	return rep, nil
-}
-
 // errNameTooLong: a name this long cannot be denied with an NSEC at \000.<qname>.
 // Only a client can send one, so it is not logged.
 var errNameTooLong = errors.New("query name too long for a compact denial")
 
-// types lists the types that exist at the answer's name, for its NSEC (ascending).
-func (a answer) types(z *zone, now int64) []uint16 {
-	switch {
-	case a.isApex:
-		t := []uint16{dns.TypeNS, dns.TypeSOA, dns.TypeRRSIG, dns.TypeNSEC, dns.TypeDNSKEY}
-		if z.signer.keys.cds != nil {
-			t = append(t, dns.TypeCDS, dns.TypeCDNSKEY)
-		}
-		return t
-	case !a.exists:
-		return []uint16{dns.TypeRRSIG, dns.TypeNSEC, dns.TypeNXNAME}
-	case published(a.stored, now):
-		return []uint16{dns.TypeRRSIG, dns.TypeNSEC, dns.TypeTLSA}
+// errNotLoaded: the zone has not been loaded from etcd yet.
+var errNotLoaded = errors.New("zone not loaded from etcd yet")
+
+// errRefused: over the signing budget for longer than a query may wait.
+var errRefused = errors.New("over the signing budget")
+
+// serve answers a query for qname (lower case) in the zone. For a name that exists
+// the answer is copied from the store with the signatures made ahead; only when they
+// are missing (the first signing pass still running, a record expired a moment ago)
+// is it signed here. A name that does not exist gets the compact denial of RFC 9824,
+// its NSEC signed here within the budget.
+func (z *zone) serve(w dns.ResponseWriter, state request.Request, qname string, qtype uint16, do bool, now time.Time) error {
+	z.mu.RLock()
+	zd := z.data
+	if zd == nil {
+		z.mu.RUnlock()
+		return errNotLoaded
 	}
-	return []uint16{dns.TypeRRSIG, dns.TypeNSEC} // an empty non-terminal, or no current record
+	ap := zd.apex.Load()
+	if qname == z.origin {
+		z.mu.RUnlock()
+		return z.writeApex(w, state, ap, qtype, do, now)
+	}
+	var p packet
+	if err := p.start(state); err != nil {
+		z.mu.RUnlock()
+		return err
+	}
+	defer p.release()
+	ns := now.UnixNano()
+	var name [256]byte
+	wire, err := packName(name[:], qname)
+	if err != nil {
+		z.mu.RUnlock()
+		return err
+	}
+	nz := z.signer.nz()
+	var stale entry // a copy of the entry, when its answer is signed here
+	found := zd.st.view(qname, func(e entry) {
+		if allCurrent(e.rrset(), ns) && (!do || e.signed() && z.signer.fresh(e.expiration(), ns)) {
+			tlsa, nsec := e.sigs(nz)
+			z.compose(&p, ap, qtype, do, e.rrset(), e.inception(), e.expiration(), tlsa, nsec, wire, ns)
+		} else {
+			stale = bytes.Clone(e)
+		}
+	})
+	z.mu.RUnlock()
+	if found && z.signer != nil {
+		z.signer.budget.sawExisting(ns)
+	}
+	switch {
+	case found && stale == nil:
+		if do {
+			z.signer.hits.Inc()
+		}
+	case found && (stale.flags()&flagRecord == 0 || len(currentRecords(stale.rrset(), ns)) > 0):
+		// A record of the name expired a moment ago and the background signer has not
+		// withdrawn it yet, or (with DO) the first signing pass has not reached the
+		// name: the answer is made here.
+		rr := currentRecords(stale.rrset(), ns)
+		if !do {
+			z.compose(&p, ap, qtype, false, rr, 0, 0, nil, nil, wire, ns)
+			break
+		}
+		z.signer.misses.Inc()
+		sigs, err := z.makeSigs(stale.owner(), rr, now, true)
+		if err != nil {
+			return err
+		}
+		if bytes.Equal(rr, stale.rrset()) {
+			z.storeSigs(zd, stale, sigs)
+		}
+		tlsa, nsec := sigs.sigs[:nz*sigSize], sigs.sigs[nz*sigSize:]
+		z.compose(&p, ap, qtype, do, rr, sigs.inc, sigs.exp, tlsa, nsec, wire, ns)
+	default: // no such name, or one whose every record has expired
+		if err := z.deny(&p, state, ap, do, wire, now); err != nil {
+			return err
+		}
+	}
+	return p.finish(w, state)
 }
 
-// writeApex answers for an RRset at the apex (SOA, NS, DNSKEY, CDS, CDNSKEY) with a message.
-func (z *zone) writeApex(w dns.ResponseWriter, state request.Request, a answer, do bool, now time.Time) error {
+// compose adds the answer for a name that exists to p: its TLSA records when asked
+// for (and published), else NODATA; with do, their RRSIGs and the NSEC at the name.
+func (z *zone) compose(p *packet, ap *apex, qtype uint16, do bool, rr []byte, inc, exp uint32, tlsaSigs, nsecSigs, wire []byte, now int64) {
+	labels := wireLabels(wire)
+	if (qtype == dns.TypeTLSA || qtype == dns.TypeANY) && len(rr) > 0 {
+		var ttl uint32
+		eachRecord(rr, func(until int64, w []byte) {
+			if until == 0 || now < until {
+				p.buf = append(p.buf, w...)
+				p.an++
+				ttl = binary.BigEndian.Uint32(w[6:])
+			}
+		})
+		if do && p.an > 0 {
+			p.buf = z.signer.appendRRSIGs(p.buf, dns.TypeTLSA, labels, ttl, inc, exp, tlsaSigs)
+			p.an += uint16(z.signer.nz())
+		}
+		if p.an > 0 {
+			return
+		}
+	}
+	if !do {
+		p.buf = append(p.buf, ap.soaAuth[:ap.soaLen]...)
+		p.ns++
+		return
+	}
+	p.buf = append(p.buf, ap.soaAuth...)
+	p.ns += ap.nSOA
+	p.buf = appendNSECAtQuestion(p.buf, z.cfg.ttl, wire, len(rr) > 0)
+	p.buf = z.signer.appendRRSIGs(p.buf, dns.TypeNSEC, labels, z.cfg.ttl, inc, exp, nsecSigs)
+	p.ns += 1 + uint16(z.signer.nz())
+}
+
+// appendNSECAtQuestion appends the NSEC at the question name.
+func appendNSECAtQuestion(b []byte, ttl uint32, wire []byte, tlsa bool) []byte {
+	b = append(b, ownerPointer...)
+	b = binary.BigEndian.AppendUint16(b, dns.TypeNSEC)
+	b = binary.BigEndian.AppendUint16(b, dns.ClassINET)
+	b = binary.BigEndian.AppendUint32(b, ttl)
+	at := len(b)
+	b = append(b, 0, 0)
+	b = appendNSEC(b, wire, tlsa)
+	binary.BigEndian.PutUint16(b[at:], uint16(len(b)-at-2))
+	return b
+}
+
+// deny adds the denial of a name that does not exist: NXDOMAIN and the SOA; with DO
+// the compact denial of RFC 9824: NOERROR (NXDOMAIN when the query sets CO), the SOA
+// and an NSEC from the name to \000.name with the types RRSIG NSEC NXNAME, signed.
+func (z *zone) deny(p *packet, state request.Request, ap *apex, do bool, wire []byte, now time.Time) error {
+	p.rcode = dns.RcodeNameError
+	if !do {
+		p.buf = append(p.buf, ap.soaAuth[:ap.soaLen]...)
+		p.ns++
+		return nil
+	}
+	if len(wire)+2 > 255 { // "\000." makes the next name longer than a name can be
+		return errNameTooLong
+	}
+	if o := state.Req.IsEdns0(); o == nil || !o.Co() {
+		p.rcode = dns.RcodeSuccess
+	}
+	s := z.signer
+	nz := s.nz()
+	var sigBuf [4 * sigSize]byte
+	var sigs []byte
+	if nz <= 4 {
+		sigs = sigBuf[:nz*sigSize]
+	} else {
+		sigs = make([]byte, nz*sigSize)
+	}
+	ns := now.UnixNano()
+	inc, exp, ok := s.nx.get(s, wire, sigs, ns)
+	if ok {
+		s.hits.Inc()
+	} else {
+		switch verdict, wait := s.budget.take(ns, state.Proto() == "tcp"); verdict {
+		case budgetTruncate:
+			s.overBudget(ns, "truncated")
+			p.truncate()
+			return nil
+		case budgetRefuse:
+			s.overBudget(ns, "refused")
+			return errRefused
+		case budgetWait:
+			s.overBudget(ns, "delayed")
+			time.Sleep(wait)
+		}
+		s.misses.Inc()
+		inc, exp = s.times(now)
+		var rdata [280]byte
+		nsec := append(append(append(rdata[:0], 1, 0), wire...), bitmapNXNAME...)
+		one := [1][]byte{nsec}
+		if err := s.signNow(sigs, wire, dns.TypeNSEC, z.cfg.ttl, inc, exp, one[:]); err != nil {
+			return err
+		}
+		s.nx.put(wire, sigs, inc, exp)
+	}
+	p.buf = append(p.buf, ap.soaAuth...)
+	p.ns += ap.nSOA
+	p.buf = append(p.buf, ownerPointer...)
+	p.buf = binary.BigEndian.AppendUint16(p.buf, dns.TypeNSEC)
+	p.buf = binary.BigEndian.AppendUint16(p.buf, dns.ClassINET)
+	p.buf = binary.BigEndian.AppendUint32(p.buf, z.cfg.ttl)
+	p.buf = binary.BigEndian.AppendUint16(p.buf, uint16(2+len(wire)+len(bitmapNXNAME)))
+	p.buf = append(append(append(p.buf, 1, 0), wire...), bitmapNXNAME...)
+	p.buf = s.appendRRSIGs(p.buf, dns.TypeNSEC, wireLabels(wire), z.cfg.ttl, inc, exp, sigs)
+	p.ns += 1 + uint16(nz)
+	return nil
+}
+
+// packName packs name into buf (256 octets) in wire form.
+func packName(buf []byte, name string) ([]byte, error) {
+	n, err := dns.PackDomainName(name, buf, 0, nil, false)
+	return buf[:n], err
+}
+
+// writeApex answers for the apex with a message: SOA, NS, DNSKEY, CDS, CDNSKEY, or
+// NODATA, with the signatures made ahead (made here when the HSM that should have
+// made them was away).
+func (z *zone) writeApex(w dns.ResponseWriter, state request.Request, ap *apex, qtype uint16, do bool, now time.Time) error {
 	m := new(dns.Msg)
 	m.SetReply(state.Req)
 	m.Authoritative = true
-	if !do {
-		m.Answer = withSigs(a.apex, &sigs{}, state.QName())
-		return w.WriteMsg(m)
+	t := qtype
+	if t == dns.TypeANY { // RFC 8482: one RRset is enough
+		t = dns.TypeSOA
 	}
-	var packed [][]byte
-	for _, rr := range a.apex {
-		packed = append(packed, packRR(rr))
+	set := ap.sets[t]
+	if t == dns.TypeNSEC || (set != nil && t != dns.TypeNS && t != dns.TypeSOA && !do && z.signer == nil) {
+		set = nil
 	}
-	t := a.apex[0].Header().Rrtype
-	e, err := z.signer.signed(z.signer.exist, rrsetKey(z.origin, t, packed...), forMessage, now, func() []dns.RR { return a.apex })
-	if err != nil {
+	rrs := func(set *apexSet) ([]dns.RR, error) {
+		out := set.rrs
+		if do {
+			sigs := set.sigs
+			if sigs == nil {
+				var err error
+				if sigs, err = z.signRRs(set.rrs, now); err != nil {
+					return nil, err
+				}
+			}
+			out = append(out[:len(out):len(out)], sigs...)
+		}
+		return withOwner(out, state.QName()), nil
+	}
+	var err error
+	if set != nil {
+		m.Answer, err = rrs(set)
+		return errors.Join(err, w.WriteMsg(m))
+	}
+	if m.Ns, err = rrs(ap.sets[dns.TypeSOA]); err != nil {
 		return err
 	}
-	m.Answer = withSigs(a.apex, e, state.QName())
+	if do {
+		nsec, err := rrs(ap.sets[dns.TypeNSEC])
+		if err != nil {
+			return err
+		}
+		m.Ns = append(m.Ns, nsec...)
+	}
 	return w.WriteMsg(m)
 }
 
-// key identifies the published part of the answer's TLSA RRset at now: the sum made
-// when it was stored while every record is current, a fresh one after some expired.
-func (a answer) key(qname string, now int64) uint64 {
-	for i := range a.tlsa {
-		if !a.tlsa[i].current(now) {
-			return tlsaKey(qname, a.tlsa, now)
-		}
+// withOwner returns copies of rrs with owner name qname.
+func withOwner(rrs []dns.RR, qname string) []dns.RR {
+	out := make([]dns.RR, len(rrs))
+	for i, rr := range rrs {
+		rr = dns.Copy(rr)
+		rr.Header().Name = qname
+		out[i] = rr
 	}
-	return a.sum
-}
-
-// tlsaKey identifies the records of rrs published at now, at qname.
-func tlsaKey(qname string, rrs []packedRR, now int64) uint64 {
-	var h maphash.Hash
-	h.SetSeed(hashSeed)
-	h.WriteString(qname)
-	for i := range rrs {
-		if rrs[i].current(now) {
-			h.Write(rrs[i].wire)
-		}
-	}
-	return h.Sum64()
+	return out
 }

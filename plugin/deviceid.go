@@ -40,9 +40,11 @@ type Deviceid struct {
 func newDeviceid(cfg *config) *Deviceid {
 	d := &Deviceid{origins: cfg.zones, zones: make(map[string]*zone), cfg: cfg, now: time.Now}
 	for _, origin := range cfg.zones {
-		z := &zone{origin: origin, cfg: cfg, rejected: make(map[string]int64), loaded: make(chan struct{})}
+		z := &zone{origin: origin, cfg: cfg, rejected: make(map[string]int64), loaded: make(chan struct{}),
+			kick: make(chan struct{}, 1), now: func() time.Time { return d.now() }}
 		if ks := cfg.keys[origin]; ks != nil {
 			z.signer = newSigner(origin, ks, cfg.validity, cfg.cacheSize)
+			z.signer.budget.rate = cfg.denialBudget
 		}
 		d.zones[origin] = z
 	}
@@ -68,20 +70,12 @@ func (d *Deviceid) ServeDNS(ctx context.Context, w dns.ResponseWriter, r *dns.Ms
 		return dns.RcodeFormatError, nil // RFC 9824 §3.2: a meta-type, not to be asked for
 	}
 	z := d.zones[origin]
-	a, ok := z.lookup(qname, qtype)
-	if !ok {
-		return dns.RcodeServerFailure, nil // not loaded from etcd yet
-	}
-	do := z.signer != nil && state.Do()
-	now := d.now()
-	var err error
-	if len(a.apex) > 0 {
-		err = z.writeApex(w, state, a, do, now)
-	} else {
-		var rep reply
-		if rep, err = z.reply(state, a, do, now); err == nil {
-			err = writePacked(w, state, rep, now.UnixNano())
-		}
+	err := z.serve(w, state, qname, qtype, z.signer != nil && state.Do(), d.now())
+	switch {
+	case errors.Is(err, errNotLoaded):
+		return dns.RcodeServerFailure, nil
+	case errors.Is(err, errRefused):
+		return dns.RcodeRefused, nil
 	}
 	if errors.Is(err, errNameTooLong) {
 		return dns.RcodeServerFailure, nil
@@ -106,16 +100,6 @@ func matchZone(origins []string, qname string) string {
 	return best
 }
 
-// published reports whether any of rrs is published at now.
-func published(rrs []packedRR, now int64) bool {
-	for i := range rrs {
-		if rrs[i].current(now) {
-			return true
-		}
-	}
-	return false
-}
-
 // Name implements the plugin.Handler interface.
 func (d *Deviceid) Name() string { return pluginName }
 
@@ -123,10 +107,7 @@ func (d *Deviceid) Name() string { return pluginName }
 // loaded from etcd.
 func (d *Deviceid) Ready() bool {
 	for _, z := range d.zones {
-		z.mu.RLock()
-		loaded := z.idx != nil
-		z.mu.RUnlock()
-		if !loaded {
+		if z.current() == nil {
 			return false
 		}
 	}
@@ -153,7 +134,8 @@ func (d *Deviceid) start() error {
 	for _, z := range d.zones {
 		d.wg.Go(func() { z.run(ctx, cli) })
 		if z.signer != nil {
-			d.wg.Go(func() { z.signer.sweep(ctx) })
+			z.signer.budget.rate = d.cfg.denialRate(z.signer)
+			d.wg.Go(func() { z.signAhead(ctx) })
 		}
 	}
 	// Wait a while for the first load, so that a server started (or reloaded: the old

@@ -2,6 +2,9 @@ package deviceid
 
 import (
 	"context"
+	"crypto/x509"
+	"encoding/binary"
+	"encoding/hex"
 	"testing"
 	"time"
 
@@ -28,7 +31,8 @@ func testDeviceidWith(t testing.TB, c *config) (*Deviceid, []dns.RR, []dns.RR, [
 	if err != nil {
 		t.Fatal(err)
 	}
-	x := newIndex("iot.example.", c, 42, 0)
+	z := d.zones["iot.example."]
+	zd := z.newData(42)
 	now := time.Now()
 	var sets [][]dns.RR
 	for _, dev := range []struct{ name, status string }{{"sensor7", "active"}, {"c90a.airquality", "revoked"}} {
@@ -42,20 +46,30 @@ func testDeviceidWith(t testing.TB, c *config) (*Deviceid, []dns.RR, []dns.RR, [
 			t.Fatal(err)
 		}
 		owner, _ := record.DeviceOwner(dev.name, "iot.example.")
-		x.put(owner, c.deviceTLSA(rec, now), true)
-		sets = append(sets, rrsOf(owner, x.names[owner].tlsa))
+		rr, _ := c.deviceRRset(rec, now)
+		z.put(zd, owner, rr, true, nil)
+		sets = append(sets, rrsOf(owner, rr))
 	}
 	aki := record.KeyID(ca.Cert.SubjectKeyId)
-	x.put(record.CAOwner(aki, "iot.example."), c.caTLSA(ca.Cert.Raw), false)
-	d.zones["iot.example."].swap(x)
-	return d, sets[0], sets[1], rrsOf(record.CAOwner(aki, "iot.example."), x.names[record.CAOwner(aki, "iot.example.")].tlsa)
+	caRR, _ := c.caRRset(ca.Cert.Raw)
+	z.put(zd, record.CAOwner(aki, "iot.example."), caRR, false, nil)
+	z.setSerial(zd, 42, now)
+	z.swap(zd)
+	return d, sets[0], sets[1], rrsOf(record.CAOwner(aki, "iot.example."), caRR)
 }
 
-func rrsOf(owner string, packed []packedRR) []dns.RR {
+// rrsOf returns the records of a packed RRset as TLSA records at owner.
+func rrsOf(owner string, rr []byte) []dns.RR {
 	var rrs []dns.RR
-	for _, p := range packed {
-		rrs = append(rrs, p.tlsa(owner))
-	}
+	eachRecord(rr, func(_ int64, w []byte) {
+		rdata := w[12:]
+		rrs = append(rrs, &dns.TLSA{
+			Hdr: dns.RR_Header{Name: owner, Rrtype: dns.TypeTLSA, Class: dns.ClassINET,
+				Ttl: binary.BigEndian.Uint32(w[6:10])},
+			Usage: rdata[0], Selector: rdata[1], MatchingType: rdata[2],
+			Certificate: hex.EncodeToString(rdata[3:]),
+		})
+	})
 	return rrs
 }
 
@@ -157,7 +171,8 @@ func TestServeDNSBeforeLoad(t *testing.T) {
 	if rcode != dns.RcodeServerFailure {
 		t.Errorf("rcode %d before load, want SERVFAIL", rcode)
 	}
-	d.zones["iot.example."].swap(newIndex("iot.example.", d.cfg, 1, 0))
+	z := d.zones["iot.example."]
+	z.swap(z.newData(1))
 	if !d.Ready() {
 		t.Error("not ready after the first load")
 	}
@@ -174,24 +189,38 @@ func TestServeDNSOtherZone(t *testing.T) {
 	}
 }
 
-func TestIndexRemove(t *testing.T) {
-	c := caddyConfig(t)
-	x := newIndex("iot.example.", c, 1, 0)
-	rec := &record.Device{Version: 1}
-	x.put("a.b._device.iot.example.", c.deviceTLSA(rec, time.Now()), true)
-	x.put("a.b._device.iot.example.", c.deviceTLSA(rec, time.Now()), true) // a replacement counts once
-	x.put("b._device.iot.example.", c.deviceTLSA(rec, time.Now()), true)
-	if len(x.names) != 3 || x.devices != 2 {
-		t.Fatalf("names %v devices %d", x.names, x.devices)
+func TestStoreNames(t *testing.T) {
+	d := newDeviceid(caddyConfig(t))
+	z := d.zones["iot.example."]
+	zd := z.newData(1)
+	c := z.cfg
+	key, _ := testenv.NewDeviceKey()
+	spki, _ := x509.MarshalPKIXPublicKey(key.Public())
+	rec := &record.Device{Version: 1, Credentials: []record.Credential{{SPKI: spki, Status: "active"}}}
+	rr, _ := c.deviceRRset(rec, time.Now())
+	z.put(zd, "a.b._device.iot.example.", rr, true, nil)
+	z.put(zd, "a.b._device.iot.example.", rr, true, nil) // a replacement counts once
+	z.put(zd, "b._device.iot.example.", rr, true, nil)
+	if n := zd.st.len(); n != 3 || zd.devices.Load() != 2 {
+		t.Fatalf("names %d devices %d", n, zd.devices.Load())
 	}
-	x.remove("b._device.iot.example.")
-	if n := x.names["b._device.iot.example."]; n == nil || n.record || n.below != 1 {
-		t.Errorf("b stays as an empty non-terminal: %+v", n)
+	z.remove(zd, "b._device.iot.example.")
+	var below uint32
+	var flags uint8 = 0xff
+	zd.st.view("b._device.iot.example.", func(e entry) { below, flags = e.below(), e.flags() })
+	if flags != 0 || below != 1 {
+		t.Errorf("b stays as an empty non-terminal: flags %d below %d", flags, below)
 	}
-	x.remove("a.b._device.iot.example.")
-	x.remove("a.b._device.iot.example.") // twice is harmless
-	if len(x.names) != 0 || x.devices != 0 {
-		t.Errorf("names %v devices %d after removing all", x.names, x.devices)
+	z.remove(zd, "a.b._device.iot.example.")
+	z.remove(zd, "a.b._device.iot.example.") // twice is harmless
+	if n := zd.st.len(); n != 0 || zd.devices.Load() != 0 {
+		t.Errorf("names %d devices %d after removing all", n, zd.devices.Load())
+	}
+	// A device with nothing to publish is no name at all.
+	empty, _ := c.deviceRRset(&record.Device{Version: 1}, time.Now())
+	z.put(zd, "c._device.iot.example.", empty, true, nil)
+	if n := zd.st.len(); n != 0 || zd.devices.Load() != 0 {
+		t.Errorf("a device without credentials: names %d devices %d", n, zd.devices.Load())
 	}
 }
 

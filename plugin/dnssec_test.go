@@ -1,7 +1,10 @@
 package deviceid
 
 import (
+	"bytes"
 	"context"
+	"encoding/base64"
+	"encoding/binary"
 	"fmt"
 	"slices"
 	"strings"
@@ -16,6 +19,7 @@ import (
 	"github.com/miekg/dns"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	"go.etcd.io/etcd/api/v3/mvccpb"
 )
 
 // signedDeviceid returns the test zone signed with a CSK, or with a KSK and a ZSK.
@@ -257,8 +261,10 @@ func TestSignatureCache(t *testing.T) {
 	made, hits, misses := counter(signatures), counter(cacheHits), counter(cacheMisses)
 	first, _ := ask(t, d, "sensor7._device.iot.example.", dns.TypeTLSA, true, false)
 	again, _ := ask(t, d, "sensor7._device.iot.example.", dns.TypeTLSA, true, false)
-	if counter(signatures) != made+1 || counter(cacheMisses) != misses+1 || counter(cacheHits) != hits+1 {
-		t.Errorf("metrics: signatures +%v, misses +%v, hits +%v; want 1 each",
+	// The first answer signs the TLSA RRset and the NSEC at the name (the background
+	// signer is not running here); the second comes from the store.
+	if counter(signatures) != made+2 || counter(cacheMisses) != misses+1 || counter(cacheHits) != hits+1 {
+		t.Errorf("metrics: signatures +%v, misses +%v, hits +%v; want 2, 1, 1",
 			counter(signatures)-made, counter(cacheMisses)-misses, counter(cacheHits)-hits)
 	}
 	sig := func(m *dns.Msg) string {
@@ -272,28 +278,44 @@ func TestSignatureCache(t *testing.T) {
 	if sig(first) == "" || sig(first) != sig(again) {
 		t.Error("the second answer was signed again")
 	}
-	// Revoke: the new RRset gets its own signature.
-	z.update(func(x *index) {
-		owner := "sensor7._device.iot.example."
-		x.put(owner, x.names[owner].tlsa[:1], true)
-	})
-	changed, _ := ask(t, d, "sensor7._device.iot.example.", dns.TypeTLSA, true, false)
-	if len(changed.Answer) != 2 || sig(changed) == sig(first) {
-		t.Errorf("changed RRset: %v", changed.Answer)
+	// Revoke: the new RRset gets its own signature, made as the change is applied.
+	owner := "sensor7._device.iot.example."
+	zd := z.current()
+	var rr []byte
+	zd.st.view(owner, func(e entry) { rr = bytes.Clone(e.rrset()) })
+	one := rr[:8+12+int(binary.BigEndian.Uint16(rr[8+10:]))]
+	z.write.Lock()
+	z.apply(zd, parsed{kv: &mvccpb.KeyValue{Key: []byte("k")}, owner: owner, rr: one, device: true},
+		z.signAt(parsed{owner: owner, rr: one}, time.Now()))
+	z.write.Unlock()
+	misses = counter(cacheMisses)
+	changed, _ := ask(t, d, owner, dns.TypeTLSA, true, false)
+	if len(changed.Answer) != 2 || sig(changed) == sig(first) || counter(cacheMisses) != misses {
+		t.Errorf("changed RRset: %v (signed on the query path: %v)", changed.Answer, counter(cacheMisses) != misses)
 	}
 	verifyAll(t, d, changed)
-	if n := z.signer.exist.sweep(time.Now().Add(48 * time.Hour).UnixNano()); n != 0 || len(z.signer.exist.m) != 0 {
-		t.Errorf("sweep after expiry left %d entries", len(z.signer.exist.m))
-	}
 }
 
-func TestSigCacheBounded(t *testing.T) {
-	c := newSigCache(3)
+func TestNXCacheBounded(t *testing.T) {
+	c := newNXCache(3, 1)
+	s := &signer{validity: 24 * time.Hour}
+	now := time.Now()
+	inc, exp := s.times(now)
+	sig := make([]byte, sigSize)
 	for i := range 10 {
-		c.put(uint64(i), &sigs{expire: 1})
+		c.put([]byte{byte(i)}, sig, inc, exp)
 	}
-	if len(c.m) != 3 {
-		t.Errorf("cache holds %d entries, bound 3", len(c.m))
+	if c.len() != 3 || len(c.slots) != 3 {
+		t.Errorf("cache holds %d entries in %d slots, bound 3", c.len(), len(c.slots))
+	}
+	if _, _, ok := c.get(s, []byte{9}, sig, now.UnixNano()); !ok {
+		t.Error("the last name put is not found")
+	}
+	if _, _, ok := c.get(s, []byte{0}, sig, now.UnixNano()); ok {
+		t.Error("the first name put is still there")
+	}
+	if _, _, ok := c.get(s, []byte{9}, sig, now.Add(6*time.Hour).UnixNano()); ok {
+		t.Error("a proof a quarter of its validity old is still served")
 	}
 }
 
@@ -339,20 +361,25 @@ func TestSignDeterministic(t *testing.T) {
 			NextDomain: "\\000.nx._device.iot.example.",
 			TypeBitMap: []uint16{dns.TypeRRSIG, dns.TypeNSEC, dns.TypeNXNAME},
 		}}
-		now := time.Now()
-		first, err := s.sign(nsec, forMessage, now)
-		if err != nil {
-			t.Fatal(err)
+		wire, _ := packName(make([]byte, 256), "nx._device.iot.example.")
+		rdata := append(append([]byte{1, 0}, wire...), bitmapNXNAME...)
+		if !bytes.Equal(rdata, rdataOf(t, nsec[0])) {
+			t.Fatalf("NSEC RDATA %x, miekg/dns packs %x", rdata, rdataOf(t, nsec[0]))
 		}
-		second, err := s.sign(nsec, forMessage, now)
-		if err != nil {
-			t.Fatal(err)
+		inc, exp := s.times(time.Now())
+		first, second := make([]byte, sigSize), make([]byte, sigSize)
+		for _, out := range [][]byte{first, second} {
+			if err := s.signSet(out, wire, dns.TypeNSEC, 60, inc, exp, [][]byte{rdata}); err != nil {
+				t.Fatal(err)
+			}
 		}
-		a, b := first.rrs[0].(*dns.RRSIG), second.rrs[0].(*dns.RRSIG)
-		if a.Signature != b.Signature {
+		if !bytes.Equal(first, second) {
 			t.Errorf("%s: two signatures of one RRset at one time differ", dns.AlgorithmToString[alg])
 		}
-		if err := a.Verify(dk, nsec); err != nil {
+		sig := &dns.RRSIG{Hdr: dns.RR_Header{Name: "nx._device.iot.example.", Rrtype: dns.TypeRRSIG, Class: dns.ClassINET, Ttl: 60},
+			TypeCovered: dns.TypeNSEC, Algorithm: alg, Labels: 4, OrigTtl: 60, Inception: inc, Expiration: exp,
+			KeyTag: k.tag, SignerName: "iot.example.", Signature: base64.StdEncoding.EncodeToString(first)}
+		if err := sig.Verify(dk, nsec); err != nil {
 			t.Errorf("%s: %v", dns.AlgorithmToString[alg], err)
 		}
 	}
@@ -382,8 +409,7 @@ func TestSignConcurrent(t *testing.T) {
 // to the query as an error; it must not take down the signing goroutines or the server.
 func TestSignPanicIsError(t *testing.T) {
 	broken := &signer{origin: "iot.example."}
-	nsec := []dns.RR{&dns.NSEC{Hdr: dns.RR_Header{Name: "nx._device.iot.example.", Rrtype: dns.TypeNSEC, Class: dns.ClassINET}}}
-	if _, err := broken.sign(nsec, forNSEC, time.Now()); err == nil {
+	if err := broken.signNow(make([]byte, sigSize), []byte{0}, dns.TypeNSEC, 60, 1, 2, [][]byte{{0}}); err == nil {
 		t.Fatal("no error from a signer without keys")
 	}
 	d := signedDeviceid(t, false, dns.ED25519)

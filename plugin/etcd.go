@@ -47,12 +47,13 @@ func (z *zone) run(ctx context.Context, cli *clientv3.Client) {
 			continue
 		}
 		retry = time.Second
+		z.carrySigs(z.current(), x, z.now())
 		z.swap(x)
 		// A full load makes several times the index's size in garbage (etcd pages,
 		// JSON); give it back to the system now rather than let the process keep it.
 		debug.FreeOSMemory()
 		z.report(x)
-		log.Infof("zone %s: loaded %d devices at etcd revision %d", z.origin, x.devices, x.loadRevision)
+		log.Infof("zone %s: loaded %d devices at etcd revision %d", z.origin, x.devices.Load(), x.loadRevision)
 		err = z.follow(ctx, cli, prefix, x.loadRevision)
 		if ctx.Err() != nil {
 			return
@@ -62,10 +63,10 @@ func (z *zone) run(ctx context.Context, cli *clientv3.Client) {
 	}
 }
 
-// load reads every record of the zone at one revision into a new index. Pages are
+// load reads every record of the zone at one revision into new data. Pages are
 // fetched while earlier ones are parsed, by as many workers as there are CPUs; one
 // goroutine puts the parsed records into the index.
-func (z *zone) load(ctx context.Context, cli *clientv3.Client, prefix string) (*index, error) {
+func (z *zone) load(ctx context.Context, cli *clientv3.Client, prefix string) (*zoneData, error) {
 	pages := make(chan *clientv3.GetResponse, 2)
 	var rev int64
 	fetched := make(chan error, 1)
@@ -73,7 +74,7 @@ func (z *zone) load(ctx context.Context, cli *clientv3.Client, prefix string) (*
 
 	results := make(chan []parsed, 2)
 	var workers sync.WaitGroup
-	now := time.Now()
+	now := z.now()
 	for range runtime.GOMAXPROCS(0) {
 		workers.Go(func() {
 			for resp := range pages {
@@ -87,17 +88,20 @@ func (z *zone) load(ctx context.Context, cli *clientv3.Client, prefix string) (*
 	}
 	go func() { workers.Wait(); close(results) }()
 
-	x := newIndex(z.origin, z.cfg, 0, 0)
+	x := z.newData(0)
+	z.write.Lock()
+	defer z.write.Unlock()
 	for batch := range results {
 		for _, p := range batch {
-			z.apply(x, p)
+			z.apply(x, p, nil)
 		}
 	}
 	if err := <-fetched; err != nil {
+		x.st.free()
 		return nil, err
 	}
 	x.loadRevision = rev
-	x.setSerial(rev)
+	z.setSerial(x, rev, now)
 	return x, nil
 }
 
@@ -151,23 +155,41 @@ func (z *zone) follow(ctx context.Context, cli *clientv3.Client, prefix string, 
 			if len(resp.Events) == 0 {
 				continue
 			}
-			now := time.Now()
-			z.update(func(x *index) {
-				for _, ev := range resp.Events {
-					if ev.Type == mvccpb.DELETE {
-						z.delete(x, prefix, ev.Kv)
-					} else {
-						z.apply(x, z.parse(prefix, ev.Kv, now))
-					}
-					rev = ev.Kv.ModRevision
+			arrived := time.Now()
+			z.write.Lock()
+			x := z.current()
+			now := z.now()
+			for _, ev := range resp.Events {
+				if ev.Type == mvccpb.DELETE {
+					z.delete(x, prefix, ev.Kv)
+				} else {
+					p := z.parse(prefix, ev.Kv, now)
+					z.apply(x, p, z.signAt(p, now))
 				}
-				x.setSerial(rev)
-			})
-			z.mu.RLock()
-			z.report(z.idx)
-			z.mu.RUnlock()
+				rev = ev.Kv.ModRevision
+			}
+			z.setSerial(x, rev, now)
+			z.write.Unlock()
+			updateSeconds.WithLabelValues(z.origin).Observe(time.Since(arrived).Seconds())
+			z.report(x)
 		}
 	}
+}
+
+// signAt signs a changed record's RRset and the NSEC at its name as the change is
+// applied, so that it is served signed from the first answer. It returns nil when
+// the zone is not signed, the record is invalid, or signing failed (then the answer
+// is signed on the query path, or by the background signer).
+func (z *zone) signAt(p parsed, now time.Time) *entrySigs {
+	if z.signer == nil || p.err != nil || len(p.rr) == 0 {
+		return nil
+	}
+	sigs, err := z.makeSigs([]byte(p.owner), p.rr, now, false)
+	if err != nil {
+		log.Warningf("zone %s: signing %s: %v", z.origin, p.owner, err)
+		return nil
+	}
+	return sigs
 }
 
 // parsed is one stored key made ready for the index: the owner name and the packed
@@ -175,7 +197,7 @@ func (z *zone) follow(ctx context.Context, cli *clientv3.Client, prefix string, 
 type parsed struct {
 	kv     *mvccpb.KeyValue
 	owner  string // "" when the key names no record
-	tlsa   []packedRR
+	rr     []byte // the packed RRset, as the store keeps it
 	device bool
 	err    error
 }
@@ -197,30 +219,41 @@ func (z *zone) parse(prefix string, kv *mvccpb.KeyValue, now time.Time) parsed {
 		}
 		var d *record.Device
 		if d, p.err = record.ParseDevice(kv.Value); p.err == nil {
-			p.tlsa, p.device = z.cfg.deviceTLSA(d, now), true
+			p.device = true
+			p.rr, p.err = checkSize(z.cfg.deviceRRset(d, now))
 		}
 	case record.KindCA:
 		p.owner = record.CAOwner(name, z.origin)
 		var cert *x509.Certificate
 		if cert, p.err = record.ParseCA(name, kv.Value); p.err == nil {
-			p.tlsa = z.cfg.caTLSA(cert.Raw)
+			p.rr, p.err = checkSize(z.cfg.caRRset(cert.Raw))
 		}
 	}
 	return p
 }
 
+// errTooLarge: an RRset that would not fit in a DNS message with its signatures.
+var errTooLarge = fmt.Errorf("the records to publish exceed %d octets, more than a DNS answer can carry", maxRRset)
+
+func checkSize(rr []byte, ok bool) ([]byte, error) {
+	if !ok {
+		return nil, errTooLarge
+	}
+	return rr, nil
+}
+
 // apply puts a parsed key into the index. A record that does not parse is skipped,
 // logged once per revision and counted; the older version of it stops being served
 // too, since a failed attempt to revoke must not leave a device active.
-func (z *zone) apply(x *index, p parsed) {
+func (z *zone) apply(x *zoneData, p parsed, sigs *entrySigs) {
 	key := string(p.kv.Key)
 	if p.err == nil {
-		x.put(p.owner, p.tlsa, p.device)
+		z.put(x, p.owner, p.rr, p.device, sigs)
 		delete(z.rejected, key)
 		return
 	}
 	if p.owner != "" {
-		x.remove(p.owner)
+		z.remove(x, p.owner)
 	}
 	if z.rejected[key] != p.kv.ModRevision {
 		z.rejected[key] = p.kv.ModRevision
@@ -230,15 +263,15 @@ func (z *zone) apply(x *index, p parsed) {
 }
 
 // delete applies the deletion of one key.
-func (z *zone) delete(x *index, prefix string, kv *mvccpb.KeyValue) {
+func (z *zone) delete(x *zoneData, prefix string, kv *mvccpb.KeyValue) {
 	delete(z.rejected, string(kv.Key))
 	kind, name, err := record.SplitKey(strings.TrimPrefix(string(kv.Key), prefix))
 	switch {
 	case err != nil:
 	case kind == record.KindDevice:
-		x.remove(deviceOwner(name, x.origin))
+		z.remove(x, deviceOwner(name, z.origin))
 	case kind == record.KindCA:
-		x.remove(record.CAOwner(name, x.origin))
+		z.remove(x, record.CAOwner(name, z.origin))
 	}
 }
 
@@ -250,7 +283,7 @@ func deviceOwner(name, origin string) string {
 }
 
 // report updates the zone's gauges.
-func (z *zone) report(x *index) {
-	devices.WithLabelValues(z.origin).Set(float64(x.devices))
-	revision.WithLabelValues(z.origin).Set(float64(x.revision))
+func (z *zone) report(x *zoneData) {
+	devices.WithLabelValues(z.origin).Set(float64(x.devices.Load()))
+	revision.WithLabelValues(z.origin).Set(float64(x.revision.Load()))
 }

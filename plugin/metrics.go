@@ -12,7 +12,7 @@ var (
 		Namespace: plugin.Namespace,
 		Subsystem: "deviceid",
 		Name:      "devices",
-		Help:      "Gauge of device records loaded, by zone.",
+		Help:      "Gauge of devices published (device records with at least one record to publish), by zone.",
 	}, []string{"zone"})
 
 	rejected = promauto.NewCounterVec(prometheus.CounterOpts{
@@ -61,7 +61,7 @@ var (
 		Namespace: plugin.Namespace,
 		Subsystem: "deviceid",
 		Name:      "signature_cache_hits_total",
-		Help:      "Counter of answers whose signatures came from the cache, by zone.",
+		Help:      "Counter of signed answers whose signatures were made ahead or cached, by zone.",
 	}, []string{"zone"})
 
 	cacheMisses = promauto.NewCounterVec(prometheus.CounterOpts{
@@ -71,10 +71,25 @@ var (
 		Help:      "Counter of answers that were signed on the query path, by zone.",
 	}, []string{"zone"})
 
-	signatureExpiry = promauto.NewGaugeVec(prometheus.GaugeOpts{
+	firstPass = promauto.NewGaugeVec(prometheus.GaugeOpts{
 		Namespace: plugin.Namespace,
 		Subsystem: "deviceid",
-		Name:      "signature_expiry_seconds",
-		Help:      "Gauge of the seconds until the earliest cached signature expires, by zone.",
+		Name:      "signed_ahead",
+		Help:      "Gauge, 1 once the first signing pass after the last full load is done (every name that exists signed), else 0, by zone.",
+	}, []string{"zone"})
+
+	overBudget = promauto.NewCounterVec(prometheus.CounterOpts{
+		Namespace: plugin.Namespace,
+		Subsystem: "deviceid",
+		Name:      "denials_over_budget_total",
+		Help:      "Counter of queries for names that do not exist over the signing budget, by zone and what they got (truncated, delayed, refused).",
+	}, []string{"zone", "action"})
+
+	updateSeconds = promauto.NewHistogramVec(prometheus.HistogramOpts{
+		Namespace: plugin.Namespace,
+		Subsystem: "deviceid",
+		Name:      "update_duration_seconds",
+		Help:      "Histogram of the time from an etcd watch event's arrival to its change being served, signed, by zone.",
+		Buckets:   []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, 1},
 	}, []string{"zone"})
 )

@@ -156,16 +156,22 @@ func sortRecords(data []byte, start int, recs [][]byte) ([]byte, [][]byte) {
 
 // rawECDSA turns an ASN.1 ECDSA P-256 signature into r || s, 32 octets each (RFC 6605).
 func rawECDSA(der []byte) ([]byte, error) {
+	out := make([]byte, 64)
+	return out, rawECDSAInto(out, der)
+}
+
+// rawECDSAInto is rawECDSA writing into out (64 octets).
+func rawECDSAInto(out, der []byte) error {
 	var r, s []byte
 	in, seq := cryptobyte.String(der), cryptobyte.String(nil)
 	if !in.ReadASN1(&seq, asn1.SEQUENCE) || !seq.ReadASN1Integer(&r) || !seq.ReadASN1Integer(&s) {
-		return nil, errors.New("malformed ECDSA signature")
+		return errors.New("malformed ECDSA signature")
 	}
-	out := make([]byte, 64)
-	if !fitRight(out[:32], r) || !fitRight(out[32:], s) {
-		return nil, errors.New("ECDSA signature is not P-256")
+	clear(out[:64])
+	if !fitRight(out[:32], r) || !fitRight(out[32:64], s) {
+		return errors.New("ECDSA signature is not P-256")
 	}
-	return out, nil
+	return nil
 }
 
 // fitRight copies the big-endian integer v into dst, right-aligned, and reports

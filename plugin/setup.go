@@ -28,24 +28,25 @@ const (
 	defaultTTL               = 60
 	defaultSignatureValidity = 24 * time.Hour
 	minSignatureValidity     = 2 * time.Hour
-	defaultSignatureCache    = 250000
+	defaultSignatureCache    = 100000
 )
 
 // config is one deviceid block of the Corefile.
 type config struct {
-	zones     []string // lower case, fully qualified
-	etcd      etcdclient.Settings
-	prefix    string
-	keyFiles  []string           // BIND key file base names
-	keyURIs   []string           // PKCS#11 URIs of keys in an HSM
-	keys      map[string]*keySet // by zone; a zone without keys is not signed
-	hsmKeys   []*pkcs11key.Key   // the keys opened in HSMs, closed on shutdown
-	ns        []string
-	ttl       uint32
-	render    record.RenderOptions
-	validity  time.Duration
-	cds       bool
-	cacheSize int // signatures cached per zone for names that exist
+	zones        []string // lower case, fully qualified
+	etcd         etcdclient.Settings
+	prefix       string
+	keyFiles     []string           // BIND key file base names
+	keyURIs      []string           // PKCS#11 URIs of keys in an HSM
+	keys         map[string]*keySet // by zone; a zone without keys is not signed
+	hsmKeys      []*pkcs11key.Key   // the keys opened in HSMs, closed on shutdown
+	ns           []string
+	ttl          uint32
+	render       record.RenderOptions
+	validity     time.Duration
+	cds          bool
+	cacheSize    int     // proofs of nonexistence cached per zone
+	denialBudget float64 // signatures a second for names that do not exist; 0: no limit; autoBudget: measured
 }
 
 func setup(c *caddy.Controller) error {
@@ -65,13 +66,14 @@ func setup(c *caddy.Controller) error {
 
 func parse(c *caddy.Controller) (*config, error) {
 	cfg := &config{
-		etcd:      etcdclient.FromEnv(),
-		prefix:    defaultPrefix,
-		ttl:       defaultTTL,
-		render:    record.RenderOptions{RevokedUsage: record.UsageRevoked, Discovery: true},
-		validity:  defaultSignatureValidity,
-		cds:       true,
-		cacheSize: defaultSignatureCache,
+		etcd:         etcdclient.FromEnv(),
+		prefix:       defaultPrefix,
+		ttl:          defaultTTL,
+		render:       record.RenderOptions{RevokedUsage: record.UsageRevoked, Discovery: true},
+		validity:     defaultSignatureValidity,
+		cds:          true,
+		cacheSize:    defaultSignatureCache,
+		denialBudget: autoBudget,
 	}
 	blocks := 0
 	for c.Next() {
@@ -265,6 +267,22 @@ func parseOption(c *caddy.Controller, cfg *config, root string) error {
 			return c.Errf("signature_cache %q is not a positive number of entries", args[0])
 		}
 		cfg.cacheSize = n
+	case "denial_budget":
+		if len(args) != 1 {
+			return c.ArgErr()
+		}
+		switch args[0] {
+		case "auto":
+			cfg.denialBudget = autoBudget
+		case "off":
+			cfg.denialBudget = 0
+		default:
+			n, err := strconv.Atoi(args[0])
+			if err != nil || n < 1 {
+				return c.Errf("denial_budget %q: want auto, off, or a positive number of signatures a second", args[0])
+			}
+			cfg.denialBudget = float64(n)
+		}
 	default:
 		return c.Errf("unknown property '%s'", opt)
 	}

@@ -73,11 +73,12 @@ func TestSetup(t *testing.T) {
 			signature_validity 6h
 			cds off
 			signature_cache 1000
+			denial_budget 5000
 		}`, "", func(t *testing.T, c *config) {
 			if !slices.Equal(c.etcd.Endpoints, []string{"https://10.0.0.1:2379", "https://10.0.0.2:2379"}) || c.etcd.CertFile != cert || c.etcd.CAFile != cert ||
 				c.etcd.Username != "user" || c.etcd.Password != "secret" || c.prefix != "/ids" || len(c.keyFiles) != 2 ||
 				!slices.Equal(c.ns, []string{"ns1.iot.example.", "ns2.example.net."}) || c.ttl != 30 ||
-				c.render.RevokedUsage != 254 || c.render.Discovery || c.validity != 6*time.Hour || c.cds || c.cacheSize != 1000 {
+				c.render.RevokedUsage != 254 || c.render.Discovery || c.validity != 6*time.Hour || c.cds || c.cacheSize != 1000 || c.denialBudget != 5000 {
 				t.Errorf("config %+v", c)
 			}
 			ks := c.keys["iot.example."]
@@ -115,6 +116,18 @@ func TestSetup(t *testing.T) {
 		{"private key of another key", "deviceid {\nkey file " + mismatched + "\n}", "does not match", nil},
 		{"rsa key", "deviceid {\nkey file " + rsa + "\n}", "not supported", nil},
 		{"signature_cache zero", "deviceid {\nsignature_cache 0\n}", "positive number", nil},
+		{"denial_budget off", "deviceid {\ndenial_budget off\n}", "", func(t *testing.T, c *config) {
+			if c.denialBudget != 0 {
+				t.Errorf("denial_budget off: %v", c.denialBudget)
+			}
+		}},
+		{"denial_budget default", "deviceid\n", "", func(t *testing.T, c *config) {
+			if c.denialBudget != autoBudget {
+				t.Errorf("default denial_budget: %v", c.denialBudget)
+			}
+		}},
+		{"denial_budget bad", "deviceid {\ndenial_budget -3\n}", "want auto, off, or a positive number", nil},
+		{"denial_budget twice", "deviceid {\ndenial_budget 1 2\n}", "Wrong argument count", nil},
 		{"key file without name", "deviceid {\nkey file\n}", "key file NAME", nil},
 		{"ns not fqdn", "deviceid {\nns ns1.iot.example\n}", "not a fully qualified", nil},
 		{"ns missing", "deviceid {\nns\n}", "Wrong argument count", nil},

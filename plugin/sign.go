@@ -1,12 +1,14 @@
 package deviceid
 
 import (
-	"context"
+	"crypto"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/binary"
 	"fmt"
 	"hash/maphash"
 	"runtime"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/miekg/dns"
@@ -19,112 +21,168 @@ const renewRetry = time.Minute
 // inceptionSkew backdates signatures for validators whose clocks run behind.
 const inceptionSkew = time.Hour
 
-// signer makes and caches the RRSIGs of one zone. Each RRset is signed on first use
-// and cached; a signature that has lived a quarter of its validity is made again in
-// the background the next time it is used, so the query path signs only what it sees
-// for the first time (or after eviction).
+// signer makes the RRSIGs of one zone. Names that exist are signed ahead of queries
+// (signahead.go) and their signatures kept in the store beside their records; proofs
+// for names that do not exist are signed on the query path, within a budget, and
+// kept in a bounded cache.
 type signer struct {
-	origin   string
-	keys     *keySet
-	validity time.Duration
-	// Positive answers and NODATA proofs of names that exist, and proofs of names that
-	// do not exist, are cached apart: random names must not evict device signatures.
-	exist, nonexist *sigCache
+	origin     string
+	keys       *keySet
+	validity   time.Duration
+	signerName []byte // the origin in wire form, as RRSIGs carry it
+	nx         *nxCache
+	budget     *budget
 
 	made, failed, hits, misses prometheus.Counter
 }
 
 func newSigner(origin string, keys *keySet, validity time.Duration, cacheSize int) *signer {
+	name := make([]byte, 256)
+	n, _ := dns.PackDomainName(origin, name, 0, nil, false)
 	return &signer{
-		origin: origin, keys: keys, validity: validity,
-		exist:    newSigCache(cacheSize),
-		nonexist: newSigCache(max(cacheSize/4, 1)),
-		made:     signatures.WithLabelValues(origin),
-		failed:   signFailures.WithLabelValues(origin),
-		hits:     cacheHits.WithLabelValues(origin),
-		misses:   cacheMisses.WithLabelValues(origin),
+		origin: origin, keys: keys, validity: validity, signerName: name[:n],
+		nx:     newNXCache(cacheSize, len(keys.zsk)),
+		budget: &budget{},
+		made:   signatures.WithLabelValues(origin),
+		failed: signFailures.WithLabelValues(origin),
+		hits:   cacheHits.WithLabelValues(origin),
+		misses: cacheMisses.WithLabelValues(origin),
 	}
 }
 
-// signMode says what an RRset's signatures are for, and so what of them to keep.
-type signMode uint8
-
-const (
-	forAnswer    signMode = iota // the answer section: owner is the question name
-	forNSEC                      // an NSEC at the question name: keep the packed NSEC too
-	forAuthority                 // the SOA in the authority section: owner is the apex
-	forMessage                   // an apex answer assembled as a message: keep the records
-)
-
-// sigs are the RRSIGs over one RRset, packed for an answer. The cache holds many: they
-// keep little besides bytes, which the garbage collector need not scan.
-type sigs struct {
-	n       uint16       // how many RRSIGs
-	wire    []byte       // the RRSIGs packed; owner compressed to the question name but forAuthority
-	set     []byte       // forNSEC: the NSEC packed the same way
-	rrs     []dns.RR     // forMessage: the RRSIGs as records
-	refresh atomic.Int64 // Unix ns after which they are made again, in the background
-	expire  int64        // Unix ns of the earliest RRSIG expiration
-	busy    atomic.Bool
+// nz is the number of signatures over an RRset other than DNSKEY, CDS and CDNSKEY.
+func (s *signer) nz() int {
+	if s == nil {
+		return 0
+	}
+	return len(s.keys.zsk)
 }
 
 var hashSeed = maphash.MakeSeed()
 
-// rrsetKey identifies an RRset by its owner, type and packed records.
-func rrsetKey(owner string, t uint16, packed ...[]byte) uint64 {
-	var h maphash.Hash
-	h.SetSeed(hashSeed)
-	h.WriteString(owner)
-	h.WriteByte(byte(t >> 8))
-	h.WriteByte(byte(t))
-	for _, p := range packed {
-		h.Write(p)
-	}
-	return h.Sum64()
+// times returns the inception and expiration of signatures made at now.
+func (s *signer) times(now time.Time) (inc, exp uint32) {
+	return uint32(now.Add(-inceptionSkew).Unix()), uint32(now.Add(s.validity).Unix())
 }
 
-// signed returns the RRSIGs over the RRset that build makes (owner in lower case),
-// from cache c under key k.
-func (s *signer) signed(c *sigCache, k uint64, mode signMode, now time.Time, build func() []dns.RR) (*sigs, error) {
-	k = k*31 + uint64(mode) // one RRset is kept once for each use: they keep different parts
-	ns := now.UnixNano()
-	if e := c.get(k); e != nil && ns < e.expire-int64(inceptionSkew) {
-		s.hits.Inc()
-		if ns > e.refresh.Load() && e.busy.CompareAndSwap(false, true) {
-			go func() {
-				rrset := build()
-				if fresh, err := s.sign(rrset, mode, now); err == nil {
-					c.put(k, fresh)
-				} else {
-					// The cached signatures stay valid for a while yet (an HSM that went
-					// away may come back): try again in a minute, not on every query.
-					e.refresh.Store(now.Add(renewRetry).UnixNano())
-					e.busy.Store(false)
-					log.Warningf("zone %s: renewing the signatures of %s %s failed, serving the cached ones (valid until %s): %v",
-						s.origin, rrset[0].Header().Name, dns.TypeToString[rrset[0].Header().Rrtype], time.Unix(0, e.expire).UTC().Format(time.RFC3339), err)
-				}
-			}()
+// renewAt is when signatures made with inception inc are renewed: at the name's
+// own phase within each quarter of the validity, so that names signed together (a
+// full load, a bulk import) are renewed spread evenly over the next quarter, not in
+// one storm, and each name keeps its place in the cycle from then on.
+func (s *signer) renewAt(inc uint32, owner []byte) int64 {
+	period := int64(s.validity/4) / 1e9
+	made := int64(inc) + int64(inceptionSkew/time.Second)
+	phase := int64(maphash.Bytes(hashSeed, owner) % uint64(period))
+	return (made - (made+phase)%period + period) * 1e9
+}
+
+// due reports whether an entry's signatures must be made (again) at now (Unix ns).
+func (s *signer) due(e entry, now int64) bool {
+	if !e.signed() {
+		return true
+	}
+	return now >= s.renewAt(e.inception(), e.owner()) || !s.fresh(e.expiration(), now)
+}
+
+// fresh reports whether signatures expiring at exp may still be served at now.
+func (s *signer) fresh(exp uint32, now int64) bool {
+	return now < (int64(exp)-int64(inceptionSkew/time.Second))*1e9
+}
+
+// rrsigRdata appends the RDATA of an RRSIG up to its signature (RFC 4034 section 3.1).
+func (s *signer) rrsigRdata(b []byte, k *key, covered uint16, labels uint8, ttl, inc, exp uint32) []byte {
+	b = binary.BigEndian.AppendUint16(b, covered)
+	b = append(b, k.dnskey.Algorithm, labels)
+	b = binary.BigEndian.AppendUint32(b, ttl)
+	b = binary.BigEndian.AppendUint32(b, exp)
+	b = binary.BigEndian.AppendUint32(b, inc)
+	b = binary.BigEndian.AppendUint16(b, k.tag)
+	return append(b, s.signerName...)
+}
+
+// appendRRSIGs appends the RRSIGs over an RRset of type covered, owner compressed to
+// the question name, with the signatures sigs (nz of them) made at inc and exp.
+func (s *signer) appendRRSIGs(b []byte, covered uint16, labels uint8, ttl, inc, exp uint32, sigs []byte) []byte {
+	for i, k := range s.keys.zsk {
+		b = append(b, ownerPointer...)
+		b = binary.BigEndian.AppendUint16(b, dns.TypeRRSIG)
+		b = binary.BigEndian.AppendUint16(b, dns.ClassINET)
+		b = binary.BigEndian.AppendUint32(b, ttl)
+		b = binary.BigEndian.AppendUint16(b, uint16(18+len(s.signerName)+sigSize))
+		b = s.rrsigRdata(b, k, covered, labels, ttl, inc, exp)
+		b = append(b, sigs[i*sigSize:(i+1)*sigSize]...)
+	}
+	return b
+}
+
+// signSet writes into out the nz signatures, made at inc and exp, over the RRset at
+// owner (wire form, lower case) of type t whose records' RDATA are rdatas in canonical
+// order (RFC 4034 sections 3.1.8.1 and 6.3).
+func (s *signer) signSet(out []byte, owner []byte, t uint16, ttl, inc, exp uint32, rdatas [][]byte) error {
+	bp := signBufPool.Get().(*[]byte)
+	defer signBufPool.Put(bp)
+	labels := wireLabels(owner)
+	for i, k := range s.keys.zsk {
+		data := s.rrsigRdata((*bp)[:0], k, t, labels, ttl, inc, exp)
+		for _, rd := range rdatas {
+			data = append(data, owner...)
+			data = binary.BigEndian.AppendUint16(data, t)
+			data = binary.BigEndian.AppendUint16(data, dns.ClassINET)
+			data = binary.BigEndian.AppendUint32(data, ttl)
+			data = binary.BigEndian.AppendUint16(data, uint16(len(rd)))
+			data = append(data, rd...)
 		}
-		return e, nil
+		*bp = data
+		if err := signData(k, data, out[i*sigSize:(i+1)*sigSize]); err != nil {
+			s.failed.Inc()
+			return err
+		}
+		s.made.Inc()
 	}
-	s.misses.Inc()
-	e, err := s.sign(build(), mode, now)
-	if err != nil {
-		return nil, err
-	}
-	c.put(k, e)
-	return e, nil
+	return nil
 }
 
-// signJob is one call of signNow, handed to a signing goroutine.
+// signData signs data with k into out (64 octets).
+func signData(k *key, data, out []byte) error {
+	if k.dnskey.Algorithm == dns.ED25519 {
+		sig, err := k.signer.Sign(rand.Reader, data, crypto.Hash(0))
+		if err != nil {
+			return err
+		}
+		if len(sig) != sigSize {
+			return fmt.Errorf("Ed25519 signature of %d octets", len(sig))
+		}
+		copy(out, sig)
+		return nil
+	}
+	digest := sha256.Sum256(data)
+	der, err := k.signer.Sign(rand.Reader, digest[:], crypto.SHA256)
+	if err != nil {
+		return err
+	}
+	return rawECDSAInto(out, der)
+}
+
+// wireLabels counts the labels of a name in wire form (RRSIG Labels field).
+func wireLabels(name []byte) uint8 {
+	var n uint8
+	for i := 0; i < len(name) && name[i] != 0; i += 1 + int(name[i]) {
+		n++
+	}
+	return n
+}
+
+// signJob is one signature set made for a query, handed to a signing goroutine. It
+// has buffers of its own, so that nothing of the query's (kept on its stack) escapes.
 type signJob struct {
-	s     *signer
-	rrset []dns.RR
-	mode  signMode
-	now   time.Time
-	e     *sigs
-	err   error
-	done  chan struct{}
+	s             *signer
+	t             uint16
+	ttl, inc, exp uint32
+	owner, out    []byte
+	rdata         []byte   // the RDATA of the records, one after the other
+	rdatas        [][]byte // slices of rdata
+	err           error
+	done          chan struct{}
 }
 
 var (
@@ -133,166 +191,130 @@ var (
 	signJobPool  = sync.Pool{New: func() any { return &signJob{done: make(chan struct{}, 1)} }}
 )
 
-// sign makes the RRSIGs over rrset on one of GOMAXPROCS long-lived goroutines. The DNS
-// server runs each query on a new goroutine with a small stack; a signature needs a
-// deeper one, and growing it on every query (proofs of nonexistence sign on every
-// query) cost a fifth as much as the signature itself.
-func (s *signer) sign(rrset []dns.RR, mode signMode, now time.Time) (*sigs, error) {
+// signNow is signSet on one of GOMAXPROCS long-lived goroutines. The DNS server runs
+// each query on a new goroutine with a small stack; a signature needs a deeper one,
+// and growing it on every query (proofs of nonexistence sign on every query) cost a
+// fifth as much as the signature itself. A panic becomes an error: the server
+// recovers a panic on a query's goroutine, but not on these, which serve every zone.
+func (s *signer) signNow(out, owner []byte, t uint16, ttl, inc, exp uint32, rdatas [][]byte) error {
 	startSigning.Do(func() {
 		for range runtime.GOMAXPROCS(0) {
 			go func() {
 				for j := range signJobs {
-					j.e, j.err = j.s.signRecovering(j.rrset, j.mode, j.now)
+					j.err = j.run()
 					j.done <- struct{}{}
 				}
 			}()
 		}
 	})
 	j := signJobPool.Get().(*signJob)
-	j.s, j.rrset, j.mode, j.now = s, rrset, mode, now
+	j.s, j.t, j.ttl, j.inc, j.exp = s, t, ttl, inc, exp
+	j.owner = append(j.owner[:0], owner...)
+	j.out = append(j.out[:0], out...)
+	j.rdata, j.rdatas = j.rdata[:0], j.rdatas[:0]
+	for _, rd := range rdatas {
+		j.rdata = append(j.rdata, rd...)
+	}
+	at := 0
+	for _, rd := range rdatas {
+		j.rdatas = append(j.rdatas, j.rdata[at:at+len(rd)])
+		at += len(rd)
+	}
 	signJobs <- j
 	<-j.done
-	e, err := j.e, j.err
-	*j = signJob{done: j.done}
+	copy(out, j.out)
+	err := j.err
+	j.s, j.err = nil, nil
 	signJobPool.Put(j)
-	return e, err
+	return err
 }
 
-// signRecovering is signNow with a panic turned into an error: the server recovers a
-// panic on a query's goroutine, but not on these, which serve every zone.
-func (s *signer) signRecovering(rrset []dns.RR, mode signMode, now time.Time) (e *sigs, err error) {
+func (j *signJob) run() (err error) {
 	defer func() {
 		if r := recover(); r != nil {
-			err = fmt.Errorf("signing %s %s: %v", rrset[0].Header().Name, dns.TypeToString[rrset[0].Header().Rrtype], r)
+			err = fmt.Errorf("signing %s: %v", dns.TypeToString[j.t], r)
 		}
 	}()
-	return s.signNow(rrset, mode, now)
+	return j.s.signSet(j.out, j.owner, j.t, j.ttl, j.inc, j.exp, j.rdatas)
 }
 
-// signNow makes the RRSIGs over rrset with the keys for its type.
-func (s *signer) signNow(rrset []dns.RR, mode signMode, now time.Time) (*sigs, error) {
-	h := rrset[0].Header()
-	inception, expiration := now.Add(-inceptionSkew), now.Add(s.validity)
-	e := &sigs{expire: expiration.UnixNano()}
-	e.refresh.Store(now.Add(s.validity / 4).UnixNano())
-	for _, k := range s.keys.signers(h.Rrtype) {
-		sig := &dns.RRSIG{
-			Algorithm:  k.dnskey.Algorithm,
-			Inception:  uint32(inception.Unix()),
-			Expiration: uint32(expiration.Unix()),
-			KeyTag:     k.tag,
-			SignerName: s.origin,
-		}
-		sigRdata, rdatas, err := signRRset(k, sig, rrset)
-		if err != nil {
-			s.failed.Inc()
-			return nil, err
-		}
-		s.made.Inc()
-		e.n++
-		switch mode {
-		case forMessage:
-			e.rrs = append(e.rrs, sig)
-		case forAuthority:
-			e.wire = append(e.wire, packRR(sig)...)
-		default:
-			e.wire = append(e.wire, atQuestion(dns.TypeRRSIG, h.Class, h.Ttl, sigRdata)...)
-		}
-		if mode == forNSEC && e.set == nil {
-			for _, rdata := range rdatas {
-				e.set = append(e.set, atQuestion(h.Rrtype, h.Class, h.Ttl, rdata)...)
-			}
-		}
+// nxCache keeps the NSEC signatures of names that do not exist, which a resolver
+// may ask for again: a fixed number of slots reused in turn, so that a flood of
+// random names costs no memory beyond the bound and no allocation.
+type nxCache struct {
+	mu    sync.Mutex
+	index map[uint64]int32
+	slots []nxSlot
+	next  int
+	size  int
+}
+
+type nxSlot struct {
+	h1, h2   uint64 // two hashes of the name: 128 bits tell names apart
+	inc, exp uint32
+	sigs     [2 * sigSize]byte
+}
+
+// newNXCache returns a cache of size proofs; none for zones with more than two
+// signing keys (a rollover has two).
+func newNXCache(size, nz int) *nxCache {
+	if nz > 2 {
+		size = 0
 	}
-	return e, nil
+	return &nxCache{index: make(map[uint64]int32), size: size}
 }
 
-// withSigs returns copies of rrset and its signatures with owner name qname, for
-// answers assembled as messages.
-func withSigs(rrset []dns.RR, e *sigs, qname string) []dns.RR {
-	out := make([]dns.RR, 0, len(rrset)+len(e.rrs))
-	for _, rr := range append(rrset[:len(rrset):len(rrset)], e.rrs...) {
-		rr = dns.Copy(rr)
-		rr.Header().Name = qname
-		out = append(out, rr)
-	}
-	return out
+var hashSeed2 = maphash.MakeSeed()
+
+func nxHashes(name []byte) (uint64, uint64) {
+	return maphash.Bytes(hashSeed, name), maphash.Bytes(hashSeed2, name)
 }
 
-// sweep drops expired signatures every half minute and reports the earliest
-// expiration in use, until ctx ends.
-func (s *signer) sweep(ctx context.Context) {
-	t := time.NewTicker(30 * time.Second)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-		now := time.Now().UnixNano()
-		earliest := s.exist.sweep(now)
-		if e := s.nonexist.sweep(now); e != 0 && (earliest == 0 || e < earliest) {
-			earliest = e
-		}
-		if earliest != 0 {
-			signatureExpiry.WithLabelValues(s.origin).Set(float64(earliest-now) / 1e9)
-		}
-	}
-}
-
-// sigCache is a bounded map of signatures. When full it drops an arbitrary entry
-// (Go's map iteration order is random): no bookkeeping on the query path, and a
-// dropped entry costs one signature.
-type sigCache struct {
-	mu   sync.RWMutex
-	m    map[uint64]*sigs
-	size int
-}
-
-func newSigCache(size int) *sigCache {
-	return &sigCache{m: make(map[uint64]*sigs), size: size}
-}
-
-func (c *sigCache) get(k uint64) *sigs {
-	c.mu.RLock()
-	e := c.m[k]
-	c.mu.RUnlock()
-	return e
-}
-
-func (c *sigCache) put(k uint64, e *sigs) {
+// get copies the cached signatures of name into out; it reports whether they are
+// there and were made at most validity/4 ago (a quarter, as names that exist).
+func (c *nxCache) get(s *signer, name, out []byte, now int64) (inc, exp uint32, ok bool) {
+	h1, h2 := nxHashes(name)
 	c.mu.Lock()
-	if _, ok := c.m[k]; !ok && len(c.m) >= c.size {
-		for old := range c.m {
-			delete(c.m, old)
-			break
-		}
+	defer c.mu.Unlock()
+	i, found := c.index[h1]
+	if !found || c.slots[i].h2 != h2 {
+		return 0, 0, false
 	}
-	c.m[k] = e
-	c.mu.Unlock()
+	sl := &c.slots[i]
+	made := (int64(sl.inc) + int64(inceptionSkew/time.Second)) * 1e9
+	if now >= made+int64(s.validity/4) || !s.fresh(sl.exp, now) {
+		return 0, 0, false
+	}
+	copy(out, sl.sigs[:len(out)])
+	return sl.inc, sl.exp, true
 }
 
-// sweep drops expired entries and returns the earliest expiration left (0 if none).
-// It scans under the read lock, so queries go on meanwhile, and deletes after.
-func (c *sigCache) sweep(now int64) int64 {
-	var earliest int64
-	var expired []uint64
-	c.mu.RLock()
-	for k, e := range c.m {
-		if now >= e.expire-int64(inceptionSkew) {
-			expired = append(expired, k)
-		} else if earliest == 0 || e.expire < earliest {
-			earliest = e.expire
-		}
+func (c *nxCache) put(name, sigs []byte, inc, exp uint32) {
+	if c.size == 0 {
+		return
 	}
-	c.mu.RUnlock()
+	h1, h2 := nxHashes(name)
 	c.mu.Lock()
-	for _, k := range expired {
-		if e := c.m[k]; e != nil && now >= e.expire-int64(inceptionSkew) { // not replaced since
-			delete(c.m, k)
+	defer c.mu.Unlock()
+	i, found := c.index[h1]
+	if !found {
+		if len(c.slots) < c.size {
+			c.slots = append(c.slots, nxSlot{})
+			i = int32(len(c.slots) - 1)
+		} else {
+			i = int32(c.next)
+			c.next = (c.next + 1) % c.size
+			delete(c.index, c.slots[i].h1)
 		}
+		c.index[h1] = i
 	}
-	c.mu.Unlock()
-	return earliest
+	sl := &c.slots[i]
+	sl.h1, sl.h2, sl.inc, sl.exp = h1, h2, inc, exp
+	copy(sl.sigs[:], sigs)
+}
+
+func (c *nxCache) len() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.index)
 }

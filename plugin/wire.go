@@ -2,35 +2,19 @@ package deviceid
 
 import (
 	"encoding/binary"
-	"encoding/hex"
 	"sync"
-
-	"github.com/deviceid/deviceid/record"
 
 	"github.com/coredns/coredns/request"
 	"github.com/miekg/dns"
 )
 
-// packedRR is one record of a device's RRset in DNS wire form, ready to be copied
-// into an answer: its owner name is a compression pointer to the question name,
-// which starts at offset 12 of every message, so the answer keeps the query's case.
-// Packing at load time leaves the query path a lookup and a few copies.
-type packedRR struct {
-	wire  []byte // 0xC00C | type | class | TTL | RDLENGTH | RDATA
-	until int64  // Unix nanoseconds after which it is not published; 0: never
-}
-
-// current reports whether the record is published at now (Unix ns).
-func (p *packedRR) current(now int64) bool { return p.until == 0 || now < p.until }
+// Records are kept in DNS wire form, ready to be copied into an answer: the owner
+// name is a compression pointer to the question name, which starts at offset 12 of
+// every message, so the answer keeps the query's case. The query path is a lookup
+// and a few copies.
 
 // ownerPointer is a compression pointer to offset 12, the question name.
 var ownerPointer = []byte{0xC0, 0x0C}
-
-// packTLSA packs a published TLSA record.
-func packTLSA(p record.Published) packedRR {
-	rdata := append([]byte{p.Usage, p.Selector, p.MatchingType}, p.Data...)
-	return packedRR{wire: atQuestion(dns.TypeTLSA, dns.ClassINET, p.TTL, rdata), until: p.Until}
-}
 
 // atQuestion is a record with its owner name compressed to the question name.
 func atQuestion(rrtype, class uint16, ttl uint32, rdata []byte) []byte {
@@ -41,25 +25,6 @@ func atQuestion(rrtype, class uint16, ttl uint32, rdata []byte) []byte {
 	w = binary.BigEndian.AppendUint32(w, ttl)
 	w = binary.BigEndian.AppendUint16(w, uint16(len(rdata)))
 	return append(w, rdata...)
-}
-
-func packAll(pub []record.Published) []packedRR {
-	out := make([]packedRR, len(pub))
-	for i, p := range pub {
-		out[i] = packTLSA(p)
-	}
-	return out
-}
-
-// tlsa returns the record as a dns.TLSA at owner, for tests and tools.
-func (p packedRR) tlsa(owner string) *dns.TLSA {
-	rdata := p.wire[12:]
-	return &dns.TLSA{
-		Hdr: dns.RR_Header{Name: owner, Rrtype: dns.TypeTLSA, Class: dns.ClassINET,
-			Ttl: binary.BigEndian.Uint32(p.wire[6:10])},
-		Usage: rdata[0], Selector: rdata[1], MatchingType: rdata[2],
-		Certificate: hex.EncodeToString(rdata[3:]),
-	}
 }
 
 // bufPool holds answer buffers; an answer is written before its buffer is reused.
@@ -77,51 +42,52 @@ func packRR(rr dns.RR) []byte {
 	return buf[:off]
 }
 
-// writePacked writes rep: the records of rep.answer published at now and their
-// signatures in the answer section, rep.authority in the authority section.
-// When no other plugin wraps the writer, the bytes go out as they are; otherwise they
-// are unpacked and written as a message, so that plugins such as log, cache and
-// prometheus see the answer as usual.
-func writePacked(w dns.ResponseWriter, state request.Request, rep reply, now int64) error {
-	r := state.Req
-	bp := bufPool.Get().(*[]byte)
-	defer bufPool.Put(bp)
-	buf := (*bp)[:12]
+// packet is an answer assembled from bytes: the header and question, then records
+// appended to buf, the answer section's before the authority section's.
+type packet struct {
+	bp       *[]byte
+	buf      []byte
+	question int // where the question ends
+	an, ns   uint16
+	rcode    int
+	tc       bool
+}
 
-	flags := uint16(1<<15|uint16(r.Opcode)<<11|1<<10) | uint16(rep.rcode&0xF) // QR, opcode, AA, RCODE
-	if r.RecursionDesired {
-		flags |= 1 << 8
-	}
-	if r.CheckingDisabled {
-		flags |= 1 << 4
-	}
-	binary.BigEndian.PutUint16(buf[0:], r.Id)
-	binary.BigEndian.PutUint16(buf[4:], 1) // QDCOUNT
-
-	q := r.Question[0]
+// start begins the answer to state's query: the header is filled in by finish.
+func (p *packet) start(state request.Request) error {
+	p.bp = bufPool.Get().(*[]byte)
+	buf := (*p.bp)[:12]
+	q := state.Req.Question[0]
 	buf = buf[:cap(buf)]
 	off, err := dns.PackDomainName(q.Name, buf, 12, nil, false)
 	if err != nil {
 		return err
 	}
 	buf = binary.BigEndian.AppendUint16(buf[:off], q.Qtype)
-	buf = binary.BigEndian.AppendUint16(buf, q.Qclass)
-	question := len(buf)
+	p.buf = binary.BigEndian.AppendUint16(buf, q.Qclass)
+	p.question = len(p.buf)
+	return nil
+}
 
-	var answers uint16
-	for i := range rep.answer {
-		if rep.answer[i].current(now) {
-			buf = append(buf, rep.answer[i].wire...)
-			answers++
-		}
-	}
-	if rep.answerSigs != nil {
-		buf = append(buf, rep.answerSigs.wire...)
-		answers += rep.answerSigs.n
-	}
-	buf = append(buf, rep.authority...)
-	nAuthority := rep.nAuthority
+// truncate drops the records and sets TC: ask again over TCP.
+func (p *packet) truncate() {
+	p.buf = p.buf[:p.question]
+	p.an, p.ns, p.tc = 0, 0, true
+}
 
+func (p *packet) release() {
+	if p.bp != nil {
+		*p.bp = p.buf[:0]
+		bufPool.Put(p.bp)
+	}
+}
+
+// finish fills in the header, adds the OPT record and writes the answer. When no
+// other plugin wraps the writer, the bytes go out as they are; otherwise they are
+// unpacked and written as a message, so that plugins such as log, cache and
+// prometheus see the answer as usual.
+func (p *packet) finish(w dns.ResponseWriter, state request.Request) error {
+	r := state.Req
 	// OPT: root owner, UDP size, extended RCODE 0, version 0, the DO and CO flags of the
 	// query, no options: 11 bytes.
 	o := r.IsEdns0()
@@ -129,14 +95,25 @@ func writePacked(w dns.ResponseWriter, state request.Request, rep reply, now int
 	if o != nil {
 		optLen = 11
 	}
-	if len(buf)+optLen > state.Size() { // the client's buffer; TCP: 64 KiB
-		buf = buf[:question]
-		answers, nAuthority = 0, 0
-		flags |= 1 << 9 // TC: ask again over TCP
+	if len(p.buf)+optLen > state.Size() { // the client's buffer; TCP: 64 KiB
+		p.truncate()
 	}
+	flags := uint16(1<<15|uint16(r.Opcode)<<11|1<<10) | uint16(p.rcode&0xF) // QR, opcode, AA, RCODE
+	if p.tc {
+		flags |= 1 << 9
+	}
+	if r.RecursionDesired {
+		flags |= 1 << 8
+	}
+	if r.CheckingDisabled {
+		flags |= 1 << 4
+	}
+	buf := p.buf
+	binary.BigEndian.PutUint16(buf[0:], r.Id)
 	binary.BigEndian.PutUint16(buf[2:], flags)
-	binary.BigEndian.PutUint16(buf[6:], answers)
-	binary.BigEndian.PutUint16(buf[8:], nAuthority)
+	binary.BigEndian.PutUint16(buf[4:], 1) // QDCOUNT
+	binary.BigEndian.PutUint16(buf[6:], p.an)
+	binary.BigEndian.PutUint16(buf[8:], p.ns)
 	binary.BigEndian.PutUint16(buf[10:], 0)
 	if o != nil {
 		buf = append(buf, 0)
@@ -146,7 +123,7 @@ func writePacked(w dns.ResponseWriter, state request.Request, rep reply, now int
 		buf = append(buf, 0, 0)
 		binary.BigEndian.PutUint16(buf[10:], 1)
 	}
-	*bp = buf[:0]
+	p.buf = buf
 
 	if sw, ok := w.(*request.ScrubWriter); ok {
 		_, err := sw.Write(buf)

@@ -1,8 +1,12 @@
 package deviceid
 
 import (
+	"bytes"
+	"encoding/binary"
+	"fmt"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/deviceid/deviceid/record"
@@ -10,9 +14,10 @@ import (
 	"github.com/miekg/dns"
 )
 
-// zone serves one zone's records from memory. The etcd loop of the zone is its only
-// writer; queries read it under the read lock. A full reload builds a new index and
-// swaps it in, so a query sees either the old data or the new, never a mix.
+// zone serves one zone's records from memory. Queries hold the read lock of mu while
+// they read data; a full reload builds new data and swaps it in under the write lock,
+// so a query sees either the old data or the new, never a mix, and the old store's
+// memory is freed only when no query reads it.
 type zone struct {
 	origin string // lower case, fully qualified
 	cfg    *config
@@ -20,125 +25,160 @@ type zone struct {
 	signer *signer // nil: the zone is not signed
 
 	mu     sync.RWMutex
-	idx    *index        // nil until the first full load
+	data   *zoneData     // nil until the first full load
 	loaded chan struct{} // closed at the first full load
+
+	// write serializes the changes to the zone's names: the etcd loop's and the
+	// background signer's withdrawal of expired records. Signatures are written
+	// beside, under the store's own locks.
+	write sync.Mutex
 
 	// rejected remembers the revision of each invalid key already logged, so each
 	// bad version is logged and counted once. Only the etcd loop uses it.
 	rejected map[string]int64
+
+	kick      chan struct{} // wakes the background signer
+	apexRetry time.Time     // after a failed renewal at the apex, when to try again
+
+	now func() time.Time // the plugin's clock
 }
 
-// index is the in-memory form of one zone at one etcd revision.
-type index struct {
-	origin string
-	cfg    *config
-	names  map[string]*node // lower-case owner name → node
-	// loadRevision is the etcd revision of the full load; revision that of the last
-	// change applied since, which the SOA serial follows.
-	loadRevision int64
-	revision     int64
-	soa          *dns.SOA
-	soaWire      []byte // the SOA packed, for the authority section of negative answers
-	ns           []dns.RR
-	devices      int
+// zoneData is the zone at one etcd revision.
+type zoneData struct {
+	st           *store
+	loadRevision int64 // the etcd revision of the full load
+	devices      atomic.Int64
+	revision     atomic.Int64         // the etcd revision of the last change applied
+	apex         atomic.Pointer[apex] // replaced whole, under zone.write
+	passDone     atomic.Bool          // every name was signed once
+	loadedAt     time.Time
 }
 
-// node is one owner name that exists: a record (device or CA) or an empty non-terminal.
-type node struct {
-	tlsa   []packedRR // the RRset with its expiries; replaced, never mutated
-	sum    uint64     // tlsaKey of the whole RRset, to find its signatures
-	device bool       // a device record is stored here
-	record bool       // a device or CA record is stored here
-	below  int32      // records stored under this name
+func (z *zone) newData(revision int64) *zoneData {
+	zd := &zoneData{st: newStore(z.signer.nz()), loadRevision: revision, loadedAt: z.now()}
+	zd.revision.Store(revision)
+	a, _ := z.newApex(revision, nil, z.now()) // what failed is signed on the query path
+	zd.apex.Store(a)
+	return zd
 }
 
-// newIndex returns an empty index at revision, with room for size names.
-func newIndex(origin string, cfg *config, revision int64, size int) *index {
-	ns := make([]dns.RR, len(cfg.ns))
-	for i, n := range cfg.ns {
-		ns[i] = &dns.NS{Hdr: dns.RR_Header{Name: origin, Rrtype: dns.TypeNS, Class: dns.ClassINET, Ttl: cfg.ttl}, Ns: n}
+// rrset renders and packs the RRset of a device for the store; it reports false when
+// it would not fit in a DNS message.
+func (cfg *config) rrset(pub []record.Published) ([]byte, bool) {
+	var b []byte
+	for _, p := range pub {
+		b = binary.BigEndian.AppendUint64(b, uint64(p.Until))
+		rdata := append([]byte{p.Usage, p.Selector, p.MatchingType}, p.Data...)
+		b = append(b, atQuestion(dns.TypeTLSA, dns.ClassINET, p.TTL, rdata)...)
 	}
-	idx := &index{origin: origin, cfg: cfg, names: make(map[string]*node, size), ns: ns, loadRevision: revision}
-	idx.setSerial(revision)
-	return idx
+	return b, len(b) <= maxRRset
 }
 
-// setSerial sets the SOA serial to the etcd revision of the last change (mod 2^32).
-func (x *index) setSerial(revision int64) {
-	x.revision = revision
-	x.soa = &dns.SOA{
-		Hdr:     dns.RR_Header{Name: x.origin, Rrtype: dns.TypeSOA, Class: dns.ClassINET, Ttl: x.cfg.ttl},
-		Ns:      x.cfg.ns[0],
-		Mbox:    "hostmaster." + x.origin,
-		Serial:  uint32(revision),
-		Refresh: 7200,
-		Retry:   1800,
-		Expire:  1209600,
-		Minttl:  x.cfg.ttl, // the negative TTL: a device provisioned after a miss shows up within it
-	}
-	x.soaWire = packRR(x.soa)
+// deviceRRset renders and packs a device's RRset.
+func (cfg *config) deviceRRset(d *record.Device, now time.Time) ([]byte, bool) {
+	return cfg.rrset(d.Render(cfg.ttl, now, cfg.render))
 }
 
-// deviceTLSA renders and packs a device's RRset.
-func (cfg *config) deviceTLSA(d *record.Device, now time.Time) []packedRR {
-	return packAll(d.Render(cfg.ttl, now, cfg.render))
+// caRRset renders and packs the RRset of a CA discovery record.
+func (cfg *config) caRRset(der []byte) ([]byte, bool) {
+	return cfg.rrset([]record.Published{record.CAPublished(cfg.ttl, der)})
 }
 
-// caTLSA renders and packs the RRset of a CA discovery record.
-func (cfg *config) caTLSA(der []byte) []packedRR {
-	return []packedRR{packTLSA(record.CAPublished(cfg.ttl, der))}
-}
-
-// put stores a record's RRset at owner, counting a new record in its ancestors.
-func (x *index) put(owner string, tlsa []packedRR, device bool) {
-	n := x.names[owner]
-	if n == nil {
-		n = &node{}
-		x.names[owner] = n
-	}
-	if !n.record {
-		x.ancestors(owner, func(a string) {
-			p := x.names[a]
-			if p == nil {
-				p = &node{}
-				x.names[a] = p
-			}
-			p.below++
-		})
-	}
-	if device && !n.device {
-		x.devices++
-	}
-	n.record, n.device, n.tlsa = true, device, tlsa
-	n.sum = tlsaKey(owner, tlsa, 0)
-}
-
-// remove deletes the record at owner; names that no longer hold or lead to a record go.
-func (x *index) remove(owner string) {
-	n := x.names[owner]
-	if n == nil || !n.record {
+// put stores a record's RRset at owner, counting a new record in its ancestors. A
+// record with nothing to publish is not a name: it is removed. sigs, when not nil,
+// are the signatures over the RRset and the NSEC at owner (as signEntry makes them).
+// The caller holds z.write.
+func (z *zone) put(zd *zoneData, owner string, rr []byte, device bool, sigs *entrySigs) {
+	if len(rr) == 0 {
+		z.remove(zd, owner)
 		return
 	}
-	if n.device {
-		x.devices--
-	}
-	n.record, n.device, n.tlsa = false, false, nil
-	if n.below == 0 {
-		delete(x.names, owner)
-	}
-	x.ancestors(owner, func(a string) {
-		p := x.names[a]
-		if p.below--; p.below == 0 && !p.record {
-			delete(x.names, a)
+	st := zd.st
+	var below uint32
+	var was uint8
+	var old entry
+	st.view(owner, func(e entry) {
+		below, was = e.below(), e.flags()
+		if sigs == nil && e.signed() && bytes.Equal(e.rrset(), rr) {
+			old = bytes.Clone(e) // the same RRset: its signatures stay good
 		}
 	})
+	if was&flagRecord == 0 {
+		z.ancestors(owner, func(a string) { z.addBelow(zd, a, 1) })
+	}
+	flags := uint8(flagRecord)
+	if device {
+		flags |= flagDevice
+	}
+	switch {
+	case device && was&flagDevice == 0:
+		zd.devices.Add(1)
+	case !device && was&flagDevice != 0:
+		zd.devices.Add(-1)
+	}
+	e := newEntry(owner, flags, below, rr, st.shards[0].nz)
+	if old != nil {
+		copy(e[hdrInc:hdrLen], old[hdrInc:hdrLen])
+		tl, ns := old.sigs(st.shards[0].nz)
+		copy(e[len(e)-len(tl)-len(ns):], old[len(old)-len(tl)-len(ns):])
+	}
+	if sigs != nil {
+		sigs.into(e, st.shards[0].nz)
+	}
+	st.set(owner, e)
+}
+
+// remove deletes the record at owner; names that no longer hold or lead to a record
+// go. The caller holds z.write.
+func (z *zone) remove(zd *zoneData, owner string) {
+	var below uint32
+	var was uint8
+	if !zd.st.view(owner, func(e entry) { below, was = e.below(), e.flags() }) || was&flagRecord == 0 {
+		return
+	}
+	if was&flagDevice != 0 {
+		zd.devices.Add(-1)
+	}
+	if below == 0 {
+		zd.st.delete(owner)
+	} else { // an empty non-terminal now, whose NSEC lists other types: signed again
+		zd.st.set(owner, newEntry(owner, 0, below, nil, zd.st.shards[0].nz))
+		z.signLater(zd, owner)
+	}
+	z.ancestors(owner, func(a string) { z.addBelow(zd, a, -1) })
+}
+
+// addBelow changes the count of records below the name a, creating or deleting the
+// empty non-terminal it may be.
+func (z *zone) addBelow(zd *zoneData, a string, delta int32) {
+	gone := false
+	found := zd.st.modify(a, func(e entry) {
+		n := int32(e.below()) + delta
+		binary.BigEndian.PutUint32(e[hdrBelow:], uint32(n))
+		gone = n <= 0 && e.flags()&flagRecord == 0
+	})
+	switch {
+	case !found && delta > 0:
+		zd.st.set(a, newEntry(a, 0, uint32(delta), nil, zd.st.shards[0].nz))
+		z.signLater(zd, a)
+	case gone:
+		zd.st.delete(a)
+	}
+}
+
+// signLater signs a name's new entry at once when the zone is being followed (the
+// first signing pass is done); during a full load the background signer does it.
+func (z *zone) signLater(zd *zoneData, owner string) {
+	if z.signer != nil && zd.passDone.Load() {
+		z.signEntry(zd, owner, z.now())
+	}
 }
 
 // ancestors calls f for each name strictly between owner and the apex.
-func (x *index) ancestors(owner string, f func(string)) {
+func (z *zone) ancestors(owner string, f func(string)) {
 	for name := owner; ; {
 		_, parent, ok := strings.Cut(name, ".")
-		if !ok || len(parent) <= len(x.origin) {
+		if !ok || len(parent) <= len(z.origin) {
 			return
 		}
 		f(parent)
@@ -146,72 +186,157 @@ func (x *index) ancestors(owner string, f func(string)) {
 	}
 }
 
-// answer is what a query finds in the zone, read under the lock and used after it.
-type answer struct {
-	exists bool       // the name exists (record, empty non-terminal, or apex)
-	isApex bool       // the name is the zone apex
-	soaRR  *dns.SOA   // the SOA, to sign
-	apex   []dns.RR   // apex RRs of the queried type
-	tlsa   []packedRR // TLSA RRs, when the query asks for them
-	stored []packedRR // TLSA RRs at the name, for the NSEC type bitmap
-	sum    uint64     // tlsaKey of the whole TLSA RRset
-	soa    []byte     // packed SOA for the authority section of negative answers
-}
-
-// lookup finds qname (lower case) and qtype in the zone. ok is false before the first load.
-func (z *zone) lookup(qname string, qtype uint16) (a answer, ok bool) {
-	z.mu.RLock()
-	defer z.mu.RUnlock()
-	x := z.idx
-	if x == nil {
-		return a, false
-	}
-	a.soa, a.soaRR = x.soaWire, x.soa
-	if qname == x.origin {
-		a.exists, a.isApex = true, true
-		switch qtype {
-		case dns.TypeSOA, dns.TypeANY: // RFC 8482: one RRset is enough for ANY
-			a.apex = []dns.RR{x.soa}
-		case dns.TypeNS:
-			a.apex = x.ns
-		}
-		if z.signer != nil {
-			switch qtype {
-			case dns.TypeDNSKEY:
-				a.apex = z.signer.keys.dnskey
-			case dns.TypeCDS:
-				a.apex = z.signer.keys.cds
-			case dns.TypeCDNSKEY:
-				a.apex = z.signer.keys.cdnskey
-			}
-		}
-		return a, true
-	}
-	n := x.names[qname]
-	if n == nil {
-		return a, true
-	}
-	a.exists, a.stored, a.sum = true, n.tlsa, n.sum
-	if qtype == dns.TypeTLSA || qtype == dns.TypeANY {
-		a.tlsa = n.tlsa
-	}
-	return a, true
-}
-
-// swap installs a freshly loaded index.
-func (z *zone) swap(x *index) {
+// swap installs freshly loaded data, and frees the old data's store once no query
+// reads it.
+func (z *zone) swap(zd *zoneData) {
 	z.mu.Lock()
-	first := z.idx == nil
-	z.idx = x
+	old := z.data
+	z.data = zd
 	z.mu.Unlock()
-	if first {
+	if old != nil {
+		old.st.free()
+	} else {
 		close(z.loaded)
 	}
+	z.wake()
 }
 
-// update applies f to the current index under the write lock.
-func (z *zone) update(f func(x *index)) {
-	z.mu.Lock()
-	f(z.idx)
-	z.mu.Unlock()
+// current returns the zone's data for a writer (the etcd loop, the background signer).
+func (z *zone) current() *zoneData {
+	z.mu.RLock()
+	defer z.mu.RUnlock()
+	return z.data
+}
+
+// wake tells the background signer there is work.
+func (z *zone) wake() {
+	select {
+	case z.kick <- struct{}{}:
+	default:
+	}
+}
+
+// apex is what the zone publishes at its apex at one revision, with signatures made
+// ahead. It is replaced whole: when the serial changes, and when signatures are renewed.
+type apex struct {
+	soa     *dns.SOA
+	soaAuth []byte // the SOA and its RRSIGs packed for the authority section (owner uncompressed)
+	soaLen  int    // the SOA's part of soaAuth
+	nSOA    uint16 // records in soaAuth
+	sets    map[uint16]*apexSet
+}
+
+// apexSet is one RRset at the apex and its RRSIGs (nil when not signed yet).
+type apexSet struct {
+	rrs  []dns.RR
+	sigs []dns.RR
+	made time.Time
+}
+
+// newApex builds the apex at revision; with old, the signatures of the RRsets that did
+// not change and are not due for renewal (a quarter of their validity) are kept.
+// Signatures are made for the RRsets that need them; when that fails (an HSM away),
+// the old ones are kept while they are valid, else the RRset is signed on the query
+// path, and the error is returned for a retry.
+func (z *zone) newApex(revision int64, old *apex, now time.Time) (*apex, error) {
+	cfg := z.cfg
+	soa := &dns.SOA{
+		Hdr:     dns.RR_Header{Name: z.origin, Rrtype: dns.TypeSOA, Class: dns.ClassINET, Ttl: cfg.ttl},
+		Ns:      cfg.ns[0],
+		Mbox:    "hostmaster." + z.origin,
+		Serial:  uint32(revision), // the etcd revision of the last change (mod 2^32)
+		Refresh: 7200,
+		Retry:   1800,
+		Expire:  1209600,
+		Minttl:  cfg.ttl, // the negative TTL: a device provisioned after a miss shows up within it
+	}
+	a := &apex{soa: soa, sets: map[uint16]*apexSet{dns.TypeSOA: {rrs: []dns.RR{soa}}}}
+	var ns []dns.RR
+	for _, n := range cfg.ns {
+		ns = append(ns, &dns.NS{Hdr: dns.RR_Header{Name: z.origin, Rrtype: dns.TypeNS, Class: dns.ClassINET, Ttl: cfg.ttl}, Ns: n})
+	}
+	a.sets[dns.TypeNS] = &apexSet{rrs: ns}
+	var failed error
+	if s := z.signer; s != nil {
+		a.sets[dns.TypeDNSKEY] = &apexSet{rrs: s.keys.dnskey}
+		if s.keys.cds != nil {
+			a.sets[dns.TypeCDS] = &apexSet{rrs: s.keys.cds}
+			a.sets[dns.TypeCDNSKEY] = &apexSet{rrs: s.keys.cdnskey}
+		}
+		a.sets[dns.TypeNSEC] = &apexSet{rrs: []dns.RR{&dns.NSEC{
+			Hdr:        dns.RR_Header{Name: z.origin, Rrtype: dns.TypeNSEC, Class: dns.ClassINET, Ttl: cfg.ttl},
+			NextDomain: "\\000." + z.origin,
+			TypeBitMap: z.apexTypes(),
+		}}}
+		for t, set := range a.sets {
+			o := old.set(t)
+			same := o != nil && o.sigs != nil && (t != dns.TypeSOA || o.rrs[0].(*dns.SOA).Serial == soa.Serial)
+			if same && now.Sub(o.made) < s.validity/4 {
+				set.sigs, set.made = o.sigs, o.made
+				continue
+			}
+			sigs, err := z.signRRs(set.rrs, now)
+			switch {
+			case err == nil:
+				set.sigs, set.made = sigs, now
+			case same && now.Sub(o.made) < s.validity-inceptionSkew:
+				set.sigs, set.made = o.sigs, o.made
+				failed = fmt.Errorf("renewing the signatures of %s %s failed, serving the old ones (valid until %s): %w",
+					z.origin, dns.TypeToString[t], o.made.Add(s.validity).UTC().Format(time.RFC3339), err)
+			default:
+				failed = fmt.Errorf("signing %s %s: %w", z.origin, dns.TypeToString[t], err)
+			}
+		}
+	}
+	a.soaAuth = packRR(soa)
+	a.soaLen, a.nSOA = len(a.soaAuth), 1
+	for _, sig := range a.sets[dns.TypeSOA].sigs {
+		a.soaAuth = append(a.soaAuth, packRR(sig)...)
+		a.nSOA++
+	}
+	return a, failed
+}
+
+func (a *apex) set(t uint16) *apexSet {
+	if a == nil {
+		return nil
+	}
+	return a.sets[t]
+}
+
+// apexTypes lists the types at the apex, for its NSEC.
+func (z *zone) apexTypes() []uint16 {
+	t := []uint16{dns.TypeNS, dns.TypeSOA, dns.TypeRRSIG, dns.TypeNSEC, dns.TypeDNSKEY}
+	if z.signer.keys.cds != nil {
+		t = append(t, dns.TypeCDS, dns.TypeCDNSKEY)
+	}
+	return t
+}
+
+// signRRs makes the RRSIGs over an apex RRset with the keys for its type.
+func (z *zone) signRRs(rrset []dns.RR, now time.Time) ([]dns.RR, error) {
+	s := z.signer
+	inc, exp := s.times(now)
+	var out []dns.RR
+	for _, k := range s.keys.signers(rrset[0].Header().Rrtype) {
+		sig := &dns.RRSIG{Algorithm: k.dnskey.Algorithm, Inception: inc, Expiration: exp, KeyTag: k.tag, SignerName: s.origin}
+		if _, _, err := signRRset(k, sig, rrset); err != nil {
+			s.failed.Inc()
+			return nil, err
+		}
+		s.made.Inc()
+		out = append(out, sig)
+	}
+	return out, nil
+}
+
+// setSerial moves the SOA serial to revision (the last change applied), with the
+// SOA signed again. The caller holds z.write.
+func (z *zone) setSerial(zd *zoneData, revision int64, now time.Time) {
+	zd.revision.Store(revision)
+	a, err := z.newApex(revision, zd.apex.Load(), now)
+	if err != nil {
+		log.Warningf("zone %s: %v", z.origin, err)
+	}
+	zd.apex.Store(a)
 }

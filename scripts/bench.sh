@@ -5,7 +5,7 @@
 # same key and records (apart, so that neither process's garbage collector walks the
 # other's zone); dnsperf runs on core 1. Every figure is compared with whoami measured in
 # the same run. Results go to bench-out/results.md. Needs dnsperf (Debian package) and
-# about 2 GB of disk.
+# about 2 GB of disk. A million devices and more: scripts/bench-scale.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=bench-out
@@ -13,41 +13,8 @@ mkdir -p $out
 ROUNDS=${ROUNDS:-3}       # runs of each server and mix; the median is reported
 SECONDS_PER_RUN=${SECONDS_PER_RUN:-10}
 N=${N:-100000}
-BIG_N=${BIG_N:-1000000}
 
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
-trap cleanup EXIT
-
-# start_data DIR ARGS...: benchdata with its etcd, waiting for its "ready" line.
-start_data() {
-  local dir=$1; shift
-  go build -o bin/benchdata ./test/benchdata
-  bin/benchdata -dir "$dir" "$@" > "$dir.log" 2>&1 &
-  pids+=($!)
-  for _ in $(seq 3600); do grep -q '^ready' "$dir.log" 2>/dev/null && return; sleep 1; done
-  echo "benchdata did not get ready" >&2; cat "$dir.log" >&2; exit 1
-}
-
-wait_ready() { # wait_ready URL: until CoreDNS's ready plugin says so
-  for _ in $(seq 6000); do curl -fs "$1" >/dev/null 2>&1 && return; sleep 0.05; done
-  echo "CoreDNS not ready" >&2; exit 1
-}
-
-qps() { # qps PORT FILE [dnsperf flags]: saturating throughput
-  local port=$1 file=$2; shift 2
-  taskset -c 1 dnsperf -s 127.0.0.1 -p "$port" -d "$file" -l "$SECONDS_PER_RUN" -c 4 -q 200 "$@" 2>&1 |
-    awk '/Queries per second/ {print int($4)}'
-}
-
-p99() { # p99 PORT FILE RATE [dnsperf flags]: 99th percentile latency in ms at RATE q/s
-  local port=$1 file=$2 rate=$3; shift 3
-  taskset -c 1 dnsperf -s 127.0.0.1 -p "$port" -d "$file" -l 5 -c 4 -Q "$rate" -v "$@" 2>/dev/null |
-    awk '/^> / {print $NF}' | sort -n | awk '{a[NR]=$1} END {printf "%.2f", a[int(NR*0.99)]*1000}'
-}
-
-median() { tr ' ' '\n' | grep . | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
-ratio() { awk "BEGIN {printf \"%.2f\", $1/$2}"; }
+source scripts/bench-lib.sh
 
 echo "== $N devices with certificates (3 1 1 + 4 0 0)"
 mkdir -p $out/data $out/keys
@@ -157,38 +124,8 @@ rows() { # rows WHOAMI DEVICEID FILE: one table row a mix, medians and ratios to
 } > $out/results.md
 cleanup; pids=()
 
-echo "== $BIG_N SPKI-only devices: load time and resident memory"
-mkdir -p $out/big
-start_data $out/big -n "$BIG_N" -spki-only -etcd http://127.0.0.1:23791 -etcd-peer http://127.0.0.1:23801
-cat > $out/big.Corefile <<CF
-iot.example:5303 {
-    bind 127.0.0.1
-    ready 127.0.0.1:18182
-    deviceid {
-        endpoint http://127.0.0.1:23791
-    }
-}
-CF
-# The load may use both cores (etcd, on the same machine, serves it meanwhile); the
-# queries after it run with the server pinned to core 0 as above.
-start=$(date +%s.%N)
-bin/coredns -conf $out/big.Corefile > $out/coredns-big.log 2>&1 &
-cdns=$!; pids+=($cdns)
-wait_ready http://127.0.0.1:18182/ready
-end=$(date +%s.%N)
-taskset -a -p -c 0 $cdns >/dev/null
-sleep 1
-rss=$(awk '/VmRSS/ {print int($2/1024)}' /proc/$cdns/status)
-answer=$(dig +short @127.0.0.1 -p 5303 TLSA dev0999999._device.iot.example | head -1 || true)
-big_qps=$(qps 5303 $out/big/wide.txt)
-rss_load=$(awk '/VmRSS/ {print int($2/1024)}' /proc/$cdns/status)
-{
-  echo
-  echo "$BIG_N SPKI-only devices: ready after $(awk "BEGIN {printf \"%.1f\", $end-$start}") s (process start to /ready);"
-  echo "resident memory $rss MiB after the load, $rss_load MiB after ${SECONDS_PER_RUN}s of queries over all names ($big_qps q/s)."
-  echo "Last device answers: ${answer:-NO ANSWER}"
-} >> $out/results.md
 cat $out/results.md
+[ "${GOBENCH:-1}" = 0 ] && exit 0 # GOBENCH=0: the DNS load runs only
 
 echo "== enrollment through the admin API against raw etcd puts; TLS handshakes by DANE against a CA pool"
 go test -run XXX -bench 'EnrollAdminAPI|RawEtcdPut|Handshake' -benchtime 5s ./test/ > $out/gobench.txt

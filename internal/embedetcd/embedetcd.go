@@ -21,6 +21,9 @@ type Config struct {
 	// CompactionRetention, when set, compacts the history older than it (periodic
 	// mode, e.g. "1h"), as a production cluster does.
 	CompactionRetention string
+	// QuotaBytes raises etcd's backend quota (2 GiB by default); ten million device
+	// records need about 8 GiB.
+	QuotaBytes int64
 	// InitialCluster lists every member of a new cluster as name=peerURL,...; empty:
 	// a cluster of this member alone.
 	InitialCluster string
@@ -49,6 +52,9 @@ func Start(c Config) (*embed.Etcd, error) {
 	cfg.AdvertisePeerUrls = []url.URL{*pu}
 	if c.Name != "" {
 		cfg.Name = c.Name
+	}
+	if c.QuotaBytes != 0 {
+		cfg.QuotaBackendBytes = c.QuotaBytes
 	}
 	if c.CompactionRetention != "" {
 		cfg.AutoCompactionMode, cfg.AutoCompactionRetention = "periodic", c.CompactionRetention

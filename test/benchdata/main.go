@@ -38,17 +38,19 @@ func main() {
 	dir := flag.String("dir", "bench-out", "output directory (etcd data, zone file, query files)")
 	clientURL := flag.String("etcd", "http://127.0.0.1:23790", "etcd client URL")
 	peerURL := flag.String("etcd-peer", "http://127.0.0.1:23800", "etcd peer URL")
+	quota := flag.Int64("quota", 0, "etcd backend quota in bytes (0: etcd's default of 2 GiB; ten million devices need 8 GiB)")
+	zoneFile := flag.Bool("zone-file", true, "also write the records as a zone file for the file plugin")
 	flag.Parse()
-	if err := run(*n, *spkiOnly, *dir, *clientURL, *peerURL); err != nil {
+	if err := run(*n, *spkiOnly, *zoneFile, *quota, *dir, *clientURL, *peerURL); err != nil {
 		log.Fatal(err)
 	}
 }
 
-func run(n int, spkiOnly bool, dir, clientURL, peerURL string) error {
+func run(n int, spkiOnly, zoneFile bool, quota int64, dir, clientURL, peerURL string) error {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return err
 	}
-	e, err := embedetcd.Start(embedetcd.Config{Dir: filepath.Join(dir, "etcd"), ClientURL: clientURL, PeerURL: peerURL})
+	e, err := embedetcd.Start(embedetcd.Config{Dir: filepath.Join(dir, "etcd"), ClientURL: clientURL, PeerURL: peerURL, QuotaBytes: quota})
 	if err != nil {
 		return err
 	}
@@ -69,7 +71,7 @@ func run(n int, spkiOnly bool, dir, clientURL, peerURL string) error {
 		if _, err := cli.Delete(ctx, "/deviceid/", clientv3.WithPrefix()); err != nil {
 			return err
 		}
-		if err := populate(ctx, cli, dir, n, spkiOnly); err != nil {
+		if err := populate(ctx, cli, dir, n, spkiOnly, zoneFile); err != nil {
 			return err
 		}
 		log.Printf("wrote %d devices in %s", n, time.Since(start).Round(time.Millisecond))
@@ -87,13 +89,17 @@ func run(n int, spkiOnly bool, dir, clientURL, peerURL string) error {
 func deviceName(i int) string { return fmt.Sprintf("dev%07d", i) }
 
 // populate writes n devices to etcd in transactions of 128 puts (etcd's default
-// limit), and the same RRsets to dir/zone.db for the file plugin.
-func populate(ctx context.Context, cli *clientv3.Client, dir string, n int, spkiOnly bool) error {
+// limit), and with zoneFile the same RRsets to dir/zone.db for the file plugin.
+func populate(ctx context.Context, cli *clientv3.Client, dir string, n int, spkiOnly, zoneFile bool) error {
 	ca, err := testenv.NewCA("bench CA")
 	if err != nil {
 		return err
 	}
-	f, err := os.Create(filepath.Join(dir, "zone.db"))
+	name := filepath.Join(dir, "zone.db")
+	if !zoneFile {
+		name = os.DevNull
+	}
+	f, err := os.Create(name)
 	if err != nil {
 		return err
 	}
@@ -140,8 +146,10 @@ func populate(ctx context.Context, cli *clientv3.Client, dir string, n int, spki
 		if err := d.Validate(); err != nil {
 			return err
 		}
-		for _, rr := range d.TLSA(owner, 60, now, record.RenderOptions{RevokedUsage: 255, Discovery: true}) {
-			fmt.Fprintln(zf, rr.String())
+		if zoneFile {
+			for _, rr := range d.TLSA(owner, 60, now, record.RenderOptions{RevokedUsage: 255, Discovery: true}) {
+				fmt.Fprintln(zf, rr.String())
+			}
 		}
 		ops = append(ops, clientv3.OpPut(record.DeviceKey("/deviceid", zone, name), string(value)))
 		if len(ops) == 128 {

@@ -21,6 +21,7 @@ import (
 	_ "github.com/coredns/coredns/plugin/health"
 	_ "github.com/coredns/coredns/plugin/log"
 	_ "github.com/coredns/coredns/plugin/metrics"
+	_ "github.com/coredns/coredns/plugin/multisocket" // several sockets on one port (SO_REUSEPORT): one server per core
 	_ "github.com/coredns/coredns/plugin/nsid"
 	_ "github.com/coredns/coredns/plugin/pprof"
 	_ "github.com/coredns/coredns/plugin/ready"
@@ -39,6 +40,7 @@ var Directives = []string{
 	"metadata",
 	"tls",
 	"cancel",
+	"multisocket",
 	"reload",
 	"nsid",
 	"bufsize",

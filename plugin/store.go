@@ -1,0 +1,315 @@
+package deviceid
+
+import (
+	"encoding/binary"
+	"hash/maphash"
+	"sync"
+)
+
+// store is the compact index of one zone: for each owner name, one entry of bytes
+// holding the owner, the packed RRset and the signatures over it and over the NSEC at
+// the name. Entries live in chunks of memory outside the Go heap (newChunk), found
+// through maps that hold no pointers, so the garbage collector has nothing to walk
+// however many names the zone holds. The store is split into shards, each under its
+// own lock: a writer (the etcd loop, the background signer) holds one while queries
+// read the others. Readers copy what they need while holding the shard's read lock.
+type store struct {
+	hash   func(owner string) uint64 // tests make owners clash
+	shards [storeShards]shard
+}
+
+const (
+	storeShards = 64
+	chunkSize   = 256 << 10
+	sigSize     = 64 // an ECDSA P-256 signature (r || s) and an Ed25519 one alike
+)
+
+type shard struct {
+	mu    sync.RWMutex
+	nz    int               // signatures per RRset: the keys that sign TLSA and NSEC
+	refs  map[uint64]uint64 // hash of the owner → entry
+	clash map[string]uint64 // owners whose hash another owner holds in refs (rare)
+	slab
+}
+
+// slab is the memory of one shard. A ref is chunk index << 32 | offset. Entries that
+// are replaced by ones of another size or removed leave dead bytes, which compact
+// reclaims once they outweigh the live ones.
+type slab struct {
+	chunks     [][]byte
+	cur        int // the chunk being filled
+	used       int // bytes used in chunks[cur]
+	live, dead int
+}
+
+// The entry layout: a fixed header, the owner (lower case, presentation form), the
+// RRset (for each record: its expiry as int64 Unix ns, 0 for none, then its wire form
+// with the owner compressed to the question name), then nz TLSA signatures and nz NSEC
+// signatures. Both RRsets are signed at one time, recorded in the header.
+const (
+	hdrBelow = 0  // uint32: records stored under this name
+	hdrFlags = 4  // flagRecord, flagDevice
+	hdrOwner = 5  // uint8: length of the owner
+	hdrRR    = 6  // uint16: length of the RRset
+	hdrInc   = 8  // uint32: inception of the signatures; 0 when not signed
+	hdrExp   = 12 // uint32: their expiration
+	hdrLen   = 16
+)
+
+const (
+	flagRecord = 1 << iota // a device, CA or service record is stored at the name
+	flagDevice             // the record is a device's
+)
+
+// maxRRset bounds an RRset so that the answer fits a DNS message with its signatures.
+const maxRRset = 60000
+
+func newStore(nz int) *store {
+	seed := maphash.MakeSeed()
+	s := &store{hash: func(owner string) uint64 { return maphash.String(seed, owner) }}
+	for i := range s.shards {
+		s.shards[i].nz = nz
+		s.shards[i].refs = make(map[uint64]uint64)
+	}
+	return s
+}
+
+// entry is one name's bytes, valid while its shard's lock is held.
+type entry []byte
+
+func (e entry) below() uint32      { return binary.BigEndian.Uint32(e[hdrBelow:]) }
+func (e entry) flags() uint8       { return e[hdrFlags] }
+func (e entry) owner() []byte      { return e[hdrLen : hdrLen+int(e[hdrOwner])] }
+func (e entry) rrLen() int         { return int(binary.BigEndian.Uint16(e[hdrRR:])) }
+func (e entry) rrset() []byte      { o := hdrLen + int(e[hdrOwner]); return e[o : o+e.rrLen()] }
+func (e entry) signed() bool       { return e.inception() != 0 }
+func (e entry) inception() uint32  { return binary.BigEndian.Uint32(e[hdrInc:]) }
+func (e entry) expiration() uint32 { return binary.BigEndian.Uint32(e[hdrExp:]) }
+
+// sigs returns the TLSA and the NSEC signatures, nz of each.
+func (e entry) sigs(nz int) (tlsa, nsec []byte) {
+	o := hdrLen + int(e[hdrOwner]) + e.rrLen()
+	return e[o : o+nz*sigSize], e[o+nz*sigSize : o+2*nz*sigSize]
+}
+
+func entryLen(b []byte, nz int) int {
+	return hdrLen + int(b[hdrOwner]) + int(binary.BigEndian.Uint16(b[hdrRR:])) + 2*nz*sigSize
+}
+
+// newEntry builds the bytes of an entry without signatures.
+func newEntry(owner string, flags uint8, below uint32, rr []byte, nz int) entry {
+	e := make(entry, hdrLen+len(owner)+len(rr)+2*nz*sigSize)
+	binary.BigEndian.PutUint32(e[hdrBelow:], below)
+	e[hdrFlags], e[hdrOwner] = flags, uint8(len(owner))
+	binary.BigEndian.PutUint16(e[hdrRR:], uint16(len(rr)))
+	copy(e[hdrLen+copy(e[hdrLen:], owner):], rr)
+	return e
+}
+
+// eachRecord calls f for each record of a packed RRset.
+func eachRecord(rr []byte, f func(until int64, wire []byte)) {
+	for len(rr) > 0 {
+		n := 8 + 12 + int(binary.BigEndian.Uint16(rr[8+10:]))
+		f(int64(binary.BigEndian.Uint64(rr)), rr[8:n])
+		rr = rr[n:]
+	}
+}
+
+// allCurrent reports whether every record of rr is published at now (Unix ns).
+func allCurrent(rr []byte, now int64) bool {
+	ok := true
+	eachRecord(rr, func(until int64, _ []byte) { ok = ok && (until == 0 || now < until) })
+	return ok
+}
+
+func (s *store) shard(h uint64) *shard { return &s.shards[h>>58] } // the map uses the low bits
+
+// view calls f with the entry of owner, under the shard's read lock, and reports
+// whether there is one.
+func (s *store) view(owner string, f func(e entry)) bool { return s.access(owner, false, f) }
+
+// modify calls f with the entry of owner under the shard's write lock; f may change
+// the bytes in place (the header's counts and flags, the signatures), not the size.
+func (s *store) modify(owner string, f func(e entry)) bool { return s.access(owner, true, f) }
+
+func (s *store) access(owner string, write bool, f func(e entry)) bool {
+	h := s.hash(owner)
+	sh := s.shard(h)
+	if write {
+		sh.mu.Lock()
+		defer sh.mu.Unlock()
+	} else {
+		sh.mu.RLock()
+		defer sh.mu.RUnlock()
+	}
+	r, ok := sh.find(h, owner)
+	if ok {
+		f(sh.entry(r))
+	}
+	return ok
+}
+
+// set stores e as the entry of owner, replacing any.
+func (s *store) set(owner string, e entry) {
+	h := s.hash(owner)
+	sh := s.shard(h)
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	old, ok := sh.find(h, owner)
+	if ok {
+		if cur := sh.entry(old); len(cur) == len(e) {
+			copy(cur, e)
+			return
+		}
+	}
+	r := sh.alloc(len(e))
+	copy(sh.entry0(r, len(e)), e)
+	switch {
+	case !ok && sh.taken(h):
+		if sh.clash == nil {
+			sh.clash = make(map[string]uint64)
+		}
+		sh.clash[owner] = r
+	case ok && sh.refs[h] != old:
+		sh.clash[owner] = r
+	default:
+		sh.refs[h] = r
+	}
+	if ok {
+		sh.release(old)
+	}
+}
+
+// delete removes the entry of owner, if any.
+func (s *store) delete(owner string) {
+	h := s.hash(owner)
+	sh := s.shard(h)
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	r, ok := sh.find(h, owner)
+	if !ok {
+		return
+	}
+	if sh.refs[h] != r {
+		delete(sh.clash, owner)
+	} else {
+		delete(sh.refs, h)
+		for o, c := range sh.clash { // promote an owner of the same hash
+			if s.hash(o) == h {
+				sh.refs[h] = c
+				delete(sh.clash, o)
+				break
+			}
+		}
+	}
+	sh.release(r)
+}
+
+// each calls f for the entries of shard i, under its read lock, while f returns true.
+func (s *store) each(i int, f func(e entry) bool) {
+	sh := &s.shards[i]
+	sh.mu.RLock()
+	defer sh.mu.RUnlock()
+	for _, r := range sh.refs {
+		if !f(sh.entry(r)) {
+			return
+		}
+	}
+	for _, r := range sh.clash {
+		if !f(sh.entry(r)) {
+			return
+		}
+	}
+}
+
+// len returns the number of names stored.
+func (s *store) len() int {
+	n := 0
+	for i := range s.shards {
+		sh := &s.shards[i]
+		sh.mu.RLock()
+		n += len(sh.refs) + len(sh.clash)
+		sh.mu.RUnlock()
+	}
+	return n
+}
+
+// free returns the store's memory; nothing may use the store after.
+func (s *store) free() {
+	for i := range s.shards {
+		sh := &s.shards[i]
+		sh.mu.Lock()
+		for _, c := range sh.chunks {
+			freeChunk(c)
+		}
+		sh.chunks, sh.refs, sh.clash = nil, nil, nil
+		sh.mu.Unlock()
+	}
+}
+
+func (sh *shard) find(h uint64, owner string) (uint64, bool) {
+	r, ok := sh.refs[h]
+	if !ok {
+		return 0, false
+	}
+	if string(sh.entry(r).owner()) == owner {
+		return r, true
+	}
+	r, ok = sh.clash[owner]
+	return r, ok
+}
+
+// taken reports whether another owner holds hash h.
+func (sh *shard) taken(h uint64) bool { _, ok := sh.refs[h]; return ok }
+
+func (sh *shard) entry(r uint64) entry {
+	c := sh.chunks[r>>32][uint32(r):]
+	return entry(c[:entryLen(c, sh.nz):entryLen(c, sh.nz)])
+}
+
+func (sh *shard) entry0(r uint64, n int) []byte { return sh.chunks[r>>32][uint32(r):][:n:n] }
+
+// alloc returns room for n bytes, n at most chunkSize (an RRset is at most maxRRset).
+func (sh *shard) alloc(n int) uint64 {
+	sh.live += n
+	if len(sh.chunks) == 0 || sh.used+n > len(sh.chunks[sh.cur]) {
+		sh.chunks = append(sh.chunks, newChunk(chunkSize))
+		sh.cur, sh.used = len(sh.chunks)-1, 0
+	}
+	r := uint64(sh.cur)<<32 | uint64(sh.used)
+	sh.used += n
+	return r
+}
+
+// release marks the entry at r dead, and compacts the shard when the dead bytes
+// outweigh the live ones.
+func (sh *shard) release(r uint64) {
+	n := len(sh.entry(r))
+	sh.live -= n
+	sh.dead += n
+	if sh.dead > sh.live && sh.dead > chunkSize {
+		sh.compact()
+	}
+}
+
+// compact copies the live entries into fresh chunks and frees the old ones.
+func (sh *shard) compact() {
+	old := sh.slab
+	sh.slab = slab{}
+	move := func(r uint64) uint64 {
+		c := old.chunks[r>>32][uint32(r):]
+		e := c[:entryLen(c, sh.nz)]
+		nr := sh.alloc(len(e))
+		copy(sh.entry0(nr, len(e)), e)
+		return nr
+	}
+	for h, r := range sh.refs {
+		sh.refs[h] = move(r)
+	}
+	for o, r := range sh.clash {
+		sh.clash[o] = move(r)
+	}
+	for _, c := range old.chunks {
+		freeChunk(c)
+	}
+}

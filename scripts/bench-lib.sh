@@ -1,0 +1,39 @@
+# Helpers shared by scripts/bench.sh and scripts/bench-scale.sh (sourced, not run).
+# Servers run pinned to core 0 and dnsperf to core 1; every figure is compared with
+# whoami measured in the same run.
+
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
+trap cleanup EXIT
+
+# start_data DIR ARGS...: benchdata with its etcd, waiting for its "ready" line.
+start_data() {
+  local dir=$1; shift
+  go build -o bin/benchdata ./test/benchdata
+  mkdir -p "$dir"
+  bin/benchdata -dir "$dir" "$@" > "$dir.log" 2>&1 &
+  pids+=($!)
+  for _ in $(seq 7200); do grep -q '^ready' "$dir.log" 2>/dev/null && return; sleep 1; done
+  echo "benchdata did not get ready" >&2; cat "$dir.log" >&2; exit 1
+}
+
+wait_ready() { # wait_ready URL: until CoreDNS's ready plugin says so
+  for _ in $(seq 12000); do curl -fs "$1" >/dev/null 2>&1 && return; sleep 0.05; done
+  echo "CoreDNS not ready" >&2; exit 1
+}
+
+qps() { # qps PORT FILE [dnsperf flags]: saturating throughput
+  local port=$1 file=$2; shift 2
+  taskset -c 1 dnsperf -s 127.0.0.1 -p "$port" -d "$file" -l "$SECONDS_PER_RUN" -c 4 -q 200 "$@" 2>&1 |
+    awk '/Queries per second/ {print int($4)}'
+}
+
+p99() { # p99 PORT FILE RATE [dnsperf flags]: 99th percentile latency in ms at RATE q/s
+  local port=$1 file=$2 rate=$3; shift 3
+  taskset -c 1 dnsperf -s 127.0.0.1 -p "$port" -d "$file" -l 5 -c 4 -Q "$rate" -v "$@" 2>/dev/null |
+    awk '/^> / {print $NF}' | sort -n | awk '{a[NR]=$1} END {printf "%.2f", a[int(NR*0.99)]*1000}'
+}
+
+median() { tr ' ' '\n' | grep . | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+ratio() { awk "BEGIN {printf \"%.2f\", $1/$2}"; }
+rss() { awk '/VmRSS/ {print int($2/1024)}' "/proc/$1/status"; } # resident MiB of PID

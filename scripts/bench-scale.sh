@@ -1,0 +1,220 @@
+#!/usr/bin/env bash
+# make bench-scale: the registry-sized runs of BENCHMARKS.md.
+#
+# For each size in SIZES (default: a million and ten million SPKI-only devices), an
+# embedded etcd holds the devices; one bin/coredns serves whoami and deviceid (ECDSA
+# P-256 CSK). It measures start to /ready on both cores, the time to the first signing
+# pass, resident memory after ready and after 30 s of wide DO queries; then, pinned to
+# core 0 with dnsperf on core 1: DO hot, wide and nonexistent against whoami (medians of
+# ROUNDS), p99 latency at a fixed 2,000 q/s for every mix, and (first size only) the
+# freshness of changes written while wide queries run at half the saturating rate.
+#
+# Then, over 100,000 devices, beside CoreDNS file + dnssec: nonexistent names, and a
+# flood of fresh random names (three times the nonexistent saturating rate) against
+# wide queries offered at half their saturating rate.
+#
+# Results go to bench-out/scale/results.md. Needs dnsperf, about 30 GB of disk and
+# (for ten million) about an hour.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+out=bench-out/scale
+mkdir -p $out
+ROUNDS=${ROUNDS:-3}
+SECONDS_PER_RUN=${SECONDS_PER_RUN:-10}
+SIZES=${SIZES:-1000000 10000000}
+FLOOD_N=${FLOOD_N:-100000}
+source scripts/bench-lib.sh
+go build -o bin/freshness ./test/freshness
+results=$out/results.md
+echo "# make bench-scale results, $(date -u +%Y-%m-%dT%H:%MZ), median of $ROUNDS runs of ${SECONDS_PER_RUN}s" > $results
+
+mkdir -p $out/keys
+rm -f $out/keys/K*
+key=$(bin/deviceid-signer keygen -zone iot.example -dir $out/keys | awk '/^Corefile:/ {print $4}')
+
+# fresh FILE ROUND: the nonexistent names of FILE with a per-round prefix, never asked before
+fresh() { local f=${1%.txt}-r$2.txt; [ -f "$f" ] || sed "s/^/r$2-/" "$1" > "$f"; echo "$f"; }
+
+first=1
+for n in $SIZES; do
+  echo "== $n SPKI-only devices"
+  data=$out/d$n
+  quota=0; [ "$n" -gt 2000000 ] && quota=$((8 << 30))
+  start_data $data -n "$n" -spki-only -zone-file=false -quota $quota -etcd http://127.0.0.1:23795 -etcd-peer http://127.0.0.1:23805
+  cat > $out/scale.Corefile <<CF
+.:5310 {
+    bind 127.0.0.1
+    whoami
+}
+iot.example:5313 {
+    bind 127.0.0.1
+    ready 127.0.0.1:18190
+    prometheus 127.0.0.1:19153
+    deviceid {
+        endpoint http://127.0.0.1:23795
+        key file $key
+    }
+}
+CF
+  start=$(date +%s.%N)
+  bin/coredns -conf $out/scale.Corefile > $out/coredns-$n.log 2>&1 &
+  cdns=$!; pids+=($cdns)
+  wait_ready http://127.0.0.1:18190/ready
+  ready=$(date +%s.%N)
+  rss_ready=$(rss $cdns)
+  until grep -q 'first signing pass done' $out/coredns-$n.log; do sleep 0.2; done
+  signed=$(date +%s.%N)
+  rss_signed=$(rss $cdns)
+  taskset -a -p -c 0 $cdns >/dev/null
+  answer=$(dig +dnssec +short @127.0.0.1 -p 5313 TLSA dev$(printf %07d $((n - 1)))._device.iot.example | head -2 | tr '\n' ' ')
+  taskset -c 1 dnsperf -s 127.0.0.1 -p 5313 -d $data/wide.txt -l 30 -c 4 -q 200 -D > /dev/null 2>&1
+  rss_wide=$(rss $cdns)
+
+  declare -A runs=()
+  rm -f $data/nonexistent-r*.txt
+  for round in $(seq "$ROUNDS"); do
+    for mix in hot wide nonexistent; do
+      file=$data/$mix.txt
+      [ $mix = nonexistent ] && file=$(fresh $data/nonexistent.txt $round)
+      for server in whoami:5310 deviceid:5313; do
+        q=$(qps ${server#*:} $file -D)
+        runs[${server%:*}.$mix]+="$q "
+        echo "round $round $mix ${server%:*}: $q q/s"
+      done
+    done
+  done
+  lat=""
+  for mix in hot wide nonexistent; do
+    file=$data/$mix.txt
+    [ $mix = nonexistent ] && file=$(fresh $data/nonexistent.txt 99)
+    lat+="| $mix | $(p99 5310 $file 2000 -D) ms | $(p99 5313 $file 2000 -D) ms |"$'\n'
+  done
+  fresh_out=""
+  if [ $first = 1 ]; then
+    half=$(( $(median <<<"${runs[deviceid.wide]}") / 2 ))
+    taskset -c 1 dnsperf -s 127.0.0.1 -p 5313 -d $data/wide.txt -l 25 -c 4 -Q $half -D > $out/fresh-load.txt 2>&1 &
+    load=$!
+    sleep 2
+    fresh_out=$(taskset -c 1 bin/freshness -etcd http://127.0.0.1:23795 -dns 127.0.0.1:5313 -metrics http://127.0.0.1:19153/metrics -n 1000 -rate 100)
+    wait $load || true
+    fresh_out+=$'\n'"(wide DO queries offered at $half q/s meanwhile: $(awk '/Queries per second/ {print int($4)}' $out/fresh-load.txt) q/s answered)"
+  fi
+  kill $cdns; wait $cdns 2>/dev/null || true
+  cleanup; pids=()
+  {
+    echo
+    echo "## $n SPKI-only devices"
+    echo
+    echo "start to /ready (both cores): $(awk "BEGIN {printf \"%.1f\", $ready-$start}") s; first signing pass done $(awk "BEGIN {printf \"%.1f\", $signed-$ready}") s after ready."
+    echo "Resident memory: $rss_ready MiB at ready, $rss_signed MiB after the first pass, $rss_wide MiB after 30 s of wide DO queries (pinned to core 0)."
+    echo "Last device, signed: $answer"
+    echo
+    echo "| mix (DO) | whoami q/s | deviceid q/s | / whoami |"
+    echo "|---|---|---|---|"
+    for mix in hot wide nonexistent; do
+      w=$(median <<<"${runs[whoami.$mix]}"); d=$(median <<<"${runs[deviceid.$mix]}")
+      echo "| $mix | $w | $d | **$(ratio "$d" "$w")** |"
+    done
+    echo
+    echo "p99 latency at 2,000 q/s:"
+    echo
+    echo "| mix (DO) | whoami | deviceid |"
+    echo "|---|---|---|"
+    echo -n "$lat"
+    [ -n "$fresh_out" ] && { echo; echo "Freshness, 1,000 enrollments and revocations at 100 a second:"; echo; echo '```'; echo "$fresh_out"; echo '```'; }
+  } >> $results
+  first=0
+  tail -25 $results
+done
+
+echo "== $FLOOD_N devices: nonexistent names and a flood of them, beside file + dnssec"
+data=$out/flood
+start_data $data -n "$FLOOD_N" -spki-only -etcd http://127.0.0.1:23796 -etcd-peer http://127.0.0.1:23806
+cat > $out/flood.Corefile <<CF
+.:5320 {
+    bind 127.0.0.1
+    whoami
+}
+iot.example:5321 {
+    bind 127.0.0.1
+    ready 127.0.0.1:18191
+    deviceid {
+        endpoint http://127.0.0.1:23796
+        key file $key
+    }
+}
+CF
+cat > $out/flood-file.Corefile <<CF
+iot.example:5322 {
+    bind 127.0.0.1
+    ready 127.0.0.1:18192
+    file $data/zone.db
+    dnssec {
+        key file $key
+    }
+}
+CF
+taskset -c 0 bin/coredns -conf $out/flood.Corefile > $out/coredns-flood.log 2>&1 &
+pids+=($!)
+taskset -c 0 bin/coredns -conf $out/flood-file.Corefile > $out/coredns-flood-file.log 2>&1 &
+pids+=($!)
+wait_ready http://127.0.0.1:18191/ready
+wait_ready http://127.0.0.1:18192/ready
+until grep -q 'first signing pass done' $out/coredns-flood.log; do sleep 0.2; done
+sleep 3
+taskset -c 1 dnsperf -s 127.0.0.1 -p 5322 -d $data/wide.txt -n 1 -c 4 -q 200 -D >/dev/null 2>&1 # file + dnssec signs on first use
+declare -A runs=()
+rm -f $data/nonexistent-r*.txt
+for round in $(seq "$ROUNDS"); do
+  for server in whoami:5320 deviceid:5321 file:5322; do
+    for mix in wide nonexistent; do
+      file=$data/$mix.txt
+      [ $mix = nonexistent ] && file=$(fresh $data/nonexistent.txt $round-${server%:*})
+      q=$(qps ${server#*:} $file -D)
+      runs[${server%:*}.$mix]+="$q "
+      echo "round $round $mix ${server%:*}: $q q/s"
+    done
+  done
+done
+# offered PORT FILE RATE: q/s answered of RATE offered (open loop), with DO
+offered() { taskset -c 1 dnsperf -s 127.0.0.1 -p "$1" -d "$2" -l "$SECONDS_PER_RUN" -c 4 -Q "$3" -D 2>&1 | awk '/Queries per second/ {print int($4)}'; }
+declare -A flood=()
+for round in $(seq "$ROUNDS"); do
+  for server in deviceid:5321 file:5322; do
+    name=${server%:*} port=${server#*:}
+    half=$(( $(median <<<"${runs[$name.wide]}") / 2 ))
+    rate=$(( 3 * $(median <<<"${runs[$name.nonexistent]}") ))
+    alone=$(offered $port $data/wide.txt $half)
+    taskset -c 1 dnsperf -s 127.0.0.1 -p $port -d $(fresh $data/nonexistent.txt f$round-$name) -l $((SECONDS_PER_RUN + 2)) -c 4 -Q $rate -D > $out/flood-$name.txt 2>&1 &
+    f=$!
+    sleep 1
+    with=$(offered $port $data/wide.txt $half)
+    wait $f || true
+    flood[$name.alone]+="$alone "; flood[$name.with]+="$with "
+    flood[$name.flood]+="$(awk '/Queries per second/ {print int($4)}' $out/flood-$name.txt) "
+    echo "round $round flood $name: wide offered $half q/s, answered $alone alone, $with under a flood offered at $rate q/s"
+  done
+done
+{
+  echo
+  echo "## $FLOOD_N devices: nonexistent names and floods, beside file + dnssec"
+  echo
+  echo "| DO | whoami q/s | deviceid q/s | / whoami | file + dnssec q/s | / whoami |"
+  echo "|---|---|---|---|---|---|"
+  for mix in wide nonexistent; do
+    w=$(median <<<"${runs[whoami.$mix]}"); d=$(median <<<"${runs[deviceid.$mix]}"); f=$(median <<<"${runs[file.$mix]}")
+    echo "| $mix | $w | $d | **$(ratio "$d" "$w")** | $f | $(ratio "$f" "$w") |"
+  done
+  echo
+  echo "Wide DO queries offered at half their saturating rate, alone and under a flood of fresh random names offered at three times the nonexistent saturating rate:"
+  echo
+  echo "| server | wide answered alone | under the flood | ratio | flood answered |"
+  echo "|---|---|---|---|---|"
+  for name in deviceid file; do
+    a=$(median <<<"${flood[$name.alone]}"); w=$(median <<<"${flood[$name.with]}")
+    echo "| $name | $a | $w | **$(ratio "$w" "$a")** | $(median <<<"${flood[$name.flood]}") |"
+  done
+  echo
+  grep -h 'over the signing budget\|nonexistence signed within' $out/coredns-flood.log | head -3 | sed 's/^/    /'
+} >> $results
+cat $results
