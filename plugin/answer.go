@@ -44,8 +44,7 @@ func (z *zone) serve(w dns.ResponseWriter, state request.Request, qname string, 
 	}
 	defer p.release()
 	ns := now.UnixNano()
-	var name [256]byte
-	wire, err := packName(name[:], qname)
+	wire, err := packName(p.ab.name[:], qname)
 	if err != nil {
 		z.mu.RUnlock()
 		return err
@@ -160,10 +159,9 @@ func (z *zone) deny(p *packet, state request.Request, ap *apex, do bool, wire []
 	}
 	s := z.signer
 	nz := s.nz()
-	var sigBuf [4 * sigSize]byte
 	var sigs []byte
 	if nz <= 4 {
-		sigs = sigBuf[:nz*sigSize]
+		sigs = p.ab.sigs[:nz*sigSize]
 	} else {
 		sigs = make([]byte, nz*sigSize)
 	}
@@ -186,8 +184,7 @@ func (z *zone) deny(p *packet, state request.Request, ap *apex, do bool, wire []
 		}
 		s.misses.Inc()
 		inc, exp = s.times(now)
-		var rdata [280]byte
-		nsec := append(append(append(rdata[:0], 1, 0), wire...), bitmapNXNAME...)
+		nsec := append(append(append(p.ab.rdata[:0], 1, 0), wire...), bitmapNXNAME...)
 		one := [1][]byte{nsec}
 		if err := s.signNow(sigs, wire, dns.TypeNSEC, z.cfg.ttl, inc, exp, one[:]); err != nil {
 			return err

@@ -11,6 +11,7 @@ import (
 	"github.com/deviceid/deviceid/internal/testenv"
 	"github.com/deviceid/deviceid/record"
 
+	"github.com/coredns/coredns/plugin/metrics"
 	"github.com/coredns/coredns/plugin/pkg/dnstest"
 	"github.com/coredns/coredns/plugin/test"
 	"github.com/coredns/coredns/request"
@@ -411,6 +412,37 @@ func TestMatchZone(t *testing.T) {
 	} {
 		if got := matchZone(origins, qname); got != want {
 			t.Errorf("matchZone(%q) = %q, want %q", qname, got, want)
+		}
+	}
+}
+
+// TestPackedAnswerUnderPrometheus: behind the prometheus plugin's recorder the bytes
+// still go out as they are, and the recorder gets the RCODE and the size it reports.
+// Behind another wrapper (log's recorder) the answer is written as a message.
+func TestPackedAnswerUnderPrometheus(t *testing.T) {
+	d, _, _, _ := testDeviceid(t)
+	for _, tc := range []struct {
+		qname string
+		rcode int
+	}{{"sensor7._device.iot.example.", dns.RcodeSuccess}, {"nosuch._device.iot.example.", dns.RcodeNameError}} {
+		q := new(dns.Msg)
+		q.SetQuestion(tc.qname, dns.TypeTLSA)
+		q.SetEdns0(1232, false)
+		raw := &rawWriter{ResponseWriter: &test.ResponseWriter{}}
+		rec := metrics.NewRecorder(request.NewScrubWriter(q, raw))
+		if _, err := d.ServeDNS(context.Background(), rec, q); err != nil {
+			t.Fatal(err)
+		}
+		if raw.buf == nil || raw.msg != nil || rec.Rcode != tc.rcode || rec.Len != len(raw.buf) {
+			t.Errorf("%s: bytes %d, message %v, recorded rcode %d size %d", tc.qname, len(raw.buf), raw.msg != nil, rec.Rcode, rec.Len)
+		}
+		raw = &rawWriter{ResponseWriter: &test.ResponseWriter{}}
+		logRec := dnstest.NewRecorder(metrics.NewRecorder(request.NewScrubWriter(q, raw)))
+		if _, err := d.ServeDNS(context.Background(), logRec, q); err != nil {
+			t.Fatal(err)
+		}
+		if logRec.Msg == nil || logRec.Msg.Rcode != tc.rcode {
+			t.Errorf("%s: behind two recorders the answer is not a message: %v", tc.qname, logRec.Msg)
 		}
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"sync"
 
+	"github.com/coredns/coredns/plugin/metrics"
 	"github.com/coredns/coredns/request"
 	"github.com/miekg/dns"
 )
@@ -27,8 +28,19 @@ func atQuestion(rrtype, class uint16, ttl uint32, rdata []byte) []byte {
 	return append(w, rdata...)
 }
 
+// answerBuf is the memory of one answer: the message, and room for the query name in
+// wire form, the signatures of a proof of nonexistence and its NSEC. It comes from a
+// pool, not the query goroutine's stack: the server starts each query on a small stack,
+// and arrays on it made the stack grow (and be copied) at the write of every answer.
+type answerBuf struct {
+	msg   []byte
+	name  [256]byte
+	sigs  [4 * sigSize]byte
+	rdata [280]byte
+}
+
 // bufPool holds answer buffers; an answer is written before its buffer is reused.
-var bufPool = sync.Pool{New: func() any { b := make([]byte, 0, 4096); return &b }}
+var bufPool = sync.Pool{New: func() any { return &answerBuf{msg: make([]byte, 0, 4096)} }}
 
 // packRR packs rr as it stands, owner name uncompressed. It packs a copy: dns.PackRR
 // writes the RDLENGTH into the record it packs, and records are shared between queries.
@@ -45,7 +57,7 @@ func packRR(rr dns.RR) []byte {
 // packet is an answer assembled from bytes: the header and question, then records
 // appended to buf, the answer section's before the authority section's.
 type packet struct {
-	bp       *[]byte
+	ab       *answerBuf
 	buf      []byte
 	question int // where the question ends
 	an, ns   uint16
@@ -55,8 +67,8 @@ type packet struct {
 
 // start begins the answer to state's query: the header is filled in by finish.
 func (p *packet) start(state request.Request) error {
-	p.bp = bufPool.Get().(*[]byte)
-	buf := (*p.bp)[:12]
+	p.ab = bufPool.Get().(*answerBuf)
+	buf := p.ab.msg[:12]
 	q := state.Req.Question[0]
 	buf = buf[:cap(buf)]
 	off, err := dns.PackDomainName(q.Name, buf, 12, nil, false)
@@ -76,16 +88,16 @@ func (p *packet) truncate() {
 }
 
 func (p *packet) release() {
-	if p.bp != nil {
-		*p.bp = p.buf[:0]
-		bufPool.Put(p.bp)
+	if p.ab != nil {
+		p.ab.msg = p.buf[:0]
+		bufPool.Put(p.ab)
 	}
 }
 
 // finish fills in the header, adds the OPT record and writes the answer. When no
-// other plugin wraps the writer, the bytes go out as they are; otherwise they are
-// unpacked and written as a message, so that plugins such as log, cache and
-// prometheus see the answer as usual.
+// other plugin wraps the writer, or only *prometheus* (which needs the RCODE and the
+// size, both set here), the bytes go out as they are; otherwise they are unpacked and
+// written as a message, so that plugins such as log and cache see the answer as usual.
 func (p *packet) finish(w dns.ResponseWriter, state request.Request) error {
 	r := state.Req
 	// OPT: root owner, UDP size, extended RCODE 0, version 0, the DO and CO flags of the
@@ -125,9 +137,16 @@ func (p *packet) finish(w dns.ResponseWriter, state request.Request) error {
 	}
 	p.buf = buf
 
-	if sw, ok := w.(*request.ScrubWriter); ok {
-		_, err := sw.Write(buf)
+	switch rw := w.(type) {
+	case *request.ScrubWriter:
+		_, err := rw.Write(buf)
 		return err
+	case *metrics.Recorder:
+		if sw, ok := rw.ResponseWriter.(*request.ScrubWriter); ok {
+			n, err := sw.Write(buf)
+			rw.Rcode, rw.Len = p.rcode, rw.Len+n
+			return err
+		}
 	}
 	m := new(dns.Msg)
 	if err := m.Unpack(buf); err != nil {

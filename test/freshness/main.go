@@ -8,6 +8,10 @@ package main
 import (
 	"bufio"
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
@@ -51,6 +55,7 @@ func main() {
 	tick := time.NewTicker(time.Second / time.Duration(*rate))
 	defer tick.Stop()
 	run := fmt.Sprintf("fresh%d", time.Now().Unix())
+	var spki []byte // the key of the device being enrolled, then revoked
 	for i := range *n {
 		<-tick.C
 		// Change 2k enrolls device k; change 2k+1 revokes it.
@@ -59,14 +64,17 @@ func main() {
 		if i%2 == 1 {
 			status = record.StatusRevoked
 		}
-		spki := sha256.Sum256([]byte(name))
-		d := &record.Device{Version: record.Version, Credentials: []record.Credential{{SPKI: spki[:], Status: status}}}
+		if i%2 == 0 {
+			k, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+			spki, _ = x509.MarshalPKIXPublicKey(k.Public())
+		}
+		d := &record.Device{Version: record.Version, Credentials: []record.Credential{{SPKI: spki, Status: status}}}
 		value, _ := json.Marshal(d)
 		usage := "3 1 1 "
 		if status == record.StatusRevoked {
 			usage = "255 1 1 "
 		}
-		sum := sha256.Sum256(spki[:])
+		sum := sha256.Sum256(spki)
 		want := usage + hex.EncodeToString(sum[:])
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		_, err := cli.Put(ctx, record.DeviceKey("/deviceid", *zone, name), string(value))
