@@ -105,7 +105,7 @@ CF
     taskset -c 1 dnsperf -s 127.0.0.1 -p 5313 -d $data/wide.txt -l 25 -c 4 -Q $half -D > $out/fresh-load.txt 2>&1 &
     load=$!
     sleep 2
-    fresh_out=$(taskset -c 1 bin/freshness -etcd http://127.0.0.1:23795 -dns 127.0.0.1:5313 -metrics http://127.0.0.1:19153/metrics -n 1000 -rate 100)
+    fresh_out=$(taskset -c 1 bin/freshness -etcd http://127.0.0.1:23795 -dns 127.0.0.1:5313 -metrics http://127.0.0.1:19153/metrics -n 1000 -rate 100 2>&1) || true
     wait $load || true
     fresh_out+=$'\n'"(wide DO queries offered at $half q/s meanwhile: $(awk '/Queries per second/ {print int($4)}' $out/fresh-load.txt) q/s answered)"
   fi
