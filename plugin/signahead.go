@@ -13,9 +13,10 @@ import (
 	"github.com/miekg/dns"
 )
 
-// signAheadTick is how often the background signer looks for signatures to renew
-// and records that have expired; a load, a reload and each failure retried wake it
-// too.
+// signAheadTick is how often the background signer visits every name to renew
+// signatures and withdraw records that have expired: one shard at a time, so that a
+// visit never holds the CPU from queries for more than a moment. A load and a
+// reload wake it for a full pass.
 const signAheadTick = 10 * time.Second
 
 // signBatch bounds the entries copied out of a shard at a time.
@@ -39,16 +40,29 @@ func (es *entrySigs) into(e entry, nz int) {
 // quarter of their validity and withdraws records that expire. Its goroutines yield
 // after every signature, so that queries waiting for the CPU go first.
 func (z *zone) signAhead(ctx context.Context) {
-	t := time.NewTicker(signAheadTick)
+	t := time.NewTicker(signAheadTick / storeShards)
 	defer t.Stop()
+	next := 0
 	for {
+		full := false
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
 		case <-z.kick:
+			full = true
 		}
-		if _, err := z.maintain(z.now()); err != nil {
+		var err error
+		if zd := z.current(); full || zd == nil || !zd.passDone.Load() {
+			_, err = z.maintain(z.now())
+		} else {
+			if next == 0 {
+				z.renewApex(zd, z.now())
+			}
+			_, err = z.maintainShard(zd, next, z.now())
+			next = (next + 1) % storeShards
+		}
+		if err != nil {
 			log.Warningf("zone %s: signing ahead failed, serving the signatures there are and retrying in %s: %v", z.origin, renewRetry, err)
 			select {
 			case <-ctx.Done():

@@ -1,6 +1,7 @@
 package deviceid
 
 import (
+	"context"
 	"crypto/sha256"
 	"fmt"
 	"math/rand/v2"
@@ -10,6 +11,8 @@ import (
 
 	"github.com/deviceid/deviceid/record"
 
+	"github.com/coredns/coredns/plugin/test"
+	"github.com/coredns/coredns/request"
 	"github.com/miekg/dns"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 )
@@ -217,5 +220,36 @@ func TestSignAheadWithdrawsExpired(t *testing.T) {
 	z.maintain(clock)
 	if z.current().st.view("exp._device.iot.example.", func(entry) {}) {
 		t.Error("the expired device is still stored after the pass")
+	}
+}
+
+// TestNoAllocationForNamesThatExist: once signed ahead, a DO answer for a name that
+// exists (positive or NODATA) allocates nothing of its own; what is left is the test
+// writer's (it parses its fake remote address on every write), as without DO.
+func TestNoAllocationForNamesThatExist(t *testing.T) {
+	d := signedDeviceid(t, false, dns.ECDSAP256SHA256)
+	z := d.zones["iot.example."]
+	if _, err := z.maintain(d.now()); err != nil {
+		t.Fatal(err)
+	}
+	allocs := func(qname string, qtype uint16, do bool) float64 {
+		m := new(dns.Msg)
+		m.SetQuestion(qname, qtype)
+		m.SetEdns0(1232, do)
+		w := request.NewScrubWriter(m, discardWriter{&test.ResponseWriter{}})
+		return testing.AllocsPerRun(200, func() { d.ServeDNS(context.Background(), w, m) })
+	}
+	base := allocs("sensor7._device.iot.example.", dns.TypeTLSA, false)
+	for _, q := range []struct {
+		name  string
+		qtype uint16
+	}{
+		{"sensor7._device.iot.example.", dns.TypeTLSA},
+		{"sensor7._device.iot.example.", dns.TypeA},
+		{"airquality._device.iot.example.", dns.TypeTLSA},
+	} {
+		if n := allocs(q.name, q.qtype, true); n > base {
+			t.Errorf("%s %s with DO: %v allocations, %v without DO", q.name, dns.TypeToString[q.qtype], n, base)
+		}
 	}
 }
