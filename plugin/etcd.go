@@ -15,10 +15,13 @@ import (
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 )
 
-// loadPageSize bounds one range read of the full load: a million devices are read in
-// pages at one revision (one consistent snapshot) instead of one 150 MB response.
+// loadPageSize bounds one range read of the full load from an etcd without
+// RangeStream: a million devices are read in pages at one revision (one consistent
+// snapshot) instead of one 150 MB response.
 const loadPageSize = 10000
 
 // requestTimeout bounds one etcd request, so an unreachable etcd is noticed and retried.
@@ -105,12 +108,55 @@ func (z *zone) load(ctx context.Context, cli *clientv3.Client, prefix string) (*
 	return x, nil
 }
 
-// fetchPages sends the keys under prefix in pages, all read at the revision of the
-// first, which it stores in rev; it closes pages.
+// fetchPages sends the keys under prefix in pages, all read at one revision, which
+// it stores in rev; it closes pages. It streams them with etcd's RangeStream (etcd
+// 3.7 and later): one read, sent in chunks. A paged range read counts the keys left
+// in the range for every page, which made a load of ten million keys take minutes;
+// against an older etcd it falls back to that.
 func fetchPages(ctx context.Context, cli *clientv3.Client, prefix string, pages chan<- *clientv3.GetResponse, rev *int64) error {
 	defer close(pages)
+	streamed, err := streamPages(ctx, cli, prefix, pages, rev)
+	if streamed || status.Code(err) != codes.Unimplemented {
+		return err
+	}
+	return rangePages(ctx, cli, prefix, pages, rev)
+}
+
+// streamPages reads the keys under prefix with one RangeStream. It reports whether
+// the server took the request (false with codes.Unimplemented from an older etcd).
+func streamPages(ctx context.Context, cli *clientv3.Client, prefix string, pages chan<- *clientv3.GetResponse, rev *int64) (bool, error) {
+	sctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	idle := time.AfterFunc(requestTimeout, cancel) // no chunk for that long: etcd is away
+	defer idle.Stop()
+	stream, err := cli.GetStream(sctx, prefix, clientv3.WithPrefix())
+	if err != nil {
+		return false, err
+	}
+	took := false
+	for r := range stream {
+		if err := r.Err(); err != nil {
+			return took, err
+		}
+		idle.Reset(requestTimeout)
+		took = true
+		if r.Header != nil {
+			*rev = r.Header.Revision // on the last chunk
+		}
+		pages <- (*clientv3.GetResponse)(r.RangeResponse)
+	}
+	if *rev == 0 {
+		return took, errors.New("the stream of the zone's keys ended without its revision")
+	}
+	return true, nil
+}
+
+// rangePages reads the keys under prefix in pages of loadPageSize, all at the
+// revision of the first.
+func rangePages(ctx context.Context, cli *clientv3.Client, prefix string, pages chan<- *clientv3.GetResponse, rev *int64) error {
 	end := clientv3.GetPrefixRangeEnd(prefix)
 	key := prefix
+	*rev = 0
 	for {
 		opts := []clientv3.OpOption{clientv3.WithRange(end), clientv3.WithLimit(loadPageSize)}
 		if *rev != 0 {

@@ -56,19 +56,21 @@ func main() {
 	tick := time.NewTicker(time.Second / time.Duration(*rate))
 	defer tick.Stop()
 	run := fmt.Sprintf("fresh%d", time.Now().Unix())
-	var spki []byte // the key of the device being enrolled, then revoked
+	keys := make([][]byte, (*n+1)/2)
 	for i := range *n {
 		<-tick.C
-		// Change 2k enrolls device k; change 2k+1 revokes it.
-		name := fmt.Sprintf("%s-%d", run, i/2)
+		// The first half of the changes enroll devices, the second half revokes them,
+		// so that each state lasts long enough to be seen by a client that polls.
+		k := i % len(keys)
+		name := fmt.Sprintf("%s-%d", run, k)
 		status := record.StatusActive
-		if i%2 == 1 {
+		if i >= len(keys) {
 			status = record.StatusRevoked
+		} else {
+			key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+			keys[k], _ = x509.MarshalPKIXPublicKey(key.Public())
 		}
-		if i%2 == 0 {
-			k, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-			spki, _ = x509.MarshalPKIXPublicKey(k.Public())
-		}
+		spki := keys[k]
 		d := &record.Device{Version: record.Version, Credentials: []record.Credential{{SPKI: spki, Status: status}}}
 		value, _ := json.Marshal(d)
 		usage := "3 1 1 "
