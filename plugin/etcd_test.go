@@ -52,11 +52,12 @@ func TestLoadStreamOrPages(t *testing.T) {
 		kv   clientv3.KV
 	}{{"stream", cli.KV}, {"pages", oldEtcd{cli.KV}}} {
 		t.Run(tc.name, func(t *testing.T) {
-			c := *cli
-			c.KV = tc.kv
+			kv := cli.KV
+			cli.KV = tc.kv
+			defer func() { cli.KV = kv }()
 			d := newDeviceid(caddyConfig(t))
 			z := d.zones["iot.example."]
-			x, err := z.load(context.Background(), &c, record.ZonePrefix("/deviceid", "iot.example."))
+			x, err := z.load(context.Background(), cli, record.ZonePrefix("/deviceid", "iot.example."))
 			if err != nil {
 				t.Fatal(err)
 			}
