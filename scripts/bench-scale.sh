@@ -9,7 +9,9 @@
 # ROUNDS), p99 latency at a fixed 2,000 q/s for every mix, and (first size only) the
 # freshness of changes written while wide queries run at half the saturating rate.
 #
-# Then, over 100,000 devices, beside CoreDNS file + dnssec: nonexistent names, and a
+# Then, over 100,000 devices: DO hot and wide on one core, and on both cores (server and
+# dnsperf sharing them) with and without multisocket (CORES_N=0 skips it). And, beside
+# CoreDNS file + dnssec: nonexistent names, and a
 # flood of fresh random names (three times the nonexistent saturating rate) against
 # wide queries offered at half their saturating rate.
 #
@@ -134,6 +136,67 @@ CF
   first=0
   tail -25 $results
 done
+
+CORES_N=${CORES_N:-100000}
+if [ "$CORES_N" != 0 ]; then
+  echo "== $CORES_N devices: one core, and two cores with and without multisocket"
+  data=$out/cores
+  start_data $data -n "$CORES_N" -spki-only -zone-file=false -etcd http://127.0.0.1:23797 -etcd-peer http://127.0.0.1:23807
+  declare -A cores=()
+  for mode in one two multisocket; do
+    ms=""; [ $mode = multisocket ] && ms="multisocket 2"
+    cat > $out/cores.Corefile <<CF
+.:5330 {
+    bind 127.0.0.1
+    $ms
+    whoami
+}
+iot.example:5331 {
+    bind 127.0.0.1
+    $ms
+    ready 127.0.0.1:18193
+    deviceid {
+        endpoint http://127.0.0.1:23797
+        key file $key
+    }
+}
+CF
+    pin="taskset -c 0"; [ $mode != one ] && pin=""
+    $pin bin/coredns -conf $out/cores.Corefile > $out/coredns-cores-$mode.log 2>&1 &
+    cdns=$!
+    wait_ready http://127.0.0.1:18193/ready
+    until grep -q 'first signing pass done' $out/coredns-cores-$mode.log; do sleep 0.2; done
+    for round in $(seq "$ROUNDS"); do
+      for mix in hot wide; do
+        for server in whoami:5330 deviceid:5331; do
+          if [ $mode = one ]; then
+            q=$(qps ${server#*:} $data/$mix.txt -D)
+          else # the server and dnsperf share both cores
+            q=$(dnsperf -s 127.0.0.1 -p ${server#*:} -d $data/$mix.txt -l "$SECONDS_PER_RUN" -c 4 -q 200 -D 2>&1 | awk '/Queries per second/ {print int($4)}')
+          fi
+          cores[$mode.${server%:*}.$mix]+="$q "
+          echo "round $round $mode $mix ${server%:*}: $q q/s"
+        done
+      done
+    done
+    kill $cdns; wait $cdns 2>/dev/null || true
+  done
+  cleanup; pids=()
+  {
+    echo
+    echo "## $CORES_N devices: cores (DO)"
+    echo
+    echo "| server | mix | whoami q/s | deviceid q/s | / whoami |"
+    echo "|---|---|---|---|---|"
+    for mode in one two multisocket; do
+      for mix in hot wide; do
+        w=$(median <<<"${cores[$mode.whoami.$mix]}"); d=$(median <<<"${cores[$mode.deviceid.$mix]}")
+        echo "| $mode | $mix | $w | $d | $(ratio "$d" "$w") |"
+      done
+    done
+  } >> $results
+  tail -10 $results
+fi
 
 [ "$FLOOD_N" = 0 ] && exit 0 # FLOOD_N=0: the sizes only
 echo "== $FLOOD_N devices: nonexistent names and a flood of them, beside file + dnssec"
