@@ -23,7 +23,7 @@ out=bench-out/scale
 mkdir -p $out
 ROUNDS=${ROUNDS:-3}
 SECONDS_PER_RUN=${SECONDS_PER_RUN:-10}
-SIZES=${SIZES:-1000000 10000000}
+SIZES=${SIZES-1000000 10000000} # SIZES= (empty): none
 FLOOD_N=${FLOOD_N:-100000}
 source scripts/bench-lib.sh
 go build -o bin/freshness ./test/freshness
