@@ -11,7 +11,7 @@ LDFLAGS  := -X github.com/deviceid/deviceid/internal/version.Version=$(VERSION)
 all: build
 
 help: ## this list
-	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
 
 build: ## bin/coredns (with the plugin), bin/deviceid-signer, bin/deviceid-verify
 	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN)/coredns ./cmd/coredns
