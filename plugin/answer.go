@@ -63,16 +63,19 @@ func (z *zone) serve(w dns.ResponseWriter, state request.Request, qname string, 
 	if found && z.signer != nil {
 		z.signer.budget.sawExisting(ns)
 	}
+	var rr []byte // with stale: the records published now
+	if stale != nil {
+		rr = currentRecords(stale.rrset(), ns)
+	}
 	switch {
 	case found && stale == nil:
 		if do {
 			z.signer.hits.Inc()
 		}
-	case found && (stale.flags()&flagRecord == 0 || len(currentRecords(stale.rrset(), ns)) > 0):
+	case found && (stale.flags()&flagRecord == 0 || len(rr) > 0):
 		// A record of the name expired a moment ago and the background signer has not
 		// withdrawn it yet, or (with DO) the first signing pass has not reached the
 		// name: the answer is made here.
-		rr := currentRecords(stale.rrset(), ns)
 		if !do {
 			z.compose(&p, ap, qtype, false, rr, 0, 0, nil, nil, wire, ns)
 			break

@@ -2,9 +2,6 @@ package deviceid
 
 import (
 	"bytes"
-	"crypto"
-	"crypto/rand"
-	"crypto/sha256"
 	"encoding/base64"
 	"encoding/binary"
 	"errors"
@@ -63,17 +60,8 @@ func signRRset(k *key, sig *dns.RRSIG, rrset []dns.RR) (sigRdata []byte, rdatas 
 		data, recs = sortRecords(data, prefix, recs)
 	}
 
-	var signature []byte
-	if k.dnskey.Algorithm == dns.ED25519 {
-		signature, err = k.signer.Sign(rand.Reader, data, crypto.Hash(0))
-	} else {
-		digest := sha256.Sum256(data)
-		var der []byte
-		if der, err = k.signer.Sign(rand.Reader, digest[:], crypto.SHA256); err == nil {
-			signature, err = rawECDSA(der)
-		}
-	}
-	if err != nil {
+	signature := make([]byte, sigSize)
+	if err := signData(k, data, signature); err != nil {
 		return nil, nil, err
 	}
 	sig.Signature = base64.StdEncoding.EncodeToString(signature)
@@ -154,13 +142,8 @@ func sortRecords(data []byte, start int, recs [][]byte) ([]byte, [][]byte) {
 	return data, records(data, start, end)
 }
 
-// rawECDSA turns an ASN.1 ECDSA P-256 signature into r || s, 32 octets each (RFC 6605).
-func rawECDSA(der []byte) ([]byte, error) {
-	out := make([]byte, 64)
-	return out, rawECDSAInto(out, der)
-}
-
-// rawECDSAInto is rawECDSA writing into out (64 octets).
+// rawECDSAInto turns an ASN.1 ECDSA P-256 signature into r || s, 32 octets each
+// (RFC 6605), written into out (64 octets).
 func rawECDSAInto(out, der []byte) error {
 	var r, s []byte
 	in, seq := cryptobyte.String(der), cryptobyte.String(nil)

@@ -96,7 +96,8 @@ func TestRawECDSA(t *testing.T) {
 		{"\x30\x26\x02\x21\x01" + string(make([]byte, 32)) + "\x02\x01\x01", false}, // r wider than 32 octets
 		{"", false},
 	} {
-		raw, err := rawECDSA([]byte(tc.der))
+		raw := make([]byte, 64)
+		err := rawECDSAInto(raw, []byte(tc.der))
 		if (err == nil) != tc.ok {
 			t.Errorf("%x: err %v, want ok %v", tc.der, err, tc.ok)
 		}

@@ -262,7 +262,7 @@ func (z *zone) storeSigs(zd *zoneData, signed entry, sigs *entrySigs) {
 	}
 	zd.st.modify(string(signed.owner()), func(e entry) {
 		if e.flags() == signed.flags() && bytes.Equal(e.rrset(), signed.rrset()) {
-			sigs.into(e, zd.st.shards[0].nz)
+			sigs.into(e, zd.st.nz)
 		}
 	})
 }
@@ -274,7 +274,7 @@ func (z *zone) carrySigs(old, zd *zoneData, now time.Time) {
 		return
 	}
 	ns := now.UnixNano()
-	nz := zd.st.shards[0].nz
+	nz := zd.st.nz
 	for i := range storeShards {
 		sh := &zd.st.shards[i]
 		sh.mu.Lock()
@@ -291,8 +291,7 @@ func (z *zone) carrySigs(old, zd *zoneData, now time.Time) {
 func (z *zone) carryOne(old *zoneData, e entry, nz int, now int64) {
 	old.st.view(string(e.owner()), func(o entry) {
 		if o.signed() && o.flags() == e.flags() && bytes.Equal(o.rrset(), e.rrset()) && z.signer.fresh(o.expiration(), now) {
-			copy(e[hdrInc:hdrLen], o[hdrInc:hdrLen])
-			copy(e[len(e)-2*nz*sigSize:], o[len(o)-2*nz*sigSize:])
+			copySigs(e, o, nz)
 		}
 	})
 }

@@ -14,6 +14,7 @@ import (
 // own lock: a writer (the etcd loop, the background signer) holds one while queries
 // read the others. Readers copy what they need while holding the shard's read lock.
 type store struct {
+	nz     int                       // signatures per RRset: the keys that sign TLSA and NSEC
 	hash   func(owner string) uint64 // tests make owners clash
 	shards [storeShards]shard
 }
@@ -66,7 +67,7 @@ const maxRRset = 60000
 
 func newStore(nz int) *store {
 	seed := maphash.MakeSeed()
-	s := &store{hash: func(owner string) uint64 { return maphash.String(seed, owner) }}
+	s := &store{nz: nz, hash: func(owner string) uint64 { return maphash.String(seed, owner) }}
 	for i := range s.shards {
 		s.shards[i].nz = nz
 		s.shards[i].refs = make(map[uint64]uint64)
@@ -90,6 +91,13 @@ func (e entry) expiration() uint32 { return binary.BigEndian.Uint32(e[hdrExp:]) 
 func (e entry) sigs(nz int) (tlsa, nsec []byte) {
 	o := hdrLen + int(e[hdrOwner]) + e.rrLen()
 	return e[o : o+nz*sigSize], e[o+nz*sigSize : o+2*nz*sigSize]
+}
+
+// copySigs copies the signatures of src, and their times, into dst: entries of one
+// store over the same RRset.
+func copySigs(dst, src entry, nz int) {
+	copy(dst[hdrInc:hdrLen], src[hdrInc:hdrLen])
+	copy(dst[len(dst)-2*nz*sigSize:], src[len(src)-2*nz*sigSize:])
 }
 
 func entryLen(b []byte, nz int) int {

@@ -116,14 +116,12 @@ func (z *zone) put(zd *zoneData, owner string, rr []byte, device bool, sigs *ent
 	case !device && was&flagDevice != 0:
 		zd.devices.Add(-1)
 	}
-	e := newEntry(owner, flags, below, rr, st.shards[0].nz)
+	e := newEntry(owner, flags, below, rr, st.nz)
 	if old != nil {
-		copy(e[hdrInc:hdrLen], old[hdrInc:hdrLen])
-		tl, ns := old.sigs(st.shards[0].nz)
-		copy(e[len(e)-len(tl)-len(ns):], old[len(old)-len(tl)-len(ns):])
+		copySigs(e, old, st.nz)
 	}
 	if sigs != nil {
-		sigs.into(e, st.shards[0].nz)
+		sigs.into(e, st.nz)
 	}
 	st.set(owner, e)
 }
@@ -142,8 +140,8 @@ func (z *zone) remove(zd *zoneData, owner string) {
 	if below == 0 {
 		zd.st.delete(owner)
 	} else { // an empty non-terminal now, whose NSEC lists other types: signed again
-		zd.st.set(owner, newEntry(owner, 0, below, nil, zd.st.shards[0].nz))
-		z.signLater(zd, owner)
+		zd.st.set(owner, newEntry(owner, 0, below, nil, zd.st.nz))
+		z.signNew(zd, owner)
 	}
 	z.ancestors(owner, func(a string) { z.addBelow(zd, a, -1) })
 }
@@ -159,16 +157,17 @@ func (z *zone) addBelow(zd *zoneData, a string, delta int32) {
 	})
 	switch {
 	case !found && delta > 0:
-		zd.st.set(a, newEntry(a, 0, uint32(delta), nil, zd.st.shards[0].nz))
-		z.signLater(zd, a)
+		zd.st.set(a, newEntry(a, 0, uint32(delta), nil, zd.st.nz))
+		z.signNew(zd, a)
 	case gone:
 		zd.st.delete(a)
 	}
 }
 
-// signLater signs a name's new entry at once when the zone is being followed (the
-// first signing pass is done); during a full load the background signer does it.
-func (z *zone) signLater(zd *zoneData, owner string) {
+// signNew signs a name's new entry (an empty non-terminal) at once when the zone is
+// being followed; during a full load, and until the first pass is done, the
+// background signer does it.
+func (z *zone) signNew(zd *zoneData, owner string) {
 	if z.signer != nil && zd.passDone.Load() {
 		z.signEntry(zd, owner, z.now())
 	}

@@ -361,3 +361,57 @@ func TestHSMBadConfig(t *testing.T) {
 		}
 	}
 }
+
+// TestDenialBudgetThroughUnbound: with the signing budget spent, CoreDNS answers a
+// query for a fresh nonexistent name over UDP with TC and no records; unbound, a real
+// resolver, asks again over TCP (where the query waits for the budget) and still gets
+// a denial it validates. Names that exist are answered as ever meanwhile.
+func TestDenialBudgetThroughUnbound(t *testing.T) {
+	etcd, cli, ca := testbed(t)
+	active := newDevice(t, ca, "sensor7", time.Now().AddDate(1, 0, 0))
+	testenv.Put(t, cli, deviceKey("sensor7"), deviceJSON(credentialJSON(active, "active")))
+	ksk := genZoneKey(t, t.TempDir(), dns.ECDSAP256SHA256, true)
+	port := dnsPort(t)
+	corefile := strings.Replace(signedCorefile(port, etcd.URL(), ksk), "deviceid {", "deviceid {\n        denial_budget 2", 1)
+	c := testenv.StartCoreDNS(t, corefile)
+	waitLoaded(t, c)
+	unbound := startUnbound(t, port, ksk.ds)
+
+	exists := func() {
+		t.Helper()
+		r, err := resolve(c.UDP, "udp", "sensor7._device.iot.example.", dns.TypeTLSA)
+		if err != nil || r.Truncated || !sameSet(tlsaSet(r), []string{active.ee(), active.discovery()}) {
+			t.Fatalf("a name that exists: %v %v", err, r)
+		}
+	}
+	exists() // engages the budget: names that exist are being asked for
+	truncated := false
+	for i := range 6 { // spends the budget of two a second
+		m := new(dns.Msg)
+		m.SetQuestion(fmt.Sprintf("spent%d-%d._device.iot.example.", i, time.Now().UnixNano()), dns.TypeTLSA)
+		m.SetEdns0(1232, true)
+		r, err := dns.Exchange(m, c.UDP)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r.Truncated {
+			truncated = true
+			if len(r.Answer)+len(r.Ns) != 0 {
+				t.Errorf("a truncated answer with records: %v", r)
+			}
+		}
+	}
+	if !truncated {
+		t.Fatal("six fresh names at once within a budget of two a second: none truncated")
+	}
+	for i := range 4 {
+		exists()
+		r, err := resolve(unbound, "udp", fmt.Sprintf("nx%d-%d._device.iot.example.", i, time.Now().UnixNano()), dns.TypeTLSA)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r.Rcode != dns.RcodeSuccess || !r.AuthenticatedData || len(r.Answer) != 0 {
+			t.Errorf("through unbound over the budget: rcode %s, AD %v, %v", dns.RcodeToString[r.Rcode], r.AuthenticatedData, r.Answer)
+		}
+	}
+}
