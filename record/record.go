@@ -28,6 +28,16 @@ const (
 	MaxTTL         = 1<<31 - 1 // RFC 2181 §8
 )
 
+// State of a device: a suspended device publishes no credential as active (its
+// revoked ones still as revoked).
+const (
+	StateActive    = "active"
+	StateSuspended = "suspended"
+)
+
+// Suspended reports whether the device is suspended.
+func (d *Device) Suspended() bool { return d.State == StateSuspended }
+
 // Status of a credential.
 const (
 	StatusActive  = "active"
@@ -36,8 +46,12 @@ const (
 
 // Device is the JSON value stored at P/<zone>/device/<device>.
 type Device struct {
-	Version     int          `json:"version"`
-	Credentials []Credential `json:"credentials"`
+	Version int `json:"version"`
+	// Tenant and Attributes belong to the registry; DNS never publishes them.
+	Tenant      string            `json:"tenant,omitempty"`
+	State       string            `json:"state,omitempty"` // StateActive when empty
+	Attributes  map[string]string `json:"attributes,omitempty"`
+	Credentials []Credential      `json:"credentials"`
 	// TTL overrides the zone's TTL for this device's records when set.
 	TTL *uint32 `json:"ttl,omitempty"`
 }
@@ -78,6 +92,19 @@ func (d *Device) Validate() error {
 	}
 	if len(d.Credentials) > MaxCredentials {
 		return fmt.Errorf("%d credentials, more than the limit of %d", len(d.Credentials), MaxCredentials)
+	}
+	switch d.State {
+	case "", StateActive, StateSuspended:
+	default:
+		return fmt.Errorf("state %q is not %q or %q", d.State, StateActive, StateSuspended)
+	}
+	if d.Tenant != "" {
+		if err := CheckTenant(d.Tenant); err != nil {
+			return err
+		}
+	}
+	if err := CheckAttributes(d.Attributes); err != nil {
+		return err
 	}
 	if d.TTL != nil && *d.TTL > MaxTTL {
 		return fmt.Errorf("ttl %d is above the maximum %d", *d.TTL, MaxTTL)

@@ -323,3 +323,44 @@ func FuzzParseDevice(f *testing.F) {
 		}
 	})
 }
+
+// TestRegistryFields: tenant, state and attributes are checked, and a suspended
+// device publishes only its revoked keys.
+func TestRegistryFields(t *testing.T) {
+	for _, tc := range []struct {
+		json string
+		ok   bool
+	}{
+		{`{"version": 1, "tenant": "acme", "state": "suspended", "attributes": {"model": "th-200", "fw.version": "1.2"}, "credentials": []}`, true},
+		{`{"version": 1, "state": "asleep", "credentials": []}`, false},
+		{`{"version": 1, "tenant": "Acme Corp", "credentials": []}`, false},
+		{`{"version": 1, "attributes": {"Model": "x"}, "credentials": []}`, false},
+		{`{"version": 1, "attributes": {".x": "x"}, "credentials": []}`, false},
+		{`{"version": 1, "attributes": {"x": "a\u0000b"}, "credentials": []}`, false},
+		{`{"version": 1, "attributes": {"x": "` + strings.Repeat("v", MaxAttributeValue+1) + `"}, "credentials": []}`, false},
+	} {
+		if _, err := ParseDevice([]byte(tc.json)); (err == nil) != tc.ok {
+			t.Errorf("%.80s: %v, want ok=%v", tc.json, err, tc.ok)
+		}
+	}
+	many := map[string]string{}
+	for i := range MaxAttributes + 1 {
+		many[fmt.Sprintf("k%d", i)] = "v"
+	}
+	if err := CheckAttributes(many); err == nil {
+		t.Error("too many attributes accepted")
+	}
+	spki := []byte{0x30, 0x0b, 0x30, 0x03, 0x06, 0x01, 0x00, 0x03, 0x04, 0x00, 0x01, 0x02, 0x03}
+	d := &Device{Version: 1, State: StateSuspended, Credentials: []Credential{
+		{SPKI: spki, Status: StatusActive},
+		{SPKI: append(slices.Clone(spki[:len(spki)-1]), 0x04), Status: StatusRevoked}, // another key
+	}}
+	pub := d.Render(60, time.Now(), RenderOptions{RevokedUsage: 255, Discovery: true})
+	if len(pub) != 1 || pub[0].Usage != 255 {
+		t.Errorf("suspended device publishes %+v, want only its revoked key", pub)
+	}
+	d.State = ""
+	if pub := d.Render(60, time.Now(), RenderOptions{RevokedUsage: 255}); len(pub) != 2 {
+		t.Errorf("resumed device publishes %+v", pub)
+	}
+}

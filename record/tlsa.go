@@ -59,7 +59,7 @@ func (p *Published) RR(owner string) *dns.TLSA {
 
 // Render renders the device's RRset: 3 1 1 for each active credential that has not
 // expired by now, 4 0 0 for each of those with a certificate (when opt.Discovery), and
-// RevokedUsage 1 1 for each revoked credential. A key that is revoked in any
+// RevokedUsage 1 1 for each revoked credential; a suspended device publishes only the last. A key that is revoked in any
 // credential is never published as active: a verifier that does not know the revoked
 // usage must find no usable record for it. ttl is the zone's TTL; the device's own
 // TTL wins.
@@ -93,7 +93,7 @@ func (d *Device) Render(ttl uint32, now time.Time, opt RenderOptions) []Publishe
 		switch {
 		case c.Status == StatusRevoked:
 			add(opt.RevokedUsage, SelectorSPKI, MatchingSHA256, sha256Of(c.SPKI), 0)
-		case revoked[string(c.SPKI)] || c.Expired(now):
+		case revoked[string(c.SPKI)] || c.Expired(now) || d.Suspended():
 		default:
 			var until int64
 			if c.NotAfter != nil {

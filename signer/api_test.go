@@ -46,6 +46,9 @@ func call(t *testing.T, srv *httptest.Server, method, path, auth, body string) (
 	if auth != "" {
 		req.Header.Set("Authorization", "Bearer "+auth)
 	}
+	if body != "" {
+		req.Header.Set("Content-Type", "application/json")
+	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatal(err)

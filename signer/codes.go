@@ -9,6 +9,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"time"
 
 	"github.com/deviceid/deviceid/record"
@@ -28,41 +29,74 @@ type storedCode struct {
 	SHA256  string    `json:"sha256"`
 	Expires time.Time `json:"expires"`
 	UsedBy  string    `json:"used_by,omitempty"` // SHA-256 of the key it enrolled, once used
+	From    string    `json:"from,omitempty"`    // a transfer code: the losing tenant
 }
 
-// codeKey is where a device's enrollment code lives: outside P/<zone>/, which the DNS
-// side reads, so it is never served or logged as an invalid record.
-func (r *Registry) codeKey(device string) string {
-	return r.Prefix + "/_signer/" + record.ZonePrefix("", r.Zone)[1:] + "code/" + device
-}
+// codeKey is where a device's enrollment code lives.
+func (r *Registry) codeKey(device string) string { return r.signerKey(kindCode, device) }
 
-// IssueCode makes a one-time enrollment code for device, replacing any earlier one.
-// It returns the code, which is stored only as a hash with an etcd lease that ends
-// with its lifetime.
-func (r *Registry) IssueCode(ctx context.Context, device string, lifetime time.Duration) (string, error) {
-	device, err := record.DeviceName(device)
+// IssueCode makes a one-time enrollment code for device, replacing any earlier one,
+// and registers the device first when it is not there (for the actor's tenant, or
+// for tenant when the operator asks). It returns the code, which is stored only as a
+// hash with an etcd lease that ends with its lifetime.
+func (r *Registry) IssueCode(ctx context.Context, actor Actor, device, tenant string, lifetime time.Duration) (string, time.Time, error) {
+	owner, err := ownerFor(actor, tenant)
 	if err != nil {
-		return "", invalid(err)
+		return "", time.Time{}, err
 	}
-	if _, err := record.DeviceOwner(device, r.Zone); err != nil {
-		return "", invalid(err)
+	code, value, expires, err := r.newCode(lifetime, "")
+	if err != nil {
+		return "", time.Time{}, err
+	}
+	lease, err := r.Client.Grant(clientv3.WithRequireLeader(ctx), int64(lifetime/time.Second)+1)
+	if err != nil {
+		return "", time.Time{}, unavailable(err, true)
+	}
+	_, err = r.update(ctx, write{actor: actor, operation: "device.code", device: device, owner: owner,
+		change: func(d *record.Device, _ [][]byte) (*record.Device, []clientv3.Op, error) {
+			if d == nil {
+				d = &record.Device{Version: record.Version, Tenant: owner}
+			}
+			name, _ := record.DeviceName(device)
+			return d, []clientv3.Op{clientv3.OpPut(r.codeKey(name), value, clientv3.WithLease(lease.ID))}, nil
+		}})
+	if err != nil {
+		return "", time.Time{}, err
+	}
+	return code, expires, nil
+}
+
+// newCode makes a one-time code and the JSON that stores its hash.
+func (r *Registry) newCode(lifetime time.Duration, from string) (code, value string, expires time.Time, err error) {
+	if lifetime <= 0 || lifetime > 30*24*time.Hour {
+		return "", "", time.Time{}, invalid(errors.New("a code lives from 1 s to 30 days"))
 	}
 	raw := make([]byte, 20) // 160 bits
 	if _, err := rand.Read(raw); err != nil {
-		return "", err
+		return "", "", time.Time{}, err
 	}
-	code := base32.StdEncoding.WithPadding(base32.NoPadding).EncodeToString(raw)
+	code = base32.StdEncoding.WithPadding(base32.NoPadding).EncodeToString(raw)
 	sum := sha256.Sum256([]byte(code))
-	value, _ := json.Marshal(storedCode{SHA256: hex.EncodeToString(sum[:]), Expires: time.Now().Add(lifetime).UTC()})
-	ctx = clientv3.WithRequireLeader(ctx)
-	lease, err := r.Client.Grant(ctx, int64(lifetime/time.Second)+1)
-	if err != nil {
-		return "", err
+	expires = r.now().Add(lifetime).UTC()
+	b, _ := json.Marshal(storedCode{SHA256: hex.EncodeToString(sum[:]), Expires: expires, From: from})
+	return code, string(b), expires, nil
+}
+
+// ownerFor is the tenant a device created by actor belongs to: the actor's own, or
+// for the operator the one asked for ("" for the registry's own devices).
+func ownerFor(actor Actor, tenant string) (string, error) {
+	if actor.Operator {
+		if tenant != "" {
+			if err := record.CheckTenant(tenant); err != nil {
+				return "", invalid(err)
+			}
+		}
+		return tenant, nil
 	}
-	if _, err := r.Client.Put(ctx, r.codeKey(device), string(value), clientv3.WithLease(lease.ID)); err != nil {
-		return "", err
+	if tenant != "" && tenant != actor.Tenant {
+		return "", fmt.Errorf("%w: a tenant registers devices for itself only", ErrForbidden)
 	}
-	return code, nil
+	return actor.Tenant, nil
 }
 
 // checkCode parses a device's stored code (nil when it has none) and checks that code

@@ -45,6 +45,11 @@ type Enrollment struct {
 	// an active credential of the device when the record is written.
 	Current   *x509.Certificate
 	Supersede Supersede
+	// Actor asks for the enrollment; a device's own (by Code or Current) when zero.
+	Actor Actor
+	// Tenant, from the operator, is the tenant a device that is not registered yet
+	// is registered for; a tenant's devices are its own.
+	Tenant string
 }
 
 // Enrolled is the outcome: the device's record as written, and the certificate
@@ -68,7 +73,7 @@ func (e *Enroller) now() time.Time {
 	if e.Now != nil {
 		return e.Now()
 	}
-	return time.Now()
+	return e.Registry.now()
 }
 
 // Enroll carries out one enrollment as one read-modify-write of the device's record
@@ -91,85 +96,103 @@ func (e *Enroller) Enroll(ctx context.Context, req Enrollment) (Enrolled, error)
 	if req.Code != "" {
 		side = []string{e.Registry.codeKey(device)}
 	}
+	actor := req.Actor
+	if actor.ID == "" {
+		if req.Code == "" && req.Current == nil {
+			return Enrolled{}, errors.New("an enrollment needs an actor, a code or the device's certificate")
+		}
+		actor = deviceActor(device)
+	}
+	owner := ""
+	if req.Code == "" && req.Current == nil {
+		if owner, err = ownerFor(actor, req.Tenant); err != nil {
+			return Enrolled{}, err
+		}
+	}
+	operation := "device.enroll"
+	if req.Current != nil {
+		operation = "device.reenroll"
+	}
 
 	var issued *x509.Certificate // kept across attempts: at most one per call
 	var out Enrolled
 	// Only a device with no sign of existing is guessed absent: a re-enrollment's
 	// device exists, and a code's key must be read anyway.
 	assumeAbsent := req.Current == nil && req.Code == ""
-	d, err := e.Registry.update(ctx, device, assumeAbsent, side, func(d *record.Device, side [][]byte) (*record.Device, []clientv3.Op, error) {
-		now := e.now()
-		out = Enrolled{}
-		var ops []clientv3.Op
-		if req.Code != "" {
-			code, err := checkCode(side[0], req.Code, now)
-			if err != nil {
-				return nil, nil, err
-			}
-			if code.UsedBy != "" {
-				if code.UsedBy != keyHash {
-					return nil, nil, ErrBadCode
+	d, err := e.Registry.update(ctx, write{actor: actor, operation: operation, device: device, assumeAbsent: assumeAbsent,
+		side: side, owner: owner, detail: "key " + keyHash, change: func(d *record.Device, side [][]byte) (*record.Device, []clientv3.Op, error) {
+			now := e.now()
+			out = Enrolled{}
+			var ops []clientv3.Op
+			if req.Code != "" {
+				code, err := checkCode(side[0], req.Code, now)
+				if err != nil || d == nil {
+					return nil, nil, ErrBadCode // a code is issued for a registered device
 				}
-				if d == nil || onRecord(d, spki, now) == nil {
-					return nil, nil, ErrBadCode // used for this key, which is gone since
+				if code.UsedBy != "" {
+					if code.UsedBy != keyHash {
+						return nil, nil, ErrBadCode
+					}
+					if d == nil || onRecord(d, spki, now) == nil {
+						return nil, nil, ErrBadCode // used for this key, which is gone since
+					}
+				} else {
+					code.UsedBy = keyHash
+					used, _ := json.Marshal(code)
+					ops = append(ops, clientv3.OpPut(e.Registry.codeKey(device), string(used), clientv3.WithIgnoreLease()))
 				}
-			} else {
-				code.UsedBy = keyHash
-				used, _ := json.Marshal(code)
-				ops = append(ops, clientv3.OpPut(e.Registry.codeKey(device), string(used), clientv3.WithIgnoreLease()))
 			}
-		}
-		if req.Current != nil && !activeCert(d, req.Current.Raw) {
-			return nil, nil, ErrNotActive
-		}
-		if d == nil {
-			d = &record.Device{Version: record.Version}
-		}
-		for _, c := range d.Credentials {
-			if c.Status == record.StatusRevoked && string(c.SPKI) == string(spki) {
-				return nil, nil, ErrRevokedKey
+			if req.Current != nil && !activeCert(d, req.Current.Raw) {
+				return nil, nil, ErrNotActive
 			}
-		}
-		var supersede [][]byte
-		switch req.Supersede {
-		case SupersedeOthers:
+			if d == nil {
+				d = &record.Device{Version: record.Version, Tenant: owner}
+			}
 			for _, c := range d.Credentials {
-				supersede = append(supersede, c.SPKI)
+				if c.Status == record.StatusRevoked && string(c.SPKI) == string(spki) {
+					return nil, nil, ErrRevokedKey
+				}
 			}
-		case SupersedeCurrent:
-			if req.Current != nil {
-				supersede = append(supersede, req.Current.RawSubjectPublicKeyInfo)
+			var supersede [][]byte
+			switch req.Supersede {
+			case SupersedeOthers:
+				for _, c := range d.Credentials {
+					supersede = append(supersede, c.SPKI)
+				}
+			case SupersedeCurrent:
+				if req.Current != nil {
+					supersede = append(supersede, req.Current.RawSubjectPublicKeyInfo)
+				}
 			}
-		}
-		retire(d, supersede, spki, now)
+			retire(d, supersede, spki, now)
 
-		if c := onRecord(d, spki, now); c != nil && (req.CSR == nil || c.Cert != nil) {
-			out.Again = true // done before: the answer is what is on record
-			if c.Cert != nil {
-				cert, err := x509.ParseCertificate(c.Cert)
-				if err != nil {
-					return nil, nil, fmt.Errorf("%w: %w", errStoredInvalid, err)
+			if c := onRecord(d, spki, now); c != nil && (req.CSR == nil || c.Cert != nil) {
+				out.Again = true // done before: the answer is what is on record
+				if c.Cert != nil {
+					cert, err := x509.ParseCertificate(c.Cert)
+					if err != nil {
+						return nil, nil, fmt.Errorf("%w: %w", errStoredInvalid, err)
+					}
+					out.Cert = cert
 				}
-				out.Cert = cert
+				return d, ops, nil
 			}
+			cred := record.Credential{SPKI: spki, Status: record.StatusActive}
+			if req.CSR != nil {
+				if issued == nil {
+					if issued, err = e.CA.Issue(device, pub, now); err != nil {
+						return nil, nil, invalid(err)
+					}
+				}
+				cred = record.Credential{Cert: issued.Raw, Status: record.StatusActive}
+				out.Cert = issued
+			}
+			if len(d.Credentials) >= record.MaxCredentials {
+				return nil, nil, invalid(fmt.Errorf("the device has %d credentials already, the most a record holds", len(d.Credentials)))
+			}
+			d.Credentials = append(d.Credentials, cred)
 			return d, ops, nil
-		}
-		cred := record.Credential{SPKI: spki, Status: record.StatusActive}
-		if req.CSR != nil {
-			if issued == nil {
-				if issued, err = e.CA.Issue(device, pub, now); err != nil {
-					return nil, nil, invalid(err)
-				}
-			}
-			cred = record.Credential{Cert: issued.Raw, Status: record.StatusActive}
-			out.Cert = issued
-		}
-		if len(d.Credentials) >= record.MaxCredentials {
-			return nil, nil, invalid(fmt.Errorf("the device has %d credentials already, the most a record holds", len(d.Credentials)))
-		}
-		d.Credentials = append(d.Credentials, cred)
-		return d, ops, nil
-	})
+		}})
 	if err != nil {
 		return Enrolled{}, err
 	}

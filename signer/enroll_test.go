@@ -102,19 +102,19 @@ func TestEnroll(t *testing.T) {
 	if _, _, err := r.Get(ctx, "sensor7"); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("Get before enrollment: %v", err)
 	}
-	first, err := e.Enroll(ctx, Enrollment{Device: "Sensor7", CSR: csrFor(t, k1)})
+	first, err := e.Enroll(ctx, Enrollment{Actor: testOperator, Device: "Sensor7", CSR: csrFor(t, k1)})
 	if err != nil || first.Again || first.Cert == nil || len(first.Device.Credentials) != 1 {
 		t.Fatalf("Enroll: %+v %v", first, err)
 	}
 	_, rev, _ := r.Get(ctx, "sensor7")
-	again, err := e.Enroll(ctx, Enrollment{Device: "sensor7", CSR: csrFor(t, k1)})
+	again, err := e.Enroll(ctx, Enrollment{Actor: testOperator, Device: "sensor7", CSR: csrFor(t, k1)})
 	if err != nil || !again.Again || !again.Cert.Equal(first.Cert) {
 		t.Fatalf("a retry got %+v %v, want the certificate on record", again, err)
 	}
 	if _, rev2, _ := r.Get(ctx, "sensor7"); rev2 != rev {
 		t.Error("a retry wrote the record")
 	}
-	d2, err := e.Enroll(ctx, Enrollment{Device: "sensor7", CSR: csrFor(t, k2)})
+	d2, err := e.Enroll(ctx, Enrollment{Actor: testOperator, Device: "sensor7", CSR: csrFor(t, k2)})
 	if err != nil || len(d2.Device.Credentials) != 2 {
 		t.Fatalf("second key: %+v %v", d2, err)
 	}
@@ -129,20 +129,20 @@ func TestEnroll(t *testing.T) {
 	if _, err := e.Enroll(ctx, Enrollment{Device: "sensor7", CSR: csrFor(t, testenv.DeviceKey(t)), Current: d2.Cert}); !errors.Is(err, ErrNotActive) {
 		t.Errorf("re-enrollment with a superseded certificate: %v", err)
 	}
-	if _, err := e.Enroll(ctx, Enrollment{Device: "sensor7", CSR: csrFor(t, k2)}); !errors.Is(err, ErrRevokedKey) {
+	if _, err := e.Enroll(ctx, Enrollment{Actor: testOperator, Device: "sensor7", CSR: csrFor(t, k2)}); !errors.Is(err, ErrRevokedKey) {
 		t.Errorf("a revoked key enrolled again: %v", err)
 	}
-	if _, err := e.Enroll(ctx, Enrollment{Device: "bad_name", CSR: csrFor(t, k1)}); !errors.Is(err, ErrInvalid) {
+	if _, err := e.Enroll(ctx, Enrollment{Actor: testOperator, Device: "bad_name", CSR: csrFor(t, k1)}); !errors.Is(err, ErrInvalid) {
 		t.Errorf("a bad name: %v", err)
 	}
-	bare, err := e.Enroll(ctx, Enrollment{Device: "bare", PublicKey: k2.Public()})
+	bare, err := e.Enroll(ctx, Enrollment{Actor: testOperator, Device: "bare", PublicKey: k2.Public()})
 	if err != nil || bare.Cert != nil || len(bare.Device.Credentials) != 1 || bare.Device.Credentials[0].Cert != nil {
 		t.Errorf("bare key: %+v %v", bare, err)
 	}
-	if again, err := e.Enroll(ctx, Enrollment{Device: "bare", PublicKey: k2.Public()}); err != nil || !again.Again {
+	if again, err := e.Enroll(ctx, Enrollment{Actor: testOperator, Device: "bare", PublicKey: k2.Public()}); err != nil || !again.Again {
 		t.Errorf("bare key again: %+v %v", again, err)
 	}
-	if _, err := e.Enroll(ctx, Enrollment{Device: "x"}); !errors.Is(err, ErrInvalid) {
+	if _, err := e.Enroll(ctx, Enrollment{Actor: testOperator, Device: "x"}); !errors.Is(err, ErrInvalid) {
 		t.Errorf("no key: %v", err)
 	}
 }
@@ -152,44 +152,44 @@ func TestRevokeDeleteList(t *testing.T) {
 	e := &Enroller{CA: testCA(t), Registry: r}
 	ctx := context.Background()
 	k1, k2 := testenv.DeviceKey(t), testenv.DeviceKey(t)
-	e.Enroll(ctx, Enrollment{Device: "sensor7", CSR: csrFor(t, k1)})
-	e.Enroll(ctx, Enrollment{Device: "sensor7", CSR: csrFor(t, k2)})
-	d, err := r.Revoke(ctx, "sensor7", digestOf(spkiOf(t, k1)), "keyCompromise", time.Now())
+	e.Enroll(ctx, Enrollment{Actor: testOperator, Device: "sensor7", CSR: csrFor(t, k1)})
+	e.Enroll(ctx, Enrollment{Actor: testOperator, Device: "sensor7", CSR: csrFor(t, k2)})
+	d, err := r.Revoke(ctx, testOperator, "sensor7", digestOf(spkiOf(t, k1)), "keyCompromise")
 	if err != nil || d.Credentials[0].Status != record.StatusRevoked || d.Credentials[0].Reason != "keyCompromise" || d.Credentials[1].Status != record.StatusActive {
 		t.Fatalf("revoke one: %+v %v", d, err)
 	}
-	if _, err := r.Revoke(ctx, "sensor7", nil, "no such reason", time.Now()); !errors.Is(err, ErrBadReason) {
+	if _, err := r.Revoke(ctx, testOperator, "sensor7", nil, "no such reason"); !errors.Is(err, ErrBadReason) {
 		t.Errorf("bad reason: %v", err)
 	}
-	if _, err := r.Revoke(ctx, "sensor7", digestOf([]byte("nope")), "", time.Now()); !errors.Is(err, ErrNoSuchKey) {
+	if _, err := r.Revoke(ctx, testOperator, "sensor7", digestOf([]byte("nope")), ""); !errors.Is(err, ErrNoSuchKey) {
 		t.Errorf("unknown key: %v", err)
 	}
-	if _, err := r.Revoke(ctx, "sensor7", []byte("short"), "", time.Now()); !errors.Is(err, ErrInvalid) {
+	if _, err := r.Revoke(ctx, testOperator, "sensor7", []byte("short"), ""); !errors.Is(err, ErrInvalid) {
 		t.Errorf("a digest of the wrong length: %v", err)
 	}
-	if _, err := r.Revoke(ctx, "nosuch", nil, "", time.Now()); !errors.Is(err, ErrNotFound) {
+	if _, err := r.Revoke(ctx, testOperator, "nosuch", nil, ""); !errors.Is(err, ErrNotFound) {
 		t.Errorf("unknown device: %v", err)
 	}
-	if d, err = r.Revoke(ctx, "sensor7", nil, "cessationOfOperation", time.Now()); err != nil || d.Credentials[1].Status != record.StatusRevoked || d.Credentials[0].Reason != "keyCompromise" {
+	if d, err = r.Revoke(ctx, testOperator, "sensor7", nil, "cessationOfOperation"); err != nil || d.Credentials[1].Status != record.StatusRevoked || d.Credentials[0].Reason != "keyCompromise" {
 		t.Errorf("revoke all: %+v %v", d, err)
 	}
-	e.Enroll(ctx, Enrollment{Device: "bare", PublicKey: k2.Public()})
-	names, next, err := r.List(ctx, "", 1)
-	if err != nil || len(names) != 1 || names[0] != "bare" || next != "bare" {
+	e.Enroll(ctx, Enrollment{Actor: testOperator, Device: "bare", PublicKey: k2.Public()})
+	names, next, err := r.Search(ctx, testOperator, Filter{Limit: 1})
+	if err != nil || len(names) != 1 || names[0].Name != "bare" || next != "bare" {
 		t.Errorf("List page 1: %v %q %v", names, next, err)
 	}
-	names, next, _ = r.List(ctx, next, 1)
-	if len(names) != 1 || names[0] != "sensor7" || next != "" {
+	names, next, _ = r.Search(ctx, testOperator, Filter{After: next, Limit: 1})
+	if len(names) != 1 || names[0].Name != "sensor7" || next != "" {
 		t.Errorf("List page 2: %v %q", names, next)
 	}
-	if err := r.Delete(ctx, "sensor7"); err != nil {
+	if err := r.Delete(ctx, testOperator, "sensor7"); err != nil {
 		t.Fatal(err)
 	}
-	if err := r.Delete(ctx, "sensor7"); !errors.Is(err, ErrNotFound) {
+	if err := r.Delete(ctx, testOperator, "sensor7"); !errors.Is(err, ErrNotFound) {
 		t.Errorf("deleting twice: %v, want %v", err, ErrNotFound)
 	}
 	testenv.Put(t, r.Client, record.DeviceKey(r.Prefix, r.Zone, "broken"), "not json")
-	if err := r.Delete(ctx, "broken"); err != nil {
+	if err := r.Delete(ctx, testOperator, "broken"); err != nil {
 		t.Errorf("deleting an invalid record: %v", err)
 	}
 	if _, _, err := r.Get(ctx, "sensor7"); !errors.Is(err, ErrNotFound) {
@@ -204,7 +204,7 @@ func TestSupersedeRace(t *testing.T) {
 	ca := testCA(t)
 	ctx := context.Background()
 	k1, sneaky, k3 := testenv.DeviceKey(t), testenv.DeviceKey(t), testenv.DeviceKey(t)
-	if _, err := (&Enroller{CA: ca, Registry: plain}).Enroll(ctx, Enrollment{Device: "sensor7", CSR: csrFor(t, k1)}); err != nil {
+	if _, err := (&Enroller{CA: ca, Registry: plain}).Enroll(ctx, Enrollment{Actor: testOperator, Device: "sensor7", CSR: csrFor(t, k1)}); err != nil {
 		t.Fatal(err)
 	}
 	// The enrollment guesses the device absent (1st transaction, not a race), reads
@@ -213,12 +213,12 @@ func TestSupersedeRace(t *testing.T) {
 		if n != 2 {
 			return
 		}
-		if _, err := (&Enroller{CA: ca, Registry: plain}).Enroll(ctx, Enrollment{Device: "sensor7", CSR: csrFor(t, sneaky)}); err != nil {
+		if _, err := (&Enroller{CA: ca, Registry: plain}).Enroll(ctx, Enrollment{Actor: testOperator, Device: "sensor7", CSR: csrFor(t, sneaky)}); err != nil {
 			t.Error(err)
 		}
 	}
 	conflicts := testutil.ToFloat64(txnConflicts)
-	done, err := (&Enroller{CA: ca, Registry: r}).Enroll(ctx, Enrollment{Device: "sensor7", CSR: csrFor(t, k3), Supersede: SupersedeOthers})
+	done, err := (&Enroller{CA: ca, Registry: r}).Enroll(ctx, Enrollment{Actor: testOperator, Device: "sensor7", CSR: csrFor(t, k3), Supersede: SupersedeOthers})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -241,7 +241,7 @@ func TestEnrollTransactions(t *testing.T) {
 	e := &Enroller{CA: testCA(t), Registry: r}
 	ctx := context.Background()
 	conflicts := testutil.ToFloat64(txnConflicts)
-	first, err := e.Enroll(ctx, Enrollment{Device: "sensor7", CSR: csrFor(t, testenv.DeviceKey(t))})
+	first, err := e.Enroll(ctx, Enrollment{Actor: testOperator, Device: "sensor7", CSR: csrFor(t, testenv.DeviceKey(t))})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -258,7 +258,7 @@ func TestEnrollTransactions(t *testing.T) {
 	kv.txns.Store(0)
 	// An admin enrollment of a key for a device that exists guesses absence, loses,
 	// and writes on the second transaction: two transactions, no conflict.
-	if _, err := e.Enroll(ctx, Enrollment{Device: "sensor7", PublicKey: testenv.DeviceKey(t).Public()}); err != nil {
+	if _, err := e.Enroll(ctx, Enrollment{Actor: testOperator, Device: "sensor7", PublicKey: testenv.DeviceKey(t).Public()}); err != nil {
 		t.Fatal(err)
 	}
 	if n := kv.txns.Load(); n != 2 {
@@ -288,12 +288,12 @@ func TestConcurrentEnrollments(t *testing.T) {
 	var wg sync.WaitGroup
 	for _, o := range ops {
 		wg.Go(func() {
-			if _, err := e.Enroll(ctx, Enrollment{Device: o.device, CSR: csrFor(t, o.key)}); err != nil {
+			if _, err := e.Enroll(ctx, Enrollment{Actor: testOperator, Device: o.device, CSR: csrFor(t, o.key)}); err != nil {
 				t.Error(err)
 				return
 			}
 			if o.revoke {
-				if _, err := r.Revoke(ctx, o.device, digestOf(spkiOf(t, o.key)), "superseded", time.Now()); err != nil {
+				if _, err := r.Revoke(ctx, testOperator, o.device, digestOf(spkiOf(t, o.key)), "superseded"); err != nil {
 					t.Error(err)
 				}
 			}
@@ -329,7 +329,7 @@ func TestCodeUsedOnce(t *testing.T) {
 	r := testRegistry(t)
 	e := &Enroller{CA: testCA(t), Registry: r}
 	ctx := context.Background()
-	code, err := r.IssueCode(ctx, "sensor7", time.Hour)
+	code, _, err := r.IssueCode(ctx, testOperator, "sensor7", "", time.Hour)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -377,7 +377,7 @@ func TestCodeExpires(t *testing.T) {
 	r := testRegistry(t)
 	now := time.Now()
 	e := &Enroller{CA: testCA(t), Registry: r, Now: func() time.Time { return now }}
-	code, err := r.IssueCode(t.Context(), "sensor7", time.Hour)
+	code, _, err := r.IssueCode(t.Context(), testOperator, "sensor7", "", time.Hour)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -189,7 +189,7 @@ func TestEST(t *testing.T) {
 		t.Fatalf("after re-enrollment superseding the old key: %+v %v", d, err)
 	}
 	// Once revoked, the old certificate cannot renew itself back.
-	if _, err := reg.Revoke(t.Context(), "sensor7", nil, "keyCompromise", time.Now()); err != nil {
+	if _, err := reg.Revoke(t.Context(), testOperator, "sensor7", nil, "keyCompromise"); err != nil {
 		t.Fatal(err)
 	}
 	if status, body := estPost(t, estClient(srv, &tlsCert), reURL, "", "", key2, cert); status != 403 || !strings.Contains(string(body), "not an active credential") {
@@ -208,7 +208,7 @@ func TestEST(t *testing.T) {
 func TestESTBadInput(t *testing.T) {
 	srv, reg, _, _ := testEST(t)
 	c := estClient(srv, nil)
-	code, err := reg.IssueCode(t.Context(), "sensor7", time.Hour)
+	code, _, err := reg.IssueCode(t.Context(), testOperator, "sensor7", "", time.Hour)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -26,6 +27,8 @@ var (
 	ErrBadReason     = fmt.Errorf("%w: not an RFC 5280 revocation reason", ErrInvalid)
 	ErrNoSuchKey     = errors.New("the device has no credential with that key")
 	ErrRevokedKey    = errors.New("this key was revoked for the device; enroll a new key")
+	ErrForbidden     = errors.New("not allowed")
+	ErrConflict      = errors.New("conflict")
 	errConflicted    = errors.New("the record kept changing; try again")
 	errStoredInvalid = errors.New("the stored record is invalid")
 )
@@ -50,7 +53,32 @@ type Registry struct {
 	Client *clientv3.Client
 	Prefix string
 	Zone   string
+	Now    func() time.Time // nil: time.Now
 }
+
+func (r *Registry) now() time.Time {
+	if r.Now != nil {
+		return r.Now()
+	}
+	return time.Now()
+}
+
+// signerKey is the key of one of the signer's own records, P/_signer/<zone>/<kind>/<name>:
+// outside P/<zone>/, which the DNS side reads, so it is never served or logged as an
+// invalid record.
+func (r *Registry) signerKey(kind, name string) string {
+	return strings.TrimSuffix(r.Prefix, "/") + "/_signer/" + strings.TrimSuffix(record.Zone(r.Zone), ".") + "/" + kind + "/" + name
+}
+
+// Kinds of the signer's own records.
+const (
+	kindCode     = "code"           // a device's enrollment code
+	kindTransfer = "transfer"       // a device's pending transfer
+	kindTenant   = "tenant"         // a tenant
+	kindToken    = "token"          // a tenant's API token
+	kindIndex    = "tenant-devices" // <tenant>/<device>: the devices of a tenant
+	kindAudit    = "audit"          // the audit trail
+)
 
 // ZonePrefix is the etcd prefix of the zone's records, P/<zone>/.
 func (r *Registry) ZonePrefix() string { return record.ZonePrefix(r.Prefix, r.Zone) }
@@ -89,15 +117,35 @@ func (r *Registry) get(ctx context.Context, key string) (*record.Device, int64, 
 // record (nil to delete it) and operations to commit in the same transaction.
 type change func(d *record.Device, side [][]byte) (*record.Device, []clientv3.Op, error)
 
+// write is one change of a device's record, by an actor, as one transaction.
+type write struct {
+	actor     Actor
+	operation string // what the audit trail calls it: "device.suspend", ...
+	device    string
+	// assumeAbsent guesses that none of the keys exist on the first attempt, which
+	// then reads nothing: a first enrollment of a new device costs one transaction,
+	// and a wrong guess is not counted as a conflict.
+	assumeAbsent bool
+	side         []string // other keys read with the record and compared when writing
+	// owner is the tenant a record created or transferred by this write belongs to;
+	// its tenant record is read and compared, and must be enabled.
+	owner string
+	// byCode: the write is authorised by a code (a transfer), not by the actor's
+	// tenant owning the device.
+	byCode bool
+	change change
+	detail string // for the audit trail: the reason of a revocation, the key, ...
+}
+
 // update is the registry's one read-modify-write: it reads the device's record and the
-// side keys, applies change, and writes the result in a transaction that compares the
-// revisions it read. When another writer got there first, the failed transaction
-// returns what is there now, and the next attempt starts from that: one etcd round trip
-// per attempt. With assumeAbsent the first attempt guesses that none of the keys exist
-// and reads nothing: a first enrollment of a new device costs one transaction, and a
-// wrong guess is not counted as a conflict.
-func (r *Registry) update(ctx context.Context, device string, assumeAbsent bool, side []string, f change) (*record.Device, error) {
-	device, err := record.DeviceName(device)
+// side keys, checks that the actor may change it, applies the change, and writes the
+// result, the tenant index and the audit entry in a transaction that compares the
+// revisions it read. A change is never written without its audit entry: both are in
+// the same transaction, built here. When another writer got there first, the failed
+// transaction returns what is there now, and the next attempt starts from that: one
+// etcd round trip per attempt.
+func (r *Registry) update(ctx context.Context, w write) (*record.Device, error) {
+	device, err := record.DeviceName(w.device)
 	if err != nil {
 		return nil, invalid(err)
 	}
@@ -107,15 +155,21 @@ func (r *Registry) update(ctx context.Context, device string, assumeAbsent bool,
 	// A member without a leader refuses at once rather than queue the write: during a
 	// quorum loss nothing is proposed, so nothing is applied when quorum returns.
 	ctx = clientv3.WithRequireLeader(ctx)
-	keys := append([]string{record.DeviceKey(r.Prefix, r.Zone, device)}, side...)
+	keys := append([]string{record.DeviceKey(r.Prefix, r.Zone, device)}, w.side...)
+	ownerAt := -1
+	if w.owner != "" {
+		ownerAt = len(keys)
+		keys = append(keys, r.signerKey(kindTenant, w.owner))
+	}
 	snap := snapshot{values: make([][]byte, len(keys)), revs: make([]int64, len(keys))}
-	if !assumeAbsent {
+	if !w.assumeAbsent {
 		if snap, err = r.read(ctx, keys); err != nil {
 			return nil, unavailable(err, false)
 		}
 	}
-	guessed := assumeAbsent // the last attempt failed on a guess, not a race
+	guessed := w.assumeAbsent // the last attempt failed on a guess, not a race
 	for attempt := range maxAttempts {
+		onGuess := attempt == 0 && w.assumeAbsent
 		if attempt > 0 && guessed {
 			guessed = false
 		} else if attempt > 0 {
@@ -133,7 +187,26 @@ func (r *Registry) update(ctx context.Context, device string, assumeAbsent bool,
 				return nil, fmt.Errorf("%w: %w", errStoredInvalid, err)
 			}
 		}
-		updated, ops, err := f(old, snap.values[1:])
+		// A tenant sees only its own devices: another's is "not found", so that
+		// probing names tells a tenant nothing.
+		if old != nil && !w.actor.Operator && w.actor.Tenant != "" && old.Tenant != w.actor.Tenant && !w.byCode {
+			return nil, ErrNotFound
+		}
+		var before *record.Device
+		if old != nil {
+			before = old.Clone()
+		}
+		updated, ops, err := w.change(old, snap.values[1:])
+		if err == nil && updated != nil {
+			err = w.check(before, updated, snap.values, ownerAt)
+		}
+		if err != nil && onGuess {
+			// Refused on a guess (the tenant's record is there, just not read): read.
+			if snap, err = r.read(ctx, keys); err != nil {
+				return nil, unavailable(err, false)
+			}
+			continue
+		}
 		if err != nil {
 			return nil, err
 		}
@@ -144,9 +217,6 @@ func (r *Registry) update(ctx context.Context, device string, assumeAbsent bool,
 			}
 			op = clientv3.OpDelete(keys[0])
 		} else {
-			if err := updated.Validate(); err != nil {
-				return nil, invalid(err)
-			}
 			after, err := json.Marshal(updated)
 			if err != nil {
 				return nil, err
@@ -156,6 +226,10 @@ func (r *Registry) update(ctx context.Context, device string, assumeAbsent bool,
 			}
 			op = clientv3.OpPut(keys[0], string(after))
 		}
+		ops = append(ops, r.indexOps(device, before, updated)...)
+		entry := AuditEntry{Actor: w.actor.ID, ActorTenant: w.actor.Tenant, Operation: w.operation, Device: device,
+			Before: summarize(before), After: summarize(updated), Detail: w.detail}
+		ops = append(ops, r.auditOp(entry))
 		cmps := make([]clientv3.Cmp, len(keys))
 		elses := make([]clientv3.Op, len(keys))
 		for i, k := range keys {
@@ -175,6 +249,27 @@ func (r *Registry) update(ctx context.Context, device string, assumeAbsent bool,
 		snap = snapshotOf(resp.Responses)
 	}
 	return nil, errConflicted
+}
+
+// check applies the rules every new record obeys: the schema's, and that a device
+// given to a tenant (created or transferred) goes to the write's owner, which is
+// enabled, and never by a tenant to another.
+func (w *write) check(before, updated *record.Device, values [][]byte, ownerAt int) error {
+	if err := updated.Validate(); err != nil {
+		return invalid(err)
+	}
+	if (before == nil || before.Tenant != updated.Tenant) && updated.Tenant != "" {
+		if updated.Tenant != w.owner || ownerAt < 0 {
+			return fmt.Errorf("%w: the device would belong to tenant %q", ErrForbidden, updated.Tenant)
+		}
+		if err := enabledTenant(updated.Tenant, values[ownerAt]); err != nil {
+			return err
+		}
+	}
+	if !w.actor.Operator && w.actor.Tenant != "" && updated.Tenant != w.actor.Tenant {
+		return fmt.Errorf("%w: a tenant cannot give a device to another tenant; start a transfer", ErrForbidden)
+	}
+	return nil
 }
 
 // unavailable says what a failed etcd request means for the caller: with no leader
@@ -238,7 +333,7 @@ func change1(f func(*record.Device) (*record.Device, error)) change {
 // Revoke marks a device's credentials for the key whose SPKI has the SHA-256 digest
 // spkiSHA256 revoked (all its credentials when it is nil), with an RFC 5280 reason.
 // Revoking what is revoked changes nothing.
-func (r *Registry) Revoke(ctx context.Context, device string, spkiSHA256 []byte, reason string, at time.Time) (*record.Device, error) {
+func (r *Registry) Revoke(ctx context.Context, actor Actor, device string, spkiSHA256 []byte, reason string) (*record.Device, error) {
 	if reason == "" {
 		reason = "unspecified"
 	}
@@ -248,102 +343,81 @@ func (r *Registry) Revoke(ctx context.Context, device string, spkiSHA256 []byte,
 	if spkiSHA256 != nil && len(spkiSHA256) != sha256.Size {
 		return nil, invalid(errors.New("the key's SHA-256 digest is not 32 bytes (64 hex digits)"))
 	}
-	at = at.UTC().Truncate(time.Second)
-	d, err := r.update(ctx, device, false, nil, change1(func(d *record.Device) (*record.Device, error) {
-		if d == nil {
-			return nil, ErrNotFound
-		}
-		found := false
-		for i := range d.Credentials {
-			c := &d.Credentials[i]
-			if sum := sha256.Sum256(c.SPKI); spkiSHA256 != nil && !bytes.Equal(sum[:], spkiSHA256) {
-				continue
+	detail := "all keys, reason " + reason
+	if spkiSHA256 != nil {
+		detail = "key " + hex.EncodeToString(spkiSHA256) + ", reason " + reason
+	}
+	d, err := r.update(ctx, write{actor: actor, operation: "device.revoke", device: device, detail: detail,
+		change: change1(func(d *record.Device) (*record.Device, error) {
+			if d == nil {
+				return nil, ErrNotFound
 			}
-			found = true
-			if c.Status != record.StatusRevoked {
-				c.Status, c.RevokedAt, c.Reason = record.StatusRevoked, &at, reason
+			found := false
+			for i := range d.Credentials {
+				if sum := sha256.Sum256(d.Credentials[i].SPKI); spkiSHA256 != nil && !bytes.Equal(sum[:], spkiSHA256) {
+					continue
+				}
+				found = true
+				revoke(&d.Credentials[i], reason, r.now())
 			}
-		}
-		if !found && spkiSHA256 != nil {
-			return nil, ErrNoSuchKey
-		}
-		return d, nil
-	}))
+			if !found && spkiSHA256 != nil {
+				return nil, ErrNoSuchKey
+			}
+			return d, nil
+		})})
 	if err == nil {
 		revocations.Inc()
 	}
 	return d, err
 }
 
-// Delete removes a device's record, an invalid one too; ErrNotFound when there is none.
-func (r *Registry) Delete(ctx context.Context, device string) error {
+// revoke marks an active credential revoked at now with reason; a revoked one stays as it was.
+func revoke(c *record.Credential, reason string, now time.Time) {
+	if c.Status != record.StatusRevoked {
+		at := now.UTC().Truncate(time.Second)
+		c.Status, c.RevokedAt, c.Reason = record.StatusRevoked, &at, reason
+	}
+}
+
+// Delete removes a device's record (an invalid one too, by the operator), its pending
+// enrollment and transfer codes and its place in the tenant index; ErrNotFound when
+// there is none.
+func (r *Registry) Delete(ctx context.Context, actor Actor, device string) error {
 	device, err := record.DeviceName(device)
 	if err != nil {
 		return invalid(err)
 	}
-	resp, err := r.Client.Delete(clientv3.WithRequireLeader(ctx), record.DeviceKey(r.Prefix, r.Zone, device))
+	key := record.DeviceKey(r.Prefix, r.Zone, device)
+	found := false
+	_, err = r.update(ctx, write{actor: actor, operation: "device.delete", device: device,
+		change: func(d *record.Device, _ [][]byte) (*record.Device, []clientv3.Op, error) {
+			if d == nil {
+				return nil, nil, ErrNotFound
+			}
+			found = true
+			return nil, []clientv3.Op{clientv3.OpDelete(r.codeKey(device)), clientv3.OpDelete(r.signerKey(kindTransfer, device))}, nil
+		}})
+	if errors.Is(err, errStoredInvalid) && actor.Operator {
+		// A record that does not parse has no tenant: only the operator removes it.
+		return r.deleteInvalid(ctx, actor, device, key)
+	}
+	if err == nil && !found {
+		err = ErrNotFound
+	}
+	return err
+}
+
+// deleteInvalid removes a record that does not parse, with its audit entry.
+func (r *Registry) deleteInvalid(ctx context.Context, actor Actor, device, key string) error {
+	resp, err := r.Client.Txn(clientv3.WithRequireLeader(ctx)).Then(clientv3.OpDelete(key),
+		r.auditOp(AuditEntry{Actor: actor.ID, Operation: "device.delete", Device: device, Detail: "invalid record"})).Commit()
 	if err != nil {
 		return unavailable(err, true)
 	}
-	if resp.Deleted == 0 {
+	if resp.Responses[0].GetResponseDeleteRange().Deleted == 0 {
 		return ErrNotFound
 	}
 	return nil
-}
-
-// List returns up to limit device names after the name after (in key order), and
-// the name to pass as after for the next page ("" at the end).
-func (r *Registry) List(ctx context.Context, after string, limit int) ([]string, string, error) {
-	entries, next, err := r.list(ctx, after, limit, true)
-	names := make([]string, len(entries))
-	for i, e := range entries {
-		names[i] = e.Name
-	}
-	return names, next, err
-}
-
-// Entry is one listed device: its record, or why the stored record is invalid.
-type Entry struct {
-	Name   string
-	Device *record.Device
-	Err    error
-}
-
-// ListRecords is List with the records.
-func (r *Registry) ListRecords(ctx context.Context, after string, limit int) ([]Entry, string, error) {
-	return r.list(ctx, after, limit, false)
-}
-
-func (r *Registry) list(ctx context.Context, after string, limit int, keysOnly bool) ([]Entry, string, error) {
-	if limit <= 0 || limit > 1000 {
-		limit = 1000
-	}
-	prefix := record.DeviceKey(r.Prefix, r.Zone, "")
-	from := prefix
-	if after != "" {
-		from = prefix + after + "\x00"
-	}
-	opts := []clientv3.OpOption{clientv3.WithRange(clientv3.GetPrefixRangeEnd(prefix)), clientv3.WithLimit(int64(limit))}
-	if keysOnly {
-		opts = append(opts, clientv3.WithKeysOnly())
-	}
-	resp, err := r.Client.Get(ctx, from, opts...)
-	if err != nil {
-		return nil, "", err
-	}
-	entries := make([]Entry, 0, len(resp.Kvs))
-	for _, kv := range resp.Kvs {
-		e := Entry{Name: string(kv.Key[len(prefix):])}
-		if !keysOnly {
-			e.Device, e.Err = record.ParseDevice(kv.Value)
-		}
-		entries = append(entries, e)
-	}
-	next := ""
-	if resp.More && len(entries) > 0 {
-		next = entries[len(entries)-1].Name
-	}
-	return entries, next, nil
 }
 
 // PutCA publishes the CA certificate under P/<zone>/ca/<aki> for discovery.

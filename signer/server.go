@@ -17,23 +17,25 @@ import (
 )
 
 // Server is what the signer serves over HTTPS: EST and CA discovery under
-// /.well-known/, the admin API under /api/ (only with a token or admin CAs), /healthz,
+// /.well-known/, the admin API under /api/, the web console under /console/, /healthz,
 // which reports whether etcd answers and why not, and /metrics.
 type Server struct {
-	CA       *CA
-	Registry *Registry
-	Token    string         // the admin API's bearer token; "" for none
-	AdminCAs *x509.CertPool // CAs of admin client certificates; nil for none
-	Etcd     etcdclient.Settings
+	CA        *CA
+	Registry  *Registry
+	Token     string         // the operator's bearer token; "" for none
+	AdminCAs  *x509.CertPool // CAs of the operator's client certificates; nil for none
+	TenantCAs *x509.CertPool // CAs of tenants' client certificates (O = tenant); nil for none
+	DNS       string         // a CoreDNS serving the zone, for the console's view of DNS
+	Etcd      etcdclient.Settings
 }
 
 // Handler returns the server's routes.
 func (s *Server) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("/.well-known/", (&EST{CA: s.CA, Registry: s.Registry}).Handler())
-	if s.Token != "" || s.AdminCAs != nil {
-		mux.Handle("/api/", (&API{CA: s.CA, Registry: s.Registry, Token: s.Token, AdminCAs: s.AdminCAs}).Handler())
-	}
+	mux.Handle("/api/", (&API{CA: s.CA, Registry: s.Registry, Token: s.Token, AdminCAs: s.AdminCAs, TenantCAs: s.TenantCAs, DNS: s.DNS}).Handler())
+	mux.Handle("/console/", ConsoleHandler())
+	mux.Handle("GET /{$}", http.RedirectHandler("/console/", http.StatusFound))
 	mux.HandleFunc("GET /healthz", s.health)
 	mux.Handle("GET /metrics", promhttp.Handler())
 	return mux

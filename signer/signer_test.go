@@ -213,3 +213,6 @@ func TestCAInHSM(t *testing.T) {
 		t.Error("a file name was taken as an HSM key")
 	}
 }
+
+// testOperator is the registry operator in tests.
+var testOperator = OperatorActor("test")

@@ -31,6 +31,7 @@ const convergeTimeout = 10 * time.Second
 func (s *signerServer) try(method, path, body string) (int, []byte, error) {
 	req, _ := http.NewRequest(method, s.url+path, strings.NewReader(body))
 	req.Header.Set("Authorization", "Bearer "+adminToken)
+	req.Header.Set("Content-Type", "application/json")
 	resp, err := s.client.Do(req)
 	if err != nil {
 		return 0, nil, err

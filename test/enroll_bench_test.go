@@ -72,6 +72,7 @@ func benchmarkEnrollKey(b *testing.B, caKey string, request func(*ecdsa.PrivateK
 			i := n.Add(1)
 			req, _ := http.NewRequest("POST", fmt.Sprintf("%s/api/v1/devices/dev%d/enroll", s.url, i), strings.NewReader(csrs[i%int64(len(csrs))]))
 			req.Header.Set("Authorization", "Bearer "+adminToken)
+			req.Header.Set("Content-Type", "application/json")
 			resp, err := s.client.Do(req)
 			if err != nil {
 				b.Error(err)

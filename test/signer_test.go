@@ -8,16 +8,13 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/hex"
-	"encoding/json"
 	"encoding/pem"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -60,6 +57,11 @@ func startSignerKey(t testing.TB, etcd *testenv.Etcd, keyURI string) *signerServ
 // serveSigner runs the signer's HTTPS server for ca (its certificate in caFile) over
 // the etcd that settings reach, on a free loopback port.
 func serveSigner(t testing.TB, ca *signer.CA, caFile string, settings etcdclient.Settings) *signerServer {
+	return serveSignerDNS(t, ca, caFile, settings, "")
+}
+
+// serveSignerDNS is serveSigner with the CoreDNS the console and API ask.
+func serveSignerDNS(t testing.TB, ca *signer.CA, caFile string, settings etcdclient.Settings, dnsAddr string) *signerServer {
 	t.Helper()
 	cli, err := settings.New()
 	if err != nil {
@@ -78,7 +80,7 @@ func serveSigner(t testing.TB, ca *signer.CA, caFile string, settings etcdclient
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := &http.Server{Handler: (&signer.Server{CA: ca, Registry: reg, Token: adminToken, Etcd: settings}).Handler(), TLSConfig: signer.TLSConfig(cert)}
+	srv := &http.Server{Handler: (&signer.Server{CA: ca, Registry: reg, Token: adminToken, Etcd: settings, DNS: dnsAddr}).Handler(), TLSConfig: signer.TLSConfig(cert)}
 	go srv.ServeTLS(ln, "", "")
 	t.Cleanup(func() { srv.Close() })
 	pool := x509.NewCertPool()
@@ -92,25 +94,6 @@ func serveSigner(t testing.TB, ca *signer.CA, caFile string, settings etcdclient
 		client: &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}, MaxIdleConnsPerHost: 64},
 			Timeout: 20 * time.Second},
 	}
-}
-
-// admin calls the admin API and decodes its JSON answer into out.
-func (s *signerServer) admin(t testing.TB, method, path, body string, out any) int {
-	t.Helper()
-	req, _ := http.NewRequest(method, s.url+path, strings.NewReader(body))
-	req.Header.Set("Authorization", "Bearer "+adminToken)
-	resp, err := s.client.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	if out != nil && resp.StatusCode < 300 {
-		if err := json.Unmarshal(b, out); err != nil {
-			t.Fatalf("%s %s: %v: %s", method, path, err, b)
-		}
-	}
-	return resp.StatusCode
 }
 
 // run runs a command, failing the test with its output if it fails.

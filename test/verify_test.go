@@ -57,7 +57,7 @@ func TestVerify(t *testing.T) {
 	}
 	good := device("good", ca, true)
 	revoked := device("gone", ca, true)
-	if _, err := reg.Revoke(ctx, "gone", nil, "keyCompromise", time.Now()); err != nil {
+	if _, err := reg.Revoke(ctx, signer.OperatorActor("test"), "gone", nil, "keyCompromise"); err != nil {
 		t.Fatal(err)
 	}
 	unknown := device("nobody", ca, false)
@@ -184,7 +184,7 @@ func TestVerifyRevocationWithinTTL(t *testing.T) {
 	for mode, v := range verifiers {
 		testenv.Eventually(t, mode+": accepted", func() error { return handshake(t, ca, v, client) })
 	}
-	if _, err := reg.Revoke(t.Context(), "lamp", nil, "keyCompromise", time.Now()); err != nil {
+	if _, err := reg.Revoke(t.Context(), signer.OperatorActor("test"), "lamp", nil, "keyCompromise"); err != nil {
 		t.Fatal(err)
 	}
 	testenv.Eventually(t, "revocation in DNS", func() error {

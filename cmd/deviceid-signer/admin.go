@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -10,15 +11,17 @@ import (
 	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
-	"encoding/pem"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"net/http"
+	"net/http/httptest"
 	"net/url"
 	"os"
+	"os/user"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -27,76 +30,318 @@ import (
 	"github.com/deviceid/deviceid/signer"
 )
 
-// The operator's commands work on etcd directly, through the same registry and
-// enrollment workflow the signer runs, or, with -server, speak the admin API of a
-// running signer. show and list print a table, or with -json the API's JSON.
+// The registry commands are the admin API on the command line: each builds one API
+// request and either sends it to a running signer (-server, with a bearer token), or
+// serves it in this process with the same handlers over etcd directly (as the
+// operator), so that both ways do exactly the same. show and list print a table, or
+// with -json the API's JSON; the others print the JSON answer.
 
-// adminFlags are the flags every operator command has.
+// adminFlags are the flags every registry command has.
 type adminFlags struct {
 	etcdFlags
 	server, tokenFile, serverCA string
-	device                      string
 	json                        bool
+	ca                          caFlags
 }
 
-func (f *adminFlags) register(fs *flag.FlagSet, device bool) {
+func (f *adminFlags) register(fs *flag.FlagSet) {
 	f.etcdFlags.register(fs)
 	fs.StringVar(&f.server, "server", env("DEVICEID_SERVER", ""), "URL of a running signer (https://host:8443); empty: work on etcd directly ($DEVICEID_SERVER)")
-	fs.StringVar(&f.tokenFile, "token-file", env("DEVICEID_TOKEN_FILE", ""), "with -server: the file holding the admin bearer token ($DEVICEID_TOKEN_FILE)")
+	fs.StringVar(&f.tokenFile, "token-file", env("DEVICEID_TOKEN_FILE", ""), "with -server: the file holding the bearer token, the operator's or a tenant's ($DEVICEID_TOKEN_FILE)")
 	fs.StringVar(&f.serverCA, "server-ca", env("DEVICEID_CA_CERT", "ca.pem"), "with -server: the CA of the signer's HTTPS certificate, PEM ($DEVICEID_CA_CERT)")
 	fs.BoolVar(&f.json, "json", false, "print the API's JSON instead of a table")
-	if device {
-		fs.StringVar(&f.device, "device", "", "the device name, e.g. sensor7 (required)")
+}
+
+// apiRequest is one request of the admin API.
+type apiRequest struct {
+	method, path string
+	body         any
+	answer       any  // decoded into; nil: printed as it comes
+	needsCA      bool // on etcd directly: the CA issues a certificate
+}
+
+// stringList is a repeatable flag.
+type stringList []string
+
+func (l *stringList) String() string     { return strings.Join(*l, ",") }
+func (l *stringList) Set(v string) error { *l = append(*l, v); return nil }
+
+// attrMap turns key=value flags into attributes.
+func attrMap(l stringList) (map[string]string, error) {
+	if len(l) == 0 {
+		return nil, nil
+	}
+	m := map[string]string{}
+	for _, kv := range l {
+		k, v, ok := strings.Cut(kv, "=")
+		if !ok {
+			return nil, fmt.Errorf("-attr %q: want key=value", kv)
+		}
+		m[k] = v
+	}
+	return m, nil
+}
+
+// adminCommand is one registry command: its usage, what it does, an example, and
+// how it turns its flags into a request.
+type adminCommand struct {
+	args, about, example string
+	flags                func(fs *flag.FlagSet, v *cmdValues) // extra flags
+	request              func(v *cmdValues) (apiRequest, error)
+}
+
+// cmdValues are the values of the flags registry commands take.
+type cmdValues struct {
+	device, tenant, id, label, code                      string
+	csr, pubkey, out, after, reason, spki, state, prefix string
+	operation, actor                                     string
+	limit                                                int
+	supersede, keepKeys                                  bool
+	attrs                                                stringList
+}
+
+func (v *cmdValues) devicePath(suffix string) (string, error) {
+	if v.device == "" {
+		return "", errors.New("-device is required")
+	}
+	return "/api/v1/devices/" + url.PathEscape(v.device) + suffix, nil
+}
+
+func deviceFlag(fs *flag.FlagSet, v *cmdValues) {
+	fs.StringVar(&v.device, "device", "", "the device name, e.g. sensor7 (required)")
+}
+
+func tenantFlag(about string) func(fs *flag.FlagSet, v *cmdValues) {
+	return func(fs *flag.FlagSet, v *cmdValues) { fs.StringVar(&v.tenant, "tenant", "", about) }
+}
+
+func filterFlags(fs *flag.FlagSet, v *cmdValues) {
+	fs.StringVar(&v.tenant, "tenant", "", "only this tenant's devices")
+	fs.StringVar(&v.state, "state", "", "only active or suspended devices")
+	fs.StringVar(&v.prefix, "name-prefix", "", "only names starting with this")
+	fs.Var(&v.attrs, "attr", "only devices with this attribute, key=value (repeatable)")
+}
+
+func (v *cmdValues) filterQuery() url.Values {
+	q := url.Values{}
+	for k, val := range map[string]string{"tenant": v.tenant, "state": v.state, "prefix": v.prefix, "after": v.after} {
+		if val != "" {
+			q.Set(k, val)
+		}
+	}
+	for _, a := range v.attrs {
+		q.Add("attr", a)
+	}
+	return q
+}
+
+// simple is a request with no body to a device's path.
+func simple(method, suffix string, answer func() any) func(v *cmdValues) (apiRequest, error) {
+	return func(v *cmdValues) (apiRequest, error) {
+		p, err := v.devicePath(suffix)
+		var a any
+		if answer != nil {
+			a = answer()
+		}
+		return apiRequest{method: method, path: p, answer: a}, err
 	}
 }
 
-// adminArgs are the operation's arguments from the command's flags.
-type adminArgs struct {
-	enroll     signer.EnrollRequest
-	revoke     signer.RevokeRequest
-	out, after string
-	limit      int
-	ca         caFlags
+func both(fns ...func(fs *flag.FlagSet, v *cmdValues)) func(fs *flag.FlagSet, v *cmdValues) {
+	return func(fs *flag.FlagSet, v *cmdValues) {
+		for _, f := range fns {
+			f(fs, v)
+		}
+	}
 }
 
-// The operator commands: their usage, what they do, and an example.
-var adminCommands = map[string]struct{ args, about, example string }{
+func deviceView() any { return &signer.DeviceView{} }
+
+var adminCommands = map[string]adminCommand{
 	"enroll": {"-device NAME (-csr FILE | -pubkey FILE) [flags]", "Enrolls a device with a CSR (a certificate is issued) or a bare public key.",
-		"deviceid-signer enroll -zone iot.example -device sensor9 -csr sensor9.csr -out sensor9.pem -ca-cert ca.pem -ca-key ca-key.pem"},
+		"deviceid-signer enroll -zone iot.example -device sensor9 -csr sensor9.csr -out sensor9.pem -ca-cert ca.pem -ca-key ca-key.pem",
+		both(deviceFlag, tenantFlag("register a new device for this tenant (the operator)"), func(fs *flag.FlagSet, v *cmdValues) {
+			fs.StringVar(&v.csr, "csr", "", "a PKCS#10 CSR file (PEM or DER)")
+			fs.StringVar(&v.pubkey, "pubkey", "", "a public key file (PEM or DER SubjectPublicKeyInfo), for a device without a certificate")
+			fs.BoolVar(&v.supersede, "supersede", false, "revoke the device's other keys (reason superseded) in the same write")
+			fs.StringVar(&v.out, "out", "", "write the issued certificate (PEM) here")
+		}),
+		func(v *cmdValues) (apiRequest, error) {
+			req := signer.EnrollRequest{Supersede: v.supersede, Tenant: v.tenant}
+			var err error
+			switch {
+			case v.csr != "":
+				req.CSR, err = readDERorPEM(v.csr)
+			case v.pubkey != "":
+				req.PublicKey, err = readDERorPEM(v.pubkey)
+			default:
+				err = errors.New("enroll needs -csr or -pubkey")
+			}
+			if err != nil {
+				return apiRequest{}, err
+			}
+			p, err := v.devicePath("/enroll")
+			return apiRequest{method: "POST", path: p, body: req, answer: &signer.EnrollResponse{}, needsCA: true}, err
+		}},
 	"revoke": {"-device NAME [-spki-sha256 HEX] [-reason REASON] [flags]", "Revokes one of a device's keys, or all of them, with an RFC 5280 reason.",
-		"deviceid-signer revoke -zone iot.example -device sensor9 -reason keyCompromise"},
-	"delete": {"-device NAME [flags]", "Deletes a device's record, an invalid one too.",
-		"deviceid-signer delete -zone iot.example -device sensor9"},
-	"show": {"-device NAME [-json] [flags]", "Prints a device's record: its keys, their state and what DNS publishes for them.",
-		"deviceid-signer show -zone iot.example -device sensor9"},
-	"list": {"[-after NAME] [-limit N] [-json] [flags]", "Lists devices a page at a time, with their keys and whether DNS serves them; invalid records are flagged.",
-		"deviceid-signer list -zone iot.example -limit 50"},
-	"code": {"-device NAME [flags]", "Issues a one-time enrollment code for the device's first EST enrollment (valid 24 h).",
-		"deviceid-signer code -zone iot.example -device sensor9"},
+		"deviceid-signer revoke -zone iot.example -device sensor9 -reason keyCompromise",
+		both(deviceFlag, func(fs *flag.FlagSet, v *cmdValues) {
+			fs.StringVar(&v.spki, "spki-sha256", "", "the SHA-256 of the key to revoke (hex, as in its 3 1 1 record); empty: all keys")
+			fs.StringVar(&v.reason, "reason", "unspecified", "the RFC 5280 reason")
+		}),
+		func(v *cmdValues) (apiRequest, error) {
+			p, err := v.devicePath("/revoke")
+			return apiRequest{method: "POST", path: p, body: signer.RevokeRequest{SPKISHA256: v.spki, Reason: v.reason}, answer: deviceView()}, err
+		}},
+	"delete": {"-device NAME [flags]", "Deletes a device's record (an invalid one too), its codes, and so its records in DNS.",
+		"deviceid-signer delete -zone iot.example -device sensor9", deviceFlag, simple("DELETE", "", nil)},
+	"show": {"-device NAME [-json] [flags]", "Prints a device's record: its tenant, state, keys and what DNS publishes for them.",
+		"deviceid-signer show -zone iot.example -device sensor9", deviceFlag, simple("GET", "", deviceView)},
+	"list": {"[-tenant T] [-state S] [-name-prefix P] [-attr K=V] [-after NAME] [-limit N] [-json] [flags]", "Lists devices a page at a time, with filters; invalid records are flagged.",
+		"deviceid-signer list -zone iot.example -tenant acme -attr model=th-200 -limit 50",
+		both(filterFlags, func(fs *flag.FlagSet, v *cmdValues) {
+			fs.StringVar(&v.after, "after", "", "start after this device (the next of the previous page)")
+			fs.IntVar(&v.limit, "limit", 100, "how many devices, at most 1000")
+		}),
+		func(v *cmdValues) (apiRequest, error) {
+			q := v.filterQuery()
+			q.Set("limit", strconv.Itoa(v.limit))
+			return apiRequest{method: "GET", path: "/api/v1/devices?" + q.Encode(), answer: &signer.ListResponse{}}, nil
+		}},
+	"export": {"[-tenant T] [-state S] [-name-prefix P] [-attr K=V] [flags] > devices.jsonl", "Writes every matching device's record as JSON lines.",
+		"deviceid-signer export -zone iot.example -tenant acme > acme.jsonl", filterFlags,
+		func(v *cmdValues) (apiRequest, error) {
+			return apiRequest{method: "GET", path: "/api/v1/export?" + v.filterQuery().Encode()}, nil
+		}},
+	"code": {"-device NAME [-tenant T] [flags]", "Issues a one-time enrollment code for the device's EST enrollment (valid 24 h); registers the device first if needed.",
+		"deviceid-signer code -zone iot.example -device sensor9 -tenant acme",
+		both(deviceFlag, tenantFlag("register a new device for this tenant (the operator)")),
+		func(v *cmdValues) (apiRequest, error) {
+			p, err := v.devicePath("/code")
+			return apiRequest{method: "POST", path: p, body: signer.CodeRequest{Tenant: v.tenant}, answer: &signer.CodeResponse{}}, err
+		}},
+	"register": {"-device NAME [-tenant T] [-attr K=V ...] [flags]", "Reserves a device name for a tenant, with no key yet, and sets its attributes.",
+		"deviceid-signer register -zone iot.example -device sensor9 -tenant acme -attr model=th-200 -attr serial=A1B2",
+		both(deviceFlag, tenantFlag("the tenant (the operator; a tenant registers for itself)"), func(fs *flag.FlagSet, v *cmdValues) {
+			fs.Var(&v.attrs, "attr", "an attribute, key=value (repeatable)")
+		}),
+		func(v *cmdValues) (apiRequest, error) {
+			attrs, err := attrMap(v.attrs)
+			if err != nil {
+				return apiRequest{}, err
+			}
+			p, err := v.devicePath("/register")
+			return apiRequest{method: "POST", path: p, body: signer.RegisterRequest{Tenant: v.tenant, Attributes: attrs}, answer: deviceView()}, err
+		}},
+	"attributes": {"-device NAME [-attr K=V ...] [flags]", "Replaces a device's attributes (none given: removes them all).",
+		"deviceid-signer attributes -zone iot.example -device sensor9 -attr firmware=2.1",
+		both(deviceFlag, func(fs *flag.FlagSet, v *cmdValues) { fs.Var(&v.attrs, "attr", "an attribute, key=value (repeatable)") }),
+		func(v *cmdValues) (apiRequest, error) {
+			attrs, err := attrMap(v.attrs)
+			if err != nil {
+				return apiRequest{}, err
+			}
+			p, err := v.devicePath("/attributes")
+			return apiRequest{method: "PUT", path: p, body: signer.AttributesRequest{Attributes: attrs}, answer: deviceView()}, err
+		}},
+	"suspend": {"-device NAME [flags]", "Suspends a device: DNS stops vouching for its keys within a second.",
+		"deviceid-signer suspend -zone iot.example -device sensor9", deviceFlag, simple("POST", "/suspend", deviceView)},
+	"resume": {"-device NAME [flags]", "Resumes a suspended device.",
+		"deviceid-signer resume -zone iot.example -device sensor9", deviceFlag, simple("POST", "/resume", deviceView)},
+	"transfer": {"-device NAME [flags]", "Starts a transfer: prints a one-time code (valid 7 days) to give the gaining tenant.",
+		"deviceid-signer transfer -server https://signer:8443 -token-file acme-token -device sensor9", deviceFlag,
+		simple("POST", "/transfer", func() any { return &signer.CodeResponse{} })},
+	"transfer-cancel": {"-device NAME [flags]", "Cancels a pending transfer.",
+		"deviceid-signer transfer-cancel -server https://signer:8443 -token-file acme-token -device sensor9", deviceFlag, simple("DELETE", "/transfer", nil)},
+	"transfer-accept": {"-device NAME -code CODE [-keep-keys] [flags]", "Completes a transfer to the caller's tenant (the operator names it with -tenant).",
+		"deviceid-signer transfer-accept -server https://signer:8443 -token-file globex-token -device sensor9 -code ABCD... -keep-keys",
+		both(deviceFlag, tenantFlag("the gaining tenant (the operator)"), func(fs *flag.FlagSet, v *cmdValues) {
+			fs.StringVar(&v.code, "code", "", "the transfer code from the losing tenant (required)")
+			fs.BoolVar(&v.keepKeys, "keep-keys", false, "keep the device's keys active; otherwise they are revoked (affiliationChanged)")
+		}),
+		func(v *cmdValues) (apiRequest, error) {
+			p, err := v.devicePath("/transfer/accept")
+			return apiRequest{method: "POST", path: p, body: signer.AcceptRequest{Code: v.code, KeepKeys: v.keepKeys, Tenant: v.tenant}, answer: deviceView()}, err
+		}},
+	"tenants": {"[flags]", "Lists the tenants.", "deviceid-signer tenants -zone iot.example", nil,
+		func(v *cmdValues) (apiRequest, error) {
+			return apiRequest{method: "GET", path: "/api/v1/tenants", answer: &signer.TenantList{}}, nil
+		}},
+	"tenant-create": {"-tenant NAME [flags]", "Creates a tenant.", "deviceid-signer tenant-create -zone iot.example -tenant acme", tenantFlag("the tenant's name (required)"),
+		func(v *cmdValues) (apiRequest, error) {
+			return apiRequest{method: "POST", path: "/api/v1/tenants", body: signer.TenantRequest{Name: v.tenant}, answer: &signer.Tenant{}}, nil
+		}},
+	"tenant-disable": {"-tenant NAME [flags]", "Disables a tenant: its tokens and certificates are refused; its devices stay in DNS.",
+		"deviceid-signer tenant-disable -zone iot.example -tenant acme", tenantFlag("the tenant (required)"), tenantRequest("POST", "/disable")},
+	"tenant-enable": {"-tenant NAME [flags]", "Enables a disabled tenant.", "deviceid-signer tenant-enable -zone iot.example -tenant acme",
+		tenantFlag("the tenant (required)"), tenantRequest("POST", "/enable")},
+	"tenant-delete": {"-tenant NAME [flags]", "Deletes a disabled tenant that has no devices, and its tokens.",
+		"deviceid-signer tenant-delete -zone iot.example -tenant acme", tenantFlag("the tenant (required)"), tenantRequest("DELETE", "")},
+	"token": {"-tenant NAME [-label L] [flags]", "Issues a bearer token for a tenant and prints it (shown once; stored only as a hash).",
+		"deviceid-signer token -zone iot.example -tenant acme -label provisioning",
+		both(tenantFlag("the tenant (required)"), func(fs *flag.FlagSet, v *cmdValues) { fs.StringVar(&v.label, "label", "", "what the token is for") }),
+		func(v *cmdValues) (apiRequest, error) {
+			r, err := tenantRequest("POST", "/tokens")(v)
+			r.body, r.answer = signer.TokenRequest{Label: v.label}, &signer.NewToken{}
+			return r, err
+		}},
+	"tokens": {"-tenant NAME [flags]", "Lists a tenant's tokens (never their secrets).", "deviceid-signer tokens -zone iot.example -tenant acme",
+		tenantFlag("the tenant (required)"), func(v *cmdValues) (apiRequest, error) {
+			r, err := tenantRequest("GET", "/tokens")(v)
+			r.answer = &signer.TokenList{}
+			return r, err
+		}},
+	"token-revoke": {"-tenant NAME -id ID [flags]", "Revokes one of a tenant's tokens.", "deviceid-signer token-revoke -zone iot.example -tenant acme -id 0123456789abcdef",
+		both(tenantFlag("the tenant (required)"), func(fs *flag.FlagSet, v *cmdValues) { fs.StringVar(&v.id, "id", "", "the token's id (required)") }),
+		func(v *cmdValues) (apiRequest, error) {
+			if v.id == "" {
+				return apiRequest{}, errors.New("-id is required")
+			}
+			return tenantRequest("DELETE", "/tokens/"+url.PathEscape(v.id))(v)
+		}},
+	"audit": {"[-device D] [-tenant T] [-operation OP] [-actor A] [-after ID] [-limit N] [flags]", "Prints the audit trail, oldest first, with filters.",
+		"deviceid-signer audit -zone iot.example -device sensor9",
+		func(fs *flag.FlagSet, v *cmdValues) {
+			fs.StringVar(&v.device, "device", "", "one device's changes")
+			fs.StringVar(&v.tenant, "tenant", "", "the changes that concern this tenant")
+			fs.StringVar(&v.operation, "operation", "", "one operation, e.g. device.revoke")
+			fs.StringVar(&v.actor, "actor", "", "one actor, e.g. token:0123456789abcdef")
+			fs.StringVar(&v.after, "after", "", "start after this entry (the next of the previous page)")
+			fs.IntVar(&v.limit, "limit", 100, "how many entries, at most 1000")
+		},
+		func(v *cmdValues) (apiRequest, error) {
+			q := url.Values{}
+			for k, val := range map[string]string{"device": v.device, "tenant": v.tenant, "operation": v.operation, "actor": v.actor, "after": v.after} {
+				if val != "" {
+					q.Set(k, val)
+				}
+			}
+			q.Set("limit", strconv.Itoa(v.limit))
+			return apiRequest{method: "GET", path: "/api/v1/audit?" + q.Encode(), answer: &signer.AuditResponse{}}, nil
+		}},
 }
 
-// adminCommand runs one operation built from the command's flags and prints the answer.
-func adminCommand(name string, args []string) error {
+func tenantRequest(method, suffix string) func(v *cmdValues) (apiRequest, error) {
+	return func(v *cmdValues) (apiRequest, error) {
+		if v.tenant == "" {
+			return apiRequest{}, errors.New("-tenant is required")
+		}
+		return apiRequest{method: method, path: "/api/v1/tenants/" + url.PathEscape(v.tenant) + suffix, answer: &signer.Tenant{}}, nil
+	}
+}
+
+// runAdmin runs one registry command built from its flags and prints the answer.
+func runAdmin(name string, args []string) error {
 	c := adminCommands[name]
 	fs := command(name, c.args, c.about, c.example)
 	var f adminFlags
-	f.register(fs, name != "list")
-	var a adminArgs
-	var csrFile, keyFile *string
-	var supersede *bool
-	switch name {
-	case "enroll":
-		a.ca.register(fs)
-		csrFile = fs.String("csr", "", "a PKCS#10 CSR file (PEM or DER)")
-		keyFile = fs.String("pubkey", "", "a public key file (PEM or DER SubjectPublicKeyInfo), for a device without a certificate")
-		supersede = fs.Bool("supersede", false, "revoke the device's other keys (reason superseded) in the same write")
-		fs.StringVar(&a.out, "out", "", "write the issued certificate (PEM) here")
-	case "revoke":
-		fs.StringVar(&a.revoke.SPKISHA256, "spki-sha256", "", "the SHA-256 of the key to revoke (hex, as in its 3 1 1 record); empty: all keys")
-		fs.StringVar(&a.revoke.Reason, "reason", "unspecified", "the RFC 5280 reason")
-	case "list":
-		fs.StringVar(&a.after, "after", "", "start after this device")
-		fs.IntVar(&a.limit, "limit", 100, "how many devices, at most 1000")
+	f.register(fs)
+	var v cmdValues
+	if c.flags != nil {
+		c.flags(fs, &v)
+	}
+	if name == "enroll" {
+		f.ca.register(fs)
 	}
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -104,220 +349,181 @@ func adminCommand(name string, args []string) error {
 	if fs.NArg() != 0 {
 		return fmt.Errorf("unexpected arguments %v", fs.Args())
 	}
-	if name != "list" && f.device == "" {
-		return errors.New("-device is required")
-	}
-	if name == "enroll" {
-		var err error
-		switch {
-		case *csrFile != "":
-			a.enroll.CSR, err = readDERorPEM(*csrFile)
-		case *keyFile != "":
-			a.enroll.PublicKey, err = readDERorPEM(*keyFile)
-		default:
-			err = errors.New("enroll needs -csr or -pubkey")
-		}
-		if err != nil {
-			return err
-		}
-		a.enroll.Supersede = *supersede
-	}
-	var answer any
-	var err error
-	if f.server != "" {
-		answer, err = f.remote(name, a)
-	} else {
-		answer, err = f.local(name, a)
-	}
+	req, err := c.request(&v)
 	if err != nil {
 		return err
 	}
-	if er, ok := answer.(*signer.EnrollResponse); ok && a.out != "" {
-		if err := os.WriteFile(a.out, []byte(er.Certificate), 0o644); err != nil {
+	if req.method == "DELETE" || name == "tenant-disable" || name == "tenant-enable" {
+		if strings.HasSuffix(req.path, "/transfer") || strings.Contains(req.path, "/tokens/") || req.method == "DELETE" {
+			req.answer = nil
+		}
+	}
+	client, done, err := f.client(req.needsCA)
+	if err != nil {
+		return err
+	}
+	defer done()
+	raw, err := client.do(req)
+	if err != nil {
+		return err
+	}
+	if name == "export" || req.answer == nil {
+		if len(raw) == 0 && name == "delete" {
+			_, err = fmt.Printf("deleted %s\n", v.device)
+			return err
+		}
+		if len(raw) == 0 {
+			_, err = fmt.Printf("done: %s\n", name)
+			return err
+		}
+		_, err = os.Stdout.Write(raw)
+		return err
+	}
+	if err := json.Unmarshal(raw, req.answer); err != nil {
+		return fmt.Errorf("the signer's answer: %w", err)
+	}
+	if er, ok := req.answer.(*signer.EnrollResponse); ok && v.out != "" {
+		if err := os.WriteFile(v.out, []byte(er.Certificate), 0o644); err != nil {
 			return err
 		}
 	}
-	return f.print(os.Stdout, name, answer)
+	if f.json || (name != "show" && name != "list") {
+		_, err = os.Stdout.Write(raw)
+		return err
+	}
+	return printTable(os.Stdout, req.answer)
 }
 
-// local carries out the operation on etcd directly. Only enroll needs the CA.
-func (f *adminFlags) local(name string, a adminArgs) (any, error) {
+// apiClient sends admin API requests: over HTTPS to a signer, or to the API's
+// handler in this process.
+type apiClient struct {
+	http    *http.Client
+	base    string
+	token   string
+	handler http.Handler
+}
+
+// client connects the way the flags say; done releases it.
+func (f *adminFlags) client(needsCA bool) (*apiClient, func(), error) {
+	if f.server != "" {
+		if f.tokenFile == "" {
+			return nil, nil, errors.New("-token-file is required with -server")
+		}
+		b, err := os.ReadFile(f.tokenFile)
+		if err != nil {
+			return nil, nil, err
+		}
+		c := &apiClient{http: http.DefaultClient, base: strings.TrimSuffix(f.server, "/"), token: strings.TrimSpace(string(b))}
+		if pemCA, err := os.ReadFile(f.serverCA); err == nil { // trust the signer's CA when we have it
+			pool := x509.NewCertPool()
+			pool.AppendCertsFromPEM(pemCA)
+			c.http = &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
+		}
+		return c, func() {}, nil
+	}
 	settings, err := f.settings()
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	reg := &signer.Registry{Prefix: f.prefix, Zone: f.zone}
 	if reg.Client, err = settings.Connect(ctx, 10*time.Second, reg.ZonePrefix()); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	defer reg.Client.Close()
-	switch name {
-	case "enroll":
-		ca, err := a.ca.load(f.zone)
-		if err != nil {
-			return nil, err
+	api := &signer.API{Registry: reg, Token: randomToken(), OperatorID: "cli:" + currentUser(), Timeout: 30 * time.Second}
+	if needsCA {
+		if api.CA, err = f.ca.load(f.zone); err != nil {
+			reg.Client.Close()
+			return nil, nil, err
 		}
-		e := signer.Enrollment{Device: f.device}
-		if e.CSR, e.PublicKey, err = a.enroll.Decode(); err != nil {
-			return nil, err
-		}
-		if a.enroll.Supersede {
-			e.Supersede = signer.SupersedeOthers
-		}
-		done, err := (&signer.Enroller{CA: ca, Registry: reg}).Enroll(ctx, e)
-		if err != nil {
-			return nil, err
-		}
-		resp := &signer.EnrollResponse{Device: done.Device}
-		if done.Cert != nil {
-			resp.Certificate = string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: done.Cert.Raw}))
-		}
-		return resp, nil
-	case "revoke":
-		spki, err := a.revoke.Digest()
-		if err != nil {
-			return nil, err
-		}
-		return reg.Revoke(ctx, f.device, spki, a.revoke.Reason, time.Now())
-	case "delete":
-		return nil, reg.Delete(ctx, f.device)
-	case "show":
-		d, _, err := reg.Get(ctx, f.device)
-		return d, err
-	case "list":
-		entries, next, err := reg.ListRecords(ctx, a.after, a.limit)
-		return listing{entries, next}, err
-	case "code":
-		code, err := reg.IssueCode(ctx, f.device, signer.DefaultCodeLifetime)
-		return &signer.CodeResponse{Code: code, Expires: time.Now().Add(signer.DefaultCodeLifetime).UTC()}, err
 	}
-	return nil, fmt.Errorf("unknown command %q", name)
+	return &apiClient{handler: api.Handler(), token: api.Token}, func() { reg.Client.Close() }, nil
 }
 
-// listing is a page of list on etcd directly: the records themselves, not only names.
-type listing struct {
-	entries []signer.Entry
-	next    string
+func currentUser() string {
+	if u, err := user.Current(); err == nil {
+		return u.Username
+	}
+	return "unknown"
 }
 
-// remote sends the operation to the signer at -server and decodes its answer.
-func (f *adminFlags) remote(name string, a adminArgs) (any, error) {
-	path := "/api/v1/devices/" + url.PathEscape(f.device)
-	method, body := "POST", ""
-	var answer any
-	switch name {
-	case "enroll":
-		b, _ := json.Marshal(a.enroll)
-		path, body, answer = path+"/enroll", string(b), &signer.EnrollResponse{}
-	case "revoke":
-		b, _ := json.Marshal(a.revoke)
-		path, body, answer = path+"/revoke", string(b), &record.Device{}
-	case "code":
-		path, answer = path+"/code", &signer.CodeResponse{}
-	case "delete":
-		method = "DELETE"
-	case "show":
-		method, answer = "GET", &record.Device{}
-	case "list":
-		method, path, answer = "GET", fmt.Sprintf("/api/v1/devices?after=%s&limit=%d", url.QueryEscape(a.after), a.limit), &signer.ListResponse{}
+func randomToken() string {
+	b := make([]byte, 24)
+	rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+// do sends one request and returns the answer's body; an error status is an error
+// with the API's message.
+func (c *apiClient) do(req apiRequest) ([]byte, error) {
+	var body io.Reader = http.NoBody
+	if req.body != nil {
+		b, _ := json.Marshal(req.body)
+		body = bytes.NewReader(b)
 	}
-	if f.tokenFile == "" {
-		return nil, errors.New("-token-file is required with -server")
-	}
-	b, err := os.ReadFile(f.tokenFile)
+	r, err := http.NewRequest(req.method, c.base+req.path, body)
 	if err != nil {
 		return nil, err
 	}
-	token := strings.TrimSpace(string(b))
-	client := http.DefaultClient
-	if pemCA, err := os.ReadFile(f.serverCA); err == nil { // trust the signer's CA when we have it
-		pool := x509.NewCertPool()
-		pool.AppendCertsFromPEM(pemCA)
-		client = &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
+	r.Header.Set("Authorization", "Bearer "+c.token)
+	if req.body != nil {
+		r.Header.Set("Content-Type", "application/json")
 	}
-	req, err := http.NewRequest(method, strings.TrimSuffix(f.server, "/")+path, strings.NewReader(body))
-	if err != nil {
-		return nil, err
+	var status int
+	var b []byte
+	if c.handler != nil {
+		rec := httptest.NewRecorder()
+		c.handler.ServeHTTP(rec, r)
+		status, b = rec.Code, rec.Body.Bytes()
+	} else {
+		resp, err := c.http.Do(r)
+		if err != nil {
+			return nil, err
+		}
+		defer resp.Body.Close()
+		if b, err = io.ReadAll(resp.Body); err != nil {
+			return nil, err
+		}
+		status = resp.StatusCode
 	}
-	req.Header.Set("Authorization", "Bearer "+token)
-	resp, err := client.Do(req)
-	if err != nil {
-		return nil, err
-	}
-	defer resp.Body.Close()
-	b, err = io.ReadAll(resp.Body)
-	if err != nil {
-		return nil, err
-	}
-	if resp.StatusCode >= 300 {
-		var e struct{ Error string }
+	if status >= 300 {
+		var e signer.ErrorResponse
 		if json.Unmarshal(b, &e) == nil && e.Error != "" {
-			return nil, fmt.Errorf("%s: %s", http.StatusText(resp.StatusCode), e.Error)
+			return nil, fmt.Errorf("%s: %s", http.StatusText(status), e.Error)
 		}
-		return nil, fmt.Errorf("%s: %s", http.StatusText(resp.StatusCode), strings.TrimSpace(string(b)))
+		return nil, fmt.Errorf("%s: %s", http.StatusText(status), strings.TrimSpace(string(b)))
 	}
-	if answer == nil {
-		return nil, nil
-	}
-	return answer, json.Unmarshal(b, answer)
+	return b, nil
 }
 
-// print writes an answer: JSON, or for show and list a table.
-func (f *adminFlags) print(w io.Writer, name string, answer any) error {
-	if name == "delete" {
-		_, err := fmt.Fprintf(w, "deleted %s\n", f.device)
-		return err
-	}
-	if l, ok := answer.(listing); ok && f.json {
-		resp := signer.ListResponse{Next: l.next, Devices: []string{}}
-		for _, e := range l.entries {
-			resp.Devices = append(resp.Devices, e.Name)
-		}
-		answer = resp
-	}
-	if f.json || (name != "show" && name != "list") {
-		return json.NewEncoder(w).Encode(answer)
-	}
+// printTable writes show's and list's answers as a table.
+func printTable(w io.Writer, answer any) error {
 	tw := tabwriter.NewWriter(w, 2, 8, 2, ' ', 0)
 	defer tw.Flush()
 	now := time.Now()
 	switch a := answer.(type) {
-	case *record.Device:
+	case *signer.DeviceView:
+		fmt.Fprintf(tw, "device %s\ttenant %s\tstate %s\n", a.Name, orDash(a.Tenant), orDash(a.State))
+		for k, v := range a.Attributes {
+			fmt.Fprintf(tw, "  %s\t%s\n", k, v)
+		}
 		fmt.Fprintln(tw, "KEY (SHA-256 of the SPKI)\tSTATUS\tNOT AFTER\tCERTIFICATE\tDNS PUBLISHES")
 		for _, c := range a.Credentials {
-			fmt.Fprintln(tw, credentialRow(c, now))
-		}
-	case listing:
-		fmt.Fprintln(tw, "DEVICE\tKEYS\tACTIVE\tREVOKED\tDNS SERVES IT")
-		for _, e := range a.entries {
-			if e.Err != nil {
-				fmt.Fprintf(tw, "%s\t-\t-\t-\tno: INVALID RECORD: %v\n", e.Name, e.Err)
-				continue
-			}
-			active, revoked := 0, 0
-			for _, c := range e.Device.Credentials {
-				switch {
-				case c.Status == record.StatusRevoked:
-					revoked++
-				case !c.Expired(now):
-					active++
-				}
-			}
-			serves := "no (nothing to publish)"
-			if active+revoked > 0 {
-				serves = "yes"
-			}
-			fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%s\n", e.Name, len(e.Device.Credentials), active, revoked, serves)
-		}
-		if a.next != "" {
-			fmt.Fprintf(tw, "(more: -after %s)\n", a.next)
+			fmt.Fprintln(tw, credentialRow(c, a.Suspended(), now))
 		}
 	case *signer.ListResponse:
-		fmt.Fprintln(tw, "DEVICE")
-		for _, n := range a.Devices {
-			fmt.Fprintln(tw, n)
+		fmt.Fprintln(tw, "DEVICE\tTENANT\tSTATE\tACTIVE\tREVOKED\tDNS SERVES IT")
+		for _, d := range a.Devices {
+			if d.Invalid != "" {
+				fmt.Fprintf(tw, "%s\t-\t-\t-\t-\tno: INVALID RECORD: %s\n", d.Name, d.Invalid)
+				continue
+			}
+			serves := "no (nothing to publish)"
+			if d.Revoked > 0 || d.Active > 0 && d.State != record.StateSuspended {
+				serves = "yes"
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%s\n", d.Name, orDash(d.Tenant), d.State, d.Active, d.Revoked, serves)
 		}
 		if a.Next != "" {
 			fmt.Fprintf(tw, "(more: -after %s)\n", a.Next)
@@ -326,8 +532,15 @@ func (f *adminFlags) print(w io.Writer, name string, answer any) error {
 	return nil
 }
 
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
 // credentialRow is one credential as a table row.
-func credentialRow(c record.Credential, now time.Time) string {
+func credentialRow(c record.Credential, suspended bool, now time.Time) string {
 	sum := sha256.Sum256(c.SPKI)
 	notAfter, cert := "-", "no"
 	if c.NotAfter != nil {
@@ -345,6 +558,8 @@ func credentialRow(c record.Credential, now time.Time) string {
 		dns = "255 1 1 (revoked: " + c.Reason + ")"
 	case c.Expired(now):
 		dns = "nothing (expired)"
+	case suspended:
+		dns = "nothing (suspended)"
 	}
 	return fmt.Sprintf("%s\t%s\t%s\t%s\t%s", hex.EncodeToString(sum[:]), c.Status, notAfter, cert, dns)
 }

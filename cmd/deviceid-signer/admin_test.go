@@ -48,38 +48,38 @@ func TestAdminCommands(t *testing.T) {
 	ca := []string{"-ca-cert", filepath.Join(dir, "ca.pem"), "-ca-key", filepath.Join(dir, "ca-key.pem")}
 	certOut := filepath.Join(dir, "cert.pem")
 	if _, err := stdout(t, func() error {
-		return adminCommand("enroll", append(append(direct, ca...), "-device", "Sensor7", "-csr", csrFile, "-out", certOut))
+		return runAdmin("enroll", append(append(direct, ca...), "-device", "Sensor7", "-csr", csrFile, "-out", certOut))
 	}); err != nil {
 		t.Fatal(err)
 	}
 	if b, err := os.ReadFile(certOut); err != nil || !strings.Contains(string(b), "BEGIN CERTIFICATE") {
 		t.Errorf("-out: %v %s", err, b)
 	}
-	if err := adminCommand("show", append(direct, "-device", "nosuch")); err == nil || !strings.Contains(err.Error(), "no such device") {
+	if err := runAdmin("show", append(direct, "-device", "nosuch")); err == nil || !strings.Contains(err.Error(), "no such device") {
 		t.Errorf("show of a missing device: %v", err)
 	}
-	if err := adminCommand("enroll", append(append(direct, ca...), "-device", "bad_name", "-pubkey", pubFile)); err == nil {
+	if err := runAdmin("enroll", append(append(direct, ca...), "-device", "bad_name", "-pubkey", pubFile)); err == nil {
 		t.Error("a bad name was enrolled")
 	}
 	// show and list need no CA, print a table, and flag an invalid record.
 	testenv.Put(t, etcd.Client(), "/deviceid/iot.example/device/broken", `{"version": 1, "credentials": [{"status": "maybe"}]}`)
-	out, err := stdout(t, func() error { return adminCommand("show", append(direct, "-device", "sensor7")) })
+	out, err := stdout(t, func() error { return runAdmin("show", append(direct, "-device", "sensor7")) })
 	if err != nil || !strings.Contains(out, "KEY (SHA-256 of the SPKI)") || !strings.Contains(out, "3 1 1, 4 0 0") {
 		t.Errorf("show: %v\n%s", err, out)
 	}
-	out, err = stdout(t, func() error { return adminCommand("list", direct) })
+	out, err = stdout(t, func() error { return runAdmin("list", direct) })
 	if err != nil || !strings.Contains(out, "INVALID RECORD") || !strings.Contains(out, "sensor7") {
 		t.Errorf("list: %v\n%s", err, out)
 	}
-	out, err = stdout(t, func() error { return adminCommand("list", append(direct, "-json")) })
-	if err != nil || !strings.Contains(out, `"devices":["broken","sensor7"]`) {
+	out, err = stdout(t, func() error { return runAdmin("list", append(direct, "-json")) })
+	if err != nil || !strings.Contains(out, `"name":"broken"`) || !strings.Contains(out, `"name":"sensor7"`) {
 		t.Errorf("list -json: %v\n%s", err, out)
 	}
-	if out, err := stdout(t, func() error { return adminCommand("delete", append(direct, "-device", "broken")) }); err != nil || !strings.Contains(out, "deleted broken") {
+	if out, err := stdout(t, func() error { return runAdmin("delete", append(direct, "-device", "broken")) }); err != nil || !strings.Contains(out, "deleted broken") {
 		t.Errorf("delete of an invalid record: %v %s", err, out)
 	}
-	if err := adminCommand("delete", append(direct, "-device", "broken")); !errors.Is(err, signer.ErrNotFound) {
-		t.Errorf("delete of nothing: %v, want %v", err, signer.ErrNotFound)
+	if err := runAdmin("delete", append(direct, "-device", "broken")); err == nil || !strings.Contains(err.Error(), "no such device") {
+		t.Errorf("delete of nothing: %v", err)
 	}
 
 	// The same commands through a running signer.
@@ -108,11 +108,11 @@ func TestAdminCommands(t *testing.T) {
 		{"show", "-device", "sensor7"},
 		{"delete", "-device", "bare"},
 	} {
-		if _, err := stdout(t, func() error { return adminCommand(c[0], append(remote, c[1:]...)) }); err != nil {
+		if _, err := stdout(t, func() error { return runAdmin(c[0], append(remote, c[1:]...)) }); err != nil {
 			t.Errorf("%v through the signer: %v", c, err)
 		}
 	}
-	if err := adminCommand("delete", append(remote, "-device", "bare")); err == nil || !strings.Contains(err.Error(), "no such device") {
+	if err := runAdmin("delete", append(remote, "-device", "bare")); err == nil || !strings.Contains(err.Error(), "no such device") {
 		t.Errorf("delete of nothing through the signer: %v", err)
 	}
 	reg := &signer.Registry{Client: etcd.Client(), Prefix: "/deviceid", Zone: "iot.example"}
@@ -136,9 +136,9 @@ func TestHelp(t *testing.T) {
 		run        func([]string) error
 		has, hasNo []string
 	}{
-		{"show", func(a []string) error { return adminCommand("show", a) }, []string{"usage: deviceid-signer show", "example:", "-device", "-json", "-etcd-cert"}, []string{"-ca-key", "-csr", "-listen"}},
-		{"enroll", func(a []string) error { return adminCommand("enroll", a) }, []string{"-csr", "-ca-key", "-supersede"}, []string{"-listen", "-reason"}},
-		{"list", func(a []string) error { return adminCommand("list", a) }, []string{"-after", "-limit"}, []string{"-device", "-ca-key"}},
+		{"show", func(a []string) error { return runAdmin("show", a) }, []string{"usage: deviceid-signer show", "example:", "-device", "-json", "-etcd-cert"}, []string{"-ca-key", "-csr", "-listen"}},
+		{"enroll", func(a []string) error { return runAdmin("enroll", a) }, []string{"-csr", "-ca-key", "-supersede"}, []string{"-listen", "-reason"}},
+		{"list", func(a []string) error { return runAdmin("list", a) }, []string{"-after", "-limit"}, []string{"-device", "-ca-key"}},
 		{"serve", serve, []string{"-listen", "-etcd-password-file", "-ca-key"}, []string{"-device", "-csr"}},
 		{"keygen", keygen, []string{"-pkcs11", "example:"}, []string{"-etcd"}},
 		{"init-ca", initCA, []string{"-key", "-csr"}, []string{"-etcd"}},

@@ -135,11 +135,11 @@ func seed(reg *signer.Registry, ca *signer.CA) error {
 		if err != nil {
 			return err
 		}
-		if _, err := (&signer.Enroller{CA: ca, Registry: reg}).Enroll(ctx, signer.Enrollment{Device: s.name, CSR: csr}); err != nil {
+		if _, err := (&signer.Enroller{CA: ca, Registry: reg}).Enroll(ctx, signer.Enrollment{Device: s.name, CSR: csr, Actor: signer.OperatorActor("dev")}); err != nil {
 			return err
 		}
 		if s.status == record.StatusRevoked {
-			if _, err := reg.Revoke(ctx, s.name, nil, "keyCompromise", time.Now()); err != nil {
+			if _, err := reg.Revoke(ctx, signer.OperatorActor("dev"), s.name, nil, "keyCompromise"); err != nil {
 				return err
 			}
 		}

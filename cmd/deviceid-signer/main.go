@@ -15,20 +15,33 @@ const usage = `usage: deviceid-signer <command> [flags]
        deviceid-signer -version
 
 commands (each has -h):
-  serve    serve EST, the admin API, CA discovery, /healthz and /metrics over HTTPS
-  init-ca  make a CA (ca.pem, its key in ca-key.pem or an HSM) and an admin token
-  enroll   enroll a device with a CSR (-csr) or a bare public key (-pubkey)
-  revoke   revoke a device's key (-spki-sha256) or all its keys, with a reason
-  delete   delete a device's record
-  show     print a device's keys and what DNS publishes for them
-  list     list devices, a page at a time, invalid records flagged
-  code     issue a one-time enrollment code for a device's first EST enrollment
-  keygen   write a DNSSEC key pair for the deviceid plugin and print its DS
-  dev      run an embedded etcd, a CA, a DNSSEC key, sample devices and serve, for a laptop
+  serve            serve EST, the admin API, the console, CA discovery, /healthz and /metrics over HTTPS
+  init-ca          make a CA (ca.pem, its key in ca-key.pem or an HSM) and an admin token
+  keygen           write a DNSSEC key pair for the deviceid plugin and print its DS
+  dev              run everything for a laptop: embedded etcd, CA, DNSSEC key, demo tenant, signer
 
-enroll, revoke, delete, show, list and code work on etcd directly (with -zone and the
--etcd* flags, which CoreDNS's DEVICEID_ETCD* variables set too; enroll also needs the
-CA), or through a running signer with -server and -token-file.
+ devices:
+  register         reserve a device name for a tenant, with attributes
+  code             issue a one-time enrollment code for a device's EST enrollment
+  enroll           enroll a device with a CSR (-csr) or a bare public key (-pubkey)
+  suspend, resume  stop and restart DNS vouching for a device
+  revoke           revoke a device's key (-spki-sha256) or all its keys, with a reason
+  attributes       replace a device's attributes
+  transfer         start a transfer (prints the code for the gaining tenant)
+  transfer-accept  complete a transfer with that code; transfer-cancel withdraws it
+  delete           delete a device
+  show, list       a device; devices a page at a time with filters
+  export           every matching device as JSON lines
+  import           register or enroll devices from a CSV or JSON-lines file (resumable)
+  audit            the audit trail, with filters
+ tenants:
+  tenants, tenant-create, tenant-disable, tenant-enable, tenant-delete
+  token, tokens, token-revoke    a tenant's bearer tokens
+
+The device and tenant commands work on etcd directly as the operator (with -zone and
+the -etcd* flags, which CoreDNS's DEVICEID_ETCD* variables set too; enroll also needs
+the CA), or through a running signer with -server and -token-file (the operator's
+token or a tenant's).
 `
 
 func main() {
@@ -46,8 +59,8 @@ func main() {
 		err = serve(os.Args[2:])
 	case "init-ca":
 		err = initCA(os.Args[2:])
-	case "enroll", "revoke", "delete", "show", "list", "code":
-		err = adminCommand(os.Args[1], os.Args[2:])
+	case "import":
+		err = importCommand(os.Args[2:])
 	case "-h", "-help", "--help", "help":
 		fmt.Print(usage)
 		return
@@ -55,6 +68,10 @@ func main() {
 		fmt.Println("deviceid-signer", version.String())
 		return
 	default:
+		if _, ok := adminCommands[os.Args[1]]; ok {
+			err = runAdmin(os.Args[1], os.Args[2:])
+			break
+		}
 		fmt.Fprintf(os.Stderr, "deviceid-signer: unknown command %q\n\n%s", os.Args[1], usage)
 		os.Exit(2)
 	}

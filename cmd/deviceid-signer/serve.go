@@ -24,6 +24,8 @@ type serveFlags struct {
 	caFlags
 	listen, tlsCert, tlsKey string
 	tokenFile, adminCA      string
+	tenantCA, dns           string
+	retention               signer.Retention
 }
 
 func (f *serveFlags) register(fs *flag.FlagSet) {
@@ -33,7 +35,12 @@ func (f *serveFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&f.tlsCert, "tls-cert", env("DEVICEID_TLS_CERT", ""), "HTTPS server certificate, PEM; empty: one issued by the CA for the listen host ($DEVICEID_TLS_CERT)")
 	fs.StringVar(&f.tlsKey, "tls-key", env("DEVICEID_TLS_KEY", ""), "HTTPS server key, PEM ($DEVICEID_TLS_KEY)")
 	fs.StringVar(&f.tokenFile, "token-file", env("DEVICEID_TOKEN_FILE", ""), "file holding the admin API's bearer token (init-ca writes one); empty: no admin API by token ($DEVICEID_TOKEN_FILE)")
-	fs.StringVar(&f.adminCA, "admin-ca", env("DEVICEID_ADMIN_CA", ""), "PEM CA(s) whose client certificates may use the admin API over mutual TLS ($DEVICEID_ADMIN_CA)")
+	fs.StringVar(&f.adminCA, "admin-ca", env("DEVICEID_ADMIN_CA", ""), "PEM CA(s) whose client certificates act as the registry operator over mutual TLS ($DEVICEID_ADMIN_CA)")
+	fs.StringVar(&f.tenantCA, "tenant-ca", env("DEVICEID_TENANT_CA", ""), "PEM CA(s) whose client certificates act as the tenant their Subject Organization (O) names ($DEVICEID_TENANT_CA)")
+	fs.StringVar(&f.dns, "dns", env("DEVICEID_DNS", ""), "host:port of a CoreDNS serving the zone, for the console's and API's view of what DNS serves ($DEVICEID_DNS)")
+	f.retention = signer.DefaultRetention
+	fs.DurationVar(&f.retention.MaxAge, "audit-max-age", f.retention.MaxAge, "delete audit entries older than this (0: keep)")
+	fs.IntVar(&f.retention.MaxCount, "audit-max-entries", f.retention.MaxCount, "keep at most this many audit entries, deleting the oldest (0: no limit)")
 }
 
 // serve runs the signer's HTTPS server until SIGINT or SIGTERM.
@@ -52,6 +59,42 @@ func serve(args []string) error {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	return f.run(ctx, nil)
+}
+
+// certPool reads PEM CA certificates; nil for no file.
+func certPool(file string) (*x509.CertPool, error) {
+	if file == "" {
+		return nil, nil
+	}
+	b, err := os.ReadFile(file)
+	if err != nil {
+		return nil, err
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(b) {
+		return nil, fmt.Errorf("%s: no PEM certificate", file)
+	}
+	return pool, nil
+}
+
+// compactAudit applies the audit trail's retention hourly until ctx ends. Several
+// signers may do it at once: deleting a range twice is harmless.
+func compactAudit(ctx context.Context, reg *signer.Registry, keep signer.Retention) {
+	for {
+		cctx, cancel := context.WithTimeout(ctx, time.Minute)
+		n, err := reg.CompactAudit(cctx, keep)
+		cancel()
+		if err != nil && ctx.Err() == nil {
+			slog.Warn("audit retention", "err", err)
+		} else if n > 0 {
+			slog.Info("audit retention: deleted old entries", "entries", n)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(time.Hour):
+		}
+	}
 }
 
 // run serves until ctx ends; ready, when not nil, is told the address once listening.
@@ -76,16 +119,13 @@ func (f *serveFlags) run(ctx context.Context, ready chan<- string) error {
 			return fmt.Errorf("%s: the token must be at least 16 characters", f.tokenFile)
 		}
 	}
-	var adminCAs *x509.CertPool
-	if f.adminCA != "" {
-		b, err := os.ReadFile(f.adminCA)
-		if err != nil {
-			return err
-		}
-		adminCAs = x509.NewCertPool()
-		if !adminCAs.AppendCertsFromPEM(b) {
-			return fmt.Errorf("%s: no PEM certificate", f.adminCA)
-		}
+	adminCAs, err := certPool(f.adminCA)
+	if err != nil {
+		return err
+	}
+	tenantCAs, err := certPool(f.tenantCA)
+	if err != nil {
+		return err
 	}
 	reg := &signer.Registry{Prefix: f.prefix, Zone: f.zone}
 	if reg.Client, err = settings.Connect(ctx, 10*time.Second, reg.ZonePrefix()); err != nil {
@@ -120,7 +160,7 @@ func (f *serveFlags) run(ctx context.Context, ready chan<- string) error {
 		return err
 	}
 	srv := &http.Server{
-		Handler:           (&signer.Server{CA: ca, Registry: reg, Token: token, AdminCAs: adminCAs, Etcd: settings}).Handler(),
+		Handler:           (&signer.Server{CA: ca, Registry: reg, Token: token, AdminCAs: adminCAs, TenantCAs: tenantCAs, DNS: f.dns, Etcd: settings}).Handler(),
 		TLSConfig:         signer.TLSConfig(cert),
 		ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout:       30 * time.Second,
@@ -128,12 +168,13 @@ func (f *serveFlags) run(ctx context.Context, ready chan<- string) error {
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 	}
 	log.Info("deviceid-signer serving", "addr", ln.Addr().String(), "zone", f.zone,
-		"admin_token", token != "", "admin_mtls", adminCAs != nil, "ca_aki", ca.AKI())
+		"admin_token", token != "", "admin_mtls", adminCAs != nil, "tenant_mtls", tenantCAs != nil, "ca_aki", ca.AKI())
 	if ready != nil {
 		ready <- ln.Addr().String()
 	}
 	done := make(chan error, 1)
 	go func() { done <- srv.ServeTLS(ln, "", "") }()
+	go compactAudit(ctx, reg, f.retention)
 	select {
 	case err := <-done:
 		return err

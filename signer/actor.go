@@ -1,0 +1,20 @@
+package signer
+
+// Actor is who asks for a change: the registry operator, a tenant (by one of its
+// tokens or its client certificate), or a device (by its enrollment code or its
+// current certificate). The audit trail records ID.
+type Actor struct {
+	ID       string // "operator", "token:<id>", "cert:<subject>", "device:<name>", "cli:<user>"
+	Tenant   string // the tenant an actor acts for; "" for the operator and devices
+	Operator bool   // sees and changes everything, tenants included
+}
+
+// OperatorActor is the registry operator known by name (the admin token, the CLI on
+// etcd directly).
+func OperatorActor(id string) Actor { return Actor{ID: id, Operator: true} }
+
+// deviceActor is a device acting for itself, authorised by a code or its certificate.
+func deviceActor(device string) Actor { return Actor{ID: "device:" + device} }
+
+// sees reports whether the actor may see a record of tenant.
+func (a Actor) sees(tenant string) bool { return a.Operator || a.Tenant != "" && a.Tenant == tenant }

@@ -1,0 +1,178 @@
+package signer
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/deviceid/deviceid/record"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+// AuditEntry is one change in the audit trail, stored under P/_signer/<zone>/audit/ in
+// the transaction that made the change. Revision is that transaction's etcd revision
+// (the key's create revision, filled in when read).
+type AuditEntry struct {
+	ID          string    `json:"id"`
+	Time        time.Time `json:"time"`
+	Revision    int64     `json:"revision"`
+	Actor       string    `json:"actor"`
+	ActorTenant string    `json:"actor_tenant,omitempty"`
+	Operation   string    `json:"operation"`
+	Device      string    `json:"device,omitempty"`
+	Tenant      string    `json:"tenant,omitempty"` // for tenant and token operations
+	Before      *Summary  `json:"before,omitempty"`
+	After       *Summary  `json:"after,omitempty"`
+	Detail      string    `json:"detail,omitempty"`
+}
+
+// Summary is what an audit entry keeps of a device's record before and after.
+type Summary struct {
+	Tenant  string `json:"tenant,omitempty"`
+	State   string `json:"state"`
+	Active  int    `json:"active_keys"`
+	Revoked int    `json:"revoked_keys"`
+}
+
+func summarize(d *record.Device) *Summary {
+	if d == nil {
+		return nil
+	}
+	s := &Summary{Tenant: d.Tenant, State: record.StateActive}
+	if d.Suspended() {
+		s.State = record.StateSuspended
+	}
+	for _, c := range d.Credentials {
+		if c.Status == record.StatusRevoked {
+			s.Revoked++
+		} else {
+			s.Active++
+		}
+	}
+	return s
+}
+
+// concerns reports whether the entry is about tenant: its devices before or after,
+// or the tenant itself.
+func (e *AuditEntry) concerns(tenant string) bool {
+	return e.Tenant == tenant || e.ActorTenant == tenant ||
+		e.Before != nil && e.Before.Tenant == tenant || e.After != nil && e.After.Tenant == tenant
+}
+
+// auditOp is the put of one audit entry. Its key sorts by time: P/_signer/<zone>/audit/
+// <unix nanoseconds, 19 digits>-<random>, so that retention deletes a range.
+func (r *Registry) auditOp(e AuditEntry) clientv3.Op {
+	e.Time = r.now().UTC()
+	var rnd [4]byte
+	rand.Read(rnd[:])
+	e.ID = fmt.Sprintf("%019d-%s", e.Time.UnixNano(), hex.EncodeToString(rnd[:]))
+	b, _ := json.Marshal(e)
+	return clientv3.OpPut(r.signerKey(kindAudit, e.ID), string(b))
+}
+
+// AuditFilter selects audit entries; empty fields select all.
+type AuditFilter struct {
+	Device, Tenant, Operation, Actor string
+	After                            string // the ID of the last entry of the previous page
+	Limit                            int
+}
+
+// Audit returns the entries that match f, oldest first, a page at a time, and the ID
+// to pass as After for the next page ("" at the end). A tenant actor sees only the
+// entries that concern it. A page may hold fewer than Limit entries when many did not
+// match; Next still says where to go on.
+func (r *Registry) Audit(ctx context.Context, actor Actor, f AuditFilter) ([]AuditEntry, string, error) {
+	if !actor.Operator {
+		f.Tenant = actor.Tenant
+	}
+	limit := f.Limit
+	if limit <= 0 || limit > 1000 {
+		limit = 100
+	}
+	prefix := r.signerKey(kindAudit, "")
+	from := prefix + f.After + "\x00"
+	if f.After == "" {
+		from = prefix
+	}
+	const maxScan = 5000
+	out := []AuditEntry{}
+	for scanned := 0; scanned < maxScan; {
+		resp, err := r.Client.Get(ctx, from, clientv3.WithRange(clientv3.GetPrefixRangeEnd(prefix)), clientv3.WithLimit(500))
+		if err != nil {
+			return nil, "", err
+		}
+		for _, kv := range resp.Kvs {
+			scanned++
+			var e AuditEntry
+			if json.Unmarshal(kv.Value, &e) != nil {
+				continue
+			}
+			e.ID, e.Revision = strings.TrimPrefix(string(kv.Key), prefix), kv.CreateRevision
+			from = string(kv.Key) + "\x00"
+			if f.matches(&e) {
+				out = append(out, e)
+				if len(out) == limit {
+					return out, e.ID, nil
+				}
+			}
+		}
+		if !resp.More {
+			return out, "", nil
+		}
+	}
+	return out, strings.TrimSuffix(strings.TrimPrefix(from, prefix), "\x00"), nil
+}
+
+func (f *AuditFilter) matches(e *AuditEntry) bool {
+	return (f.Device == "" || e.Device == f.Device) && (f.Tenant == "" || e.concerns(f.Tenant)) &&
+		(f.Operation == "" || e.Operation == f.Operation) && (f.Actor == "" || e.Actor == f.Actor)
+}
+
+// Retention bounds the audit trail: entries older than MaxAge, and the oldest beyond
+// MaxCount, are deleted by CompactAudit. Zero values keep everything.
+type Retention struct {
+	MaxAge   time.Duration
+	MaxCount int
+}
+
+// DefaultRetention keeps a year of changes and at most ten million entries.
+var DefaultRetention = Retention{MaxAge: 365 * 24 * time.Hour, MaxCount: 10_000_000}
+
+// CompactAudit deletes the entries the retention no longer keeps and returns how many.
+func (r *Registry) CompactAudit(ctx context.Context, keep Retention) (int64, error) {
+	prefix := r.signerKey(kindAudit, "")
+	end := clientv3.GetPrefixRangeEnd(prefix)
+	var deleted int64
+	if keep.MaxAge > 0 {
+		cutoff := prefix + fmt.Sprintf("%019d", r.now().Add(-keep.MaxAge).UnixNano())
+		resp, err := r.Client.Delete(ctx, prefix, clientv3.WithRange(cutoff))
+		if err != nil {
+			return 0, err
+		}
+		deleted += resp.Deleted
+	}
+	if keep.MaxCount > 0 {
+		count, err := r.Client.Get(ctx, prefix, clientv3.WithRange(end), clientv3.WithCountOnly())
+		if err != nil {
+			return deleted, err
+		}
+		if extra := count.Count - int64(keep.MaxCount); extra > 0 {
+			oldest, err := r.Client.Get(ctx, prefix, clientv3.WithRange(end), clientv3.WithKeysOnly(), clientv3.WithLimit(extra))
+			if err != nil || len(oldest.Kvs) == 0 {
+				return deleted, err
+			}
+			last := string(oldest.Kvs[len(oldest.Kvs)-1].Key)
+			resp, err := r.Client.Delete(ctx, prefix, clientv3.WithRange(last+"\x00"))
+			if err != nil {
+				return deleted, err
+			}
+			deleted += resp.Deleted
+		}
+	}
+	return deleted, nil
+}

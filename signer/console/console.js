@@ -1,0 +1,281 @@
+// The deviceid console: a page over the admin API (/api/v1/). Every value from the
+// API is put in the page as text (textContent, text nodes), never as markup, so a
+// hostile device attribute shows as what it is. The bearer token lives in this tab's
+// sessionStorage and is sent only in the Authorization header.
+"use strict";
+
+const api = "/api/v1";
+const $ = (id) => document.getElementById(id);
+let me = null; // the whoami answer
+
+// el makes an element: attrs are properties (never innerHTML), children are nodes or text.
+function el(tag, attrs, ...children) {
+  const e = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) {
+    if (k === "dataset") Object.assign(e.dataset, v);
+    else if (k.startsWith("on")) e.addEventListener(k.slice(2), v);
+    else e[k] = v;
+  }
+  for (const c of children.flat()) {
+    if (c === null || c === undefined) continue;
+    e.append(c instanceof Node ? c : document.createTextNode(String(c)));
+  }
+  return e;
+}
+
+function token() { return sessionStorage.getItem("deviceid-token"); }
+
+// call asks the API; a failed answer throws an Error with the API's message.
+async function call(method, path, body) {
+  const headers = { "Authorization": "Bearer " + token() };
+  const init = { method, headers, credentials: "omit", cache: "no-store" };
+  if (body !== undefined) {
+    headers["Content-Type"] = "application/json";
+    init.body = JSON.stringify(body);
+  }
+  const resp = await fetch(api + path, init);
+  if (resp.status === 204) return null;
+  const data = await resp.json().catch(() => ({ error: resp.statusText }));
+  if (!resp.ok) {
+    const err = new Error(resp.status + " " + (data.error || resp.statusText));
+    err.status = resp.status;
+    throw err;
+  }
+  return data;
+}
+
+function showError(err) {
+  const box = $("error");
+  box.textContent = err ? String(err.message || err) : "";
+  box.hidden = !err;
+  if (err && err.status === 401) signOut();
+}
+
+function notice(text) {
+  const box = $("notice");
+  box.textContent = text || "";
+  box.hidden = !text;
+}
+
+// confirmThen asks in a dialog before running action; its error goes to the banner.
+function confirmThen(text, action) {
+  const dlg = $("confirm");
+  $("confirm-text").textContent = text;
+  dlg.returnValue = "";
+  dlg.onclose = async () => {
+    if (dlg.returnValue !== "yes") return;
+    try { showError(null); await action(); } catch (err) { showError(err); }
+  };
+  dlg.showModal();
+}
+
+function signOut() {
+  sessionStorage.removeItem("deviceid-token");
+  me = null;
+  $("who").replaceChildren();
+  route();
+}
+
+async function signIn(t) {
+  sessionStorage.setItem("deviceid-token", t);
+  try {
+    me = await call("GET", "/whoami");
+    showError(null);
+    location.hash = "#/devices";
+    route();
+  } catch (err) {
+    sessionStorage.removeItem("deviceid-token");
+    showError(err);
+  }
+}
+
+function whoBar() {
+  const role = me.operator ? "registry operator" : "tenant " + me.tenant;
+  $("who").replaceChildren(el("span", { id: "whoami" }, role + " (" + me.actor + ") "),
+    el("button", { id: "signout", type: "button", onclick: signOut }, "Sign out"));
+}
+
+// route shows the view the hash names.
+async function route() {
+  notice(null);
+  const main = $("main");
+  if (!token()) {
+    main.replaceChildren();
+    $("login-view").hidden = false;
+    return;
+  }
+  $("login-view").hidden = true;
+  try {
+    if (!me) me = await call("GET", "/whoami");
+    whoBar();
+    const m = location.hash.match(/^#\/device\/(.+)$/);
+    if (m) await deviceView(main, decodeURIComponent(m[1]));
+    else await listView(main);
+  } catch (err) {
+    showError(err);
+  }
+}
+
+// attrText turns "key=value" lines into attributes.
+function attrsOf(text) {
+  const out = {};
+  for (const line of text.split("\n")) {
+    const s = line.trim();
+    if (!s) continue;
+    const i = s.indexOf("=");
+    if (i < 1) throw new Error("attributes: want key=value lines, got " + JSON.stringify(s));
+    out[s.slice(0, i).trim()] = s.slice(i + 1).trim();
+  }
+  return out;
+}
+
+let listState = { after: "", filters: {} };
+
+async function listView(main) {
+  const f = listState.filters;
+  const q = new URLSearchParams();
+  for (const k of ["prefix", "state", "tenant"]) if (f[k]) q.set(k, f[k]);
+  if (f.attr) q.append("attr", f.attr);
+  if (listState.after) q.set("after", listState.after);
+  q.set("limit", "50");
+  const page = await call("GET", "/devices?" + q.toString());
+
+  const search = el("form", { id: "search", className: "inline", onsubmit: (e) => {
+    e.preventDefault();
+    listState = { after: "", filters: { prefix: $("f-prefix").value, state: $("f-state").value, attr: $("f-attr").value, tenant: me.operator ? $("f-tenant").value : "" } };
+    route();
+  } },
+    el("label", {}, "Name starts with", el("input", { id: "f-prefix", value: f.prefix || "" })),
+    el("label", {}, "State", el("select", { id: "f-state" },
+      ["", "active", "suspended"].map((s) => el("option", { value: s, selected: (f.state || "") === s }, s || "any")))),
+    el("label", {}, "Attribute (key=value)", el("input", { id: "f-attr", value: f.attr || "" })),
+    me.operator ? el("label", {}, "Tenant", el("input", { id: "f-tenant", value: f.tenant || "" })) : null,
+    el("button", { id: "search-button", type: "submit" }, "Search"));
+
+  const rows = page.devices.map((d) => el("tr", { dataset: { device: d.name } },
+    el("td", {}, el("a", { href: "#/device/" + encodeURIComponent(d.name) }, d.name)),
+    el("td", {}, d.tenant || "-"),
+    el("td", { className: "state-" + d.state }, d.invalid ? "invalid: " + d.invalid : d.state),
+    el("td", {}, String(d.active_keys)), el("td", {}, String(d.revoked_keys)),
+    el("td", {}, Object.entries(d.attributes || {}).map(([k, v]) => k + "=" + v).join(", "))));
+  const table = el("table", { id: "devices" },
+    el("thead", {}, el("tr", {}, ["Device", "Tenant", "State", "Active keys", "Revoked keys", "Attributes"].map((h) => el("th", {}, h)))),
+    el("tbody", {}, rows));
+  const more = page.next ? el("button", { id: "next-page", type: "button", onclick: () => { listState.after = page.next; route(); } }, "Next page") : null;
+
+  const register = el("form", { id: "register", className: "inline", onsubmit: (e) => {
+    e.preventDefault();
+    const name = $("r-name").value.trim();
+    let attrs;
+    try { attrs = attrsOf($("r-attrs").value); } catch (err) { showError(err); return; }
+    const body = { attributes: attrs };
+    if (me.operator && $("r-tenant").value) body.tenant = $("r-tenant").value.trim();
+    confirmThen("Register " + name + (body.tenant ? " for " + body.tenant : "") + "?", async () => {
+      await call("POST", "/devices/" + encodeURIComponent(name) + "/register", body);
+      location.hash = "#/device/" + encodeURIComponent(name.toLowerCase());
+    });
+  } },
+    el("label", {}, "Name", el("input", { id: "r-name", required: true, placeholder: "sensor7" })),
+    me.operator ? el("label", {}, "Tenant", el("input", { id: "r-tenant" })) : null,
+    el("label", {}, "Attributes (key=value per line)", el("textarea", { id: "r-attrs", rows: 2 })),
+    el("button", { id: "register-button", type: "submit" }, "Register"));
+
+  const accept = el("form", { id: "accept", className: "inline", onsubmit: (e) => {
+    e.preventDefault();
+    const name = $("a-name").value.trim();
+    const body = { code: $("a-code").value.trim(), keep_keys: $("a-keep").checked };
+    if (me.operator) body.tenant = $("a-tenant").value.trim();
+    confirmThen("Take " + name + " over" + (body.keep_keys ? ", keeping its keys" : ", revoking its keys") + "?", async () => {
+      await call("POST", "/devices/" + encodeURIComponent(name) + "/transfer/accept", body);
+      location.hash = "#/device/" + encodeURIComponent(name.toLowerCase());
+    });
+  } },
+    el("label", {}, "Device", el("input", { id: "a-name", required: true })),
+    el("label", {}, "Transfer code", el("input", { id: "a-code", required: true })),
+    me.operator ? el("label", {}, "For tenant", el("input", { id: "a-tenant" })) : null,
+    el("label", {}, "Keep its keys", el("input", { id: "a-keep", type: "checkbox" })),
+    el("button", { id: "accept-button", type: "submit" }, "Accept transfer"));
+
+  main.replaceChildren(el("h2", {}, "Devices"), search, table, more,
+    el("h2", {}, "Register a device"), register, el("h2", {}, "Accept a transfer"), accept);
+}
+
+function fmtTime(t) { return t ? new Date(t).toISOString().replace(".000Z", "Z") : "-"; }
+
+async function deviceView(main, name) {
+  const path = "/devices/" + encodeURIComponent(name);
+  const d = await call("GET", path);
+  const [dnsAnswer, audit] = await Promise.all([
+    call("GET", path + "/dns").catch((err) => ({ error: err.message })),
+    call("GET", "/audit?device=" + encodeURIComponent(d.name) + "&limit=100").catch((err) => ({ entries: [], error: err.message })),
+  ]);
+  const state = d.state || "active";
+  const act = (label, id, text, fn, danger) => el("button", { id, type: "button", className: danger ? "danger" : "",
+    onclick: () => confirmThen(text, async () => { await fn(); await route(); }) }, label);
+  const result = el("div", { id: "result" });
+  const showCode = (what, c) => result.replaceChildren(el("p", {}, what + " (until " + fmtTime(c.expires) + "): "),
+    el("span", { id: "code", className: "code" }, c.code));
+
+  const reason = el("select", { id: "reason" }, ["unspecified", "keyCompromise", "superseded", "cessationOfOperation", "affiliationChanged", "privilegeWithdrawn"]
+    .map((r) => el("option", { value: r }, r)));
+  const actions = el("div", { className: "actions" },
+    act("Issue enrollment code", "issue-code", "Issue a one-time enrollment code for " + d.name + "?", async () => {
+      const c = await call("POST", path + "/code", {});
+      showCode("Enrollment code for EST /simpleenroll", c);
+      notice("Enrollment code issued.");
+    }),
+    state === "suspended"
+      ? act("Resume", "resume", "Resume " + d.name + "? DNS vouches for its keys again.", () => call("POST", path + "/resume"))
+      : act("Suspend", "suspend", "Suspend " + d.name + "? DNS stops vouching for its keys within a second.", () => call("POST", path + "/suspend")),
+    el("label", {}, "Reason", reason),
+    act("Revoke all keys", "revoke", "Revoke every key of " + d.name + "? This cannot be undone.",
+      () => call("POST", path + "/revoke", { reason: reason.value }), true),
+    act("Start transfer", "start-transfer", "Make a transfer code for " + d.name + "? Whoever has it can take the device.", async () => {
+      const c = await call("POST", path + "/transfer");
+      showCode("Transfer code for the gaining tenant", c);
+      notice("Transfer code made.");
+    }),
+    act("Cancel transfer", "cancel-transfer", "Cancel the pending transfer of " + d.name + "?", () => call("DELETE", path + "/transfer")),
+    act("Delete", "delete", "Delete " + d.name + ", its keys and its records in DNS?", async () => {
+      await call("DELETE", path);
+      location.hash = "#/devices";
+    }, true));
+
+  const attrs = el("table", { id: "attributes" }, Object.entries(d.attributes || {}).map(([k, v]) =>
+    el("tr", {}, el("th", {}, k), el("td", { className: "attr-value" }, v))));
+  const keys = el("table", { id: "keys" },
+    el("thead", {}, el("tr", {}, ["Key (SHA-256 of the SPKI)", "Status", "Not after", "Reason", "Certificate"].map((h) => el("th", {}, h)))),
+    el("tbody", {}, d.keys.map((k) => el("tr", {},
+      el("td", { className: "mono" }, k.spki_sha256), el("td", { className: "status-" + k.status }, k.status),
+      el("td", {}, fmtTime(k.not_after)), el("td", {}, k.reason || ""), el("td", {}, k.certificate ? "yes" : "no")))));
+  const dnsBox = el("div", { id: "dns" }, dnsAnswer.error
+    ? el("p", {}, "DNS: " + dnsAnswer.error)
+    : [el("p", {}, dnsAnswer.owner + " TLSA: " + dnsAnswer.rcode + (dnsAnswer.signed ? ", signed" : "") + " (from " + dnsAnswer.server + ")"),
+       el("ul", { id: "dns-records" }, dnsAnswer.records.length ? dnsAnswer.records.map((r) => el("li", { className: "mono" }, r)) : el("li", {}, "no TLSA records"))]);
+  const history = el("table", { id: "audit" },
+    el("thead", {}, el("tr", {}, ["Time", "Revision", "Actor", "Operation", "Before → after", "Detail"].map((h) => el("th", {}, h)))),
+    el("tbody", {}, (audit.entries || []).map((a) => el("tr", {},
+      el("td", {}, fmtTime(a.time)), el("td", {}, String(a.revision)), el("td", {}, a.actor), el("td", {}, a.operation),
+      el("td", {}, summary(a.before) + " → " + summary(a.after)), el("td", {}, a.detail || "")))));
+
+  main.replaceChildren(
+    el("h2", { id: "device-name" }, d.name),
+    el("p", {}, "Tenant: ", el("b", { id: "device-tenant" }, d.tenant || "-"), " · State: ",
+      el("b", { id: "device-state", className: "state-" + state }, state)),
+    actions, result,
+    el("h2", {}, "Attributes"), attrs,
+    el("h2", {}, "Keys"), keys,
+    el("h2", {}, "What DNS serves now"), dnsBox,
+    el("h2", {}, "History"), history);
+}
+
+function summary(s) {
+  if (!s) return "-";
+  return (s.tenant || "-") + "/" + s.state + " " + s.active_keys + " active, " + s.revoked_keys + " revoked";
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  $("login-form").addEventListener("submit", (e) => { e.preventDefault(); signIn($("login-token").value.trim()); });
+  window.addEventListener("hashchange", route);
+  route();
+});

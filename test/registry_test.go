@@ -1,0 +1,273 @@
+package test
+
+import (
+	"bytes"
+	"crypto/elliptic"
+	"crypto/x509"
+	"encoding/json"
+	"encoding/pem"
+	"fmt"
+	"net/http"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/deviceid/deviceid/internal/etcdclient"
+	"github.com/deviceid/deviceid/internal/testenv"
+	"github.com/deviceid/deviceid/signer"
+
+	"github.com/miekg/dns"
+)
+
+// registryStack is etcd, CoreDNS and the signer (asking that CoreDNS) for the zone.
+type registryStack struct {
+	etcd *testenv.Etcd
+	dns  *testenv.CoreDNS
+	s    *signerServer
+}
+
+func startRegistryStack(t *testing.T) *registryStack {
+	t.Helper()
+	etcd := testenv.StartEtcd(t)
+	c := testenv.StartCoreDNS(t, corefile(etcd.URL(), fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))))
+	waitLoaded(t, c)
+	dir := t.TempDir()
+	ca, err := signer.InitCA(dir, "deviceid e2e CA", zone, elliptic.P256(), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := serveSignerDNS(t, ca, filepath.Join(dir, signer.CACertFile), etcdclient.Settings{Endpoints: []string{etcd.URL()}}, c.UDP)
+	return &registryStack{etcd: etcd, dns: c, s: s}
+}
+
+// tenantToken creates a tenant and returns a bearer token of it.
+func (r *registryStack) tenantToken(t *testing.T, name string) string {
+	t.Helper()
+	if st := r.s.admin(t, "POST", "/api/v1/tenants", `{"name": "`+name+`"}`, nil); st != http.StatusCreated {
+		t.Fatalf("create tenant %s: %d", name, st)
+	}
+	var tok signer.NewToken
+	if st := r.s.admin(t, "POST", "/api/v1/tenants/"+name+"/tokens", `{"label": "e2e"}`, &tok); st != http.StatusCreated {
+		t.Fatalf("token for %s: %d", name, st)
+	}
+	return tok.Secret
+}
+
+// TestRegistryAsDocumented walks a device through its whole lifecycle with the admin
+// API of the real signer, every request and answer checked against the OpenAPI
+// document, and checks each step in DNS. At the end every documented operation has
+// been answered with its documented success status.
+func TestRegistryAsDocumented(t *testing.T) {
+	r := startRegistryStack(t)
+	s := r.s
+	name := "lamp._device.iot.example."
+	acme := r.tenantToken(t, "acme")
+	globex := r.tenantToken(t, "globex")
+	expect := func(what string, got, want int) {
+		t.Helper()
+		if got != want {
+			t.Fatalf("%s: %d, want %d", what, got, want)
+		}
+	}
+	var who signer.WhoAmI
+	expect("whoami", s.apiCall(t, acme, "GET", "/api/v1/whoami", "", &who), 200)
+	if who.Tenant != "acme" || who.Operator {
+		t.Errorf("whoami: %+v", who)
+	}
+	expect("tenants", s.admin(t, "GET", "/api/v1/tenants", "", nil), 200)
+	expect("tenant", s.apiCall(t, acme, "GET", "/api/v1/tenants/acme", "", nil), 200)
+	var toks signer.TokenList
+	expect("tokens", s.apiCall(t, acme, "GET", "/api/v1/tenants/acme/tokens", "", &toks), 200)
+
+	// Register, issue a code, enroll over EST with openssl and curl.
+	expect("register", s.apiCall(t, acme, "POST", "/api/v1/devices/lamp/register", `{"attributes": {"model": "th-200", "serial": "A1"}}`, nil), 200)
+	if err := answerIs(t, r.dns, name, dns.RcodeNameError, nil); err != nil {
+		t.Errorf("registered, no key: %v", err)
+	}
+	var code signer.CodeResponse
+	expect("code", s.apiCall(t, acme, "POST", "/api/v1/devices/lamp/code", "", &code), 201)
+	cert := estEnroll(t, s, t.TempDir(), "lamp", code.Code, "device.key")
+	testenv.Eventually(t, "enrolled in DNS", func() error {
+		return answerIs(t, r.dns, name, dns.RcodeSuccess, []string{eeOf(cert), discoveryOf(cert)})
+	})
+	var view signer.DeviceView
+	expect("get", s.apiCall(t, acme, "GET", "/api/v1/devices/lamp", "", &view), 200)
+	if view.Tenant != "acme" || len(view.Keys) != 1 || "3 1 1 "+view.Keys[0].SPKISHA256 != eeOf(cert) {
+		t.Errorf("device view: %+v", view)
+	}
+	var served signer.DNSAnswer
+	expect("dns", s.apiCall(t, acme, "GET", "/api/v1/devices/lamp/dns", "", &served), 200)
+	if len(served.Records) != 2 || !strings.Contains(strings.Join(served.Records, "\n"), eeOf(cert)) {
+		t.Errorf("what DNS serves: %+v", served)
+	}
+	expect("attributes", s.apiCall(t, acme, "PUT", "/api/v1/devices/lamp/attributes", `{"attributes": {"model": "th-200", "firmware": "2.1"}}`, nil), 200)
+	var list signer.ListResponse
+	expect("list", s.apiCall(t, acme, "GET", "/api/v1/devices?attr=firmware%3D2.1&state=active", "", &list), 200)
+	if len(list.Devices) != 1 || list.Devices[0].Name != "lamp" {
+		t.Errorf("search: %+v", list)
+	}
+	if st, body := s.apiRaw(t, acme, "GET", "/api/v1/export?tenant=acme", ""); st != 200 || !bytes.Contains(body, []byte(`"name":"lamp"`)) {
+		t.Errorf("export: %d %s", st, body)
+	}
+
+	// Suspend and resume: DNS stops and restarts vouching for the device.
+	expect("suspend", s.apiCall(t, acme, "POST", "/api/v1/devices/lamp/suspend", "", nil), 200)
+	testenv.Eventually(t, "suspended in DNS", func() error { return answerIs(t, r.dns, name, dns.RcodeNameError, nil) })
+	expect("resume", s.apiCall(t, acme, "POST", "/api/v1/devices/lamp/resume", "", nil), 200)
+	testenv.Eventually(t, "resumed in DNS", func() error {
+		return answerIs(t, r.dns, name, dns.RcodeSuccess, []string{eeOf(cert), discoveryOf(cert)})
+	})
+
+	// Transfer: started, cancelled, started again, accepted by globex with the keys revoked.
+	var tcode signer.CodeResponse
+	expect("transfer", s.apiCall(t, acme, "POST", "/api/v1/devices/lamp/transfer", "", &tcode), 201)
+	expect("cancel", s.apiCall(t, acme, "DELETE", "/api/v1/devices/lamp/transfer", "", nil), 204)
+	expect("cancelled code", s.apiCall(t, globex, "POST", "/api/v1/devices/lamp/transfer/accept", `{"code": "`+tcode.Code+`"}`, nil), 403)
+	expect("transfer again", s.apiCall(t, acme, "POST", "/api/v1/devices/lamp/transfer", "", &tcode), 201)
+	expect("accept", s.apiCall(t, globex, "POST", "/api/v1/devices/lamp/transfer/accept", `{"code": "`+tcode.Code+`", "keep_keys": false}`, &view), 200)
+	if view.Tenant != "globex" {
+		t.Errorf("after the transfer: %+v", view)
+	}
+	testenv.Eventually(t, "keys revoked by the transfer", func() error { return answerIs(t, r.dns, name, dns.RcodeSuccess, []string{revokedOf(cert)}) })
+	expect("the losing tenant", s.apiCall(t, acme, "GET", "/api/v1/devices/lamp", "", nil), 404)
+
+	// A bare key through the API beside the EST one.
+	expect("enroll", s.apiCall(t, globex, "POST", "/api/v1/devices/lamp/enroll", fmt.Sprintf(`{"public_key": %q}`, publicKeyPEM(t)), nil), 201)
+	expect("revoke", s.apiCall(t, globex, "POST", "/api/v1/devices/lamp/revoke", `{"reason": "cessationOfOperation"}`, nil), 200)
+
+	var audit signer.AuditResponse
+	expect("audit", s.apiCall(t, globex, "GET", "/api/v1/audit?device=lamp", "", &audit), 200)
+	if len(audit.Entries) != 3 || audit.Entries[0].Operation != "transfer.accept" {
+		t.Errorf("globex sees more or less than its own part of the history: %+v", audit.Entries)
+	}
+	expect("audit", s.admin(t, "GET", "/api/v1/audit?device=lamp", "", &audit), 200)
+	var ops []string
+	for _, e := range audit.Entries {
+		ops = append(ops, e.Operation)
+		if e.Revision == 0 || e.Actor == "" {
+			t.Errorf("audit entry without revision or actor: %+v", e)
+		}
+	}
+	want := "device.register device.code device.enroll device.attributes device.suspend device.resume transfer.start transfer.cancel transfer.start transfer.accept device.enroll device.revoke"
+	if strings.Join(ops, " ") != want {
+		t.Errorf("audit trail:\n got %s\nwant %s", strings.Join(ops, " "), want)
+	}
+	expect("delete", s.apiCall(t, globex, "DELETE", "/api/v1/devices/lamp", "", nil), 204)
+	testenv.Eventually(t, "deleted from DNS", func() error { return answerIs(t, r.dns, name, dns.RcodeNameError, nil) })
+
+	// Tenants and tokens: revoke a token, disable, enable, delete when empty.
+	expect("revoke token", s.apiCall(t, acme, "DELETE", "/api/v1/tenants/acme/tokens/"+toks.Tokens[0].ID, "", nil), 204)
+	expect("revoked token", s.apiCall(t, acme, "GET", "/api/v1/whoami", "", nil), 401)
+	expect("disable", s.admin(t, "POST", "/api/v1/tenants/globex/disable", "", nil), 200)
+	expect("disabled tenant's token", s.apiCall(t, globex, "GET", "/api/v1/devices", "", nil), 403)
+	expect("enable", s.admin(t, "POST", "/api/v1/tenants/globex/enable", "", nil), 200)
+	expect("enabled again", s.apiCall(t, globex, "GET", "/api/v1/devices", "", nil), 200)
+	s.admin(t, "POST", "/api/v1/tenants/acme/disable", "", nil)
+	expect("delete tenant", s.admin(t, "DELETE", "/api/v1/tenants/acme", "", nil), 204)
+
+	// Every documented operation was answered as documented.
+	var missing []string
+	for _, op := range documentedOperations(t) {
+		if _, ok := exercised.Load(op); !ok {
+			missing = append(missing, op)
+		}
+	}
+	if len(missing) > 0 {
+		t.Errorf("documented operations never answered with success: %v", missing)
+	}
+}
+
+// documentedOperations lists "METHOD /path" of every operation in the served document.
+func documentedOperations(t *testing.T) []string {
+	var doc struct {
+		Paths map[string]map[string]json.RawMessage `json:"paths"`
+	}
+	if err := json.Unmarshal(signer.OpenAPIDocument(), &doc); err != nil {
+		t.Fatal(err)
+	}
+	var ops []string
+	for path, item := range doc.Paths {
+		for method := range item {
+			ops = append(ops, strings.ToUpper(method)+" "+path)
+		}
+	}
+	return ops
+}
+
+// TestAPIBadInputE2E: bad requests to the new endpoints get a clear 4xx through the
+// real signer and change nothing in etcd.
+func TestAPIBadInputE2E(t *testing.T) {
+	r := startRegistryStack(t)
+	s := r.s
+	acme := r.tenantToken(t, "acme")
+	r.tenantToken(t, "globex")
+	s.apiCall(t, acme, "POST", "/api/v1/devices/lamp/register", "", nil)
+	var tcode signer.CodeResponse
+	s.apiCall(t, acme, "POST", "/api/v1/devices/lamp/transfer", "", &tcode)
+	cli := r.etcd.Client()
+	for _, tc := range []struct {
+		name, token, method, path, body string
+		status                          int
+	}{
+		{"malformed JSON", acme, "POST", "/api/v1/devices/x/register", `{"attributes": `, 400},
+		{"unknown field", acme, "POST", "/api/v1/devices/x/register", `{"owner": "acme"}`, 400},
+		{"oversize body", acme, "POST", "/api/v1/devices/x/register", `{"attributes": {"a": "` + strings.Repeat("x", signer.MaxBody) + `"}}`, 413},
+		{"bad name", acme, "POST", "/api/v1/devices/bad_name/register", `{}`, 400},
+		{"bad attribute key", acme, "POST", "/api/v1/devices/x/register", `{"attributes": {"Bad Key": "v"}}`, 400},
+		{"attribute value too long", acme, "PUT", "/api/v1/devices/lamp/attributes", `{"attributes": {"k": "` + strings.Repeat("v", 257) + `"}}`, 400},
+		{"control character", acme, "PUT", "/api/v1/devices/lamp/attributes", `{"attributes": {"k": "a\u0007b"}}`, 400},
+		{"too many attributes", acme, "PUT", "/api/v1/devices/lamp/attributes", tooManyAttributes(), 400},
+		{"wrong transfer code", acme, "POST", "/api/v1/devices/lamp/transfer/accept", `{"code": "NOPE"}`, 403},
+		{"transfer to the same tenant", acme, "POST", "/api/v1/devices/lamp/transfer/accept", `{"code": "` + tcode.Code + `"}`, 400},
+		{"no transfer code", acme, "POST", "/api/v1/devices/lamp/transfer/accept", `{}`, 400},
+		{"bad tenant name", adminToken, "POST", "/api/v1/tenants", `{"name": "Not OK"}`, 400},
+		{"tenant for a tenant", acme, "POST", "/api/v1/tenants", `{"name": "mine"}`, 403},
+		{"register for a missing tenant", adminToken, "POST", "/api/v1/devices/x/register", `{"tenant": "initech"}`, 404},
+		{"delete an enabled tenant", adminToken, "DELETE", "/api/v1/tenants/acme", "", 409},
+		{"not JSON", acme, "POST", "/api/v1/devices/x/register", "not json", 400},
+		{"bad filter", acme, "GET", "/api/v1/devices?state=asleep", "", 400},
+		{"bad attr filter", acme, "GET", "/api/v1/devices?attr=novalue", "", 400},
+		{"bad audit limit", acme, "GET", "/api/v1/audit?limit=5000", "", 400},
+		{"another tenant's list", acme, "GET", "/api/v1/devices?tenant=globex", "", 404},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			before, _ := cli.Get(t.Context(), "/")
+			st, body := s.apiRaw(t, tc.token, tc.method, tc.path, tc.body)
+			if st != tc.status {
+				t.Errorf("status %d, want %d: %s", st, tc.status, body)
+			}
+			var e signer.ErrorResponse
+			if json.Unmarshal(body, &e) != nil || e.Error == "" {
+				t.Errorf("no clear error: %s", body)
+			}
+			if after, _ := cli.Get(t.Context(), "/"); after.Header.Revision != before.Header.Revision {
+				t.Errorf("etcd changed")
+			}
+		})
+	}
+	// A cross-site form (text/plain or form-encoded, which a browser sends without
+	// asking) is refused before anything else.
+	req, _ := http.NewRequest("POST", s.url+"/api/v1/devices/lamp/suspend", strings.NewReader("a=b"))
+	req.Header.Set("Authorization", "Bearer "+acme)
+	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	if resp, err := s.client.Do(req); err != nil || resp.StatusCode != http.StatusUnsupportedMediaType {
+		t.Errorf("form post: %v %v", resp, err)
+	}
+}
+
+func tooManyAttributes() string {
+	m := map[string]string{}
+	for i := range 33 {
+		m[fmt.Sprintf("k%d", i)] = "v"
+	}
+	b, _ := json.Marshal(map[string]any{"attributes": m})
+	return string(b)
+}
+
+func publicKeyPEM(t *testing.T) string {
+	der, err := x509.MarshalPKIXPublicKey(testenv.DeviceKey(t).Public())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: der}))
+}
