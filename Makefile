@@ -6,7 +6,7 @@ STATICCHECK_VERSION := v0.8.2
 VERSION  := $(shell git describe --tags --always --dirty 2>/dev/null || echo unknown)
 LDFLAGS  := -X github.com/deviceid/deviceid/internal/version.Version=$(VERSION)
 
-.PHONY: all help build test lint unit e2e fuzz run bench bench-scale soak clean
+.PHONY: all help build test lint unit e2e fuzz run bench bench-scale soak screenshots clean
 
 all: build
 
@@ -33,7 +33,7 @@ lint: $(BIN)/staticcheck ## gofmt, go vet, staticcheck
 unit: ## unit tests with the race detector
 	$(GO) test -race -count=1 ./record/... ./plugin/... ./signer/... ./verify/... ./internal/... ./cmd/...
 
-e2e: ## end-to-end tests: etcd (one node and a 3-member cluster), CoreDNS, the signer, unbound, delv, SoftHSM
+e2e: ## end-to-end tests: etcd (one node and a 3-member cluster), CoreDNS, the signer, unbound, delv, SoftHSM, Chromium
 	$(GO) test -count=1 -timeout 10m ./test/...
 
 # A short fuzzing run of each parser; longer runs: make fuzz FUZZTIME=10m.
@@ -57,6 +57,10 @@ bench-scale: build ## a million and ten million signed devices, floods, freshnes
 soak: ## 30 minutes of queries and enrollments against a 3-member cluster with restarts (SOAK=30m)
 	@DEVICEID_SOAK=$${SOAK:-30m} $(GO) test -tags soak -count=1 -run TestSoak -timeout 0 -v ./test/ > soak.log 2>&1; \
 	  status=$$?; grep -v '^\[' soak.log | tail -40; exit $$status
+
+screenshots: ## the console's pictures in docs/img (headless Chromium, as TestConsole clicks through)
+	mkdir -p docs/img
+	DEVICEID_SCREENSHOTS=$(CURDIR)/docs/img $(GO) test -count=1 -run TestConsole ./test/
 
 clean: ## remove bin/, the dev data and benchmark output
 	rm -rf $(BIN) .deviceid-dev bench-out

@@ -45,6 +45,10 @@ CoreDNS is starting on 127.0.0.1:1053. In another terminal try:
   dig @127.0.0.1 -p 1053 +dnssec TLSA sensor7._device.iot.example  # with its RRSIG
   delv @127.0.0.1 -p 1053 -a .deviceid-dev/anchors.conf +root=iot.example TLSA sensor7._device.iot.example
 
+The web console: https://127.0.0.1:8443/console/ (the dev CA signed its certificate:
+.deviceid-dev/ca.pem), signed in with the demo tenant's token (.deviceid-dev/demo-token)
+or the operator's (.deviceid-dev/admin-token).
+
 MSG
 bin/coredns -conf corefile/dev.Corefile &
 pids+=($!)

@@ -208,9 +208,19 @@ func TestAPIMutualTLS(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	tenantCA, _ := testenv.NewCA("tenants' provisioning systems")
 	admins := x509.NewCertPool()
 	admins.AddCert(adminCA.Cert)
-	srv := httptest.NewUnstartedServer((&API{CA: testCA(t), Registry: reg, AdminCAs: admins}).Handler())
+	tenants := x509.NewCertPool()
+	tenants.AddCert(tenantCA.Cert)
+	for _, name := range []string{"acme", "globex"} {
+		reg.CreateTenant(t.Context(), testOperator, name)
+	}
+	reg.SetTenantDisabled(t.Context(), testOperator, "globex", true)
+	if _, err := reg.Register(t.Context(), Actor{ID: "x", Tenant: "acme"}, "a-dev", "", nil); err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewUnstartedServer((&API{CA: testCA(t), Registry: reg, AdminCAs: admins, TenantCAs: tenants}).Handler())
 	srv.TLS = &tls.Config{ClientAuth: tls.RequestClientCert}
 	srv.StartTLS()
 	defer srv.Close()
@@ -219,22 +229,45 @@ func TestAPIMutualTLS(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	tenantCert := func(org ...string) []tls.Certificate {
+		c, err := tenantCA.Issue("provisioning."+strings.Join(org, "."), key.Public(), time.Now().Add(time.Hour), org...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return []tls.Certificate{{Certificate: [][]byte{c}, PrivateKey: key}}
+	}
 	for _, tc := range []struct {
 		name   string
 		certs  []tls.Certificate
+		path   string
 		status int
 	}{
-		{"admin certificate", []tls.Certificate{{Certificate: [][]byte{der}, PrivateKey: key}}, http.StatusOK},
-		{"no certificate", nil, http.StatusUnauthorized},
+		{"admin certificate", []tls.Certificate{{Certificate: [][]byte{der}, PrivateKey: key}}, "/api/v1/tenants/globex", http.StatusOK},
+		{"tenant certificate", tenantCert("acme"), "/api/v1/devices/a-dev", http.StatusOK},
+		{"tenant certificate, another's", tenantCert("acme"), "/api/v1/tenants/globex", http.StatusNotFound},
+		{"tenant certificate, operator's route", tenantCert("acme"), "/api/v1/tenants/acme/disable", http.StatusForbidden},
+		{"disabled tenant's certificate", tenantCert("globex"), "/api/v1/devices", http.StatusForbidden},
+		{"certificate of no tenant", tenantCert("initech"), "/api/v1/devices", http.StatusUnauthorized},
+		{"certificate of two organizations", tenantCert("acme", "globex"), "/api/v1/devices", http.StatusUnauthorized},
+		{"no certificate", nil, "", http.StatusUnauthorized},
 		{"a device certificate", func() []tls.Certificate {
 			dk, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 			c, _ := testCA(t).Issue("sensor7", dk.Public(), time.Now())
 			return []tls.Certificate{{Certificate: [][]byte{c.Raw}, PrivateKey: dk}}
-		}(), http.StatusUnauthorized},
+		}(), "", http.StatusUnauthorized},
 	} {
 		tr := srv.Client().Transport.(*http.Transport).Clone()
 		tr.TLSClientConfig.Certificates = tc.certs
-		resp, err := (&http.Client{Transport: tr}).Get(srv.URL + "/api/v1/devices")
+		path := tc.path
+		if path == "" {
+			path = "/api/v1/devices"
+		}
+		method := "GET"
+		if strings.HasSuffix(path, "/disable") {
+			method = "POST"
+		}
+		req, _ := http.NewRequest(method, srv.URL+path, nil)
+		resp, err := (&http.Client{Transport: tr}).Do(req)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -66,7 +66,12 @@ func dev(args []string) error {
 	if err != nil {
 		return err
 	}
-	if err := seed(&signer.Registry{Client: cli, Prefix: *prefix, Zone: *zone}, ca); err != nil {
+	reg := &signer.Registry{Client: cli, Prefix: *prefix, Zone: *zone}
+	demoToken, err := demoTenant(reg, filepath.Join(*dataDir, "demo-token"))
+	if err != nil {
+		return fmt.Errorf("the demo tenant: %w", err)
+	}
+	if err := seed(reg, ca); err != nil {
 		return fmt.Errorf("writing sample devices: %w", err)
 	}
 
@@ -85,10 +90,13 @@ func dev(args []string) error {
 	srv := serveFlags{
 		etcdFlags: etcdFlags{zone: *zone, prefix: *prefix, endpoints: *clientURL},
 		caFlags:   caFlags{caCert: filepath.Join(*dataDir, signer.CACertFile), caKey: filepath.Join(*dataDir, signer.CAKeyFile), lifetime: signer.DefaultLifetime},
-		listen:    *listen, tokenFile: filepath.Join(*dataDir, "admin-token"),
+		listen:    *listen, tokenFile: filepath.Join(*dataDir, "admin-token"), dns: *dnsServer,
+		retention: signer.DefaultRetention,
 	}
-	fmt.Printf("EST and the admin API on https://%s (CA: %s; admin bearer token in %s: %s)\n",
-		*listen, srv.caCert, srv.tokenFile, token)
+	fmt.Printf("EST and the admin API on https://%s (CA: %s)\n", *listen, srv.caCert)
+	fmt.Printf("  operator bearer token (in %s): %s\n", srv.tokenFile, token)
+	fmt.Printf("  tenant %q bearer token (in %s): %s\n", demoTenantName, filepath.Join(*dataDir, "demo-token"), demoToken)
+	fmt.Printf("web console: https://%s/console/ (sign in with a token above)\n", *listen)
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
@@ -104,7 +112,31 @@ func dev(args []string) error {
 	}
 }
 
-// samples are the dev stack's devices: one of each kind of answer.
+// demoTenantName is the tenant the dev stack makes, and that owns its sample devices.
+const demoTenantName = "demo"
+
+// demoTenant makes the demo tenant and keeps a token of it in file, issuing a new
+// one when the file's token no longer works (a fresh etcd).
+func demoTenant(reg *signer.Registry, file string) (string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	operator := signer.OperatorActor("dev")
+	if _, err := reg.CreateTenant(ctx, operator, demoTenantName); err != nil {
+		return "", err
+	}
+	if b, err := os.ReadFile(file); err == nil {
+		if _, err := reg.Authenticate(ctx, strings.TrimSpace(string(b))); err == nil {
+			return strings.TrimSpace(string(b)), nil
+		}
+	}
+	tok, err := reg.IssueToken(ctx, operator, demoTenantName, "deviceid-signer dev")
+	if err != nil {
+		return "", err
+	}
+	return tok.Secret, os.WriteFile(file, []byte(tok.Secret+"\n"), 0o600)
+}
+
+// samples are the dev stack's devices, the demo tenant's: one of each kind of answer.
 var samples = []struct{ name, status string }{
 	{"sensor7", record.StatusActive},
 	{"sensor8", record.StatusRevoked},
@@ -135,7 +167,7 @@ func seed(reg *signer.Registry, ca *signer.CA) error {
 		if err != nil {
 			return err
 		}
-		if _, err := (&signer.Enroller{CA: ca, Registry: reg}).Enroll(ctx, signer.Enrollment{Device: s.name, CSR: csr, Actor: signer.OperatorActor("dev")}); err != nil {
+		if _, err := (&signer.Enroller{CA: ca, Registry: reg}).Enroll(ctx, signer.Enrollment{Device: s.name, CSR: csr, Actor: signer.OperatorActor("dev"), Tenant: demoTenantName}); err != nil {
 			return err
 		}
 		if s.status == record.StatusRevoked {

@@ -56,11 +56,11 @@ func (ca *CA) PEM() []byte {
 }
 
 // Issue returns the DER of a client certificate for pub with SAN dNSName dnsName,
-// valid from an hour ago until notAfter.
-func (ca *CA) Issue(dnsName string, pub crypto.PublicKey, notAfter time.Time) ([]byte, error) {
+// valid from an hour ago until notAfter, with the Subject Organization given.
+func (ca *CA) Issue(dnsName string, pub crypto.PublicKey, notAfter time.Time, organization ...string) ([]byte, error) {
 	tmpl := &x509.Certificate{
 		SerialNumber: serial(),
-		Subject:      pkix.Name{CommonName: dnsName},
+		Subject:      pkix.Name{CommonName: dnsName, Organization: organization},
 		DNSNames:     []string{dnsName},
 		NotBefore:    time.Now().Add(-time.Hour),
 		NotAfter:     notAfter,

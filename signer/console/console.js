@@ -210,8 +210,10 @@ async function deviceView(main, name) {
     call("GET", "/audit?device=" + encodeURIComponent(d.name) + "&limit=100").catch((err) => ({ entries: [], error: err.message })),
   ]);
   const state = d.state || "active";
+  // act is a button that confirms, runs fn, and shows the device again (unless fn
+  // returns "keep": it put a code on the page to read).
   const act = (label, id, text, fn, danger) => el("button", { id, type: "button", className: danger ? "danger" : "",
-    onclick: () => confirmThen(text, async () => { await fn(); await route(); }) }, label);
+    onclick: () => confirmThen(text, async () => { if (await fn() !== "keep") await route(); }) }, label);
   const result = el("div", { id: "result" });
   const showCode = (what, c) => result.replaceChildren(el("p", {}, what + " (until " + fmtTime(c.expires) + "): "),
     el("span", { id: "code", className: "code" }, c.code));
@@ -223,6 +225,7 @@ async function deviceView(main, name) {
       const c = await call("POST", path + "/code", {});
       showCode("Enrollment code for EST /simpleenroll", c);
       notice("Enrollment code issued.");
+      return "keep";
     }),
     state === "suspended"
       ? act("Resume", "resume", "Resume " + d.name + "? DNS vouches for its keys again.", () => call("POST", path + "/resume"))
@@ -234,6 +237,7 @@ async function deviceView(main, name) {
       const c = await call("POST", path + "/transfer");
       showCode("Transfer code for the gaining tenant", c);
       notice("Transfer code made.");
+      return "keep";
     }),
     act("Cancel transfer", "cancel-transfer", "Cancel the pending transfer of " + d.name + "?", () => call("DELETE", path + "/transfer")),
     act("Delete", "delete", "Delete " + d.name + ", its keys and its records in DNS?", async () => {
