@@ -6,7 +6,7 @@ STATICCHECK_VERSION := v0.8.2
 VERSION  := $(shell git describe --tags --always --dirty 2>/dev/null || echo unknown)
 LDFLAGS  := -X github.com/deviceid/deviceid/internal/version.Version=$(VERSION)
 
-.PHONY: all help build test lint unit e2e fuzz run bench bench-scale soak screenshots clean
+.PHONY: all help build test lint unit e2e fuzz run bench bench-import bench-scale soak screenshots clean
 
 all: build
 
@@ -42,6 +42,7 @@ fuzz: ## a short fuzzing run of each parser (FUZZTIME=10m for longer)
 	$(GO) test -run XXX -fuzz FuzzParseDevice -fuzztime $(FUZZTIME) ./record/
 	$(GO) test -run XXX -fuzz FuzzServeDNS -fuzztime $(FUZZTIME) ./plugin/
 	$(GO) test -run XXX -fuzz FuzzParse -fuzztime $(FUZZTIME) ./internal/pkcs11key/
+	$(GO) test -run XXX -fuzz FuzzImportLines -fuzztime $(FUZZTIME) ./cmd/deviceid-signer/
 
 # CoreDNS on 127.0.0.1:1053 over an embedded etcd with sample devices.
 run: build ## the dev stack: etcd, signer, demo service and CoreDNS on 127.0.0.1
@@ -50,6 +51,9 @@ run: build ## the dev stack: etcd, signer, demo service and CoreDNS on 127.0.0.1
 bench: build ## query-path benchmarks and the load runs of BENCHMARKS.md
 	$(GO) test -run XXX -bench . -benchmem -cpu 1,2 ./plugin/
 	scripts/bench.sh
+
+bench-import: build ## deviceid-signer import of 100,000 devices beside raw etcd puts (N=, ROUNDS=)
+	$(GO) run ./test/importbench -n $${N:-100000} -rounds $${ROUNDS:-3} 2>&1 | grep -v '^import:'
 
 bench-scale: build ## a million and ten million signed devices, floods, freshness (SIZES=1000000 for one size)
 	scripts/bench-scale.sh

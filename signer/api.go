@@ -207,6 +207,8 @@ type (
 		Supersede bool `json:"supersede,omitempty"`
 		// Tenant registers a new device for this tenant (the operator only).
 		Tenant string `json:"tenant,omitempty"`
+		// Attributes, when given, replace the device's attributes in the same write.
+		Attributes map[string]string `json:"attributes,omitempty"`
 	}
 	// EnrollResponse is the device's record after enrollment, with the new certificate.
 	EnrollResponse struct {
@@ -348,7 +350,7 @@ func (c *apiCall) enroll() {
 	if !c.read(&req) {
 		return
 	}
-	e := Enrollment{Device: c.name(), Actor: c.actor, Tenant: req.Tenant}
+	e := Enrollment{Device: c.name(), Actor: c.actor, Tenant: req.Tenant, Attributes: req.Attributes}
 	if req.Supersede {
 		e.Supersede = SupersedeOthers
 	}

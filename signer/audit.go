@@ -140,8 +140,9 @@ type Retention struct {
 	MaxCount int
 }
 
-// DefaultRetention keeps a year of changes and at most ten million entries.
-var DefaultRetention = Retention{MaxAge: 365 * 24 * time.Hour, MaxCount: 10_000_000}
+// DefaultRetention keeps a year of changes and at most a million entries (about
+// 400 MB in etcd, whose default quota is 2 GiB).
+var DefaultRetention = Retention{MaxAge: 365 * 24 * time.Hour, MaxCount: 1_000_000}
 
 // CompactAudit deletes the entries the retention no longer keeps and returns how many.
 func (r *Registry) CompactAudit(ctx context.Context, keep Retention) (int64, error) {

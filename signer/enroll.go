@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"time"
 
 	"github.com/deviceid/deviceid/record"
@@ -50,6 +51,8 @@ type Enrollment struct {
 	// Tenant, from the operator, is the tenant a device that is not registered yet
 	// is registered for; a tenant's devices are its own.
 	Tenant string
+	// Attributes, when not nil, replace the device's attributes in the same write.
+	Attributes map[string]string
 }
 
 // Enrolled is the outcome: the device's record as written, and the certificate
@@ -147,6 +150,12 @@ func (e *Enroller) Enroll(ctx context.Context, req Enrollment) (Enrolled, error)
 			}
 			if d == nil {
 				d = &record.Device{Version: record.Version, Tenant: owner}
+			}
+			if req.Attributes != nil {
+				if err := record.CheckAttributes(req.Attributes); err != nil {
+					return nil, nil, invalid(err)
+				}
+				d.Attributes = maps.Clone(req.Attributes)
 			}
 			for _, c := range d.Credentials {
 				if c.Status == record.StatusRevoked && string(c.SPKI) == string(spki) {

@@ -7,6 +7,7 @@ import (
 	"crypto/x509"
 	"encoding/json"
 	"errors"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -263,6 +264,21 @@ func TestEnrollTransactions(t *testing.T) {
 	}
 	if n := kv.txns.Load(); n != 2 {
 		t.Errorf("an enrollment of an existing device took %d transactions", n)
+	}
+	// A tenant's new devices: one writing transaction each (the first reads the
+	// tenant's record before it; the next ones take it as last seen).
+	if _, err := r.CreateTenant(ctx, testOperator, "acme"); err != nil {
+		t.Fatal(err)
+	}
+	acme := Actor{ID: "token:x", Tenant: "acme"}
+	for i, want := range []int32{1, 1, 1} {
+		kv.txns.Store(0)
+		if _, err := e.Enroll(ctx, Enrollment{Actor: acme, Device: "new" + strconv.Itoa(i), PublicKey: testenv.DeviceKey(t).Public()}); err != nil {
+			t.Fatal(err)
+		}
+		if n := kv.txns.Load(); n != want {
+			t.Errorf("tenant enrollment %d took %d transactions, want %d", i, n, want)
+		}
 	}
 	if got := testutil.ToFloat64(txnConflicts) - conflicts; got != 0 {
 		t.Errorf("%v conflicts counted without any other writer", got)

@@ -11,6 +11,7 @@ import (
 	mrand "math/rand/v2"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/deviceid/deviceid/record"
@@ -54,6 +55,17 @@ type Registry struct {
 	Prefix string
 	Zone   string
 	Now    func() time.Time // nil: time.Now
+
+	// tenantsSeen holds the tenant records last read by a write (key → seenKey), for the
+	// next first enrollment's guess: the common case, a tenant's new device, is then one
+	// transaction.
+	tenantsSeen sync.Map
+}
+
+// seenKey is a value read from etcd and its revision.
+type seenKey struct {
+	value []byte
+	rev   int64
 }
 
 func (r *Registry) now() time.Time {
@@ -166,6 +178,13 @@ func (r *Registry) update(ctx context.Context, w write) (*record.Device, error) 
 		if snap, err = r.read(ctx, keys); err != nil {
 			return nil, unavailable(err, false)
 		}
+	} else if ownerAt >= 0 {
+		// The guess takes the owner's record as last seen: when it changed since, the
+		// transaction fails and returns it, as for any wrong guess.
+		if seen, ok := r.tenantsSeen.Load(keys[ownerAt]); ok {
+			kv := seen.(seenKey)
+			snap.values[ownerAt], snap.revs[ownerAt] = kv.value, kv.rev
+		}
 	}
 	guessed := w.assumeAbsent // the last attempt failed on a guess, not a race
 	for attempt := range maxAttempts {
@@ -205,6 +224,7 @@ func (r *Registry) update(ctx context.Context, w write) (*record.Device, error) 
 			if snap, err = r.read(ctx, keys); err != nil {
 				return nil, unavailable(err, false)
 			}
+			guessed = true
 			continue
 		}
 		if err != nil {
@@ -243,6 +263,9 @@ func (r *Registry) update(ctx context.Context, w write) (*record.Device, error) 
 			return nil, unavailable(err, true)
 		}
 		if resp.Succeeded {
+			if ownerAt >= 0 && snap.values[ownerAt] != nil {
+				r.tenantsSeen.Store(keys[ownerAt], seenKey{snap.values[ownerAt], snap.revs[ownerAt]})
+			}
 			return updated, nil
 		}
 		// Someone else wrote first (or the guess was wrong): start again from what is there now.

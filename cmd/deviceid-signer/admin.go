@@ -42,6 +42,7 @@ type adminFlags struct {
 	server, tokenFile, serverCA string
 	json                        bool
 	ca                          caFlags
+	timeout                     time.Duration // of one request on etcd directly; 30 s when 0
 }
 
 func (f *adminFlags) register(fs *flag.FlagSet) {
@@ -431,7 +432,11 @@ func (f *adminFlags) client(needsCA bool) (*apiClient, func(), error) {
 	if reg.Client, err = settings.Connect(ctx, 10*time.Second, reg.ZonePrefix()); err != nil {
 		return nil, nil, err
 	}
-	api := &signer.API{Registry: reg, Token: randomToken(), OperatorID: "cli:" + currentUser(), Timeout: 30 * time.Second}
+	timeout := f.timeout
+	if timeout == 0 {
+		timeout = 30 * time.Second
+	}
+	api := &signer.API{Registry: reg, Token: randomToken(), OperatorID: "cli:" + currentUser(), Timeout: timeout}
 	if needsCA {
 		if api.CA, err = f.ca.load(f.zone); err != nil {
 			reg.Client.Close()

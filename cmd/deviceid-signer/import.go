@@ -7,9 +7,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -63,6 +65,7 @@ func importCommand(args []string) error {
 	tenant := fs.String("tenant", "", "the tenant of lines that name none")
 	workers := fs.Int("workers", 8, "requests at once")
 	restart := fs.Bool("restart", false, "ignore FILE.progress and start from the first line")
+	timeout := fs.Duration("timeout", 30*time.Second, "of one request")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -76,6 +79,9 @@ func importCommand(args []string) error {
 	if err != nil {
 		return err
 	}
+	f.timeout = *timeout
+	// One log line per device would drown the progress: only warnings.
+	slog.SetDefault(slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})))
 	client, done, err := f.client(needsCA && f.server == "")
 	if err != nil {
 		return err
@@ -130,6 +136,7 @@ type importer struct {
 	finished map[int]bool // lines after state.Done that are finished
 	skipped  int          // lines done in an earlier run
 	imported int
+	refused  int // lines rejected in this run
 }
 
 func (im *importer) loadState() error {
@@ -220,6 +227,9 @@ func csvLines(r io.Reader, out chan<- parsed) error {
 			p.err = fmt.Errorf("bad CSV: %v", err)
 		} else if len(rec) != len(header) {
 			p.err = fmt.Errorf("%d fields, the header has %d", len(rec), len(header))
+			if i := slices.Index(header, "name"); i >= 0 && i < len(rec) {
+				p.line.Name = rec[i]
+			}
 		} else {
 			for i, v := range rec {
 				if v == "" {
@@ -252,14 +262,15 @@ func csvLines(r io.Reader, out chan<- parsed) error {
 func (im *importer) run(file string) error {
 	im.finished = map[int]bool{}
 	work := make(chan parsed, im.workers*4)
-	var readErr error
-	go func() { readErr = lines(file, work) }()
+	readErr := make(chan error, 1)
+	go func() { readErr <- lines(file, work) }()
 	var fatal atomic.Pointer[error]
 	var wg sync.WaitGroup
-	stop := make(chan struct{})
+	stop, stopped := make(chan struct{}), make(chan struct{})
 	ticker := time.NewTicker(time.Second)
 	defer ticker.Stop()
 	go func() {
+		defer close(stopped)
 		for {
 			select {
 			case <-ticker.C:
@@ -270,10 +281,11 @@ func (im *importer) run(file string) error {
 			}
 		}
 	}()
+	resumeAfter := im.state.Done // lines up to here were done by an earlier run
 	for range im.workers {
 		wg.Go(func() {
 			for p := range work {
-				if p.n <= im.state.Done {
+				if p.n <= resumeAfter {
 					im.finish(p.n, nil, true)
 					continue
 				}
@@ -295,6 +307,7 @@ func (im *importer) run(file string) error {
 	}
 	wg.Wait()
 	close(stop)
+	<-stopped
 	im.progress.show(im.count())
 	im.progress.end()
 	if err := im.saveState(); err != nil {
@@ -303,7 +316,7 @@ func (im *importer) run(file string) error {
 	if err := fatal.Load(); err != nil {
 		return fmt.Errorf("stopped: %w; run the same command again to go on from line %d", *err, im.state.Done+1)
 	}
-	return readErr
+	return <-readErr
 }
 
 func rejection(p parsed, err error) *rejected {
@@ -323,6 +336,7 @@ func (im *importer) finish(n int, rej *rejected, earlier bool) {
 		return
 	case rej != nil:
 		im.state.Rejected = append(im.state.Rejected, *rej)
+		im.refused++
 	default:
 		im.imported++
 	}
@@ -333,10 +347,12 @@ func (im *importer) finish(n int, rej *rejected, earlier bool) {
 	}
 }
 
-func (im *importer) count() int {
+// count is how many lines this run has been through, and how many of those an
+// earlier run had done.
+func (im *importer) count() (int, int) {
 	im.mu.Lock()
 	defer im.mu.Unlock()
-	return im.imported + len(im.state.Rejected) + im.skipped
+	return im.imported + im.refused + im.skipped, im.skipped
 }
 
 // unavailableError is a failure that is not the line's: the run stops.
@@ -344,8 +360,8 @@ type unavailableError struct{ err error }
 
 func (e *unavailableError) Error() string { return e.err.Error() }
 
-// importLine registers the device (with its attributes) and enrolls its key, as the
-// API's register and enroll do; both are idempotent.
+// importLine enrolls the device's key with its attributes (registering it), or only
+// registers it, as the API's enroll and register do: one idempotent write each.
 func (im *importer) importLine(l ImportLine) error {
 	if l.Name == "" {
 		return errors.New("no name")
@@ -358,30 +374,30 @@ func (im *importer) importLine(l ImportLine) error {
 		tenant = im.tenant
 	}
 	path := "/api/v1/devices/" + url.PathEscape(l.Name)
-	key := l.PublicKey != "" || l.CSR != ""
-	if !key || l.Attributes != nil {
-		if err := im.send(apiRequest{method: "POST", path: path + "/register", body: signer.RegisterRequest{Tenant: tenant, Attributes: l.Attributes}}); err != nil {
-			return err
-		}
+	if l.PublicKey != "" || l.CSR != "" {
+		return im.send(apiRequest{method: "POST", path: path + "/enroll",
+			body: signer.EnrollRequest{PublicKey: l.PublicKey, CSR: l.CSR, Tenant: tenant, Attributes: l.Attributes}})
 	}
-	if key {
-		return im.send(apiRequest{method: "POST", path: path + "/enroll", body: signer.EnrollRequest{PublicKey: l.PublicKey, CSR: l.CSR, Tenant: tenant}})
-	}
-	return nil
+	return im.send(apiRequest{method: "POST", path: path + "/register", body: signer.RegisterRequest{Tenant: tenant, Attributes: l.Attributes}})
 }
+
+// importRetries are the waits before each retry of a request that etcd or the
+// signer could not do; after the last the run stops.
+var importRetries = []time.Duration{500 * time.Millisecond, time.Second, 2 * time.Second, 4 * time.Second}
 
 // send makes one request, retrying what etcd or the signer could not do for a
 // while; a 4xx is the line's fault.
 func (im *importer) send(req apiRequest) error {
-	var err error
-	for attempt := range 5 {
-		if attempt > 0 {
-			time.Sleep(time.Duration(attempt) * 500 * time.Millisecond)
-		}
-		_, err = im.client.do(req)
+	_, err := im.client.do(req)
+	for _, wait := range importRetries {
 		if err == nil || !retryable(err) {
 			return err
 		}
+		time.Sleep(wait)
+		_, err = im.client.do(req)
+	}
+	if err == nil || !retryable(err) {
+		return err
 	}
 	return &unavailableError{err}
 }
@@ -411,25 +427,23 @@ type progress struct {
 	total    int
 	start    time.Time
 	last     time.Time
-	first    int
 }
 
 func newProgress(w *os.File, total int) *progress {
 	st, err := w.Stat()
-	return &progress{w: w, terminal: err == nil && st.Mode()&os.ModeCharDevice != 0, total: total, start: time.Now(), first: -1}
+	return &progress{w: w, terminal: err == nil && st.Mode()&os.ModeCharDevice != 0, total: total, start: time.Now()}
 }
 
-func (p *progress) show(done int) {
-	if p.first < 0 {
-		p.first = done // lines of an earlier run do not count in the rate
-	}
+// show draws the progress: done lines of total, skipped of them done by an earlier
+// run (which do not count in the rate).
+func (p *progress) show(done, skipped int) {
 	now := time.Now()
 	if !p.terminal && now.Sub(p.last) < 5*time.Second && done < p.total {
 		return
 	}
 	p.last = now
 	elapsed := now.Sub(p.start).Seconds()
-	rate := float64(done-p.first) / max(elapsed, 0.001)
+	rate := float64(done-skipped) / max(elapsed, 0.001)
 	eta := "-"
 	if rate > 0 {
 		eta = (time.Duration(float64(p.total-done)/rate) * time.Second).Round(time.Second).String()
