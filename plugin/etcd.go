@@ -268,6 +268,15 @@ func (z *zone) parse(prefix string, kv *mvccpb.KeyValue, now time.Time) parsed {
 			p.device = true
 			p.rr, p.err = checkSize(z.cfg.deviceRRset(d, now))
 		}
+	case record.KindService:
+		if p.owner, p.err = record.ServiceOwner(name, z.origin); p.err != nil {
+			p.owner = ""
+			return p
+		}
+		var d *record.Device
+		if d, p.err = record.ParseDevice(kv.Value); p.err == nil {
+			p.rr, p.err = checkSize(z.cfg.serviceRRset(d, now))
+		}
 	case record.KindCA:
 		p.owner = record.CAOwner(name, z.origin)
 		var cert *x509.Certificate
@@ -318,6 +327,9 @@ func (z *zone) delete(x *zoneData, prefix string, kv *mvccpb.KeyValue) {
 		z.remove(x, deviceOwner(name, z.origin))
 	case kind == record.KindCA:
 		z.remove(x, record.CAOwner(name, z.origin))
+	case kind == record.KindService:
+		owner, _ := record.ServiceOwner(name, z.origin)
+		z.remove(x, owner)
 	}
 }
 

@@ -79,6 +79,11 @@ func (cfg *config) deviceRRset(d *record.Device, now time.Time) ([]byte, bool) {
 	return cfg.rrset(d.Render(cfg.ttl, now, cfg.render))
 }
 
+// serviceRRset renders and packs the RRset of a service record.
+func (cfg *config) serviceRRset(d *record.Device, now time.Time) ([]byte, bool) {
+	return cfg.rrset(d.RenderService(cfg.ttl, now, cfg.render))
+}
+
 // caRRset renders and packs the RRset of a CA discovery record.
 func (cfg *config) caRRset(der []byte) ([]byte, bool) {
 	return cfg.rrset([]record.Published{record.CAPublished(cfg.ttl, der)})

@@ -4,6 +4,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 )
 
@@ -91,8 +92,9 @@ func CheckAKI(aki string) error {
 
 // Key kinds under P/<zone>/.
 const (
-	KindDevice = "device"
-	KindCA     = "ca"
+	KindDevice  = "device"
+	KindCA      = "ca"
+	KindService = "service"
 )
 
 // ZonePrefix returns the etcd prefix P/<zone>/ under which one zone's records live.
@@ -109,6 +111,55 @@ func DeviceKey(prefix, zone, device string) string {
 // CAKey returns the etcd key of a CA record.
 func CAKey(prefix, zone, aki string) string {
 	return ZonePrefix(prefix, zone) + KindCA + "/" + aki
+}
+
+// ServiceKey returns the etcd key of a service record.
+func ServiceKey(prefix, zone, service string) string {
+	return ZonePrefix(prefix, zone) + KindService + "/" + service
+}
+
+// ServiceName folds name to lower case and checks that it names a service endpoint
+// relative to the zone: _<port>._<tcp|udp>.<host>, port 1 to 65535 in decimal without
+// leading zeros, host one or more labels as in a device name. The host's labels have no
+// '_', so a service never collides with _device names.
+func ServiceName(name string) (string, error) {
+	name = strings.ToLower(name)
+	port, rest, ok := strings.Cut(name, ".")
+	proto, host, ok2 := strings.Cut(rest, ".")
+	if !ok || !ok2 || !strings.HasPrefix(port, "_") || (proto != "_tcp" && proto != "_udp") {
+		return "", fmt.Errorf("service name %q: want _<port>._tcp.<host> or _<port>._udp.<host>", name)
+	}
+	n, err := strconv.Atoi(port[1:])
+	if err != nil || n < 1 || n > 65535 || strconv.Itoa(n) != port[1:] {
+		return "", fmt.Errorf("service name %q: port %q is not a number from 1 to 65535", name, port[1:])
+	}
+	for label := range strings.SplitSeq(host, ".") {
+		if err := checkLabel(label); err != nil {
+			return "", fmt.Errorf("service name %q: host: %w", name, err)
+		}
+	}
+	return name, nil
+}
+
+// ServiceHost returns the host labels of a checked service name: _8883._tcp.mqtt.acme → mqtt.acme.
+func ServiceHost(name string) string {
+	_, rest, _ := strings.Cut(name, ".")
+	_, host, _ := strings.Cut(rest, ".")
+	return host
+}
+
+// ServiceOwner returns the owner name <service>.<zone> of a service, checking the name
+// and the length of the whole name.
+func ServiceOwner(service, zone string) (string, error) {
+	service, err := ServiceName(service)
+	if err != nil {
+		return "", err
+	}
+	owner := service + "." + Zone(zone)
+	if len(owner)-1 > MaxNameLength {
+		return "", fmt.Errorf("service name %q makes an owner name of %d octets, more than %d", service, len(owner)-1, MaxNameLength)
+	}
+	return owner, nil
 }
 
 // SplitKey splits the part of an etcd key after the zone prefix into its kind and name,
@@ -132,8 +183,16 @@ func SplitKey(rest string) (kind, name string, err error) {
 		if err := CheckAKI(name); err != nil {
 			return "", "", err
 		}
+	case KindService:
+		canonical, err := ServiceName(name)
+		if err != nil {
+			return "", "", err
+		}
+		if canonical != name {
+			return "", "", fmt.Errorf("service name %q in an etcd key must be lower case (%q)", name, canonical)
+		}
 	default:
-		return "", "", fmt.Errorf("key %q: unknown kind %q (want %q or %q)", rest, kind, KindDevice, KindCA)
+		return "", "", fmt.Errorf("key %q: unknown kind %q (want %q, %q or %q)", rest, kind, KindDevice, KindCA, KindService)
 	}
 	return kind, name, nil
 }

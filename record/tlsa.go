@@ -128,3 +128,13 @@ func (d *Device) TLSA(owner string, ttl uint32, now time.Time, opt RenderOptions
 func CAPublished(ttl uint32, der []byte) Published {
 	return Published{Data: der, TTL: ttl, Usage: UsageDANETA, Selector: SelectorCert, MatchingType: MatchingFull}
 }
+
+// RenderService renders a service record's RRset (DANE server authentication): 3 1 1
+// for each active, unexpired key and the revoked usage for each revoked one. Only the
+// keys and their status matter: no certificate discovery, no device state.
+func (d *Device) RenderService(ttl uint32, now time.Time, opt RenderOptions) []Published {
+	s := *d
+	s.State = ""
+	opt.Discovery = false
+	return s.Render(ttl, now, opt)
+}

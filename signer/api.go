@@ -375,14 +375,23 @@ func (c *apiCall) enroll() {
 	c.reply(status, resp, nil)
 }
 
-func (c *apiCall) revoke() {
+// revokeRequest reads a RevokeRequest and its key digest; on failure it has answered.
+func (c *apiCall) revokeRequest() (RevokeRequest, []byte, bool) {
 	var req RevokeRequest
 	if !c.read(&req) {
-		return
+		return req, nil, false
 	}
 	spki, err := req.Digest()
 	if err != nil {
 		c.reply(0, nil, invalid(err))
+		return req, nil, false
+	}
+	return req, spki, true
+}
+
+func (c *apiCall) revoke() {
+	req, spki, ok := c.revokeRequest()
+	if !ok {
 		return
 	}
 	d, err := c.reg().Revoke(c.ctx, c.actor, c.name(), spki, req.Reason)
@@ -693,7 +702,7 @@ func readJSON(w http.ResponseWriter, r *http.Request, v any) bool {
 // and nothing was written (every write is one transaction).
 func statusOf(err error) int {
 	switch {
-	case errors.Is(err, ErrNotFound), errors.Is(err, ErrNoSuchKey), errors.Is(err, ErrNoTenant):
+	case errors.Is(err, ErrNotFound), errors.Is(err, ErrNoSuchKey), errors.Is(err, ErrNoTenant), errors.Is(err, ErrNoService):
 		return http.StatusNotFound
 	case errors.Is(err, ErrForbidden), errors.Is(err, ErrBadTransferCode):
 		return http.StatusForbidden

@@ -25,6 +25,7 @@ type AuditEntry struct {
 	ActorTenant string    `json:"actor_tenant,omitempty"`
 	Operation   string    `json:"operation"`
 	Device      string    `json:"device,omitempty"`
+	Service     string    `json:"service,omitempty"`
 	Tenant      string    `json:"tenant,omitempty"` // for tenant and token operations
 	Before      *Summary  `json:"before,omitempty"`
 	After       *Summary  `json:"after,omitempty"`

@@ -32,9 +32,10 @@ var pathParam = regexp.MustCompile(`\{([a-z]+)\}`)
 
 // pathParams describes the path parameters.
 var pathParams = map[string]string{
-	"name":   "the device name, e.g. sensor7 or c90a.airquality (folded to lower case)",
-	"tenant": "the tenant name",
-	"id":     "the token's id",
+	"name":    "the device name, e.g. sensor7 or c90a.airquality (folded to lower case)",
+	"tenant":  "the tenant name",
+	"id":      "the token's id",
+	"service": "the service endpoint relative to the zone, _<port>._<tcp|udp>.<host>, e.g. _8883._tcp.mqtt.acme",
 }
 
 func openAPI() (*openapi3.T, error) {

@@ -147,6 +147,31 @@ type write struct {
 	byCode bool
 	change change
 	detail string // for the audit trail: the reason of a revocation, the key, ...
+	// service: device names a service (_8883._tcp.mqtt.acme) whose record is changed.
+	service bool
+}
+
+// recordKey checks the name of a device (or a service) and returns its etcd key and
+// its canonical name.
+func (r *Registry) recordKey(service bool, name string) (string, string, error) {
+	if service {
+		name, err := record.ServiceName(name)
+		if err == nil {
+			_, err = record.ServiceOwner(name, r.Zone)
+		}
+		if err != nil {
+			return "", "", invalid(err)
+		}
+		return record.ServiceKey(r.Prefix, r.Zone, name), name, nil
+	}
+	name, err := record.DeviceName(name)
+	if err == nil {
+		_, err = record.DeviceOwner(name, r.Zone)
+	}
+	if err != nil {
+		return "", "", invalid(err)
+	}
+	return record.DeviceKey(r.Prefix, r.Zone, name), name, nil
 }
 
 // update is the registry's one read-modify-write: it reads the device's record and the
@@ -157,17 +182,14 @@ type write struct {
 // transaction returns what is there now, and the next attempt starts from that: one
 // etcd round trip per attempt.
 func (r *Registry) update(ctx context.Context, w write) (*record.Device, error) {
-	device, err := record.DeviceName(w.device)
+	key, device, err := r.recordKey(w.service, w.device)
 	if err != nil {
-		return nil, invalid(err)
-	}
-	if _, err := record.DeviceOwner(device, r.Zone); err != nil {
-		return nil, invalid(err)
+		return nil, err
 	}
 	// A member without a leader refuses at once rather than queue the write: during a
 	// quorum loss nothing is proposed, so nothing is applied when quorum returns.
 	ctx = clientv3.WithRequireLeader(ctx)
-	keys := append([]string{record.DeviceKey(r.Prefix, r.Zone, device)}, w.side...)
+	keys := append([]string{key}, w.side...)
 	ownerAt := -1
 	if w.owner != "" {
 		ownerAt = len(keys)
@@ -246,9 +268,14 @@ func (r *Registry) update(ctx context.Context, w write) (*record.Device, error) 
 			}
 			op = clientv3.OpPut(keys[0], string(after))
 		}
-		ops = append(ops, r.indexOps(device, before, updated)...)
-		entry := AuditEntry{Actor: w.actor.ID, ActorTenant: w.actor.Tenant, Operation: w.operation, Device: device,
+		entry := AuditEntry{Actor: w.actor.ID, ActorTenant: w.actor.Tenant, Operation: w.operation,
 			Before: summarize(before), After: summarize(updated), Detail: w.detail}
+		if w.service {
+			entry.Service = device
+		} else {
+			entry.Device = device
+			ops = append(ops, r.indexOps(device, before, updated)...)
+		}
 		ops = append(ops, r.auditOp(entry))
 		cmps := make([]clientv3.Cmp, len(keys))
 		elses := make([]clientv3.Op, len(keys))
@@ -357,6 +384,11 @@ func change1(f func(*record.Device) (*record.Device, error)) change {
 // spkiSHA256 revoked (all its credentials when it is nil), with an RFC 5280 reason.
 // Revoking what is revoked changes nothing.
 func (r *Registry) Revoke(ctx context.Context, actor Actor, device string, spkiSHA256 []byte, reason string) (*record.Device, error) {
+	return r.revoke(ctx, write{actor: actor, operation: "device.revoke", device: device}, spkiSHA256, reason)
+}
+
+// revoke is Revoke for the record w names.
+func (r *Registry) revoke(ctx context.Context, w write, spkiSHA256 []byte, reason string) (*record.Device, error) {
 	if reason == "" {
 		reason = "unspecified"
 	}
@@ -370,24 +402,25 @@ func (r *Registry) Revoke(ctx context.Context, actor Actor, device string, spkiS
 	if spkiSHA256 != nil {
 		detail = "key " + hex.EncodeToString(spkiSHA256) + ", reason " + reason
 	}
-	d, err := r.update(ctx, write{actor: actor, operation: "device.revoke", device: device, detail: detail,
-		change: change1(func(d *record.Device) (*record.Device, error) {
-			if d == nil {
-				return nil, ErrNotFound
+	w.detail = detail
+	w.change = change1(func(d *record.Device) (*record.Device, error) {
+		if d == nil {
+			return nil, ErrNotFound
+		}
+		found := false
+		for i := range d.Credentials {
+			if sum := sha256.Sum256(d.Credentials[i].SPKI); spkiSHA256 != nil && !bytes.Equal(sum[:], spkiSHA256) {
+				continue
 			}
-			found := false
-			for i := range d.Credentials {
-				if sum := sha256.Sum256(d.Credentials[i].SPKI); spkiSHA256 != nil && !bytes.Equal(sum[:], spkiSHA256) {
-					continue
-				}
-				found = true
-				revoke(&d.Credentials[i], reason, r.now())
-			}
-			if !found && spkiSHA256 != nil {
-				return nil, ErrNoSuchKey
-			}
-			return d, nil
-		})})
+			found = true
+			revoke(&d.Credentials[i], reason, r.now())
+		}
+		if !found && spkiSHA256 != nil {
+			return nil, ErrNoSuchKey
+		}
+		return d, nil
+	})
+	d, err := r.update(ctx, w)
 	if err == nil {
 		revocations.Inc()
 	}

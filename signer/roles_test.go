@@ -40,6 +40,10 @@ func newRolesAPI(t *testing.T) *rolesAPI {
 	if _, err := (&Enroller{CA: api.CA, Registry: r}).Enroll(ctx, Enrollment{Actor: acme, Device: "a-dev", PublicKey: testenv.DeviceKey(t).Public()}); err != nil {
 		t.Fatal(err)
 	}
+	spki, _ := x509.MarshalPKIXPublicKey(testenv.DeviceKey(t).Public())
+	if _, err := r.PublishServiceKey(ctx, acme, "_8883._tcp.mqtt.acme", "", spki); err != nil {
+		t.Fatal(err)
+	}
 	return a
 }
 
@@ -51,6 +55,8 @@ func sampleBody(t *testing.T, request any) string {
 		return ""
 	case EnrollRequest:
 		return jsonBody(EnrollRequest{PublicKey: string(pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: der}))})
+	case ServiceKeyRequest:
+		return jsonBody(ServiceKeyRequest{PublicKey: string(pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: der}))})
 	case AttributesRequest:
 		return `{"attributes": {"model": "x"}}`
 	case AcceptRequest:
@@ -63,7 +69,7 @@ func sampleBody(t *testing.T, request any) string {
 
 // path fills a route's path parameters with acme's device, acme and acme's token.
 func (a *rolesAPI) path(rt route) string {
-	p := strings.NewReplacer("{name}", "a-dev", "{tenant}", "acme", "{id}", a.acme.ID).Replace(rt.path)
+	p := strings.NewReplacer("{name}", "a-dev", "{tenant}", "acme", "{id}", a.acme.ID, "{service}", "_8883._tcp.mqtt.acme").Replace(rt.path)
 	return p
 }
 
@@ -75,9 +81,10 @@ func TestRoles(t *testing.T) {
 	// What another tenant (globex) gets on acme's things; 200 for the lists, which
 	// must not show them.
 	otherTenant := map[string]int{
-		"getWhoami": 200, "getDevices": 200, "getExport": 200, "getAudit": 200, "getTenants": 200,
+		"getWhoami": 200, "getDevices": 200, "getExport": 200, "getAudit": 200, "getTenants": 200, "getServices": 200,
 		"postDevicesNameRegister":       409, // the name is registered (as a domain registry says)
 		"postDevicesNameTransferAccept": 403, // the code is wrong
+		"postServicesServiceKeys":       403, // not under its own name, whether it exists or not
 	}
 	for _, rt := range routes {
 		id := operationID(rt)
@@ -137,6 +144,13 @@ func TestRolesOwnTenant(t *testing.T) {
 		{"POST", "/api/v1/devices/a-dev/transfer", "", 201},
 		{"DELETE", "/api/v1/devices/a-dev/transfer", "", 204},
 		{"DELETE", "/api/v1/devices/b-dev", "", 204},
+		{"POST", "/api/v1/services/_443._tcp.api.acme/keys", sampleBody(t, ServiceKeyRequest{}), 201},
+		{"POST", "/api/v1/services/_443._tcp.api.globex/keys", sampleBody(t, ServiceKeyRequest{}), 403},
+		{"POST", "/api/v1/services/_443._tcp.api.acme/revoke", `{"reason": "superseded"}`, 200},
+		{"GET", "/api/v1/services/_8883._tcp.mqtt.acme", "", 200},
+		{"POST", "/api/v1/services/_99999._tcp.api.acme/keys", sampleBody(t, ServiceKeyRequest{}), 400},
+		{"DELETE", "/api/v1/services/_443._tcp.api.acme", "", 204},
+		{"DELETE", "/api/v1/services/_443._tcp.api.acme", "", 404},
 	} {
 		code, body := call(t, a.srv, tc.method, tc.path, a.acme.Secret, tc.body)
 		if code != tc.status {

@@ -58,6 +58,14 @@ var routes = []route{
 		status: 200, response: DeviceView{}, errors: []int{400, 404, 409, 413, 415}, handle: (*apiCall).acceptTransfer},
 	{method: "GET", path: "/api/v1/devices/{name}/dns", summary: "The TLSA records DNS serves for the device right now", status: 200, response: DNSAnswer{}, errors: deviceErrors, handle: (*apiCall).dns},
 
+	{method: "GET", path: "/api/v1/services", summary: "List services (DANE server identities)", status: 200, response: ServiceList{}, handle: (*apiCall).listServices},
+	{method: "GET", path: "/api/v1/services/{service}", summary: "A service's keys", status: 200, response: DeviceView{}, errors: deviceErrors, handle: (*apiCall).getService},
+	{method: "DELETE", path: "/api/v1/services/{service}", summary: "Delete a service: DNS stops publishing its keys", status: 204, errors: deviceErrors, handle: (*apiCall).deleteService},
+	{method: "POST", path: "/api/v1/services/{service}/keys", summary: "Publish a key for a service (rotation: the new key beside the old, then revoke the old)", request: ServiceKeyRequest{},
+		status: 201, response: DeviceView{}, errors: []int{400, 404, 409, 413, 415}, handle: (*apiCall).publishServiceKey},
+	{method: "POST", path: "/api/v1/services/{service}/revoke", summary: "Revoke one of a service's keys, or all", request: RevokeRequest{},
+		status: 200, response: DeviceView{}, errors: []int{400, 404, 413, 415}, handle: (*apiCall).revokeServiceKey},
+
 	{method: "GET", path: "/api/v1/audit", summary: "The audit trail, oldest first, with filters",
 		query:  []queryParam{{"device", "one device"}, {"tenant", "entries that concern this tenant (a tenant sees only its own)"}, {"operation", "e.g. device.revoke"}, {"actor", "e.g. token:<id>"}, {"after", "the next of the previous page"}, {"limit", "1 to 1000, default 100"}},
 		status: 200, response: AuditResponse{}, errors: []int{400}, handle: (*apiCall).audit},

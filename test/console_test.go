@@ -2,6 +2,7 @@ package test
 
 import (
 	"context"
+	"encoding/pem"
 	"fmt"
 	"net/http"
 	"net/http/httptest"
@@ -180,6 +181,17 @@ func TestConsole(t *testing.T) {
 	if !strings.Contains(p.text("#devices"), "<img src=x") || p.truth(ran) {
 		t.Error("a hostile attribute became markup in the list")
 	}
+
+	// A service key: published through the form, listed, retired.
+	broker := newDevice(t, testenv.NewTestCA(t, "broker CA"), "broker", time.Now().AddDate(1, 0, 0))
+	p.do(chromedp.Navigate(s.url+"/console/#/services"), chromedp.WaitVisible(chromedp.CSS("#publish")),
+		chromedp.SetValue(chromedp.CSS("#s-name"), "_8883._tcp.mqtt.acme"),
+		chromedp.SetValue(chromedp.CSS("#s-pem"), string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: broker.cert}))))
+	p.confirm("#publish-button")
+	p.waitShown("#services", strings.TrimPrefix(broker.ee(), "3 1 1 "))
+	p.confirm("#services .retire")
+	p.waitShown("#services", "revoked (superseded)")
+	p.do(chromedp.Navigate(s.url + "/console/#/devices"))
 
 	// A clear error: a bad name.
 	p.do(chromedp.SetValue(chromedp.CSS("#r-name"), "bad_name"))

@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/deviceid/deviceid/internal/etcdclient"
 	"github.com/deviceid/deviceid/internal/testenv"
@@ -154,6 +155,33 @@ func TestRegistryAsDocumented(t *testing.T) {
 	}
 	expect("delete", s.apiCall(t, globex, "DELETE", "/api/v1/devices/lamp", "", nil), 204)
 	testenv.Eventually(t, "deleted from DNS", func() error { return answerIs(t, r.dns, name, dns.RcodeNameError, nil) })
+
+	// A service identity: published, rotated (the new key beside the old, then the old
+	// revoked), listed, deleted.
+	svc := "_8883._tcp.mqtt.acme"
+	svcOwner := svc + ".iot.example."
+	k1, k2 := newDevice(t, testenv.NewTestCA(t, "broker CA"), "broker1", time.Now().AddDate(1, 0, 0)), newDevice(t, testenv.NewTestCA(t, "broker CA"), "broker2", time.Now().AddDate(1, 0, 0))
+	certPEM := func(d *device) string {
+		return string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: d.cert}))
+	}
+	expect("publish", s.apiCall(t, acme, "POST", "/api/v1/services/"+svc+"/keys", fmt.Sprintf(`{"certificate": %q}`, certPEM(k1)), nil), 201)
+	testenv.Eventually(t, "service in DNS", func() error { return answerIs(t, r.dns, svcOwner, dns.RcodeSuccess, []string{k1.ee()}) })
+	expect("rotate", s.apiCall(t, acme, "POST", "/api/v1/services/"+svc+"/keys", fmt.Sprintf(`{"certificate": %q}`, certPEM(k2)), nil), 201)
+	digest := strings.TrimPrefix(k1.ee(), "3 1 1 ")
+	expect("retire", s.apiCall(t, acme, "POST", "/api/v1/services/"+svc+"/revoke", `{"spki_sha256": "`+digest+`", "reason": "superseded"}`, nil), 200)
+	testenv.Eventually(t, "rotated in DNS", func() error { return answerIs(t, r.dns, svcOwner, dns.RcodeSuccess, []string{k2.ee(), k1.revoked()}) })
+	var services signer.ServiceList
+	expect("services", s.apiCall(t, acme, "GET", "/api/v1/services", "", &services), 200)
+	if len(services.Services) != 1 || services.Services[0].Name != svc || len(services.Services[0].Keys) != 2 {
+		t.Errorf("services: %+v", services)
+	}
+	expect("service", s.apiCall(t, acme, "GET", "/api/v1/services/"+svc, "", nil), 200)
+	expect("another tenant's namespace", s.apiCall(t, globex, "POST", "/api/v1/services/_8883._tcp.mqtt.acme/keys", fmt.Sprintf(`{"certificate": %q}`, certPEM(k1)), nil), 403)
+	s.admin(t, "POST", "/api/v1/tenants/acme/disable", "", nil)
+	expect("delete a tenant with a service", s.admin(t, "DELETE", "/api/v1/tenants/acme", "", nil), 409)
+	s.admin(t, "POST", "/api/v1/tenants/acme/enable", "", nil)
+	expect("delete service", s.apiCall(t, acme, "DELETE", "/api/v1/services/"+svc, "", nil), 204)
+	testenv.Eventually(t, "service gone from DNS", func() error { return answerIs(t, r.dns, svcOwner, dns.RcodeNameError, nil) })
 
 	// Tenants and tokens: revoke a token, disable, enable, delete when empty.
 	expect("revoke token", s.apiCall(t, acme, "DELETE", "/api/v1/tenants/acme/tokens/"+toks.Tokens[0].ID, "", nil), 204)

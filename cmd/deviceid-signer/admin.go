@@ -95,7 +95,7 @@ type adminCommand struct {
 type cmdValues struct {
 	device, tenant, id, label, code                      string
 	csr, pubkey, out, after, reason, spki, state, prefix string
-	operation, actor                                     string
+	operation, actor, service                            string
 	limit                                                int
 	supersede, keepKeys                                  bool
 	attrs                                                stringList
@@ -264,6 +264,50 @@ var adminCommands = map[string]adminCommand{
 			p, err := v.devicePath("/transfer/accept")
 			return apiRequest{method: "POST", path: p, body: signer.AcceptRequest{Code: v.code, KeepKeys: v.keepKeys, Tenant: v.tenant}, answer: deviceView()}, err
 		}},
+	"services": {"[flags]", "Lists the services (DANE server identities) and their keys.", "deviceid-signer services -zone iot.example", nil,
+		func(v *cmdValues) (apiRequest, error) {
+			return apiRequest{method: "GET", path: "/api/v1/services", answer: &signer.ServiceList{}}, nil
+		}},
+	"service-show": {"-service NAME [flags]", "Prints a service's keys.", "deviceid-signer service-show -zone iot.example -service _8883._tcp.mqtt.acme",
+		serviceFlag, serviceRequest("GET", "", func() any { return &signer.DeviceView{} })},
+	"service-key": {"-service NAME (-cert FILE | -pubkey FILE) [-tenant T] [flags]",
+		"Publishes a key for a service endpoint, served as TLSA 3 1 1 at _<port>._<tcp|udp>.<host>.<zone>.\nTo rotate, publish the new key, then revoke the old one (service-revoke -spki-sha256 ... -reason superseded).",
+		"deviceid-signer service-key -zone iot.example -service _8883._tcp.mqtt.acme -cert broker.pem",
+		both(serviceFlag, tenantFlag("the tenant of a new service (the operator; a tenant's services end in .<tenant>)"), func(fs *flag.FlagSet, v *cmdValues) {
+			fs.StringVar(&v.csr, "cert", "", "the service's certificate, PEM or DER (its key is published)")
+			fs.StringVar(&v.pubkey, "pubkey", "", "the service's public key, PEM or DER SubjectPublicKeyInfo")
+		}),
+		func(v *cmdValues) (apiRequest, error) {
+			req := signer.ServiceKeyRequest{Tenant: v.tenant}
+			var err error
+			switch {
+			case v.csr != "":
+				req.Certificate, err = readDERorPEM(v.csr)
+			case v.pubkey != "":
+				req.PublicKey, err = readDERorPEM(v.pubkey)
+			default:
+				err = errors.New("service-key needs -cert or -pubkey")
+			}
+			if err != nil {
+				return apiRequest{}, err
+			}
+			r, err := serviceRequest("POST", "/keys", func() any { return &signer.DeviceView{} })(v)
+			r.body = req
+			return r, err
+		}},
+	"service-revoke": {"-service NAME [-spki-sha256 HEX] [-reason R] [flags]", "Revokes one of a service's keys (or all): DNS publishes 255 1 1 in its place.",
+		"deviceid-signer service-revoke -zone iot.example -service _8883._tcp.mqtt.acme -spki-sha256 0123... -reason superseded",
+		both(serviceFlag, func(fs *flag.FlagSet, v *cmdValues) {
+			fs.StringVar(&v.spki, "spki-sha256", "", "the SHA-256 of the key to revoke (hex, as in its 3 1 1 record); empty: all keys")
+			fs.StringVar(&v.reason, "reason", "superseded", "the RFC 5280 reason")
+		}),
+		func(v *cmdValues) (apiRequest, error) {
+			r, err := serviceRequest("POST", "/revoke", func() any { return &signer.DeviceView{} })(v)
+			r.body = signer.RevokeRequest{SPKISHA256: v.spki, Reason: v.reason}
+			return r, err
+		}},
+	"service-delete": {"-service NAME [flags]", "Deletes a service: DNS stops publishing its keys.",
+		"deviceid-signer service-delete -zone iot.example -service _8883._tcp.mqtt.acme", serviceFlag, serviceRequest("DELETE", "", nil)},
 	"tenants": {"[flags]", "Lists the tenants.", "deviceid-signer tenants -zone iot.example", nil,
 		func(v *cmdValues) (apiRequest, error) {
 			return apiRequest{method: "GET", path: "/api/v1/tenants", answer: &signer.TenantList{}}, nil
@@ -320,6 +364,23 @@ var adminCommands = map[string]adminCommand{
 			q.Set("limit", strconv.Itoa(v.limit))
 			return apiRequest{method: "GET", path: "/api/v1/audit?" + q.Encode(), answer: &signer.AuditResponse{}}, nil
 		}},
+}
+
+func serviceFlag(fs *flag.FlagSet, v *cmdValues) {
+	fs.StringVar(&v.service, "service", "", "the service endpoint relative to the zone, _<port>._<tcp|udp>.<host>, e.g. _8883._tcp.mqtt.acme (required)")
+}
+
+func serviceRequest(method, suffix string, answer func() any) func(v *cmdValues) (apiRequest, error) {
+	return func(v *cmdValues) (apiRequest, error) {
+		if v.service == "" {
+			return apiRequest{}, errors.New("-service is required")
+		}
+		var a any
+		if answer != nil {
+			a = answer()
+		}
+		return apiRequest{method: method, path: "/api/v1/services/" + url.PathEscape(v.service) + suffix, answer: a}, nil
+	}
 }
 
 func tenantRequest(method, suffix string) func(v *cmdValues) (apiRequest, error) {

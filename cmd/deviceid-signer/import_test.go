@@ -320,6 +320,20 @@ func TestRegistryCommands(t *testing.T) {
 		}
 	}
 	cmd("delete", "-device", "lamp")
+	pub := filepath.Join(t.TempDir(), "broker.pub")
+	der, _ := x509.MarshalPKIXPublicKey(testenv.DeviceKey(t).Public())
+	testenv.WriteFile(t, pub, der)
+	if out := cmd("service-key", "-service", "_8883._tcp.mqtt.globex", "-tenant", "globex", "-pubkey", pub); !strings.Contains(out, `"tenant":"globex"`) {
+		t.Errorf("service-key: %s", out)
+	}
+	if out := cmd("services"); !strings.Contains(out, "_8883._tcp.mqtt.globex") {
+		t.Errorf("services: %s", out)
+	}
+	if out := cmd("service-revoke", "-service", "_8883._tcp.mqtt.globex"); !strings.Contains(out, `"status":"revoked"`) {
+		t.Errorf("service-revoke: %s", out)
+	}
+	cmd("service-show", "-service", "_8883._tcp.mqtt.globex")
+	cmd("service-delete", "-service", "_8883._tcp.mqtt.globex")
 	cmd("tenant-disable", "-tenant", "globex")
 	cmd("tenant-delete", "-tenant", "globex")
 	if out := cmd("tenants"); strings.Contains(out, "globex") {

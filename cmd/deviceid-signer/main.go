@@ -34,6 +34,8 @@ commands (each has -h):
   export           every matching device as JSON lines
   import           register or enroll devices from a CSV or JSON-lines file (resumable)
   audit            the audit trail, with filters
+ services (DANE server identities):
+  services, service-show, service-key (publish or rotate), service-revoke, service-delete
  tenants:
   tenants, tenant-create, tenant-disable, tenant-enable, tenant-delete
   token, tokens, token-revoke    a tenant's bearer tokens

@@ -110,6 +110,7 @@ async function route() {
     whoBar();
     const m = location.hash.match(/^#\/device\/(.+)$/);
     if (m) await deviceView(main, decodeURIComponent(m[1]));
+    else if (location.hash === "#/services") await servicesView(main);
     else await listView(main);
   } catch (err) {
     showError(err);
@@ -271,6 +272,44 @@ async function deviceView(main, name) {
     el("h2", {}, "Keys"), keys,
     el("h2", {}, "What DNS serves now"), dnsBox,
     el("h2", {}, "History"), history);
+}
+
+// servicesView lists the service identities (DANE server authentication) with their
+// keys, publishes a key, and revokes (retires) one.
+async function servicesView(main) {
+  const list = await call("GET", "/services");
+  const rows = [];
+  for (const svc of list.services) {
+    for (const k of svc.keys) {
+      rows.push(el("tr", { dataset: { service: svc.name } },
+        el("td", {}, svc.name), el("td", {}, svc.tenant || "-"), el("td", { className: "mono" }, k.spki_sha256),
+        el("td", { className: "status-" + k.status }, k.status + (k.reason ? " (" + k.reason + ")" : "")),
+        el("td", {}, k.status === "active" ? el("button", { type: "button", className: "danger retire", onclick: () =>
+          confirmThen("Retire this key of " + svc.name + "? DNS publishes it as revoked.", async () => {
+            await call("POST", "/services/" + encodeURIComponent(svc.name) + "/revoke", { spki_sha256: k.spki_sha256, reason: "superseded" });
+            await route();
+          }) }, "Retire") : "")));
+    }
+  }
+  const publish = el("form", { id: "publish", className: "inline", onsubmit: (e) => {
+    e.preventDefault();
+    const name = $("s-name").value.trim();
+    const pemText = $("s-pem").value.trim();
+    const body = pemText.includes("CERTIFICATE") ? { certificate: pemText } : { public_key: pemText };
+    confirmThen("Publish this key for " + name + "? DNS serves it as TLSA 3 1 1 within a second.", async () => {
+      await call("POST", "/services/" + encodeURIComponent(name) + "/keys", body);
+      await route();
+    });
+  } },
+    el("label", {}, "Service (_port._tcp.host)", el("input", { id: "s-name", required: true, placeholder: "_8883._tcp.mqtt." + (me.tenant || "acme") })),
+    el("label", {}, "Certificate or public key (PEM)", el("textarea", { id: "s-pem", rows: 3, cols: 50, required: true })),
+    el("button", { id: "publish-button", type: "submit" }, "Publish key"));
+  main.replaceChildren(el("h2", {}, "Services"),
+    el("p", {}, "The endpoints devices connect to, authenticated by DANE: each key is served as TLSA at _port._tcp.host under the zone. To rotate, publish the new key, then retire the old one."),
+    el("table", { id: "services" },
+      el("thead", {}, el("tr", {}, ["Service", "Tenant", "Key (SHA-256 of the SPKI)", "Status", ""].map((h) => el("th", {}, h)))),
+      el("tbody", {}, rows)),
+    el("h2", {}, "Publish a key"), publish);
 }
 
 function summary(s) {
