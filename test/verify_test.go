@@ -5,6 +5,7 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
@@ -314,4 +315,127 @@ func TestVerifyNegativeTTL(t *testing.T) {
 	if _, err := v.Verify(t.Context(), chain); err != nil {
 		t.Errorf("after the negative TTL: %v", err)
 	}
+}
+
+// TestVerifyServer authenticates a TLS server by DANE from the device side, in both
+// modes: its key published as a service record through the signer's registry, served
+// signed by CoreDNS, validated by unbound (AD) or locally from the DS. A rotation
+// (the new key beside the old, then the old revoked) moves trust from one key to the
+// other, and a real TLS handshake follows the verdict.
+func TestVerifyServer(t *testing.T) {
+	etcd := testenv.StartEtcd(t)
+	dir := t.TempDir()
+	ksk := genZoneKey(t, dir, dns.ECDSAP256SHA256, true)
+	port := dnsPort(t)
+	c := testenv.StartCoreDNS(t, signedCorefile(port, etcd.URL(), ksk))
+	waitLoaded(t, c)
+	reg := &signer.Registry{Client: etcd.Client(), Prefix: "/deviceid", Zone: zone}
+	ctx := t.Context()
+	const host = "mqtt.acme.iot.example"
+	brokerCA := testenv.NewTestCA(t, "broker CA")
+	server := func() tls.Certificate {
+		key := mustKey()
+		der, err := brokerCA.IssueServer(host, key.Public(), time.Now().AddDate(1, 0, 0))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
+	}
+	oldCert, newCert, stranger := server(), server(), server()
+	spkiOf := func(c tls.Certificate) []byte {
+		leaf, _ := x509.ParseCertificate(c.Certificate[0])
+		return leaf.RawSubjectPublicKeyInfo
+	}
+	operator := signer.OperatorActor("test")
+	if _, err := reg.PublishServiceKey(ctx, operator, "_8883._tcp.mqtt.acme", "", spkiOf(oldCert)); err != nil {
+		t.Fatal(err)
+	}
+	owner := "_8883._tcp." + host + "."
+	testenv.Eventually(t, "service in DNS", func() error {
+		return answerIs(t, c, owner, dns.RcodeSuccess, []string{eeOf(mustParse(t, oldCert))})
+	})
+	// Fresh caches for each step, the resolver's too: a client sees a rotation once the
+	// cached answer has lived out its TTL, which the test does not wait for.
+	modes := func() map[string]*verify.Verifier {
+		return map[string]*verify.Verifier{
+			"resolver AD":      {Zones: []string{zone}, Resolver: startUnbound(t, port, ksk.ds)},
+			"local validation": {Zones: []string{zone}, TrustAnchor: []dns.RR{ksk.ds}, Server: c.UDP},
+		}
+	}
+	check := func(step string, cert tls.Certificate, want error) {
+		t.Helper()
+		for mode, v := range modes() {
+			err := serverHandshake(t, v, host, cert)
+			if want == nil && err != nil || want != nil && !errors.Is(err, want) {
+				t.Errorf("%s, %s: %v, want %v", step, mode, err, want)
+			}
+		}
+	}
+	check("published key", oldCert, nil)
+	check("a key DNS does not know", stranger, verify.ErrNoMatch)
+	// Rotation: the new key beside the old, then the old one revoked.
+	if _, err := reg.PublishServiceKey(ctx, operator, "_8883._tcp.mqtt.acme", "", spkiOf(newCert)); err != nil {
+		t.Fatal(err)
+	}
+	testenv.Eventually(t, "both keys", func() error {
+		return answerIs(t, c, owner, dns.RcodeSuccess, []string{eeOf(mustParse(t, oldCert)), eeOf(mustParse(t, newCert))})
+	})
+	check("new key beside the old", newCert, nil)
+	check("old key beside the new", oldCert, nil)
+	sum := sha256.Sum256(spkiOf(oldCert))
+	if _, err := reg.RevokeServiceKey(ctx, operator, "_8883._tcp.mqtt.acme", sum[:], "superseded"); err != nil {
+		t.Fatal(err)
+	}
+	testenv.Eventually(t, "old key revoked", func() error {
+		return answerIs(t, c, owner, dns.RcodeSuccess, []string{revokedOf(mustParse(t, oldCert)), eeOf(mustParse(t, newCert))})
+	})
+	check("rotated-out key", oldCert, verify.ErrRevoked)
+	check("new key", newCert, nil)
+	// An endpoint with no service record at all.
+	for mode, v := range modes() {
+		if err := serverHandshakeAt(t, v, host, 443, newCert); !errors.Is(err, verify.ErrNoTLSA) {
+			t.Errorf("no service at 443, %s: %v", mode, err)
+		}
+	}
+}
+
+func mustParse(t *testing.T, c tls.Certificate) *x509.Certificate {
+	leaf, err := x509.ParseCertificate(c.Certificate[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	return leaf
+}
+
+// serverHandshake connects a device-side TLS client that authenticates the server by
+// DANE (verify.ClientConfig) to a TLS 1.3 server presenting cert, and returns the
+// client's verdict.
+func serverHandshake(t *testing.T, v *verify.Verifier, host string, cert tls.Certificate) error {
+	return serverHandshakeAt(t, v, host, 8883, cert)
+}
+
+func serverHandshakeAt(t *testing.T, v *verify.Verifier, host string, port int, cert tls.Certificate) error {
+	t.Helper()
+	// Over loopback TCP, not net.Pipe: a client that refuses the server stops reading
+	// and writes an alert, which an unbuffered pipe would deadlock on.
+	ln, err := tls.Listen("tcp", "127.0.0.1:0", &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS13})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		if sc, err := ln.Accept(); err == nil {
+			sc.(*tls.Conn).Handshake()
+			sc.Close()
+		}
+	}()
+	cc, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close()
+	client := tls.Client(cc, v.ClientConfig(host, port))
+	hctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
+	return client.HandshakeContext(hctx)
 }

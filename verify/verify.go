@@ -1,7 +1,9 @@
-// Package verify authenticates TLS clients by DANE (draft-ietf-dance-client-auth): a
-// Go TLS server plugs a Verifier into tls.Config.VerifyPeerCertificate, and a client
-// certificate is accepted only if a DNSSEC-validated TLSA record at the client's
-// identity name (the _device dNSName in its SAN) matches it.
+// Package verify authenticates both ends of a TLS connection by DANE. A Go TLS server
+// plugs a Verifier into tls.Config.VerifyPeerCertificate, and a client certificate is
+// accepted only if a DNSSEC-validated TLSA record at the client's identity name (the
+// _device dNSName in its SAN) matches it (draft-ietf-dance-client-auth). A Go TLS
+// client (a device) uses ClientConfig, and the server's certificate is accepted only if
+// the TLSA RRset at _<port>._tcp.<host> vouches for it (RFC 6698/7671; server.go).
 //
 // It lives in its own package, apart from the signer and the plugin, because it is
 // what third parties import into their servers: it depends on neither.
@@ -55,6 +57,9 @@ type Verifier struct {
 	CacheSize int
 	// Now is the clock of the cache (time.Now when nil); tests set it.
 	Now func() time.Time
+	// Roots are the PKIX trust anchors of server authentication's usages 0 and 1
+	// (PKIX-TA, PKIX-EE), which require PKIX validation too; nil: the system's.
+	Roots *x509.CertPool
 
 	once     sync.Once
 	cache    *lru
@@ -242,12 +247,17 @@ func fullCert(rr *dns.TLSA) *x509.Certificate {
 // intermediates sent), for client authentication. The anchor's own dates are not
 // checked: DNSSEC vouches for it (RFC 7671 §5.2).
 func chainsTo(leaf *x509.Certificate, intermediates []*x509.Certificate, ta *x509.Certificate) bool {
+	return chainsFor(leaf, intermediates, ta, x509.ExtKeyUsageClientAuth)
+}
+
+// chainsFor is chainsTo for a purpose.
+func chainsFor(leaf *x509.Certificate, intermediates []*x509.Certificate, ta *x509.Certificate, usage x509.ExtKeyUsage) bool {
 	roots, inter := x509.NewCertPool(), x509.NewCertPool()
 	roots.AddCert(ta)
 	for _, c := range intermediates {
 		inter.AddCert(c)
 	}
-	_, err := leaf.Verify(x509.VerifyOptions{Roots: roots, Intermediates: inter, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}})
+	_, err := leaf.Verify(x509.VerifyOptions{Roots: roots, Intermediates: inter, KeyUsages: []x509.ExtKeyUsage{usage}})
 	return err == nil
 }
 
@@ -281,11 +291,12 @@ func (v *Verifier) lookup(ctx context.Context, name string) ([]*dns.TLSA, error)
 	return res.([]*dns.TLSA), nil
 }
 
-// usable keeps the records match looks at: DANE-EE, DANE-TA and the revoked usage.
+// usable keeps the records a match looks at: the four usages of RFC 6698 (client
+// authentication uses only DANE-TA and DANE-EE) and the revoked usage.
 func (v *Verifier) usable(rrs []*dns.TLSA) []*dns.TLSA {
 	out := make([]*dns.TLSA, 0, len(rrs))
 	for _, rr := range rrs {
-		if rr.Usage == 2 || rr.Usage == 3 || rr.Usage == v.revokedUsage() {
+		if rr.Usage <= 3 || rr.Usage == v.revokedUsage() {
 			out = append(out, rr)
 		}
 	}

@@ -70,6 +70,21 @@ func (ca *CA) Issue(dnsName string, pub crypto.PublicKey, notAfter time.Time, or
 	return x509.CreateCertificate(rand.Reader, tmpl, ca.Cert, pub, ca.Key)
 }
 
+// IssueServer returns the DER of a TLS server certificate for pub naming host,
+// valid from an hour ago until notAfter.
+func (ca *CA) IssueServer(host string, pub crypto.PublicKey, notAfter time.Time) ([]byte, error) {
+	tmpl := &x509.Certificate{
+		SerialNumber: serial(),
+		Subject:      pkix.Name{CommonName: host},
+		DNSNames:     []string{host},
+		NotBefore:    time.Now().Add(-time.Hour),
+		NotAfter:     notAfter,
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	}
+	return x509.CreateCertificate(rand.Reader, tmpl, ca.Cert, pub, ca.Key)
+}
+
 // NewDeviceKey makes a device key pair.
 func NewDeviceKey() (*ecdsa.PrivateKey, error) {
 	return ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
