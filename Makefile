@@ -13,10 +13,11 @@ all: build
 help: ## this list
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
 
-build: ## bin/coredns (with the plugin), bin/deviceid-signer, bin/deviceid-verify
+build: ## bin/coredns (with the plugin), bin/deviceid-signer, bin/deviceid-verify, bin/deviceid-mqtt
 	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN)/coredns ./cmd/coredns
 	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN)/deviceid-signer ./cmd/deviceid-signer
 	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN)/deviceid-verify ./cmd/deviceid-verify
+	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN)/deviceid-mqtt ./cmd/deviceid-mqtt
 
 $(BIN)/staticcheck:
 	GOBIN=$(BIN) $(GO) install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION)

@@ -29,16 +29,27 @@ type Etcd struct {
 }
 
 // StartEtcd runs a single-node etcd on free loopback ports and stops it when the test ends.
+// A free port can be taken by another test process between FreePort and etcd's bind:
+// then it tries other ports.
 func StartEtcd(t testing.TB) *Etcd {
 	t.Helper()
-	s := &Etcd{t: t, Cfg: embedetcd.Config{
-		Dir:       t.TempDir(),
-		ClientURL: fmt.Sprintf("http://127.0.0.1:%d", FreePort(t)),
-		PeerURL:   fmt.Sprintf("http://127.0.0.1:%d", FreePort(t)),
-	}}
-	s.Start()
-	t.Cleanup(s.Stop)
-	return s
+	for attempt := 0; ; attempt++ {
+		s := &Etcd{t: t, Cfg: embedetcd.Config{
+			Dir:       t.TempDir(),
+			ClientURL: fmt.Sprintf("http://127.0.0.1:%d", FreePort(t)),
+			PeerURL:   fmt.Sprintf("http://127.0.0.1:%d", FreePort(t)),
+		}}
+		e, err := embedetcd.Start(s.Cfg)
+		if err != nil && attempt < 3 && strings.Contains(err.Error(), "address already in use") {
+			continue
+		}
+		if err != nil {
+			t.Fatalf("starting etcd: %v", err)
+		}
+		s.e = e
+		t.Cleanup(s.Stop)
+		return s
+	}
 }
 
 // URL is the member's client URL.
