@@ -13,11 +13,12 @@ all: build
 help: ## this list
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
 
-build: ## bin/coredns (with the plugin), bin/deviceid-signer, bin/deviceid-verify, bin/deviceid-mqtt
+build: ## bin/coredns (with the plugin), bin/deviceid-signer, bin/deviceid-verify, bin/deviceid-mqtt, bin/deviceid-device
 	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN)/coredns ./cmd/coredns
 	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN)/deviceid-signer ./cmd/deviceid-signer
 	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN)/deviceid-verify ./cmd/deviceid-verify
 	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN)/deviceid-mqtt ./cmd/deviceid-mqtt
+	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN)/deviceid-device ./cmd/deviceid-device
 
 $(BIN)/staticcheck:
 	GOBIN=$(BIN) $(GO) install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION)

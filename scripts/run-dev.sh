@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 
 # Every port the stack needs, checked before anything starts: a second make run, or
 # another service on one of them, must not leave half a stack running.
-ports="1053 2379 2380 8080 8181 8443 8444 9153"
+ports="1053 2379 2380 8080 8181 8443 8444 8883 9153"
 taken=""
 for p in $ports; do
   if (exec 3<>/dev/tcp/127.0.0.1/$p) 2>/dev/null; then taken="$taken $p"; fi
@@ -45,12 +45,35 @@ CoreDNS is starting on 127.0.0.1:1053. In another terminal try:
   dig @127.0.0.1 -p 1053 +dnssec TLSA sensor7._device.iot.example  # with its RRSIG
   delv @127.0.0.1 -p 1053 -a .deviceid-dev/anchors.conf +root=iot.example TLSA sensor7._device.iot.example
 
+The MQTT scenario: bin/deviceid-mqtt on 127.0.0.1:8883 and the simulated device thermo-sim
+publishing on devices/thermo-sim/telemetry, each end authenticated by DNSSEC (TLSA at
+thermo-sim._device.iot.example and _8883._tcp.mqtt.demo.iot.example). Revoke it and the
+broker cuts it off within the TTL (60 s):
+  curl -sS --cacert .deviceid-dev/ca.pem -H "Authorization: Bearer $(cat .deviceid-dev/demo-token)" \
+    -H "Content-Type: application/json" -d '{"reason": "keyCompromise"}' \
+    https://127.0.0.1:8443/api/v1/devices/thermo-sim/revoke
+
 The web console: https://127.0.0.1:8443/console/ (the dev CA signed its certificate:
 .deviceid-dev/ca.pem), signed in with the demo tenant's token (.deviceid-dev/demo-token)
 or the operator's (.deviceid-dev/admin-token).
 
 MSG
 bin/coredns -conf corefile/dev.Corefile &
+pids+=($!)
+
+for _ in $(seq 100); do # the signer serves EST (the device enrolls at once)
+  curl -fsk https://127.0.0.1:8443/healthz >/dev/null 2>&1 && break
+  sleep 0.1
+done
+
+# The MQTT scenario: the demo tenant's broker (devices authenticated by DANE) and a
+# simulated device that enrolls over EST and authenticates the broker by DANE.
+bin/deviceid-mqtt -listen 127.0.0.1:8883 -cert .deviceid-dev/broker.pem -key .deviceid-dev/broker-key.pem \
+  -ds .deviceid-dev/ds.txt -server 127.0.0.1:1053 &
+pids+=($!)
+bin/deviceid-device -name thermo-sim -code "$(cat .deviceid-dev/thermo-sim.code)" -state .deviceid-dev/thermo-sim \
+  -broker 127.0.0.1:8883 -broker-name mqtt.demo.iot.example:8883 -signer-ca .deviceid-dev/ca.pem \
+  -ds .deviceid-dev/ds.txt -server 127.0.0.1:1053 &
 pids+=($!)
 
 # Whichever part ends first ends the stack.

@@ -6,6 +6,7 @@ import (
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/x509"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"os"
@@ -74,6 +75,9 @@ func dev(args []string) error {
 	if err := seed(reg, ca); err != nil {
 		return fmt.Errorf("writing sample devices: %w", err)
 	}
+	if err := mqttDemo(reg, ca, *dataDir, *zone); err != nil {
+		return fmt.Errorf("the MQTT demo: %w", err)
+	}
 
 	fmt.Printf("etcd serving on %s, data in %s; sample devices in zone %s:\n", *clientURL, *dataDir, *zone)
 	for _, s := range samples {
@@ -110,6 +114,63 @@ func dev(args []string) error {
 	case err := <-e.Err():
 		return err
 	}
+}
+
+// The MQTT demo of make run: the demo tenant's broker and a simulated device.
+const (
+	demoBrokerService = "_8883._tcp.mqtt." + demoTenantName // its TLSA RRset, under the zone
+	demoDevice        = "thermo-sim"
+)
+
+// mqttDemo writes the broker's certificate and key (from the dev CA, for
+// mqtt.demo.<zone>) unless they are there, publishes its key as the demo tenant's
+// service, and leaves an enrollment code for the simulated device while it has no
+// certificate yet (make run starts both: scripts/run-dev.sh).
+func mqttDemo(reg *signer.Registry, ca *signer.CA, dir, zone string) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	certFile, keyFile := filepath.Join(dir, "broker.pem"), filepath.Join(dir, "broker-key.pem")
+	if _, err := os.Stat(certFile); errors.Is(err, os.ErrNotExist) {
+		cert, err := ca.ServerCertificate([]string{"mqtt." + demoTenantName + "." + strings.TrimSuffix(zone, ".")}, time.Now())
+		if err != nil {
+			return err
+		}
+		keyDER, err := x509.MarshalPKCS8PrivateKey(cert.PrivateKey)
+		if err != nil {
+			return err
+		}
+		if err := os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: cert.Certificate[0]}), 0o644); err != nil {
+			return err
+		}
+		if err := os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}), 0o600); err != nil {
+			return err
+		}
+	}
+	b, err := os.ReadFile(certFile)
+	if err != nil {
+		return err
+	}
+	blk, _ := pem.Decode(b)
+	if blk == nil {
+		return fmt.Errorf("%s: not PEM", certFile)
+	}
+	leaf, err := x509.ParseCertificate(blk.Bytes)
+	if err != nil {
+		return err
+	}
+	demo := signer.Actor{ID: "dev", Tenant: demoTenantName}
+	if _, err := reg.PublishServiceKey(ctx, demo, demoBrokerService, "", leaf.RawSubjectPublicKeyInfo); err != nil {
+		return err
+	}
+	codeFile := filepath.Join(dir, demoDevice+".code")
+	if _, err := os.Stat(filepath.Join(dir, demoDevice, "device.pem")); err == nil {
+		return os.WriteFile(codeFile, nil, 0o600) // enrolled: no code needed
+	}
+	code, _, err := reg.IssueCode(ctx, demo, demoDevice, "", signer.DefaultCodeLifetime)
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(codeFile, []byte(code+"\n"), 0o600)
 }
 
 // demoTenantName is the tenant the dev stack makes, and that owns its sample devices.
