@@ -50,9 +50,11 @@ fuzz: ## a short fuzzing run of each parser (FUZZTIME=10m for longer)
 run: build ## the dev stack: etcd, signer, demo service and CoreDNS on 127.0.0.1
 	@scripts/run-dev.sh
 
-bench: build ## query-path benchmarks and the load runs of BENCHMARKS.md
+bench: build ## query-path benchmarks, the load runs and the MQTT figures of BENCHMARKS.md
 	$(GO) test -run XXX -bench . -benchmem -cpu 1,2 ./plugin/
 	scripts/bench.sh
+	$(GO) test -run XXX -bench 'BrokerConnect' -benchtime 3s -count 3 ./test/
+	$(GO) test -run XXX -bench 'RevocationToDisconnect' -benchtime 1x -count 3 ./test/
 
 bench-import: build ## deviceid-signer import of 100,000 devices beside raw etcd puts (N=, ROUNDS=)
 	$(GO) run ./test/importbench -n $${N:-100000} -rounds $${ROUNDS:-3} 2>&1 | grep -v '^import:'

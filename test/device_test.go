@@ -25,7 +25,7 @@ import (
 // its service TLSA, publishes telemetry, re-enrolls when its certificate ages (a fake
 // clock ages it) and reconnects with the new key, and is cut off when it is revoked.
 func TestDeviceSimulator(t *testing.T) {
-	st := startMQTTStack(t)
+	st := startMQTTStack(t, 2)
 	s := serveSigner(t, st.ca, filepath.Join(st.dir, signer.CACertFile), etcdclient.Settings{Endpoints: st.reg.Client.Endpoints()})
 	var code signer.CodeResponse
 	if status := s.admin(t, "POST", "/api/v1/devices/thermo/code", "", &code); status != 201 {

@@ -26,7 +26,7 @@ import (
 
 const brokerHost = "mqtt.acme.iot.example"
 
-// mqttStack is the MQTT scenario's parts: etcd, CoreDNS signing the zone with a 2 s
+// mqttStack is the MQTT scenario's parts: etcd, CoreDNS signing the zone with a short
 // TTL (so that a revocation reaches the broker's cache quickly), the signer's CA and
 // registry, and the DANE broker with its key published as a service record.
 type mqttStack struct {
@@ -43,12 +43,12 @@ type mqttStack struct {
 
 func (st *mqttStack) brokerCert(*testing.T) []byte { return st.brokerDER }
 
-func startMQTTStack(t *testing.T) *mqttStack {
+func startMQTTStack(t testing.TB, ttl int) *mqttStack {
 	t.Helper()
 	etcd := testenv.StartEtcd(t)
 	dir := t.TempDir()
 	ksk := genZoneKey(t, dir, dns.ECDSAP256SHA256, true)
-	c := testenv.StartCoreDNS(t, signedCorefileTTL(dnsPort(t), etcd.URL(), 2, ksk))
+	c := testenv.StartCoreDNS(t, signedCorefileTTL(dnsPort(t), etcd.URL(), ttl, ksk))
 	waitLoaded(t, c)
 	ca, err := signer.InitCA(dir, "device CA", zone, elliptic.P256(), "")
 	if err != nil {
@@ -83,7 +83,7 @@ func (st *mqttStack) verifier() *verify.Verifier {
 }
 
 // device enrolls a device and writes its key and certificate as PEM files.
-func (st *mqttStack) device(t *testing.T, name string) (tls.Certificate, string, string) {
+func (st *mqttStack) device(t testing.TB, name string) (tls.Certificate, string, string) {
 	t.Helper()
 	key := mustKey()
 	csr, err := x509.ParseCertificateRequest(testenv.CSR(t, key, ""))
@@ -105,7 +105,7 @@ func (st *mqttStack) device(t *testing.T, name string) (tls.Certificate, string,
 }
 
 // connect is a Go device: paho, authenticating the broker by DANE (verify.ClientConfig).
-func (st *mqttStack) connect(t *testing.T, clientID string, cert tls.Certificate) (paho.Client, error) {
+func (st *mqttStack) connect(t testing.TB, clientID string, cert tls.Certificate) (paho.Client, error) {
 	t.Helper()
 	opts := paho.NewClientOptions().AddBroker("tls://" + st.broker.Addr()).SetClientID(clientID).
 		SetTLSConfig(st.verifier().ClientConfig(brokerHost, 8883, cert)).SetAutoReconnect(false).SetConnectRetry(false).
@@ -128,7 +128,7 @@ func (st *mqttStack) connect(t *testing.T, clientID string, cert tls.Certificate
 // mosquitto's clients (OpenSSL) are accepted with the enrolled certificate and refused
 // once it is revoked.
 func TestMQTT(t *testing.T) {
-	st := startMQTTStack(t)
+	st := startMQTTStack(t, 2)
 	cert, _, _ := st.device(t, "sensor1")
 	other, certFile, keyFile := st.device(t, "sensor2")
 	c, err := st.connect(t, "sensor1", cert)
@@ -198,7 +198,7 @@ func TestMQTT(t *testing.T) {
 // TLSA record for the certificate must be one DNS serves (danetool --check resolves
 // through the system's resolver, which cannot be pointed at a test zone).
 func TestBrokerDANEInterop(t *testing.T) {
-	st := startMQTTStack(t)
+	st := startMQTTStack(t, 2)
 	_, certFile, keyFile := st.device(t, "sensor1")
 	_, dnsPort, _ := strings.Cut(st.dns.UDP, ":")
 	port := 0

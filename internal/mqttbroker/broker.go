@@ -35,6 +35,7 @@ type Broker struct {
 	// OnDisconnect, when set, is told of each device the re-check disconnects and why.
 	OnDisconnect func(device string, err error)
 
+	pool     bool // devices by a CA pool, not DANE
 	mu       sync.Mutex
 	sessions map[string]*session // by client id
 	addr     net.Addr
@@ -52,28 +53,32 @@ type Config struct {
 	Listen      string          // host:port for MQTT over TLS, e.g. ":8883"
 	Certificate tls.Certificate // the broker's own (its key is published as a service record)
 	Verifier    *verify.Verifier
-	Logger      *slog.Logger
+	// ClientCAs, instead of Verifier, authenticates devices by a CA pool (the
+	// comparison of BENCHMARKS.md): the device's name is its certificate's _device SAN.
+	ClientCAs *x509.CertPool
+	Logger    *slog.Logger
 }
 
 // Start listens and serves until ctx ends.
 func Start(ctx context.Context, c Config) (*Broker, error) {
-	if c.Verifier == nil {
+	if c.Verifier == nil && c.ClientCAs == nil {
 		return nil, errors.New("a broker needs a verifier: it authenticates devices by DANE")
 	}
 	log := c.Logger
 	if log == nil {
 		log = slog.Default()
 	}
-	b := &Broker{Verifier: c.Verifier, sessions: map[string]*session{}}
+	b := &Broker{Verifier: c.Verifier, pool: c.ClientCAs != nil, sessions: map[string]*session{}}
 	b.Server = mqtt.New(&mqtt.Options{Logger: log, InlineClient: false})
 	if err := b.Server.AddHook(&hook{b: b}, nil); err != nil {
 		return nil, err
 	}
-	tlsConfig := &tls.Config{
-		Certificates:          []tls.Certificate{c.Certificate},
-		ClientAuth:            tls.RequireAnyClientCert, // DANE, not a CA pool, decides
-		VerifyPeerCertificate: c.Verifier.VerifyPeerCertificate,
-		MinVersion:            tls.VersionTLS13,
+	tlsConfig := &tls.Config{Certificates: []tls.Certificate{c.Certificate}, MinVersion: tls.VersionTLS13}
+	if c.ClientCAs != nil {
+		tlsConfig.ClientAuth, tlsConfig.ClientCAs = tls.RequireAndVerifyClientCert, c.ClientCAs
+	} else {
+		tlsConfig.ClientAuth = tls.RequireAnyClientCert // DANE, not a CA pool, decides
+		tlsConfig.VerifyPeerCertificate = c.Verifier.VerifyPeerCertificate
 	}
 	ln, err := net.Listen("tcp", c.Listen)
 	if err != nil {
@@ -88,7 +93,9 @@ func Start(ctx context.Context, c Config) (*Broker, error) {
 	if err := b.Server.Serve(); err != nil {
 		return nil, err
 	}
-	go b.recheck(ctx)
+	if !b.pool {
+		go b.recheck(ctx)
+	}
 	go func() {
 		<-ctx.Done()
 		b.Server.Close()
@@ -103,6 +110,16 @@ func (b *Broker) Addr() string { return b.addr.String() }
 func DeviceOf(identity string) string {
 	device, _, _ := strings.Cut(identity, "._device.")
 	return device
+}
+
+// sanDevice is the device a certificate names in its _device SAN, or "".
+func sanDevice(cert *x509.Certificate) string {
+	for _, n := range cert.DNSNames {
+		if d := DeviceOf(strings.ToLower(n) + "."); d != strings.ToLower(n)+"." {
+			return d
+		}
+	}
+	return ""
 }
 
 // recheck verifies every connected device again every Recheck; the verifier's cache
@@ -184,14 +201,19 @@ func (h *hook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) bool {
 		return false
 	}
 	chain := tc.ConnectionState().PeerCertificates
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	res, err := h.b.Verifier.Verify(ctx, chain) // cached since the handshake
-	if err != nil {
-		slog.Info("refused", "client", pk.Connect.ClientIdentifier, "err", err)
-		return false
+	var device string
+	if h.b.pool {
+		device = sanDevice(chain[0]) // the CA pool checked the chain in the handshake
+	} else {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		res, err := h.b.Verifier.Verify(ctx, chain) // cached since the handshake
+		if err != nil {
+			slog.Info("refused", "client", pk.Connect.ClientIdentifier, "err", err)
+			return false
+		}
+		device = DeviceOf(res.Name)
 	}
-	device := DeviceOf(res.Name)
 	if pk.Connect.ClientIdentifier != device {
 		slog.Info("refused: the client id is not the device's name", "client", pk.Connect.ClientIdentifier, "device", device)
 		return false
