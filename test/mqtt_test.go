@@ -180,6 +180,22 @@ func TestMQTT(t *testing.T) {
 	if _, err := st.connect(t, "sensor1", cert); err == nil {
 		t.Error("the revoked device connected again")
 	}
+	// Suspended: DNS stops vouching for it, and the broker cuts it off the same way.
+	cert4, _, _ := st.device(t, "sensor4")
+	if _, err := st.connect(t, "sensor4", cert4); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.reg.SetSuspended(t.Context(), signer.OperatorActor("test"), "sensor4", true); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case id := <-st.lost:
+		if id != "sensor4" {
+			t.Errorf("%s lost its connection", id)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("the suspended device is still connected")
+	}
 	if _, err := st.reg.Revoke(t.Context(), signer.OperatorActor("test"), "sensor2", nil, "keyCompromise"); err != nil {
 		t.Fatal(err)
 	}

@@ -1,0 +1,56 @@
+package main
+
+import (
+	"crypto/tls"
+	"encoding/json"
+	"encoding/pem"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/deviceid/deviceid/internal/testenv"
+)
+
+// TestPublishKey: -publish sends the broker's certificate to the signer's service-key
+// route with the token, as JSON, and reports the signer's refusal.
+func TestPublishKey(t *testing.T) {
+	ca := testenv.NewTestCA(t, "broker CA")
+	key := testenv.DeviceKey(t)
+	der, err := ca.IssueServer("mqtt.acme.iot.example", key.Public(), time.Now().AddDate(1, 0, 0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got struct{ path, auth, ctype, cert string }
+	status := http.StatusCreated
+	srv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var body map[string]string
+		json.NewDecoder(r.Body).Decode(&body)
+		got.path, got.auth, got.ctype, got.cert = r.URL.Path, r.Header.Get("Authorization"), r.Header.Get("Content-Type"), body["certificate"]
+		w.WriteHeader(status)
+		w.Write([]byte(`{"error": "not allowed"}`))
+	}))
+	defer srv.Close()
+	dir := t.TempDir()
+	token, caFile := filepath.Join(dir, "token"), filepath.Join(dir, "ca.pem")
+	os.WriteFile(token, []byte("did_0123456789abcdef_secret\n"), 0o600)
+	os.WriteFile(caFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: srv.Certificate().Raw}), 0o600)
+	cert := tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
+	if err := publishKey(srv.URL, token, caFile, "_8883._tcp.mqtt.acme", cert); err != nil {
+		t.Fatal(err)
+	}
+	if got.path != "/api/v1/services/_8883._tcp.mqtt.acme/keys" || got.auth != "Bearer did_0123456789abcdef_secret" ||
+		got.ctype != "application/json" || !strings.Contains(got.cert, "BEGIN CERTIFICATE") {
+		t.Errorf("request: %+v", got)
+	}
+	status = http.StatusForbidden
+	if err := publishKey(srv.URL, token, caFile, "_8883._tcp.mqtt.acme", cert); err == nil || !strings.Contains(err.Error(), "not allowed") {
+		t.Errorf("a refusal: %v", err)
+	}
+	if _, err := readDS("not a record"); err == nil {
+		t.Error("a bad -ds accepted")
+	}
+}
