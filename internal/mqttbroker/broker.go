@@ -12,7 +12,6 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
-	"fmt"
 	"log/slog"
 	"net"
 	"strings"
@@ -80,14 +79,15 @@ func Start(ctx context.Context, c Config) (*Broker, error) {
 		tlsConfig.ClientAuth = tls.RequireAnyClientCert // DANE, not a CA pool, decides
 		tlsConfig.VerifyPeerCertificate = c.Verifier.VerifyPeerCertificate
 	}
-	ln, err := net.Listen("tcp", c.Listen)
+	// The broker's own listener, handed to mochi: its address is known at once (a
+	// port of 0 is a free one) and nothing else can take it meanwhile.
+	ln, err := tls.Listen("tcp", c.Listen, tlsConfig)
 	if err != nil {
 		return nil, err
 	}
 	b.addr = ln.Addr()
-	ln.Close() // mochi listens itself; the port is free again for it
-	tcp := listeners.NewTCP(listeners.Config{ID: "mqtts", Address: b.addr.String(), TLSConfig: tlsConfig})
-	if err := b.Server.AddListener(tcp); err != nil {
+	if err := b.Server.AddListener(listeners.NewNet("mqtts", ln)); err != nil {
+		ln.Close()
 		return nil, err
 	}
 	if err := b.Server.Serve(); err != nil {
@@ -231,6 +231,3 @@ func (h *hook) OnACLCheck(cl *mqtt.Client, topic string, _ bool) bool {
 }
 
 func (h *hook) OnDisconnect(cl *mqtt.Client, _ error, _ bool) { h.b.forget(cl.ID, cl) }
-
-// String is for logs.
-func (b *Broker) String() string { return fmt.Sprintf("deviceid MQTT broker on %s", b.Addr()) }
