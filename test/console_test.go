@@ -181,6 +181,9 @@ func TestConsole(t *testing.T) {
 	if !strings.Contains(p.text("#devices"), "<img src=x") || p.truth(ran) {
 		t.Error("a hostile attribute became markup in the list")
 	}
+	if text := p.text("#main"); strings.Contains(text, "null") || strings.Contains(text, "undefined") {
+		t.Errorf("the list page shows a missing value: %q", text)
+	}
 
 	// A service key: published through the form, listed, retired.
 	broker := newDevice(t, testenv.NewTestCA(t, "broker CA"), "broker", time.Now().AddDate(1, 0, 0))

@@ -197,8 +197,8 @@ async function listView(main) {
     el("label", {}, "Keep its keys", el("input", { id: "a-keep", type: "checkbox" })),
     el("button", { id: "accept-button", type: "submit" }, "Accept transfer"));
 
-  main.replaceChildren(el("h2", {}, "Devices"), search, table, more,
-    el("h2", {}, "Register a device"), register, el("h2", {}, "Accept a transfer"), accept);
+  main.replaceChildren(...[el("h2", {}, "Devices"), search, table, more,
+    el("h2", {}, "Register a device"), register, el("h2", {}, "Accept a transfer"), accept].filter(Boolean));
 }
 
 function fmtTime(t) { return t ? new Date(t).toISOString().replace(".000Z", "Z") : "-"; }
