@@ -315,8 +315,7 @@ func view(name string, d *record.Device) DeviceView {
 		v.Credentials = []record.Credential{}
 	}
 	for _, c := range d.Credentials {
-		sum := sha256.Sum256(c.SPKI)
-		v.Keys = append(v.Keys, KeyView{SPKISHA256: hex.EncodeToString(sum[:]), Status: c.Status, NotAfter: c.NotAfter, Reason: c.Reason, Cert: c.Cert != nil})
+		v.Keys = append(v.Keys, KeyView{SPKISHA256: keyDigest(c.SPKI), Status: c.Status, NotAfter: c.NotAfter, Reason: c.Reason, Cert: c.Cert != nil})
 	}
 	return v
 }

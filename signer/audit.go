@@ -20,7 +20,7 @@ import (
 type AuditEntry struct {
 	ID          string    `json:"id"`
 	Time        time.Time `json:"time"`
-	Revision    int64     `json:"revision"`
+	Revision    int64     `json:"revision,omitempty"` // not stored: the key's create revision
 	Actor       string    `json:"actor"`
 	ActorTenant string    `json:"actor_tenant,omitempty"`
 	Operation   string    `json:"operation"`

@@ -3,9 +3,7 @@ package signer
 import (
 	"context"
 	"crypto"
-	"crypto/sha256"
 	"crypto/x509"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -93,8 +91,7 @@ func (e *Enroller) Enroll(ctx context.Context, req Enrollment) (Enrolled, error)
 	if err != nil {
 		return Enrolled{}, err
 	}
-	keySum := sha256.Sum256(spki)
-	keyHash := hex.EncodeToString(keySum[:])
+	keyHash := keyDigest(spki)
 	var side []string
 	if req.Code != "" {
 		side = []string{e.Registry.codeKey(device)}

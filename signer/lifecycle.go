@@ -29,7 +29,7 @@ func (r *Registry) Register(ctx context.Context, actor Actor, device, tenant str
 	if err := record.CheckAttributes(attrs); err != nil {
 		return nil, invalid(err)
 	}
-	return r.update(ctx, write{actor: actor, operation: "device.register", device: device, owner: owner, byCode: true,
+	return r.update(ctx, write{actor: actor, operation: "device.register", device: device, owner: owner, othersDevice: true,
 		change: change1(func(d *record.Device) (*record.Device, error) {
 			if d == nil {
 				d = &record.Device{Version: record.Version, Tenant: owner}
@@ -151,7 +151,7 @@ func (r *Registry) AcceptTransfer(ctx context.Context, actor Actor, device, tena
 		detail = "keys kept"
 	}
 	return r.update(ctx, write{actor: actor, operation: "transfer.accept", device: device, side: []string{key},
-		owner: gaining, byCode: true, detail: detail,
+		owner: gaining, othersDevice: true, detail: detail,
 		change: func(d *record.Device, side [][]byte) (*record.Device, []clientv3.Op, error) {
 			c, err := checkCode(side[0], code, r.now())
 			if err != nil || d == nil || c.From != d.Tenant {

@@ -142,11 +142,12 @@ type write struct {
 	// owner is the tenant a record created or transferred by this write belongs to;
 	// its tenant record is read and compared, and must be enabled.
 	owner string
-	// byCode: the write is authorised by a code (a transfer), not by the actor's
-	// tenant owning the device.
-	byCode bool
-	change change
-	detail string // for the audit trail: the reason of a revocation, the key, ...
+	// othersDevice: the change itself decides about a device another tenant holds (a
+	// transfer, by its code; a registration, which answers that the name is taken),
+	// instead of the write answering "not found".
+	othersDevice bool
+	change       change
+	detail       string // for the audit trail: the reason of a revocation, the key, ...
 	// service: device names a service (_8883._tcp.mqtt.acme) whose record is changed.
 	service bool
 }
@@ -230,7 +231,7 @@ func (r *Registry) update(ctx context.Context, w write) (*record.Device, error) 
 		}
 		// A tenant sees only its own devices: another's is "not found", so that
 		// probing names tells a tenant nothing.
-		if old != nil && !w.actor.Operator && w.actor.Tenant != "" && old.Tenant != w.actor.Tenant && !w.byCode {
+		if old != nil && !w.actor.Operator && w.actor.Tenant != "" && old.Tenant != w.actor.Tenant && !w.othersDevice {
 			return nil, ErrNotFound
 		}
 		var before *record.Device

@@ -45,11 +45,8 @@ func (st *mqttStack) brokerCert(*testing.T) []byte { return st.brokerDER }
 
 func startMQTTStack(t testing.TB, ttl int) *mqttStack {
 	t.Helper()
-	etcd := testenv.StartEtcd(t)
+	etcd, c, ksk, _ := signedZone(t, ttl)
 	dir := t.TempDir()
-	ksk := genZoneKey(t, dir, dns.ECDSAP256SHA256, true)
-	c := testenv.StartCoreDNS(t, signedCorefileTTL(dnsPort(t), etcd.URL(), ttl, ksk))
-	waitLoaded(t, c)
 	ca, err := signer.InitCA(dir, "device CA", zone, elliptic.P256(), "")
 	if err != nil {
 		t.Fatal(err)

@@ -187,3 +187,15 @@ func delv(t testing.TB, port int, ds *dns.DS, name string, qtype uint16) string 
 	}
 	return string(out)
 }
+
+// signedZone runs etcd and CoreDNS serving the zone signed by a new KSK (a CSK) with
+// the zone TTL given, and returns them, the key and CoreDNS's port.
+func signedZone(t testing.TB, ttl int) (*testenv.Etcd, *testenv.CoreDNS, zoneKey, int) {
+	t.Helper()
+	etcd := testenv.StartEtcd(t)
+	ksk := genZoneKey(t, t.TempDir(), dns.ECDSAP256SHA256, true)
+	port := dnsPort(t)
+	c := testenv.StartCoreDNS(t, signedCorefileTTL(port, etcd.URL(), ttl, ksk))
+	waitLoaded(t, c)
+	return etcd, c, ksk, port
+}

@@ -323,12 +323,7 @@ func TestVerifyNegativeTTL(t *testing.T) {
 // (the new key beside the old, then the old revoked) moves trust from one key to the
 // other, and a real TLS handshake follows the verdict.
 func TestVerifyServer(t *testing.T) {
-	etcd := testenv.StartEtcd(t)
-	dir := t.TempDir()
-	ksk := genZoneKey(t, dir, dns.ECDSAP256SHA256, true)
-	port := dnsPort(t)
-	c := testenv.StartCoreDNS(t, signedCorefile(port, etcd.URL(), ksk))
-	waitLoaded(t, c)
+	etcd, c, ksk, port := signedZone(t, 60)
 	reg := &signer.Registry{Client: etcd.Client(), Prefix: "/deviceid", Zone: zone}
 	ctx := t.Context()
 	const host = "mqtt.acme.iot.example"

@@ -14,7 +14,6 @@ import (
 	"os"
 	"os/signal"
 	"strconv"
-	"strings"
 	"syscall"
 	"time"
 
@@ -73,15 +72,11 @@ func run(name, zone, code, signerAddr, signerCA, broker, brokerName, resolver, d
 	pool.AppendCertsFromPEM(pemCA)
 	v := &verify.Verifier{Zones: []string{zone}, Resolver: resolver, Server: server}
 	if resolver == "" {
-		if b, err := os.ReadFile(dsText); err == nil {
-			dsText = string(b)
+		ta, err := verify.ParseTrustAnchor(dsText)
+		if err != nil {
+			return fmt.Errorf("-ds: %w", err)
 		}
-		rr, err := dns.NewRR(strings.TrimSpace(dsText))
-		ds, ok := rr.(*dns.DS)
-		if err != nil || !ok {
-			return fmt.Errorf("-ds: not a DS record (%v)", err)
-		}
-		v.TrustAnchor = []dns.RR{ds}
+		v.TrustAnchor = []dns.RR{ta}
 	}
 	if state == "" {
 		state = ".deviceid-device/" + name

@@ -66,11 +66,11 @@ func run(listen, certFile, keyFile, zones, resolver, dsText, server, publish, si
 	}
 	v := &verify.Verifier{Zones: strings.Split(zones, ","), Resolver: resolver, Server: server}
 	if dsText != "" {
-		ds, err := readDS(dsText)
+		ta, err := verify.ParseTrustAnchor(dsText)
 		if err != nil {
-			return err
+			return fmt.Errorf("-ds: %w", err)
 		}
-		v.TrustAnchor = []dns.RR{ds}
+		v.TrustAnchor = []dns.RR{ta}
 	} else if resolver == "" {
 		return fmt.Errorf("give -resolver (a validating resolver) or -ds (validate locally)")
 	}
@@ -89,22 +89,6 @@ func run(listen, certFile, keyFile, zones, resolver, dsText, server, publish, si
 	slog.Info("deviceid-mqtt serving", "addr", b.Addr(), "zones", zones)
 	<-ctx.Done()
 	return nil
-}
-
-// readDS reads a DS record from a file or from the argument itself.
-func readDS(s string) (*dns.DS, error) {
-	if b, err := os.ReadFile(s); err == nil {
-		s = string(b)
-	}
-	rr, err := dns.NewRR(strings.TrimSpace(s))
-	if err != nil {
-		return nil, fmt.Errorf("-ds: %w", err)
-	}
-	ds, ok := rr.(*dns.DS)
-	if !ok {
-		return nil, fmt.Errorf("-ds: not a DS record: %s", rr)
-	}
-	return ds, nil
 }
 
 // publishKey puts the broker's certificate's key in the service record through the

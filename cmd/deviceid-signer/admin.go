@@ -415,10 +415,8 @@ func runAdmin(name string, args []string) error {
 	if err != nil {
 		return err
 	}
-	if req.method == "DELETE" || name == "tenant-disable" || name == "tenant-enable" {
-		if strings.HasSuffix(req.path, "/transfer") || strings.Contains(req.path, "/tokens/") || req.method == "DELETE" {
-			req.answer = nil
-		}
+	if req.method == "DELETE" {
+		req.answer = nil // 204: no body
 	}
 	client, done, err := f.client(req.needsCA)
 	if err != nil {
@@ -554,14 +552,23 @@ func (c *apiClient) do(req apiRequest) ([]byte, error) {
 		status = resp.StatusCode
 	}
 	if status >= 300 {
+		msg := strings.TrimSpace(string(b))
 		var e signer.ErrorResponse
 		if json.Unmarshal(b, &e) == nil && e.Error != "" {
-			return nil, fmt.Errorf("%s: %s", http.StatusText(status), e.Error)
+			msg = e.Error
 		}
-		return nil, fmt.Errorf("%s: %s", http.StatusText(status), strings.TrimSpace(string(b)))
+		return nil, &apiError{status: status, msg: msg}
 	}
 	return b, nil
 }
+
+// apiError is an answer of the API with an error status.
+type apiError struct {
+	status int
+	msg    string
+}
+
+func (e *apiError) Error() string { return http.StatusText(e.status) + ": " + e.msg }
 
 // printTable writes show's and list's answers as a table.
 func printTable(w io.Writer, answer any) error {

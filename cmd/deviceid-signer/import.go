@@ -402,11 +402,11 @@ func (im *importer) send(req apiRequest) error {
 	return &unavailableError{err}
 }
 
+// retryable: the request failed for want of etcd or the signer (a 5xx, or no
+// answer at all), not by the line's fault (a 4xx).
 func retryable(err error) bool {
-	s := err.Error()
-	return !strings.HasPrefix(s, "Bad Request") && !strings.HasPrefix(s, "Not Found") && !strings.HasPrefix(s, "Conflict") &&
-		!strings.HasPrefix(s, "Forbidden") && !strings.HasPrefix(s, "Unauthorized") && !strings.HasPrefix(s, "Request Entity Too Large") &&
-		!strings.HasPrefix(s, "Unsupported Media Type")
+	var e *apiError
+	return !errors.As(err, &e) || e.status >= 500
 }
 
 func (im *importer) summary(w io.Writer) {

@@ -38,7 +38,7 @@ func run(args []string, out io.Writer) error {
 	connect := fs.String("connect", "", "host:port of a TLS endpoint whose certificate to check instead")
 	zones := fs.String("zones", "", "accepted zones, comma-separated, e.g. iot.example (required)")
 	resolver := fs.String("resolver", "", "a validating resolver (host:port) whose AD bit is trusted")
-	ds := fs.String("ds", "", "validate locally instead: the zone's DS record, e.g. \"iot.example. DS 12345 13 2 AB...\"")
+	ds := fs.String("ds", "", "validate locally instead: the zone's DS (or DNSKEY) record, e.g. \"iot.example. DS 12345 13 2 AB...\", or a file holding it")
 	server := fs.String("server", "", "with -ds: the zone's authoritative server (host:port)")
 	revoked := fs.Uint("revoked-usage", 255, "the TLSA usage of revoked keys")
 	timeout := fs.Duration("timeout", 5*time.Second, "bound of the lookup")
@@ -63,7 +63,7 @@ func run(args []string, out io.Writer) error {
 	v := &verify.Verifier{Zones: strings.Split(*zones, ","), Resolver: *resolver, Server: *server,
 		RevokedUsage: uint8(*revoked), Timeout: *timeout}
 	if *ds != "" {
-		rr, err := dns.NewRR(*ds)
+		rr, err := verify.ParseTrustAnchor(*ds)
 		if err != nil {
 			return fmt.Errorf("-ds: %v", err)
 		}

@@ -34,7 +34,6 @@ type Broker struct {
 	// OnDisconnect, when set, is told of each device the re-check disconnects and why.
 	OnDisconnect func(device string, err error)
 
-	pool     bool // devices by a CA pool, not DANE
 	mu       sync.Mutex
 	sessions map[string]*session // by client id
 	addr     net.Addr
@@ -67,7 +66,10 @@ func Start(ctx context.Context, c Config) (*Broker, error) {
 	if log == nil {
 		log = slog.Default()
 	}
-	b := &Broker{Verifier: c.Verifier, pool: c.ClientCAs != nil, sessions: map[string]*session{}}
+	b := &Broker{Verifier: c.Verifier, sessions: map[string]*session{}}
+	if c.ClientCAs != nil {
+		b.Verifier = nil // the pool decides, in the handshake
+	}
 	b.Server = mqtt.New(&mqtt.Options{Logger: log, InlineClient: false})
 	if err := b.Server.AddHook(&hook{b: b}, nil); err != nil {
 		return nil, err
@@ -93,7 +95,7 @@ func Start(ctx context.Context, c Config) (*Broker, error) {
 	if err := b.Server.Serve(); err != nil {
 		return nil, err
 	}
-	if !b.pool {
+	if b.Verifier != nil {
 		go b.recheck(ctx)
 	}
 	go func() {
@@ -202,7 +204,7 @@ func (h *hook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) bool {
 	}
 	chain := tc.ConnectionState().PeerCertificates
 	var device string
-	if h.b.pool {
+	if h.b.Verifier == nil {
 		device = sanDevice(chain[0]) // the CA pool checked the chain in the handshake
 	} else {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
