@@ -51,14 +51,20 @@ func (p *page) do(steps ...chromedp.Action[chromedp.Void]) {
 	}
 }
 
+// shownText is a page function: the text of the element sel when it is shown, else
+// null. Reads go through JavaScript in one step rather than through DevTools node
+// ids, which a re-render or a same-document navigation invalidates between the
+// query and the read ("No node with given id found").
+const shownText = `(sel) => { const e = document.querySelector(sel); return e && e.checkVisibility() ? {text: e.innerText} : null; }`
+
+// text waits until sel is shown and returns its text.
 func (p *page) text(sel string) string {
 	p.t.Helper()
-	p.do(chromedp.WaitVisible(chromedp.CSS(sel)))
-	s, err := chromedp.Run(p.ctx, chromedp.Text(chromedp.CSS(sel)))
+	v, err := chromedp.Run(p.ctx, chromedp.PollFunction[struct{ Text string }](shownText, chromedp.WithPollingArgs(sel)))
 	if err != nil {
-		p.t.Fatal(err)
+		p.t.Fatalf("%s: %v", sel, err)
 	}
-	return s
+	return v.Text
 }
 
 func (p *page) truth(expr string) bool {
@@ -90,13 +96,10 @@ func (p *page) wait(sel, want string, reload bool) {
 				return err
 			}
 		}
-		if err := chromedp.Do(p.ctx, chromedp.WaitVisible(chromedp.CSS(sel))); err != nil {
-			return err
-		}
-		text, err := chromedp.Run(p.ctx, chromedp.Text(chromedp.CSS(sel)))
-		if err == nil && !strings.Contains(text, want) {
+		v, err := chromedp.Run(p.ctx, chromedp.PollFunction[struct{ Text string }](shownText, chromedp.WithPollingArgs(sel), chromedp.WithPollingTimeout(5*time.Second)))
+		if err == nil && !strings.Contains(v.Text, want) {
 			shown, _ := chromedp.Run(p.ctx, chromedp.Evaluate[string](`document.getElementById("error").textContent`))
-			err = fmt.Errorf("%s: %q (error shown: %q)", sel, text, shown)
+			err = fmt.Errorf("%s: %q (error shown: %q)", sel, v.Text, shown)
 		}
 		return err
 	})
@@ -168,7 +171,8 @@ func TestConsole(t *testing.T) {
 	}
 
 	// Hostile attributes are shown as text and run nothing, on the device page and in the list.
-	p.do(chromedp.Navigate(s.url+"/console/#/device/evil"), chromedp.WaitVisible(chromedp.CSS("#attributes")))
+	p.do(chromedp.Navigate(s.url + "/console/#/device/evil"))
+	p.waitShown("#device-name", "evil") // lamp's page is still there until the new one renders
 	if text := p.text("#attributes"); !strings.Contains(text, hostile) {
 		t.Errorf("hostile attribute shown as %q", text)
 	}
