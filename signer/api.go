@@ -246,6 +246,11 @@ type (
 		KeepKeys bool   `json:"keep_keys,omitempty"`
 		Tenant   string `json:"tenant,omitempty"` // the gaining tenant, when the operator accepts
 	}
+	// AssignRequest gives a device to a tenant by the operator's decision.
+	AssignRequest struct {
+		Tenant   string `json:"tenant"`
+		KeepKeys bool   `json:"keep_keys,omitempty"`
+	}
 	// ListResponse is one page of devices.
 	ListResponse struct {
 		Devices []DeviceSummary `json:"devices"`
@@ -468,6 +473,15 @@ func (c *apiCall) acceptTransfer() {
 		return
 	}
 	d, err := c.reg().AcceptTransfer(c.ctx, c.actor, c.name(), req.Tenant, req.Code, req.KeepKeys)
+	c.deviceReply(http.StatusOK, d, err)
+}
+
+func (c *apiCall) assign() {
+	var req AssignRequest
+	if !c.read(&req) {
+		return
+	}
+	d, err := c.reg().Assign(c.ctx, c.actor, c.name(), req.Tenant, req.KeepKeys)
 	c.deviceReply(http.StatusOK, d, err)
 }
 

@@ -146,12 +146,8 @@ func (r *Registry) AcceptTransfer(ctx context.Context, actor Actor, device, tena
 		return nil, invalid(err)
 	}
 	key := r.signerKey(kindTransfer, name)
-	detail := "keys revoked (affiliationChanged)"
-	if keepKeys {
-		detail = "keys kept"
-	}
 	return r.update(ctx, write{actor: actor, operation: "transfer.accept", device: device, side: []string{key},
-		owner: gaining, othersDevice: true, detail: detail,
+		owner: gaining, othersDevice: true, detail: keysDetail(keepKeys),
 		change: func(d *record.Device, side [][]byte) (*record.Device, []clientv3.Op, error) {
 			c, err := checkCode(side[0], code, r.now())
 			if err != nil || d == nil || c.From != d.Tenant {
@@ -168,4 +164,58 @@ func (r *Registry) AcceptTransfer(ctx context.Context, actor Actor, device, tena
 			}
 			return d, []clientv3.Op{clientv3.OpDelete(key), clientv3.OpDelete(r.codeKey(name))}, nil
 		}})
+}
+
+// Assign gives a device to a tenant by the registry operator's decision, with no
+// transfer code: a device from before tenants (which has none) is adopted, and a
+// dispute between tenants is settled, as a domain registry does. With keepKeys its
+// keys stay active; otherwise they are revoked with reason affiliationChanged. Pending
+// enrollment and transfer codes are used up in the same transaction, since they were
+// made for the losing tenant. Assigning a device to the tenant it has changes nothing.
+func (r *Registry) Assign(ctx context.Context, actor Actor, device, tenant string, keepKeys bool) (*record.Device, error) {
+	if !actor.Operator {
+		return nil, fmt.Errorf("%w: only the registry operator assigns devices", ErrForbidden)
+	}
+	if tenant == "" {
+		return nil, invalid(errors.New("say which tenant gains the device"))
+	}
+	if err := record.CheckTenant(tenant); err != nil {
+		return nil, invalid(err)
+	}
+	name, err := record.DeviceName(device)
+	if err != nil {
+		return nil, invalid(err)
+	}
+	transfer, code := r.signerKey(kindTransfer, name), r.codeKey(name)
+	return r.update(ctx, write{actor: actor, operation: "device.assign", device: device, side: []string{transfer, code}, owner: tenant,
+		change: func(d *record.Device, side [][]byte) (*record.Device, []clientv3.Op, error) {
+			if d == nil {
+				return nil, nil, ErrNotFound
+			}
+			if d.Tenant == tenant {
+				return d, nil, nil
+			}
+			d.Tenant = tenant
+			if !keepKeys {
+				for i := range d.Credentials {
+					revoke(&d.Credentials[i], "affiliationChanged", r.now())
+				}
+			}
+			var ops []clientv3.Op
+			for i, k := range []string{transfer, code} {
+				if side[i] != nil {
+					ops = append(ops, clientv3.OpDelete(k))
+				}
+			}
+			return d, ops, nil
+		},
+		detail: keysDetail(keepKeys)})
+}
+
+// keysDetail tells the audit trail what a change of tenant did to the keys.
+func keysDetail(keepKeys bool) string {
+	if keepKeys {
+		return "keys kept"
+	}
+	return "keys revoked (affiliationChanged)"
 }

@@ -182,6 +182,86 @@ func TestLifecycle(t *testing.T) {
 	}
 }
 
+// TestAssign: the operator gives a device from before tenants to one, and moves a
+// tenant's device to another without a code; nobody else can.
+func TestAssign(t *testing.T) {
+	r, acme, globex, _ := tenantRegistry(t)
+	ctx := t.Context()
+	e := &Enroller{CA: testCA(t), Registry: r}
+	if _, err := e.Enroll(ctx, Enrollment{Actor: testOperator, Device: "old", PublicKey: testenv.DeviceKey(t).Public()}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.Register(ctx, acme, "old", "", nil); !errors.Is(err, ErrConflict) {
+		t.Errorf("a tenant registering a device from before tenants: %v", err)
+	}
+	for _, tc := range []struct {
+		actor  Actor
+		device string
+		tenant string
+		want   error
+	}{
+		{acme, "old", "acme", ErrForbidden},
+		{testOperator, "old", "", ErrInvalid},
+		{testOperator, "old", "Bad Tenant", ErrInvalid},
+		{testOperator, "bad_name", "acme", ErrInvalid},
+		{testOperator, "nothing", "acme", ErrNotFound},
+		{testOperator, "old", "initech", ErrNoTenant},
+	} {
+		before := revision(t, r)
+		if _, err := r.Assign(ctx, tc.actor, tc.device, tc.tenant, true); !errors.Is(err, tc.want) {
+			t.Errorf("assign %s to %q by %s: %v, want %v", tc.device, tc.tenant, tc.actor.ID, err, tc.want)
+		}
+		if after := revision(t, r); after != before {
+			t.Errorf("assign %s to %q by %s changed etcd", tc.device, tc.tenant, tc.actor.ID)
+		}
+	}
+
+	// Adopted with its key active; assigning again changes nothing.
+	d, err := r.Assign(ctx, testOperator, "old", "acme", true)
+	if err != nil || d.Tenant != "acme" || d.Credentials[0].Status != record.StatusActive {
+		t.Fatalf("adopted: %+v %v", d, err)
+	}
+	before := revision(t, r)
+	if _, err := r.Assign(ctx, testOperator, "old", "acme", false); err != nil || revision(t, r) != before || mustDevice(t, r, "old").Credentials[0].Status != record.StatusActive {
+		t.Errorf("assigning to its tenant again: %v, revision %d -> %d", err, before, revision(t, r))
+	}
+	if list, _, _ := r.Search(ctx, acme, Filter{}); len(list) != 1 || list[0].Name != "old" {
+		t.Errorf("acme lists %v", list)
+	}
+
+	// Moved to globex with the keys revoked: acme's pending codes die with the move.
+	if _, _, err := r.StartTransfer(ctx, acme, "old", time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := r.IssueCode(ctx, acme, "old", "", time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	r.SetTenantDisabled(ctx, testOperator, "globex", true)
+	if _, err := r.Assign(ctx, testOperator, "old", "globex", false); !errors.Is(err, ErrTenantDisabled) {
+		t.Errorf("to a disabled tenant: %v", err)
+	}
+	r.SetTenantDisabled(ctx, testOperator, "globex", false)
+	d, err = r.Assign(ctx, testOperator, "old", "globex", false)
+	if err != nil || d.Tenant != "globex" || d.Credentials[0].Status != record.StatusRevoked || d.Credentials[0].Reason != "affiliationChanged" {
+		t.Fatalf("moved: %+v %v", d, err)
+	}
+	for _, key := range []string{r.signerKey(kindTransfer, "old"), r.codeKey("old")} {
+		if resp, _ := r.Client.Get(ctx, key); len(resp.Kvs) != 0 {
+			t.Errorf("%s is still there", key)
+		}
+	}
+	if list, _, _ := r.Search(ctx, acme, Filter{}); len(list) != 0 {
+		t.Errorf("acme still lists %v", list)
+	}
+	if _, err := r.SetSuspended(ctx, globex, "old", true); err != nil {
+		t.Errorf("the new tenant: %v", err)
+	}
+	entries, _, err := r.Audit(ctx, testOperator, AuditFilter{Device: "old", Operation: "device.assign"})
+	if err != nil || len(entries) != 2 || entries[1].Detail != "keys revoked (affiliationChanged)" || entries[1].Before.Tenant != "acme" || entries[1].After.Revoked != 1 {
+		t.Errorf("audit: %+v %v", entries, err)
+	}
+}
+
 // TestTokens issues, uses and revokes tenant tokens.
 func TestTokens(t *testing.T) {
 	r, acme, globex, _ := tenantRegistry(t)

@@ -56,6 +56,8 @@ var routes = []route{
 	{method: "DELETE", path: "/api/v1/devices/{name}/transfer", summary: "Cancel a pending transfer", status: 204, errors: deviceErrors, handle: (*apiCall).cancelTransfer},
 	{method: "POST", path: "/api/v1/devices/{name}/transfer/accept", summary: "Complete a transfer with the losing tenant's code", request: AcceptRequest{},
 		status: 200, response: DeviceView{}, errors: []int{400, 404, 409, 413, 415}, handle: (*apiCall).acceptTransfer},
+	{method: "POST", path: "/api/v1/devices/{name}/assign", summary: "Give a device to a tenant without a transfer code (a device from before tenants, a dispute)", operator: true,
+		request: AssignRequest{}, status: 200, response: DeviceView{}, errors: []int{400, 404, 409, 413, 415}, handle: (*apiCall).assign},
 	{method: "GET", path: "/api/v1/devices/{name}/dns", summary: "The TLSA records DNS serves for the device right now", status: 200, response: DNSAnswer{}, errors: deviceErrors, handle: (*apiCall).dns},
 
 	{method: "GET", path: "/api/v1/services", summary: "List services (DANE server identities)", status: 200, response: ServiceList{}, handle: (*apiCall).listServices},

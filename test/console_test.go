@@ -180,6 +180,9 @@ func TestConsole(t *testing.T) {
 	if p.truth(ran) {
 		t.Error("a hostile attribute became markup on the device page")
 	}
+	if p.truth(`document.getElementById("assign") !== null`) {
+		t.Error("a tenant is offered the operator's Assign")
+	}
 	p.do(chromedp.Navigate(s.url+"/console/#/devices"), chromedp.WaitVisible(chromedp.CSS("#devices")))
 	p.screenshot("console-devices")
 	if !strings.Contains(p.text("#devices"), "<img src=x") || p.truth(ran) {
@@ -232,5 +235,22 @@ func TestConsole(t *testing.T) {
 	s.apiCall(t, acme, "GET", "/api/v1/devices/evil", "", &d)
 	if d.State == "suspended" {
 		t.Error("a page of another site suspended a device")
+	}
+
+	// The operator gives evil to globex without a code, keeping its keys.
+	r.tenantToken(t, "globex")
+	p.do(chromedp.Navigate(s.url+"/console/#/devices"), chromedp.WaitVisible(chromedp.CSS("#signout")), chromedp.Click(chromedp.CSS("#signout")),
+		chromedp.WaitVisible(chromedp.CSS("#login-token")), chromedp.SendKeys(chromedp.CSS("#login-token"), adminToken), chromedp.Click(chromedp.CSS("#login-button")))
+	p.waitShown("#whoami", "registry operator")
+	p.do(chromedp.Navigate(s.url + "/console/#/device/evil"))
+	p.waitShown("#device-name", "evil")
+	p.do(chromedp.SetValue(chromedp.CSS("#assign-tenant"), "globex"))
+	p.do(chromedp.Click(chromedp.CSS("#assign-keep")))
+	p.confirm("#assign")
+	p.waitShown("#device-tenant", "globex")
+	p.waitShown("#audit", "device.assign")
+	s.admin(t, "GET", "/api/v1/devices/evil", "", &d)
+	if d.Tenant != "globex" {
+		t.Errorf("after the console's assign: tenant %q", d.Tenant)
 	}
 }

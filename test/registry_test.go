@@ -156,6 +156,25 @@ func TestRegistryAsDocumented(t *testing.T) {
 	expect("delete", s.apiCall(t, globex, "DELETE", "/api/v1/devices/lamp", "", nil), 204)
 	testenv.Eventually(t, "deleted from DNS", func() error { return answerIs(t, r.dns, name, dns.RcodeNameError, nil) })
 
+	// A device from before tenants: the operator assigns it to acme with its key, then
+	// moves it to globex with the key revoked, without a transfer code.
+	legacy := "legacy._device.iot.example."
+	expect("operator's enroll", s.admin(t, "POST", "/api/v1/devices/legacy/enroll", fmt.Sprintf(`{"public_key": %q}`, publicKeyPEM(t)), nil), 201)
+	var lv signer.DeviceView
+	expect("get legacy", s.admin(t, "GET", "/api/v1/devices/legacy", "", &lv), 200)
+	if lv.Tenant != "" || len(lv.Keys) != 1 {
+		t.Fatalf("a device of no tenant: %+v", lv)
+	}
+	digest := lv.Keys[0].SPKISHA256
+	expect("a tenant assigning", s.apiCall(t, acme, "POST", "/api/v1/devices/legacy/assign", `{"tenant": "acme"}`, nil), 403)
+	expect("assign", s.admin(t, "POST", "/api/v1/devices/legacy/assign", `{"tenant": "acme", "keep_keys": true}`, nil), 200)
+	expect("adopted", s.apiCall(t, acme, "GET", "/api/v1/devices/legacy", "", nil), 200)
+	testenv.Eventually(t, "adopted, key active", func() error { return answerIs(t, r.dns, legacy, dns.RcodeSuccess, []string{"3 1 1 " + digest}) })
+	expect("assign again", s.admin(t, "POST", "/api/v1/devices/legacy/assign", `{"tenant": "globex"}`, nil), 200)
+	expect("moved away", s.apiCall(t, acme, "GET", "/api/v1/devices/legacy", "", nil), 404)
+	testenv.Eventually(t, "moved, key revoked", func() error { return answerIs(t, r.dns, legacy, dns.RcodeSuccess, []string{"255 1 1 " + digest}) })
+	expect("delete legacy", s.apiCall(t, globex, "DELETE", "/api/v1/devices/legacy", "", nil), 204)
+
 	// A service identity: published, rotated (the new key beside the old, then the old
 	// revoked), listed, deleted.
 	svc := "_8883._tcp.mqtt.acme"
@@ -167,7 +186,7 @@ func TestRegistryAsDocumented(t *testing.T) {
 	expect("publish", s.apiCall(t, acme, "POST", "/api/v1/services/"+svc+"/keys", fmt.Sprintf(`{"certificate": %q}`, certPEM(k1)), nil), 201)
 	testenv.Eventually(t, "service in DNS", func() error { return answerIs(t, r.dns, svcOwner, dns.RcodeSuccess, []string{k1.ee()}) })
 	expect("rotate", s.apiCall(t, acme, "POST", "/api/v1/services/"+svc+"/keys", fmt.Sprintf(`{"certificate": %q}`, certPEM(k2)), nil), 201)
-	digest := strings.TrimPrefix(k1.ee(), "3 1 1 ")
+	digest = strings.TrimPrefix(k1.ee(), "3 1 1 ")
 	expect("retire", s.apiCall(t, acme, "POST", "/api/v1/services/"+svc+"/revoke", `{"spki_sha256": "`+digest+`", "reason": "superseded"}`, nil), 200)
 	testenv.Eventually(t, "rotated in DNS", func() error { return answerIs(t, r.dns, svcOwner, dns.RcodeSuccess, []string{k2.ee(), k1.revoked()}) })
 	var services signer.ServiceList

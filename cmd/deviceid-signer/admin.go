@@ -264,6 +264,18 @@ var adminCommands = map[string]adminCommand{
 			p, err := v.devicePath("/transfer/accept")
 			return apiRequest{method: "POST", path: p, body: signer.AcceptRequest{Code: v.code, KeepKeys: v.keepKeys, Tenant: v.tenant}, answer: deviceView()}, err
 		}},
+	"assign": {"-device NAME -tenant T [-keep-keys] [flags]", "Gives a device to a tenant without a transfer code (the operator): adopts a device from before tenants, or settles a dispute.",
+		"deviceid-signer assign -zone iot.example -device sensor9 -tenant acme -keep-keys",
+		both(deviceFlag, tenantFlag("the tenant that gets the device (required)"), func(fs *flag.FlagSet, v *cmdValues) {
+			fs.BoolVar(&v.keepKeys, "keep-keys", false, "keep the device's keys active; otherwise they are revoked (affiliationChanged)")
+		}),
+		func(v *cmdValues) (apiRequest, error) {
+			if v.tenant == "" {
+				return apiRequest{}, errors.New("assign needs -tenant")
+			}
+			p, err := v.devicePath("/assign")
+			return apiRequest{method: "POST", path: p, body: signer.AssignRequest{Tenant: v.tenant, KeepKeys: v.keepKeys}, answer: deviceView()}, err
+		}},
 	"services": {"[flags]", "Lists the services (DANE server identities) and their keys.", "deviceid-signer services -zone iot.example", nil,
 		func(v *cmdValues) (apiRequest, error) {
 			return apiRequest{method: "GET", path: "/api/v1/services", answer: &signer.ServiceList{}}, nil

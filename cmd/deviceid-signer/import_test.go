@@ -260,6 +260,8 @@ func TestRegistryCommandsBadInput(t *testing.T) {
 		{[]string{"list", "-state", "asleep"}, "Bad Request"},
 		{[]string{"audit", "-limit", "5000"}, "Bad Request"},
 		{[]string{"suspend", "-device", "nosuch"}, "no such device"},
+		{[]string{"assign", "-device", "x"}, "assign needs -tenant"},
+		{[]string{"assign", "-device", "nosuch", "-tenant", "acme"}, "no such device"},
 	} {
 		err := runAdmin(tc.cmd[0], append(append([]string{}, direct...), tc.cmd[1:]...))
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
@@ -310,11 +312,15 @@ func TestRegistryCommands(t *testing.T) {
 	if d, _, _ := reg.Get(t.Context(), "lamp"); d == nil || d.Tenant != "globex" || d.Attributes["serial"] != "9" {
 		t.Errorf("after the transfer: %+v", d)
 	}
+	if out := cmd("assign", "-device", "lamp", "-tenant", "acme"); !strings.Contains(out, `"tenant":"acme"`) {
+		t.Errorf("assign: %s", out)
+	}
+	cmd("assign", "-device", "lamp", "-tenant", "globex", "-keep-keys")
 	if out := cmd("export", "-tenant", "globex"); !strings.Contains(out, `"name":"lamp"`) || strings.Count(out, "\n") != 1 {
 		t.Errorf("export: %s", out)
 	}
 	out = cmd("audit", "-device", "lamp")
-	for _, op := range []string{"device.register", "device.attributes", "device.suspend", "device.resume", "transfer.start", "transfer.accept", `"actor":"cli:`} {
+	for _, op := range []string{"device.register", "device.attributes", "device.suspend", "device.resume", "transfer.start", "transfer.accept", "device.assign", `"actor":"cli:`} {
 		if !strings.Contains(out, op) {
 			t.Errorf("audit lacks %s: %s", op, out)
 		}

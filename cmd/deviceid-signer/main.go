@@ -29,6 +29,7 @@ commands (each has -h):
   attributes       replace a device's attributes
   transfer         start a transfer (prints the code for the gaining tenant)
   transfer-accept  complete a transfer with that code; transfer-cancel withdraws it
+  assign           give a device to a tenant without a code (the operator)
   delete           delete a device
   show, list       a device; devices a page at a time with filters
   export           every matching device as JSON lines

@@ -245,6 +245,14 @@ async function deviceView(main, name) {
       await call("DELETE", path);
       location.hash = "#/devices";
     }, true));
+  // The operator gives a device to a tenant without a code (one from before tenants, a dispute).
+  const assignTenant = el("input", { id: "assign-tenant", placeholder: "tenant" });
+  const assignKeep = el("input", { id: "assign-keep", type: "checkbox" });
+  const assign = el("div", { className: me.operator ? "actions" : "" }, me.operator ? [
+    el("label", {}, "Assign to tenant ", assignTenant),
+    el("label", {}, assignKeep, " keep the keys active"),
+    act("Assign", "assign", "Give " + d.name + " to the tenant named, without a transfer code?",
+      () => call("POST", path + "/assign", { tenant: assignTenant.value.trim(), keep_keys: assignKeep.checked }), true)] : null);
 
   const attrs = el("table", { id: "attributes" }, Object.entries(d.attributes || {}).map(([k, v]) =>
     el("tr", {}, el("th", {}, k), el("td", { className: "attr-value" }, v))));
@@ -267,7 +275,7 @@ async function deviceView(main, name) {
     el("h2", { id: "device-name" }, d.name),
     el("p", {}, "Tenant: ", el("b", { id: "device-tenant" }, d.tenant || "-"), " · State: ",
       el("b", { id: "device-state", className: "state-" + state }, state)),
-    actions, result,
+    actions, assign, result,
     el("h2", {}, "Attributes"), attrs,
     el("h2", {}, "Keys"), keys,
     el("h2", {}, "What DNS serves now"), dnsBox,
