@@ -105,8 +105,27 @@ func estFail(status int, err error) error {
 	return estStatus{status, err}
 }
 
-func (c estCA) CACerts(context.Context, string, *http.Request) ([]*x509.Certificate, error) {
-	return append([]*x509.Certificate{c.CA.Cert}, c.CA.Chain...), nil // the issuing CA and the chain above it
+// CACerts answers /cacerts with the issuing CA and the chain above it. The library
+// also asks it for the CAs a re-enrolling device's certificate must chain to (and
+// keeps the answer 5 minutes): there the zone's other published CAs are added, so a
+// device re-enrolls across a CA rotation with the certificate of the old CA, for as
+// long as the operator keeps that CA's record. The certificate must still be an active
+// credential on the device's record, whichever CA issued it.
+func (c estCA) CACerts(ctx context.Context, _ string, r *http.Request) ([]*x509.Certificate, error) {
+	certs := append([]*x509.Certificate{c.CA.Cert}, c.CA.Chain...)
+	if r == nil || !strings.HasSuffix(r.URL.Path, "/simplereenroll") {
+		return certs, nil
+	}
+	published, err := c.Registry.CAs(ctx)
+	if err != nil {
+		return nil, estFail(http.StatusServiceUnavailable, err)
+	}
+	for _, ca := range published {
+		if !ca.Equal(c.CA.Cert) {
+			certs = append(certs, ca)
+		}
+	}
+	return certs, nil
 }
 
 func (c estCA) CSRAttrs(context.Context, string, *http.Request) (est.CSRAttrs, error) {
@@ -119,8 +138,8 @@ func (c estCA) Enroll(ctx context.Context, csr *x509.CertificateRequest, _ strin
 }
 
 func (c estCA) Reenroll(ctx context.Context, current *x509.Certificate, csr *x509.CertificateRequest, _ string, r *http.Request) (*x509.Certificate, error) {
-	// The library has checked that current chains to our CA for client authentication
-	// and that the CSR repeats its Subject and SubjectAltName.
+	// The library has checked that current chains to one of the zone's CAs for client
+	// authentication (see CACerts) and that the CSR repeats its Subject and SubjectAltName.
 	device, err := c.deviceOf(current)
 	if err != nil {
 		return nil, estFail(http.StatusForbidden, err)

@@ -29,13 +29,19 @@ func testEST(t *testing.T) (*httptest.Server, *Registry, *CA, *httptest.Server) 
 	t.Helper()
 	reg := testRegistry(t)
 	ca := testCA(t)
+	admin := httptest.NewServer((&API{CA: ca, Registry: reg, Token: token}).Handler())
+	t.Cleanup(admin.Close)
+	return serveEST(t, reg, ca), reg, ca, admin
+}
+
+// serveEST serves EST for reg with ca over TLS, asking for client certificates.
+func serveEST(t *testing.T, reg *Registry, ca *CA) *httptest.Server {
+	t.Helper()
 	srv := httptest.NewUnstartedServer((&EST{CA: ca, Registry: reg, Timeout: 2 * time.Second}).Handler())
 	srv.TLS = &tls.Config{ClientAuth: tls.RequestClientCert}
 	srv.StartTLS()
 	t.Cleanup(srv.Close)
-	admin := httptest.NewServer((&API{CA: ca, Registry: reg, Token: token}).Handler())
-	t.Cleanup(admin.Close)
-	return srv, reg, ca, admin
+	return srv
 }
 
 func poolOf(c *x509.Certificate) *x509.CertPool {
@@ -200,6 +206,61 @@ func TestEST(t *testing.T) {
 		if c.Status != record.StatusRevoked {
 			t.Errorf("a credential is %s after the refused re-enrollment", c.Status)
 		}
+	}
+}
+
+// TestESTAcrossCARotation: after the signer moves to a new CA, a device re-enrolls
+// with its certificate of the old CA while the old CA's record is published, and no
+// longer once the operator deletes it; a CA the zone never published is refused.
+func TestESTAcrossCARotation(t *testing.T) {
+	reg := testRegistry(t)
+	oldCA, newCA := testCA(t), testCA(t)
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	csr, err := x509.ParseCertificateRequest(testenv.CSR(t, key, ""))
+	if err != nil {
+		t.Fatal(err)
+	}
+	done, err := (&Enroller{CA: oldCA, Registry: reg}).Enroll(t.Context(), Enrollment{Actor: testOperator, Device: "sensor7", CSR: csr})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, ca := range []*CA{oldCA, newCA} { // as each signer does when it starts
+		if err := reg.PutCA(t.Context(), ca); err != nil {
+			t.Fatal(err)
+		}
+	}
+	reenroll := func(srv *httptest.Server, cert *x509.Certificate, key *ecdsa.PrivateKey) (int, []byte) {
+		tlsCert := tls.Certificate{Certificate: [][]byte{cert.Raw}, PrivateKey: key}
+		next, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+		return estPost(t, estClient(srv, &tlsCert), srv.URL+"/.well-known/est/simplereenroll", "", "", next, cert)
+	}
+
+	srv := serveEST(t, reg, newCA)
+	status, body := reenroll(srv, done.Cert, key)
+	if status != 200 {
+		t.Fatalf("re-enrollment with the old CA's certificate: %d %s", status, body)
+	}
+	if _, err := certsOf(t, body)[0].Verify(x509.VerifyOptions{Roots: poolOf(newCA.Cert), KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}); err != nil {
+		t.Errorf("the new certificate is not of the new CA: %v", err)
+	}
+	strayCA := testCA(t)
+	stray, err := strayCA.Issue("sensor7", key.Public(), time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if status, body := reenroll(srv, stray, key); status != 403 || !strings.Contains(string(body), "invalid client certificate") {
+		t.Errorf("a CA the zone does not publish: %d %s", status, body)
+	}
+
+	// The operator retires the old CA: a signer started since refuses its certificates.
+	if _, err := reg.Client.Delete(t.Context(), record.CAKey(reg.Prefix, reg.Zone, oldCA.AKI())); err != nil {
+		t.Fatal(err)
+	}
+	if status, body := reenroll(serveEST(t, reg, newCA), done.Cert, key); status != 403 || !strings.Contains(string(body), "invalid client certificate") {
+		t.Errorf("the old CA's certificate after its record is gone: %d %s", status, body)
+	}
+	if d, _, _ := reg.Get(t.Context(), "sensor7"); len(d.Credentials) != 2 {
+		t.Errorf("credentials after the rotation: %+v", d.Credentials)
 	}
 }
 

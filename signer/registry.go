@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"crypto/x509"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -475,6 +476,24 @@ func (r *Registry) deleteInvalid(ctx context.Context, actor Actor, device, key s
 		return ErrNotFound
 	}
 	return nil
+}
+
+// CAs returns the CA certificates published under P/<zone>/ca/: the signer's own and
+// those an operator keeps after a rotation until their last certificate expires. An
+// invalid record is left out (the plugin logs it as it loads).
+func (r *Registry) CAs(ctx context.Context) ([]*x509.Certificate, error) {
+	prefix := record.CAKey(r.Prefix, r.Zone, "")
+	resp, err := r.Client.Get(ctx, prefix, clientv3.WithPrefix())
+	if err != nil {
+		return nil, unavailable(err, false)
+	}
+	var cas []*x509.Certificate
+	for _, kv := range resp.Kvs {
+		if ca, err := record.ParseCA(strings.TrimPrefix(string(kv.Key), prefix), kv.Value); err == nil {
+			cas = append(cas, ca)
+		}
+	}
+	return cas, nil
 }
 
 // PutCA publishes the CA certificate under P/<zone>/ca/<aki> for discovery.

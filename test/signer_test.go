@@ -216,6 +216,40 @@ func TestEnrollOverEST(t *testing.T) {
 	}
 }
 
+// TestReenrollAcrossCARotation: the signers move to a new CA while the old one's
+// record stays published; a device re-enrolls over EST (openssl and curl) with its
+// certificate of the old CA, gets one of the new CA, and DNS serves both keys and both
+// CAs for discovery.
+func TestReenrollAcrossCARotation(t *testing.T) {
+	etcd := testenv.StartEtcd(t)
+	c := testenv.StartCoreDNS(t, corefile(etcd.URL(), fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))))
+	waitLoaded(t, c)
+	old := startSigner(t, etcd)
+	dir := t.TempDir()
+	var code signer.CodeResponse
+	if status := old.admin(t, "POST", "/api/v1/devices/thermo1/code", "", &code); status != http.StatusCreated {
+		t.Fatalf("code: %d", status)
+	}
+	first := estEnroll(t, old, dir, "thermo1", code.Code, "device.key")
+	if err := os.WriteFile(filepath.Join(dir, "device.pem"), pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: first.Raw}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+
+	rotated := startSigner(t, etcd) // a new CA
+	second := estEnroll(t, rotated, dir, "thermo1", "", "new.key")
+	if err := second.CheckSignatureFrom(rotated.ca.Cert); err != nil {
+		t.Errorf("the re-enrolled certificate is not of the new CA: %v", err)
+	}
+	testenv.Eventually(t, "both keys in DNS", func() error {
+		return answerIs(t, c, "thermo1._device.iot.example.", dns.RcodeSuccess, []string{eeOf(first), discoveryOf(first), eeOf(second), discoveryOf(second)})
+	})
+	for _, ca := range []*signer.CA{old.ca, rotated.ca} {
+		testenv.Eventually(t, "CA "+ca.AKI()+" in DNS", func() error {
+			return answerIs(t, c, ca.AKI()+"._ca._device.iot.example.", dns.RcodeSuccess, []string{"2 0 0 " + hex.EncodeToString(ca.Cert.Raw)})
+		})
+	}
+}
+
 // TestConcurrentAdminWrites sends 50 enrollments and revocations for the same two
 // devices at once through the admin API; DNS ends with exactly the expected records.
 func TestConcurrentAdminWrites(t *testing.T) {
