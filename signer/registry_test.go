@@ -185,7 +185,7 @@ func TestLifecycle(t *testing.T) {
 // TestAssign: the operator gives a device from before tenants to one, and moves a
 // tenant's device to another without a code; nobody else can.
 func TestAssign(t *testing.T) {
-	r, acme, globex, _ := tenantRegistry(t)
+	r, acme, globex, clock := tenantRegistry(t)
 	ctx := t.Context()
 	e := &Enroller{CA: testCA(t), Registry: r}
 	if _, err := e.Enroll(ctx, Enrollment{Actor: testOperator, Device: "old", PublicKey: testenv.DeviceKey(t).Public()}); err != nil {
@@ -241,6 +241,7 @@ func TestAssign(t *testing.T) {
 		t.Errorf("to a disabled tenant: %v", err)
 	}
 	r.SetTenantDisabled(ctx, testOperator, "globex", false)
+	clock.Add(time.Second) // audit entries are in time order
 	d, err = r.Assign(ctx, testOperator, "old", "globex", false)
 	if err != nil || d.Tenant != "globex" || d.Credentials[0].Status != record.StatusRevoked || d.Credentials[0].Reason != "affiliationChanged" {
 		t.Fatalf("moved: %+v %v", d, err)

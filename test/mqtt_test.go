@@ -147,17 +147,32 @@ func TestMQTT(t *testing.T) {
 	// mosquitto_pub (OpenSSL) as another device, with its enrolled certificate (as
 	// sensor1 it would take sensor1's session over).
 	_, port, _ := strings.Cut(st.broker.Addr(), ":")
-	mosquitto := func(id string) error {
-		cmd := exec.Command("mosquitto_pub", "-h", "127.0.0.1", "-p", port, "--cafile", filepath.Join(st.dir, "broker-ca.pem"), "--insecure",
-			"--cert", certFile, "--key", keyFile, "-i", id, "-t", "devices/"+id+"/telemetry", "-m", "hello", "-q", "1")
-		out, err := cmd.CombinedOutput()
+	mosquittoTool := func(tool, id string, args ...string) (string, error) {
+		args = append([]string{"-h", "127.0.0.1", "-p", port, "--cafile", filepath.Join(st.dir, "broker-ca.pem"), "--insecure",
+			"--cert", certFile, "--key", keyFile, "-i", id, "-q", "1"}, args...)
+		out, err := exec.Command(tool, args...).CombinedOutput()
 		if err != nil {
-			return fmt.Errorf("%v: %s", err, out)
+			return "", fmt.Errorf("%v: %s", err, out)
 		}
-		return nil
+		return string(out), nil
+	}
+	mosquitto := func(id string) error {
+		_, err := mosquittoTool("mosquitto_pub", id, "-t", "devices/"+id+"/telemetry", "-m", "hello")
+		return err
 	}
 	if err := mosquitto("sensor2"); err != nil {
 		t.Errorf("mosquitto_pub with the enrolled certificate: %v", err)
+	}
+	// mosquitto_sub reads back, on the device's own topics, what it left retained; another
+	// device's topics are refused to it.
+	if _, err := mosquittoTool("mosquitto_pub", "sensor2", "-t", "devices/sensor2/status", "-m", "online", "-r"); err != nil {
+		t.Errorf("mosquitto_pub -r: %v", err)
+	}
+	if out, err := mosquittoTool("mosquitto_sub", "sensor2", "-t", "devices/sensor2/#", "-C", "1", "-W", "10", "-v"); err != nil || strings.TrimSpace(out) != "devices/sensor2/status online" {
+		t.Errorf("mosquitto_sub on its own topics: %q %v", out, err)
+	}
+	if out, err := mosquittoTool("mosquitto_sub", "sensor2", "-t", "devices/sensor1/#", "-C", "1", "-W", "5"); err != nil || !strings.Contains(out, "All subscription requests were denied") {
+		t.Errorf("mosquitto_sub on another device's topics: %q %v", out, err)
 	}
 
 	// Revoke: the connected session is cut within the TTL (2 s) and the re-check (1 s).
@@ -202,6 +217,9 @@ func TestMQTT(t *testing.T) {
 		}
 		return nil
 	})
+	if out, err := mosquittoTool("mosquitto_sub", "sensor2", "-t", "devices/sensor2/#", "-C", "1", "-W", "5"); err == nil {
+		t.Errorf("mosquitto_sub connected once revoked: %q", out)
+	}
 }
 
 // TestBrokerDANEInterop: independent DANE implementations accept the broker's
