@@ -30,6 +30,12 @@ var listQuery = []queryParam{
 	{"limit", "1 to 1000, default 100"},
 }
 
+var serviceQuery = []queryParam{
+	{"tenant", "only this tenant's services (a tenant sees only its own anyway)"},
+	{"prefix", "service names starting with this, e.g. _8883._tcp."},
+	listQuery[4], listQuery[5],
+}
+
 // routes is the whole admin API.
 var routes = []route{
 	{method: "GET", path: "/api/v1/whoami", summary: "Who the request's credentials belong to", status: 200, response: WhoAmI{}, handle: (*apiCall).whoami},
@@ -60,7 +66,8 @@ var routes = []route{
 		request: AssignRequest{}, status: 200, response: DeviceView{}, errors: []int{400, 404, 409, 413, 415}, handle: (*apiCall).assign},
 	{method: "GET", path: "/api/v1/devices/{name}/dns", summary: "The TLSA records DNS serves for the device right now", status: 200, response: DNSAnswer{}, errors: deviceErrors, handle: (*apiCall).dns},
 
-	{method: "GET", path: "/api/v1/services", summary: "List services (DANE server identities)", status: 200, response: ServiceList{}, handle: (*apiCall).listServices},
+	{method: "GET", path: "/api/v1/services", summary: "List services (DANE server identities) a page at a time", query: serviceQuery,
+		status: 200, response: ServiceList{}, errors: []int{400, 404}, handle: (*apiCall).listServices},
 	{method: "GET", path: "/api/v1/services/{service}", summary: "A service's keys", status: 200, response: DeviceView{}, errors: deviceErrors, handle: (*apiCall).getService},
 	{method: "DELETE", path: "/api/v1/services/{service}", summary: "Delete a service: DNS stops publishing its keys", status: 204, errors: deviceErrors, handle: (*apiCall).deleteService},
 	{method: "POST", path: "/api/v1/services/{service}/keys", summary: "Publish a key for a service (rotation: the new key beside the old, then revoke the old)", request: ServiceKeyRequest{},

@@ -84,6 +84,16 @@ func (f *Filter) matches(e Entry) bool {
 // seen, so paging under concurrent writes never repeats a device nor skips one that
 // existed throughout.
 func (r *Registry) Search(ctx context.Context, actor Actor, f Filter) ([]Entry, string, error) {
+	return r.search(ctx, actor, f, false)
+}
+
+// Services returns a page of the services that match f (tenant, name prefix, paging)
+// as Search does for devices. A tenant sees its own.
+func (r *Registry) Services(ctx context.Context, actor Actor, f Filter) ([]Entry, string, error) {
+	return r.search(ctx, actor, f, true)
+}
+
+func (r *Registry) search(ctx context.Context, actor Actor, f Filter, services bool) ([]Entry, string, error) {
 	if !actor.Operator {
 		f.Tenant = actor.Tenant
 	}
@@ -93,9 +103,14 @@ func (r *Registry) Search(ctx context.Context, actor Actor, f Filter) ([]Entry, 
 	if f.Limit == 0 {
 		f.Limit = 100
 	}
-	// A tenant's devices are read through the tenant index; the others by range.
+	// A tenant's devices are read through the tenant index; the others, and services
+	// (a few per tenant, with no index), by range.
 	base := record.DeviceKey(r.Prefix, r.Zone, "")
-	if f.Tenant != "" {
+	viaIndex := f.Tenant != "" && !services
+	switch {
+	case services:
+		base = record.ServiceKey(r.Prefix, r.Zone, "")
+	case viaIndex:
 		base = r.indexKey(f.Tenant, "")
 	}
 	from, end := base+f.Prefix, clientv3.GetPrefixRangeEnd(base+f.Prefix)
@@ -109,7 +124,7 @@ func (r *Registry) Search(ctx context.Context, actor Actor, f Filter) ([]Entry, 
 		if rev != 0 {
 			opts = append(opts, clientv3.WithRev(rev))
 		}
-		if f.Tenant != "" {
+		if viaIndex {
 			opts = append(opts, clientv3.WithKeysOnly())
 		}
 		resp, err := r.Client.Get(ctx, from, opts...)
@@ -120,11 +135,11 @@ func (r *Registry) Search(ctx context.Context, actor Actor, f Filter) ([]Entry, 
 		entries := make([]Entry, len(resp.Kvs))
 		for i, kv := range resp.Kvs {
 			entries[i].Name = strings.TrimPrefix(string(kv.Key), base)
-			if f.Tenant == "" {
+			if !viaIndex {
 				entries[i].Device, entries[i].Err = record.ParseDevice(kv.Value)
 			}
 		}
-		if f.Tenant != "" {
+		if viaIndex {
 			if err := r.fill(ctx, rev, entries); err != nil {
 				return nil, "", err
 			}

@@ -121,24 +121,6 @@ func (r *Registry) Service(ctx context.Context, actor Actor, service string) (*r
 	return d, name, err
 }
 
-// Services lists the services the actor may see, in name order.
-func (r *Registry) Services(ctx context.Context, actor Actor) ([]Entry, error) {
-	prefix := record.ServiceKey(r.Prefix, r.Zone, "")
-	resp, err := r.Client.Get(ctx, prefix, clientv3.WithPrefix(), clientv3.WithLimit(10000))
-	if err != nil {
-		return nil, err
-	}
-	out := []Entry{}
-	for _, kv := range resp.Kvs {
-		e := Entry{Name: strings.TrimPrefix(string(kv.Key), prefix)}
-		e.Device, e.Err = record.ParseDevice(kv.Value)
-		if e.Err == nil && actor.sees(e.Device.Tenant) || e.Err != nil && actor.Operator {
-			out = append(out, e)
-		}
-	}
-	return out, nil
-}
-
 // serviceErr names a missing record a service, not a device.
 func serviceErr(err error) error {
 	if errors.Is(err, ErrNotFound) {
@@ -189,6 +171,7 @@ func (req ServiceKeyRequest) SPKI() ([]byte, error) {
 // ServiceList lists services.
 type ServiceList struct {
 	Services []DeviceView `json:"services"`
+	Next     string       `json:"next,omitempty"`
 }
 
 func (c *apiCall) service() string { return c.r.PathValue("service") }
@@ -235,8 +218,13 @@ func (c *apiCall) deleteService() {
 }
 
 func (c *apiCall) listServices() {
-	entries, err := c.reg().Services(c.ctx, c.actor)
-	resp := ServiceList{Services: []DeviceView{}}
+	f, err := c.filter()
+	if err != nil {
+		c.reply(0, nil, err)
+		return
+	}
+	entries, next, err := c.reg().Services(c.ctx, c.actor, f)
+	resp := ServiceList{Services: []DeviceView{}, Next: next}
 	for _, e := range entries {
 		if e.Device != nil {
 			resp.Services = append(resp.Services, view(e.Name, e.Device))

@@ -190,12 +190,18 @@ func (r *Registry) DeleteTenant(ctx context.Context, actor Actor, name string) e
 	if count.Count > 0 {
 		return fmt.Errorf("%w: tenant %q still has %d devices; delete or transfer them first", ErrConflict, name, count.Count)
 	}
-	services, err := r.Services(ctx, Actor{Tenant: name})
-	if err != nil {
-		return err
-	}
-	if len(services) > 0 {
-		return fmt.Errorf("%w: tenant %q still has %d services; delete them first", ErrConflict, name, len(services))
+	for f := (Filter{Limit: 1}); ; {
+		services, next, err := r.Services(ctx, Actor{Tenant: name}, f)
+		if err != nil {
+			return err
+		}
+		if len(services) > 0 {
+			return fmt.Errorf("%w: tenant %q still has services (%s); delete them first", ErrConflict, name, services[0].Name)
+		}
+		if next == "" {
+			break
+		}
+		f.After = next
 	}
 	tokens, err := r.tokens(ctx, name)
 	if err != nil {

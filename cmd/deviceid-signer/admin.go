@@ -123,6 +123,14 @@ func filterFlags(fs *flag.FlagSet, v *cmdValues) {
 	fs.Var(&v.attrs, "attr", "only devices with this attribute, key=value (repeatable)")
 }
 
+// pageFlags are a list's paging flags; noun names what is listed.
+func pageFlags(noun string) func(fs *flag.FlagSet, v *cmdValues) {
+	return func(fs *flag.FlagSet, v *cmdValues) {
+		fs.StringVar(&v.after, "after", "", "start after this "+noun+" (the next of the previous page)")
+		fs.IntVar(&v.limit, "limit", 100, "how many, at most 1000")
+	}
+}
+
 func (v *cmdValues) filterQuery() url.Values {
 	q := url.Values{}
 	for k, val := range map[string]string{"tenant": v.tenant, "state": v.state, "prefix": v.prefix, "after": v.after} {
@@ -200,10 +208,7 @@ var adminCommands = map[string]adminCommand{
 		"deviceid-signer show -zone iot.example -device sensor9", deviceFlag, simple("GET", "", deviceView)},
 	"list": {"[-tenant T] [-state S] [-name-prefix P] [-attr K=V] [-after NAME] [-limit N] [-json] [flags]", "Lists devices a page at a time, with filters; invalid records are flagged.",
 		"deviceid-signer list -zone iot.example -tenant acme -attr model=th-200 -limit 50",
-		both(filterFlags, func(fs *flag.FlagSet, v *cmdValues) {
-			fs.StringVar(&v.after, "after", "", "start after this device (the next of the previous page)")
-			fs.IntVar(&v.limit, "limit", 100, "how many devices, at most 1000")
-		}),
+		both(filterFlags, pageFlags("device")),
 		func(v *cmdValues) (apiRequest, error) {
 			q := v.filterQuery()
 			q.Set("limit", strconv.Itoa(v.limit))
@@ -276,9 +281,16 @@ var adminCommands = map[string]adminCommand{
 			p, err := v.devicePath("/assign")
 			return apiRequest{method: "POST", path: p, body: signer.AssignRequest{Tenant: v.tenant, KeepKeys: v.keepKeys}, answer: deviceView()}, err
 		}},
-	"services": {"[flags]", "Lists the services (DANE server identities) and their keys.", "deviceid-signer services -zone iot.example", nil,
+	"services": {"[-tenant T] [-name-prefix P] [-after NAME] [-limit N] [flags]", "Lists the services (DANE server identities) and their keys, a page at a time.",
+		"deviceid-signer services -zone iot.example -name-prefix _8883._tcp.",
+		both(func(fs *flag.FlagSet, v *cmdValues) {
+			fs.StringVar(&v.tenant, "tenant", "", "only this tenant's services")
+			fs.StringVar(&v.prefix, "name-prefix", "", "only names starting with this")
+		}, pageFlags("service")),
 		func(v *cmdValues) (apiRequest, error) {
-			return apiRequest{method: "GET", path: "/api/v1/services", answer: &signer.ServiceList{}}, nil
+			q := v.filterQuery()
+			q.Set("limit", strconv.Itoa(v.limit))
+			return apiRequest{method: "GET", path: "/api/v1/services?" + q.Encode(), answer: &signer.ServiceList{}}, nil
 		}},
 	"service-show": {"-service NAME [flags]", "Prints a service's keys.", "deviceid-signer service-show -zone iot.example -service _8883._tcp.mqtt.acme",
 		serviceFlag, serviceRequest("GET", "", func() any { return &signer.DeviceView{} })},
@@ -358,14 +370,12 @@ var adminCommands = map[string]adminCommand{
 		}},
 	"audit": {"[-device D] [-tenant T] [-operation OP] [-actor A] [-after ID] [-limit N] [flags]", "Prints the audit trail, oldest first, with filters.",
 		"deviceid-signer audit -zone iot.example -device sensor9",
-		func(fs *flag.FlagSet, v *cmdValues) {
+		both(func(fs *flag.FlagSet, v *cmdValues) {
 			fs.StringVar(&v.device, "device", "", "one device's changes")
 			fs.StringVar(&v.tenant, "tenant", "", "the changes that concern this tenant")
 			fs.StringVar(&v.operation, "operation", "", "one operation, e.g. device.revoke")
 			fs.StringVar(&v.actor, "actor", "", "one actor, e.g. token:0123456789abcdef")
-			fs.StringVar(&v.after, "after", "", "start after this entry (the next of the previous page)")
-			fs.IntVar(&v.limit, "limit", 100, "how many entries, at most 1000")
-		},
+		}, pageFlags("entry")),
 		func(v *cmdValues) (apiRequest, error) {
 			q := url.Values{}
 			for k, val := range map[string]string{"device": v.device, "tenant": v.tenant, "operation": v.operation, "actor": v.actor, "after": v.after} {

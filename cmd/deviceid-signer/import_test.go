@@ -335,6 +335,9 @@ func TestRegistryCommands(t *testing.T) {
 	if out := cmd("services"); !strings.Contains(out, "_8883._tcp.mqtt.globex") {
 		t.Errorf("services: %s", out)
 	}
+	if out := cmd("services", "-name-prefix", "_443.", "-limit", "1"); strings.Contains(out, "_8883") {
+		t.Errorf("services by prefix: %s", out)
+	}
 	if out := cmd("service-revoke", "-service", "_8883._tcp.mqtt.globex"); !strings.Contains(out, `"status":"revoked"`) {
 		t.Errorf("service-revoke: %s", out)
 	}

@@ -284,8 +284,10 @@ async function deviceView(main, name) {
 
 // servicesView lists the service identities (DANE server authentication) with their
 // keys, publishes a key, and revokes (retires) one.
+let servicesAfter = "";
+
 async function servicesView(main) {
-  const list = await call("GET", "/services");
+  const list = await call("GET", "/services?limit=50" + (servicesAfter ? "&after=" + encodeURIComponent(servicesAfter) : ""));
   const rows = [];
   for (const svc of list.services) {
     for (const k of svc.keys) {
@@ -312,11 +314,15 @@ async function servicesView(main) {
     el("label", {}, "Service (_port._tcp.host)", el("input", { id: "s-name", required: true, placeholder: "_8883._tcp.mqtt." + (me.tenant || "acme") })),
     el("label", {}, "Certificate or public key (PEM)", el("textarea", { id: "s-pem", rows: 3, cols: 50, required: true })),
     el("button", { id: "publish-button", type: "submit" }, "Publish key"));
+  const pages = el("p", {},
+    servicesAfter ? el("button", { id: "first-services", type: "button", onclick: () => { servicesAfter = ""; route(); } }, "First page") : null,
+    list.next ? el("button", { id: "next-services", type: "button", onclick: () => { servicesAfter = list.next; route(); } }, "Next page") : null);
   main.replaceChildren(el("h2", {}, "Services"),
     el("p", {}, "The endpoints devices connect to, authenticated by DANE: each key is served as TLSA at _port._tcp.host under the zone. To rotate, publish the new key, then retire the old one."),
     el("table", { id: "services" },
       el("thead", {}, el("tr", {}, ["Service", "Tenant", "Key (SHA-256 of the SPKI)", "Status", ""].map((h) => el("th", {}, h)))),
       el("tbody", {}, rows)),
+    pages,
     el("h2", {}, "Publish a key"), publish);
 }
 
