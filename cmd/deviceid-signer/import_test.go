@@ -8,11 +8,13 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/deviceid/deviceid/internal/testenv"
+	"github.com/deviceid/deviceid/record"
 	"github.com/deviceid/deviceid/signer"
 )
 
@@ -347,5 +349,29 @@ func TestRegistryCommands(t *testing.T) {
 	cmd("tenant-delete", "-tenant", "globex")
 	if out := cmd("tenants"); strings.Contains(out, "globex") {
 		t.Errorf("globex after delete: %s", out)
+	}
+}
+
+// TestReindexCommand: a record put into etcd directly joins acme's list after
+// reindex, and a dry run before it reports it and writes nothing.
+func TestReindexCommand(t *testing.T) {
+	_, reg, args := importTestbed(t)
+	direct := args[:4:4]
+	if _, err := reg.Client.Put(t.Context(), record.DeviceKey(reg.Prefix, reg.Zone, "raw"), `{"version": 1, "tenant": "acme"}`); err != nil {
+		t.Fatal(err)
+	}
+	before := revisionOf(t, reg)
+	out, err := stdout(t, func() error { return reindexCommand(append(slices.Clone(direct), "-dry-run")) })
+	if err != nil || !strings.Contains(out, `"added":["acme/raw"]`) || revisionOf(t, reg) != before {
+		t.Errorf("dry run: %v %s", err, out)
+	}
+	if out, err := stdout(t, func() error { return reindexCommand(slices.Clone(direct)) }); err != nil || !strings.Contains(out, `"added":["acme/raw"]`) {
+		t.Errorf("reindex: %v %s", err, out)
+	}
+	if entries, _, err := reg.Search(t.Context(), signer.Actor{ID: "t", Tenant: "acme"}, signer.Filter{}); err != nil || len(entries) != 1 || entries[0].Name != "raw" {
+		t.Errorf("acme's list after reindex: %v %v", entries, err)
+	}
+	if err := reindexCommand([]string{"-etcd", "127.0.0.1:1"}); err == nil || !strings.Contains(err.Error(), "-zone") {
+		t.Errorf("no zone: %v", err)
 	}
 }

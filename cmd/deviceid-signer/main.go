@@ -34,6 +34,7 @@ commands (each has -h):
   show, list       a device; devices a page at a time with filters
   export           every matching device as JSON lines
   import           register or enroll devices from a CSV or JSON-lines file (resumable)
+  reindex          make the tenant index agree with records written into etcd directly
   audit            the audit trail, with filters
  services (DANE server identities):
   services, service-show, service-key (publish or rotate), service-revoke, service-delete
@@ -64,6 +65,8 @@ func main() {
 		err = initCA(os.Args[2:])
 	case "import":
 		err = importCommand(os.Args[2:])
+	case "reindex":
+		err = reindexCommand(os.Args[2:])
 	case "-h", "-help", "--help", "help":
 		fmt.Print(usage)
 		return
