@@ -31,7 +31,8 @@ type Broker struct {
 	Verifier *verify.Verifier
 	// Recheck is how often connected devices are checked again (1 s when 0).
 	Recheck time.Duration
-	// OnDisconnect, when set, is told of each device the re-check disconnects and why.
+	// OnDisconnect, when set, is told of each device the re-check disconnects and why
+	// (from several goroutines at once).
 	OnDisconnect func(device string, err error)
 
 	mu       sync.Mutex
@@ -146,21 +147,38 @@ func (b *Broker) recheck(ctx context.Context) {
 			sessions = append(sessions, s)
 		}
 		b.mu.Unlock()
+		// Most checks are answered from the cache; the ones whose answers expired wait
+		// for DNS, in parallel, so that many expiring at once still fit in the round.
+		var wg sync.WaitGroup
+		slots := make(chan struct{}, recheckParallel)
 		for _, s := range sessions {
-			vctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-			_, err := b.Verifier.Verify(vctx, s.chain)
-			cancel()
-			if err == nil || errors.Is(err, verify.ErrLookupFailed) {
-				continue // DNS unreachable is no verdict: the session stays
-			}
-			slog.Info("disconnecting a device DNS no longer vouches for", "device", s.device, "err", err)
-			b.Server.DisconnectClient(s.client, packets.ErrNotAuthorized)
-			s.client.Stop(err)
-			b.forget(s.client.ID, s.client)
-			if b.OnDisconnect != nil {
-				b.OnDisconnect(s.device, err)
-			}
+			slots <- struct{}{}
+			wg.Go(func() {
+				defer func() { <-slots }()
+				b.recheckSession(ctx, s)
+			})
 		}
+		wg.Wait()
+	}
+}
+
+// recheckParallel bounds the DNS lookups one recheck round has in flight.
+const recheckParallel = 64
+
+// recheckSession disconnects s when DNS no longer vouches for its key.
+func (b *Broker) recheckSession(ctx context.Context, s *session) {
+	vctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	_, err := b.Verifier.Verify(vctx, s.chain)
+	cancel()
+	if err == nil || errors.Is(err, verify.ErrLookupFailed) {
+		return // DNS unreachable is no verdict: the session stays
+	}
+	slog.Info("disconnecting a device DNS no longer vouches for", "device", s.device, "err", err)
+	b.Server.DisconnectClient(s.client, packets.ErrNotAuthorized)
+	s.client.Stop(err)
+	b.forget(s.client.ID, s.client)
+	if b.OnDisconnect != nil {
+		b.OnDisconnect(s.device, err)
 	}
 }
 
