@@ -23,9 +23,20 @@ type HSM struct {
 var (
 	softHSMOnce sync.Once
 	softHSM     HSM
+	softHSMDir  string
 	softHSMErr  error
 	hsmTests    atomic.Int32
 )
+
+// Main runs a package's tests (call it from TestMain) and then removes the SoftHSM2
+// token they made, which lives as long as the process.
+func Main(m *testing.M) {
+	code := m.Run()
+	if softHSMDir != "" {
+		os.RemoveAll(softHSMDir)
+	}
+	os.Exit(code)
+}
 
 // SoftHSM returns the test process's SoftHSM2 token, made at the first call. A
 // PKCS#11 module reads its configuration and finds its tokens when it is first
@@ -57,6 +68,7 @@ func newSoftHSM() (HSM, error) {
 	if err != nil {
 		return h, err
 	}
+	softHSMDir = dir
 	conf := filepath.Join(dir, "softhsm2.conf")
 	if err := os.WriteFile(conf, []byte("directories.tokendir = "+dir+"\nobjectstore.backend = file\nlog.level = ERROR\n"), 0o600); err != nil {
 		return h, err
