@@ -147,9 +147,62 @@ func redact(uri string) string {
 }
 
 // open logs in to the token and finds the key pair.
-func (s spec) open() (*crypto11.Context, crypto11.Signer, error) {
+// logins counts the open contexts of each token with the PIN they logged in with.
+// Login state belongs to the process: while a context of a token is open, another's
+// login is not checked by the token (it answers "already logged in"), so a reload with
+// a wrong PIN would pass and fail only at the next start. A new PIN is compared with
+// the one in use instead.
+var (
+	loginsMu sync.Mutex
+	logins   = map[string]*login{}
+)
+
+type login struct {
+	pin  string
+	open int
+}
+
+// token names the token of s as its URI does.
+func (s spec) token() string {
+	return fmt.Sprintf("%s\x00%s\x00%s\x00%v", s.config.Path, s.config.TokenLabel, s.config.TokenSerial, s.config.SlotNumber)
+}
+
+// configure logs in to the token of s.
+func (s spec) configure() (*crypto11.Context, error) {
+	loginsMu.Lock()
+	defer loginsMu.Unlock()
+	l := logins[s.token()]
+	if l != nil && l.open > 0 && l.pin != s.config.Pin {
+		return nil, errors.New("the PIN differs from the one this process is logged in to the token with, which the token cannot check while that login lasts: " +
+			"use the PIN in use, or restart to change it")
+	}
 	cfg := s.config
 	ctx, err := crypto11.Configure(&cfg)
+	if err != nil {
+		return nil, err
+	}
+	if l == nil {
+		l = &login{}
+		logins[s.token()] = l
+	}
+	l.pin = s.config.Pin
+	l.open++
+	return ctx, nil
+}
+
+// logout closes a context configure opened.
+func (s spec) logout(ctx *crypto11.Context) error {
+	err := ctx.Close()
+	loginsMu.Lock()
+	if l := logins[s.token()]; l != nil && l.open > 0 {
+		l.open--
+	}
+	loginsMu.Unlock()
+	return err
+}
+
+func (s spec) open() (*crypto11.Context, crypto11.Signer, error) {
+	ctx, err := s.configure()
 	if err != nil {
 		return nil, nil, fmt.Errorf("opening the PKCS#11 token of %q: %w", redact(s.uri), explain(err))
 	}
@@ -161,7 +214,7 @@ func (s spec) open() (*crypto11.Context, crypto11.Signer, error) {
 		err = fmt.Errorf("the URI names %d key pairs; name one (object= and id=)", len(keys))
 	}
 	if err != nil {
-		ctx.Close()
+		s.logout(ctx)
 		return nil, nil, fmt.Errorf("PKCS#11 key %q: %w", redact(s.uri), explain(err))
 	}
 	return ctx, keys[0], nil
@@ -196,7 +249,7 @@ func Open(uri string, curves ...elliptic.Curve) (*Key, error) {
 	}
 	pub, ok := signer.Public().(*ecdsa.PublicKey)
 	if !ok || !hasCurve(curves, pub.Curve) {
-		ctx.Close()
+		s.logout(ctx)
 		return nil, fmt.Errorf("PKCS#11 key %q is a %s key; want ECDSA on %s", redact(uri), describe(signer.Public()), curveNames(curves))
 	}
 	return &Key{spec: s, pub: pub, ctx: ctx, signer: signer}, nil
@@ -213,13 +266,12 @@ func Generate(uri string, curve elliptic.Curve) (*Key, error) {
 	if s.label == nil {
 		return nil, fmt.Errorf("PKCS#11 URI %q: give the new key a label with object=", redact(uri))
 	}
-	cfg := s.config
-	ctx, err := crypto11.Configure(&cfg)
+	ctx, err := s.configure()
 	if err != nil {
 		return nil, fmt.Errorf("opening the PKCS#11 token of %q: %w", redact(uri), explain(err))
 	}
 	if keys, err := ctx.FindKeyPairs(s.id, s.label); err != nil || len(keys) > 0 {
-		ctx.Close()
+		s.logout(ctx)
 		if err != nil {
 			return nil, fmt.Errorf("PKCS#11 key %q: %w", redact(uri), err)
 		}
@@ -231,7 +283,7 @@ func Generate(uri string, curve elliptic.Curve) (*Key, error) {
 	}
 	signer, err := ctx.GenerateECDSAKeyPairWithLabel(id, s.label, curve)
 	if err != nil {
-		ctx.Close()
+		s.logout(ctx)
 		return nil, fmt.Errorf("making a key in the PKCS#11 token of %q: %w", redact(uri), err)
 	}
 	return &Key{spec: s, pub: signer.Public().(*ecdsa.PublicKey), ctx: ctx, signer: signer}, nil
@@ -272,7 +324,7 @@ func (k *Key) reopen() bool {
 	}
 	k.reopened = now()
 	if k.ctx != nil {
-		k.ctx.Close()
+		k.spec.logout(k.ctx)
 		k.ctx, k.signer = nil, nil
 	}
 	ctx, signer, err := k.spec.open()
@@ -280,7 +332,7 @@ func (k *Key) reopen() bool {
 		return false
 	}
 	if !k.pub.Equal(signer.Public()) {
-		ctx.Close()
+		k.spec.logout(ctx)
 		return false
 	}
 	k.ctx, k.signer = ctx, signer
@@ -294,7 +346,7 @@ func (k *Key) Close() error {
 	if k.ctx == nil {
 		return nil
 	}
-	err := k.ctx.Close()
+	err := k.spec.logout(k.ctx)
 	k.ctx, k.signer = nil, nil
 	return err
 }

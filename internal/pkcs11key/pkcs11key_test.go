@@ -109,7 +109,7 @@ func TestRecovers(t *testing.T) {
 	now = func() time.Time { return clock }
 	t.Cleanup(func() { now = time.Now })
 
-	k.ctx.Close() // the token went away under the key: its session is gone
+	k.spec.logout(k.ctx) // the token went away under the key: its session is gone
 	k.ctx = nil
 	pin := k.spec.config.Pin
 	k.spec.config.Pin = "9999" // and cannot be opened for now
@@ -136,4 +136,39 @@ func FuzzParse(f *testing.F) {
 			t.Errorf("%q parsed without naming a key", uri)
 		}
 	})
+}
+
+// TestWrongPINWhileLoggedIn: while a key of a token is open, the process is logged in
+// to the token, and a second Open with another PIN would not be checked by the token:
+// it is refused here, so that a reload with a wrong PIN fails now rather than at the
+// next start. Once every key is closed the token checks the PIN itself.
+func TestWrongPINWhileLoggedIn(t *testing.T) {
+	h := testenv.SoftHSM(t)
+	k, err := Generate(h.URI("open"), elliptic.P256())
+	if err != nil {
+		t.Fatal(err)
+	}
+	wrongPIN := filepath.Join(t.TempDir(), "pin")
+	testenv.WriteFile(t, wrongPIN, []byte("9999\n"))
+	wrong := "pkcs11:token=" + h.Token + ";object=" + h.Label("open") + "?module-path=" + h.Module + "&pin-source=" + wrongPIN
+	if k2, err := Open(wrong, elliptic.P256()); err == nil || !strings.Contains(err.Error(), "PIN") {
+		t.Errorf("another PIN while logged in: %v", err)
+		if k2 != nil {
+			k2.Close()
+		}
+	}
+	same, err := Open(h.URI("open"), elliptic.P256())
+	if err != nil {
+		t.Fatalf("the same PIN while logged in: %v", err)
+	}
+	same.Close()
+	k.Close()
+	if _, err := Open(wrong, elliptic.P256()); err == nil || !strings.Contains(err.Error(), "wrong PIN") {
+		t.Errorf("another PIN once logged out: %v", err)
+	}
+	if k, err := Open(h.URI("open"), elliptic.P256()); err != nil {
+		t.Errorf("the right PIN again: %v", err)
+	} else {
+		k.Close()
+	}
 }
