@@ -24,6 +24,10 @@ type Config struct {
 	// QuotaBytes raises etcd's backend quota (2 GiB by default); ten million device
 	// records need about 8 GiB.
 	QuotaBytes int64
+	// SnapshotCount, when set, is how many entries the raft log holds before a snapshot
+	// truncates it (etcd's default: 10,000, with 5,000 more kept for slow followers;
+	// SnapshotCount/2 here): members in one process share its heap.
+	SnapshotCount uint64
 	// InitialCluster lists every member of a new cluster as name=peerURL,...; empty:
 	// a cluster of this member alone.
 	InitialCluster string
@@ -55,6 +59,9 @@ func Start(c Config) (*embed.Etcd, error) {
 	}
 	if c.QuotaBytes != 0 {
 		cfg.QuotaBackendBytes = c.QuotaBytes
+	}
+	if c.SnapshotCount != 0 {
+		cfg.SnapshotCount, cfg.SnapshotCatchUpEntries = c.SnapshotCount, c.SnapshotCount/2
 	}
 	if c.CompactionRetention != "" {
 		cfg.AutoCompactionMode, cfg.AutoCompactionRetention = "periodic", c.CompactionRetention
