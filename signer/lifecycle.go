@@ -156,14 +156,22 @@ func (r *Registry) AcceptTransfer(ctx context.Context, actor Actor, device, tena
 			if d.Tenant == gaining {
 				return nil, nil, invalid(errors.New("the device belongs to that tenant already"))
 			}
-			d.Tenant = gaining
-			if !keepKeys {
-				for i := range d.Credentials {
-					revoke(&d.Credentials[i], "affiliationChanged", r.now())
-				}
-			}
-			return d, []clientv3.Op{clientv3.OpDelete(key), clientv3.OpDelete(r.codeKey(name))}, nil
+			return d, r.move(d, name, gaining, keepKeys), nil
 		}})
+}
+
+// move gives d to tenant: with keepKeys its keys stay active, otherwise they are
+// revoked with reason affiliationChanged. It returns the deletions of the device's
+// pending transfer and enrollment codes, made for the losing tenant, for the same
+// transaction.
+func (r *Registry) move(d *record.Device, name, tenant string, keepKeys bool) []clientv3.Op {
+	d.Tenant = tenant
+	if !keepKeys {
+		for i := range d.Credentials {
+			revoke(&d.Credentials[i], "affiliationChanged", r.now())
+		}
+	}
+	return []clientv3.Op{clientv3.OpDelete(r.signerKey(kindTransfer, name)), clientv3.OpDelete(r.codeKey(name))}
 }
 
 // Assign gives a device to a tenant by the registry operator's decision, with no
@@ -186,30 +194,16 @@ func (r *Registry) Assign(ctx context.Context, actor Actor, device, tenant strin
 	if err != nil {
 		return nil, invalid(err)
 	}
-	transfer, code := r.signerKey(kindTransfer, name), r.codeKey(name)
-	return r.update(ctx, write{actor: actor, operation: "device.assign", device: device, side: []string{transfer, code}, owner: tenant,
-		change: func(d *record.Device, side [][]byte) (*record.Device, []clientv3.Op, error) {
+	return r.update(ctx, write{actor: actor, operation: "device.assign", device: device, owner: tenant, detail: keysDetail(keepKeys),
+		change: func(d *record.Device, _ [][]byte) (*record.Device, []clientv3.Op, error) {
 			if d == nil {
 				return nil, nil, ErrNotFound
 			}
 			if d.Tenant == tenant {
 				return d, nil, nil
 			}
-			d.Tenant = tenant
-			if !keepKeys {
-				for i := range d.Credentials {
-					revoke(&d.Credentials[i], "affiliationChanged", r.now())
-				}
-			}
-			var ops []clientv3.Op
-			for i, k := range []string{transfer, code} {
-				if side[i] != nil {
-					ops = append(ops, clientv3.OpDelete(k))
-				}
-			}
-			return d, ops, nil
-		},
-		detail: keysDetail(keepKeys)})
+			return d, r.move(d, name, tenant, keepKeys), nil
+		}})
 }
 
 // keysDetail tells the audit trail what a change of tenant did to the keys.

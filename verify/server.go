@@ -6,7 +6,6 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
-	"os"
 	"strconv"
 	"strings"
 
@@ -145,24 +144,4 @@ func (v *Verifier) matchServer(name, host string, chain []*x509.Certificate, rrs
 		}
 	}
 	return nil, fmt.Errorf("%w at %s", ErrNoMatch, name)
-}
-
-// ParseTrustAnchor reads a trust anchor for local validation: a DS or DNSKEY record in
-// presentation form, or the name of a file holding one (as deviceid-signer dev writes
-// ds.txt).
-func ParseTrustAnchor(s string) (dns.RR, error) {
-	if b, err := os.ReadFile(s); err == nil {
-		s = string(b)
-	}
-	rr, err := dns.NewRR(strings.TrimSpace(s))
-	if err != nil {
-		return nil, fmt.Errorf("trust anchor: %w", err)
-	}
-	switch rr.(type) {
-	case *dns.DS, *dns.DNSKEY:
-		return rr, nil
-	case nil:
-		return nil, errors.New("trust anchor: no record")
-	}
-	return nil, fmt.Errorf("trust anchor: %s is neither a DS nor a DNSKEY record", dns.TypeToString[rr.Header().Rrtype])
 }

@@ -131,24 +131,3 @@ func TestMatchServerRules(t *testing.T) {
 		t.Errorf("ServiceName: %s", got)
 	}
 }
-
-func TestParseTrustAnchor(t *testing.T) {
-	ds := "iot.example. 3600 IN DS 51697 13 2 68B5E454E70885BD130535337575C843F5388ED6B9DA76A29A276EFB4DF63CDF"
-	file := t.TempDir() + "/ds.txt"
-	testenv.WriteFile(t, file, []byte(ds+"\n"))
-	for _, tc := range []struct {
-		in string
-		ok bool
-	}{
-		{ds, true},
-		{file, true},
-		{"iot.example. IN DNSKEY 257 3 13 mdsswUyr3DPW132mOi8V9xESWE8jTo0dxCjjnopKl+GqJxpVXckHAeF+KkxLbxILfDLUT0rAK9iUzy1L53eKGQ==", true},
-		{"iot.example. IN A 192.0.2.1", false},
-		{"not a record", false},
-		{"", false},
-	} {
-		if _, err := ParseTrustAnchor(tc.in); (err == nil) != tc.ok {
-			t.Errorf("%.40q: %v, want ok=%v", tc.in, err, tc.ok)
-		}
-	}
-}

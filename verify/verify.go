@@ -17,6 +17,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"os"
 	"slices"
 	"strings"
 	"sync"
@@ -503,4 +504,24 @@ func tlsaOf(section []dns.RR, name string) ([]*dns.TLSA, uint32) {
 		}
 	}
 	return rrs, ttl
+}
+
+// ParseTrustAnchor reads a trust anchor for local validation (Verifier.TrustAnchor): a
+// DS or DNSKEY record in presentation form, or the name of a file holding one (as
+// deviceid-signer dev writes ds.txt).
+func ParseTrustAnchor(s string) ([]dns.RR, error) {
+	if b, err := os.ReadFile(s); err == nil {
+		s = string(b)
+	}
+	rr, err := dns.NewRR(strings.TrimSpace(s))
+	if err != nil {
+		return nil, fmt.Errorf("trust anchor: %w", err)
+	}
+	switch rr.(type) {
+	case *dns.DS, *dns.DNSKEY:
+		return []dns.RR{rr}, nil
+	case nil:
+		return nil, errors.New("trust anchor: no record")
+	}
+	return nil, fmt.Errorf("trust anchor: %s is neither a DS nor a DNSKEY record", dns.TypeToString[rr.Header().Rrtype])
 }

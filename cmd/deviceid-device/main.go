@@ -20,8 +20,6 @@ import (
 	"github.com/deviceid/deviceid/internal/device"
 	"github.com/deviceid/deviceid/internal/version"
 	"github.com/deviceid/deviceid/verify"
-
-	"github.com/miekg/dns"
 )
 
 func main() {
@@ -72,11 +70,9 @@ func run(name, zone, code, signerAddr, signerCA, broker, brokerName, resolver, d
 	pool.AppendCertsFromPEM(pemCA)
 	v := &verify.Verifier{Zones: []string{zone}, Resolver: resolver, Server: server}
 	if resolver == "" {
-		ta, err := verify.ParseTrustAnchor(dsText)
-		if err != nil {
+		if v.TrustAnchor, err = verify.ParseTrustAnchor(dsText); err != nil {
 			return fmt.Errorf("-ds: %w", err)
 		}
-		v.TrustAnchor = []dns.RR{ta}
 	}
 	if state == "" {
 		state = ".deviceid-device/" + name

@@ -28,8 +28,6 @@ import (
 	"github.com/deviceid/deviceid/internal/mqttbroker"
 	"github.com/deviceid/deviceid/internal/version"
 	"github.com/deviceid/deviceid/verify"
-
-	"github.com/miekg/dns"
 )
 
 func main() {
@@ -66,11 +64,9 @@ func run(listen, certFile, keyFile, zones, resolver, dsText, server, publish, si
 	}
 	v := &verify.Verifier{Zones: strings.Split(zones, ","), Resolver: resolver, Server: server}
 	if dsText != "" {
-		ta, err := verify.ParseTrustAnchor(dsText)
-		if err != nil {
+		if v.TrustAnchor, err = verify.ParseTrustAnchor(dsText); err != nil {
 			return fmt.Errorf("-ds: %w", err)
 		}
-		v.TrustAnchor = []dns.RR{ta}
 	} else if resolver == "" {
 		return fmt.Errorf("give -resolver (a validating resolver) or -ds (validate locally)")
 	}

@@ -18,8 +18,6 @@ import (
 
 	"github.com/deviceid/deviceid/internal/version"
 	"github.com/deviceid/deviceid/verify"
-
-	"github.com/miekg/dns"
 )
 
 func main() {
@@ -63,11 +61,10 @@ func run(args []string, out io.Writer) error {
 	v := &verify.Verifier{Zones: strings.Split(*zones, ","), Resolver: *resolver, Server: *server,
 		RevokedUsage: uint8(*revoked), Timeout: *timeout}
 	if *ds != "" {
-		rr, err := verify.ParseTrustAnchor(*ds)
-		if err != nil {
+		var err error
+		if v.TrustAnchor, err = verify.ParseTrustAnchor(*ds); err != nil {
 			return fmt.Errorf("-ds: %v", err)
 		}
-		v.TrustAnchor = []dns.RR{rr}
 	}
 	chain, err := loadChain(*certFile, *connect)
 	if err != nil {
