@@ -45,6 +45,9 @@ fuzz: ## a short fuzzing run of each parser (FUZZTIME=10m for longer)
 	$(GO) test -run XXX -fuzz FuzzServeDNS -fuzztime $(FUZZTIME) ./plugin/
 	$(GO) test -run XXX -fuzz FuzzParse -fuzztime $(FUZZTIME) ./internal/pkcs11key/
 	$(GO) test -run XXX -fuzz FuzzImportLines -fuzztime $(FUZZTIME) ./cmd/deviceid-signer/
+	$(GO) test -run XXX -fuzz FuzzAPIDecode -fuzztime $(FUZZTIME) ./signer/
+	$(GO) test -run XXX -fuzz FuzzVerifyAnswer -fuzztime $(FUZZTIME) -fuzzminimizetime 5s ./verify/
+	$(GO) test -run XXX -fuzz FuzzBrokerACL -fuzztime $(FUZZTIME) -fuzzminimizetime 5s ./internal/mqttbroker/
 
 # CoreDNS on 127.0.0.1:1053 over an embedded etcd with sample devices.
 run: build ## the dev stack: etcd, signer, demo service and CoreDNS on 127.0.0.1

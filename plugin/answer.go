@@ -95,7 +95,7 @@ func (z *zone) serve(w dns.ResponseWriter, state request.Request, qname string, 
 			return err
 		}
 	}
-	return p.finish(w, state)
+	return p.finish(w, state, z.origin)
 }
 
 // compose adds the answer for a name that exists to p: its TLSA records when asked
@@ -245,7 +245,7 @@ func (z *zone) writeApex(w dns.ResponseWriter, state request.Request, ap *apex, 
 	var err error
 	if set != nil {
 		m.Answer, err = rrs(set)
-		return errors.Join(err, w.WriteMsg(m))
+		return errors.Join(err, z.writeMsg(w, state, m))
 	}
 	if m.Ns, err = rrs(ap.sets[dns.TypeSOA]); err != nil {
 		return err
@@ -256,6 +256,21 @@ func (z *zone) writeApex(w dns.ResponseWriter, state request.Request, ap *apex, 
 			return err
 		}
 		m.Ns = append(m.Ns, nsec...)
+	}
+	return z.writeMsg(w, state, m)
+}
+
+// writeMsg writes m, or, when it is larger than the client's buffer (over UDP at most
+// max_udp_size), the same answer with TC and no records, as finish does.
+func (z *zone) writeMsg(w dns.ResponseWriter, state request.Request, m *dns.Msg) error {
+	m.Compress = true
+	optLen := 0
+	if state.Req.IsEdns0() != nil {
+		optLen = 11
+	}
+	if m.Len()+optLen > state.Size() {
+		m.Answer, m.Ns, m.Truncated = nil, nil, true
+		udpTruncated.WithLabelValues(z.origin).Inc()
 	}
 	return w.WriteMsg(m)
 }

@@ -30,7 +30,8 @@ type Deviceid struct {
 	zones   map[string]*zone
 	cfg     *config
 
-	now func() time.Time // the clock of signing; tests set it
+	now func() time.Time // the clock of signing and rate limiting; tests set it
+	rrl *rrl             // nil: responses are not rate limited
 
 	client *clientv3.Client
 	cancel context.CancelFunc
@@ -38,7 +39,10 @@ type Deviceid struct {
 }
 
 func newDeviceid(cfg *config) *Deviceid {
-	d := &Deviceid{origins: cfg.zones, zones: make(map[string]*zone), cfg: cfg, now: time.Now}
+	if cfg.maxUDPSize == 0 {
+		cfg.maxUDPSize = defaultMaxUDPSize
+	}
+	d := &Deviceid{origins: cfg.zones, zones: make(map[string]*zone), cfg: cfg, now: time.Now, rrl: newRRL(cfg.rrl)}
 	for _, origin := range cfg.zones {
 		z := &zone{origin: origin, cfg: cfg, rejected: make(map[string]int64), loaded: make(chan struct{}),
 			kick: make(chan struct{}, 1), now: func() time.Time { return d.now() }}
@@ -59,6 +63,21 @@ func (d *Deviceid) ServeDNS(ctx context.Context, w dns.ResponseWriter, r *dns.Ms
 	if origin == "" {
 		return plugin.NextOrFailure(d.Name(), d.Next, ctx, w, r)
 	}
+	// Over UDP no answer is larger than max_udp_size, whatever buffer the query offers:
+	// as the bufsize plugin does, the query's is lowered, so that the answers packed
+	// here, the ones written as messages (which the server's writer truncates to the
+	// query's buffer) and the OPT record of each all follow it.
+	if o := r.IsEdns0(); o != nil && o.UDPSize() > d.cfg.maxUDPSize {
+		o.SetUDPSize(d.cfg.maxUDPSize)
+	}
+	now := d.now()
+	// Rate limiting comes before any other work, signatures above all, and applies to
+	// every response of the zones, errors too.
+	if d.rrl != nil {
+		if v := d.rrl.check(w.RemoteAddr(), now.UnixNano()); v != rrlAnswer {
+			return d.limited(w, state, origin, v, now)
+		}
+	}
 	if r.Opcode != dns.OpcodeQuery {
 		return dns.RcodeNotImplemented, nil
 	}
@@ -70,7 +89,7 @@ func (d *Deviceid) ServeDNS(ctx context.Context, w dns.ResponseWriter, r *dns.Ms
 		return dns.RcodeFormatError, nil // RFC 9824 §3.2: a meta-type, not to be asked for
 	}
 	z := d.zones[origin]
-	err := z.serve(w, state, qname, qtype, z.signer != nil && state.Do(), d.now())
+	err := z.serve(w, state, qname, qtype, z.signer != nil && state.Do(), now)
 	switch {
 	case errors.Is(err, errNotLoaded):
 		return dns.RcodeServerFailure, nil
@@ -85,6 +104,24 @@ func (d *Deviceid) ServeDNS(ctx context.Context, w dns.ResponseWriter, r *dns.Ms
 		return dns.RcodeServerFailure, err
 	}
 	return dns.RcodeSuccess, nil
+}
+
+// limited answers a query whose response is over the rate limit of its client's
+// prefix: with TC and no records (slip), or not at all.
+func (d *Deviceid) limited(w dns.ResponseWriter, state request.Request, origin string, v rrlVerdict, now time.Time) (int, error) {
+	d.rrl.note(now.UnixNano(), origin, w.RemoteAddr())
+	if v == rrlDrop {
+		rrlDropped.WithLabelValues(origin).Inc()
+		return dns.RcodeSuccess, nil // nothing written: the server sends nothing
+	}
+	rrlSlipped.WithLabelValues(origin).Inc()
+	var p packet
+	defer p.release()
+	if err := p.start(state); err != nil {
+		return dns.RcodeSuccess, nil
+	}
+	p.truncate()
+	return dns.RcodeSuccess, p.finish(w, state, origin)
 }
 
 // matchZone returns the longest of origins that qname (lower case) is in or below, or

@@ -5,6 +5,7 @@ import (
 	"crypto/x509"
 	"encoding/binary"
 	"encoding/hex"
+	"net"
 	"testing"
 	"time"
 
@@ -347,53 +348,86 @@ func (w *rawWriter) Write(b []byte) (int, error) {
 	return len(b), nil
 }
 
-// FuzzServeDNS sends arbitrary messages through the query path: no panic, and every
-// reply written is a well-formed message that answers the query.
+// FuzzServeDNS sends arbitrary messages through the query path, over UDP or TCP, from
+// arbitrary source addresses, rate limited at 5 a second per prefix on a clock the
+// fuzzer moves by up to 65 ms a query (the UDP seeds come from one /24, and exceed it):
+// no panic, and every reply written is a well-formed message that answers the query;
+// over UDP it is at most the client's buffer and max_udp_size, a truncated reply has no
+// records, and the OPT advertises no more than max_udp_size.
 func FuzzServeDNS(f *testing.F) {
 	d := signedDeviceid(f, true, dns.ECDSAP256SHA256)
-	for _, q := range []struct {
+	addBigDevice(f, d, "big", record.MaxCredentials)
+	d.rrl = newRRL(rrlConfig{rate: 5, window: 1, slip: 2, v4: 24, v6: 56, tableSize: 64})
+	clock := time.Now()
+	d.now = func() time.Time { return clock }
+	for i, q := range []struct {
 		name  string
 		qtype uint16
-		edns  bool
+		edns  uint16 // 0: none
 	}{
-		{"sensor7._device.iot.example.", dns.TypeTLSA, true},
-		{"SENSOR7._device.iot.example.", dns.TypeTLSA, false},
-		{"airquality._device.iot.example.", dns.TypeANY, true},
-		{"nosuch._device.iot.example.", dns.TypeTLSA, true},
-		{"iot.example.", dns.TypeSOA, false},
-		{"iot.example.", dns.TypeAXFR, false},
-		{"example.org.", dns.TypeA, false},
-		{"nosuch._device.iot.example.", dns.TypeNXNAME, true},
+		{"sensor7._device.iot.example.", dns.TypeTLSA, 1232},
+		{"SENSOR7._device.iot.example.", dns.TypeTLSA, 0},
+		{"airquality._device.iot.example.", dns.TypeANY, 1232},
+		{"nosuch._device.iot.example.", dns.TypeTLSA, 1232},
+		{"iot.example.", dns.TypeSOA, 0},
+		{"iot.example.", dns.TypeDNSKEY, 65000},
+		{"iot.example.", dns.TypeAXFR, 0},
+		{"example.org.", dns.TypeA, 0},
+		{"nosuch._device.iot.example.", dns.TypeNXNAME, 1232},
+		{"big._device.iot.example.", dns.TypeTLSA, 65000},
+		{"big._device.iot.example.", dns.TypeTLSA, 4096},
+		{"big._device.iot.example.", dns.TypeTLSA, 0},
+		{"big._device.iot.example.", dns.TypeTLSA, 512},
 	} {
 		m := new(dns.Msg)
 		m.SetQuestion(q.name, q.qtype)
-		if q.edns {
-			m.SetEdns0(1232, true)
+		if q.edns != 0 {
+			m.SetEdns0(q.edns, true)
 			m.IsEdns0().SetCo()
 		}
 		b, _ := m.Pack()
-		f.Add(b, false)
+		f.Add(b, false, []byte{192, 0, 2, byte(i)}, uint16(0))
+		f.Add(b, true, [][]byte{net.ParseIP("2001:db8::1"), {127, 0, 0, 1}, nil}[i%3], uint16(50000))
 	}
 	d.Next = test.NextHandler(dns.RcodeRefused, nil)
-	f.Fuzz(func(t *testing.T, wire []byte, tcp bool) {
+	f.Fuzz(func(t *testing.T, wire []byte, tcp bool, src []byte, advance uint16) {
 		r := new(dns.Msg)
 		if r.Unpack(wire) != nil || len(r.Question) != 1 {
 			return // the server drops these before any plugin sees them
 		}
-		raw := &rawWriter{ResponseWriter: &test.ResponseWriter{TCP: tcp}}
+		clock = clock.Add(time.Duration(advance) * time.Microsecond)
+		w := &test.ResponseWriter{TCP: tcp}
+		if len(src) == net.IPv4len || len(src) == net.IPv6len {
+			w.RemoteIP = net.IP(src).String()
+		}
+		raw := &rawWriter{ResponseWriter: w}
+		size := (&request.Request{Req: r, W: raw}).Size() // the client's buffer, before ServeDNS lowers it
 		d.ServeDNS(context.Background(), request.NewScrubWriter(r, raw), r)
-		if raw.buf == nil {
-			return // written as a message, or not at all: the server answers
+		buf := raw.buf
+		if raw.msg != nil { // the apex's answers: packed as the server would
+			var err error
+			if buf, err = raw.msg.Pack(); err != nil {
+				t.Fatalf("reply does not pack: %v", err)
+			}
+		}
+		if buf == nil {
+			return // not written: the server answers with the RCODE, or nothing (rate limited)
 		}
 		m := new(dns.Msg)
-		if err := m.Unpack(raw.buf); err != nil {
+		if err := m.Unpack(buf); err != nil {
 			t.Fatalf("reply does not unpack: %v", err)
 		}
 		if m.Id != r.Id || !m.Response || len(m.Question) != 1 || m.Question[0] != r.Question[0] {
 			t.Fatalf("reply %v does not answer %v", m, r)
 		}
-		if size := (&request.Request{Req: r, W: raw}).Size(); !tcp && len(raw.buf) > size {
-			t.Fatalf("UDP reply of %d bytes exceeds the client's buffer", len(raw.buf))
+		if m.Truncated && len(m.Answer)+len(m.Ns) != 0 {
+			t.Fatalf("a truncated reply with records: %v", m)
+		}
+		if o := m.IsEdns0(); o != nil && o.UDPSize() > defaultMaxUDPSize {
+			t.Fatalf("the reply advertises a buffer of %d", o.UDPSize())
+		}
+		if !tcp && len(buf) > min(size, defaultMaxUDPSize) {
+			t.Fatalf("UDP reply of %d bytes exceeds the client's buffer of %d or %d", len(buf), size, defaultMaxUDPSize)
 		}
 	})
 }

@@ -85,6 +85,27 @@ var (
 		Help:      "Counter of queries for names that do not exist over the signing budget, by zone and what they got (truncated, delayed, refused).",
 	}, []string{"zone", "action"})
 
+	udpTruncated = promauto.NewCounterVec(prometheus.CounterOpts{
+		Namespace: plugin.Namespace,
+		Subsystem: "deviceid",
+		Name:      "udp_truncated_total",
+		Help:      "Counter of answers over UDP larger than the client's buffer or max_udp_size, sent with TC and no records, by zone.",
+	}, []string{"zone"})
+
+	rrlDropped = promauto.NewCounterVec(prometheus.CounterOpts{
+		Namespace: plugin.Namespace,
+		Subsystem: "deviceid",
+		Name:      "rrl_dropped_total",
+		Help:      "Counter of responses over UDP not sent, over the rate limit of the client's prefix, by zone.",
+	}, []string{"zone"})
+
+	rrlSlipped = promauto.NewCounterVec(prometheus.CounterOpts{
+		Namespace: plugin.Namespace,
+		Subsystem: "deviceid",
+		Name:      "rrl_slipped_total",
+		Help:      "Counter of responses over UDP over the rate limit of the client's prefix sent with TC and no records instead (slip), by zone.",
+	}, []string{"zone"})
+
 	updateSeconds = promauto.NewHistogramVec(prometheus.HistogramOpts{
 		Namespace: plugin.Namespace,
 		Subsystem: "deviceid",

@@ -2,6 +2,7 @@ package deviceid
 
 import (
 	"fmt"
+	"net/netip"
 	"net/url"
 	"path/filepath"
 	"slices"
@@ -29,6 +30,12 @@ const (
 	defaultSignatureValidity = 24 * time.Hour
 	minSignatureValidity     = 2 * time.Hour
 	defaultSignatureCache    = 100000
+	// defaultMaxUDPSize bounds answers over UDP: what DNS Flag Day 2020 settled on, an
+	// answer that is not fragmented on any usual path and amplifies a query at most
+	// about 23 times.
+	defaultMaxUDPSize = 1232
+	minMaxUDPSize     = 512
+	maxMaxUDPSize     = 4096
 )
 
 // config is one deviceid block of the Corefile.
@@ -47,6 +54,8 @@ type config struct {
 	cds          bool
 	cacheSize    int     // proofs of nonexistence cached per zone
 	denialBudget float64 // signatures a second for names that do not exist; 0: no limit; autoBudget: measured
+	maxUDPSize   uint16  // the largest answer over UDP; 0: defaultMaxUDPSize
+	rrl          rrlConfig
 }
 
 func setup(c *caddy.Controller) error {
@@ -74,6 +83,8 @@ func parse(c *caddy.Controller) (*config, error) {
 		cds:          true,
 		cacheSize:    defaultSignatureCache,
 		denialBudget: autoBudget,
+		maxUDPSize:   defaultMaxUDPSize,
+		rrl:          defaultRRL,
 	}
 	blocks := 0
 	for c.Next() {
@@ -283,10 +294,109 @@ func parseOption(c *caddy.Controller, cfg *config, root string) error {
 			}
 			cfg.denialBudget = float64(n)
 		}
+	case "max_udp_size":
+		if len(args) != 1 {
+			return c.ArgErr()
+		}
+		n, err := strconv.Atoi(args[0])
+		if err != nil || n < minMaxUDPSize || n > maxMaxUDPSize {
+			return c.Errf("max_udp_size %q is not a number of bytes from %d to %d", args[0], minMaxUDPSize, maxMaxUDPSize)
+		}
+		cfg.maxUDPSize = uint16(n)
+	case "rrl":
+		r, err := parseRRL(c, args)
+		if err != nil {
+			return err
+		}
+		cfg.rrl = r
 	default:
 		return c.Errf("unknown property '%s'", opt)
 	}
 	return nil
+}
+
+// parseRRL parses 'rrl off' or 'rrl RATE [SETTING VALUE]... [exempt none|PREFIX...]'.
+func parseRRL(c *caddy.Controller, args []string) (rrlConfig, error) {
+	r := defaultRRL
+	if len(args) == 0 {
+		return r, c.ArgErr()
+	}
+	if args[0] == "off" {
+		if len(args) != 1 {
+			return r, c.ArgErr()
+		}
+		r.rate = 0
+		return r, nil
+	}
+	rate, err := strconv.Atoi(args[0])
+	if err != nil || rate < 1 || rate > maxRRLRate {
+		return r, c.Errf("rrl %q: want off, or a number of responses a second per client prefix from 1 to %d", args[0], maxRRLRate)
+	}
+	r.rate = rate
+	settings := map[string]struct {
+		to       *int
+		min, max int
+		what     string
+	}{
+		"window":      {&r.window, 1, maxRRLWindow, "seconds of the rate a quiet prefix may use at once"},
+		"slip":        {&r.slip, 0, maxRRLSlip, "every Nth limited response is sent with TC, the others dropped; 0: all dropped"},
+		"ipv4_prefix": {&r.v4, 0, 32, "the bits of an IPv4 address that make its client prefix"},
+		"ipv6_prefix": {&r.v6, 0, 128, "the bits of an IPv6 address that make its client prefix"},
+		"table_size":  {&r.tableSize, minRRLTableSize, maxRRLTableSize, "buckets, one per client prefix"},
+	}
+	for i := 1; i < len(args); i++ {
+		name := args[i]
+		if name == "exempt" {
+			r.exempt = []netip.Prefix{} // replaces the default, loopback
+			n := 0
+			for ; i+1 < len(args) && args[i+1] != "exempt" && settings[args[i+1]].to == nil; i, n = i+1, n+1 {
+				a := args[i+1]
+				if a == "none" {
+					continue
+				}
+				p, ok := exemptPrefix(a)
+				if !ok {
+					return r, c.Errf("rrl exempt %q is not an address or a prefix (such as 10.0.0.0/8 or ::1), nor none", a)
+				}
+				r.exempt = append(r.exempt, p)
+			}
+			if n == 0 {
+				return r, c.Errf("rrl exempt: name the prefixes not limited, or none")
+			}
+			continue
+		}
+		s, ok := settings[name]
+		if !ok {
+			return r, c.Errf("rrl: unknown setting '%s' (want window, slip, ipv4_prefix, ipv6_prefix, table_size or exempt)", name)
+		}
+		if i+1 == len(args) {
+			return r, c.Errf("rrl %s: no value", name)
+		}
+		i++
+		v, err := strconv.Atoi(args[i])
+		if err != nil || v < s.min || v > s.max {
+			return r, c.Errf("rrl %s %q: want a number from %d to %d (%s)", name, args[i], s.min, s.max, s.what)
+		}
+		*s.to = v
+	}
+	return r, nil
+}
+
+// exemptPrefix parses an address or a prefix; an IPv4-mapped one is taken as IPv4, as
+// client addresses are.
+func exemptPrefix(s string) (netip.Prefix, bool) {
+	p, err := netip.ParsePrefix(s)
+	if err != nil {
+		ip, err := netip.ParseAddr(s)
+		if err != nil || ip.Zone() != "" {
+			return netip.Prefix{}, false
+		}
+		p = netip.PrefixFrom(ip, ip.BitLen())
+	}
+	if a := p.Addr(); a.Is4In6() {
+		p = netip.PrefixFrom(a.Unmap(), p.Bits()-96)
+	}
+	return p.Masked(), p.IsValid()
 }
 
 // closeKeys logs out of the HSMs the block's keys are in.

@@ -3,6 +3,7 @@ package deviceid
 import (
 	"crypto/elliptic"
 	"crypto/x509"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"slices"
@@ -54,6 +55,13 @@ func TestSetup(t *testing.T) {
 				c.validity != 24*time.Hour || !c.cds || !slices.Equal(c.ns, []string{"ns1.iot.example."}) {
 				t.Errorf("defaults %+v", c)
 			}
+			if c.maxUDPSize != 1232 {
+				t.Errorf("default max_udp_size %d", c.maxUDPSize)
+			}
+			if r := c.rrl; r.rate != 100 || r.window != 5 || r.slip != 2 || r.v4 != 24 || r.v6 != 56 || r.tableSize != 65536 ||
+				!slices.Equal(r.exempt, []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8"), netip.MustParsePrefix("::1/128")}) {
+				t.Errorf("default rrl %+v", r)
+			}
 		}},
 		{"zones as arguments", `deviceid A.example b.example.`, "", func(t *testing.T, c *config) {
 			if !slices.Equal(c.zones, []string{"a.example.", "b.example."}) {
@@ -74,7 +82,13 @@ func TestSetup(t *testing.T) {
 			cds off
 			signature_cache 1000
 			denial_budget 5000
+			max_udp_size 1400
+			rrl 50 window 2 slip 3 ipv4_prefix 22 ipv6_prefix 48 table_size 1024 exempt 10.0.0.0/8 2001:DB8::1 ::ffff:192.0.2.0/120
 		}`, "", func(t *testing.T, c *config) {
+			if r := c.rrl; c.maxUDPSize != 1400 || r.rate != 50 || r.window != 2 || r.slip != 3 || r.v4 != 22 || r.v6 != 48 || r.tableSize != 1024 ||
+				!slices.Equal(r.exempt, []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8"), netip.MustParsePrefix("2001:db8::1/128"), netip.MustParsePrefix("192.0.2.0/24")}) {
+				t.Errorf("max_udp_size %d, rrl %+v", c.maxUDPSize, r)
+			}
 			if !slices.Equal(c.etcd.Endpoints, []string{"https://10.0.0.1:2379", "https://10.0.0.2:2379"}) || c.etcd.CertFile != cert || c.etcd.CAFile != cert ||
 				c.etcd.Username != "user" || c.etcd.Password != "secret" || c.prefix != "/ids" || len(c.keyFiles) != 2 ||
 				!slices.Equal(c.ns, []string{"ns1.iot.example.", "ns2.example.net."}) || c.ttl != 30 ||
@@ -128,6 +142,56 @@ func TestSetup(t *testing.T) {
 		}},
 		{"denial_budget bad", "deviceid {\ndenial_budget -3\n}", "want auto, off, or a positive number", nil},
 		{"denial_budget twice", "deviceid {\ndenial_budget 1 2\n}", "Wrong argument count", nil},
+		{"max_udp_size smallest", "deviceid {\nmax_udp_size 512\n}", "", func(t *testing.T, c *config) {
+			if c.maxUDPSize != 512 {
+				t.Errorf("max_udp_size %d", c.maxUDPSize)
+			}
+		}},
+		{"max_udp_size below 512", "deviceid {\nmax_udp_size 511\n}", "max_udp_size \"511\" is not a number of bytes from 512 to 4096", nil},
+		{"max_udp_size above 4096", "deviceid {\nmax_udp_size 65535\n}", "from 512 to 4096", nil},
+		{"max_udp_size text", "deviceid {\nmax_udp_size big\n}", "from 512 to 4096", nil},
+		{"max_udp_size missing", "deviceid {\nmax_udp_size\n}", "Wrong argument count", nil},
+		{"max_udp_size twice", "deviceid {\nmax_udp_size 1232 1400\n}", "Wrong argument count", nil},
+		{"rrl off", "deviceid {\nrrl off\n}", "", func(t *testing.T, c *config) {
+			if c.rrl.rate != 0 || newRRL(c.rrl) != nil {
+				t.Errorf("rrl off: %+v", c.rrl)
+			}
+		}},
+		{"rrl rate alone keeps the defaults", "deviceid {\nrrl 5\n}", "", func(t *testing.T, c *config) {
+			if r := c.rrl; r.rate != 5 || r.window != 5 || r.slip != 2 || r.tableSize != 65536 || len(r.exempt) != 2 {
+				t.Errorf("rrl %+v", r)
+			}
+		}},
+		{"rrl exempt none", "deviceid {\nrrl 5 exempt none slip 1\n}", "", func(t *testing.T, c *config) {
+			if r := c.rrl; len(r.exempt) != 0 || r.slip != 1 {
+				t.Errorf("rrl %+v", r)
+			}
+		}},
+		{"rrl slip 0", "deviceid {\nrrl 5 slip 0\n}", "", func(t *testing.T, c *config) {
+			if c.rrl.slip != 0 {
+				t.Errorf("rrl %+v", c.rrl)
+			}
+		}},
+		{"rrl missing", "deviceid {\nrrl\n}", "Wrong argument count", nil},
+		{"rrl off with more", "deviceid {\nrrl off slip 2\n}", "Wrong argument count", nil},
+		{"rrl zero", "deviceid {\nrrl 0\n}", "rrl \"0\": want off, or a number of responses a second per client prefix from 1 to 1000000", nil},
+		{"rrl negative", "deviceid {\nrrl -5\n}", "want off, or a number", nil},
+		{"rrl too fast", "deviceid {\nrrl 1000001\n}", "want off, or a number", nil},
+		{"rrl on", "deviceid {\nrrl on\n}", "want off, or a number", nil},
+		{"rrl window zero", "deviceid {\nrrl 5 window 0\n}", "rrl window \"0\": want a number from 1 to 3600", nil},
+		{"rrl window text", "deviceid {\nrrl 5 window 2s\n}", "rrl window \"2s\": want a number from 1 to 3600", nil},
+		{"rrl window without value", "deviceid {\nrrl 5 window\n}", "rrl window: no value", nil},
+		{"rrl slip too large", "deviceid {\nrrl 5 slip 11\n}", "rrl slip \"11\": want a number from 0 to 10", nil},
+		{"rrl ipv4_prefix too long", "deviceid {\nrrl 5 ipv4_prefix 33\n}", "rrl ipv4_prefix \"33\": want a number from 0 to 32", nil},
+		{"rrl ipv6_prefix too long", "deviceid {\nrrl 5 ipv6_prefix 129\n}", "rrl ipv6_prefix \"129\": want a number from 0 to 128", nil},
+		{"rrl table_size too small", "deviceid {\nrrl 5 table_size 8\n}", "rrl table_size \"8\": want a number from 16 to 16777216", nil},
+		{"rrl table_size too large", "deviceid {\nrrl 5 table_size 16777217\n}", "from 16 to 16777216", nil},
+		{"rrl unknown setting", "deviceid {\nrrl 5 burst 10\n}", "rrl: unknown setting 'burst'", nil},
+		{"rrl exempt empty", "deviceid {\nrrl 5 exempt\n}", "rrl exempt: name the prefixes not limited, or none", nil},
+		{"rrl exempt empty before a setting", "deviceid {\nrrl 5 exempt slip 1\n}", "rrl exempt: name the prefixes", nil},
+		{"rrl exempt not an address", "deviceid {\nrrl 5 exempt 300.1.2.3\n}", "rrl exempt \"300.1.2.3\" is not an address or a prefix", nil},
+		{"rrl exempt with a zone", "deviceid {\nrrl 5 exempt fe80::1%eth0\n}", "is not an address or a prefix", nil},
+		{"rrl exempt short mapped prefix", "deviceid {\nrrl 5 exempt ::ffff:0:0/80\n}", "is not an address or a prefix", nil},
 		{"key file without name", "deviceid {\nkey file\n}", "key file NAME", nil},
 		{"ns not fqdn", "deviceid {\nns ns1.iot.example\n}", "not a fully qualified", nil},
 		{"ns missing", "deviceid {\nns\n}", "Wrong argument count", nil},

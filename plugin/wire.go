@@ -98,7 +98,10 @@ func (p *packet) release() {
 // other plugin wraps the writer, or only *prometheus* (which needs the RCODE and the
 // size, both set here), the bytes go out as they are; otherwise they are unpacked and
 // written as a message, so that plugins such as log and cache see the answer as usual.
-func (p *packet) finish(w dns.ResponseWriter, state request.Request) error {
+// An answer larger than the client's buffer (over UDP at most max_udp_size, which
+// ServeDNS has set in the query's OPT) goes out with TC and no records: a partial
+// RRset would be of no use, and a retry over TCP gets the whole answer.
+func (p *packet) finish(w dns.ResponseWriter, state request.Request, origin string) error {
 	r := state.Req
 	// OPT: root owner, UDP size, extended RCODE 0, version 0, the DO and CO flags of the
 	// query, no options: 11 bytes.
@@ -107,8 +110,9 @@ func (p *packet) finish(w dns.ResponseWriter, state request.Request) error {
 	if o != nil {
 		optLen = 11
 	}
-	if len(p.buf)+optLen > state.Size() { // the client's buffer; TCP: 64 KiB
+	if len(p.buf)+optLen > state.Size() { // UDP: the client's buffer, at most ours; TCP: 64 KiB
 		p.truncate()
+		udpTruncated.WithLabelValues(origin).Inc()
 	}
 	flags := uint16(1<<15|uint16(r.Opcode)<<11|1<<10) | uint16(p.rcode&0xF) // QR, opcode, AA, RCODE
 	if p.tc {

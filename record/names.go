@@ -21,7 +21,10 @@ const MaxNameLength = 253
 // one or more dot-separated labels of 1 to 63 characters of a-z, 0-9 and '-', not
 // starting or ending with '-'.
 func DeviceName(name string) (string, error) {
-	name = strings.ToLower(name)
+	name, err := lowerASCII(name)
+	if err != nil {
+		return "", fmt.Errorf("device name: %w", err)
+	}
 	if name == "" {
 		return "", errors.New("device name is empty")
 	}
@@ -31,6 +34,18 @@ func DeviceName(name string) (string, error) {
 		}
 	}
 	return name, nil
+}
+
+// lowerASCII folds A-Z to a-z and refuses any other byte outside ASCII first:
+// strings.ToLower folds some non-ASCII letters to ASCII ones (the Kelvin sign U+212A to
+// 'k'), which would make two different names a client gives one device.
+func lowerASCII(name string) (string, error) {
+	for i := 0; i < len(name); i++ {
+		if name[i] >= 0x80 {
+			return "", fmt.Errorf("%q has a character outside ASCII; only a-z, 0-9, '-' and '.' are allowed", name)
+		}
+	}
+	return strings.ToLower(name), nil
 }
 
 func checkLabel(label string) error {
@@ -123,7 +138,10 @@ func ServiceKey(prefix, zone, service string) string {
 // leading zeros, host one or more labels as in a device name. The host's labels have no
 // '_', so a service never collides with _device names.
 func ServiceName(name string) (string, error) {
-	name = strings.ToLower(name)
+	name, err := lowerASCII(name)
+	if err != nil {
+		return "", fmt.Errorf("service name: %w", err)
+	}
 	port, rest, ok := strings.Cut(name, ".")
 	proto, host, ok2 := strings.Cut(rest, ".")
 	if !ok || !ok2 || !strings.HasPrefix(port, "_") || (proto != "_tcp" && proto != "_udp") {

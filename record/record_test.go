@@ -200,6 +200,32 @@ func TestRenderUntil(t *testing.T) {
 	}
 }
 
+// An IEEE 802.1AR certificate that never expires (99991231235959Z) is published as
+// long as it is stored: its not_after is past what UnixNano can hold.
+func TestRenderNeverExpires(t *testing.T) {
+	_, issue := testCA(t)
+	forever := time.Date(9999, 12, 31, 23, 59, 59, 0, time.UTC)
+	d, err := ParseDevice([]byte(`{"version": 1, "credentials": [{"cert": "` + b64(issue(forever)) + `", "status": "active"}]}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !d.Credentials[0].NotAfter.Equal(forever) {
+		t.Fatalf("not_after %v, want %v", d.Credentials[0].NotAfter, forever)
+	}
+	if n := len(d.TLSA("a.", 60, now, RenderOptions{RevokedUsage: 255, Discovery: true})); n != 2 {
+		t.Errorf("%d records for a certificate valid until 9999, want 2", n)
+	}
+	if n := len(d.TLSA("a.", 60, time.Date(2263, 1, 1, 0, 0, 0, 0, time.UTC), RenderOptions{RevokedUsage: 255})); n != 1 {
+		t.Errorf("%d records in 2263, want 1", n)
+	}
+}
+
+func TestServiceNameASCII(t *testing.T) {
+	if _, err := ServiceName("_8883._tcp.\u212aettle"); err == nil || !strings.Contains(err.Error(), "outside ASCII") {
+		t.Errorf("ServiceName with a Kelvin sign: %v", err)
+	}
+}
+
 func TestDeviceName(t *testing.T) {
 	tests := []struct{ in, want, err string }{
 		{"sensor7", "sensor7", ""},
@@ -212,7 +238,9 @@ func TestDeviceName(t *testing.T) {
 		{"a..b", "", "empty label"},
 		{"a.", "", "empty label"},
 		{"a_b", "", "only a-z"},
-		{"ü", "", "only a-z"},
+		{"ü", "", "outside ASCII"},
+		{"\u212aelvin", "", "outside ASCII"}, // the Kelvin sign, which strings.ToLower folds to 'k'
+		{"sensor\u0130", "", "outside ASCII"},
 		{"a b", "", "only a-z"},
 		{strings.Repeat("a", 64), "", "longer than 63"},
 	}

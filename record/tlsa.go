@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
+	"math"
 	"time"
 
 	"github.com/miekg/dns"
@@ -97,7 +98,7 @@ func (d *Device) Render(ttl uint32, now time.Time, opt RenderOptions) []Publishe
 		default:
 			var until int64
 			if c.NotAfter != nil {
-				until = c.NotAfter.UnixNano()
+				until = unixNano(*c.NotAfter)
 			}
 			add(UsageDANEEE, SelectorSPKI, MatchingSHA256, sha256Of(c.SPKI), until)
 			if opt.Discovery && c.Cert != nil {
@@ -106,6 +107,19 @@ func (d *Device) Render(ttl uint32, now time.Time, opt RenderOptions) []Publishe
 		}
 	}
 	return pub
+}
+
+// maxUnixNano is the last instant UnixNano can represent (in the year 2262).
+var maxUnixNano = time.Unix(0, math.MaxInt64)
+
+// unixNano is t.UnixNano, held at its largest value for later times: IEEE 802.1AR
+// device certificates that never expire say 99991231235959Z, whose UnixNano would
+// overflow and make the credential look expired.
+func unixNano(t time.Time) int64 {
+	if t.After(maxUnixNano) {
+		return math.MaxInt64
+	}
+	return t.UnixNano()
 }
 
 func sha256Of(b []byte) []byte {

@@ -71,7 +71,7 @@ done
 bin/deviceid-mqtt -listen 127.0.0.1:8883 -cert .deviceid-dev/broker.pem -key .deviceid-dev/broker-key.pem \
   -ds .deviceid-dev/ds.txt -server 127.0.0.1:1053 &
 pids+=($!)
-bin/deviceid-device -name thermo-sim -code "$(cat .deviceid-dev/thermo-sim.code)" -state .deviceid-dev/thermo-sim \
+bin/deviceid-device -name thermo-sim -code-file .deviceid-dev/thermo-sim.code -state .deviceid-dev/thermo-sim \
   -broker 127.0.0.1:8883 -broker-name mqtt.demo.iot.example:8883 -signer-ca .deviceid-dev/ca.pem \
   -ds .deviceid-dev/ds.txt -server 127.0.0.1:1053 &
 pids+=($!)

@@ -7,6 +7,9 @@ type Actor struct {
 	ID       string // "operator", "token:<id>", "cert:<subject>", "device:<name>", "cli:<user>"
 	Tenant   string // the tenant an actor acts for; "" for the operator and devices
 	Operator bool   // sees and changes everything, tenants included
+	// byCertificate: a client certificate authenticated the actor, a credential a
+	// browser sends on its own (a bearer token it never does).
+	byCertificate bool
 }
 
 // OperatorActor is the registry operator known by name (the admin token, the CLI on

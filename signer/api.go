@@ -76,6 +76,7 @@ func secureHeaders(next http.Handler) http.Handler {
 		h.Set("X-Frame-Options", "DENY")
 		h.Set("Referrer-Policy", "no-referrer")
 		h.Set("Cache-Control", "no-store")
+		h.Set("Strict-Transport-Security", "max-age=31536000") // served over HTTPS only
 		next.ServeHTTP(w, r)
 	})
 }
@@ -100,9 +101,12 @@ func (a *API) authenticate(rt route) http.Handler {
 			writeError(w, http.StatusForbidden, errors.New("only the registry operator may do this"))
 			return
 		}
-		if r.Method == http.MethodPost || r.Method == http.MethodPut {
-			if ct, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type")); ct != "application/json" && r.ContentLength != 0 {
-				writeError(w, http.StatusUnsupportedMediaType, errors.New("the body must be JSON (Content-Type: application/json)"))
+		if r.Method != http.MethodGet && r.Method != http.MethodHead {
+			// An empty body needs the header too when a client certificate authenticated
+			// the request: a browser sends the certificate to any site's form.
+			ct, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type"))
+			if ct != "application/json" && (r.ContentLength != 0 || actor.byCertificate) {
+				writeError(w, http.StatusUnsupportedMediaType, errors.New("the request must be JSON (Content-Type: application/json), even with an empty body when authenticated by a client certificate"))
 				return
 			}
 		}
@@ -137,7 +141,9 @@ func (a *API) actor(ctx context.Context, r *http.Request) (Actor, int, error) {
 		cert := r.TLS.PeerCertificates[0]
 		subject := "cert:" + cert.Subject.String()
 		if verified(a.AdminCAs, r.TLS.PeerCertificates) {
-			return OperatorActor(subject), 0, nil
+			actor := OperatorActor(subject)
+			actor.byCertificate = true
+			return actor, 0, nil
 		}
 		if verified(a.TenantCAs, r.TLS.PeerCertificates) && len(cert.Subject.Organization) == 1 {
 			tenant := cert.Subject.Organization[0]
@@ -147,7 +153,7 @@ func (a *API) actor(ctx context.Context, r *http.Request) (Actor, int, error) {
 				}
 				return Actor{}, http.StatusUnauthorized, fmt.Errorf("the client certificate's organization names no tenant: %w", err)
 			}
-			return Actor{ID: subject, Tenant: tenant}, 0, nil
+			return Actor{ID: subject, Tenant: tenant, byCertificate: true}, 0, nil
 		}
 	}
 	return Actor{}, http.StatusUnauthorized, errors.New("missing or wrong bearer token, and no admin or tenant client certificate")

@@ -66,14 +66,44 @@ func (e *AuditEntry) concerns(tenant string) bool {
 }
 
 // auditOp is the put of one audit entry. Its key sorts by time: P/_signer/<zone>/audit/
-// <unix nanoseconds, 19 digits>-<random>, so that retention deletes a range.
+// <unix nanoseconds, 19 digits>-<random>-<owner>, so that retention by age deletes a
+// range, and retention by count keeps each owner's newest entries.
 func (r *Registry) auditOp(e AuditEntry) clientv3.Op {
 	e.Time = r.now().UTC()
 	var rnd [4]byte
 	rand.Read(rnd[:])
-	e.ID = fmt.Sprintf("%019d-%s", e.Time.UnixNano(), hex.EncodeToString(rnd[:]))
+	e.ID = fmt.Sprintf("%019d-%s-%s", e.Time.UnixNano(), hex.EncodeToString(rnd[:]), e.owner())
 	b, _ := json.Marshal(e)
 	return clientv3.OpPut(r.signerKey(kindAudit, e.ID), string(b))
+}
+
+// operatorOwner owns the entries of no tenant; no tenant can be named so.
+const operatorOwner = "_"
+
+// owner is whose share of the trail an entry counts against: the tenant that acted,
+// else the tenant whose device or record changed, else the operator's. One tenant's
+// writes then never push another's entries out of the trail.
+func (e *AuditEntry) owner() string {
+	switch {
+	case e.ActorTenant != "":
+		return e.ActorTenant
+	case e.After != nil && e.After.Tenant != "":
+		return e.After.Tenant
+	case e.Before != nil && e.Before.Tenant != "":
+		return e.Before.Tenant
+	case e.Tenant != "":
+		return e.Tenant
+	}
+	return operatorOwner
+}
+
+// ownerOfID is the owner an entry's ID names (the operator's for IDs from before
+// owners were named).
+func ownerOfID(id string) string {
+	if parts := strings.SplitN(id, "-", 3); len(parts) == 3 {
+		return parts[2]
+	}
+	return operatorOwner
 }
 
 // AuditFilter selects audit entries; empty fields select all.
@@ -134,21 +164,28 @@ func (f *AuditFilter) matches(e *AuditEntry) bool {
 		(f.Operation == "" || e.Operation == f.Operation) && (f.Actor == "" || e.Actor == f.Actor)
 }
 
-// Retention bounds the audit trail: entries older than MaxAge, and the oldest beyond
-// MaxCount, are deleted by CompactAudit. Zero values keep everything.
+// Retention bounds the audit trail: entries older than MaxAge, and each owner's
+// oldest beyond MaxCount (a tenant's, and the operator's), are deleted by
+// CompactAudit. Zero values keep everything.
 type Retention struct {
 	MaxAge   time.Duration
 	MaxCount int
 }
 
-// DefaultRetention keeps a year of changes and at most a million entries (about
-// 400 MB in etcd, whose default quota is 2 GiB).
-var DefaultRetention = Retention{MaxAge: 365 * 24 * time.Hour, MaxCount: 1_000_000}
+// DefaultRetention keeps a year of changes and at most 100,000 entries per tenant
+// (about 40 MB in etcd, whose default quota is 2 GiB, per tenant).
+var DefaultRetention = Retention{MaxAge: 365 * 24 * time.Hour, MaxCount: 100_000}
+
+// compactPage is how many keys retention reads at once, and compactBatch how many it
+// deletes in one transaction (etcd's default limit of operations per transaction).
+const (
+	compactPage  = 10_000
+	compactBatch = 128
+)
 
 // CompactAudit deletes the entries the retention no longer keeps and returns how many.
 func (r *Registry) CompactAudit(ctx context.Context, keep Retention) (int64, error) {
 	prefix := r.signerKey(kindAudit, "")
-	end := clientv3.GetPrefixRangeEnd(prefix)
 	var deleted int64
 	if keep.MaxAge > 0 {
 		cutoff := prefix + fmt.Sprintf("%019d", r.now().Add(-keep.MaxAge).UnixNano())
@@ -159,22 +196,54 @@ func (r *Registry) CompactAudit(ctx context.Context, keep Retention) (int64, err
 		deleted += resp.Deleted
 	}
 	if keep.MaxCount > 0 {
-		count, err := r.Client.Get(ctx, prefix, clientv3.WithRange(end), clientv3.WithCountOnly())
+		n, err := r.compactCount(ctx, prefix, keep.MaxCount)
+		deleted += n
 		if err != nil {
 			return deleted, err
 		}
-		if extra := count.Count - int64(keep.MaxCount); extra > 0 {
-			oldest, err := r.Client.Get(ctx, prefix, clientv3.WithRange(end), clientv3.WithKeysOnly(), clientv3.WithLimit(extra))
-			if err != nil || len(oldest.Kvs) == 0 {
-				return deleted, err
-			}
-			last := string(oldest.Kvs[len(oldest.Kvs)-1].Key)
-			resp, err := r.Client.Delete(ctx, prefix, clientv3.WithRange(last+"\x00"))
-			if err != nil {
-				return deleted, err
-			}
-			deleted += resp.Deleted
-		}
 	}
 	return deleted, nil
+}
+
+// compactCount walks the trail's keys from the newest, counting each owner's entries,
+// and deletes those past an owner's newest keep. It holds one page of keys and a count
+// per owner.
+func (r *Registry) compactCount(ctx context.Context, prefix string, keep int) (int64, error) {
+	counts := map[string]int{}
+	var deleted int64
+	var doomed []clientv3.Op
+	flush := func() error {
+		if len(doomed) == 0 {
+			return nil
+		}
+		if _, err := r.Client.Txn(ctx).Then(doomed...).Commit(); err != nil {
+			return err
+		}
+		deleted += int64(len(doomed))
+		doomed = doomed[:0]
+		return nil
+	}
+	end := clientv3.GetPrefixRangeEnd(prefix)
+	for {
+		resp, err := r.Client.Get(ctx, prefix, clientv3.WithRange(end), clientv3.WithKeysOnly(),
+			clientv3.WithSort(clientv3.SortByKey, clientv3.SortDescend), clientv3.WithLimit(compactPage))
+		if err != nil {
+			return deleted, err
+		}
+		for _, kv := range resp.Kvs {
+			owner := ownerOfID(strings.TrimPrefix(string(kv.Key), prefix))
+			if counts[owner]++; counts[owner] > keep {
+				doomed = append(doomed, clientv3.OpDelete(string(kv.Key)))
+				if len(doomed) == compactBatch {
+					if err := flush(); err != nil {
+						return deleted, err
+					}
+				}
+			}
+		}
+		if !resp.More || len(resp.Kvs) == 0 {
+			return deleted, flush()
+		}
+		end = string(resp.Kvs[len(resp.Kvs)-1].Key) // the next page: keys before this one
+	}
 }

@@ -38,7 +38,8 @@ func (r *Registry) codeKey(device string) string { return r.signerKey(kindCode, 
 // IssueCode makes a one-time enrollment code for device, replacing any earlier one,
 // and registers the device first when it is not there (for the actor's tenant, or
 // for tenant when the operator asks). It returns the code, which is stored only as a
-// hash with an etcd lease that ends with its lifetime.
+// hash with an etcd lease that ends with its lifetime (granted only once the request
+// has passed its checks).
 func (r *Registry) IssueCode(ctx context.Context, actor Actor, device, tenant string, lifetime time.Duration) (string, time.Time, error) {
 	owner, err := ownerFor(actor, tenant)
 	if err != nil {
@@ -48,17 +49,20 @@ func (r *Registry) IssueCode(ctx context.Context, actor Actor, device, tenant st
 	if err != nil {
 		return "", time.Time{}, err
 	}
-	lease, err := r.Client.Grant(clientv3.WithRequireLeader(ctx), int64(lifetime/time.Second)+1)
+	name, err := record.DeviceName(device)
 	if err != nil {
-		return "", time.Time{}, unavailable(err, true)
+		return "", time.Time{}, invalid(err)
 	}
 	_, err = r.update(ctx, write{actor: actor, operation: "device.code", device: device, owner: owner,
 		change: func(d *record.Device, _ [][]byte) (*record.Device, []clientv3.Op, error) {
 			if d == nil {
 				d = &record.Device{Version: record.Version, Tenant: owner}
 			}
-			name, _ := record.DeviceName(device)
-			return d, []clientv3.Op{clientv3.OpPut(r.codeKey(name), value, clientv3.WithLease(lease.ID))}, nil
+			return d, nil, nil
+		},
+		lease: lifetime,
+		leased: func(lease clientv3.LeaseID) []clientv3.Op {
+			return []clientv3.Op{clientv3.OpPut(r.codeKey(name), value, clientv3.WithLease(lease))}
 		}})
 	if err != nil {
 		return "", time.Time{}, err

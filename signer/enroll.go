@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
+	"slices"
 	"time"
 
 	"github.com/deviceid/deviceid/record"
@@ -96,6 +97,20 @@ func (e *Enroller) Enroll(ctx context.Context, req Enrollment) (Enrolled, error)
 	if req.Code != "" {
 		side = []string{e.Registry.codeKey(device)}
 	}
+	// A device enrolling itself (by code or certificate) must belong to an enabled
+	// tenant: the tenant's record is read and compared with the device's.
+	byDevice := req.Code != "" || req.Current != nil
+	tenantAt, tenant := -1, ""
+	if byDevice {
+		d, _, err := e.Registry.get(ctx, record.DeviceKey(e.Registry.Prefix, e.Registry.Zone, device))
+		if err != nil {
+			return Enrolled{}, unavailable(err, false)
+		}
+		if d != nil && d.Tenant != "" {
+			tenant, tenantAt = d.Tenant, len(side)
+			side = append(side, e.Registry.signerKey(kindTenant, tenant))
+		}
+	}
 	actor := req.Actor
 	if actor.ID == "" {
 		if req.Code == "" && req.Current == nil {
@@ -145,6 +160,11 @@ func (e *Enroller) Enroll(ctx context.Context, req Enrollment) (Enrolled, error)
 			if req.Current != nil && !activeCert(d, req.Current.Raw) {
 				return nil, nil, ErrNotActive
 			}
+			if byDevice {
+				if err := deviceMayEnroll(d, tenant, tenantAt, side); err != nil {
+					return nil, nil, err
+				}
+			}
 			if d == nil {
 				d = &record.Device{Version: record.Version, Tenant: owner}
 			}
@@ -190,13 +210,14 @@ func (e *Enroller) Enroll(ctx context.Context, req Enrollment) (Enrolled, error)
 						return nil, nil, invalid(err)
 					}
 				}
-				cred = record.Credential{Cert: issued.Raw, Status: record.StatusActive}
+				notAfter := issued.NotAfter
+				cred = record.Credential{Cert: issued.Raw, SPKI: issued.RawSubjectPublicKeyInfo, NotAfter: &notAfter, Status: record.StatusActive}
 				out.Cert = issued
 			}
-			if len(d.Credentials) >= record.MaxCredentials {
-				return nil, nil, invalid(fmt.Errorf("the device has %d credentials already, the most a record holds", len(d.Credentials)))
-			}
 			d.Credentials = append(d.Credentials, cred)
+			if err := makeRoom(d, now); err != nil {
+				return nil, nil, err
+			}
 			return d, ops, nil
 		}})
 	if err != nil {
@@ -269,4 +290,69 @@ func retire(d *record.Device, supersede [][]byte, keep []byte, now time.Time) {
 			}
 		}
 	}
+}
+
+// deviceMayEnroll refuses a device's own enrollment when it is suspended, or when its
+// tenant (read as side[tenantAt]) is disabled or is no longer the device's.
+func deviceMayEnroll(d *record.Device, tenant string, tenantAt int, side [][]byte) error {
+	if d.Suspended() {
+		return fmt.Errorf("%w: the device is suspended", ErrForbidden)
+	}
+	if d.Tenant != tenant {
+		return fmt.Errorf("%w: the device changed tenant meanwhile; try again", ErrConflict)
+	}
+	if tenantAt >= 0 {
+		if err := enabledTenant(tenant, side[tenantAt]); err != nil {
+			return fmt.Errorf("%w: %w", ErrForbidden, err)
+		}
+	}
+	return nil
+}
+
+// makeRoom keeps a device's record within what a record holds (record.MaxCredentials,
+// record.MaxRecordSize) after a credential was added last, with room left to revoke
+// every key: it drops expired credentials first, then the revoked ones revoked
+// longest ago, never an active one. Dropping either publishes nothing new: a key
+// without a record is not trusted.
+func makeRoom(d *record.Device, now time.Time) error {
+	for {
+		if len(d.Credentials) <= record.MaxCredentials {
+			all := d.Clone()
+			for i := range all.Credentials {
+				revoke(&all.Credentials[i], "cessationOfOperation", now) // the longest reason
+			}
+			b, err := json.Marshal(all)
+			if err != nil {
+				return err
+			}
+			if len(b) <= record.MaxRecordSize {
+				return nil
+			}
+		}
+		drop := -1
+		for i, c := range d.Credentials[:len(d.Credentials)-1] {
+			if c.NotAfter != nil && !now.Before(*c.NotAfter) && (drop < 0 || c.NotAfter.Before(*d.Credentials[drop].NotAfter)) {
+				drop = i
+			}
+		}
+		if drop < 0 {
+			for i, c := range d.Credentials[:len(d.Credentials)-1] {
+				if c.Status == record.StatusRevoked && (drop < 0 || revokedBefore(c, d.Credentials[drop])) {
+					drop = i
+				}
+			}
+		}
+		if drop < 0 {
+			return fmt.Errorf("%w: the device has %d active keys, as many as its record holds; revoke some first", ErrConflict, len(d.Credentials)-1)
+		}
+		d.Credentials = slices.Delete(d.Credentials, drop, drop+1)
+	}
+}
+
+// revokedBefore orders revoked credentials by when they were revoked (unknown first).
+func revokedBefore(a, b record.Credential) bool {
+	if a.RevokedAt == nil || b.RevokedAt == nil {
+		return a.RevokedAt == nil && b.RevokedAt != nil
+	}
+	return a.RevokedAt.Before(*b.RevokedAt)
 }

@@ -45,10 +45,25 @@ func (e *EST) Handler() http.Handler {
 	if err != nil {
 		panic(err) // only for a configuration without a CA
 	}
+	// Only the operations offered, at their paths without an additional path segment:
+	// the library keeps a CA cache entry per segment and never evicts one, so its
+	// /.well-known/est/{segment}/... routes would let anybody grow the signer's memory.
+	// Anything else under /.well-known/est/ is 404 before the library sees it.
 	mux := http.NewServeMux()
-	mux.Handle("/.well-known/est/", limitBody(router))
+	for _, route := range estRoutes {
+		mux.Handle(route, limitBody(router))
+	}
 	mux.HandleFunc("GET /.well-known/ca/{file}", e.caDiscovery)
 	return mux
+}
+
+// estRoutes are the EST operations the signer offers (RFC 7030 §3.2.2), without the
+// optional additional path segment, which the signer does not use.
+var estRoutes = []string{
+	"GET /.well-known/est/cacerts",
+	"GET /.well-known/est/csrattrs",
+	"POST /.well-known/est/simpleenroll",
+	"POST /.well-known/est/simplereenroll",
 }
 
 // limitBody answers a body over MaxBody with 413 before the EST library reads it (the

@@ -83,11 +83,8 @@ func (r *Registry) SetSuspended(ctx context.Context, actor Actor, device string,
 func (r *Registry) StartTransfer(ctx context.Context, actor Actor, device string, lifetime time.Duration) (string, time.Time, error) {
 	var code string
 	var expires time.Time
-	lease, err := r.Client.Grant(clientv3.WithRequireLeader(ctx), int64(lifetime/time.Second)+1)
-	if err != nil {
-		return "", time.Time{}, unavailable(err, true)
-	}
-	_, err = r.update(ctx, write{actor: actor, operation: "transfer.start", device: device,
+	var value string
+	_, err := r.update(ctx, write{actor: actor, operation: "transfer.start", device: device,
 		change: func(d *record.Device, _ [][]byte) (*record.Device, []clientv3.Op, error) {
 			if d == nil {
 				return nil, nil, ErrNotFound
@@ -95,13 +92,16 @@ func (r *Registry) StartTransfer(ctx context.Context, actor Actor, device string
 			if d.Tenant == "" {
 				return nil, nil, invalid(errors.New("the device belongs to no tenant; register it for one"))
 			}
-			var value string
 			var err error
 			if code, value, expires, err = r.newCode(lifetime, d.Tenant); err != nil {
 				return nil, nil, err
 			}
+			return d, nil, nil
+		},
+		lease: lifetime,
+		leased: func(lease clientv3.LeaseID) []clientv3.Op {
 			name, _ := record.DeviceName(device)
-			return d, []clientv3.Op{clientv3.OpPut(r.signerKey(kindTransfer, name), value, clientv3.WithLease(lease.ID))}, nil
+			return []clientv3.Op{clientv3.OpPut(r.signerKey(kindTransfer, name), value, clientv3.WithLease(lease))}
 		}})
 	if err != nil {
 		return "", time.Time{}, err

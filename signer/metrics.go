@@ -42,3 +42,10 @@ var (
 		Help:      "Counter of refused EST and admin API requests, by HTTP status.",
 	}, []string{"status"})
 )
+
+var rateLimited = promauto.NewCounter(prometheus.CounterOpts{
+	Namespace: "deviceid",
+	Subsystem: "signer",
+	Name:      "rate_limited_total",
+	Help:      "Counter of requests answered 429 because their client address had too many refused requests.",
+})

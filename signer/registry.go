@@ -151,6 +151,10 @@ type write struct {
 	detail       string // for the audit trail: the reason of a revocation, the key, ...
 	// service: device names a service (_8883._tcp.mqtt.acme) whose record is changed.
 	service bool
+	// lease, when set, is the lifetime of an etcd lease granted once the change has
+	// passed every check, for the puts leased returns: a refused request grants none.
+	lease  time.Duration
+	leased func(clientv3.LeaseID) []clientv3.Op
 }
 
 // recordKey checks the name of a device (or a service) and returns its etcd key and
@@ -192,6 +196,13 @@ func (r *Registry) update(ctx context.Context, w write) (*record.Device, error) 
 	// quorum loss nothing is proposed, so nothing is applied when quorum returns.
 	ctx = clientv3.WithRequireLeader(ctx)
 	keys := append([]string{key}, w.side...)
+	// The devices above a multi-label name are read and compared too: a name below
+	// another tenant's device is refused (check).
+	ancestorsAt := len(keys)
+	if !w.service {
+		keys = append(keys, r.ancestorKeys(device)...)
+	}
+	ancestorsEnd := len(keys)
 	ownerAt := -1
 	if w.owner != "" {
 		ownerAt = len(keys)
@@ -211,6 +222,8 @@ func (r *Registry) update(ctx context.Context, w write) (*record.Device, error) 
 		}
 	}
 	guessed := w.assumeAbsent // the last attempt failed on a guess, not a race
+	var lease *clientv3.LeaseGrantResponse
+	written := false
 	for attempt := range maxAttempts {
 		onGuess := attempt == 0 && w.assumeAbsent
 		if attempt > 0 && guessed {
@@ -243,6 +256,9 @@ func (r *Registry) update(ctx context.Context, w write) (*record.Device, error) 
 		if err == nil && updated != nil {
 			err = w.check(before, updated, snap.values, ownerAt)
 		}
+		if err == nil && updated != nil && before == nil {
+			err = w.checkAncestors(updated, snap.values[ancestorsAt:ancestorsEnd])
+		}
 		if err != nil && onGuess {
 			// Refused on a guess (the tenant's record is there, just not read): read.
 			if snap, err = r.read(ctx, keys); err != nil {
@@ -265,7 +281,11 @@ func (r *Registry) update(ctx context.Context, w write) (*record.Device, error) 
 			if err != nil {
 				return nil, err
 			}
-			if bytes.Equal(snap.values[0], after) && len(ops) == 0 {
+			// Never write what could not be read back: DNS would drop the record.
+			if len(after) > record.MaxRecordSize {
+				return nil, fmt.Errorf("%w: the record would be %d bytes, more than the %d a record holds; revoke or delete old keys", ErrConflict, len(after), record.MaxRecordSize)
+			}
+			if bytes.Equal(snap.values[0], after) && len(ops) == 0 && w.leased == nil {
 				return updated, nil // idempotent: nothing to write
 			}
 			op = clientv3.OpPut(keys[0], string(after))
@@ -279,6 +299,21 @@ func (r *Registry) update(ctx context.Context, w write) (*record.Device, error) 
 			ops = append(ops, r.indexOps(device, before, updated)...)
 		}
 		ops = append(ops, r.auditOp(entry))
+		if w.leased != nil {
+			if lease == nil {
+				if lease, err = r.Client.Grant(ctx, int64(w.lease/time.Second)+1); err != nil {
+					return nil, unavailable(err, true)
+				}
+				defer func() {
+					if !written { // a lease granted for nothing would live out its TTL
+						rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+						r.Client.Revoke(rctx, lease.ID)
+						cancel()
+					}
+				}()
+			}
+			ops = append(ops, w.leased(lease.ID)...)
+		}
 		cmps := make([]clientv3.Cmp, len(keys))
 		elses := make([]clientv3.Op, len(keys))
 		for i, k := range keys {
@@ -292,6 +327,7 @@ func (r *Registry) update(ctx context.Context, w write) (*record.Device, error) 
 			return nil, unavailable(err, true)
 		}
 		if resp.Succeeded {
+			written = true
 			if ownerAt >= 0 && snap.values[ownerAt] != nil {
 				r.tenantsSeen.Store(keys[ownerAt], seenKey{snap.values[ownerAt], snap.revs[ownerAt]})
 			}
@@ -322,6 +358,48 @@ func (w *write) check(before, updated *record.Device, values [][]byte, ownerAt i
 		return fmt.Errorf("%w: a tenant cannot give a device to another tenant; start a transfer", ErrForbidden)
 	}
 	return nil
+}
+
+// ancestorKeys are the record keys of the devices above a multi-label device name:
+// c.b.a → b.a, a.
+func (r *Registry) ancestorKeys(device string) []string {
+	var keys []string
+	for rest := device; ; {
+		_, parent, ok := strings.Cut(rest, ".")
+		if !ok {
+			return keys
+		}
+		keys = append(keys, record.DeviceKey(r.Prefix, r.Zone, parent))
+		rest = parent
+	}
+}
+
+// checkAncestors refuses to create a device below another tenant's device: its name
+// would sit in the other tenant's part of the zone (x.sensor7 below sensor7). The
+// operator may.
+func (w *write) checkAncestors(updated *record.Device, ancestors [][]byte) error {
+	if w.actor.Operator {
+		return nil
+	}
+	for _, v := range ancestors {
+		if v == nil {
+			continue
+		}
+		if tenant := storedTenant(v); tenant != updated.Tenant {
+			return fmt.Errorf("%w: the name is below a device of another tenant", ErrConflict)
+		}
+	}
+	return nil
+}
+
+// storedTenant reads the tenant of a stored record, even of one that is invalid
+// otherwise ("" when it has none or is not JSON).
+func storedTenant(value []byte) string {
+	var d struct {
+		Tenant string `json:"tenant"`
+	}
+	json.Unmarshal(value, &d)
+	return d.Tenant
 }
 
 // unavailable says what a failed etcd request means for the caller: with no leader
@@ -467,13 +545,25 @@ func (r *Registry) Delete(ctx context.Context, actor Actor, device string) error
 
 // deleteInvalid removes a record that does not parse, with its audit entry.
 func (r *Registry) deleteInvalid(ctx context.Context, actor Actor, device, key string) error {
-	resp, err := r.Client.Txn(clientv3.WithRequireLeader(ctx)).Then(clientv3.OpDelete(key),
-		r.auditOp(AuditEntry{Actor: actor.ID, Operation: "device.delete", Device: device, Detail: "invalid record"})).Commit()
+	got, err := r.Client.Get(ctx, key)
+	if err != nil {
+		return unavailable(err, false)
+	}
+	if len(got.Kvs) == 0 {
+		return ErrNotFound
+	}
+	ops := []clientv3.Op{clientv3.OpDelete(key), clientv3.OpDelete(r.codeKey(device)), clientv3.OpDelete(r.signerKey(kindTransfer, device)),
+		r.auditOp(AuditEntry{Actor: actor.ID, Operation: "device.delete", Device: device, Detail: "invalid record"})}
+	if tenant := storedTenant(got.Kvs[0].Value); tenant != "" {
+		ops = append(ops, clientv3.OpDelete(r.indexKey(tenant, device)))
+	}
+	resp, err := r.Client.Txn(clientv3.WithRequireLeader(ctx)).
+		If(clientv3.Compare(clientv3.ModRevision(key), "=", got.Kvs[0].ModRevision)).Then(ops...).Commit()
 	if err != nil {
 		return unavailable(err, true)
 	}
-	if resp.Responses[0].GetResponseDeleteRange().Deleted == 0 {
-		return ErrNotFound
+	if !resp.Succeeded {
+		return errConflicted
 	}
 	return nil
 }

@@ -56,7 +56,7 @@ func BenchmarkBrokerConnect(b *testing.B) {
 				b.Cleanup(cancel)
 				key := mustKey()
 				der, _ := st.brokerCA.IssueServer(brokerHost, key.Public(), time.Now().AddDate(1, 0, 0))
-				pb, err := mqttbroker.Start(ctx, mqttbroker.Config{Listen: "127.0.0.1:0", ClientCAs: pool,
+				pb, err := mqttbroker.Start(ctx, mqttbroker.Config{Listen: "127.0.0.1:0", ClientCAs: pool, Zone: zone,
 					Certificate: tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}})
 				if err != nil {
 					b.Fatal(err)

@@ -63,6 +63,12 @@ func serveSigner(t testing.TB, ca *signer.CA, caFile string, settings etcdclient
 // serveSignerDNS is serveSigner with the CoreDNS the console and API ask.
 func serveSignerDNS(t testing.TB, ca *signer.CA, caFile string, settings etcdclient.Settings, dnsAddr string) *signerServer {
 	t.Helper()
+	return serveSignerWith(t, ca, caFile, settings, func(s *signer.Server) { s.DNS = dnsAddr })
+}
+
+// serveSignerWith is serveSigner with settings of the server changed by configure.
+func serveSignerWith(t testing.TB, ca *signer.CA, caFile string, settings etcdclient.Settings, configure func(*signer.Server)) *signerServer {
+	t.Helper()
 	cli, err := settings.New()
 	if err != nil {
 		t.Fatal(err)
@@ -80,7 +86,9 @@ func serveSignerDNS(t testing.TB, ca *signer.CA, caFile string, settings etcdcli
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := &http.Server{Handler: (&signer.Server{CA: ca, Registry: reg, Token: adminToken, Etcd: settings, DNS: dnsAddr}).Handler(), TLSConfig: signer.TLSConfig(cert)}
+	server := &signer.Server{CA: ca, Registry: reg, Token: adminToken, Etcd: settings}
+	configure(server)
+	srv, ln := server.HTTPServer(ln, cert, nil)
 	go srv.ServeTLS(ln, "", "")
 	t.Cleanup(func() { srv.Close() })
 	pool := x509.NewCertPool()

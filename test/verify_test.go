@@ -204,17 +204,7 @@ func TestVerifyRevocationWithinTTL(t *testing.T) {
 // vouch for a key or to deny one.
 func tamperingProxy(t testing.TB, upstream string) string {
 	t.Helper()
-	port := dnsPort(t)
-	addr := fmt.Sprintf("127.0.0.1:%d", port)
-	handler := dns.HandlerFunc(func(w dns.ResponseWriter, r *dns.Msg) {
-		network := "udp"
-		if _, ok := w.RemoteAddr().(*net.TCPAddr); ok {
-			network = "tcp"
-		}
-		resp, _, err := (&dns.Client{Net: network}).Exchange(r, upstream)
-		if err != nil {
-			return
-		}
+	return testenv.RelayDNS(t, upstream, func(resp *dns.Msg) bool {
 		for _, rr := range append(resp.Answer, resp.Ns...) {
 			if sig, ok := rr.(*dns.RRSIG); ok && (sig.TypeCovered == dns.TypeTLSA || sig.TypeCovered == dns.TypeNSEC) {
 				// Another valid base64 character at one place: still a signature of the
@@ -228,17 +218,8 @@ func tamperingProxy(t testing.TB, upstream string) string {
 				sig.Signature = string(b)
 			}
 		}
-		w.WriteMsg(resp)
+		return true
 	})
-	for _, network := range []string{"udp", "tcp"} {
-		srv := &dns.Server{Addr: addr, Net: network, Handler: handler}
-		started := make(chan struct{})
-		srv.NotifyStartedFunc = func() { close(started) }
-		go srv.ListenAndServe()
-		<-started
-		t.Cleanup(func() { srv.Shutdown() })
-	}
-	return addr
 }
 
 // TestVerifyBogusSignature: a TLSA answer whose signature does not verify is refused,

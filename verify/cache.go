@@ -26,22 +26,22 @@ func newLRU(size int) *lru {
 	return &lru{size: size, order: list.New(), names: make(map[string]*list.Element)}
 }
 
-// get returns the records cached for name if they are fresh at now.
-func (c *lru) get(name string, now time.Time) ([]*dns.TLSA, bool) {
+// get returns the records cached for name, and until when, if they are fresh at now.
+func (c *lru) get(name string, now time.Time) ([]*dns.TLSA, time.Time, bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	el, ok := c.names[name]
 	if !ok {
-		return nil, false
+		return nil, time.Time{}, false
 	}
 	e := el.Value.(*entry)
 	if !now.Before(e.expires) {
 		c.order.Remove(el)
 		delete(c.names, name)
-		return nil, false
+		return nil, time.Time{}, false
 	}
 	c.order.MoveToFront(el)
-	return e.tlsa, true
+	return e.tlsa, e.expires, true
 }
 
 // put caches the records of name until expires, dropping the least recently used

@@ -6,7 +6,6 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
-	"net"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -28,12 +27,8 @@ type fakeResolver struct {
 
 func startFakeResolver(t *testing.T) *fakeResolver {
 	t.Helper()
-	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	f := &fakeResolver{addr: pc.LocalAddr().String()}
-	srv := &dns.Server{PacketConn: pc, Handler: dns.HandlerFunc(func(w dns.ResponseWriter, r *dns.Msg) {
+	f := &fakeResolver{}
+	f.addr = testenv.ServeDNS(t, dns.HandlerFunc(func(w dns.ResponseWriter, r *dns.Msg) {
 		f.queries.Add(1)
 		f.mu.Lock()
 		answer := f.answer
@@ -47,12 +42,7 @@ func startFakeResolver(t *testing.T) *fakeResolver {
 		reply.SetReply(r)
 		reply.Rcode = rcode
 		w.WriteMsg(reply)
-	})}
-	started := make(chan struct{})
-	srv.NotifyStartedFunc = func() { close(started) }
-	go srv.ActivateAndServe()
-	<-started
-	t.Cleanup(func() { srv.Shutdown() })
+	}))
 	return f
 }
 

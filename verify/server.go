@@ -67,12 +67,12 @@ func (v *Verifier) VerifyServer(ctx context.Context, host string, port int, chai
 	if len(v.Zones) > 0 && !v.inZones(dns.Fqdn(strings.ToLower(host))) {
 		return Result{Name: name}, fmt.Errorf("%w: %s is under none of the zones %v", ErrNoIdentity, host, v.Zones)
 	}
-	rrs, err := v.lookup(ctx, name)
+	rrs, expires, err := v.lookup(ctx, name)
 	if err != nil {
 		return Result{Name: name}, err
 	}
 	rr, err := v.matchServer(name, strings.TrimSuffix(strings.ToLower(host), "."), chain, rrs)
-	return Result{Name: name, Matched: rr}, err
+	return Result{Name: name, Matched: rr, Expires: expires}, err
 }
 
 func (v *Verifier) inZones(name string) bool {

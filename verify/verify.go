@@ -5,6 +5,15 @@
 // client (a device) uses ClientConfig, and the server's certificate is accepted only if
 // the TLSA RRset at _<port>._tcp.<host> vouches for it (RFC 6698/7671; server.go).
 //
+// How long an answer is trusted: the TTL in a record's header is not signed, so an
+// on-path relay can rewrite it. A cached answer therefore never outlives the least of
+// its TTL, the original TTL its RRSIG carries (signed), the RRSIG's expiration, and
+// MaxTTL (DefaultMaxTTL when 0); a proven absence also at most MaxNegativeTTL. In local
+// validation the RRSIG is the one that verified; trusting a resolver's AD bit, the
+// RRSIGs it returns (the query sets DO) are used when present, and MaxTTL alone bounds
+// an answer without them. A verifier trusts a resolver's AD bit only on loopback
+// unless ResolverTrusted says the path to it is trusted (Check).
+//
 // It lives in its own package, apart from the signer and the plugin, because it is
 // what third parties import into their servers: it depends on neither.
 package verify
@@ -17,6 +26,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"slices"
 	"strings"
@@ -43,8 +53,13 @@ type Verifier struct {
 	// client cannot make the server query arbitrary names), e.g. "iot.example.".
 	Zones []string
 	// Resolver is the address (host:port) of a validating resolver reached over a
-	// trusted path: its AD bit is trusted. Used when TrustAnchor is empty.
+	// trusted path: its AD bit is trusted. Used when TrustAnchor is empty. It must be
+	// on loopback unless ResolverTrusted is set.
 	Resolver string
+	// ResolverTrusted says the path to a Resolver not on loopback is trusted (a
+	// private link, or DNS over TLS terminated on this host): anyone on the path can
+	// set the AD bit of a forged answer.
+	ResolverTrusted bool
 	// TrustAnchor, with Server, makes the verifier validate locally: the DS (or
 	// DNSKEY) records of the zone, and the authoritative server to ask.
 	TrustAnchor []dns.RR
@@ -56,7 +71,12 @@ type Verifier struct {
 	// CacheSize bounds how many names' answers are cached (DefaultCacheSize when 0):
 	// clients presenting certificates with ever new names cannot grow the server.
 	CacheSize int
-	// Now is the clock of the cache (time.Now when nil); tests set it.
+	// MaxTTL caps how long an answer is cached, whatever its TTL and signatures say
+	// (DefaultMaxTTL when 0): the bound of last resort when a resolver returns no
+	// RRSIGs.
+	MaxTTL time.Duration
+	// Now is the clock of the cache and of signature validity (time.Now when nil);
+	// tests set it.
 	Now func() time.Time
 	// Roots are the PKIX trust anchors of server authentication's usages 0 and 1
 	// (PKIX-TA, PKIX-EE), which require PKIX validation too; nil: the system's.
@@ -71,9 +91,53 @@ type Verifier struct {
 // keeps only the records a verifier uses, a few hundred bytes.
 const DefaultCacheSize = 100_000
 
+// DefaultMaxTTL is MaxTTL when unset: an hour, far above the zone's TTL (60 s by
+// default), which with the RRSIG's original TTL is the usual bound.
+const DefaultMaxTTL = time.Hour
+
 // MaxNegativeTTL caps how long a name without TLSA records stays refused from the
 // cache, so a device enrolled right after a refused attempt is accepted soon.
 const MaxNegativeTTL = time.Minute
+
+func (v *Verifier) maxTTL() time.Duration {
+	if v.MaxTTL <= 0 {
+		return DefaultMaxTTL
+	}
+	return v.MaxTTL
+}
+
+// Check reports a configuration that cannot work or must not be trusted: neither
+// trust mode given, or a resolver whose AD bit would be trusted over a path that is
+// not loopback without ResolverTrusted. Lookups refuse such a resolver too; commands
+// call Check at start to say so at once.
+func (v *Verifier) Check() error {
+	if len(v.TrustAnchor) > 0 {
+		if v.Server == "" {
+			return errors.New("verify: local validation (a trust anchor) needs the zone's server")
+		}
+		return nil
+	}
+	if v.Resolver == "" {
+		return errors.New("verify: give a validating resolver, or a trust anchor and a server")
+	}
+	return v.checkResolver()
+}
+
+// checkResolver refuses a resolver off loopback unless its path is declared trusted.
+func (v *Verifier) checkResolver() error {
+	if v.ResolverTrusted {
+		return nil
+	}
+	host, _, err := net.SplitHostPort(v.Resolver)
+	if err != nil {
+		return fmt.Errorf("verify: resolver %q: %v", v.Resolver, err)
+	}
+	if ip := net.ParseIP(host); host == "localhost" || ip != nil && ip.IsLoopback() {
+		return nil
+	}
+	return fmt.Errorf("%w: the resolver %s is not on loopback, and its AD bit is trusted only over a trusted path (ResolverTrusted)",
+		ErrNotValidated, v.Resolver)
+}
 
 func (v *Verifier) now() time.Time {
 	if v.Now != nil {
@@ -137,6 +201,10 @@ func (v *Verifier) timeout() time.Duration {
 type Result struct {
 	Name    string    // the identity name, fully qualified
 	Matched *dns.TLSA // the record that matched (the revoked-status one on ErrRevoked)
+	// Expires is when the answer the verdict came from stops being used (its cache
+	// lifetime): a caller that keeps a verdict, like a broker for a session, must
+	// verify again by then.
+	Expires time.Time
 }
 
 // Verify checks a client's chain (leaf first).
@@ -148,12 +216,12 @@ func (v *Verifier) Verify(ctx context.Context, chain []*x509.Certificate) (Resul
 	if err != nil {
 		return Result{}, err
 	}
-	rrs, err := v.lookup(ctx, name)
+	rrs, expires, err := v.lookup(ctx, name)
 	if err != nil {
 		return Result{Name: name}, err
 	}
 	rr, err := v.match(name, chain, rrs)
-	return Result{Name: name, Matched: rr}, err
+	return Result{Name: name, Matched: rr, Expires: expires}, err
 }
 
 // identity returns the client's _device name in an accepted zone, from its SAN.
@@ -262,12 +330,13 @@ func chainsFor(leaf *x509.Certificate, intermediates []*x509.Certificate, ta *x5
 	return err == nil
 }
 
-// lookup returns the validated TLSA RRset at name (empty when the name has none),
-// from the cache while it is fresh; concurrent lookups of one name share one query.
-func (v *Verifier) lookup(ctx context.Context, name string) ([]*dns.TLSA, error) {
+// lookup returns the validated TLSA RRset at name (empty when the name has none) and
+// when that answer stops being used, from the cache while it is fresh; concurrent
+// lookups of one name share one query.
+func (v *Verifier) lookup(ctx context.Context, name string) ([]*dns.TLSA, time.Time, error) {
 	v.init()
-	if rrs, ok := v.cache.get(name, v.now()); ok {
-		return rrs, nil
+	if rrs, expires, ok := v.cache.get(name, v.now()); ok {
+		return rrs, expires, nil
 	}
 	res, err, _ := v.inflight.Do(name, func() (any, error) {
 		var a answer
@@ -281,15 +350,17 @@ func (v *Verifier) lookup(ctx context.Context, name string) ([]*dns.TLSA, error)
 			return nil, err
 		}
 		rrs := v.usable(a.tlsa)
+		e := entry{tlsa: rrs, expires: v.now().Add(a.ttl)}
 		if a.ttl > 0 {
-			v.cache.put(name, rrs, v.now().Add(a.ttl))
+			v.cache.put(name, rrs, e.expires)
 		}
-		return rrs, nil
+		return e, nil
 	})
 	if err != nil {
-		return nil, err
+		return nil, time.Time{}, err
 	}
-	return res.([]*dns.TLSA), nil
+	e := res.(entry)
+	return e.tlsa, e.expires, nil
 }
 
 // usable keeps the records a match looks at: the four usages of RFC 6698 (client
@@ -318,16 +389,50 @@ type answer struct {
 	ttl  time.Duration
 }
 
+// ttlCap is the least of the durations given, the header TTL ttl (seconds) and the
+// verifier's MaxTTL; never negative.
+func (v *Verifier) ttlCap(ttl uint32, caps ...time.Duration) time.Duration {
+	d := min(time.Duration(ttl)*time.Second, v.maxTTL())
+	for _, c := range caps {
+		d = min(d, c)
+	}
+	return max(d, 0)
+}
+
+// sigLifetime is how long sig vouches for its RRset from now: the least of its
+// original TTL and the time left to its expiration (RFC 4034 §3.1.5 serial
+// arithmetic, as ValidityPeriod reads it); 0 once expired.
+func sigLifetime(sig *dns.RRSIG, now time.Time) time.Duration {
+	left := time.Duration(int32(sig.Expiration-uint32(now.Unix()))) * time.Second
+	return max(min(time.Duration(sig.OrigTtl)*time.Second, left), 0)
+}
+
+// sigsLifetime is the least sigLifetime of the RRSIGs in section that cover one of
+// types (at name, unless name is ""); with none, longer than any other cap. A
+// resolver's RRSIGs are not verified here, so the least is taken.
+func sigsLifetime(section []dns.RR, name string, now time.Time, types ...uint16) time.Duration {
+	d := time.Duration(1 << 62)
+	for _, rr := range section {
+		sig, ok := rr.(*dns.RRSIG)
+		if !ok || !slices.Contains(types, sig.TypeCovered) || name != "" && !strings.EqualFold(sig.Hdr.Name, name) {
+			continue
+		}
+		d = min(d, sigLifetime(sig, now))
+	}
+	return d
+}
+
 // negativeTTL is how long a proven absence may be cached: the SOA's negative TTL
-// (the lesser of its TTL and MINIMUM, RFC 2308 §5), at most MaxNegativeTTL.
-func negativeTTL(authority []dns.RR) time.Duration {
+// (the lesser of its TTL and MINIMUM, RFC 2308 §5), at most MaxNegativeTTL and the
+// caps given.
+func (v *Verifier) negativeTTL(authority []dns.RR, caps ...time.Duration) time.Duration {
 	ttl := MaxNegativeTTL
 	for _, rr := range authority {
 		if soa, ok := rr.(*dns.SOA); ok {
 			ttl = min(ttl, time.Duration(min(soa.Hdr.Ttl, soa.Minttl))*time.Second)
 		}
 	}
-	return ttl
+	return v.ttlCap(uint32(ttl/time.Second), caps...)
 }
 
 // exchange asks addr with DO set, over TCP when the answer is truncated.
@@ -358,6 +463,9 @@ var errServFail = errors.New("SERVFAIL")
 // answer with SERVFAIL; asked again with CD (checking disabled) it then returns the
 // data, which tells a bogus answer (not validated) from a failed lookup.
 func (v *Verifier) lookupAD(ctx context.Context, name string) (answer, error) {
+	if err := v.checkResolver(); err != nil {
+		return answer{}, err
+	}
 	r, err := exchange(ctx, v.Resolver, name, dns.TypeTLSA, false)
 	if errors.Is(err, errServFail) {
 		if bogus(r) {
@@ -370,14 +478,22 @@ func (v *Verifier) lookupAD(ctx context.Context, name string) (answer, error) {
 	if err != nil {
 		return answer{}, err
 	}
+	return v.answerAD(r, name, v.now())
+}
+
+// answerAD turns a validating resolver's reply into an answer: it must carry the AD
+// bit, and it is cached no longer than the RRSIGs it carries allow (answerAD does
+// not verify them: the resolver did; it only reads their signed lifetimes, which a
+// relay that rewrites TTLs leaves alone).
+func (v *Verifier) answerAD(r *dns.Msg, name string, now time.Time) (answer, error) {
 	if !r.AuthenticatedData {
 		return answer{}, fmt.Errorf("%w: no AD bit for %s", ErrNotValidated, name)
 	}
 	rrs, ttl := tlsaOf(r.Answer, name)
 	if len(rrs) == 0 {
-		return answer{ttl: negativeTTL(r.Ns)}, nil
+		return answer{ttl: v.negativeTTL(r.Ns, sigsLifetime(r.Ns, "", now, dns.TypeSOA, dns.TypeNSEC, dns.TypeNSEC3))}, nil
 	}
-	return answer{tlsa: rrs, ttl: time.Duration(ttl) * time.Second}, nil
+	return answer{tlsa: rrs, ttl: v.ttlCap(ttl, sigsLifetime(r.Answer, name, now, dns.TypeTLSA))}, nil
 }
 
 // bogus reports whether a SERVFAIL carries an Extended DNS Error (RFC 8914) that
@@ -400,64 +516,72 @@ func bogus(r *dns.Msg) bool {
 // (RFC 4035 §5.4 NODATA, and RFC 9824 compact denial, which deviceid serves).
 func (v *Verifier) lookupLocal(ctx context.Context, name string) (answer, error) {
 	zone := v.TrustAnchor[0].Header().Name
-	keys, err := v.trustedKeys(ctx, zone)
+	r, err := exchange(ctx, v.Server, zone, dns.TypeDNSKEY, true)
 	if err != nil {
 		return answer{}, err
 	}
-	r, err := exchange(ctx, v.Server, name, dns.TypeTLSA, true)
+	keys, err := anchoredKeys(r, zone, v.TrustAnchor, v.now())
 	if err != nil {
 		return answer{}, err
 	}
+	if r, err = exchange(ctx, v.Server, name, dns.TypeTLSA, true); err != nil {
+		return answer{}, err
+	}
+	return v.answerLocal(r, name, keys, v.now())
+}
+
+// answerLocal validates an authoritative reply with the zone's keys: a TLSA RRset
+// with a valid RRSIG, or a signed NSEC proving there is none. The answer is cached no
+// longer than the RRSIG that verified allows (its original TTL and expiration).
+func (v *Verifier) answerLocal(r *dns.Msg, name string, keys map[uint16]*dns.DNSKEY, now time.Time) (answer, error) {
 	rrs, ttl := tlsaOf(r.Answer, name)
 	if len(rrs) == 0 {
-		if !deniedTLSA(r.Ns, name, keys) {
+		nsec, sig := deniedTLSA(r.Ns, name, keys, now)
+		if sig == nil {
 			return answer{}, fmt.Errorf("%w: no valid proof that %s has no TLSA records", ErrNotValidated, name)
 		}
-		return answer{ttl: negativeTTL(r.Ns)}, nil
+		return answer{ttl: v.negativeTTL(r.Ns, time.Duration(nsec.Hdr.Ttl)*time.Second, sigLifetime(sig, now))}, nil
 	}
 	set := make([]dns.RR, len(rrs))
 	for i, rr := range rrs {
 		set[i] = rr
 	}
-	if !verified(r.Answer, set, keys) {
+	sig := validSig(r.Answer, set, keys, now)
+	if sig == nil {
 		return answer{}, fmt.Errorf("%w: no valid RRSIG over the TLSA RRset of %s", ErrNotValidated, name)
 	}
-	return answer{tlsa: rrs, ttl: time.Duration(ttl) * time.Second}, nil
+	return answer{tlsa: rrs, ttl: v.ttlCap(ttl, sigLifetime(sig, now))}, nil
 }
 
-// deniedTLSA reports whether authority holds a validly signed NSEC at name whose type
-// bitmap has neither TLSA nor CNAME.
-func deniedTLSA(authority []dns.RR, name string, keys map[uint16]*dns.DNSKEY) bool {
+// deniedTLSA returns a validly signed NSEC at name whose type bitmap has neither TLSA
+// nor CNAME, and its RRSIG; nil if there is none.
+func deniedTLSA(authority []dns.RR, name string, keys map[uint16]*dns.DNSKEY, now time.Time) (*dns.NSEC, *dns.RRSIG) {
 	for _, rr := range authority {
 		nsec, ok := rr.(*dns.NSEC)
 		if !ok || !strings.EqualFold(nsec.Hdr.Name, name) || slices.Contains(nsec.TypeBitMap, dns.TypeTLSA) || slices.Contains(nsec.TypeBitMap, dns.TypeCNAME) {
 			continue
 		}
-		if verified(authority, []dns.RR{nsec}, keys) {
-			return true
+		if sig := validSig(authority, []dns.RR{nsec}, keys, now); sig != nil {
+			return nsec, sig
 		}
 	}
-	return false
+	return nil, nil
 }
 
-// trustedKeys fetches the zone's DNSKEY RRset and keeps it if a key matching the
-// trust anchor signs it.
-func (v *Verifier) trustedKeys(ctx context.Context, zone string) (map[uint16]*dns.DNSKEY, error) {
-	r, err := exchange(ctx, v.Server, zone, dns.TypeDNSKEY, true)
-	if err != nil {
-		return nil, err
-	}
+// anchoredKeys keeps the zone's DNSKEY RRset from a reply if a key matching the trust
+// anchor signs it.
+func anchoredKeys(r *dns.Msg, zone string, anchors []dns.RR, now time.Time) (map[uint16]*dns.DNSKEY, error) {
 	keys := map[uint16]*dns.DNSKEY{}
 	var set []dns.RR
 	anchored := map[uint16]*dns.DNSKEY{}
 	for _, rr := range r.Answer {
 		k, ok := rr.(*dns.DNSKEY)
-		if !ok {
+		if !ok || !strings.EqualFold(k.Hdr.Name, zone) {
 			continue
 		}
 		set = append(set, k)
 		keys[k.KeyTag()] = k
-		for _, ta := range v.TrustAnchor {
+		for _, ta := range anchors {
 			switch a := ta.(type) {
 			case *dns.DS:
 				if d := k.ToDS(a.DigestType); d != nil && strings.EqualFold(d.Digest, a.Digest) && d.KeyTag == a.KeyTag {
@@ -470,25 +594,25 @@ func (v *Verifier) trustedKeys(ctx context.Context, zone string) (map[uint16]*dn
 			}
 		}
 	}
-	if len(anchored) == 0 || !verified(r.Answer, set, anchored) {
+	if len(anchored) == 0 || validSig(r.Answer, set, anchored, now) == nil {
 		return nil, fmt.Errorf("%w: the DNSKEY RRset of %s is not signed by a trust anchor", ErrNotValidated, zone)
 	}
 	return keys, nil
 }
 
-// verified reports whether an RRSIG in section over set verifies with one of keys and
-// is within its validity period.
-func verified(section []dns.RR, set []dns.RR, keys map[uint16]*dns.DNSKEY) bool {
+// validSig returns an RRSIG in section over set that verifies with one of keys and is
+// within its validity period at now, or nil.
+func validSig(section []dns.RR, set []dns.RR, keys map[uint16]*dns.DNSKEY, now time.Time) *dns.RRSIG {
 	for _, rr := range section {
 		sig, ok := rr.(*dns.RRSIG)
 		if !ok || sig.TypeCovered != set[0].Header().Rrtype || !strings.EqualFold(sig.Hdr.Name, set[0].Header().Name) {
 			continue
 		}
-		if k := keys[sig.KeyTag]; k != nil && sig.ValidityPeriod(time.Now()) && sig.Verify(k, set) == nil {
-			return true
+		if k := keys[sig.KeyTag]; k != nil && sig.ValidityPeriod(now) && sig.Verify(k, set) == nil {
+			return sig
 		}
 	}
-	return false
+	return nil
 }
 
 // tlsaOf returns the TLSA records at name in an answer section, and their TTL.

@@ -2,18 +2,22 @@
 // its one-time code, connects to its MQTT broker authenticating the broker by the
 // DNSSEC-validated TLSA RRset at _<port>._tcp.<host>, publishes telemetry on
 // devices/<name>/telemetry, re-enrolls before its certificate expires, and reconnects
-// with backoff.
+// with backoff. The enrollment code is read from a file or standard input
+// (-code-file), never taken on the command line, where ps would show it.
 package main
 
 import (
 	"context"
 	"crypto/x509"
+	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"os/signal"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -25,29 +29,73 @@ import (
 func main() {
 	name := flag.String("name", "", "the device name, e.g. thermo1 (required)")
 	zone := flag.String("zone", "iot.example", "the zone")
-	code := flag.String("code", "", "the one-time enrollment code (for the first enrollment)")
+	codeFile := flag.String("code-file", "", "a file holding the one-time enrollment code, or - for standard input (for the first enrollment)")
 	signerAddr := flag.String("signer", "127.0.0.1:8443", "host:port of the signer's EST")
 	signerCA := flag.String("signer-ca", ".deviceid-dev/ca.pem", "the CA of the signer's HTTPS certificate, PEM")
 	broker := flag.String("broker", "127.0.0.1:8883", "host:port to connect to")
 	brokerName := flag.String("broker-name", "", "the broker's name for its TLSA RRset, host:port (default: -broker)")
-	resolver := flag.String("resolver", "", "a validating resolver (host:port) whose AD bit is trusted")
+	resolver := flag.String("resolver", "", "a validating resolver (host:port) whose AD bit is trusted; on loopback unless -resolver-trusted")
+	resolverTrusted := flag.Bool("resolver-trusted", false, "the path to a -resolver off loopback is trusted (anyone on it could forge the AD bit)")
 	dsText := flag.String("ds", ".deviceid-dev/ds.txt", "instead of -resolver: the zone's DS (a file or the record), validating locally")
 	server := flag.String("server", "127.0.0.1:1053", "with -ds: the zone's authoritative server")
 	state := flag.String("state", "", "directory for the key and the certificate (default .deviceid-device/<name>)")
 	interval := flag.Duration("interval", 5*time.Second, "between telemetry messages")
 	showVersion := flag.Bool("version", false, "print the version")
+	flag.Usage = func() {
+		fmt.Fprint(flag.CommandLine.Output(), `usage: deviceid-device -name NAME [-code-file FILE|-] [flags]
+
+Simulates a device: makes a key, enrolls over EST with its one-time code (read from
+-code-file, or standard input with -code-file -; never a flag's value, which ps shows),
+connects to its MQTT broker authenticating it by DANE, and publishes telemetry.
+
+example (the dev stack of make run):
+  deviceid-device -name thermo-sim -code-file .deviceid-dev/thermo-sim.code \
+    -broker-name mqtt.demo.iot.example:8883
+
+flags:
+`)
+		flag.PrintDefaults()
+	}
 	flag.Parse()
 	if *showVersion {
 		fmt.Println("deviceid-device", version.String())
 		return
 	}
-	if err := run(*name, *zone, *code, *signerAddr, *signerCA, *broker, *brokerName, *resolver, *dsText, *server, *state, *interval); err != nil {
+	code, err := readCode(*codeFile, os.Stdin)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "deviceid-device: -code-file:", err)
+		os.Exit(1)
+	}
+	if err := run(*name, *zone, code, *signerAddr, *signerCA, *broker, *brokerName, *resolver, *resolverTrusted, *dsText, *server, *state, *interval); err != nil {
 		fmt.Fprintln(os.Stderr, "deviceid-device:", err)
 		os.Exit(1)
 	}
 }
 
-func run(name, zone, code, signerAddr, signerCA, broker, brokerName, resolver, dsText, server, state string, interval time.Duration) error {
+// readCode reads the enrollment code from file, or from stdin when file is "-"; no
+// file, no code (the device enrolled before).
+func readCode(file string, stdin io.Reader) (string, error) {
+	var b []byte
+	var err error
+	switch file {
+	case "":
+		return "", nil
+	case "-":
+		b, err = io.ReadAll(io.LimitReader(stdin, 4096))
+	default:
+		b, err = os.ReadFile(file)
+	}
+	if err != nil {
+		return "", err
+	}
+	code := strings.TrimSpace(string(b))
+	if code == "" {
+		return "", errors.New("no code in " + file)
+	}
+	return code, nil
+}
+
+func run(name, zone, code, signerAddr, signerCA, broker, brokerName, resolver string, resolverTrusted bool, dsText, server, state string, interval time.Duration) error {
 	if name == "" {
 		return fmt.Errorf("-name is required")
 	}
@@ -68,11 +116,14 @@ func run(name, zone, code, signerAddr, signerCA, broker, brokerName, resolver, d
 	}
 	pool := x509.NewCertPool()
 	pool.AppendCertsFromPEM(pemCA)
-	v := &verify.Verifier{Zones: []string{zone}, Resolver: resolver, Server: server}
+	v := &verify.Verifier{Zones: []string{zone}, Resolver: resolver, ResolverTrusted: resolverTrusted, Server: server}
 	if resolver == "" {
 		if v.TrustAnchor, err = verify.ParseTrustAnchor(dsText); err != nil {
 			return fmt.Errorf("-ds: %w", err)
 		}
+	}
+	if err := v.Check(); err != nil {
+		return err
 	}
 	if state == "" {
 		state = ".deviceid-device/" + name

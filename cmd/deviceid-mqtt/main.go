@@ -1,10 +1,14 @@
 // Command deviceid-mqtt is deviceid's demo MQTT broker: MQTT over TLS 1.3 on 8883,
 // devices authenticated by DANE (their certificate must match the DNSSEC-validated
 // TLSA RRset at their _device name; the MQTT client id must be the device's name),
-// topics limited to devices/<device>/#, and connected devices checked again every
-// second so that a revoked or suspended device is cut off within the TTL. Devices
-// authenticate the broker by the TLSA RRset at _8883._tcp.<host>: -publish puts the
-// broker's key there through the signer's admin API at start.
+// one zone per broker, topics limited to devices/<device>/#, Wills checked against
+// the same rule, each device's retained messages, subscriptions and packets bounded,
+// and connected devices checked again every second so that a revoked or suspended
+// device is cut off within the TTL (and one DNS cannot vouch for within the TTL and a
+// grace period). Devices authenticate the broker by the TLSA RRset at
+// _8883._tcp.<host>: -publish puts the broker's key there through the signer's admin
+// API at start. internal/mqttbroker documents the rules; deviceid-mqtt -h lists the
+// flags.
 package main
 
 import (
@@ -14,10 +18,12 @@ import (
 	"crypto/x509"
 	"encoding/json"
 	"encoding/pem"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"net/http"
 	"os"
 	"os/signal"
@@ -31,58 +37,118 @@ import (
 )
 
 func main() {
-	listen := flag.String("listen", "127.0.0.1:8883", "address for MQTT over TLS")
-	certFile := flag.String("cert", "", "the broker's certificate, PEM (required)")
-	keyFile := flag.String("key", "", "the broker's key, PEM (required)")
-	zones := flag.String("zones", "iot.example", "zones whose devices may connect, separated by commas")
-	resolver := flag.String("resolver", "", "a validating resolver (host:port) whose AD bit is trusted")
-	dsText := flag.String("ds", "", "instead of -resolver: the zone's DS record (a file, or the record itself), validating locally")
-	server := flag.String("server", "127.0.0.1:1053", "with -ds: the zone's authoritative server")
-	publish := flag.String("publish", "", "publish the broker's key as this service (e.g. _8883._tcp.mqtt.demo) through the signer at -signer")
-	signerURL := flag.String("signer", "https://127.0.0.1:8443", "the signer's URL, for -publish")
-	tokenFile := flag.String("token-file", "", "for -publish: a bearer token of the service's tenant (or the operator's)")
-	signerCA := flag.String("signer-ca", "", "for -publish: the CA of the signer's HTTPS certificate, PEM")
-	showVersion := flag.Bool("version", false, "print the version")
-	flag.Parse()
-	if *showVersion {
-		fmt.Println("deviceid-mqtt", version.String())
-		return
-	}
-	if err := run(*listen, *certFile, *keyFile, *zones, *resolver, *dsText, *server, *publish, *signerURL, *tokenFile, *signerCA); err != nil {
-		fmt.Fprintln(os.Stderr, "deviceid-mqtt:", err)
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, os.Args[1:], os.Stdout, os.Stderr); err != nil {
+		if !errors.Is(err, flag.ErrHelp) {
+			fmt.Fprintln(os.Stderr, "deviceid-mqtt:", err)
+		}
 		os.Exit(1)
 	}
 }
 
-func run(listen, certFile, keyFile, zones, resolver, dsText, server, publish, signerURL, tokenFile, signerCA string) error {
-	if certFile == "" || keyFile == "" {
-		return fmt.Errorf("-cert and -key are required")
+const usage = `usage: deviceid-mqtt -cert FILE -key FILE [-zone ZONE] (-ds DS -server ADDR | -resolver ADDR) [flags]
+
+deviceid's demo MQTT broker: MQTT over TLS 1.3, devices authenticated by DANE (the
+TLSA RRset at <device>._device.<zone>, validated from the zone's DS or by a validating
+resolver's AD bit). A broker serves one zone: a device's MQTT client id is its device
+name, which is unique only within its zone. A device may publish and subscribe under
+devices/<device>/ only (no $SYS, no shared subscriptions, no other device's topics),
+and its Will must be on such a topic too, or the connection is refused. Connected
+devices are verified again every second: a revoked one is cut off once its cached
+answer expires, and one DNS cannot vouch for is cut off its TTL and -recheck-grace
+after the last answer (fail closed). The limits below bound what one device can make
+the broker hold; a refused publish gets reason code 0x97 (quota exceeded) or 0x87
+(not authorized) in MQTT 5, a disconnection in MQTT 3.1.1.
+
+example (the dev stack of make run):
+  deviceid-mqtt -cert .deviceid-dev/broker.pem -key .deviceid-dev/broker-key.pem \
+    -ds .deviceid-dev/ds.txt -server 127.0.0.1:1053
+
+flags:
+`
+
+// run serves until ctx ends; the usage and flag errors go to errOut.
+func run(ctx context.Context, args []string, out, errOut io.Writer) error {
+	fs := flag.NewFlagSet("deviceid-mqtt", flag.ContinueOnError)
+	fs.SetOutput(errOut)
+	listen := fs.String("listen", "127.0.0.1:8883", "address for MQTT over TLS")
+	certFile := fs.String("cert", "", "the broker's certificate, PEM (required)")
+	keyFile := fs.String("key", "", "the broker's key, PEM (required)")
+	zone := fs.String("zone", "iot.example", "the one zone whose devices may connect")
+	resolver := fs.String("resolver", "", "a validating resolver (host:port) whose AD bit is trusted; on loopback unless -resolver-trusted")
+	resolverTrusted := fs.Bool("resolver-trusted", false, "the path to a -resolver off loopback is trusted (anyone on it could forge the AD bit)")
+	dsText := fs.String("ds", "", "instead of -resolver: the zone's DS record (a file, or the record itself), validating locally")
+	server := fs.String("server", "127.0.0.1:1053", "with -ds: the zone's authoritative server")
+	maxTTL := fs.Duration("max-ttl", verify.DefaultMaxTTL, "the longest a DNS answer is cached, whatever its TTL says")
+	publish := fs.String("publish", "", "publish the broker's key as this service (e.g. _8883._tcp.mqtt.demo) through the signer at -signer")
+	signerURL := fs.String("signer", "https://127.0.0.1:8443", "the signer's URL, for -publish")
+	tokenFile := fs.String("token-file", "", "for -publish: a bearer token of the service's tenant (or the operator's)")
+	signerCA := fs.String("signer-ca", "", "for -publish: the CA of the signer's HTTPS certificate, PEM")
+	var c mqttbroker.Config
+	maxPacket := fs.Uint("max-packet-size", mqttbroker.DefaultMaxPacketSize, "the largest MQTT packet a client may send, bytes")
+	fs.IntVar(&c.MaxRetained, "max-retained", mqttbroker.DefaultMaxRetained, "retained messages per device")
+	fs.IntVar(&c.MaxRetainedBytes, "max-retained-bytes", mqttbroker.DefaultMaxRetainedBytes, "payload bytes of one device's retained messages")
+	fs.IntVar(&c.MaxSubscriptions, "max-subscriptions", mqttbroker.DefaultMaxSubscriptions, "topic filters per device")
+	receiveMax := fs.Uint("receive-maximum", mqttbroker.DefaultReceiveMaximum, "QoS 1 and 2 messages a device may have unacknowledged (at most 65535)")
+	maxInflight := fs.Uint("max-inflight", mqttbroker.DefaultMaxInflight, "QoS 1 and 2 messages held for a device until it acknowledges (at most 65535)")
+	fs.DurationVar(&c.MaxSessionExpiry, "max-session-expiry", mqttbroker.DefaultMaxSessionExpiry, "how long a session outlives its connection")
+	fs.DurationVar(&c.MaxMessageExpiry, "max-message-expiry", mqttbroker.DefaultMaxMessageExpiry, "how long a message, a retained one too, is kept")
+	fs.Int64Var(&c.MaxClients, "max-clients", mqttbroker.DefaultMaxClients, "connected clients")
+	fs.DurationVar(&c.RecheckGrace, "recheck-grace", mqttbroker.DefaultRecheckGrace, "how long past its answer's expiry a session stays while DNS cannot be reached")
+	showVersion := fs.Bool("version", false, "print the version")
+	fs.Usage = func() {
+		fmt.Fprint(fs.Output(), usage)
+		fs.PrintDefaults()
 	}
-	cert, err := tls.LoadX509KeyPair(certFile, keyFile)
-	if err != nil {
+	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	v := &verify.Verifier{Zones: strings.Split(zones, ","), Resolver: resolver, Server: server}
-	if dsText != "" {
-		if v.TrustAnchor, err = verify.ParseTrustAnchor(dsText); err != nil {
+	if *showVersion {
+		fmt.Fprintln(out, "deviceid-mqtt", version.String())
+		return nil
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected arguments %q (deviceid-mqtt -h lists the flags)", fs.Args())
+	}
+	if strings.Contains(*zone, ",") {
+		return fmt.Errorf("-zone %s: a broker serves one zone (device names are unique only within a zone); run one broker per zone", *zone)
+	}
+	if *maxPacket > math.MaxUint32 || *receiveMax > math.MaxUint16 || *maxInflight > math.MaxUint16 {
+		return fmt.Errorf("-max-packet-size, -receive-maximum or -max-inflight out of range")
+	}
+	c.MaxPacketSize, c.ReceiveMaximum, c.MaxInflight = uint32(*maxPacket), uint16(*receiveMax), uint16(*maxInflight)
+	v := &verify.Verifier{Zones: []string{*zone}, Resolver: *resolver, ResolverTrusted: *resolverTrusted, Server: *server, MaxTTL: *maxTTL}
+	if *dsText != "" {
+		var err error
+		if v.TrustAnchor, err = verify.ParseTrustAnchor(*dsText); err != nil {
 			return fmt.Errorf("-ds: %w", err)
 		}
-	} else if resolver == "" {
+	} else if *resolver == "" {
 		return fmt.Errorf("give -resolver (a validating resolver) or -ds (validate locally)")
 	}
-	if publish != "" {
-		if err := publishKey(signerURL, tokenFile, signerCA, publish, cert); err != nil {
-			return fmt.Errorf("publishing the broker's key as %s: %w", publish, err)
-		}
-		slog.Info("published the broker's key", "service", publish)
+	if err := v.Check(); err != nil {
+		return err
 	}
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	b, err := mqttbroker.Start(ctx, mqttbroker.Config{Listen: listen, Certificate: cert, Verifier: v})
+	if *certFile == "" || *keyFile == "" {
+		return fmt.Errorf("-cert and -key are required")
+	}
+	cert, err := tls.LoadX509KeyPair(*certFile, *keyFile)
 	if err != nil {
 		return err
 	}
-	slog.Info("deviceid-mqtt serving", "addr", b.Addr(), "zones", zones)
+	if *publish != "" {
+		if err := publishKey(*signerURL, *tokenFile, *signerCA, *publish, cert); err != nil {
+			return fmt.Errorf("publishing the broker's key as %s: %w", *publish, err)
+		}
+		slog.Info("published the broker's key", "service", *publish)
+	}
+	c.Listen, c.Certificate, c.Verifier = *listen, cert, v
+	b, err := mqttbroker.Start(ctx, c)
+	if err != nil {
+		return err
+	}
+	slog.Info("deviceid-mqtt serving", "addr", b.Addr(), "zone", *zone)
 	<-ctx.Done()
 	return nil
 }

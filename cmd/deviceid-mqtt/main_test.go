@@ -1,9 +1,13 @@
 package main
 
 import (
+	"bytes"
 	"crypto/tls"
 	"encoding/json"
 	"encoding/pem"
+	"errors"
+	"flag"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -49,5 +53,36 @@ func TestPublishKey(t *testing.T) {
 	status = http.StatusForbidden
 	if err := publishKey(srv.URL, token, caFile, "_8883._tcp.mqtt.acme", cert); err == nil || !strings.Contains(err.Error(), "not allowed") {
 		t.Errorf("a refusal: %v", err)
+	}
+}
+
+// TestUsage: -h explains the broker and lists its limits.
+func TestUsage(t *testing.T) {
+	var text bytes.Buffer
+	if err := run(t.Context(), []string{"-h"}, io.Discard, &text); !errors.Is(err, flag.ErrHelp) {
+		t.Errorf("-h: %v", err)
+	}
+	for _, want := range []string{"usage: deviceid-mqtt", "serves one zone", "-max-retained", "-recheck-grace", "-resolver-trusted"} {
+		if !strings.Contains(text.String(), want) {
+			t.Errorf("-h does not say %q:\n%s", want, text.String())
+		}
+	}
+}
+
+// TestRunRefuses: a second zone and a resolver off loopback are refused at start.
+func TestRunRefuses(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"-zone", "iot.example,other.example", "-resolver", "127.0.0.1:53"}, "one zone"},
+		{[]string{"-resolver", "192.0.2.1:53"}, "not on loopback"},
+		{[]string{"-resolver", "127.0.0.1:53"}, "-cert and -key are required"},
+		{[]string{"-resolver", "192.0.2.1:53", "-resolver-trusted"}, "-cert and -key are required"},
+		{[]string{"-max-inflight", "70000", "-resolver", "127.0.0.1:53"}, "out of range"},
+	} {
+		if err := run(t.Context(), tc.args, io.Discard, io.Discard); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%v: %v, want %q", tc.args, err, tc.want)
+		}
 	}
 }

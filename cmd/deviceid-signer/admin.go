@@ -93,12 +93,35 @@ type adminCommand struct {
 
 // cmdValues are the values of the flags registry commands take.
 type cmdValues struct {
-	device, tenant, id, label, code                      string
+	device, tenant, id, label, codeFile                  string
 	csr, pubkey, out, after, reason, spki, state, prefix string
 	operation, actor, service                            string
 	limit                                                int
 	supersede, keepKeys                                  bool
 	attrs                                                stringList
+}
+
+// readSecret reads a code from file (- for standard input), so that it never shows
+// in a process list as an argument would.
+func readSecret(file, flagName string) (string, error) {
+	if file == "" {
+		return "", fmt.Errorf("%s is required", flagName)
+	}
+	var b []byte
+	var err error
+	if file == "-" {
+		b, err = io.ReadAll(io.LimitReader(os.Stdin, 4096))
+	} else {
+		b, err = os.ReadFile(file)
+	}
+	if err != nil {
+		return "", fmt.Errorf("%s: %w", flagName, err)
+	}
+	code := strings.TrimSpace(string(b))
+	if code == "" {
+		return "", fmt.Errorf("%s: %s is empty", flagName, file)
+	}
+	return code, nil
 }
 
 func (v *cmdValues) devicePath(suffix string) (string, error) {
@@ -259,15 +282,19 @@ var adminCommands = map[string]adminCommand{
 		simple("POST", "/transfer", func() any { return &signer.CodeResponse{} })},
 	"transfer-cancel": {"-device NAME [flags]", "Cancels a pending transfer.",
 		"deviceid-signer transfer-cancel -server https://signer:8443 -token-file acme-token -device sensor9", deviceFlag, simple("DELETE", "/transfer", nil)},
-	"transfer-accept": {"-device NAME -code CODE [-keep-keys] [flags]", "Completes a transfer to the caller's tenant (the operator names it with -tenant).",
-		"deviceid-signer transfer-accept -server https://signer:8443 -token-file globex-token -device sensor9 -code ABCD... -keep-keys",
+	"transfer-accept": {"-device NAME -code-file FILE [-keep-keys] [flags]", "Completes a transfer to the caller's tenant (the operator names it with -tenant).",
+		"deviceid-signer transfer-accept -server https://signer:8443 -token-file globex-token -device sensor9 -code-file - -keep-keys < transfer-code",
 		both(deviceFlag, tenantFlag("the gaining tenant (the operator)"), func(fs *flag.FlagSet, v *cmdValues) {
-			fs.StringVar(&v.code, "code", "", "the transfer code from the losing tenant (required)")
+			fs.StringVar(&v.codeFile, "code-file", "", "file holding the transfer code from the losing tenant, - for standard input (required; never on the command line, where ps shows it)")
 			fs.BoolVar(&v.keepKeys, "keep-keys", false, "keep the device's keys active; otherwise they are revoked (affiliationChanged)")
 		}),
 		func(v *cmdValues) (apiRequest, error) {
 			p, err := v.devicePath("/transfer/accept")
-			return apiRequest{method: "POST", path: p, body: signer.AcceptRequest{Code: v.code, KeepKeys: v.keepKeys, Tenant: v.tenant}, answer: deviceView()}, err
+			if err != nil {
+				return apiRequest{}, err
+			}
+			code, err := readSecret(v.codeFile, "-code-file")
+			return apiRequest{method: "POST", path: p, body: signer.AcceptRequest{Code: code, KeepKeys: v.keepKeys, Tenant: v.tenant}, answer: deviceView()}, err
 		}},
 	"assign": {"-device NAME -tenant T [-keep-keys] [flags]", "Gives a device to a tenant without a transfer code (the operator): adopts a device from before tenants, or settles a dispute.",
 		"deviceid-signer assign -zone iot.example -device sensor9 -tenant acme -keep-keys",

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strconv"
 	"strings"
 	"time"
 
@@ -18,6 +19,29 @@ import (
 func env(name, def string) string {
 	if v, ok := os.LookupEnv(name); ok {
 		return v
+	}
+	return def
+}
+
+// envInt and envFloat are env for numbers: a value that does not parse keeps def
+// (the flag's own parsing reports a bad value given on the command line).
+func envInt(name string, def int) int {
+	if n, err := strconv.Atoi(env(name, "")); err == nil {
+		return n
+	}
+	return def
+}
+
+func envDuration(name string, def time.Duration) time.Duration {
+	if d, err := time.ParseDuration(env(name, "")); err == nil {
+		return d
+	}
+	return def
+}
+
+func envFloat(name string, def float64) float64 {
+	if n, err := strconv.ParseFloat(env(name, ""), 64); err == nil {
+		return n
 	}
 	return def
 }
@@ -77,7 +101,7 @@ type caFlags struct {
 func (f *caFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&f.caCert, "ca-cert", env("DEVICEID_CA_CERT", "ca.pem"), "CA certificate, PEM ($DEVICEID_CA_CERT)")
 	fs.StringVar(&f.caKey, "ca-key", env("DEVICEID_CA_KEY", "ca-key.pem"), "CA key, ECDSA P-256 or P-384: a PEM file, or a pkcs11: URI (RFC 7512) of a key in an HSM ($DEVICEID_CA_KEY)")
-	fs.DurationVar(&f.lifetime, "lifetime", signer.DefaultLifetime, "lifetime of issued device certificates")
+	fs.DurationVar(&f.lifetime, "lifetime", envDuration("DEVICEID_LIFETIME", signer.DefaultLifetime), "lifetime of issued device certificates ($DEVICEID_LIFETIME)")
 }
 
 func (f *caFlags) load(zone string) (*signer.CA, error) {

@@ -258,7 +258,7 @@ func TestRegistryCommandsBadInput(t *testing.T) {
 		{[]string{"tenant-create", "-tenant", "Not OK"}, "Bad Request"},
 		{[]string{"token", "-tenant", "nosuch"}, "no such tenant"},
 		{[]string{"token-revoke", "-tenant", "acme"}, "-id is required"},
-		{[]string{"transfer-accept", "-device", "x"}, "give the transfer code"},
+		{[]string{"transfer-accept", "-device", "x"}, "-code-file is required"},
 		{[]string{"list", "-state", "asleep"}, "Bad Request"},
 		{[]string{"audit", "-limit", "5000"}, "Bad Request"},
 		{[]string{"suspend", "-device", "nosuch"}, "no such device"},
@@ -310,7 +310,11 @@ func TestRegistryCommands(t *testing.T) {
 	if err := json.Unmarshal([]byte(out), &code); err != nil || code.Code == "" {
 		t.Fatalf("transfer: %v %s", err, out)
 	}
-	cmd("transfer-accept", "-device", "lamp", "-tenant", "globex", "-code", code.Code, "-keep-keys")
+	codeFile := filepath.Join(t.TempDir(), "transfer-code")
+	if err := os.WriteFile(codeFile, []byte(code.Code+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cmd("transfer-accept", "-device", "lamp", "-tenant", "globex", "-code-file", codeFile, "-keep-keys")
 	if d, _, _ := reg.Get(t.Context(), "lamp"); d == nil || d.Tenant != "globex" || d.Attributes["serial"] != "9" {
 		t.Errorf("after the transfer: %+v", d)
 	}

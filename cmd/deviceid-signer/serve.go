@@ -4,11 +4,11 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/pem"
 	"flag"
 	"fmt"
 	"log/slog"
 	"net"
-	"net/http"
 	"os"
 	"os/signal"
 	"strings"
@@ -25,7 +25,9 @@ type serveFlags struct {
 	listen, tlsCert, tlsKey string
 	tokenFile, adminCA      string
 	tenantCA, dns           string
+	metricsTokenFile        string
 	retention               signer.Retention
+	limits                  signer.Limits
 }
 
 func (f *serveFlags) register(fs *flag.FlagSet) {
@@ -38,9 +40,15 @@ func (f *serveFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&f.adminCA, "admin-ca", env("DEVICEID_ADMIN_CA", ""), "PEM CA(s) whose client certificates act as the registry operator over mutual TLS ($DEVICEID_ADMIN_CA)")
 	fs.StringVar(&f.tenantCA, "tenant-ca", env("DEVICEID_TENANT_CA", ""), "PEM CA(s) whose client certificates act as the tenant their Subject Organization (O) names ($DEVICEID_TENANT_CA)")
 	fs.StringVar(&f.dns, "dns", env("DEVICEID_DNS", ""), "host:port of a CoreDNS serving the zone, for the console's and API's view of what DNS serves ($DEVICEID_DNS)")
+	fs.StringVar(&f.metricsTokenFile, "metrics-token-file", env("DEVICEID_METRICS_TOKEN_FILE", ""), "file holding the bearer token /metrics requires; empty: /metrics is open ($DEVICEID_METRICS_TOKEN_FILE)")
+	f.limits = signer.DefaultLimits
+	fs.IntVar(&f.limits.MaxConnections, "max-connections", envInt("DEVICEID_MAX_CONNECTIONS", f.limits.MaxConnections), "connections served at once ($DEVICEID_MAX_CONNECTIONS)")
+	fs.IntVar(&f.limits.MaxHeaderBytes, "max-header-bytes", envInt("DEVICEID_MAX_HEADER_BYTES", f.limits.MaxHeaderBytes), "bytes of a request's line and headers ($DEVICEID_MAX_HEADER_BYTES)")
+	fs.Float64Var(&f.limits.FailuresPerSecond, "failures-per-second", envFloat("DEVICEID_FAILURES_PER_SECOND", f.limits.FailuresPerSecond), "refused (401, 403) requests a client address may make per second before it is answered 429 ($DEVICEID_FAILURES_PER_SECOND)")
+	fs.IntVar(&f.limits.FailureBurst, "failure-burst", envInt("DEVICEID_FAILURE_BURST", f.limits.FailureBurst), "refused requests a client address may make at once ($DEVICEID_FAILURE_BURST)")
 	f.retention = signer.DefaultRetention
-	fs.DurationVar(&f.retention.MaxAge, "audit-max-age", f.retention.MaxAge, "delete audit entries older than this (0: keep)")
-	fs.IntVar(&f.retention.MaxCount, "audit-max-entries", f.retention.MaxCount, "keep at most this many audit entries, deleting the oldest (0: no limit)")
+	fs.DurationVar(&f.retention.MaxAge, "audit-max-age", envDuration("DEVICEID_AUDIT_MAX_AGE", f.retention.MaxAge), "delete audit entries older than this (0: keep) ($DEVICEID_AUDIT_MAX_AGE)")
+	fs.IntVar(&f.retention.MaxCount, "audit-max-entries", envInt("DEVICEID_AUDIT_MAX_ENTRIES", f.retention.MaxCount), "keep at most this many audit entries of each tenant (and as many of the operator's), deleting the oldest (0: no limit) ($DEVICEID_AUDIT_MAX_ENTRIES)")
 }
 
 // serve runs the signer's HTTPS server until SIGINT or SIGTERM.
@@ -77,6 +85,59 @@ func certPool(file string) (*x509.CertPool, error) {
 	return pool, nil
 }
 
+// readToken reads a bearer token from file; "" for no file.
+func readToken(file string) (string, error) {
+	if file == "" {
+		return "", nil
+	}
+	b, err := os.ReadFile(file)
+	if err != nil {
+		return "", err
+	}
+	token := strings.TrimSpace(string(b))
+	if len(token) < 16 {
+		return "", fmt.Errorf("%s: the token must be at least 16 characters", file)
+	}
+	return token, nil
+}
+
+// separateRoles refuses CA files that would give one role's certificates another's
+// power: the device CA (or a CA above it) among the operator's or the tenants' CAs
+// makes every device the operator or a tenant, and an operator CA among the tenants'
+// makes every tenant the operator.
+func separateRoles(ca *signer.CA, adminFile string, admins *x509.CertPool, tenantFile string, tenants *x509.CertPool) error {
+	chains := func(cert *x509.Certificate, roots *x509.CertPool) bool {
+		if roots == nil {
+			return false
+		}
+		inter := x509.NewCertPool()
+		for _, c := range ca.Chain {
+			inter.AddCert(c)
+		}
+		_, err := cert.Verify(x509.VerifyOptions{Roots: roots, Intermediates: inter, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}})
+		return err == nil
+	}
+	if chains(ca.Cert, admins) {
+		return fmt.Errorf("-admin-ca %s holds the device CA (or a CA above it): every device would act as the registry operator; give the operator's client certificates a CA of their own", adminFile)
+	}
+	if chains(ca.Cert, tenants) {
+		return fmt.Errorf("-tenant-ca %s holds the device CA (or a CA above it): every device would act as a tenant; give tenants' client certificates a CA of their own", tenantFile)
+	}
+	if tenantFile != "" && admins != nil {
+		b, _ := os.ReadFile(tenantFile)
+		for rest := b; ; {
+			var block *pem.Block
+			if block, rest = pem.Decode(rest); block == nil {
+				break
+			}
+			if c, err := x509.ParseCertificate(block.Bytes); err == nil && chains(c, admins) {
+				return fmt.Errorf("-tenant-ca %s holds a CA of -admin-ca %s: every tenant would act as the registry operator", tenantFile, adminFile)
+			}
+		}
+	}
+	return nil
+}
+
 // compactAudit applies the audit trail's retention hourly until ctx ends. Several
 // signers may do it at once: deleting a range twice is harmless.
 func compactAudit(ctx context.Context, reg *signer.Registry, keep signer.Retention) {
@@ -109,15 +170,13 @@ func (f *serveFlags) run(ctx context.Context, ready chan<- string) error {
 	if err != nil {
 		return err
 	}
-	var token string
-	if f.tokenFile != "" {
-		b, err := os.ReadFile(f.tokenFile)
-		if err != nil {
-			return err
-		}
-		if token = strings.TrimSpace(string(b)); len(token) < 16 {
-			return fmt.Errorf("%s: the token must be at least 16 characters", f.tokenFile)
-		}
+	token, err := readToken(f.tokenFile)
+	if err != nil {
+		return err
+	}
+	metricsToken, err := readToken(f.metricsTokenFile)
+	if err != nil {
+		return err
 	}
 	adminCAs, err := certPool(f.adminCA)
 	if err != nil {
@@ -125,6 +184,9 @@ func (f *serveFlags) run(ctx context.Context, ready chan<- string) error {
 	}
 	tenantCAs, err := certPool(f.tenantCA)
 	if err != nil {
+		return err
+	}
+	if err := separateRoles(ca, f.adminCA, adminCAs, f.tenantCA, tenantCAs); err != nil {
 		return err
 	}
 	reg := &signer.Registry{Prefix: f.prefix, Zone: f.zone}
@@ -159,14 +221,9 @@ func (f *serveFlags) run(ctx context.Context, ready chan<- string) error {
 	if err != nil {
 		return err
 	}
-	srv := &http.Server{
-		Handler:           (&signer.Server{CA: ca, Registry: reg, Token: token, AdminCAs: adminCAs, TenantCAs: tenantCAs, DNS: f.dns, Etcd: settings}).Handler(),
-		TLSConfig:         signer.TLSConfig(cert),
-		ReadHeaderTimeout: 10 * time.Second,
-		ReadTimeout:       30 * time.Second,
-		WriteTimeout:      30 * time.Second,
-		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
-	}
+	server := &signer.Server{CA: ca, Registry: reg, Token: token, AdminCAs: adminCAs, TenantCAs: tenantCAs,
+		DNS: f.dns, Etcd: settings, MetricsToken: metricsToken, Limits: f.limits}
+	srv, ln := server.HTTPServer(ln, cert, slog.NewLogLogger(log.Handler(), slog.LevelWarn))
 	log.Info("deviceid-signer serving", "addr", ln.Addr().String(), "zone", f.zone,
 		"admin_token", token != "", "admin_mtls", adminCAs != nil, "tenant_mtls", tenantCAs != nil, "ca_aki", ca.AKI())
 	if ready != nil {

@@ -35,7 +35,8 @@ func run(args []string, out io.Writer) error {
 	certFile := fs.String("cert", "", "PEM file with the device certificate (and its chain after it)")
 	connect := fs.String("connect", "", "host:port of a TLS endpoint whose certificate to check instead")
 	zones := fs.String("zones", "", "accepted zones, comma-separated, e.g. iot.example (required)")
-	resolver := fs.String("resolver", "", "a validating resolver (host:port) whose AD bit is trusted")
+	resolver := fs.String("resolver", "", "a validating resolver (host:port) whose AD bit is trusted; on loopback unless -resolver-trusted")
+	resolverTrusted := fs.Bool("resolver-trusted", false, "the path to a -resolver off loopback is trusted (anyone on it could forge the AD bit)")
 	ds := fs.String("ds", "", "validate locally instead: the zone's DS (or DNSKEY) record, e.g. \"iot.example. DS 12345 13 2 AB...\", or a file holding it")
 	server := fs.String("server", "", "with -ds: the zone's authoritative server (host:port)")
 	revoked := fs.Uint("revoked-usage", 255, "the TLSA usage of revoked keys")
@@ -43,7 +44,9 @@ func run(args []string, out io.Writer) error {
 	showVersion := fs.Bool("version", false, "print the version and exit")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "usage: deviceid-verify -zones ZONES (-cert FILE | -connect HOST:PORT) (-resolver ADDR | -ds DS -server ADDR)\n\n"+
-			"Checks a device certificate against DNS as a TLS server using package verify does, and says why.\n\n"+
+			"Checks a device certificate against DNS as a TLS server using package verify does, and says why.\n"+
+			"A resolver's AD bit is trusted only on loopback (or with -resolver-trusted): anyone on the path\n"+
+			"to it could set the bit on a forged answer.\n\n"+
 			"example:\n  deviceid-verify -zones iot.example -resolver 127.0.0.1:53 -cert device.pem\n\nflags:\n")
 		fs.PrintDefaults()
 	}
@@ -58,13 +61,16 @@ func run(args []string, out io.Writer) error {
 		fs.Usage()
 		return errors.New("give -zones, one of -cert and -connect, and either -resolver or -ds with -server")
 	}
-	v := &verify.Verifier{Zones: strings.Split(*zones, ","), Resolver: *resolver, Server: *server,
+	v := &verify.Verifier{Zones: strings.Split(*zones, ","), Resolver: *resolver, ResolverTrusted: *resolverTrusted, Server: *server,
 		RevokedUsage: uint8(*revoked), Timeout: *timeout}
 	if *ds != "" {
 		var err error
 		if v.TrustAnchor, err = verify.ParseTrustAnchor(*ds); err != nil {
 			return fmt.Errorf("-ds: %v", err)
 		}
+	}
+	if err := v.Check(); err != nil {
+		return err
 	}
 	chain, err := loadChain(*certFile, *connect)
 	if err != nil {

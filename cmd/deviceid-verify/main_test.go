@@ -78,4 +78,11 @@ func TestRun(t *testing.T) {
 	if err := run([]string{"-cert", certFile}, &bytes.Buffer{}); err == nil {
 		t.Error("missing -zones accepted")
 	}
+	// A resolver off loopback: its AD bit is trusted only when the path is declared so.
+	if err := run([]string{"-zones", "iot.example", "-resolver", "192.0.2.1:53", "-cert", certFile}, &bytes.Buffer{}); err == nil || !strings.Contains(err.Error(), "not on loopback") {
+		t.Errorf("a resolver off loopback: %v", err)
+	}
+	if err := run([]string{"-zones", "iot.example", "-resolver", "192.0.2.1:53", "-resolver-trusted", "-timeout", "100ms", "-cert", certFile}, &bytes.Buffer{}); err == nil || strings.Contains(err.Error(), "not on loopback") {
+		t.Errorf("a resolver off loopback declared trusted: %v", err)
+	}
 }

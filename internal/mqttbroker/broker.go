@@ -1,10 +1,37 @@
 // Package mqttbroker is deviceid's demo MQTT broker (cmd/deviceid-mqtt) on
 // github.com/mochi-mqtt/server/v2: TLS 1.3, devices authenticated by DANE through
-// package verify (their certificate must match the TLSA RRset at their _device name),
-// each device's MQTT client id must be its device name, it may use only the topics
-// devices/<device>/#, and connected devices are checked again every second, so that a
+// package verify (their certificate must match the TLSA RRset at their _device name).
+//
+// A broker serves exactly one zone (Config.Zone): a device's MQTT client id must be its
+// device name, the part of <device>._device.<zone> before ._device, and names are only
+// unique within a zone, so accepting two zones would let sensor7 of one take over the
+// session and the topics of sensor7 of the other. Start refuses more than one.
+//
+// Isolation. One function, allowed, decides every topic a device touches: a device may
+// publish and subscribe under devices/<device>/ only (at most 16 levels and 256 bytes
+// below it), wildcards only below that prefix and only as whole levels; $SYS, shared
+// subscriptions ($share/...) and other devices' topics are refused. It is applied to publishes (after a topic alias is resolved;
+// MQTT 5 topic aliases are off: the maximum is 0), to subscriptions, to every message
+// delivered, and to the Will at CONNECT: a Will on a topic the device may not publish
+// to refuses the connection (CONNACK 0x87 not authorized, 0x05 in MQTT 3.1.1). A device
+// the broker disconnects because DNS no longer vouches for it has its Will dropped.
+//
+// Revocation. Connected devices are verified again every second (Config.Recheck), so a
 // revoked or suspended device is disconnected once its cached TLSA answer has lived out
-// its TTL, not only refused at its next connection.
+// its TTL, not only refused at its next connection. While DNS cannot be reached a
+// session lives on only until the answer it was last verified against has expired
+// plus Config.RecheckGrace (fail closed): a device revoked while DNS was down is cut off
+// by then.
+//
+// Bounded resources. Config's limits (each with a safe default) bound what one device
+// can make the broker hold: packet size (larger packets close the connection; MQTT 5
+// clients are told the limit in CONNACK), retained messages per device and their
+// bytes, subscriptions per device, messages in flight, queued writes, how long a
+// session outlives its connection, how long a message is kept, and how many clients
+// are connected. A refused publish is answered with its MQTT 5 reason code (0x97 quota
+// exceeded, 0x87 not authorized) on QoS 1 and 2; MQTT 3.1.1 has no negative
+// acknowledgement, so such a client is disconnected; a QoS 0 message is dropped.
+// Refusals are logged and counted (Stats).
 package mqttbroker
 
 import (
@@ -12,11 +39,14 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
+	"unicode/utf8"
 
 	"github.com/deviceid/deviceid/verify"
 
@@ -25,27 +55,20 @@ import (
 	"github.com/mochi-mqtt/server/v2/packets"
 )
 
-// Broker is a running broker.
-type Broker struct {
-	Server   *mqtt.Server
-	Verifier *verify.Verifier
-	// Recheck is how often connected devices are checked again (1 s when 0).
-	Recheck time.Duration
-	// OnDisconnect, when set, is told of each device the re-check disconnects and why
-	// (from several goroutines at once).
-	OnDisconnect func(device string, err error)
-
-	mu       sync.Mutex
-	sessions map[string]*session // by client id
-	addr     net.Addr
-}
-
-// session is a connected device: its certificate chain and its name.
-type session struct {
-	client *mqtt.Client
-	chain  []*x509.Certificate
-	device string
-}
+// Default limits, for a broker of up to 10,000 devices sending telemetry.
+const (
+	DefaultMaxPacketSize    = 64 << 10 // bytes, the fixed header included
+	DefaultMaxRetained      = 100      // retained messages per device
+	DefaultMaxRetainedBytes = 64 << 10 // payload bytes of a device's retained messages
+	DefaultMaxSubscriptions = 100      // topic filters per device
+	DefaultReceiveMaximum   = 32       // QoS 1 and 2 messages a device may have unacknowledged
+	DefaultMaxInflight      = 64       // QoS 1 and 2 messages to a device held unacknowledged
+	DefaultMaxPendingWrites = 256      // messages queued for writing to a device
+	DefaultMaxSessionExpiry = time.Hour
+	DefaultMaxMessageExpiry = 24 * time.Hour
+	DefaultMaxClients       = 10_000
+	DefaultRecheckGrace     = 10 * time.Second
+)
 
 // Config says what the broker serves.
 type Config struct {
@@ -55,23 +78,171 @@ type Config struct {
 	// ClientCAs, instead of Verifier, authenticates devices by a CA pool (the
 	// comparison of BENCHMARKS.md): the device's name is its certificate's _device SAN.
 	ClientCAs *x509.CertPool
-	Logger    *slog.Logger
+	// Zone is the one zone whose devices may connect; with a Verifier it defaults to
+	// the verifier's one zone and must equal it.
+	Zone   string
+	Logger *slog.Logger
+
+	// Limits; 0 means the default.
+	MaxPacketSize    uint32        // largest packet a client may send, bytes
+	MaxRetained      int           // retained messages per device
+	MaxRetainedBytes int           // payload bytes of one device's retained messages
+	MaxSubscriptions int           // topic filters one device may subscribe to
+	ReceiveMaximum   uint16        // QoS 1 and 2 publishes a device may have unacknowledged
+	MaxInflight      uint16        // QoS 1 and 2 messages held for a device until it acknowledges
+	MaxPendingWrites int32         // messages queued for writing to one device
+	MaxSessionExpiry time.Duration // how long a session outlives its connection
+	MaxMessageExpiry time.Duration // how long a message (a retained one too) is kept
+	MaxClients       int64         // connected clients
+	// Recheck is how often connected devices are verified again (1 s when 0).
+	Recheck time.Duration
+	// RecheckGrace is how long past the expiry of the answer a session was last
+	// verified against it may stay while DNS cannot be reached.
+	RecheckGrace time.Duration
+	// Now is the broker's clock for the re-check (time.Now when nil); tests set it,
+	// with the verifier's.
+	Now func() time.Time
 }
+
+// orDefault sets *p to d unless it is positive.
+func orDefault[T int | int32 | int64 | uint16 | uint32 | time.Duration](p *T, d T) {
+	if *p <= 0 {
+		*p = d
+	}
+}
+
+func (c *Config) setDefaults() {
+	orDefault(&c.MaxPacketSize, DefaultMaxPacketSize)
+	orDefault(&c.MaxRetained, DefaultMaxRetained)
+	orDefault(&c.MaxRetainedBytes, DefaultMaxRetainedBytes)
+	orDefault(&c.MaxSubscriptions, DefaultMaxSubscriptions)
+	orDefault(&c.ReceiveMaximum, DefaultReceiveMaximum)
+	orDefault(&c.MaxInflight, DefaultMaxInflight)
+	orDefault(&c.MaxPendingWrites, DefaultMaxPendingWrites)
+	orDefault(&c.MaxSessionExpiry, DefaultMaxSessionExpiry)
+	orDefault(&c.MaxMessageExpiry, DefaultMaxMessageExpiry)
+	orDefault(&c.MaxClients, DefaultMaxClients)
+	orDefault(&c.Recheck, time.Second)
+	orDefault(&c.RecheckGrace, DefaultRecheckGrace)
+	if c.Now == nil {
+		c.Now = time.Now
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+}
+
+// Broker is a running broker.
+type Broker struct {
+	Server   *mqtt.Server
+	Verifier *verify.Verifier
+	// OnDisconnect, when set, is told of each device the re-check disconnects and why
+	// (from several goroutines at once).
+	OnDisconnect func(device string, err error)
+
+	cfg      Config
+	zone     string // fully qualified, lower case
+	log      *slog.Logger
+	mu       sync.Mutex
+	sessions map[string]*session // by client id
+	addr     net.Addr
+	stats    struct {
+		willsRefused, publishesRefused, retainedRefused, subscriptionsRefused, tooLarge, revoked, unverified atomic.Int64
+	}
+}
+
+// session is a connected device: its certificate chain and its name.
+type session struct {
+	client *mqtt.Client
+	chain  []*x509.Certificate
+	device string
+	// validUntil is when the answer the device was last verified against expires
+	// (Unix nanoseconds): with DNS away, the session ends RecheckGrace after it.
+	validUntil atomic.Int64
+	// overQuota holds, by SUBSCRIBE packet id, the filters refused for the
+	// subscription limit, so that their SUBACK says quota exceeded.
+	mu        sync.Mutex
+	overQuota map[uint16][]int
+}
+
+// Stats counts what the broker refused and cut off since it started.
+type Stats struct {
+	WillsRefused         int64 // connections refused for their Will
+	PublishesRefused     int64 // publishes refused by the ACL (after topic alias)
+	RetainedRefused      int64 // retained publishes over the device's quota
+	SubscriptionsRefused int64 // topic filters over the device's quota
+	PacketsTooLarge      int64 // connections closed for a packet over MaxPacketSize
+	Revoked              int64 // sessions cut off because DNS no longer vouches for them
+	Unverified           int64 // sessions cut off because DNS could not be reached past their grace
+	Retained             int64 // retained messages held now, $SYS included
+}
+
+// Stats returns the broker's counters.
+func (b *Broker) Stats() Stats {
+	return Stats{
+		WillsRefused:         b.stats.willsRefused.Load(),
+		PublishesRefused:     b.stats.publishesRefused.Load(),
+		RetainedRefused:      b.stats.retainedRefused.Load(),
+		SubscriptionsRefused: b.stats.subscriptionsRefused.Load(),
+		PacketsTooLarge:      b.stats.tooLarge.Load(),
+		Revoked:              b.stats.revoked.Load(),
+		Unverified:           b.stats.unverified.Load(),
+		Retained:             int64(b.Server.Topics.Retained.Len()),
+	}
+}
+
+// zoneOf checks that the broker has exactly one zone and returns it, fully qualified.
+func zoneOf(c Config) (string, error) {
+	zone := c.Zone
+	if c.Verifier != nil {
+		if len(c.Verifier.Zones) != 1 {
+			return "", fmt.Errorf("a broker serves exactly one zone, and the verifier accepts %d (%v): device names, which are MQTT client ids and topics, are unique only within a zone", len(c.Verifier.Zones), c.Verifier.Zones)
+		}
+		vz := c.Verifier.Zones[0]
+		if zone == "" {
+			zone = vz
+		} else if fqdn(zone) != fqdn(vz) {
+			return "", fmt.Errorf("the broker's zone %s is not the verifier's %s", zone, vz)
+		}
+	}
+	if zone == "" {
+		return "", errors.New("a broker serves exactly one zone: set Config.Zone")
+	}
+	return fqdn(zone), nil
+}
+
+func fqdn(s string) string { return strings.ToLower(strings.TrimSuffix(s, ".")) + "." }
 
 // Start listens and serves until ctx ends.
 func Start(ctx context.Context, c Config) (*Broker, error) {
 	if c.Verifier == nil && c.ClientCAs == nil {
 		return nil, errors.New("a broker needs a verifier: it authenticates devices by DANE")
 	}
-	log := c.Logger
-	if log == nil {
-		log = slog.Default()
+	zone, err := zoneOf(c)
+	if err != nil {
+		return nil, err
 	}
-	b := &Broker{Verifier: c.Verifier, sessions: map[string]*session{}}
+	if c.Verifier != nil && c.ClientCAs == nil {
+		if err := c.Verifier.Check(); err != nil {
+			return nil, err
+		}
+	}
+	c.setDefaults()
+	b := &Broker{Verifier: c.Verifier, cfg: c, zone: zone, log: c.Logger, sessions: map[string]*session{}}
 	if c.ClientCAs != nil {
 		b.Verifier = nil // the pool decides, in the handshake
 	}
-	b.Server = mqtt.New(&mqtt.Options{Logger: log, InlineClient: false})
+	caps := mqtt.NewDefaultServerCapabilities()
+	caps.MaximumPacketSize = c.MaxPacketSize
+	caps.ReceiveMaximum = c.ReceiveMaximum
+	caps.MaximumInflight = c.MaxInflight
+	caps.MaximumClientWritesPending = c.MaxPendingWrites
+	caps.MaximumSessionExpiryInterval = uint32(c.MaxSessionExpiry / time.Second)
+	caps.MaximumMessageExpiryInterval = int64(c.MaxMessageExpiry / time.Second)
+	caps.MaximumClients = c.MaxClients
+	caps.TopicAliasMaximum = 0  // an alias table per client is memory, and the ACL sees names
+	caps.SharedSubAvailable = 0 // $share/... is refused by the ACL; said so in CONNACK
+	b.Server = mqtt.New(&mqtt.Options{Logger: c.Logger, InlineClient: false, Capabilities: caps})
 	if err := b.Server.AddHook(&hook{b: b}, nil); err != nil {
 		return nil, err
 	}
@@ -109,16 +280,77 @@ func Start(ctx context.Context, c Config) (*Broker, error) {
 // Addr is the address the broker listens on.
 func (b *Broker) Addr() string { return b.addr.String() }
 
-// DeviceOf returns the device name of an identity name: sensor7._device.iot.example. → sensor7.
-func DeviceOf(identity string) string {
-	device, _, _ := strings.Cut(identity, "._device.")
-	return device
+// DeviceOf returns the device name of an identity name in zone, e.g. sensor7 for
+// sensor7._device.iot.example. in iot.example., and whether it is one: a name in
+// another zone is not, nor one whose device part breaks the naming rules.
+func DeviceOf(identity, zone string) (string, bool) {
+	device, ok := strings.CutSuffix(fqdn(identity), "._device."+fqdn(zone))
+	if !ok || !validDevice(device) {
+		return "", false
+	}
+	return device, true
 }
 
-// sanDevice is the device a certificate names in its _device SAN, or "".
-func sanDevice(cert *x509.Certificate) string {
+// validDevice reports whether s is a device name: labels of a-z, 0-9 and '-', not
+// starting or ending with '-', 1 to 63 characters each. So a name can never hold an
+// MQTT separator or wildcard ('/', '+', '#'), '$', or NUL.
+func validDevice(s string) bool {
+	if s == "" || len(s) > 253 {
+		return false
+	}
+	for label := range strings.SplitSeq(s, ".") {
+		if label == "" || len(label) > 63 || label[0] == '-' || label[len(label)-1] == '-' {
+			return false
+		}
+		for _, c := range []byte(label) {
+			if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '-') {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+// The part of a topic below devices/<device>/ is at most maxTopicRest bytes and
+// maxTopicLevels levels: mochi's topic index takes time quadratic in a topic's levels
+// (a 64 KiB filter of 32,000 levels cost it seconds of CPU per SUBSCRIBE and per
+// matching PUBLISH), and no device needs such topics.
+const (
+	maxTopicRest   = 256
+	maxTopicLevels = 16
+)
+
+// allowed is the broker's one ACL: whether device may publish to (write) or
+// subscribe to and receive from topic, a topic name or a topic filter. Only topics
+// under devices/<device>/ are, within maxTopicRest and maxTopicLevels; a published
+// topic has no wildcards, and in a filter '+' and '#' stand only for whole levels
+// below the prefix, '#' last. So $SYS, $share/<group>/..., '#', devices/+/... and every
+// other device's topics are refused, whatever path a topic comes by (publish,
+// subscribe, delivery, Will).
+func allowed(device, topic string, write bool) bool {
+	if !validDevice(device) || !utf8.ValidString(topic) || strings.ContainsRune(topic, 0) {
+		return false
+	}
+	rest, ok := strings.CutPrefix(topic, "devices/"+device+"/")
+	if !ok || len(rest) > maxTopicRest || strings.Count(rest, "/") >= maxTopicLevels {
+		return false
+	}
+	if write {
+		return !strings.ContainsAny(rest, "+#")
+	}
+	levels := strings.Split(rest, "/")
+	for i, level := range levels {
+		if strings.ContainsAny(level, "+#") && level != "+" && !(level == "#" && i == len(levels)-1) {
+			return false
+		}
+	}
+	return true
+}
+
+// sanDevice is the device a certificate names in its _device SAN in zone, or "".
+func sanDevice(cert *x509.Certificate, zone string) string {
 	for _, n := range cert.DNSNames {
-		if d := DeviceOf(strings.ToLower(n) + "."); d != strings.ToLower(n)+"." {
+		if d, ok := DeviceOf(n, zone); ok {
 			return d
 		}
 	}
@@ -129,11 +361,7 @@ func sanDevice(cert *x509.Certificate) string {
 // holds each answer for at most its TTL, so a revocation is seen within the TTL, and a
 // device whose key is no longer vouched for is disconnected.
 func (b *Broker) recheck(ctx context.Context) {
-	every := b.Recheck
-	if every == 0 {
-		every = time.Second
-	}
-	t := time.NewTicker(every)
+	t := time.NewTicker(b.cfg.Recheck)
 	defer t.Stop()
 	for {
 		select {
@@ -141,39 +369,63 @@ func (b *Broker) recheck(ctx context.Context) {
 			return
 		case <-t.C:
 		}
-		b.mu.Lock()
-		sessions := make([]*session, 0, len(b.sessions))
-		for _, s := range b.sessions {
-			sessions = append(sessions, s)
-		}
-		b.mu.Unlock()
-		// Most checks are answered from the cache; the ones whose answers expired wait
-		// for DNS, in parallel, so that many expiring at once still fit in the round.
-		var wg sync.WaitGroup
-		slots := make(chan struct{}, recheckParallel)
-		for _, s := range sessions {
-			slots <- struct{}{}
-			wg.Go(func() {
-				defer func() { <-slots }()
-				b.recheckSession(ctx, s)
-			})
-		}
-		wg.Wait()
+		b.recheckRound(ctx)
 	}
+}
+
+// recheckRound verifies every connected device once.
+func (b *Broker) recheckRound(ctx context.Context) {
+	b.mu.Lock()
+	sessions := make([]*session, 0, len(b.sessions))
+	for _, s := range b.sessions {
+		sessions = append(sessions, s)
+	}
+	b.mu.Unlock()
+	// Most checks are answered from the cache; the ones whose answers expired wait
+	// for DNS, in parallel, so that many expiring at once still fit in the round.
+	var wg sync.WaitGroup
+	slots := make(chan struct{}, recheckParallel)
+	for _, s := range sessions {
+		slots <- struct{}{}
+		wg.Go(func() {
+			defer func() { <-slots }()
+			b.recheckSession(ctx, s)
+		})
+	}
+	wg.Wait()
 }
 
 // recheckParallel bounds the DNS lookups one recheck round has in flight.
 const recheckParallel = 64
 
-// recheckSession disconnects s when DNS no longer vouches for its key.
+// errUnverified cuts off a session DNS could not vouch for in time.
+var errUnverified = errors.New("DNS could not be reached to verify the device again")
+
+// recheckSession disconnects s when DNS no longer vouches for its key, or when DNS
+// has been unreachable past the expiry of the answer s was last verified against
+// plus the grace period (fail closed: a revocation may have happened meanwhile).
 func (b *Broker) recheckSession(ctx context.Context, s *session) {
 	vctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	_, err := b.Verifier.Verify(vctx, s.chain)
+	res, err := b.Verifier.Verify(vctx, s.chain)
 	cancel()
-	if err == nil || errors.Is(err, verify.ErrLookupFailed) {
-		return // DNS unreachable is no verdict: the session stays
+	if err == nil {
+		s.validUntil.Store(res.Expires.UnixNano())
+		return
 	}
-	slog.Info("disconnecting a device DNS no longer vouches for", "device", s.device, "err", err)
+	counter := &b.stats.revoked
+	if errors.Is(err, verify.ErrLookupFailed) {
+		expired := time.Unix(0, s.validUntil.Load())
+		if b.cfg.Now().Before(expired.Add(b.cfg.RecheckGrace)) {
+			return // DNS away for less than the grace: no verdict yet
+		}
+		err = fmt.Errorf("%w since its answer expired at %s (grace %s): %w", errUnverified, expired.Format(time.RFC3339), b.cfg.RecheckGrace, err)
+		counter = &b.stats.unverified
+	}
+	n := counter.Add(1)
+	b.log.Info("disconnecting a device DNS no longer vouches for", "device", s.device, "err", err, "count", n)
+	// Its Will is not published: the broker, not the device, ends this session, and a
+	// device that may be revoked speaks no more.
+	atomic.StoreUint32(&s.client.Properties.Will.Flag, 0)
 	b.Server.DisconnectClient(s.client, packets.ErrNotAuthorized)
 	s.client.Stop(err)
 	b.forget(s.client.ID, s.client)
@@ -190,6 +442,15 @@ func (b *Broker) forget(id string, cl *mqtt.Client) {
 	b.mu.Unlock()
 }
 
+func (b *Broker) session(cl *mqtt.Client) *session {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if s, ok := b.sessions[cl.ID]; ok && s.client == cl {
+		return s
+	}
+	return nil
+}
+
 // Connected lists the devices connected now.
 func (b *Broker) Connected() []string {
 	b.mu.Lock()
@@ -201,7 +462,7 @@ func (b *Broker) Connected() []string {
 	return out
 }
 
-// hook is the broker's authentication and authorisation.
+// hook is the broker's authentication, authorisation and quotas.
 type hook struct {
 	mqtt.HookBase
 	b *Broker
@@ -210,7 +471,44 @@ type hook struct {
 func (h *hook) ID() string { return "deviceid-dane" }
 
 func (h *hook) Provides(b byte) bool {
-	return b == mqtt.OnConnectAuthenticate || b == mqtt.OnACLCheck || b == mqtt.OnDisconnect
+	switch b {
+	case mqtt.OnConnect, mqtt.OnConnectAuthenticate, mqtt.OnACLCheck, mqtt.OnDisconnect,
+		mqtt.OnPublish, mqtt.OnSubscribe, mqtt.OnPacketEncode:
+		return true
+	}
+	return false
+}
+
+// refuseConnect answers a CONNECT with code (its MQTT 3.1.1 form v3 for older
+// clients) and ends the connection.
+func (h *hook) refuseConnect(cl *mqtt.Client, code, v3 packets.Code) error {
+	if cl.Properties.ProtocolVersion < 5 {
+		code = v3
+	}
+	h.b.Server.SendConnack(cl, code, false, nil)
+	return code
+}
+
+// OnConnect refuses a Will the device could not publish itself: its topic must pass
+// the ACL, and a retained one must fit the device's retained quota on its own. The
+// client id is the device's name, which OnConnectAuthenticate checks next.
+func (h *hook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
+	if !pk.Connect.WillFlag {
+		return nil
+	}
+	refused := ""
+	code := packets.ErrNotAuthorized
+	switch {
+	case !allowed(cl.ID, pk.Connect.WillTopic, true):
+		refused = "its Will's topic is not the device's"
+	case pk.Connect.WillRetain && len(pk.Connect.WillPayload) > h.b.cfg.MaxRetainedBytes:
+		refused, code = "its retained Will is larger than the device's retained quota", packets.ErrQuotaExceeded
+	default:
+		return nil
+	}
+	n := h.b.stats.willsRefused.Add(1)
+	h.b.log.Info("refused: "+refused, "client", cl.ID, "will_topic", pk.Connect.WillTopic, "count", n)
+	return h.refuseConnect(cl, code, packets.Err3NotAuthorized)
 }
 
 // OnConnectAuthenticate admits a client whose TLS handshake passed the DANE check
@@ -222,32 +520,161 @@ func (h *hook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) bool {
 	}
 	chain := tc.ConnectionState().PeerCertificates
 	var device string
+	validUntil := time.Unix(0, 1<<62) // the CA pool's verdict has no expiry to re-check
 	if h.b.Verifier == nil {
-		device = sanDevice(chain[0]) // the CA pool checked the chain in the handshake
+		device = sanDevice(chain[0], h.b.zone) // the CA pool checked the chain in the handshake
 	} else {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
 		res, err := h.b.Verifier.Verify(ctx, chain) // cached since the handshake
 		if err != nil {
-			slog.Info("refused", "client", pk.Connect.ClientIdentifier, "err", err)
+			h.b.log.Info("refused", "client", pk.Connect.ClientIdentifier, "err", err)
 			return false
 		}
-		device = DeviceOf(res.Name)
+		device, _ = DeviceOf(res.Name, h.b.zone)
+		validUntil = res.Expires
 	}
-	if pk.Connect.ClientIdentifier != device {
-		slog.Info("refused: the client id is not the device's name", "client", pk.Connect.ClientIdentifier, "device", device)
+	if device == "" || pk.Connect.ClientIdentifier != device {
+		h.b.log.Info("refused: the client id is not the device's name", "client", pk.Connect.ClientIdentifier, "device", device)
 		return false
 	}
+	s := &session{client: cl, chain: chain, device: device}
+	s.validUntil.Store(validUntil.UnixNano())
 	h.b.mu.Lock()
-	h.b.sessions[cl.ID] = &session{client: cl, chain: chain, device: device}
+	h.b.sessions[cl.ID] = s
 	h.b.mu.Unlock()
 	return true
 }
 
-// OnACLCheck limits a device to its own topics, devices/<device>/#.
-// (Wildcards below that prefix stay inside it.)
-func (h *hook) OnACLCheck(cl *mqtt.Client, topic string, _ bool) bool {
-	return strings.HasPrefix(topic, "devices/"+cl.ID+"/")
+// OnACLCheck applies allowed to publishes, subscriptions and deliveries.
+func (h *hook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
+	return allowed(cl.ID, topic, write)
 }
 
-func (h *hook) OnDisconnect(cl *mqtt.Client, _ error, _ bool) { h.b.forget(cl.ID, cl) }
+// OnPublish checks a publish again on its final topic (mochi's ACL check comes before
+// a topic alias is resolved), and keeps a device's retained messages within its quota:
+// MaxRetained messages of MaxRetainedBytes in all. Replacing or deleting a retained
+// message is always allowed.
+func (h *hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
+	if !allowed(cl.ID, pk.TopicName, true) {
+		n := h.b.stats.publishesRefused.Add(1)
+		h.b.log.Info("refused a publish", "client", cl.ID, "topic", pk.TopicName, "count", n)
+		return pk, h.refusePublish(cl, pk, packets.ErrNotAuthorized)
+	}
+	if !pk.FixedHeader.Retain || len(pk.Payload) == 0 {
+		return pk, nil
+	}
+	count, size := 1, len(pk.Payload)
+	for _, m := range h.b.Server.Topics.Messages("devices/" + cl.ID + "/#") {
+		if m.TopicName != pk.TopicName {
+			count, size = count+1, size+len(m.Payload)
+		}
+	}
+	if count <= h.b.cfg.MaxRetained && size <= h.b.cfg.MaxRetainedBytes {
+		return pk, nil
+	}
+	n := h.b.stats.retainedRefused.Add(1)
+	h.b.log.Info("refused a retained message over the device's quota", "client", cl.ID, "topic", pk.TopicName,
+		"retained", count-1, "bytes", size-len(pk.Payload), "count", n)
+	return pk, h.refusePublish(cl, pk, packets.ErrQuotaExceeded)
+}
+
+// refusePublish answers a publish the broker will not take, with code where the
+// protocol can say it: MQTT 5 acknowledges QoS 1 and 2 with the reason code; MQTT 3.1.1
+// has no negative acknowledgement, so the client is disconnected rather than left
+// resending; a QoS 0 message is dropped. The message goes no further.
+func (h *hook) refusePublish(cl *mqtt.Client, pk packets.Packet, code packets.Code) error {
+	switch {
+	case pk.FixedHeader.Qos == 0:
+	case cl.Properties.ProtocolVersion == 5:
+		ack := packets.Puback
+		if pk.FixedHeader.Qos == 2 {
+			ack = packets.Pubrec // a failed PUBREC ends the QoS 2 flow
+		}
+		cl.WritePacket(packets.Packet{FixedHeader: packets.FixedHeader{Type: ack}, PacketID: pk.PacketID,
+			ReasonCode: code.Code, Properties: packets.Properties{ReasonString: code.Reason}})
+	default:
+		h.b.Server.DisconnectClient(cl, code)
+	}
+	return packets.ErrRejectPacket
+}
+
+// quotaFilter replaces a filter over the subscription quota: the ACL refuses it, and
+// OnPacketEncode turns its SUBACK code into quota exceeded.
+const quotaFilter = "$deviceid/over-quota"
+
+// OnSubscribe keeps a device within MaxSubscriptions topic filters: the filters of a
+// SUBSCRIBE beyond it are refused (SUBACK 0x97 quota exceeded, 0x80 in MQTT 3.1.1).
+func (h *hook) OnSubscribe(cl *mqtt.Client, pk packets.Packet) packets.Packet {
+	have := cl.State.Subscriptions.GetAll()
+	var over []int
+	filters := make(packets.Subscriptions, len(pk.Filters))
+	for i, sub := range pk.Filters {
+		filters[i] = sub
+		if _, ok := have[sub.Filter]; ok {
+			continue
+		}
+		if len(have) >= h.b.cfg.MaxSubscriptions {
+			filters[i].Filter = quotaFilter
+			over = append(over, i)
+			continue
+		}
+		have[sub.Filter] = sub
+	}
+	if len(over) == 0 {
+		return pk
+	}
+	n := h.b.stats.subscriptionsRefused.Add(int64(len(over)))
+	h.b.log.Info("refused subscriptions over the device's quota", "client", cl.ID, "refused", len(over), "count", n)
+	if s := h.b.session(cl); s != nil {
+		s.mu.Lock()
+		if s.overQuota == nil {
+			s.overQuota = map[uint16][]int{}
+		}
+		s.overQuota[pk.PacketID] = over
+		s.mu.Unlock()
+	}
+	pk.Filters = filters
+	return pk
+}
+
+// OnPacketEncode tells MQTT 5 clients the broker's limits in CONNACK (maximum packet
+// size, no shared subscriptions; no topic aliases, by leaving their maximum out), and
+// gives the filters refused for the subscription quota their reason code.
+func (h *hook) OnPacketEncode(cl *mqtt.Client, pk packets.Packet) packets.Packet {
+	switch pk.FixedHeader.Type {
+	case packets.Connack:
+		if pk.ReasonCode == packets.CodeSuccess.Code && cl.Properties.ProtocolVersion == 5 {
+			pk.Properties.MaximumPacketSize = h.b.cfg.MaxPacketSize
+			pk.Properties.SharedSubAvailable, pk.Properties.SharedSubAvailableFlag = 0, true
+		}
+	case packets.Suback:
+		s := h.b.session(cl)
+		if s == nil {
+			break
+		}
+		s.mu.Lock()
+		over := s.overQuota[pk.PacketID]
+		delete(s.overQuota, pk.PacketID)
+		s.mu.Unlock()
+		if cl.Properties.ProtocolVersion == 5 {
+			codes := append([]byte(nil), pk.ReasonCodes...)
+			for _, i := range over {
+				if i < len(codes) {
+					codes[i] = packets.ErrQuotaExceeded.Code
+				}
+			}
+			pk.ReasonCodes = codes
+		}
+	}
+	return pk
+}
+
+func (h *hook) OnDisconnect(cl *mqtt.Client, err error, _ bool) {
+	if errors.Is(err, packets.ErrPacketTooLarge) {
+		n := h.b.stats.tooLarge.Add(1)
+		h.b.log.Info("disconnected a client that sent a packet over the maximum size", "client", cl.ID,
+			"max", h.b.cfg.MaxPacketSize, "count", n)
+	}
+	h.b.forget(cl.ID, cl)
+}

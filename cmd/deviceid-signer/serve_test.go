@@ -1,0 +1,56 @@
+package main
+
+import (
+	"crypto/elliptic"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/deviceid/deviceid/internal/testenv"
+	"github.com/deviceid/deviceid/signer"
+)
+
+// The signer refuses to start with CA files that would give one role's certificates
+// another's power: the device CA as the operator's or the tenants' CA, or the
+// operator's CA among the tenants'.
+func TestSeparateRoles(t *testing.T) {
+	dir := t.TempDir()
+	ca, err := signer.InitCA(dir, "device CA", "iot.example", elliptic.P256(), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	deviceCA := filepath.Join(dir, signer.CACertFile)
+	write := func(name string, pem []byte) string {
+		f := filepath.Join(dir, name)
+		if err := os.WriteFile(f, pem, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return f
+	}
+	operators := write("operators.pem", testenv.NewTestCA(t, "operators").PEM())
+	tenants := write("tenants.pem", testenv.NewTestCA(t, "tenants").PEM())
+	b, _ := os.ReadFile(operators)
+	mixed := write("mixed.pem", append(testenv.NewTestCA(t, "more tenants").PEM(), b...))
+	for _, tc := range []struct{ admin, tenant, want string }{
+		{operators, tenants, ""},
+		{"", "", ""},
+		{deviceCA, "", "every device would act as the registry operator"},
+		{"", deviceCA, "every device would act as a tenant"},
+		{operators, operators, "every tenant would act as the registry operator"},
+		{operators, mixed, "every tenant would act as the registry operator"},
+	} {
+		admins, err := certPool(tc.admin)
+		if err != nil {
+			t.Fatal(err)
+		}
+		tenantPool, err := certPool(tc.tenant)
+		if err != nil {
+			t.Fatal(err)
+		}
+		err = separateRoles(ca, tc.admin, admins, tc.tenant, tenantPool)
+		if tc.want == "" && err != nil || tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want)) {
+			t.Errorf("-admin-ca %q -tenant-ca %q: %v, want %q", filepath.Base(tc.admin), filepath.Base(tc.tenant), err, tc.want)
+		}
+	}
+}
