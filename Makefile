@@ -41,13 +41,13 @@ e2e: ## end-to-end tests: etcd (one node and a 3-member cluster), CoreDNS, the s
 # A short fuzzing run of each parser; longer runs: make fuzz FUZZTIME=10m.
 FUZZTIME ?= 30s
 fuzz: ## a short fuzzing run of each parser (FUZZTIME=10m for longer)
-	$(GO) test -run XXX -fuzz FuzzParseDevice -fuzztime $(FUZZTIME) ./record/
-	$(GO) test -run XXX -fuzz FuzzServeDNS -fuzztime $(FUZZTIME) ./plugin/
-	$(GO) test -run XXX -fuzz FuzzParse -fuzztime $(FUZZTIME) ./internal/pkcs11key/
-	$(GO) test -run XXX -fuzz FuzzImportLines -fuzztime $(FUZZTIME) ./cmd/deviceid-signer/
-	$(GO) test -run XXX -fuzz FuzzAPIDecode -fuzztime $(FUZZTIME) ./signer/
-	$(GO) test -run XXX -fuzz FuzzVerifyAnswer -fuzztime $(FUZZTIME) -fuzzminimizetime 5s ./verify/
-	$(GO) test -run XXX -fuzz FuzzBrokerACL -fuzztime $(FUZZTIME) -fuzzminimizetime 5s ./internal/mqttbroker/
+	$(GO) test -run XXX -fuzz FuzzParseDevice -fuzztime $(FUZZTIME) -timeout 0 ./record/
+	$(GO) test -run XXX -fuzz FuzzServeDNS -fuzztime $(FUZZTIME) -timeout 0 ./plugin/
+	$(GO) test -run XXX -fuzz FuzzParse -fuzztime $(FUZZTIME) -timeout 0 ./internal/pkcs11key/
+	$(GO) test -run XXX -fuzz FuzzImportLines -fuzztime $(FUZZTIME) -timeout 0 ./cmd/deviceid-signer/
+	$(GO) test -run XXX -fuzz FuzzAPIDecode -fuzztime $(FUZZTIME) -timeout 0 ./signer/
+	$(GO) test -run XXX -fuzz FuzzVerifyAnswer -fuzztime $(FUZZTIME) -timeout 0 -fuzzminimizetime 5s ./verify/
+	$(GO) test -run XXX -fuzz FuzzBrokerACL -fuzztime $(FUZZTIME) -timeout 0 -fuzzminimizetime 5s ./internal/mqttbroker/
 
 # CoreDNS on 127.0.0.1:1053 over an embedded etcd with sample devices.
 run: build ## the dev stack: etcd, signer, demo service and CoreDNS on 127.0.0.1

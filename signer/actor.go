@@ -1,5 +1,7 @@
 package signer
 
+import "strings"
+
 // Actor is who asks for a change: the registry operator, a tenant (by one of its
 // tokens or its client certificate), or a device (by its enrollment code or its
 // current certificate). The audit trail records ID.
@@ -17,7 +19,14 @@ type Actor struct {
 func OperatorActor(id string) Actor { return Actor{ID: id, Operator: true} }
 
 // deviceActor is a device acting for itself, authorised by a code or its certificate.
-func deviceActor(device string) Actor { return Actor{ID: "device:" + device} }
+func deviceActor(device string) Actor { return Actor{ID: devicePrefix + device} }
+
+const devicePrefix = "device:"
+
+// isDevice reports whether the actor is a device acting for itself.
+func (a Actor) isDevice() bool {
+	return !a.Operator && a.Tenant == "" && strings.HasPrefix(a.ID, devicePrefix)
+}
 
 // sees reports whether the actor may see a record of tenant.
 func (a Actor) sees(tenant string) bool { return a.Operator || a.Tenant != "" && a.Tenant == tenant }

@@ -191,6 +191,7 @@ func (c *apiCall) read(v any) bool { return readJSON(c.w, c.r, v) }
 // reply writes v with status, or the error's status.
 func (c *apiCall) reply(status int, v any, err error) {
 	if err != nil {
+		setRetryAfter(c.w, err)
 		writeError(c.w, statusOf(err), err)
 		return
 	}
@@ -739,8 +740,17 @@ func statusOf(err error) int {
 		return http.StatusConflict
 	case errors.Is(err, errStoredInvalid):
 		return http.StatusInternalServerError
+	case errors.Is(err, ErrRateLimited):
+		return http.StatusTooManyRequests
 	}
 	return http.StatusServiceUnavailable
+}
+
+// setRetryAfter tells a client refused by a quota when to try again.
+func setRetryAfter(w http.ResponseWriter, err error) {
+	if limited, ok := errors.AsType[*RateLimitError](err); ok {
+		w.Header().Set("Retry-After", strconv.Itoa(int(limited.Retry.Round(time.Second)/time.Second)))
+	}
 }
 
 func writeJSON(w http.ResponseWriter, status int, v any) {

@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -66,13 +67,13 @@ func (e *AuditEntry) concerns(tenant string) bool {
 }
 
 // auditOp is the put of one audit entry. Its key sorts by time: P/_signer/<zone>/audit/
-// <unix nanoseconds, 19 digits>-<random>-<owner>, so that retention by age deletes a
-// range, and retention by count keeps each owner's newest entries.
+// <unix nanoseconds, 19 digits>-<random>-<owners joined by '+'>, so that retention by
+// age deletes a range, and retention by count keeps each owner's newest entries.
 func (r *Registry) auditOp(e AuditEntry) clientv3.Op {
 	e.Time = r.now().UTC()
 	var rnd [4]byte
 	rand.Read(rnd[:])
-	e.ID = fmt.Sprintf("%019d-%s-%s", e.Time.UnixNano(), hex.EncodeToString(rnd[:]), e.owner())
+	e.ID = fmt.Sprintf("%019d-%s-%s", e.Time.UnixNano(), hex.EncodeToString(rnd[:]), strings.Join(e.owners(), "+"))
 	b, _ := json.Marshal(e)
 	return clientv3.OpPut(r.signerKey(kindAudit, e.ID), string(b))
 }
@@ -80,30 +81,42 @@ func (r *Registry) auditOp(e AuditEntry) clientv3.Op {
 // operatorOwner owns the entries of no tenant; no tenant can be named so.
 const operatorOwner = "_"
 
-// owner is whose share of the trail an entry counts against: the tenant that acted,
-// else the tenant whose device or record changed, else the operator's. One tenant's
-// writes then never push another's entries out of the trail.
-func (e *AuditEntry) owner() string {
-	switch {
-	case e.ActorTenant != "":
-		return e.ActorTenant
-	case e.After != nil && e.After.Tenant != "":
-		return e.After.Tenant
-	case e.Before != nil && e.Before.Tenant != "":
-		return e.Before.Tenant
-	case e.Tenant != "":
-		return e.Tenant
+// owners are the shares of the trail an entry counts against: the one of who acted
+// (the tenant that acted, a device's tenant, or the operator's), and the one of every
+// tenant it concerns. Retention keeps an entry while any of its owners keeps it: one
+// tenant's writes never push out an entry about another tenant, nor the operator's
+// actions about it.
+func (e *AuditEntry) owners() []string {
+	actor := e.ActorTenant
+	if actor == "" && !strings.HasPrefix(e.Actor, devicePrefix) {
+		actor = operatorOwner
 	}
-	return operatorOwner
+	var owners []string
+	for _, o := range []string{actor, e.Tenant, tenantOfSummary(e.Before), tenantOfSummary(e.After)} {
+		if o != "" && !slices.Contains(owners, o) {
+			owners = append(owners, o)
+		}
+	}
+	if len(owners) == 0 {
+		owners = []string{operatorOwner}
+	}
+	return owners
 }
 
-// ownerOfID is the owner an entry's ID names (the operator's for IDs from before
-// owners were named).
-func ownerOfID(id string) string {
-	if parts := strings.SplitN(id, "-", 3); len(parts) == 3 {
-		return parts[2]
+func tenantOfSummary(s *Summary) string {
+	if s == nil {
+		return ""
 	}
-	return operatorOwner
+	return s.Tenant
+}
+
+// ownersOfID are the owners an entry's ID names (the operator's for IDs from before
+// owners were named).
+func ownersOfID(id string) []string {
+	if parts := strings.SplitN(id, "-", 3); len(parts) == 3 {
+		return strings.Split(parts[2], "+")
+	}
+	return []string{operatorOwner}
 }
 
 // AuditFilter selects audit entries; empty fields select all.
@@ -164,9 +177,9 @@ func (f *AuditFilter) matches(e *AuditEntry) bool {
 		(f.Operation == "" || e.Operation == f.Operation) && (f.Actor == "" || e.Actor == f.Actor)
 }
 
-// Retention bounds the audit trail: entries older than MaxAge, and each owner's
-// oldest beyond MaxCount (a tenant's, and the operator's), are deleted by
-// CompactAudit. Zero values keep everything.
+// Retention bounds the audit trail: entries older than MaxAge, and the oldest beyond
+// MaxCount of every owner they count against (a tenant's, the operator's), are deleted
+// by CompactAudit. Zero values keep everything.
 type Retention struct {
 	MaxAge   time.Duration
 	MaxCount int
@@ -206,8 +219,8 @@ func (r *Registry) CompactAudit(ctx context.Context, keep Retention) (int64, err
 }
 
 // compactCount walks the trail's keys from the newest, counting each owner's entries,
-// and deletes those past an owner's newest keep. It holds one page of keys and a count
-// per owner.
+// and deletes an entry once every one of its owners has its newest keep. It holds one
+// page of keys and a count per owner.
 func (r *Registry) compactCount(ctx context.Context, prefix string, keep int) (int64, error) {
 	counts := map[string]int{}
 	var deleted int64
@@ -231,8 +244,12 @@ func (r *Registry) compactCount(ctx context.Context, prefix string, keep int) (i
 			return deleted, err
 		}
 		for _, kv := range resp.Kvs {
-			owner := ownerOfID(strings.TrimPrefix(string(kv.Key), prefix))
-			if counts[owner]++; counts[owner] > keep {
+			kept := false
+			for _, owner := range ownersOfID(strings.TrimPrefix(string(kv.Key), prefix)) {
+				counts[owner]++
+				kept = kept || counts[owner] <= keep
+			}
+			if !kept {
 				doomed = append(doomed, clientv3.OpDelete(string(kv.Key)))
 				if len(doomed) == compactBatch {
 					if err := flush(); err != nil {

@@ -60,10 +60,7 @@ func (r *Registry) IssueCode(ctx context.Context, actor Actor, device, tenant st
 			}
 			return d, nil, nil
 		},
-		lease: lifetime,
-		leased: func(lease clientv3.LeaseID) []clientv3.Op {
-			return []clientv3.Op{clientv3.OpPut(r.codeKey(name), value, clientv3.WithLease(lease))}
-		}})
+		leaseKey: r.codeKey(name), leaseValue: func() string { return value }, lease: lifetime})
 	if err != nil {
 		return "", time.Time{}, err
 	}

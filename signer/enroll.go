@@ -316,18 +316,8 @@ func deviceMayEnroll(d *record.Device, tenant string, tenantAt int, side [][]byt
 // without a record is not trusted.
 func makeRoom(d *record.Device, now time.Time) error {
 	for {
-		if len(d.Credentials) <= record.MaxCredentials {
-			all := d.Clone()
-			for i := range all.Credentials {
-				revoke(&all.Credentials[i], "cessationOfOperation", now) // the longest reason
-			}
-			b, err := json.Marshal(all)
-			if err != nil {
-				return err
-			}
-			if len(b) <= record.MaxRecordSize {
-				return nil
-			}
+		if len(d.Credentials) <= record.MaxCredentials && revokedSize(d, now) <= record.MaxRecordSize {
+			return nil
 		}
 		drop := -1
 		for i, c := range d.Credentials[:len(d.Credentials)-1] {

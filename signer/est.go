@@ -109,7 +109,12 @@ type estStatus struct {
 func (e estStatus) Error() string   { return e.err.Error() }
 func (e estStatus) Unwrap() error   { return e.err }
 func (e estStatus) StatusCode() int { return e.status }
-func (e estStatus) RetryAfter() int { return 0 }
+func (e estStatus) RetryAfter() int {
+	if limited, ok := errors.AsType[*RateLimitError](e.err); ok {
+		return int(limited.Retry.Round(time.Second) / time.Second)
+	}
+	return 0
+}
 
 // estFail counts and logs a refused EST request and returns its error for the library.
 func estFail(status int, err error) error {

@@ -5,6 +5,10 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"runtime"
+	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -41,12 +45,169 @@ func TestAuditRetentionPerTenant(t *testing.T) {
 		}
 		return es
 	}
-	// globex: its creation and its three registrations; acme: its newest five.
+	// globex: its creation and its three registrations; acme: its newest five, and
+	// its creation, which the operator's share keeps.
 	if es := trail(globex); len(es) != 4 || es[3].Device != "g2" {
 		t.Errorf("globex's trail after acme's writes: %v", es)
 	}
-	if es := trail(acme); len(es) != 5 || es[0].Device != "a25" {
+	if es := trail(acme); len(es) != 6 || es[0].Operation != "tenant.create" || es[1].Device != "a25" {
 		t.Errorf("acme's trail: %v", es)
+	}
+}
+
+// An entry about a tenant is kept while any tenant it concerns keeps it: the
+// operator's suspension of acme's device and globex's acceptance of acme's device stay
+// in acme's trail however much globex and acme write.
+func TestAuditOwners(t *testing.T) {
+	r, acme, globex, clock := tenantRegistry(t)
+	ctx := t.Context()
+	for _, name := range []string{"lamp", "sensor7"} {
+		if _, err := r.Register(ctx, acme, name, "", nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	clock.Add(time.Second)
+	if _, err := r.SetSuspended(ctx, testOperator, "sensor7", true); err != nil {
+		t.Fatal(err)
+	}
+	code, _, err := r.StartTransfer(ctx, acme, "lamp", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	clock.Add(time.Second)
+	if _, err := r.AcceptTransfer(ctx, globex, "lamp", "", code, false); err != nil {
+		t.Fatal(err)
+	}
+	// globex writes much: the acceptance, about acme's device, stays in acme's trail;
+	// then acme writes much: the operator's suspension stays (the operator's share).
+	for _, a := range []Actor{globex, acme} {
+		for i := range 20 {
+			clock.Add(time.Second)
+			if _, err := r.Register(ctx, a, fmt.Sprintf("%s%d", a.Tenant, i), "", nil); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if _, err := r.CompactAudit(ctx, Retention{MaxCount: 3}); err != nil {
+			t.Fatal(err)
+		}
+		es, _, err := r.Audit(ctx, acme, AuditFilter{Limit: 1000})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ops := map[string]bool{}
+		for _, e := range es {
+			ops[e.Operation] = true
+		}
+		want := "transfer.accept"
+		if a.Tenant == "acme" {
+			want = "device.suspend"
+		}
+		if !ops[want] {
+			t.Errorf("after %s's writes, acme's trail lost %s: %v", a.Tenant, want, es)
+		}
+	}
+}
+
+// Quotas bound the writes of a tenant (bytes) and a device's own enrollments; the
+// operator is not bound; the buckets refill on the registry's clock.
+func TestQuotas(t *testing.T) {
+	r, acme, _, clock := tenantRegistry(t)
+	r.Quotas = &Quotas{TenantBytesPerSecond: 1000, TenantBurstBytes: 200 << 10, DeviceWritesPerHour: 6, DeviceWriteBurst: 2}
+	ctx := t.Context()
+	big := map[string]string{}
+	for i := range 30 {
+		big[fmt.Sprintf("k%d", i)] = strings.Repeat("v", 200)
+	}
+	if _, err := r.Register(ctx, acme, "lamp", "", nil); err != nil {
+		t.Fatal(err)
+	}
+	var limited error
+	writes := 0
+	for ; writes < 100 && limited == nil; writes++ {
+		big["n"] = fmt.Sprint(writes)
+		_, limited = r.SetAttributes(ctx, acme, "lamp", big)
+	}
+	if !errors.Is(limited, ErrRateLimited) || statusOf(limited) != http.StatusTooManyRequests || writes < 10 {
+		t.Fatalf("after %d writes: %v", writes, limited)
+	}
+	if _, err := r.SetAttributes(ctx, testOperator, "lamp", nil); err != nil {
+		t.Errorf("the operator is not bound: %v", err)
+	}
+	clock.Add(10 * time.Second)
+	if _, err := r.SetAttributes(ctx, acme, "lamp", map[string]string{"a": "b"}); err != nil {
+		t.Errorf("after the quota refilled: %v", err)
+	}
+
+	e := &Enroller{CA: testCA(t), Registry: r, Now: clock.Now}
+	cur, err := e.Enroll(ctx, Enrollment{Actor: testOperator, Device: "sensor7", CSR: csrFor(t, testenv.DeviceKey(t))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	reenroll := func() error {
+		next, err := e.Enroll(ctx, Enrollment{Device: "sensor7", CSR: csrFor(t, testenv.DeviceKey(t)), Current: cur.Cert, Supersede: SupersedeCurrent})
+		if err == nil {
+			cur = next
+		}
+		return err
+	}
+	for i := range 2 {
+		if err := reenroll(); err != nil {
+			t.Fatalf("re-enrollment %d: %v", i, err)
+		}
+	}
+	if err := reenroll(); !errors.Is(err, ErrRateLimited) {
+		t.Errorf("a third re-enrollment at once: %v", err)
+	}
+	clock.Add(10 * time.Minute)
+	if err := reenroll(); err != nil {
+		t.Errorf("ten minutes later: %v", err)
+	}
+}
+
+// A code or a transfer issued again replaces the lease of the one before: a device
+// holds one lease per kind however often they are issued.
+func TestCodeLeaseReplaced(t *testing.T) {
+	r, acme, _, _ := tenantRegistry(t)
+	ctx := t.Context()
+	before := leases(t, r.Client)
+	for range 20 {
+		if _, _, err := r.IssueCode(ctx, acme, "sensor7", "", time.Hour); err != nil {
+			t.Fatal(err)
+		}
+		if _, _, err := r.StartTransfer(ctx, acme, "sensor7", time.Hour); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := leases(t, r.Client) - before; n != 2 {
+		t.Errorf("%d leases for one code and one transfer", n)
+	}
+}
+
+// No write but a revocation grows a record past the size at which all its keys can be
+// revoked: the operator and the tenant can always revoke.
+func TestRevokeAlwaysFits(t *testing.T) {
+	r, acme, _, clock := tenantRegistry(t)
+	ctx := t.Context()
+	e := &Enroller{CA: testCA(t), Registry: r, Now: clock.Now}
+	for {
+		if _, err := e.Enroll(ctx, Enrollment{Actor: acme, Device: "sensor7", CSR: csrFor(t, testenv.DeviceKey(t))}); err != nil {
+			if !errors.Is(err, ErrConflict) {
+				t.Fatal(err)
+			}
+			break
+		}
+	}
+	attrs := map[string]string{}
+	var err error
+	for i := 0; i < record.MaxAttributes && err == nil; i++ {
+		attrs[fmt.Sprintf("k%d", i)] = strings.Repeat("v", record.MaxAttributeValue)
+		_, err = r.SetAttributes(ctx, acme, "sensor7", attrs)
+	}
+	if !errors.Is(err, ErrConflict) {
+		t.Errorf("attributes filling the record: %v", err)
+	}
+	if _, err := r.Revoke(ctx, acme, "sensor7", nil, "keyCompromise"); err != nil {
+		t.Errorf("revoking every key of a full record: %v", err)
 	}
 }
 
@@ -218,6 +379,14 @@ func TestNameBelowAnotherTenantsDevice(t *testing.T) {
 	if _, err := r.Register(ctx, acme, "x.sensor7", "", nil); err != nil {
 		t.Errorf("acme below its own device: %v", err)
 	}
+	// Nor move one there by a transfer.
+	code, _, err := r.StartTransfer(ctx, acme, "x.sensor7", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.AcceptTransfer(ctx, globex, "x.sensor7", "", code, false); !errors.Is(err, ErrConflict) {
+		t.Errorf("a transfer below acme's device to globex: %v", err)
+	}
 	if _, err := r.Register(ctx, testOperator, "z.sensor7", "globex", nil); err != nil {
 		t.Errorf("the operator: %v", err)
 	}
@@ -244,34 +413,101 @@ func TestDeleteInvalidRemovesIndex(t *testing.T) {
 	}
 }
 
-// Every route of the signer is behind the failure limiter: a client that keeps
-// failing authentication is answered 429, others are not, and its bucket refills.
+// The API and EST's enrollments are behind the failure limiter: a client that keeps
+// failing authentication is answered 429, others are not, its bucket refills, and
+// requests sent at once cannot all be tried. /healthz is never limited.
 func TestFailureLimiter(t *testing.T) {
 	clock := &fakeClock{t: time.Date(2026, 12, 1, 12, 0, 0, 0, time.UTC)}
 	s := &Server{CA: testCA(t), Registry: testRegistry(t), Token: "0123456789abcdef0123", Now: clock.Now,
 		Limits: Limits{FailuresPerSecond: 1, FailureBurst: 3}}
 	h := s.Handler()
-	ask := func(addr, token string) int {
-		req := httptest.NewRequest("GET", "/api/v1/whoami", nil)
+	ask := func(addr, path, token string) int {
+		req := httptest.NewRequest("GET", path, nil)
 		req.RemoteAddr = addr
 		req.Header.Set("Authorization", "Bearer "+token)
 		rec := httptest.NewRecorder()
 		h.ServeHTTP(rec, req)
 		return rec.Code
 	}
+	const whoami, good = "/api/v1/whoami", "0123456789abcdef0123"
+	for range 10 {
+		if code := ask("192.0.2.1:1000", whoami, good); code != http.StatusOK {
+			t.Fatalf("successes cost nothing: %d", code)
+		}
+	}
 	for i := range 3 {
-		if code := ask("192.0.2.1:1000", "wrong"); code != http.StatusUnauthorized {
+		if code := ask("192.0.2.1:1000", whoami, "wrong"); code != http.StatusUnauthorized {
 			t.Fatalf("failure %d: %d", i, code)
 		}
 	}
-	if code := ask("192.0.2.1:1001", "0123456789abcdef0123"); code != http.StatusTooManyRequests {
+	if code := ask("192.0.2.1:1001", whoami, good); code != http.StatusTooManyRequests {
 		t.Errorf("after the burst of failures: %d, want 429", code)
 	}
-	if code := ask("192.0.2.2:1000", "0123456789abcdef0123"); code != http.StatusOK {
+	if code := ask("192.0.2.1:1001", "/healthz", ""); code == http.StatusTooManyRequests {
+		t.Error("/healthz answered 429")
+	}
+	if code := ask("192.0.2.2:1000", whoami, good); code != http.StatusOK {
 		t.Errorf("another client: %d", code)
 	}
 	clock.Add(time.Second)
-	if code := ask("192.0.2.1:1002", "0123456789abcdef0123"); code != http.StatusOK {
+	if code := ask("192.0.2.1:1002", whoami, good); code != http.StatusOK {
 		t.Errorf("after a second: %d", code)
+	}
+}
+
+// A request takes its failure before it is served: of many sent at once, no more than
+// the burst are tried.
+func TestFailureLimiterConcurrent(t *testing.T) {
+	l := newFailureLimiter(Limits{FailuresPerSecond: 1, FailureBurst: 5}, func() time.Time { return time.Unix(0, 0) })
+	release := make(chan struct{})
+	var tried atomic.Int32
+	h := l.handler(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		tried.Add(1)
+		<-release
+		w.WriteHeader(http.StatusUnauthorized)
+	}))
+	var wg sync.WaitGroup
+	for range 50 {
+		wg.Go(func() {
+			req := httptest.NewRequest("GET", "/api/v1/whoami", nil)
+			req.RemoteAddr = "192.0.2.1:1"
+			h.ServeHTTP(httptest.NewRecorder(), req)
+		})
+	}
+	for tried.Load() < 5 {
+		runtime.Gosched()
+	}
+	close(release)
+	wg.Wait()
+	if n := tried.Load(); n != 5 {
+		t.Errorf("%d requests tried at once, burst 5", n)
+	}
+}
+
+// Clients flooding the table from ever new addresses neither grow it nor lock out a
+// new client: a new key takes the slot with the most tokens left.
+func TestBucketsBounded(t *testing.T) {
+	b := newBuckets(64, 1, 3, func() time.Time { return time.Unix(0, 0) })
+	for i := range 100_000 {
+		key := fmt.Sprintf("2001:db8:%x::", i)
+		for b.take(key, 1) {
+		}
+	}
+	if len(b.slots) != 64 {
+		t.Fatalf("the table has %d slots", len(b.slots))
+	}
+	if !b.take("192.0.2.7", 1) {
+		t.Error("a new client was locked out by the flood")
+	}
+	// A limited key is the last of its set to be pushed out: new keys that keep
+	// tokens push out each other, not it.
+	b = newBuckets(64, 1, 3, func() time.Time { return time.Unix(0, 0) })
+	for b.take("192.0.2.7", 1) {
+	}
+	for i := range 1000 {
+		b.take(fmt.Sprintf("2001:db8:1:%x::", i), 1)
+	}
+	if b.take("192.0.2.7", 1) {
+		t.Error("a flood of new keys freed a limited one")
 	}
 }

@@ -81,10 +81,13 @@ func (r *Registry) SetSuspended(ctx context.Context, actor Actor, device string,
 // StartTransfer makes a one-time transfer code for a device of the actor's tenant,
 // replacing an earlier one. The gaining tenant completes the transfer with it.
 func (r *Registry) StartTransfer(ctx context.Context, actor Actor, device string, lifetime time.Duration) (string, time.Time, error) {
-	var code string
+	name, err := record.DeviceName(device)
+	if err != nil {
+		return "", time.Time{}, invalid(err)
+	}
+	var code, value string
 	var expires time.Time
-	var value string
-	_, err := r.update(ctx, write{actor: actor, operation: "transfer.start", device: device,
+	_, err = r.update(ctx, write{actor: actor, operation: "transfer.start", device: device,
 		change: func(d *record.Device, _ [][]byte) (*record.Device, []clientv3.Op, error) {
 			if d == nil {
 				return nil, nil, ErrNotFound
@@ -98,11 +101,7 @@ func (r *Registry) StartTransfer(ctx context.Context, actor Actor, device string
 			}
 			return d, nil, nil
 		},
-		lease: lifetime,
-		leased: func(lease clientv3.LeaseID) []clientv3.Op {
-			name, _ := record.DeviceName(device)
-			return []clientv3.Op{clientv3.OpPut(r.signerKey(kindTransfer, name), value, clientv3.WithLease(lease))}
-		}})
+		leaseKey: r.signerKey(kindTransfer, name), leaseValue: func() string { return value }, lease: lifetime})
 	if err != nil {
 		return "", time.Time{}, err
 	}

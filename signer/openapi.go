@@ -101,7 +101,7 @@ func openAPI() (*openapi3.T, error) {
 			success.WithContent(openapi3.NewContentWithSchemaRef(ref, []string{mediaType}))
 		}
 		op.AddResponse(rt.status, success)
-		for _, status := range append([]int{401, 403, 503}, rt.errors...) {
+		for _, status := range append([]int{401, 403, 429, 503}, rt.errors...) { // 429: the failure limiter, the quotas
 			op.AddResponse(status, openapi3.NewResponse().WithDescription(http.StatusText(status)).WithJSONSchemaRef(errSchema))
 		}
 		doc.AddOperation(rt.path, rt.method, op)

@@ -56,6 +56,8 @@ type Registry struct {
 	Prefix string
 	Zone   string
 	Now    func() time.Time // nil: time.Now
+	// Quotas bound the writes of tenants and devices; nil: no bound.
+	Quotas *Quotas
 
 	// tenantsSeen holds the tenant records last read by a write (key → seenKey), for the
 	// next first enrollment's guess: the common case, a tenant's new device, is then one
@@ -151,10 +153,13 @@ type write struct {
 	detail       string // for the audit trail: the reason of a revocation, the key, ...
 	// service: device names a service (_8883._tcp.mqtt.acme) whose record is changed.
 	service bool
-	// lease, when set, is the lifetime of an etcd lease granted once the change has
-	// passed every check, for the puts leased returns: a refused request grants none.
-	lease  time.Duration
-	leased func(clientv3.LeaseID) []clientv3.Op
+	// leaseKey, when set, is put with leaseValue's value under an etcd lease of
+	// lease granted once the change has passed every check (a refused request grants
+	// none); the lease of the value it replaces is revoked once the write is done, so a
+	// key holds one lease however often it is written.
+	leaseKey   string
+	leaseValue func() string
+	lease      time.Duration
 }
 
 // recordKey checks the name of a device (or a service) and returns its etcd key and
@@ -208,7 +213,12 @@ func (r *Registry) update(ctx context.Context, w write) (*record.Device, error) 
 		ownerAt = len(keys)
 		keys = append(keys, r.signerKey(kindTenant, w.owner))
 	}
-	snap := snapshot{values: make([][]byte, len(keys)), revs: make([]int64, len(keys))}
+	leaseAt := -1
+	if w.leaseKey != "" {
+		leaseAt = len(keys)
+		keys = append(keys, w.leaseKey)
+	}
+	snap := snapshot{values: make([][]byte, len(keys)), revs: make([]int64, len(keys)), leases: make([]int64, len(keys))}
 	if !w.assumeAbsent {
 		if snap, err = r.read(ctx, keys); err != nil {
 			return nil, unavailable(err, false)
@@ -223,7 +233,7 @@ func (r *Registry) update(ctx context.Context, w write) (*record.Device, error) 
 	}
 	guessed := w.assumeAbsent // the last attempt failed on a guess, not a race
 	var lease *clientv3.LeaseGrantResponse
-	written := false
+	written, charged := false, false
 	for attempt := range maxAttempts {
 		onGuess := attempt == 0 && w.assumeAbsent
 		if attempt > 0 && guessed {
@@ -256,7 +266,7 @@ func (r *Registry) update(ctx context.Context, w write) (*record.Device, error) 
 		if err == nil && updated != nil {
 			err = w.check(before, updated, snap.values, ownerAt)
 		}
-		if err == nil && updated != nil && before == nil {
+		if err == nil && updated != nil && (before == nil || before.Tenant != updated.Tenant) {
 			err = w.checkAncestors(updated, snap.values[ancestorsAt:ancestorsEnd])
 		}
 		if err != nil && onGuess {
@@ -271,6 +281,7 @@ func (r *Registry) update(ctx context.Context, w write) (*record.Device, error) 
 			return nil, err
 		}
 		var op clientv3.Op
+		cost := auditCost
 		if updated == nil {
 			if snap.values[0] == nil && len(ops) == 0 {
 				return nil, nil // deleting what is not there: done
@@ -281,14 +292,20 @@ func (r *Registry) update(ctx context.Context, w write) (*record.Device, error) 
 			if err != nil {
 				return nil, err
 			}
-			// Never write what could not be read back: DNS would drop the record.
-			if len(after) > record.MaxRecordSize {
-				return nil, fmt.Errorf("%w: the record would be %d bytes, more than the %d a record holds; revoke or delete old keys", ErrConflict, len(after), record.MaxRecordSize)
+			if err := checkSize(before, updated, len(snap.values[0]), len(after), r.now()); err != nil {
+				return nil, err
 			}
-			if bytes.Equal(snap.values[0], after) && len(ops) == 0 && w.leased == nil {
+			if bytes.Equal(snap.values[0], after) && len(ops) == 0 && w.leaseKey == "" {
 				return updated, nil // idempotent: nothing to write
 			}
 			op = clientv3.OpPut(keys[0], string(after))
+			cost += len(after)
+		}
+		if !charged {
+			if err := r.Quotas.charge(w.actor, tenantOf(before, updated), device, cost, r.now); err != nil {
+				return nil, err
+			}
+			charged = true
 		}
 		entry := AuditEntry{Actor: w.actor.ID, ActorTenant: w.actor.Tenant, Operation: w.operation,
 			Before: summarize(before), After: summarize(updated), Detail: w.detail}
@@ -299,20 +316,18 @@ func (r *Registry) update(ctx context.Context, w write) (*record.Device, error) 
 			ops = append(ops, r.indexOps(device, before, updated)...)
 		}
 		ops = append(ops, r.auditOp(entry))
-		if w.leased != nil {
+		if w.leaseKey != "" {
 			if lease == nil {
 				if lease, err = r.Client.Grant(ctx, int64(w.lease/time.Second)+1); err != nil {
 					return nil, unavailable(err, true)
 				}
 				defer func() {
 					if !written { // a lease granted for nothing would live out its TTL
-						rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-						r.Client.Revoke(rctx, lease.ID)
-						cancel()
+						r.revokeLease(ctx, lease.ID)
 					}
 				}()
 			}
-			ops = append(ops, w.leased(lease.ID)...)
+			ops = append(ops, clientv3.OpPut(w.leaseKey, w.leaseValue(), clientv3.WithLease(lease.ID)))
 		}
 		cmps := make([]clientv3.Cmp, len(keys))
 		elses := make([]clientv3.Op, len(keys))
@@ -328,6 +343,9 @@ func (r *Registry) update(ctx context.Context, w write) (*record.Device, error) 
 		}
 		if resp.Succeeded {
 			written = true
+			if leaseAt >= 0 && snap.leases[leaseAt] != 0 {
+				r.revokeLease(ctx, clientv3.LeaseID(snap.leases[leaseAt]))
+			}
 			if ownerAt >= 0 && snap.values[ownerAt] != nil {
 				r.tenantsSeen.Store(keys[ownerAt], seenKey{snap.values[ownerAt], snap.revs[ownerAt]})
 			}
@@ -358,6 +376,55 @@ func (w *write) check(before, updated *record.Device, values [][]byte, ownerAt i
 		return fmt.Errorf("%w: a tenant cannot give a device to another tenant; start a transfer", ErrForbidden)
 	}
 	return nil
+}
+
+// auditCost is what a write costs a quota besides its record: the audit entry and
+// the index, about.
+const auditCost = 512
+
+// tenantOf is the tenant of a record after a write, or before it.
+func tenantOf(before, after *record.Device) string {
+	if after != nil {
+		return after.Tenant
+	}
+	if before != nil {
+		return before.Tenant
+	}
+	return ""
+}
+
+// revokeLease ends a lease the registry no longer needs, even when ctx has ended; a
+// failure only lets the lease live out its TTL.
+func (r *Registry) revokeLease(ctx context.Context, id clientv3.LeaseID) {
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	r.Client.Revoke(rctx, id)
+}
+
+// checkSize refuses a record that DNS could not read back (record.MaxRecordSize), and
+// a write that grows a record, without revoking any of its keys, beyond the size at
+// which every key could still be revoked: revoking must always remain possible.
+func checkSize(before, updated *record.Device, oldSize, size int, now time.Time) error {
+	if size > record.MaxRecordSize {
+		return fmt.Errorf("%w: the record would be %d bytes, more than the %d a record holds; revoke or delete old keys", ErrConflict, size, record.MaxRecordSize)
+	}
+	if size <= oldSize || before != nil && summarize(updated).Active < summarize(before).Active {
+		return nil
+	}
+	if n := revokedSize(updated, now); n > record.MaxRecordSize {
+		return fmt.Errorf("%w: with every key revoked the record would be %d bytes, more than the %d a record holds; revoke or delete old keys", ErrConflict, n, record.MaxRecordSize)
+	}
+	return nil
+}
+
+// revokedSize is the size of d's record with every key revoked.
+func revokedSize(d *record.Device, now time.Time) int {
+	all := d.Clone()
+	for i := range all.Credentials {
+		revoke(&all.Credentials[i], "cessationOfOperation", now) // the longest reason
+	}
+	b, _ := json.Marshal(all)
+	return len(b)
 }
 
 // ancestorKeys are the record keys of the devices above a multi-label device name:
@@ -415,10 +482,12 @@ func unavailable(err error, write bool) error {
 	return err
 }
 
-// snapshot is what one read found at keys: values (nil when absent) and revisions.
+// snapshot is what one read found at keys: values (nil when absent), revisions and
+// leases (0 for none).
 type snapshot struct {
 	values [][]byte
 	revs   []int64
+	leases []int64
 }
 
 // read gets keys at one revision: a plain Get for one key, one read-only
@@ -443,10 +512,10 @@ func (r *Registry) read(ctx context.Context, keys []string) (snapshot, error) {
 }
 
 func snapshotOf(responses []*etcdserverpb.ResponseOp) snapshot {
-	s := snapshot{values: make([][]byte, len(responses)), revs: make([]int64, len(responses))}
+	s := snapshot{values: make([][]byte, len(responses)), revs: make([]int64, len(responses)), leases: make([]int64, len(responses))}
 	for i, r := range responses {
 		if kvs := r.GetResponseRange().Kvs; len(kvs) > 0 {
-			s.values[i], s.revs[i] = kvs[0].Value, kvs[0].ModRevision
+			s.values[i], s.revs[i], s.leases[i] = kvs[0].Value, kvs[0].ModRevision, kvs[0].Lease
 		}
 	}
 	return s

@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/tls"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -242,6 +243,188 @@ func TestAdversaryMQTT(t *testing.T) {
 		if got != mqttbroker.DefaultMaxRetained || advMQTTRetained(st.broker, "devices/echo/#") != mqttbroker.DefaultMaxRetained {
 			t.Errorf("%d retained messages read back, the broker holds %d; want the quota %d", got,
 				advMQTTRetained(st.broker, "devices/echo/#"), mqttbroker.DefaultMaxRetained)
+		}
+	})
+
+	t.Run("retained wills", func(t *testing.T) {
+		// The review's attack: connection after connection of one device, each with a
+		// retained Will of 20 KiB on a new topic, killed without DISCONNECT. Before the
+		// fix the broker retained every Will (8 × 20 KiB, over the 64 KiB quota).
+		india := advMQTTEnroll(t, st, "india")
+		will := strings.Repeat("w", 20<<10)
+		refused := 0
+		for i := range 8 {
+			attack, out := advMQTTStart(t, st, addr, "mosquitto_pub", india, "-t", "devices/india/x", "-l",
+				"--will-topic", fmt.Sprintf("devices/india/w%d", i), "--will-payload", will, "--will-retain", "--will-qos", "1")
+			testenv.Eventually(t, "india connected or refused", func() error {
+				if advMQTTConnected(st.broker, "india") || strings.Contains(strings.ToLower(out.String()), "not authori") {
+					return nil
+				}
+				return fmt.Errorf("neither: %q", out.String())
+			})
+			if strings.Contains(strings.ToLower(out.String()), "not authori") {
+				refused++
+			}
+			attack.Process.Kill()
+			testenv.Eventually(t, "india gone", func() error {
+				if _, ok := st.broker.Server.Clients.Get("india"); ok {
+					return fmt.Errorf("still there")
+				}
+				return nil
+			})
+		}
+		n, size := 0, 0
+		for _, m := range st.broker.Server.Topics.Messages("devices/india/#") {
+			n, size = n+1, size+len(m.Payload)
+		}
+		t.Logf("after 8 connections with a retained Will of 20 KiB each: %d retained, %d bytes; %d refused at CONNECT", n, size, refused)
+		if n != 3 || size > mqttbroker.DefaultMaxRetainedBytes || refused != 5 {
+			t.Errorf("%d retained, %d bytes, %d connections refused; want 3 within %d bytes, 5 refused", n, size, refused, mqttbroker.DefaultMaxRetainedBytes)
+		}
+		// MQTT 5 is told why.
+		if out, err := advMQTTRun(st, addr, "mosquitto_pub", india, "-V", "mqttv5", "-t", "devices/india/x", "-m", "x",
+			"--will-topic", "devices/india/w9", "--will-payload", will, "--will-retain"); !strings.Contains(strings.ToLower(out), "quota exceeded") {
+			t.Errorf("MQTT 5, a retained Will over the quota: %q %v", out, err)
+		}
+	})
+
+	t.Run("retained will over the quota when sent", func(t *testing.T) {
+		// juliet's retained Will (20 KiB) fits at CONNECT; then juliet retains 50 KiB
+		// and is killed: its Will is sent but not retained.
+		juliet := advMQTTEnroll(t, st, "juliet")
+		cmd := advMQTTCommand(st, addr, "mosquitto_pub", juliet, "-t", "devices/juliet/data", "-r", "-q", "1", "-l",
+			"--will-topic", "devices/juliet/status", "--will-payload", strings.Repeat("w", 20<<10), "--will-retain")
+		out := &advMQTTOutput{}
+		cmd.Stdout, cmd.Stderr = out, out
+		stdin, err := cmd.StdinPipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		done := make(chan struct{})
+		go func() { cmd.Wait(); close(done) }()
+		t.Cleanup(func() { cmd.Process.Kill(); <-done })
+		testenv.Eventually(t, "juliet connected", func() error {
+			if !advMQTTConnected(st.broker, "juliet") {
+				return fmt.Errorf("not connected: %q", out.String())
+			}
+			return nil
+		})
+		if _, err := io.WriteString(stdin, strings.Repeat("d", 50<<10)+"\n"); err != nil {
+			t.Fatal(err)
+		}
+		testenv.Eventually(t, "juliet's 50 KiB retained", func() error {
+			if m, ok := st.broker.Server.Topics.Retained.Get("devices/juliet/data"); !ok || len(m.Payload) != 50<<10 {
+				return fmt.Errorf("not retained: %q", out.String())
+			}
+			return nil
+		})
+		cmd.Process.Kill()
+		testenv.Eventually(t, "juliet gone", func() error {
+			if _, ok := st.broker.Server.Clients.Get("juliet"); ok {
+				return fmt.Errorf("still there")
+			}
+			return nil
+		})
+		if advMQTTRetained(st.broker, "devices/juliet/status") != 0 {
+			t.Error("the Will, over the retained quota when it was sent, was retained")
+		}
+	})
+
+	t.Run("name passes to the next holder", func(t *testing.T) {
+		// kilo keeps a session (a subscription) and a retained message; kilo is deleted
+		// and the name registered again, with a new key: the new kilo finds neither.
+		kilo := advMQTTEnroll(t, st, "kilo")
+		if out, err := advMQTTRun(st, addr, "mosquitto_sub", kilo, "-c", "-q", "1", "-t", "devices/kilo/cmd", "-E"); err != nil {
+			t.Fatalf("%q %v", out, err)
+		}
+		if out, err := advMQTTRun(st, addr, "mosquitto_pub", kilo, "-c", "-q", "1", "-r", "-t", "devices/kilo/state", "-m", "kilo's secret"); err != nil {
+			t.Fatalf("%q %v", out, err)
+		}
+		// The session's subscription to devices/kilo/cmd (the next kilo subscribes to
+		// devices/kilo/#, which matches the topic too).
+		subscribed := func() bool {
+			cl, ok := st.broker.Server.Clients.Get("kilo")
+			if !ok {
+				return false
+			}
+			_, ok = cl.State.Subscriptions.Get("devices/kilo/cmd")
+			return ok
+		}
+		if advMQTTRetained(st.broker, "devices/kilo/#") != 1 || !subscribed() {
+			t.Fatalf("kilo's retained message or session missing")
+		}
+		if err := st.reg.Delete(t.Context(), signer.OperatorActor("test"), "kilo"); err != nil {
+			t.Fatal(err)
+		}
+		next := advMQTTEnroll(t, st, "kilo")
+		var out string
+		testenv.Eventually(t, "the next kilo connected", func() error { // once the old answer has left the broker's cache
+			o, _ := advMQTTRun(st, addr, "mosquitto_sub", next, "-c", "-q", "1", "-t", "devices/kilo/#", "--retained-only", "-W", "2", "-v")
+			if strings.Contains(o, "rror") || strings.Contains(o, "efused") {
+				return fmt.Errorf("%q", o)
+			}
+			out = o
+			return nil
+		})
+		if strings.Contains(out, "secret") {
+			t.Errorf("the next holder of the name received the old one's retained message: %q", out)
+		}
+		if n := advMQTTRetained(st.broker, "devices/kilo/#"); n != 0 || subscribed() {
+			t.Errorf("the old kilo's data at the broker: %d retained, subscribed %v", n, subscribed())
+		}
+	})
+
+	t.Run("cut off device's data", func(t *testing.T) {
+		// lima, with a retained message and a session kept for reconnection, is revoked:
+		// the broker cuts it off and deletes both at once.
+		lima := advMQTTEnroll(t, st, "lima")
+		if out, err := advMQTTRun(st, addr, "mosquitto_pub", lima, "-q", "1", "-r", "-t", "devices/lima/state", "-m", "lima's"); err != nil {
+			t.Fatalf("%q %v", out, err)
+		}
+		advMQTTStart(t, st, addr, "mosquitto_sub", lima, "-c", "-q", "1", "-t", "devices/lima/cmd")
+		subscribers := func() int { return len(st.broker.Server.Topics.Subscribers("devices/lima/cmd").Subscriptions) }
+		testenv.Eventually(t, "lima subscribed", func() error {
+			if subscribers() != 1 {
+				return fmt.Errorf("no subscription")
+			}
+			return nil
+		})
+		if _, err := st.reg.Revoke(t.Context(), signer.OperatorActor("test"), "lima", nil, "keyCompromise"); err != nil {
+			t.Fatal(err)
+		}
+		testenv.Eventually(t, "lima cut off, its data deleted", func() error {
+			if advMQTTConnected(st.broker, "lima") {
+				return fmt.Errorf("still connected")
+			}
+			if n := advMQTTRetained(st.broker, "devices/lima/#"); n != 0 || subscribers() != 0 {
+				return fmt.Errorf("%d retained, %d subscriptions", n, subscribers())
+			}
+			return nil
+		})
+	})
+
+	t.Run("session expiry", func(t *testing.T) {
+		// MQTT 5: CONNECT with a session expiry of 60 s, DISCONNECT with 2^32-1 s.
+		mike := advMQTTEnroll(t, st, "mike")
+		if out, err := advMQTTRun(st, addr, "mosquitto_pub", mike, "-V", "mqttv5", "-x", "60", "-D", "disconnect", "session-expiry-interval", "4294967295",
+			"-t", "devices/mike/x", "-m", "x"); err != nil {
+			t.Fatalf("%q %v", out, err)
+		}
+		cl, ok := st.broker.Server.Clients.Get("mike")
+		if !ok {
+			t.Fatal("no session kept")
+		}
+		testenv.Eventually(t, "mike disconnected", func() error {
+			if !cl.Closed() {
+				return fmt.Errorf("still open")
+			}
+			return nil
+		})
+		if got, limit := cl.Properties.Props.SessionExpiryInterval, uint32(mqttbroker.DefaultMaxSessionExpiry/time.Second); got != limit {
+			t.Errorf("the session expires %d s after the DISCONNECT, want the cap %d s", got, limit)
 		}
 	})
 

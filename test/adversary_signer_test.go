@@ -335,3 +335,60 @@ func TestAdversarySignerHTTPS(t *testing.T) {
 		t.Errorf("/metrics with its token: %v %v", resp, err)
 	}
 }
+
+// A tenant writing as fast as it can (attributes of a big record, again and again)
+// is answered 429 once its write quota is spent, and etcd stops growing with its
+// writes; another tenant's writes go on.
+func TestAdversaryTenantWriteFlood(t *testing.T) {
+	etcd := testenv.StartEtcd(t)
+	cli := etcd.Client()
+	dir := t.TempDir()
+	ca, err := signer.InitCA(dir, "deviceid e2e CA", zone, elliptic.P256(), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := serveSignerWith(t, ca, filepath.Join(dir, signer.CACertFile), etcdclient.Settings{Endpoints: []string{etcd.URL()}},
+		func(srv *signer.Server) {
+			srv.Registry.Quotas = &signer.Quotas{TenantBytesPerSecond: 1 << 10, TenantBurstBytes: 256 << 10}
+		})
+	tokens := map[string]string{}
+	for _, name := range []string{"acme", "globex"} {
+		if status := s.admin(t, "POST", "/api/v1/tenants", fmt.Sprintf(`{"name": %q}`, name), nil); status != http.StatusCreated {
+			t.Fatalf("tenant %s: %d", name, status)
+		}
+		var tok signer.NewToken
+		s.admin(t, "POST", "/api/v1/tenants/"+name+"/tokens", "", &tok)
+		tokens[name] = tok.Secret
+		if status := s.apiCall(t, tok.Secret, "POST", "/api/v1/devices/"+name+"-lamp/register", "", nil); status != http.StatusOK {
+			t.Fatalf("register: %d", status)
+		}
+	}
+	var attrs []string
+	for i := range 30 {
+		attrs = append(attrs, fmt.Sprintf(`"k%d": %q`, i, strings.Repeat("v", 200)))
+	}
+	var status, writes int
+	for ; writes < 200; writes++ {
+		body := fmt.Sprintf(`{"attributes": {"n": "%d", %s}}`, writes, strings.Join(attrs, ", "))
+		if status, _ = s.apiRaw(t, tokens["acme"], "PUT", "/api/v1/devices/acme-lamp/attributes", body); status != http.StatusOK {
+			break
+		}
+	}
+	t.Logf("acme refused after %d writes: %d", writes, status)
+	if status != http.StatusTooManyRequests || writes < 10 {
+		t.Fatalf("after %d writes: %d, want 429", writes, status)
+	}
+	rev, _ := cli.Get(t.Context(), "x")
+	big := fmt.Sprintf(`{"attributes": {"n": "x", %s}}`, strings.Join(attrs, ", "))
+	for range 5 {
+		if status, _ := s.apiRaw(t, tokens["acme"], "PUT", "/api/v1/devices/acme-lamp/attributes", big); status != http.StatusTooManyRequests {
+			t.Errorf("a write beyond the quota: %d", status)
+		}
+	}
+	if now, _ := cli.Get(t.Context(), "x"); now.Header.Revision != rev.Header.Revision {
+		t.Errorf("writes beyond the quota reached etcd (revision %d → %d)", rev.Header.Revision, now.Header.Revision)
+	}
+	if status, _ := s.apiRaw(t, tokens["globex"], "PUT", "/api/v1/devices/globex-lamp/attributes", `{"attributes": {"a": "b"}}`); status != http.StatusOK {
+		t.Errorf("globex's write while acme is limited: %d", status)
+	}
+}

@@ -5,7 +5,9 @@
 // the same rule, each device's retained messages, subscriptions and packets bounded,
 // and connected devices checked again every second so that a revoked or suspended
 // device is cut off within the TTL (and one DNS cannot vouch for within the TTL and a
-// grace period). Devices authenticate the broker by the TLSA RRset at
+// grace period), its session and retained messages deleted; a session and retained
+// messages belong to the key that made them, so a name's next key starts clean.
+// Devices authenticate the broker by the TLSA RRset at
 // _8883._tcp.<host>: -publish puts the broker's key there through the signer's admin
 // API at start. internal/mqttbroker documents the rules; deviceid-mqtt -h lists the
 // flags.
@@ -57,9 +59,12 @@ devices/<device>/ only (no $SYS, no shared subscriptions, no other device's topi
 and its Will must be on such a topic too, or the connection is refused. Connected
 devices are verified again every second: a revoked one is cut off once its cached
 answer expires, and one DNS cannot vouch for is cut off its TTL and -recheck-grace
-after the last answer (fail closed). The limits below bound what one device can make
-the broker hold; a refused publish gets reason code 0x97 (quota exceeded) or 0x87
-(not authorized) in MQTT 5, a disconnection in MQTT 3.1.1.
+after the last answer (fail closed); a device cut off loses its session and retained
+messages. A session and retained messages belong to the key that made them: a device
+connecting with another key (its name enrolled again) starts clean. The limits below
+bound what one device can make the broker hold, its retained Wills included; a
+refused publish gets reason code 0x97 (quota exceeded) or 0x87 (not authorized) in
+MQTT 5, a disconnection in MQTT 3.1.1.
 
 example (the dev stack of make run):
   deviceid-mqtt -cert .deviceid-dev/broker.pem -key .deviceid-dev/broker-key.pem \
@@ -87,12 +92,12 @@ func run(ctx context.Context, args []string, out, errOut io.Writer) error {
 	signerCA := fs.String("signer-ca", "", "for -publish: the CA of the signer's HTTPS certificate, PEM")
 	var c mqttbroker.Config
 	maxPacket := fs.Uint("max-packet-size", mqttbroker.DefaultMaxPacketSize, "the largest MQTT packet a client may send, bytes")
-	fs.IntVar(&c.MaxRetained, "max-retained", mqttbroker.DefaultMaxRetained, "retained messages per device")
+	fs.IntVar(&c.MaxRetained, "max-retained", mqttbroker.DefaultMaxRetained, "retained messages per device, retained Wills included")
 	fs.IntVar(&c.MaxRetainedBytes, "max-retained-bytes", mqttbroker.DefaultMaxRetainedBytes, "payload bytes of one device's retained messages")
 	fs.IntVar(&c.MaxSubscriptions, "max-subscriptions", mqttbroker.DefaultMaxSubscriptions, "topic filters per device")
 	receiveMax := fs.Uint("receive-maximum", mqttbroker.DefaultReceiveMaximum, "QoS 1 and 2 messages a device may have unacknowledged (at most 65535)")
 	maxInflight := fs.Uint("max-inflight", mqttbroker.DefaultMaxInflight, "QoS 1 and 2 messages held for a device until it acknowledges (at most 65535)")
-	fs.DurationVar(&c.MaxSessionExpiry, "max-session-expiry", mqttbroker.DefaultMaxSessionExpiry, "how long a session outlives its connection")
+	fs.DurationVar(&c.MaxSessionExpiry, "max-session-expiry", mqttbroker.DefaultMaxSessionExpiry, "how long a session outlives its connection, whatever a CONNECT or DISCONNECT asks for (a Will's delay too)")
 	fs.DurationVar(&c.MaxMessageExpiry, "max-message-expiry", mqttbroker.DefaultMaxMessageExpiry, "how long a message, a retained one too, is kept")
 	fs.Int64Var(&c.MaxClients, "max-clients", mqttbroker.DefaultMaxClients, "connected clients")
 	fs.DurationVar(&c.RecheckGrace, "recheck-grace", mqttbroker.DefaultRecheckGrace, "how long past its answer's expiry a session stays while DNS cannot be reached")

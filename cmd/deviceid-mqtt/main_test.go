@@ -62,7 +62,7 @@ func TestUsage(t *testing.T) {
 	if err := run(t.Context(), []string{"-h"}, io.Discard, &text); !errors.Is(err, flag.ErrHelp) {
 		t.Errorf("-h: %v", err)
 	}
-	for _, want := range []string{"usage: deviceid-mqtt", "serves one zone", "-max-retained", "-recheck-grace", "-resolver-trusted"} {
+	for _, want := range []string{"usage: deviceid-mqtt", "serves one zone", "-max-retained", "-recheck-grace", "-resolver-trusted", "starts clean"} {
 		if !strings.Contains(text.String(), want) {
 			t.Errorf("-h does not say %q:\n%s", want, text.String())
 		}

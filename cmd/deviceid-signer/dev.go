@@ -95,7 +95,7 @@ func dev(args []string) error {
 		etcdFlags: etcdFlags{zone: *zone, prefix: *prefix, endpoints: *clientURL},
 		caFlags:   caFlags{caCert: filepath.Join(*dataDir, signer.CACertFile), caKey: filepath.Join(*dataDir, signer.CAKeyFile), lifetime: signer.DefaultLifetime},
 		listen:    *listen, tokenFile: filepath.Join(*dataDir, "admin-token"), dns: *dnsServer,
-		retention: signer.DefaultRetention,
+		retention: signer.DefaultRetention, quotas: signer.DefaultQuotas(),
 	}
 	fmt.Printf("EST and the admin API on https://%s (CA: %s)\n", *listen, srv.caCert)
 	fmt.Printf("  operator bearer token (in %s): %s\n", srv.tokenFile, token)

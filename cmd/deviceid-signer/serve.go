@@ -28,6 +28,7 @@ type serveFlags struct {
 	metricsTokenFile        string
 	retention               signer.Retention
 	limits                  signer.Limits
+	quotas                  *signer.Quotas
 }
 
 func (f *serveFlags) register(fs *flag.FlagSet) {
@@ -46,6 +47,11 @@ func (f *serveFlags) register(fs *flag.FlagSet) {
 	fs.IntVar(&f.limits.MaxHeaderBytes, "max-header-bytes", envInt("DEVICEID_MAX_HEADER_BYTES", f.limits.MaxHeaderBytes), "bytes of a request's line and headers ($DEVICEID_MAX_HEADER_BYTES)")
 	fs.Float64Var(&f.limits.FailuresPerSecond, "failures-per-second", envFloat("DEVICEID_FAILURES_PER_SECOND", f.limits.FailuresPerSecond), "refused (401, 403) requests a client address may make per second before it is answered 429 ($DEVICEID_FAILURES_PER_SECOND)")
 	fs.IntVar(&f.limits.FailureBurst, "failure-burst", envInt("DEVICEID_FAILURE_BURST", f.limits.FailureBurst), "refused requests a client address may make at once ($DEVICEID_FAILURE_BURST)")
+	f.quotas = signer.DefaultQuotas()
+	fs.Float64Var(&f.quotas.TenantBytesPerSecond, "tenant-write-rate", envFloat("DEVICEID_TENANT_WRITE_RATE", f.quotas.TenantBytesPerSecond), "bytes a tenant (its tokens, certificates and devices) may write to etcd per second; 0: no bound ($DEVICEID_TENANT_WRITE_RATE)")
+	fs.Float64Var(&f.quotas.TenantBurstBytes, "tenant-write-burst", envFloat("DEVICEID_TENANT_WRITE_BURST", f.quotas.TenantBurstBytes), "bytes a tenant may write at once ($DEVICEID_TENANT_WRITE_BURST)")
+	fs.Float64Var(&f.quotas.DeviceWritesPerHour, "device-enrollments-per-hour", envFloat("DEVICEID_DEVICE_ENROLLMENTS_PER_HOUR", f.quotas.DeviceWritesPerHour), "enrollments a device may make for itself per hour (EST); 0: no bound ($DEVICEID_DEVICE_ENROLLMENTS_PER_HOUR)")
+	fs.Float64Var(&f.quotas.DeviceWriteBurst, "device-enrollment-burst", envFloat("DEVICEID_DEVICE_ENROLLMENT_BURST", f.quotas.DeviceWriteBurst), "enrollments a device may make at once ($DEVICEID_DEVICE_ENROLLMENT_BURST)")
 	f.retention = signer.DefaultRetention
 	fs.DurationVar(&f.retention.MaxAge, "audit-max-age", envDuration("DEVICEID_AUDIT_MAX_AGE", f.retention.MaxAge), "delete audit entries older than this (0: keep) ($DEVICEID_AUDIT_MAX_AGE)")
 	fs.IntVar(&f.retention.MaxCount, "audit-max-entries", envInt("DEVICEID_AUDIT_MAX_ENTRIES", f.retention.MaxCount), "keep at most this many audit entries of each tenant (and as many of the operator's), deleting the oldest (0: no limit) ($DEVICEID_AUDIT_MAX_ENTRIES)")
@@ -189,7 +195,7 @@ func (f *serveFlags) run(ctx context.Context, ready chan<- string) error {
 	if err := separateRoles(ca, f.adminCA, adminCAs, f.tenantCA, tenantCAs); err != nil {
 		return err
 	}
-	reg := &signer.Registry{Prefix: f.prefix, Zone: f.zone}
+	reg := &signer.Registry{Prefix: f.prefix, Zone: f.zone, Quotas: f.quotas}
 	if reg.Client, err = settings.Connect(ctx, 10*time.Second, reg.ZonePrefix()); err != nil {
 		return err
 	}

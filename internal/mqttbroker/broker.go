@@ -16,26 +16,42 @@
 // to refuses the connection (CONNACK 0x87 not authorized, 0x05 in MQTT 3.1.1). A device
 // the broker disconnects because DNS no longer vouches for it has its Will dropped.
 //
+// A name's data belongs to a key. A session and the retained messages under
+// devices/<device>/ belong to the key (the certificate's SPKI) that made them: a device
+// that connects with another key (its key revoked and a new one enrolled, or the name
+// deleted and registered again, by another tenant too) starts clean, whatever it asks
+// for: the old key's session (subscriptions, messages in flight, Will) and retained
+// messages are deleted, and CONNACK says no session is present. A device the re-check
+// cuts off loses its session and retained messages at once.
+//
 // Revocation. Connected devices are verified again every second (Config.Recheck), so a
 // revoked or suspended device is disconnected once its cached TLSA answer has lived out
 // its TTL, not only refused at its next connection. While DNS cannot be reached a
 // session lives on only until the answer it was last verified against has expired
 // plus Config.RecheckGrace (fail closed): a device revoked while DNS was down is cut off
-// by then.
+// by then. Cut off, its session and retained messages are deleted.
 //
 // Bounded resources. Config's limits (each with a safe default) bound what one device
 // can make the broker hold: packet size (larger packets close the connection; MQTT 5
 // clients are told the limit in CONNACK), retained messages per device and their
 // bytes, subscriptions per device, messages in flight, queued writes, how long a
-// session outlives its connection, how long a message is kept, and how many clients
-// are connected. A refused publish is answered with its MQTT 5 reason code (0x97 quota
-// exceeded, 0x87 not authorized) on QoS 1 and 2; MQTT 3.1.1 has no negative
-// acknowledgement, so such a client is disconnected; a QoS 0 message is dropped.
-// Refusals are logged and counted (Stats).
+// session outlives its connection (whatever an MQTT 5 CONNECT or DISCONNECT asks for;
+// a Will's delay ends with its session), how long a message is kept, and how many
+// clients are connected. The retained quota counts every retained message however it
+// comes: a publish, checked before it is stored (so that the client is told), a Will,
+// counted at CONNECT against what the device holds and again when it is sent (over the
+// quota then, it is published but not retained), and every message once stored, which
+// is deleted if two of a device's connections raced past the quota together. A refused
+// publish is answered with its MQTT 5 reason code (0x97 quota exceeded, 0x87 not
+// authorized) on QoS 1 and 2; MQTT 3.1.1 has no negative acknowledgement, so such a
+// client is disconnected; a QoS 0 message is dropped. Refusals are logged and counted
+// (Stats).
 package mqttbroker
 
 import (
+	"bytes"
 	"context"
+	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
@@ -145,17 +161,43 @@ type Broker struct {
 	log      *slog.Logger
 	mu       sync.Mutex
 	sessions map[string]*session // by client id
-	addr     net.Addr
-	stats    struct {
-		willsRefused, publishesRefused, retainedRefused, subscriptionsRefused, tooLarge, revoked, unverified atomic.Int64
+	// owners holds, by device, the key (SHA-256 of the SPKI) its session and retained
+	// messages belong to; a device with nothing at the broker has none (pruneOwners).
+	owners map[string]spki
+	addr   net.Addr
+	stats  struct {
+		willsRefused, publishesRefused, retainedRefused, subscriptionsRefused, tooLarge, revoked, unverified, cleanStarts atomic.Int64
 	}
 }
 
-// session is a connected device: its certificate chain and its name.
+// spki is the SHA-256 digest of a certificate's SubjectPublicKeyInfo.
+type spki [sha256.Size]byte
+
+// keyOf is the key of the certificate a client authenticated with.
+func keyOf(cl *mqtt.Client) (spki, bool) {
+	tc, ok := cl.Net.Conn.(*tls.Conn)
+	if !ok {
+		return spki{}, false
+	}
+	certs := tc.ConnectionState().PeerCertificates
+	if len(certs) == 0 {
+		return spki{}, false
+	}
+	return sha256.Sum256(certs[0].RawSubjectPublicKeyInfo), true
+}
+
+// session is a connected device: its certificate chain, its key and its name.
 type session struct {
 	client *mqtt.Client
 	chain  []*x509.Certificate
+	key    spki
 	device string
+	// newKey: the name's data belonged to another key, or to none, when it connected;
+	// fresh: so a session it would have resumed was emptied, and CONNACK says none.
+	newKey, fresh bool
+	// cut: the re-check cut it off; it stays in Broker.sessions, not Connected, until
+	// mochi is done with it (OnDisconnect).
+	cut atomic.Bool
 	// validUntil is when the answer the device was last verified against expires
 	// (Unix nanoseconds): with DNS away, the session ends RecheckGrace after it.
 	validUntil atomic.Int64
@@ -174,6 +216,7 @@ type Stats struct {
 	PacketsTooLarge      int64 // connections closed for a packet over MaxPacketSize
 	Revoked              int64 // sessions cut off because DNS no longer vouches for them
 	Unverified           int64 // sessions cut off because DNS could not be reached past their grace
+	CleanStarts          int64 // connections started clean: the name's session or retained messages were another key's, or a cut-off session's
 	Retained             int64 // retained messages held now, $SYS included
 }
 
@@ -187,6 +230,7 @@ func (b *Broker) Stats() Stats {
 		PacketsTooLarge:      b.stats.tooLarge.Load(),
 		Revoked:              b.stats.revoked.Load(),
 		Unverified:           b.stats.unverified.Load(),
+		CleanStarts:          b.stats.cleanStarts.Load(),
 		Retained:             int64(b.Server.Topics.Retained.Len()),
 	}
 }
@@ -228,7 +272,7 @@ func Start(ctx context.Context, c Config) (*Broker, error) {
 		}
 	}
 	c.setDefaults()
-	b := &Broker{Verifier: c.Verifier, cfg: c, zone: zone, log: c.Logger, sessions: map[string]*session{}}
+	b := &Broker{Verifier: c.Verifier, cfg: c, zone: zone, log: c.Logger, sessions: map[string]*session{}, owners: map[string]spki{}}
 	if c.ClientCAs != nil {
 		b.Verifier = nil // the pool decides, in the handshake
 	}
@@ -270,6 +314,7 @@ func Start(ctx context.Context, c Config) (*Broker, error) {
 	if b.Verifier != nil {
 		go b.recheck(ctx)
 	}
+	go b.prune(ctx)
 	go func() {
 		<-ctx.Done()
 		b.Server.Close()
@@ -378,7 +423,9 @@ func (b *Broker) recheckRound(ctx context.Context) {
 	b.mu.Lock()
 	sessions := make([]*session, 0, len(b.sessions))
 	for _, s := range b.sessions {
-		sessions = append(sessions, s)
+		if !s.cut.Load() {
+			sessions = append(sessions, s)
+		}
 	}
 	b.mu.Unlock()
 	// Most checks are answered from the cache; the ones whose answers expired wait
@@ -422,15 +469,102 @@ func (b *Broker) recheckSession(ctx context.Context, s *session) {
 		counter = &b.stats.unverified
 	}
 	n := counter.Add(1)
-	b.log.Info("disconnecting a device DNS no longer vouches for", "device", s.device, "err", err, "count", n)
+	b.log.Info("disconnecting a device DNS no longer vouches for; its session and retained messages deleted", "device", s.device, "err", err, "count", n)
 	// Its Will is not published: the broker, not the device, ends this session, and a
 	// device that may be revoked speaks no more.
+	s.cut.Store(true)
 	atomic.StoreUint32(&s.client.Properties.Will.Flag, 0)
 	b.Server.DisconnectClient(s.client, packets.ErrNotAuthorized)
 	s.client.Stop(err)
-	b.forget(s.client.ID, s.client)
+	b.cutOff(s)
 	if b.OnDisconnect != nil {
 		b.OnDisconnect(s.device, err)
+	}
+}
+
+// cutOff deletes what a session cut off leaves: the session kept for reconnection
+// (subscriptions, messages in flight) and, unless another key holds the name by now,
+// the device's retained messages and its key, so that nothing of it passes to whoever
+// holds the name next. OnDisconnect clears the session again once mochi is done with
+// the client (a packet in process meanwhile may have subscribed).
+func (b *Broker) cutOff(s *session) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.clearSession(s.client)
+	if owner, ok := b.owners[s.device]; ok && owner == s.key {
+		b.deleteRetained(s.device)
+		delete(b.owners, s.device)
+	}
+}
+
+// clearSession empties the session mochi keeps for cl: no Will, no subscriptions, no
+// messages in flight. (The empty session expires as any other; a client that resumes
+// it is told none is present.)
+func (b *Broker) clearSession(cl *mqtt.Client) {
+	atomic.StoreUint32(&cl.Properties.Will.Flag, 0)
+	b.Server.UnsubscribeClient(cl)
+	cl.ClearInflights()
+}
+
+// deleteRetained deletes the device's retained messages and returns how many there were.
+func (b *Broker) deleteRetained(device string) int {
+	msgs := b.Server.Topics.Messages("devices/" + device + "/#")
+	for _, m := range msgs {
+		b.Server.Topics.RetainMessage(packets.Packet{TopicName: m.TopicName}) // an empty payload deletes
+	}
+	atomic.StoreInt64(&b.Server.Info.Retained, int64(b.Server.Topics.Retained.Len()))
+	return len(msgs)
+}
+
+// retainedUsage returns how many retained messages device holds, and their payload
+// bytes, leaving out the one on topic except (which a new one there replaces).
+func (b *Broker) retainedUsage(device, except string) (count, size int) {
+	for _, m := range b.Server.Topics.Messages("devices/" + device + "/#") {
+		if m.TopicName != except {
+			count, size = count+1, size+len(m.Payload)
+		}
+	}
+	return count, size
+}
+
+// fits reports whether count retained messages of size bytes are within the quota.
+func (b *Broker) fits(count, size int) bool {
+	return count <= b.cfg.MaxRetained && size <= b.cfg.MaxRetainedBytes
+}
+
+// pruneEvery is how often pruneOwners runs.
+const pruneEvery = time.Minute
+
+func (b *Broker) prune(ctx context.Context) {
+	t := time.NewTicker(pruneEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		b.pruneOwners()
+	}
+}
+
+// pruneOwners forgets the key of each device that has nothing left at the broker: not
+// connected, no session kept, no retained message. (Its next connection, with any key,
+// starts clean, which finds nothing to delete.)
+func (b *Broker) pruneOwners() {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for device := range b.owners {
+		if _, ok := b.sessions[device]; ok {
+			continue
+		}
+		if _, ok := b.Server.Clients.Get(device); ok {
+			continue
+		}
+		if len(b.Server.Topics.Messages("devices/"+device+"/#")) > 0 {
+			continue
+		}
+		delete(b.owners, device)
 	}
 }
 
@@ -457,7 +591,9 @@ func (b *Broker) Connected() []string {
 	defer b.mu.Unlock()
 	out := make([]string, 0, len(b.sessions))
 	for _, s := range b.sessions {
-		out = append(out, s.device)
+		if !s.cut.Load() {
+			out = append(out, s.device)
+		}
 	}
 	return out
 }
@@ -472,8 +608,8 @@ func (h *hook) ID() string { return "deviceid-dane" }
 
 func (h *hook) Provides(b byte) bool {
 	switch b {
-	case mqtt.OnConnect, mqtt.OnConnectAuthenticate, mqtt.OnACLCheck, mqtt.OnDisconnect,
-		mqtt.OnPublish, mqtt.OnSubscribe, mqtt.OnPacketEncode:
+	case mqtt.OnConnect, mqtt.OnConnectAuthenticate, mqtt.OnSessionEstablished, mqtt.OnACLCheck, mqtt.OnDisconnect,
+		mqtt.OnPublish, mqtt.OnSubscribe, mqtt.OnPacketEncode, mqtt.OnPacketRead, mqtt.OnWill, mqtt.OnRetainMessage:
 		return true
 	}
 	return false
@@ -490,9 +626,12 @@ func (h *hook) refuseConnect(cl *mqtt.Client, code, v3 packets.Code) error {
 }
 
 // OnConnect refuses a Will the device could not publish itself: its topic must pass
-// the ACL, and a retained one must fit the device's retained quota on its own. The
-// client id is the device's name, which OnConnectAuthenticate checks next.
+// the ACL, and a retained one must fit the device's retained quota with the retained
+// messages the device holds (those of its key; another key's are deleted as it
+// connects). The client id is the device's name, which OnConnectAuthenticate checks
+// next. A Will's delay is bounded by its session's expiry.
 func (h *hook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
+	h.boundWillDelay(cl)
 	if !pk.Connect.WillFlag {
 		return nil
 	}
@@ -501,14 +640,41 @@ func (h *hook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 	switch {
 	case !allowed(cl.ID, pk.Connect.WillTopic, true):
 		refused = "its Will's topic is not the device's"
-	case pk.Connect.WillRetain && len(pk.Connect.WillPayload) > h.b.cfg.MaxRetainedBytes:
-		refused, code = "its retained Will is larger than the device's retained quota", packets.ErrQuotaExceeded
+	case pk.Connect.WillRetain && len(pk.Connect.WillPayload) > 0 && !h.willFits(cl, pk.Connect.WillTopic, len(pk.Connect.WillPayload)):
+		refused, code = "its retained Will does not fit the device's retained quota", packets.ErrQuotaExceeded
 	default:
 		return nil
 	}
 	n := h.b.stats.willsRefused.Add(1)
 	h.b.log.Info("refused: "+refused, "client", cl.ID, "will_topic", pk.Connect.WillTopic, "count", n)
 	return h.refuseConnect(cl, code, packets.Err3NotAuthorized)
+}
+
+// willFits reports whether a retained Will of size bytes on topic fits cl's device's
+// quota with the retained messages its key holds there now.
+func (h *hook) willFits(cl *mqtt.Client, topic string, size int) bool {
+	count, held := 0, 0
+	key, ok := keyOf(cl)
+	h.b.mu.Lock()
+	if owner, found := h.b.owners[cl.ID]; ok && found && owner == key {
+		count, held = h.b.retainedUsage(cl.ID, topic)
+	}
+	h.b.mu.Unlock()
+	return h.b.fits(count+1, held+size)
+}
+
+// boundWillDelay ends an MQTT 5 Will's delay with the session (MQTT 5 3.1.2.11.2): at
+// most the session expiry the client asks for (0, sent at once, when it asks for none)
+// and MaxSessionExpiry. mochi bounds it by the former only when the CONNECT gives one,
+// and before capping that, so a Will could wait 2^32 s, held in memory.
+func (h *hook) boundWillDelay(cl *mqtt.Client) {
+	limit := uint32(0)
+	if cl.Properties.Props.SessionExpiryIntervalFlag {
+		limit = min(cl.Properties.Props.SessionExpiryInterval, h.b.Server.Options.Capabilities.MaximumSessionExpiryInterval)
+	}
+	if cl.Properties.Will.WillDelayInterval > limit {
+		cl.Properties.Will.WillDelayInterval = limit
+	}
 }
 
 // OnConnectAuthenticate admits a client whose TLS handshake passed the DANE check
@@ -538,12 +704,50 @@ func (h *hook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) bool {
 		h.b.log.Info("refused: the client id is not the device's name", "client", pk.Connect.ClientIdentifier, "device", device)
 		return false
 	}
-	s := &session{client: cl, chain: chain, device: device}
+	s := &session{client: cl, chain: chain, device: device, key: sha256.Sum256(chain[0].RawSubjectPublicKeyInfo)}
 	s.validUntil.Store(validUntil.UnixNano())
 	h.b.mu.Lock()
+	defer h.b.mu.Unlock()
+	if owner, ok := h.b.owners[device]; !ok || owner != s.key {
+		h.b.cleanStart(s, ok)
+	}
+	h.b.owners[device] = s.key
 	h.b.sessions[cl.ID] = s
-	h.b.mu.Unlock()
 	return true
+}
+
+// cleanStart makes s's device start clean: the name's data, if any, belongs to another
+// key (had: a key is on record) or to none (a cut-off device's leftover). The session
+// mochi would resume is emptied now, before mochi takes it over (mochi cannot be told
+// to start clean, so CONNACK is corrected in OnPacketEncode), and the retained messages
+// are deleted, here and again in OnSessionEstablished. b.mu is held.
+func (b *Broker) cleanStart(s *session, had bool) {
+	s.newKey = true
+	if old, ok := b.Server.Clients.Get(s.device); ok {
+		b.clearSession(old) // its Will too: the connection taken over may still be up
+		s.fresh = true
+	}
+	if n := b.deleteRetained(s.device); had || s.fresh || n > 0 {
+		count := b.stats.cleanStarts.Add(1)
+		b.log.Info("starting clean: the device's name held the session or retained messages of another key, or of a session cut off; deleted",
+			"device", s.device, "another_key", had, "session", s.fresh, "retained", n, "count", count)
+	}
+}
+
+// OnSessionEstablished deletes again, for a device that started clean, the retained
+// messages of the name's old key: one may have been stored since cleanStart (a publish
+// racing in on the connection taken over, a delayed Will sent as mochi took it over).
+// The device has sent nothing yet; mochi has forgotten the delayed Will.
+func (h *hook) OnSessionEstablished(cl *mqtt.Client, _ packets.Packet) {
+	s := h.b.session(cl)
+	if s == nil || !s.newKey {
+		return
+	}
+	h.b.mu.Lock()
+	defer h.b.mu.Unlock()
+	if h.b.owners[s.device] == s.key {
+		h.b.deleteRetained(s.device)
+	}
 }
 
 // OnACLCheck applies allowed to publishes, subscriptions and deliveries.
@@ -564,19 +768,77 @@ func (h *hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, er
 	if !pk.FixedHeader.Retain || len(pk.Payload) == 0 {
 		return pk, nil
 	}
-	count, size := 1, len(pk.Payload)
-	for _, m := range h.b.Server.Topics.Messages("devices/" + cl.ID + "/#") {
-		if m.TopicName != pk.TopicName {
-			count, size = count+1, size+len(m.Payload)
-		}
-	}
-	if count <= h.b.cfg.MaxRetained && size <= h.b.cfg.MaxRetainedBytes {
+	count, size := h.b.retainedUsage(cl.ID, pk.TopicName)
+	if h.b.fits(count+1, size+len(pk.Payload)) {
 		return pk, nil
 	}
 	n := h.b.stats.retainedRefused.Add(1)
 	h.b.log.Info("refused a retained message over the device's quota", "client", cl.ID, "topic", pk.TopicName,
-		"retained", count-1, "bytes", size-len(pk.Payload), "count", n)
+		"retained", count, "bytes", size, "count", n)
 	return pk, h.refusePublish(cl, pk, packets.ErrQuotaExceeded)
+}
+
+// OnWill keeps a retained Will within the device's retained quota when it is sent
+// (mochi stores it without OnPublish): over the quota then, it is published but not
+// retained. OnConnect counted it against what the device held at CONNECT; since then
+// the device may have retained more, or another of its connections' Wills been sent.
+func (h *hook) OnWill(cl *mqtt.Client, will mqtt.Will) (mqtt.Will, error) {
+	if !will.Retain || len(will.Payload) == 0 {
+		return will, nil
+	}
+	count, size := h.b.retainedUsage(cl.ID, will.TopicName)
+	if h.b.fits(count+1, size+len(will.Payload)) {
+		return will, nil
+	}
+	will.Retain = false
+	n := h.b.stats.retainedRefused.Add(1)
+	h.b.log.Info("a retained Will over the device's quota is published, not retained", "client", cl.ID, "topic", will.TopicName,
+		"retained", count, "bytes", size, "count", n)
+	return will, nil
+}
+
+// OnRetainMessage checks a retained message again once mochi has stored it, whatever
+// path it came by (a publish, a Will, a delayed Will): one over the device's quota, or
+// stored by a connection whose key no longer holds the name, is deleted. The checks
+// before storing (OnPublish, OnWill) are what a client is told; this one holds when a
+// device's connections race each other (a Will sent on take-over as the new connection
+// publishes; the old key's connection publishing as a new key starts clean).
+func (h *hook) OnRetainMessage(cl *mqtt.Client, pk packets.Packet, _ int64) {
+	if cl == nil || cl.Net.Inline || len(pk.Payload) == 0 {
+		return
+	}
+	key, ok := keyOf(cl)
+	h.b.mu.Lock()
+	defer h.b.mu.Unlock()
+	owner, held := h.b.owners[cl.ID]
+	count, size := h.b.retainedUsage(cl.ID, "")
+	why := ""
+	switch {
+	case !ok || !held || owner != key:
+		why = "stored by a connection whose key no longer holds the device's name"
+	case !h.b.fits(count, size):
+		why = "over the device's quota"
+		h.b.stats.retainedRefused.Add(1)
+	default:
+		return
+	}
+	if cur, ok := h.b.Server.Topics.Retained.Get(pk.TopicName); ok && cur.Origin == pk.Origin && bytes.Equal(cur.Payload, pk.Payload) {
+		h.b.Server.Topics.RetainMessage(packets.Packet{TopicName: pk.TopicName})
+		atomic.StoreInt64(&h.b.Server.Info.Retained, int64(h.b.Server.Topics.Retained.Len()))
+		h.b.log.Info("deleted a retained message "+why, "client", cl.ID, "topic", pk.TopicName, "retained", count, "bytes", size)
+	}
+}
+
+// OnPacketRead caps the session expiry an MQTT 5 DISCONNECT may set at
+// MaxSessionExpiry: mochi caps the CONNECT's (in CONNACK) but takes the DISCONNECT's
+// as it is, up to 2^32-1 s.
+func (h *hook) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
+	if limit := h.b.Server.Options.Capabilities.MaximumSessionExpiryInterval; pk.FixedHeader.Type == packets.Disconnect &&
+		pk.Properties.SessionExpiryIntervalFlag && pk.Properties.SessionExpiryInterval > limit {
+		h.b.log.Debug("capped the session expiry of a DISCONNECT", "client", cl.ID, "asked", pk.Properties.SessionExpiryInterval, "cap", limit)
+		pk.Properties.SessionExpiryInterval = limit
+	}
+	return pk, nil
 }
 
 // refusePublish answers a publish the broker will not take, with code where the
@@ -639,14 +901,18 @@ func (h *hook) OnSubscribe(cl *mqtt.Client, pk packets.Packet) packets.Packet {
 }
 
 // OnPacketEncode tells MQTT 5 clients the broker's limits in CONNACK (maximum packet
-// size, no shared subscriptions; no topic aliases, by leaving their maximum out), and
-// gives the filters refused for the subscription quota their reason code.
+// size, no shared subscriptions; no topic aliases, by leaving their maximum out), says
+// no session is present to a device that started clean (cleanStart), and gives the
+// filters refused for the subscription quota their reason code.
 func (h *hook) OnPacketEncode(cl *mqtt.Client, pk packets.Packet) packets.Packet {
 	switch pk.FixedHeader.Type {
 	case packets.Connack:
 		if pk.ReasonCode == packets.CodeSuccess.Code && cl.Properties.ProtocolVersion == 5 {
 			pk.Properties.MaximumPacketSize = h.b.cfg.MaxPacketSize
 			pk.Properties.SharedSubAvailable, pk.Properties.SharedSubAvailableFlag = 0, true
+		}
+		if s := h.b.session(cl); s != nil && s.fresh {
+			pk.SessionPresent = false
 		}
 	case packets.Suback:
 		s := h.b.session(cl)
@@ -675,6 +941,11 @@ func (h *hook) OnDisconnect(cl *mqtt.Client, err error, _ bool) {
 		n := h.b.stats.tooLarge.Add(1)
 		h.b.log.Info("disconnected a client that sent a packet over the maximum size", "client", cl.ID,
 			"max", h.b.cfg.MaxPacketSize, "count", n)
+	}
+	if s := h.b.session(cl); s != nil && s.cut.Load() {
+		h.b.mu.Lock()
+		h.b.clearSession(cl)
+		h.b.mu.Unlock()
 	}
 	h.b.forget(cl.ID, cl)
 }

@@ -1,14 +1,18 @@
 package mqttbroker
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/hex"
 	"fmt"
+	"io"
 	"log/slog"
+	"net"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -20,6 +24,8 @@ import (
 
 	paho "github.com/eclipse/paho.mqtt.golang"
 	"github.com/miekg/dns"
+	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/packets"
 )
 
 // resolver is a validating resolver on loopback for these tests: it answers TLSA
@@ -117,6 +123,13 @@ func (tb *testBroker) revoke(name string) {
 // connect is a paho client as device id with cert; opts may change its options.
 func (tb *testBroker) connect(t *testing.T, id string, cert tls.Certificate, opts ...func(*paho.ClientOptions)) (paho.Client, error) {
 	t.Helper()
+	c, _, err := tb.connectSession(t, id, cert, opts...)
+	return c, err
+}
+
+// connectSession is connect, and also returns the CONNACK's session present flag.
+func (tb *testBroker) connectSession(t *testing.T, id string, cert tls.Certificate, opts ...func(*paho.ClientOptions)) (paho.Client, bool, error) {
+	t.Helper()
 	o := paho.NewClientOptions().AddBroker("tls://" + tb.Addr()).SetClientID(id).SetAutoReconnect(false).SetConnectRetry(false).
 		SetTLSConfig(&tls.Config{Certificates: []tls.Certificate{cert}, InsecureSkipVerify: true, MinVersion: tls.VersionTLS13}).
 		SetConnectionLostHandler(func(paho.Client, error) { tb.lost <- id })
@@ -124,11 +137,12 @@ func (tb *testBroker) connect(t *testing.T, id string, cert tls.Certificate, opt
 		f(o)
 	}
 	c := paho.NewClient(o)
-	if tok := c.Connect(); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
-		return nil, fmt.Errorf("connect: %v", tok.Error())
+	tok := c.Connect()
+	if !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+		return nil, false, fmt.Errorf("connect: %v", tok.Error())
 	}
 	t.Cleanup(func() { c.Disconnect(0) })
-	return c, nil
+	return c, tok.(*paho.ConnectToken).SessionPresent(), nil
 }
 
 // gone waits until mochi has forgotten the client id's clean session, which it does
@@ -277,8 +291,14 @@ func TestLimits(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("a packet over the maximum size did not close the connection")
 	}
-	s := tb.Stats()
-	if s.RetainedRefused < 15 || s.SubscriptionsRefused != 2 || s.PacketsTooLarge != 1 {
+	// The client may see its connection closed before mochi is done with it.
+	testenv.Eventually(t, "the packet counted too large", func() error {
+		if s := tb.Stats(); s.PacketsTooLarge != 1 {
+			return fmt.Errorf("stats: %+v", s)
+		}
+		return nil
+	})
+	if s := tb.Stats(); s.RetainedRefused < 15 || s.SubscriptionsRefused != 2 {
 		t.Errorf("stats: %+v", s)
 	}
 }
@@ -398,6 +418,423 @@ func TestAllowed(t *testing.T) {
 	} {
 		if got := allowed(tc.device, tc.topic, tc.write); got != tc.ok {
 			t.Errorf("allowed(%q, %q, write=%v) = %v, want %v", tc.device, tc.topic, tc.write, got, tc.ok)
+		}
+	}
+}
+
+// quiet is a paho option: connection losses are not reported on tb.lost.
+func quiet(o *paho.ClientOptions) { o.SetConnectionLostHandler(func(paho.Client, error) {}) }
+
+// persistent is a paho option: a session kept for reconnection (clean session off).
+func persistent(o *paho.ClientOptions) { o.SetCleanSession(false) }
+
+// drop ends the connection the client id has now from the broker's side, without
+// DISCONNECT, as a network failure would: mochi then sends its Will.
+func (tb *testBroker) drop(t *testing.T, id string) {
+	t.Helper()
+	cl, ok := tb.Server.Clients.Get(id)
+	if !ok {
+		t.Fatalf("%s has no session", id)
+	}
+	cl.Net.Conn.Close()
+}
+
+// retained returns the number and payload bytes of the retained messages under filter.
+func (tb *testBroker) retained(filter string) (n, size int) {
+	for _, m := range tb.Server.Topics.Messages(filter) {
+		n, size = n+1, size+len(m.Payload)
+	}
+	return n, size
+}
+
+// raw5 connects as an MQTT 5 client with cert, sending connect (its type, protocol
+// name and version filled in), and returns the connection and the CONNACK.
+func (tb *testBroker) raw5(t *testing.T, cert tls.Certificate, connect packets.Packet) (*tls.Conn, packets.Packet) {
+	t.Helper()
+	conn, err := tls.Dial("tcp", tb.Addr(), &tls.Config{Certificates: []tls.Certificate{cert}, InsecureSkipVerify: true, MinVersion: tls.VersionTLS13})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	connect.FixedHeader.Type, connect.ProtocolVersion, connect.Connect.ProtocolName = packets.Connect, 5, []byte("MQTT")
+	writePacket(t, conn, connect)
+	ack := readPacket(t, conn)
+	if ack.FixedHeader.Type != packets.Connack {
+		t.Fatalf("got packet type %d, not CONNACK", ack.FixedHeader.Type)
+	}
+	return conn, ack
+}
+
+// writePacket writes a CONNECT or DISCONNECT packet of MQTT 5.
+func writePacket(t *testing.T, conn net.Conn, pk packets.Packet) {
+	t.Helper()
+	var buf bytes.Buffer
+	pk.ProtocolVersion = 5
+	switch pk.FixedHeader.Type {
+	case packets.Connect:
+		pk.ConnectEncode(&buf)
+	case packets.Disconnect:
+		pk.DisconnectEncode(&buf)
+	default:
+		t.Fatalf("writePacket: type %d", pk.FixedHeader.Type)
+	}
+	if _, err := conn.Write(buf.Bytes()); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// readPacket reads one MQTT 5 packet; a CONNACK is decoded.
+func readPacket(t *testing.T, conn net.Conn) packets.Packet {
+	t.Helper()
+	conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+	defer conn.SetReadDeadline(time.Time{})
+	var b [1]byte
+	if _, err := io.ReadFull(conn, b[:]); err != nil {
+		t.Fatal(err)
+	}
+	pk := packets.Packet{ProtocolVersion: 5}
+	if err := pk.FixedHeader.Decode(b[0]); err != nil {
+		t.Fatal(err)
+	}
+	n, shift := 0, 0
+	for {
+		if _, err := io.ReadFull(conn, b[:]); err != nil {
+			t.Fatal(err)
+		}
+		n |= int(b[0]&0x7f) << shift
+		if b[0]&0x80 == 0 {
+			break
+		}
+		shift += 7
+	}
+	body := make([]byte, n)
+	if _, err := io.ReadFull(conn, body); err != nil {
+		t.Fatal(err)
+	}
+	pk.FixedHeader.Remaining = n
+	if pk.FixedHeader.Type == packets.Connack {
+		if err := pk.ConnackDecode(body); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return pk
+}
+
+// TestRetainedWillQuota: a retained Will counts against the device's retained quota,
+// at CONNECT (against what the device retains already) and again when it is sent
+// (mochi stores a Will without OnPublish). The review's attack, scaled down: 20
+// connections, each with a retained Will on a new topic, dropped without DISCONNECT;
+// before the fix the broker held all 20. Then a Will that fitted at CONNECT but not
+// when it is sent, the device having filled its quota meanwhile: it is published but
+// not retained.
+func TestRetainedWillQuota(t *testing.T) {
+	tb := startTestBroker(t, Config{MaxRetained: 5, MaxRetainedBytes: 1000})
+	lamp := tb.device(t, "lamp")
+	refused := 0
+	for i := range 20 {
+		if _, err := tb.connect(t, "lamp", lamp, quiet, func(o *paho.ClientOptions) {
+			o.SetWill(fmt.Sprintf("devices/lamp/w%d", i), strings.Repeat("x", 100), 1, true)
+		}); err != nil {
+			refused++
+			continue
+		}
+		tb.drop(t, "lamp")
+		tb.gone(t, "lamp")
+	}
+	if n, size := tb.retained("devices/lamp/#"); n != 5 || size != 500 {
+		t.Errorf("after 20 connections with a retained Will each: %d retained, %d bytes; want the quota's 5", n, size)
+	}
+	if refused != 15 {
+		t.Errorf("%d connections refused for their retained Will, want 15", refused)
+	}
+
+	fan := tb.device(t, "fan")
+	c, err := tb.connect(t, "fan", fan, quiet, func(o *paho.ClientOptions) {
+		o.SetWill("devices/fan/status", strings.Repeat("w", 300), 1, true)
+	})
+	if err != nil {
+		t.Fatal(err) // nothing retained yet: the Will fits
+	}
+	for i := range 3 {
+		if tok := c.Publish(fmt.Sprintf("devices/fan/r%d", i), 1, true, strings.Repeat("r", 300)); !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
+			t.Fatalf("publish: %v", tok.Error())
+		}
+	}
+	before := tb.Stats().RetainedRefused
+	tb.drop(t, "fan")
+	tb.gone(t, "fan")
+	if n, size := tb.retained("devices/fan/#"); n != 3 || size != 900 {
+		t.Errorf("a Will over the quota when sent: %d retained, %d bytes; want 3, 900", n, size)
+	}
+	if got := tb.Stats().RetainedRefused - before; got != 1 {
+		t.Errorf("%d retained messages refused, want the Will's 1", got)
+	}
+}
+
+// TestCutOffDeletesSession: a device the re-check cuts off (revoked; unverifiable past
+// the grace) loses at once its session, kept for reconnection otherwise, and its
+// retained messages, so that nothing of it passes to whoever holds the name next.
+func TestCutOffDeletesSession(t *testing.T) {
+	for _, why := range []string{"revoked", "unverifiable"} {
+		t.Run(why, func(t *testing.T) {
+			tb := startTestBroker(t, Config{RecheckGrace: time.Second})
+			lamp := tb.device(t, "lamp")
+			c, err := tb.connect(t, "lamp", lamp, quiet, persistent)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if tok := c.Subscribe("devices/lamp/cmd", 1, nil); !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
+				t.Fatal(tok.Error())
+			}
+			if tok := c.Publish("devices/lamp/state", 1, true, "lamp's"); !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
+				t.Fatal(tok.Error())
+			}
+			tb.res.mu.Lock()
+			if why == "revoked" {
+				tb.res.tlsa["lamp._device.iot.example."].Usage = 255
+			} else {
+				tb.res.down = true
+			}
+			tb.res.mu.Unlock()
+			tb.clock.advance(10*time.Second + time.Second + time.Millisecond)
+			tb.recheckRound(t.Context())
+			if tb.connected("lamp") {
+				t.Fatal("not cut off")
+			}
+			testenv.Eventually(t, "lamp's session and retained messages deleted", func() error {
+				if n, _ := tb.retained("devices/lamp/#"); n != 0 {
+					return fmt.Errorf("%d retained", n)
+				}
+				if n := len(tb.Server.Topics.Subscribers("devices/lamp/cmd").Subscriptions); n != 0 {
+					return fmt.Errorf("%d subscriptions in the topic index", n)
+				}
+				if cl, ok := tb.Server.Clients.Get("lamp"); ok && (cl.State.Subscriptions.Len() != 0 || cl.State.Inflight.Len() != 0) {
+					return fmt.Errorf("the session holds %d subscriptions, %d in flight", cl.State.Subscriptions.Len(), cl.State.Inflight.Len())
+				}
+				return nil
+			})
+			tb.res.mu.Lock()
+			tb.res.down = false
+			tb.res.mu.Unlock()
+			// Whoever holds the name next (a new key, once the old answer has expired from
+			// the verifier's cache) finds no session.
+			next := tb.device(t, "lamp")
+			tb.clock.advance(10 * time.Second)
+			if _, present, err := tb.connectSession(t, "lamp", next, quiet, persistent); err != nil || present {
+				t.Errorf("the name's next key: session present %v, %v", present, err)
+			}
+		})
+	}
+}
+
+// TestNewKeyCleanStart: a session and the retained messages belong to the key that
+// made them. The same key resumes its session (the control); the name's next key
+// (revoked and enrolled again, or deleted and registered again by another tenant)
+// starts clean, even asking to resume: no session, no subscriptions, no retained
+// messages, and the Will of the old key's connection, which it takes over, is not
+// published.
+func TestNewKeyCleanStart(t *testing.T) {
+	tb := startTestBroker(t, Config{})
+	old := tb.device(t, "lamp")
+	c, err := tb.connect(t, "lamp", old, quiet, persistent)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if tok := c.Subscribe("devices/lamp/cmd", 1, nil); !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
+		t.Fatal(tok.Error())
+	}
+	if tok := c.Publish("devices/lamp/state", 1, true, "the old holder's"); !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
+		t.Fatal(tok.Error())
+	}
+	c.Disconnect(100)
+	testenv.Eventually(t, "lamp disconnected", func() error {
+		if tb.connected("lamp") {
+			return fmt.Errorf("still connected")
+		}
+		return nil
+	})
+	if _, present, err := tb.connectSession(t, "lamp", old, quiet, persistent, func(o *paho.ClientOptions) {
+		o.SetWill("devices/lamp/status", "the old holder's Will", 1, true)
+	}); err != nil || !present {
+		t.Fatalf("the same key: session present %v, %v", present, err)
+	}
+
+	// The name's next key, once the old answer has expired from the verifier's cache;
+	// the old key's connection is still up (the re-check has not run).
+	next := tb.device(t, "lamp")
+	tb.clock.advance(10 * time.Second)
+	c, present, err := tb.connectSession(t, "lamp", next, quiet, persistent)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if present {
+		t.Error("the name's next key resumed the old key's session")
+	}
+	if n := len(tb.Server.Topics.Subscribers("devices/lamp/cmd").Subscriptions); n != 0 {
+		t.Errorf("the next key inherited %d subscriptions", n)
+	}
+	var mu sync.Mutex
+	var got []string
+	if tok := c.Subscribe("devices/lamp/#", 1, func(_ paho.Client, m paho.Message) {
+		mu.Lock()
+		got = append(got, string(m.Payload()))
+		mu.Unlock()
+	}); !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
+		t.Fatal(tok.Error())
+	}
+	if tok := c.Publish("devices/lamp/mark", 1, false, "mark"); !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
+		t.Fatal(tok.Error())
+	}
+	testenv.Eventually(t, "the mark received", func() error {
+		mu.Lock()
+		defer mu.Unlock()
+		if !slices.Contains(got, "mark") {
+			return fmt.Errorf("got %q", got)
+		}
+		return nil
+	})
+	mu.Lock()
+	if len(got) != 1 {
+		t.Errorf("the name's next key received %q", got)
+	}
+	mu.Unlock()
+	if n, _ := tb.retained("devices/lamp/#"); n != 0 {
+		t.Errorf("%d retained messages of the old key", n)
+	}
+	if s := tb.Stats(); s.CleanStarts != 1 {
+		t.Errorf("stats: %+v", s)
+	}
+}
+
+// TestSessionExpiryCapped: an MQTT 5 session outlives its connection at most
+// MaxSessionExpiry, whatever its CONNECT or its DISCONNECT asks for.
+func TestSessionExpiryCapped(t *testing.T) {
+	tb := startTestBroker(t, Config{})
+	lamp := tb.device(t, "lamp")
+	max := uint32(DefaultMaxSessionExpiry / time.Second)
+	for _, tc := range []struct{ connect, disconnect uint32 }{{60, 0xFFFFFFFF}, {0xFFFFFFFF, 0xFFFFFFFF}, {60, max + 1}, {60, 120}} {
+		conn, ack := tb.raw5(t, lamp, packets.Packet{Connect: packets.ConnectParams{ClientIdentifier: "lamp", Clean: true, Keepalive: 30},
+			Properties: packets.Properties{SessionExpiryInterval: tc.connect, SessionExpiryIntervalFlag: true}})
+		if ack.ReasonCode != 0 {
+			t.Fatalf("CONNACK %#x", ack.ReasonCode)
+		}
+		cl, ok := tb.Server.Clients.Get("lamp")
+		if !ok {
+			t.Fatal("no session")
+		}
+		writePacket(t, conn, packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Disconnect},
+			Properties: packets.Properties{SessionExpiryInterval: tc.disconnect, SessionExpiryIntervalFlag: true}})
+		testenv.Eventually(t, "disconnected", func() error {
+			if !cl.Closed() {
+				return fmt.Errorf("still open")
+			}
+			return nil
+		})
+		want := min(tc.disconnect, max)
+		if got := cl.Properties.Props.SessionExpiryInterval; got != want {
+			t.Errorf("CONNECT %d s, DISCONNECT %d s: the session expires %d s after, want %d", tc.connect, tc.disconnect, got, want)
+		}
+	}
+}
+
+// TestWillDelayBounded: a Will's delay ends with its session (MQTT 5, 3.1.2.11.2),
+// and so within MaxSessionExpiry: a session that ends with its connection sends its
+// Will at once, whatever delay it asked for.
+func TestWillDelayBounded(t *testing.T) {
+	tb := startTestBroker(t, Config{})
+	lamp := tb.device(t, "lamp")
+	will := packets.ConnectParams{ClientIdentifier: "lamp", Clean: true, Keepalive: 30, WillFlag: true, WillRetain: true, WillQos: 1,
+		WillTopic: "devices/lamp/status", WillPayload: []byte("gone"), WillProperties: packets.Properties{WillDelayInterval: 0xFFFFFFFF}}
+	conn, _ := tb.raw5(t, lamp, packets.Packet{Connect: will})
+	conn.Close()
+	testenv.Eventually(t, "the Will sent", func() error {
+		if _, ok := tb.Server.Topics.Retained.Get("devices/lamp/status"); !ok {
+			return fmt.Errorf("not retained")
+		}
+		return nil
+	})
+	// A session kept longer than the cap asks for: the delay is the cap at most.
+	_, _ = tb.raw5(t, lamp, packets.Packet{Connect: will, Properties: packets.Properties{SessionExpiryInterval: 0xFFFFFFFF, SessionExpiryIntervalFlag: true}})
+	cl, _ := tb.Server.Clients.Get("lamp")
+	if got, max := cl.Properties.Will.WillDelayInterval, uint32(DefaultMaxSessionExpiry/time.Second); got > max {
+		t.Errorf("the Will's delay is %d s, beyond the session's cap %d s", got, max)
+	}
+}
+
+// TestRetainedCheckedOnceStored: a retained message is checked again once mochi has
+// stored it (OnRetainMessage), whatever path it came by: one stored by a connection
+// whose key no longer holds the name, or over the quota (two of a device's connections
+// racing past it together), is deleted; one within the quota, of the name's key, stays.
+func TestRetainedCheckedOnceStored(t *testing.T) {
+	tb := startTestBroker(t, Config{MaxRetained: 2})
+	h := &hook{b: tb.Broker}
+	retain := func(cl *mqtt.Client, topic string) bool {
+		pk := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish, Retain: true}, TopicName: topic, Payload: []byte("x"), Origin: cl.ID}
+		tb.Server.Topics.RetainMessage(pk)
+		h.OnRetainMessage(cl, pk, 1)
+		_, ok := tb.Server.Topics.Retained.Get(topic)
+		return ok
+	}
+	if _, err := tb.connect(t, "lamp", tb.device(t, "lamp"), quiet); err != nil {
+		t.Fatal(err)
+	}
+	old, _ := tb.Server.Clients.Get("lamp")
+	if !retain(old, "devices/lamp/a") || !retain(old, "devices/lamp/b") {
+		t.Error("a retained message within the quota was deleted")
+	}
+	if retain(old, "devices/lamp/c") {
+		t.Error("a retained message over the quota stayed")
+	}
+	next := tb.device(t, "lamp")
+	tb.clock.advance(10 * time.Second)
+	if _, err := tb.connect(t, "lamp", next, quiet); err != nil {
+		t.Fatal(err)
+	}
+	if retain(old, "devices/lamp/d") {
+		t.Error("a retained message of the old key's connection, stored after the new key's clean start, stayed")
+	}
+	cur, _ := tb.Server.Clients.Get("lamp")
+	if !retain(cur, "devices/lamp/e") {
+		t.Error("the new key's retained message was deleted")
+	}
+}
+
+// TestOwnersPruned: the broker forgets the key of a device that has nothing left
+// there (not connected, no session, no retained message), and keeps the others'.
+func TestOwnersPruned(t *testing.T) {
+	tb := startTestBroker(t, Config{})
+	owner := func(device string) bool {
+		tb.mu.Lock()
+		defer tb.mu.Unlock()
+		_, ok := tb.owners[device]
+		return ok
+	}
+	for _, name := range []string{"gone", "kept", "session", "here"} {
+		c, err := tb.connect(t, name, tb.device(t, name), quiet, func(o *paho.ClientOptions) { o.SetCleanSession(name != "session") })
+		if err != nil {
+			t.Fatal(err)
+		}
+		if name == "kept" {
+			if tok := c.Publish("devices/kept/x", 1, true, "x"); !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
+				t.Fatal(tok.Error())
+			}
+		}
+		if name != "here" {
+			c.Disconnect(100)
+		}
+	}
+	tb.gone(t, "gone")
+	tb.gone(t, "kept")
+	testenv.Eventually(t, "disconnected", func() error {
+		if tb.connected("session") {
+			return fmt.Errorf("still connected")
+		}
+		return nil
+	})
+	tb.pruneOwners()
+	for name, want := range map[string]bool{"gone": false, "kept": true, "session": true, "here": true} {
+		if owner(name) != want {
+			t.Errorf("%s: key on record %v, want %v", name, !want, want)
 		}
 	}
 }
