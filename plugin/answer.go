@@ -49,12 +49,12 @@ func (z *zone) serve(w dns.ResponseWriter, state request.Request, qname string, 
 		z.mu.RUnlock()
 		return err
 	}
-	nz := z.signer.nz()
+	a := nameAnswer{p: &p, ap: ap, qtype: qtype, do: do, wire: wire, now: ns}
 	var stale entry // a copy of the entry, when its answer is signed here
 	found := zd.st.view(qname, func(e entry) {
-		if allCurrent(e.rrset(), ns) && (!do || e.signed() && z.signer.fresh(e.expiration(), ns)) {
-			tlsa, nsec := e.sigs(nz)
-			z.compose(&p, ap, qtype, do, e.rrset(), e.inception(), e.expiration(), tlsa, nsec, wire, ns)
+		if inc, exp := e.signed(); allCurrent(e.rrset(), ns) && (!do || inc != 0 && fresh(exp, ns)) {
+			a.rr, a.sigs = e.rrset(), e.sigs()
+			z.compose(a)
 		} else {
 			stale = bytes.Clone(e)
 		}
@@ -76,8 +76,9 @@ func (z *zone) serve(w dns.ResponseWriter, state request.Request, qname string, 
 		// A record of the name expired a moment ago and the background signer has not
 		// withdrawn it yet, or (with DO) the first signing pass has not reached the
 		// name: the answer is made here.
+		a.rr = rr
 		if !do {
-			z.compose(&p, ap, qtype, false, rr, 0, 0, nil, nil, wire, ns)
+			z.compose(a)
 			break
 		}
 		z.signer.misses.Inc()
@@ -88,8 +89,8 @@ func (z *zone) serve(w dns.ResponseWriter, state request.Request, qname string, 
 		if bytes.Equal(rr, stale.rrset()) {
 			z.storeSigs(zd, stale, sigs)
 		}
-		tlsa, nsec := sigs.sigs[:nz*sigSize], sigs.sigs[nz*sigSize:]
-		z.compose(&p, ap, qtype, do, rr, sigs.inc, sigs.exp, tlsa, nsec, wire, ns)
+		a.sigs = *sigs
+		z.compose(a)
 	default: // no such name, or one whose every record has expired
 		if err := z.deny(&p, state, ap, do, wire, now); err != nil {
 			return err
@@ -98,36 +99,49 @@ func (z *zone) serve(w dns.ResponseWriter, state request.Request, qname string, 
 	return p.finish(w, state, z.origin)
 }
 
-// compose adds the answer for a name that exists to p: its TLSA records when asked
+// nameAnswer is what compose writes: the answer to a query for a name that exists.
+type nameAnswer struct {
+	p     *packet
+	ap    *apex
+	qtype uint16
+	do    bool
+	wire  []byte    // the query name in wire form
+	now   int64     // Unix ns: the records that have expired by then are left out
+	rr    []byte    // the name's packed RRset; empty for an empty non-terminal
+	sigs  entrySigs // with do: the signatures over rr and over the NSEC at the name
+}
+
+// compose adds the answer for a name that exists to a.p: its TLSA records when asked
 // for (and published), else NODATA; with do, their RRSIGs and the NSEC at the name.
-func (z *zone) compose(p *packet, ap *apex, qtype uint16, do bool, rr []byte, inc, exp uint32, tlsaSigs, nsecSigs, wire []byte, now int64) {
-	labels := wireLabels(wire)
-	if (qtype == dns.TypeTLSA || qtype == dns.TypeANY) && len(rr) > 0 {
+func (z *zone) compose(a nameAnswer) {
+	p := a.p
+	labels := wireLabels(a.wire)
+	if (a.qtype == dns.TypeTLSA || a.qtype == dns.TypeANY) && len(a.rr) > 0 {
 		var ttl uint32
-		eachRecord(rr, func(until int64, w []byte) {
-			if until == 0 || now < until {
+		eachRecord(a.rr, func(until int64, w []byte) {
+			if until == 0 || a.now < until {
 				p.buf = append(p.buf, w...)
 				p.an++
 				ttl = binary.BigEndian.Uint32(w[6:])
 			}
 		})
-		if do && p.an > 0 {
-			p.buf = z.signer.appendRRSIGs(p.buf, dns.TypeTLSA, labels, ttl, inc, exp, tlsaSigs)
+		if a.do && p.an > 0 {
+			p.buf = z.signer.appendRRSIGs(p.buf, dns.TypeTLSA, labels, ttl, a.sigs.inc, a.sigs.exp, a.sigs.tlsa())
 			p.an += uint16(z.signer.nz())
 		}
 		if p.an > 0 {
 			return
 		}
 	}
-	if !do {
-		p.buf = append(p.buf, ap.soaAuth[:ap.soaLen]...)
+	if !a.do {
+		p.buf = append(p.buf, a.ap.soaAuth[:a.ap.soaLen]...)
 		p.ns++
 		return
 	}
-	p.buf = append(p.buf, ap.soaAuth...)
-	p.ns += ap.nSOA
-	p.buf = appendNSECAtQuestion(p.buf, z.cfg.ttl, wire, len(rr) > 0)
-	p.buf = z.signer.appendRRSIGs(p.buf, dns.TypeNSEC, labels, z.cfg.ttl, inc, exp, nsecSigs)
+	p.buf = append(p.buf, a.ap.soaAuth...)
+	p.ns += a.ap.nSOA
+	p.buf = appendNSECAtQuestion(p.buf, z.cfg.ttl, a.wire, len(a.rr) > 0)
+	p.buf = z.signer.appendRRSIGs(p.buf, dns.TypeNSEC, labels, z.cfg.ttl, a.sigs.inc, a.sigs.exp, a.sigs.nsec())
 	p.ns += 1 + uint16(z.signer.nz())
 }
 
@@ -169,7 +183,7 @@ func (z *zone) deny(p *packet, state request.Request, ap *apex, do bool, wire []
 		sigs = make([]byte, nz*sigSize)
 	}
 	ns := now.UnixNano()
-	inc, exp, ok := s.nx.get(s, wire, sigs, ns)
+	inc, exp, ok := s.nx.get(wire, sigs, ns)
 	if ok {
 		s.hits.Inc()
 	} else {

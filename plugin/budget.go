@@ -5,6 +5,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/miekg/dns"
 )
 
 // budget bounds the signatures made on the query path for names that do not exist,
@@ -117,7 +119,7 @@ func (cfg *config) denialRate(s *signer) float64 {
 	start := time.Now()
 	for range probes {
 		inc, exp := s.times(start)
-		if err := s.signSet(out, wire, 47, cfg.ttl, inc, exp, [][]byte{nsec}); err != nil {
+		if err := s.signSet(out, wire, dns.TypeNSEC, cfg.ttl, inc, exp, [][]byte{nsec}); err != nil {
 			return 0 // the failure shows at the first query; no budget to guess
 		}
 	}

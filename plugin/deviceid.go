@@ -25,10 +25,9 @@ var log = clog.NewWithPlugin(pluginName)
 
 // Deviceid serves the zones of one deviceid block in the Corefile.
 type Deviceid struct {
-	Next    plugin.Handler
-	origins []string
-	zones   map[string]*zone
-	cfg     *config
+	Next  plugin.Handler
+	zones map[string]*zone // by origin: cfg.zones
+	cfg   *config
 
 	now func() time.Time // the clock of signing and rate limiting; tests set it
 	rrl *rrl             // nil: responses are not rate limited
@@ -42,13 +41,12 @@ func newDeviceid(cfg *config) *Deviceid {
 	if cfg.maxUDPSize == 0 {
 		cfg.maxUDPSize = defaultMaxUDPSize
 	}
-	d := &Deviceid{origins: cfg.zones, zones: make(map[string]*zone), cfg: cfg, now: time.Now, rrl: newRRL(cfg.rrl)}
+	d := &Deviceid{zones: make(map[string]*zone), cfg: cfg, now: time.Now, rrl: newRRL(cfg.rrl)}
 	for _, origin := range cfg.zones {
 		z := &zone{origin: origin, cfg: cfg, rejected: make(map[string]int64), loaded: make(chan struct{}),
 			kick: make(chan struct{}, 1), now: func() time.Time { return d.now() }}
 		if ks := cfg.keys[origin]; ks != nil {
-			z.signer = newSigner(origin, ks, cfg.validity, cfg.cacheSize)
-			z.signer.budget.rate = cfg.denialBudget
+			z.signer = newSigner(origin, ks, cfg.validity, cfg.cacheSize) // its budget is set by start
 		}
 		d.zones[origin] = z
 	}
@@ -59,7 +57,7 @@ func newDeviceid(cfg *config) *Deviceid {
 func (d *Deviceid) ServeDNS(ctx context.Context, w dns.ResponseWriter, r *dns.Msg) (int, error) {
 	state := request.Request{W: w, Req: r}
 	qname := state.Name()
-	origin := matchZone(d.origins, qname)
+	origin := matchZone(d.cfg.zones, qname)
 	if origin == "" {
 		return plugin.NextOrFailure(d.Name(), d.Next, ctx, w, r)
 	}

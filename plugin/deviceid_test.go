@@ -303,7 +303,7 @@ func TestPackedAnswer(t *testing.T) {
 				}
 				return
 			}
-			if err := test.Section(test.Case{Qname: tc.qname, Answer: withName(sensor7, tc.qname)}, test.Answer, m.Answer); err != nil {
+			if err := test.Section(test.Case{Qname: tc.qname, Answer: withOwner(sensor7, tc.qname)}, test.Answer, m.Answer); err != nil {
 				t.Error(err)
 			}
 			for _, rr := range m.Answer {
@@ -313,16 +313,6 @@ func TestPackedAnswer(t *testing.T) {
 			}
 		})
 	}
-}
-
-func withName(rrs []dns.RR, name string) []dns.RR {
-	var out []dns.RR
-	for _, rr := range rrs {
-		c := dns.Copy(rr)
-		c.Header().Name = name
-		out = append(out, c)
-	}
-	return out
 }
 
 // discardWriter packs messages as the server would, and drops all it is given.

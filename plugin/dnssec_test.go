@@ -4,15 +4,12 @@ import (
 	"bytes"
 	"context"
 	"encoding/base64"
-	"encoding/binary"
 	"fmt"
 	"slices"
 	"strings"
 	"sync"
 	"testing"
 	"time"
-
-	"github.com/deviceid/deviceid/internal/dnskey"
 
 	"github.com/coredns/coredns/plugin/test"
 	"github.com/coredns/coredns/request"
@@ -32,11 +29,7 @@ func signedDeviceid(t testing.TB, split bool, alg uint8) *Deviceid {
 		if !sep && !split {
 			continue
 		}
-		base, _, err := dnskey.Generate(dir, "iot.example.", alg, sep)
-		if err != nil {
-			t.Fatal(err)
-		}
-		c.keyFiles = append(c.keyFiles, base)
+		c.keyFiles = append(c.keyFiles, genKey(t, dir, "iot.example.", alg, sep))
 	}
 	if err := c.loadKeys(); err != nil {
 		t.Fatal(err)
@@ -48,11 +41,17 @@ func signedDeviceid(t testing.TB, split bool, alg uint8) *Deviceid {
 // ask sends a query through ServeDNS as the server would, and returns the reply.
 func ask(t testing.TB, d *Deviceid, qname string, qtype uint16, do, co bool) (*dns.Msg, int) {
 	t.Helper()
+	return askVia(t, d, &test.ResponseWriter{}, qname, qtype, do, co)
+}
+
+// askVia is ask over w (its transport and the client's address); nil: nothing written.
+func askVia(t testing.TB, d *Deviceid, w *test.ResponseWriter, qname string, qtype uint16, do, co bool) (*dns.Msg, int) {
+	t.Helper()
 	q := new(dns.Msg)
 	q.SetQuestion(qname, qtype)
 	q.SetEdns0(4096, do)
 	q.IsEdns0().SetCo(co)
-	raw := &rawWriter{ResponseWriter: &test.ResponseWriter{}}
+	raw := &rawWriter{ResponseWriter: w}
 	rcode, err := d.ServeDNS(context.Background(), request.NewScrubWriter(q, raw), q)
 	if err != nil {
 		t.Fatalf("%s %s: %v", qname, dns.TypeToString[qtype], err)
@@ -281,9 +280,14 @@ func TestSignatureCache(t *testing.T) {
 	// Revoke: the new RRset gets its own signature, made as the change is applied.
 	owner := "sensor7._device.iot.example."
 	zd := z.current()
-	var rr []byte
-	zd.st.view(owner, func(e entry) { rr = bytes.Clone(e.rrset()) })
-	one := rr[:8+12+int(binary.BigEndian.Uint16(rr[8+10:]))]
+	var one []byte // the first record of the RRset
+	zd.st.view(owner, func(e entry) {
+		eachRecord(e.rrset(), func(until int64, wire []byte) {
+			if one == nil {
+				one = appendRecord(nil, until, wire)
+			}
+		})
+	})
 	z.write.Lock()
 	z.apply(zd, parsed{kv: &mvccpb.KeyValue{Key: []byte("k")}, owner: owner, rr: one, device: true},
 		z.signAt(parsed{owner: owner, rr: one}, time.Now()))
@@ -297,7 +301,7 @@ func TestSignatureCache(t *testing.T) {
 }
 
 func TestNXCacheBounded(t *testing.T) {
-	c := newNXCache(3, 1)
+	c := newNXCache(3, 1, 24*time.Hour)
 	s := &signer{validity: 24 * time.Hour}
 	now := time.Now()
 	inc, exp := s.times(now)
@@ -308,13 +312,13 @@ func TestNXCacheBounded(t *testing.T) {
 	if c.len() != 3 || len(c.slots) != 3 {
 		t.Errorf("cache holds %d entries in %d slots, bound 3", c.len(), len(c.slots))
 	}
-	if _, _, ok := c.get(s, []byte{9}, sig, now.UnixNano()); !ok {
+	if _, _, ok := c.get([]byte{9}, sig, now.UnixNano()); !ok {
 		t.Error("the last name put is not found")
 	}
-	if _, _, ok := c.get(s, []byte{0}, sig, now.UnixNano()); ok {
+	if _, _, ok := c.get([]byte{0}, sig, now.UnixNano()); ok {
 		t.Error("the first name put is still there")
 	}
-	if _, _, ok := c.get(s, []byte{9}, sig, now.Add(6*time.Hour).UnixNano()); ok {
+	if _, _, ok := c.get([]byte{9}, sig, now.Add(6*time.Hour).UnixNano()); ok {
 		t.Error("a proof a quarter of its validity old is still served")
 	}
 }

@@ -13,6 +13,7 @@ import (
 
 	"github.com/deviceid/deviceid/record"
 
+	"github.com/miekg/dns"
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/grpc/codes"
@@ -206,12 +207,13 @@ func (z *zone) follow(ctx context.Context, cli *clientv3.Client, prefix string, 
 			x := z.current()
 			now := z.now()
 			for _, ev := range resp.Events {
+				var p parsed
 				if ev.Type == mvccpb.DELETE {
-					z.delete(x, prefix, ev.Kv)
+					p = z.parseDeletion(prefix, ev.Kv)
 				} else {
-					p := z.parse(prefix, ev.Kv, now)
-					z.apply(x, p, z.signAt(p, now))
+					p = z.parse(prefix, ev.Kv, now)
 				}
+				z.apply(x, p, z.signAt(p, now))
 				rev = ev.Kv.ModRevision
 			}
 			z.setSerial(x, rev, now)
@@ -222,24 +224,8 @@ func (z *zone) follow(ctx context.Context, cli *clientv3.Client, prefix string, 
 	}
 }
 
-// signAt signs a changed record's RRset and the NSEC at its name as the change is
-// applied, so that it is served signed from the first answer. It returns nil when
-// the zone is not signed, the record is invalid, or signing failed (then the answer
-// is signed on the query path, or by the background signer).
-func (z *zone) signAt(p parsed, now time.Time) *entrySigs {
-	if z.signer == nil || p.err != nil || len(p.rr) == 0 {
-		return nil
-	}
-	sigs, err := z.makeSigs([]byte(p.owner), p.rr, now, false)
-	if err != nil {
-		log.Warningf("zone %s: signing %s: %v", z.origin, p.owner, err)
-		return nil
-	}
-	return sigs
-}
-
 // parsed is one stored key made ready for the index: the owner name and the packed
-// RRset of its record, or why the record is invalid.
+// RRset of its record (none for a key deleted), or why the record is invalid.
 type parsed struct {
 	kv     *mvccpb.KeyValue
 	owner  string // "" when the key names no record
@@ -287,6 +273,32 @@ func (z *zone) parse(prefix string, kv *mvccpb.KeyValue, now time.Time) parsed {
 	return p
 }
 
+// rrset renders and packs the RRset of a record for the store; it reports false when
+// it would not fit in a DNS message.
+func (cfg *config) rrset(pub []record.Published) ([]byte, bool) {
+	var b []byte
+	for _, p := range pub {
+		rdata := append([]byte{p.Usage, p.Selector, p.MatchingType}, p.Data...)
+		b = appendRecord(b, p.Until, atQuestion(dns.TypeTLSA, dns.ClassINET, p.TTL, rdata))
+	}
+	return b, len(b) <= maxRRset
+}
+
+// deviceRRset renders and packs a device's RRset.
+func (cfg *config) deviceRRset(d *record.Device, now time.Time) ([]byte, bool) {
+	return cfg.rrset(d.Render(cfg.ttl, now, cfg.render))
+}
+
+// serviceRRset renders and packs the RRset of a service record.
+func (cfg *config) serviceRRset(d *record.Device, now time.Time) ([]byte, bool) {
+	return cfg.rrset(d.RenderService(cfg.ttl, now, cfg.render))
+}
+
+// caRRset renders and packs the RRset of a CA discovery record.
+func (cfg *config) caRRset(der []byte) ([]byte, bool) {
+	return cfg.rrset([]record.Published{record.CAPublished(cfg.ttl, der)})
+}
+
 // errTooLarge: an RRset that would not fit in a DNS message with its signatures.
 var errTooLarge = fmt.Errorf("the records to publish exceed %d octets, more than a DNS answer can carry", maxRRset)
 
@@ -297,51 +309,20 @@ func checkSize(rr []byte, ok bool) ([]byte, error) {
 	return rr, nil
 }
 
-// apply puts a parsed key into the index. A record that does not parse is skipped,
-// logged once per revision and counted; the older version of it stops being served
-// too, since a failed attempt to revoke must not leave a device active.
-func (z *zone) apply(x *zoneData, p parsed, sigs *entrySigs) {
-	key := string(p.kv.Key)
-	if p.err == nil {
-		z.put(x, p.owner, p.rr, p.device, sigs)
-		delete(z.rejected, key)
-		return
-	}
-	if p.owner != "" {
-		z.remove(x, p.owner)
-	}
-	if z.rejected[key] != p.kv.ModRevision {
-		z.rejected[key] = p.kv.ModRevision
-		log.Warningf("zone %s: skipping invalid record %s (revision %d): %v", z.origin, key, p.kv.ModRevision, p.err)
-		rejected.WithLabelValues(z.origin).Inc()
-	}
-}
-
-// delete applies the deletion of one key.
-func (z *zone) delete(x *zoneData, prefix string, kv *mvccpb.KeyValue) {
-	delete(z.rejected, string(kv.Key))
+// parseDeletion makes the deletion of one stored key ready for the index: the owner
+// name of its record (none when the key names no record, or one too long for the
+// zone) with nothing to publish, which apply removes.
+func (z *zone) parseDeletion(prefix string, kv *mvccpb.KeyValue) parsed {
+	p := parsed{kv: kv}
 	kind, name, err := record.SplitKey(strings.TrimPrefix(string(kv.Key), prefix))
 	switch {
 	case err != nil:
 	case kind == record.KindDevice:
-		z.remove(x, deviceOwner(name, z.origin))
+		p.owner, _ = record.DeviceOwner(name, z.origin)
 	case kind == record.KindCA:
-		z.remove(x, record.CAOwner(name, z.origin))
+		p.owner = record.CAOwner(name, z.origin)
 	case kind == record.KindService:
-		owner, _ := record.ServiceOwner(name, z.origin)
-		z.remove(x, owner)
+		p.owner, _ = record.ServiceOwner(name, z.origin)
 	}
-}
-
-// deviceOwner is record.DeviceOwner for a name already checked by record.SplitKey;
-// a name too long for the zone gives "", which no node has.
-func deviceOwner(name, origin string) string {
-	owner, _ := record.DeviceOwner(name, origin)
-	return owner
-}
-
-// report updates the zone's gauges.
-func (z *zone) report(x *zoneData) {
-	devices.WithLabelValues(z.origin).Set(float64(x.devices.Load()))
-	revision.WithLabelValues(z.origin).Set(float64(x.revision.Load()))
+	return p
 }

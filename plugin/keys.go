@@ -96,7 +96,7 @@ func loadPKCS11Key(uri, zone string) (*key, error) {
 func (k *key) probe() error {
 	probe := &dns.RRSIG{Algorithm: k.dnskey.Algorithm, SignerName: k.dnskey.Hdr.Name, KeyTag: k.tag, Expiration: 1 << 31}
 	txt := &dns.TXT{Hdr: dns.RR_Header{Name: k.dnskey.Hdr.Name, Rrtype: dns.TypeTXT, Class: dns.ClassINET}, Txt: []string{"probe"}}
-	if _, _, err := signRRset(k, probe, []dns.RR{txt}); err != nil {
+	if err := signRRset(k, probe, []dns.RR{txt}); err != nil {
 		return err
 	}
 	return probe.Verify(k.dnskey, []dns.RR{txt})

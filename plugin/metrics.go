@@ -114,3 +114,9 @@ var (
 		Buckets:   []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, 1},
 	}, []string{"zone"})
 )
+
+// report updates the zone's gauges.
+func (z *zone) report(x *zoneData) {
+	devices.WithLabelValues(z.origin).Set(float64(x.devices.Load()))
+	revision.WithLabelValues(z.origin).Set(float64(x.revision.Load()))
+}

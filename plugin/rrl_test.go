@@ -1,7 +1,6 @@
 package deviceid
 
 import (
-	"context"
 	"fmt"
 	"math/rand/v2"
 	"net"
@@ -11,7 +10,6 @@ import (
 	"unsafe"
 
 	"github.com/coredns/coredns/plugin/test"
-	"github.com/coredns/coredns/request"
 	"github.com/miekg/dns"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 )
@@ -198,22 +196,7 @@ func TestRRLServeDNS(t *testing.T) {
 	made := func() float64 { return testutil.ToFloat64(signatures.WithLabelValues("iot.example.")) }
 	ask := func(ip string, tcp bool, qname string, qtype uint16) (*dns.Msg, int) {
 		t.Helper()
-		q := new(dns.Msg)
-		q.SetQuestion(qname, qtype)
-		q.SetEdns0(1232, true)
-		raw := &rawWriter{ResponseWriter: &test.ResponseWriter{TCP: tcp, RemoteIP: ip}}
-		rcode, err := d.ServeDNS(context.Background(), request.NewScrubWriter(q, raw), q)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if raw.buf == nil {
-			return nil, rcode
-		}
-		m := new(dns.Msg)
-		if err := m.Unpack(raw.buf); err != nil {
-			t.Fatal(err)
-		}
-		return m, rcode
+		return askVia(t, d, &test.ResponseWriter{TCP: tcp, RemoteIP: ip}, qname, qtype, true, false)
 	}
 	for i := range 2 {
 		if m, _ := ask("192.0.2.1", false, fmt.Sprintf("nx%d._device.iot.example.", i), dns.TypeTLSA); m == nil || m.Truncated || len(m.Ns) == 0 {

@@ -16,12 +16,11 @@ import (
 // signRRset fills in sig (header, type covered, labels, original TTL, signature) over
 // rrset with key k, as dns.RRSIG.Sign does: the signed data is the RRSIG RDATA without
 // its signature followed by the RRset in canonical form and order (RFC 4034 sections
-// 3.1.8.1, 6.2 and 6.3). It returns the RRSIG's RDATA and the records' RDATA in that
-// order, for answers built from bytes. It is here because proofs of nonexistence are
-// signed on every query, and dns.RRSIG.Sign spends a third as much as the signature
-// itself on copies, a 4 KB buffer and reflection-based ASN.1. The RRsets signed here
-// have no wildcard owners; of the types with names in their RDATA it has NS and SOA.
-func signRRset(k *key, sig *dns.RRSIG, rrset []dns.RR) (sigRdata []byte, rdatas [][]byte, err error) {
+// 3.1.8.1, 6.2 and 6.3). It is here because proofs of nonexistence are signed on
+// every query, and dns.RRSIG.Sign spends a third as much as the signature itself on
+// copies, a 4 KB buffer and reflection-based ASN.1. The RRsets signed here have no
+// wildcard owners; of the types with names in their RDATA it has NS and SOA.
+func signRRset(k *key, sig *dns.RRSIG, rrset []dns.RR) (err error) {
 	h := rrset[0].Header()
 	sig.Hdr = dns.RR_Header{Name: h.Name, Rrtype: dns.TypeRRSIG, Class: h.Class, Ttl: h.Ttl}
 	sig.TypeCovered = h.Rrtype
@@ -42,7 +41,7 @@ func signRRset(k *key, sig *dns.RRSIG, rrset []dns.RR) (sigRdata []byte, rdatas 
 	data = binary.BigEndian.AppendUint32(data, sig.Inception)
 	data = binary.BigEndian.AppendUint16(data, sig.KeyTag)
 	if data, err = appendName(data, sig.SignerName); err != nil {
-		return nil, nil, err
+		return err
 	}
 	prefix := len(data)
 
@@ -51,25 +50,20 @@ func signRRset(k *key, sig *dns.RRSIG, rrset []dns.RR) (sigRdata []byte, rdatas 
 	end := ends[:0]
 	for _, rr := range rrset {
 		if data, err = appendPacked(data, canonical(rr, h.Ttl)); err != nil {
-			return nil, nil, err
+			return err
 		}
 		end = append(end, len(data))
 	}
-	recs := records(data, prefix, end)
-	if len(recs) > 1 {
-		data, recs = sortRecords(data, prefix, recs)
+	if len(end) > 1 {
+		data = sortRecords(data, prefix, records(data, prefix, end))
 	}
 
 	signature := make([]byte, sigSize)
 	if err := signData(k, data, signature); err != nil {
-		return nil, nil, err
+		return err
 	}
 	sig.Signature = base64.StdEncoding.EncodeToString(signature)
-	sigRdata = append(append(make([]byte, 0, prefix+len(signature)), data[:prefix]...), signature...)
-	for _, r := range recs {
-		rdatas = append(rdatas, bytes.Clone(r[rdataAt(r):]))
-	}
-	return sigRdata, rdatas, nil
+	return nil
 }
 
 var signBufPool = sync.Pool{New: func() any { b := make([]byte, 0, 1024); return &b }}
@@ -125,21 +119,17 @@ func rdataAt(rec []byte) int {
 }
 
 // sortRecords orders the packed records recs, which lie in data[start:], by their
-// RDATA, dropping duplicates. It returns data with them in that order, and the records
-// kept. All records share owner, type, class and TTL, so their RDATA starts at the
-// same offset.
-func sortRecords(data []byte, start int, recs [][]byte) ([]byte, [][]byte) {
+// RDATA, dropping duplicates, and returns data with them in that order. All records
+// share owner, type, class and TTL, so their RDATA starts at the same offset.
+func sortRecords(data []byte, start int, recs [][]byte) []byte {
 	at := rdataAt(recs[0])
 	slices.SortFunc(recs, func(a, b []byte) int { return bytes.Compare(a[at:], b[at:]) })
 	recs = slices.CompactFunc(recs, bytes.Equal)
 	sorted := make([]byte, 0, len(data)-start)
-	end := make([]int, len(recs))
-	for i, r := range recs {
+	for _, r := range recs {
 		sorted = append(sorted, r...)
-		end[i] = start + len(sorted)
 	}
-	data = append(data[:start], sorted...)
-	return data, records(data, start, end)
+	return append(data[:start], sorted...)
 }
 
 // rawECDSAInto turns an ASN.1 ECDSA P-256 signature into r || s, 32 octets each

@@ -1,18 +1,15 @@
 package deviceid
 
 import (
-	"bytes"
-	"slices"
 	"testing"
-
-	"github.com/deviceid/deviceid/internal/dnskey"
 
 	"github.com/miekg/dns"
 )
 
 // TestSignRRsetMatchesMiekg signs RRsets with signRRset and with dns.RRSIG.Sign. Both
 // signers are deterministic (RFC 6979, Ed25519), so the same signed data must give the
-// same signature, and each must validate.
+// same signature, and each must validate: the records are signed in canonical form and
+// order, without duplicates.
 func TestSignRRsetMatchesMiekg(t *testing.T) {
 	rrs := func(s ...string) []dns.RR {
 		var out []dns.RR
@@ -44,8 +41,7 @@ func TestSignRRsetMatchesMiekg(t *testing.T) {
 			t.Run(dns.AlgorithmToString[alg]+"/"+tc.name, func(t *testing.T) {
 				fields := dns.RRSIG{Algorithm: alg, KeyTag: k.tag, SignerName: "IOT.example.", Inception: 1e9, Expiration: 2e9}
 				ours, theirs := fields, fields
-				sigRdata, rdatas, err := signRRset(k, &ours, tc.rrset)
-				if err != nil {
+				if err := signRRset(k, &ours, tc.rrset); err != nil {
 					t.Fatal(err)
 				}
 				if err := theirs.Sign(k.signer, tc.rrset); err != nil {
@@ -58,28 +54,6 @@ func TestSignRRsetMatchesMiekg(t *testing.T) {
 				}
 				if err := ours.Verify(dk, tc.rrset); err != nil {
 					t.Errorf("verify: %v", err)
-				}
-				// The RDATA returned is what the records pack to: the RRSIG's, and the
-				// RRset's in canonical order without duplicates.
-				if want := rdataOf(t, &theirs); !bytes.Equal(sigRdata, want) {
-					t.Errorf("RRSIG RDATA\n%x, packed\n%x", sigRdata, want)
-				}
-				var want [][]byte
-				for _, rr := range tc.rrset {
-					c := dns.Copy(rr)
-					c.Header().Name = dns.CanonicalName(c.Header().Name)
-					if ns, ok := c.(*dns.NS); ok {
-						ns.Ns = dns.CanonicalName(ns.Ns)
-					}
-					if soa, ok := c.(*dns.SOA); ok {
-						soa.Ns, soa.Mbox = dns.CanonicalName(soa.Ns), dns.CanonicalName(soa.Mbox)
-					}
-					want = append(want, rdataOf(t, c))
-				}
-				slices.SortFunc(want, bytes.Compare)
-				want = slices.CompactFunc(want, bytes.Equal)
-				if !slices.EqualFunc(rdatas, want, bytes.Equal) {
-					t.Errorf("records' RDATA\n%x, want\n%x", rdatas, want)
 				}
 			})
 		}
@@ -110,15 +84,11 @@ func TestRawECDSA(t *testing.T) {
 // testKey writes a CSK for iot.example. and loads it.
 func testKey(t *testing.T, alg uint8) (*key, *dns.DNSKEY) {
 	t.Helper()
-	base, dk, err := dnskey.Generate(t.TempDir(), "iot.example.", alg, true)
+	k, err := loadKey(genKey(t, t.TempDir(), "iot.example.", alg, true))
 	if err != nil {
 		t.Fatal(err)
 	}
-	k, err := loadKey(base)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return k, dk
+	return k, k.dnskey
 }
 
 // rdataOf packs rr and returns its RDATA.

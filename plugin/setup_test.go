@@ -240,7 +240,8 @@ func TestSetup(t *testing.T) {
 	}
 }
 
-func genKey(t *testing.T, dir, zone string, alg uint8, sep bool) string {
+// genKey writes a key pair for zone into dir and returns its base name.
+func genKey(t testing.TB, dir, zone string, alg uint8, sep bool) string {
 	t.Helper()
 	base, _, err := dnskey.Generate(dir, zone, alg, sep)
 	if err != nil {

@@ -24,7 +24,7 @@ const inceptionSkew = time.Hour
 // signer makes the RRSIGs of one zone. Names that exist are signed ahead of queries
 // (signahead.go) and their signatures kept in the store beside their records; proofs
 // for names that do not exist are signed on the query path, within a budget, and
-// kept in a bounded cache.
+// kept in a bounded cache (nxcache.go).
 type signer struct {
 	origin     string
 	keys       *keySet
@@ -41,7 +41,7 @@ func newSigner(origin string, keys *keySet, validity time.Duration, cacheSize in
 	n, _ := dns.PackDomainName(origin, name, 0, nil, false)
 	return &signer{
 		origin: origin, keys: keys, validity: validity, signerName: name[:n],
-		nx:     newNXCache(cacheSize, len(keys.zsk)),
+		nx:     newNXCache(cacheSize, len(keys.zsk), validity),
 		budget: &budget{},
 		made:   signatures.WithLabelValues(origin),
 		failed: signFailures.WithLabelValues(origin),
@@ -78,14 +78,15 @@ func (s *signer) renewAt(inc uint32, owner []byte) int64 {
 
 // due reports whether an entry's signatures must be made (again) at now (Unix ns).
 func (s *signer) due(e entry, now int64) bool {
-	if !e.signed() {
+	inc, exp := e.signed()
+	if inc == 0 {
 		return true
 	}
-	return now >= s.renewAt(e.inception(), e.owner()) || !s.fresh(e.expiration(), now)
+	return now >= s.renewAt(inc, e.owner()) || !fresh(exp, now)
 }
 
 // fresh reports whether signatures expiring at exp may still be served at now.
-func (s *signer) fresh(exp uint32, now int64) bool {
+func fresh(exp uint32, now int64) bool {
 	return now < (int64(exp)-int64(inceptionSkew/time.Second))*1e9
 }
 
@@ -236,85 +237,4 @@ func (j *signJob) run() (err error) {
 		}
 	}()
 	return j.s.signSet(j.out, j.owner, j.t, j.ttl, j.inc, j.exp, j.rdatas)
-}
-
-// nxCache keeps the NSEC signatures of names that do not exist, which a resolver
-// may ask for again: a fixed number of slots reused in turn, so that a flood of
-// random names costs no memory beyond the bound and no allocation.
-type nxCache struct {
-	mu    sync.Mutex
-	index map[uint64]int32
-	slots []nxSlot
-	next  int
-	size  int
-}
-
-type nxSlot struct {
-	h1, h2   uint64 // two hashes of the name: 128 bits tell names apart
-	inc, exp uint32
-	sigs     [2 * sigSize]byte
-}
-
-// newNXCache returns a cache of size proofs; none for zones with more than two
-// signing keys (a rollover has two).
-func newNXCache(size, nz int) *nxCache {
-	if nz > 2 {
-		size = 0
-	}
-	return &nxCache{index: make(map[uint64]int32), size: size}
-}
-
-var hashSeed2 = maphash.MakeSeed()
-
-func nxHashes(name []byte) (uint64, uint64) {
-	return maphash.Bytes(hashSeed, name), maphash.Bytes(hashSeed2, name)
-}
-
-// get copies the cached signatures of name into out; it reports whether they are
-// there and were made at most validity/4 ago (a quarter, as names that exist).
-func (c *nxCache) get(s *signer, name, out []byte, now int64) (inc, exp uint32, ok bool) {
-	h1, h2 := nxHashes(name)
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	i, found := c.index[h1]
-	if !found || c.slots[i].h2 != h2 {
-		return 0, 0, false
-	}
-	sl := &c.slots[i]
-	made := (int64(sl.inc) + int64(inceptionSkew/time.Second)) * 1e9
-	if now >= made+int64(s.validity/4) || !s.fresh(sl.exp, now) {
-		return 0, 0, false
-	}
-	copy(out, sl.sigs[:len(out)])
-	return sl.inc, sl.exp, true
-}
-
-func (c *nxCache) put(name, sigs []byte, inc, exp uint32) {
-	if c.size == 0 {
-		return
-	}
-	h1, h2 := nxHashes(name)
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	i, found := c.index[h1]
-	if !found {
-		if len(c.slots) < c.size {
-			c.slots = append(c.slots, nxSlot{})
-			i = int32(len(c.slots) - 1)
-		} else {
-			i = int32(c.next)
-			c.next = (c.next + 1) % c.size
-			delete(c.index, c.slots[i].h1)
-		}
-		c.index[h1] = i
-	}
-	sl := &c.slots[i]
-	sl.h1, sl.h2, sl.inc, sl.exp = h1, h2, inc, exp
-	copy(sl.sigs[:], sigs)
-}
-
-func (c *nxCache) len() int {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return len(c.index)
 }

@@ -3,14 +3,10 @@ package deviceid
 import (
 	"bytes"
 	"context"
-	"encoding/binary"
 	"runtime"
-	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
-
-	"github.com/miekg/dns"
 )
 
 // signAheadTick is how often the background signer visits every name to renew
@@ -21,19 +17,6 @@ const signAheadTick = 10 * time.Second
 
 // signBatch bounds the entries copied out of a shard at a time.
 const signBatch = 4096
-
-// entrySigs are the signatures of one entry: the TLSA RRset's, then the NSEC's.
-type entrySigs struct {
-	inc, exp uint32
-	sigs     []byte // 2 × nz signatures
-}
-
-// into writes the signatures into entry e.
-func (es *entrySigs) into(e entry, nz int) {
-	binary.BigEndian.PutUint32(e[hdrInc:], es.inc)
-	binary.BigEndian.PutUint32(e[hdrExp:], es.exp)
-	copy(e[len(e)-2*nz*sigSize:], es.sigs)
-}
 
 // signAhead runs the zone's background signer until ctx ends: after a full load it
 // signs every name that exists; from then on it renews signatures spread over each
@@ -166,18 +149,6 @@ func (z *zone) withdrawExpired(zd *zoneData, owner string, now int64) {
 	z.put(zd, owner, rr, device, nil)
 }
 
-// currentRecords returns the records of rr published at now.
-func currentRecords(rr []byte, now int64) []byte {
-	var out []byte
-	eachRecord(rr, func(until int64, wire []byte) {
-		if until == 0 || now < until {
-			out = binary.BigEndian.AppendUint64(out, uint64(until))
-			out = append(out, wire...)
-		}
-	})
-	return out
-}
-
 // renewApex signs again the apex RRsets whose signatures are missing or due; after
 // a failure it waits renewRetry before the next try.
 func (z *zone) renewApex(zd *zoneData, now time.Time) {
@@ -200,73 +171,6 @@ func (z *zone) renewApex(zd *zoneData, now time.Time) {
 	}
 }
 
-// signEntry signs the entry of owner now and stores the signatures.
-func (z *zone) signEntry(zd *zoneData, owner string, now time.Time) error {
-	var e entry
-	zd.st.view(owner, func(cur entry) { e = bytes.Clone(cur) })
-	if e == nil {
-		return nil
-	}
-	sigs, err := z.makeSigs(e.owner(), e.rrset(), now, false)
-	if err != nil {
-		return err
-	}
-	z.storeSigs(zd, e, sigs)
-	return nil
-}
-
-// makeSigs signs the TLSA RRset rr (when not empty) at owner and the NSEC at owner.
-// On the query path the signatures are made by the signing goroutines.
-func (z *zone) makeSigs(owner, rr []byte, now time.Time, query bool) (*entrySigs, error) {
-	s := z.signer
-	nz := s.nz()
-	inc, exp := s.times(now)
-	es := &entrySigs{inc: inc, exp: exp, sigs: make([]byte, 2*nz*sigSize)}
-	sign := s.signSet
-	if query {
-		sign = s.signNow
-	}
-	var name [256]byte
-	n, err := dns.PackDomainName(string(owner), name[:], 0, nil, false)
-	if err != nil {
-		return nil, err
-	}
-	wire := name[:n]
-	if len(rr) > 0 {
-		var rdatas [][]byte
-		var ttl uint32
-		eachRecord(rr, func(_ int64, w []byte) {
-			ttl = binary.BigEndian.Uint32(w[6:])
-			rdatas = append(rdatas, w[12:])
-		})
-		slices.SortFunc(rdatas, bytes.Compare)
-		rdatas = slices.CompactFunc(rdatas, bytes.Equal)
-		if err := sign(es.sigs[:nz*sigSize], wire, dns.TypeTLSA, ttl, inc, exp, rdatas); err != nil {
-			return nil, err
-		}
-	}
-	nsec := appendNSEC(nil, wire, len(rr) > 0)
-	if err := sign(es.sigs[nz*sigSize:], wire, dns.TypeNSEC, z.cfg.ttl, inc, exp, [][]byte{nsec}); err != nil {
-		return nil, err
-	}
-	return es, nil
-}
-
-// storeSigs writes sigs into the entry of its owner if it still holds the RRset they
-// were made over.
-func (z *zone) storeSigs(zd *zoneData, signed entry, sigs *entrySigs) {
-	z.mu.RLock()
-	defer z.mu.RUnlock()
-	if z.data != zd {
-		return
-	}
-	zd.st.modify(string(signed.owner()), func(e entry) {
-		if e.flags() == signed.flags() && bytes.Equal(e.rrset(), signed.rrset()) {
-			sigs.into(e, zd.st.nz)
-		}
-	})
-}
-
 // carrySigs copies into the new data of a full reload the signatures of the names
 // whose RRsets did not change, so that a reload signs only what changed.
 func (z *zone) carrySigs(old, zd *zoneData, now time.Time) {
@@ -274,41 +178,11 @@ func (z *zone) carrySigs(old, zd *zoneData, now time.Time) {
 		return
 	}
 	ns := now.UnixNano()
-	nz := zd.st.nz
-	for i := range storeShards {
-		sh := &zd.st.shards[i]
-		sh.mu.Lock()
-		for _, r := range sh.refs {
-			z.carryOne(old, sh.entry(r), nz, ns)
-		}
-		for _, r := range sh.clash {
-			z.carryOne(old, sh.entry(r), nz, ns)
-		}
-		sh.mu.Unlock()
-	}
-}
-
-func (z *zone) carryOne(old *zoneData, e entry, nz int, now int64) {
-	old.st.view(string(e.owner()), func(o entry) {
-		if o.signed() && o.flags() == e.flags() && bytes.Equal(o.rrset(), e.rrset()) && z.signer.fresh(o.expiration(), now) {
-			copySigs(e, o, nz)
-		}
+	zd.st.modifyAll(func(e entry) {
+		old.st.view(string(e.owner()), func(o entry) {
+			if inc, exp := o.signed(); inc != 0 && o.flags() == e.flags() && bytes.Equal(o.rrset(), e.rrset()) && fresh(exp, ns) {
+				e.setSigs(o.sigs())
+			}
+		})
 	})
-}
-
-// Type bitmaps of the NSEC records (RFC 4034 section 4.1.2), window 0.
-var (
-	bitmapTLSA   = []byte{0, 7, 0, 0, 0, 0, 0, 0x03, 0x08}                                // RRSIG NSEC TLSA
-	bitmapEmpty  = []byte{0, 6, 0, 0, 0, 0, 0, 0x03}                                      // RRSIG NSEC
-	bitmapNXNAME = []byte{0, 17, 0, 0, 0, 0, 0, 0x03, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x80} // RRSIG NSEC NXNAME
-)
-
-// appendNSEC appends the RDATA of the NSEC at name (wire form): the next name
-// \000.name (RFC 9824) and the types at name; tlsa false lists no TLSA.
-func appendNSEC(b, name []byte, tlsa bool) []byte {
-	b = append(append(b, 1, 0), name...)
-	if tlsa {
-		return append(b, bitmapTLSA...)
-	}
-	return append(b, bitmapEmpty...)
 }

@@ -47,7 +47,7 @@ func signatureTimes(z *zone) map[string]uint32 {
 	zd := z.current()
 	for i := range storeShards {
 		zd.st.each(i, func(e entry) bool {
-			out[string(e.owner())] = e.inception()
+			out[string(e.owner())], _ = e.signed()
 			return true
 		})
 	}
@@ -131,7 +131,7 @@ func TestSignAheadRenews(t *testing.T) {
 		zd := z.current()
 		for i := range storeShards {
 			zd.st.each(i, func(e entry) bool {
-				if !z.signer.fresh(e.expiration(), clock.UnixNano()) {
+				if _, exp := e.signed(); !fresh(exp, clock.UnixNano()) {
 					t.Errorf("%s served with signatures about to expire", e.owner())
 				}
 				return true

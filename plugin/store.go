@@ -1,6 +1,7 @@
 package deviceid
 
 import (
+	"bytes"
 	"encoding/binary"
 	"hash/maphash"
 	"sync"
@@ -44,9 +45,10 @@ type slab struct {
 }
 
 // The entry layout: a fixed header, the owner (lower case, presentation form), the
-// RRset (for each record: its expiry as int64 Unix ns, 0 for none, then its wire form
-// with the owner compressed to the question name), then nz TLSA signatures and nz NSEC
-// signatures. Both RRsets are signed at one time, recorded in the header.
+// packed RRset (wire.go: for each record its expiry, then its wire form at the
+// question), then nz TLSA signatures and nz NSEC signatures. Both RRsets are signed at
+// one time, recorded in the header. Only this file reads or writes the bytes of an
+// entry: the rest of the plugin goes through the methods below.
 const (
 	hdrBelow = 0  // uint32: records stored under this name
 	hdrFlags = 4  // flagRecord, flagDevice
@@ -75,34 +77,9 @@ func newStore(nz int) *store {
 	return s
 }
 
-// entry is one name's bytes, valid while its shard's lock is held.
+// entry is one name's bytes, valid while its shard's lock is held. Entries are sliced
+// to their length, so that the signatures are what follows the RRset.
 type entry []byte
-
-func (e entry) below() uint32      { return binary.BigEndian.Uint32(e[hdrBelow:]) }
-func (e entry) flags() uint8       { return e[hdrFlags] }
-func (e entry) owner() []byte      { return e[hdrLen : hdrLen+int(e[hdrOwner])] }
-func (e entry) rrLen() int         { return int(binary.BigEndian.Uint16(e[hdrRR:])) }
-func (e entry) rrset() []byte      { o := hdrLen + int(e[hdrOwner]); return e[o : o+e.rrLen()] }
-func (e entry) signed() bool       { return e.inception() != 0 }
-func (e entry) inception() uint32  { return binary.BigEndian.Uint32(e[hdrInc:]) }
-func (e entry) expiration() uint32 { return binary.BigEndian.Uint32(e[hdrExp:]) }
-
-// sigs returns the TLSA and the NSEC signatures, nz of each.
-func (e entry) sigs(nz int) (tlsa, nsec []byte) {
-	o := hdrLen + int(e[hdrOwner]) + e.rrLen()
-	return e[o : o+nz*sigSize], e[o+nz*sigSize : o+2*nz*sigSize]
-}
-
-// copySigs copies the signatures of src, and their times, into dst: entries of one
-// store over the same RRset.
-func copySigs(dst, src entry, nz int) {
-	copy(dst[hdrInc:hdrLen], src[hdrInc:hdrLen])
-	copy(dst[len(dst)-2*nz*sigSize:], src[len(src)-2*nz*sigSize:])
-}
-
-func entryLen(b []byte, nz int) int {
-	return hdrLen + int(b[hdrOwner]) + int(binary.BigEndian.Uint16(b[hdrRR:])) + 2*nz*sigSize
-}
 
 // newEntry builds the bytes of an entry without signatures.
 func newEntry(owner string, flags uint8, below uint32, rr []byte, nz int) entry {
@@ -114,20 +91,59 @@ func newEntry(owner string, flags uint8, below uint32, rr []byte, nz int) entry 
 	return e
 }
 
-// eachRecord calls f for each record of a packed RRset.
-func eachRecord(rr []byte, f func(until int64, wire []byte)) {
-	for len(rr) > 0 {
-		n := 8 + 12 + int(binary.BigEndian.Uint16(rr[8+10:]))
-		f(int64(binary.BigEndian.Uint64(rr)), rr[8:n])
-		rr = rr[n:]
-	}
+func entryLen(b []byte, nz int) int {
+	return hdrLen + int(b[hdrOwner]) + int(binary.BigEndian.Uint16(b[hdrRR:])) + 2*nz*sigSize
 }
 
-// allCurrent reports whether every record of rr is published at now (Unix ns).
-func allCurrent(rr []byte, now int64) bool {
-	ok := true
-	eachRecord(rr, func(until int64, _ []byte) { ok = ok && (until == 0 || now < until) })
-	return ok
+// below is the number of records stored under the name.
+func (e entry) below() uint32 { return binary.BigEndian.Uint32(e[hdrBelow:]) }
+
+// setBelow changes the number of records stored under the name.
+func (e entry) setBelow(n uint32) { binary.BigEndian.PutUint32(e[hdrBelow:], n) }
+
+func (e entry) flags() uint8  { return e[hdrFlags] }
+func (e entry) owner() []byte { return e[hdrLen : hdrLen+int(e[hdrOwner])] }
+func (e entry) rrLen() int    { return int(binary.BigEndian.Uint16(e[hdrRR:])) }
+func (e entry) rrset() []byte { o := hdrLen + int(e[hdrOwner]); return e[o : o+e.rrLen()] }
+func (e entry) sigsAt() int   { return hdrLen + int(e[hdrOwner]) + e.rrLen() }
+
+// signed returns the inception and expiration of the entry's signatures; inc is 0 when
+// the entry has none.
+func (e entry) signed() (inc, exp uint32) {
+	return binary.BigEndian.Uint32(e[hdrInc:]), binary.BigEndian.Uint32(e[hdrExp:])
+}
+
+// sigs returns the entry's signatures and their times, in place.
+func (e entry) sigs() entrySigs {
+	inc, exp := e.signed()
+	return entrySigs{inc: inc, exp: exp, sigs: e[e.sigsAt():]}
+}
+
+// setSigs writes signatures made for an entry of the same store into e.
+func (e entry) setSigs(s entrySigs) {
+	binary.BigEndian.PutUint32(e[hdrInc:], s.inc)
+	binary.BigEndian.PutUint32(e[hdrExp:], s.exp)
+	copy(e[e.sigsAt():], s.sigs)
+}
+
+// entrySigs are the signatures of one entry, made at inc and exp: the TLSA RRset's,
+// then the NSEC's, nz of each.
+type entrySigs struct {
+	inc, exp uint32
+	sigs     []byte
+}
+
+// newEntrySigs returns room for the signatures of an entry, made at inc and exp.
+func newEntrySigs(inc, exp uint32, nz int) *entrySigs {
+	return &entrySigs{inc: inc, exp: exp, sigs: make([]byte, 2*nz*sigSize)}
+}
+
+func (s entrySigs) tlsa() []byte { return s.sigs[:len(s.sigs)/2] }
+func (s entrySigs) nsec() []byte { return s.sigs[len(s.sigs)/2:] }
+
+// clone copies signatures read in place out of the store.
+func (s entrySigs) clone() *entrySigs {
+	return &entrySigs{inc: s.inc, exp: s.exp, sigs: bytes.Clone(s.sigs)}
 }
 
 func (s *store) shard(h uint64) *shard { return &s.shards[h>>58] } // the map uses the low bits
@@ -227,6 +243,22 @@ func (s *store) each(i int, f func(e entry) bool) {
 		if !f(sh.entry(r)) {
 			return
 		}
+	}
+}
+
+// modifyAll calls f with every entry, under its shard's write lock; f may change the
+// bytes in place, not the size.
+func (s *store) modifyAll(f func(e entry)) {
+	for i := range s.shards {
+		sh := &s.shards[i]
+		sh.mu.Lock()
+		for _, r := range sh.refs {
+			f(sh.entry(r))
+		}
+		for _, r := range sh.clash {
+			f(sh.entry(r))
+		}
+		sh.mu.Unlock()
 	}
 }
 

@@ -30,15 +30,14 @@ func TestStore(t *testing.T) {
 		t.Fatal("insert")
 	}
 	// Replace with one of the same size (in place) and of another size (moved).
-	a2 := testEntry("a.", 60)
-	a2[hdrFlags] = flagRecord | flagDevice
+	a2 := newEntry("a.", flagRecord|flagDevice, 0, a.rrset(), 1)
 	s.set("a.", a2)
 	b2 := testEntry("b.", 200)
 	s.set("b.", b2)
 	if !bytes.Equal(get("a."), a2) || !bytes.Equal(get("b."), b2) || s.len() != 2 {
 		t.Fatal("replace")
 	}
-	if !s.modify("a.", func(e entry) { e[hdrBelow+3] = 7 }) || get("a.").below() != 7 {
+	if !s.modify("a.", func(e entry) { e.setBelow(7) }) || get("a.").below() != 7 {
 		t.Error("modify in place")
 	}
 	s.delete("a.")

@@ -28,6 +28,40 @@ func atQuestion(rrtype, class uint16, ttl uint32, rdata []byte) []byte {
 	return append(w, rdata...)
 }
 
+// appendRecord appends a record to a packed RRset, the form in which the store keeps a
+// name's records: for each record its expiry (Unix ns, 0 for none), then its wire form
+// at the question (atQuestion).
+func appendRecord(rr []byte, until int64, wire []byte) []byte {
+	return append(binary.BigEndian.AppendUint64(rr, uint64(until)), wire...)
+}
+
+// eachRecord calls f for each record of a packed RRset.
+func eachRecord(rr []byte, f func(until int64, wire []byte)) {
+	for len(rr) > 0 {
+		n := 8 + 12 + int(binary.BigEndian.Uint16(rr[8+10:]))
+		f(int64(binary.BigEndian.Uint64(rr)), rr[8:n])
+		rr = rr[n:]
+	}
+}
+
+// allCurrent reports whether every record of rr is published at now (Unix ns).
+func allCurrent(rr []byte, now int64) bool {
+	ok := true
+	eachRecord(rr, func(until int64, _ []byte) { ok = ok && (until == 0 || now < until) })
+	return ok
+}
+
+// currentRecords returns the records of rr published at now.
+func currentRecords(rr []byte, now int64) []byte {
+	var out []byte
+	eachRecord(rr, func(until int64, wire []byte) {
+		if until == 0 || now < until {
+			out = appendRecord(out, until, wire)
+		}
+	})
+	return out
+}
+
 // answerBuf is the memory of one answer: the message, and room for the query name in
 // wire form, the signatures of a proof of nonexistence and its NSEC. It comes from a
 // pool, not the query goroutine's stack: the server starts each query on a small stack,
@@ -157,4 +191,21 @@ func (p *packet) finish(w dns.ResponseWriter, state request.Request, origin stri
 		return err
 	}
 	return w.WriteMsg(m)
+}
+
+// Type bitmaps of the NSEC records (RFC 4034 section 4.1.2), window 0.
+var (
+	bitmapTLSA   = []byte{0, 7, 0, 0, 0, 0, 0, 0x03, 0x08}                                // RRSIG NSEC TLSA
+	bitmapEmpty  = []byte{0, 6, 0, 0, 0, 0, 0, 0x03}                                      // RRSIG NSEC
+	bitmapNXNAME = []byte{0, 17, 0, 0, 0, 0, 0, 0x03, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x80} // RRSIG NSEC NXNAME
+)
+
+// appendNSEC appends the RDATA of the NSEC at name (wire form): the next name
+// \000.name (RFC 9824) and the types at name; tlsa false lists no TLSA.
+func appendNSEC(b, name []byte, tlsa bool) []byte {
+	b = append(append(b, 1, 0), name...)
+	if tlsa {
+		return append(b, bitmapTLSA...)
+	}
+	return append(b, bitmapEmpty...)
 }

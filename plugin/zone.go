@@ -4,12 +4,11 @@ import (
 	"bytes"
 	"encoding/binary"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
-
-	"github.com/deviceid/deviceid/record"
 
 	"github.com/miekg/dns"
 )
@@ -62,37 +61,84 @@ func (z *zone) newData(revision int64) *zoneData {
 	return zd
 }
 
-// rrset renders and packs the RRset of a device for the store; it reports false when
-// it would not fit in a DNS message.
-func (cfg *config) rrset(pub []record.Published) ([]byte, bool) {
-	var b []byte
-	for _, p := range pub {
-		b = binary.BigEndian.AppendUint64(b, uint64(p.Until))
-		rdata := append([]byte{p.Usage, p.Selector, p.MatchingType}, p.Data...)
-		b = append(b, atQuestion(dns.TypeTLSA, dns.ClassINET, p.TTL, rdata)...)
+// signAt signs a changed record's RRset and the NSEC at its name as the change is
+// applied, so that it is served signed from the first answer. It returns nil when
+// the zone is not signed, the record is invalid, or signing failed (then the answer
+// is signed on the query path, or by the background signer).
+func (z *zone) signAt(p parsed, now time.Time) *entrySigs {
+	if z.signer == nil || p.err != nil || len(p.rr) == 0 {
+		return nil
 	}
-	return b, len(b) <= maxRRset
+	sigs, err := z.makeSigs([]byte(p.owner), p.rr, now, false)
+	if err != nil {
+		log.Warningf("zone %s: signing %s: %v", z.origin, p.owner, err)
+		return nil
+	}
+	return sigs
 }
 
-// deviceRRset renders and packs a device's RRset.
-func (cfg *config) deviceRRset(d *record.Device, now time.Time) ([]byte, bool) {
-	return cfg.rrset(d.Render(cfg.ttl, now, cfg.render))
+// makeSigs signs the TLSA RRset rr (when not empty) at owner and the NSEC at owner.
+// On the query path the signatures are made by the signing goroutines.
+func (z *zone) makeSigs(owner, rr []byte, now time.Time, query bool) (*entrySigs, error) {
+	s := z.signer
+	inc, exp := s.times(now)
+	es := newEntrySigs(inc, exp, s.nz())
+	sign := s.signSet
+	if query {
+		sign = s.signNow
+	}
+	var name [256]byte
+	n, err := dns.PackDomainName(string(owner), name[:], 0, nil, false)
+	if err != nil {
+		return nil, err
+	}
+	wire := name[:n]
+	if len(rr) > 0 {
+		var rdatas [][]byte
+		var ttl uint32
+		eachRecord(rr, func(_ int64, w []byte) {
+			ttl = binary.BigEndian.Uint32(w[6:])
+			rdatas = append(rdatas, w[12:])
+		})
+		slices.SortFunc(rdatas, bytes.Compare)
+		rdatas = slices.CompactFunc(rdatas, bytes.Equal)
+		if err := sign(es.tlsa(), wire, dns.TypeTLSA, ttl, inc, exp, rdatas); err != nil {
+			return nil, err
+		}
+	}
+	nsec := appendNSEC(nil, wire, len(rr) > 0)
+	if err := sign(es.nsec(), wire, dns.TypeNSEC, z.cfg.ttl, inc, exp, [][]byte{nsec}); err != nil {
+		return nil, err
+	}
+	return es, nil
 }
 
-// serviceRRset renders and packs the RRset of a service record.
-func (cfg *config) serviceRRset(d *record.Device, now time.Time) ([]byte, bool) {
-	return cfg.rrset(d.RenderService(cfg.ttl, now, cfg.render))
-}
-
-// caRRset renders and packs the RRset of a CA discovery record.
-func (cfg *config) caRRset(der []byte) ([]byte, bool) {
-	return cfg.rrset([]record.Published{record.CAPublished(cfg.ttl, der)})
+// apply puts a parsed key into the index, with the signatures signAt made for it (nil
+// during a full load). A record that does not parse is skipped, logged once per
+// revision and counted; the older version of it stops being served too, since a
+// failed attempt to revoke must not leave a device active.
+func (z *zone) apply(x *zoneData, p parsed, sigs *entrySigs) {
+	key := string(p.kv.Key)
+	if p.err == nil {
+		z.put(x, p.owner, p.rr, p.device, sigs)
+		delete(z.rejected, key)
+		return
+	}
+	if p.owner != "" {
+		z.remove(x, p.owner)
+	}
+	if z.rejected[key] != p.kv.ModRevision {
+		z.rejected[key] = p.kv.ModRevision
+		log.Warningf("zone %s: skipping invalid record %s (revision %d): %v", z.origin, key, p.kv.ModRevision, p.err)
+		rejected.WithLabelValues(z.origin).Inc()
+	}
 }
 
 // put stores a record's RRset at owner, counting a new record in its ancestors. A
 // record with nothing to publish is not a name: it is removed. sigs, when not nil,
-// are the signatures over the RRset and the NSEC at owner (as signEntry makes them).
-// The caller holds z.write.
+// are the signatures over the RRset and the NSEC at owner (as makeSigs makes them);
+// without them, the signatures of the same RRset stored before are kept. The caller
+// holds z.write.
 func (z *zone) put(zd *zoneData, owner string, rr []byte, device bool, sigs *entrySigs) {
 	if len(rr) == 0 {
 		z.remove(zd, owner)
@@ -101,11 +147,10 @@ func (z *zone) put(zd *zoneData, owner string, rr []byte, device bool, sigs *ent
 	st := zd.st
 	var below uint32
 	var was uint8
-	var old entry
 	st.view(owner, func(e entry) {
 		below, was = e.below(), e.flags()
-		if sigs == nil && e.signed() && bytes.Equal(e.rrset(), rr) {
-			old = bytes.Clone(e) // the same RRset: its signatures stay good
+		if inc, _ := e.signed(); sigs == nil && inc != 0 && bytes.Equal(e.rrset(), rr) {
+			sigs = e.sigs().clone() // the same RRset: its signatures stay good
 		}
 	})
 	if was&flagRecord == 0 {
@@ -122,11 +167,8 @@ func (z *zone) put(zd *zoneData, owner string, rr []byte, device bool, sigs *ent
 		zd.devices.Add(-1)
 	}
 	e := newEntry(owner, flags, below, rr, st.nz)
-	if old != nil {
-		copySigs(e, old, st.nz)
-	}
 	if sigs != nil {
-		sigs.into(e, st.nz)
+		e.setSigs(*sigs)
 	}
 	st.set(owner, e)
 }
@@ -157,7 +199,7 @@ func (z *zone) addBelow(zd *zoneData, a string, delta int32) {
 	gone := false
 	found := zd.st.modify(a, func(e entry) {
 		n := int32(e.below()) + delta
-		binary.BigEndian.PutUint32(e[hdrBelow:], uint32(n))
+		e.setBelow(uint32(n))
 		gone = n <= 0 && e.flags()&flagRecord == 0
 	})
 	switch {
@@ -176,6 +218,36 @@ func (z *zone) signNew(zd *zoneData, owner string) {
 	if z.signer != nil && zd.passDone.Load() {
 		z.signEntry(zd, owner, z.now())
 	}
+}
+
+// signEntry signs the entry of owner now and stores the signatures.
+func (z *zone) signEntry(zd *zoneData, owner string, now time.Time) error {
+	var e entry
+	zd.st.view(owner, func(cur entry) { e = bytes.Clone(cur) })
+	if e == nil {
+		return nil
+	}
+	sigs, err := z.makeSigs(e.owner(), e.rrset(), now, false)
+	if err != nil {
+		return err
+	}
+	z.storeSigs(zd, e, sigs)
+	return nil
+}
+
+// storeSigs writes sigs into the entry of its owner if it still holds the RRset they
+// were made over.
+func (z *zone) storeSigs(zd *zoneData, signed entry, sigs *entrySigs) {
+	z.mu.RLock()
+	defer z.mu.RUnlock()
+	if z.data != zd {
+		return
+	}
+	zd.st.modify(string(signed.owner()), func(e entry) {
+		if e.flags() == signed.flags() && bytes.Equal(e.rrset(), signed.rrset()) {
+			e.setSigs(*sigs)
+		}
+	})
 }
 
 // ancestors calls f for each name strictly between owner and the apex.
@@ -324,7 +396,7 @@ func (z *zone) signRRs(rrset []dns.RR, now time.Time) ([]dns.RR, error) {
 	var out []dns.RR
 	for _, k := range s.keys.signers(rrset[0].Header().Rrtype) {
 		sig := &dns.RRSIG{Algorithm: k.dnskey.Algorithm, Inception: inc, Expiration: exp, KeyTag: k.tag, SignerName: s.origin}
-		if _, _, err := signRRset(k, sig, rrset); err != nil {
+		if err := signRRset(k, sig, rrset); err != nil {
 			s.failed.Inc()
 			return nil, err
 		}

@@ -2,7 +2,6 @@ package verify
 
 import (
 	"context"
-	"crypto/sha256"
 	"crypto/x509"
 	"errors"
 	"fmt"
@@ -76,14 +75,8 @@ func (c *fakeClock) advance(d time.Duration) { c.t.Add(int64(d)) }
 
 func deviceCert(t *testing.T, name string) (*x509.Certificate, *dns.TLSA) {
 	t.Helper()
-	ca := testenv.NewTestCA(t, "test CA")
-	der, err := ca.Issue(name+"._device.iot.example", testenv.DeviceKey(t).Public(), time.Now().AddDate(1, 0, 0))
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, _ := x509.ParseCertificate(der)
-	sum := sha256.Sum256(cert.RawSubjectPublicKeyInfo)
-	rr := tlsa(3, 1, 1, sum[:])
+	cert, _ := deviceChain(t, name)
+	rr := tlsa(3, 1, 1, digest(cert, 1, 1))
 	rr.Hdr = dns.RR_Header{Rrtype: dns.TypeTLSA, Class: dns.ClassINET, Ttl: 10}
 	return cert, rr
 }
@@ -158,9 +151,7 @@ func TestPositiveTTL(t *testing.T) {
 	if _, err := v.Verify(t.Context(), chain); err != nil {
 		t.Fatal(err)
 	}
-	revoked := dns.Copy(rr).(*dns.TLSA)
-	revoked.Usage = 255
-	f.set(func(q dns.Question, _ bool) *dns.Msg { return validated(q, 60, dns.Copy(revoked)) })
+	f.set(func(q dns.Question, _ bool) *dns.Msg { return validated(q, 60, revokedOf(rr)) })
 	clock.advance(9 * time.Second)
 	if _, err := v.Verify(t.Context(), chain); err != nil {
 		t.Errorf("within the TTL: %v", err)

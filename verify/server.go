@@ -9,6 +9,8 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/deviceid/deviceid/record"
+
 	"github.com/miekg/dns"
 )
 
@@ -113,11 +115,11 @@ func (v *Verifier) matchServer(name, host string, chain []*x509.Certificate, rrs
 	}
 	for _, rr := range rrs {
 		switch rr.Usage {
-		case 3: // DANE-EE (RFC 7671 §5.1): the key or certificate itself; no names, no dates
+		case record.UsageDANEEE: // DANE-EE (RFC 7671 §5.1): the key or certificate itself; no names, no dates
 			if matches(rr, leaf) {
 				return rr, nil
 			}
-		case 2: // DANE-TA (RFC 7671 §5.2): a trust anchor for the chain, and the name
+		case record.UsageDANETA: // DANE-TA (RFC 7671 §5.2): a trust anchor for the chain, and the name
 			if leaf.VerifyHostname(host) != nil {
 				continue
 			}

@@ -1,8 +1,6 @@
 package verify
 
 import (
-	"crypto/sha256"
-	"crypto/sha512"
 	"crypto/x509"
 	"errors"
 	"fmt"
@@ -31,23 +29,6 @@ func serverChain(t *testing.T, host string, notAfter time.Time) (*x509.Certifica
 		t.Fatal(err)
 	}
 	return leaf, ca
-}
-
-// digest is what a record of selector and matching type holds for cert.
-func digest(cert *x509.Certificate, selector, matching uint8) []byte {
-	data := cert.Raw
-	if selector == 1 {
-		data = cert.RawSubjectPublicKeyInfo
-	}
-	switch matching {
-	case 1:
-		s := sha256.Sum256(data)
-		return s[:]
-	case 2:
-		s := sha512.Sum512(data)
-		return s[:]
-	}
-	return data
 }
 
 // TestMatchServerEveryCombination: for each usage, selector and matching type, a

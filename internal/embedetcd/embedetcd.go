@@ -4,7 +4,6 @@ package embedetcd
 
 import (
 	"errors"
-	"fmt"
 	"net"
 	"net/url"
 	"time"
@@ -87,22 +86,6 @@ func Start(c Config) (*embed.Etcd, error) {
 		e.Close()
 		return nil, errors.New("embedded etcd was not ready within 30s")
 	}
-}
-
-// StartLoopback runs etcd with its data in dir on free loopback ports and returns it
-// with its client URL: for tests and tools that need an etcd and no fixed address.
-func StartLoopback(dir string) (*embed.Etcd, string, error) {
-	client, err := FreePort()
-	if err != nil {
-		return nil, "", err
-	}
-	peer, err := FreePort()
-	if err != nil {
-		return nil, "", err
-	}
-	url := fmt.Sprintf("http://127.0.0.1:%d", client)
-	e, err := Start(Config{Dir: dir, ClientURL: url, PeerURL: fmt.Sprintf("http://127.0.0.1:%d", peer)})
-	return e, url, err
 }
 
 // FreePort returns a loopback TCP port that was free a moment ago.

@@ -1,0 +1,90 @@
+package deviceid
+
+import (
+	"hash/maphash"
+	"sync"
+	"time"
+)
+
+// nxCache keeps the NSEC signatures of names that do not exist, which a resolver
+// may ask for again: a fixed number of slots reused in turn, so that a flood of
+// random names costs no memory beyond the bound and no allocation.
+type nxCache struct {
+	mu     sync.Mutex
+	index  map[uint64]int32
+	slots  []nxSlot
+	next   int
+	size   int
+	maxAge time.Duration // a quarter of the validity, as for names that exist
+}
+
+type nxSlot struct {
+	h1, h2   uint64 // two hashes of the name: 128 bits tell names apart
+	inc, exp uint32
+	sigs     [2 * sigSize]byte
+}
+
+// newNXCache returns a cache of size proofs signed with nz keys, served for a quarter
+// of their validity; none for zones with more than two signing keys (a rollover has
+// two).
+func newNXCache(size, nz int, validity time.Duration) *nxCache {
+	if nz > 2 {
+		size = 0
+	}
+	return &nxCache{index: make(map[uint64]int32), size: size, maxAge: validity / 4}
+}
+
+var nxSeed1, nxSeed2 = maphash.MakeSeed(), maphash.MakeSeed()
+
+func nxHashes(name []byte) (uint64, uint64) {
+	return maphash.Bytes(nxSeed1, name), maphash.Bytes(nxSeed2, name)
+}
+
+// get copies the cached signatures of name into out; it reports whether they are
+// there and were made at most a quarter of their validity ago (as names that exist).
+func (c *nxCache) get(name, out []byte, now int64) (inc, exp uint32, ok bool) {
+	h1, h2 := nxHashes(name)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	i, found := c.index[h1]
+	if !found || c.slots[i].h2 != h2 {
+		return 0, 0, false
+	}
+	sl := &c.slots[i]
+	made := (int64(sl.inc) + int64(inceptionSkew/time.Second)) * 1e9
+	if now >= made+int64(c.maxAge) || !fresh(sl.exp, now) {
+		return 0, 0, false
+	}
+	copy(out, sl.sigs[:len(out)])
+	return sl.inc, sl.exp, true
+}
+
+func (c *nxCache) put(name, sigs []byte, inc, exp uint32) {
+	if c.size == 0 {
+		return
+	}
+	h1, h2 := nxHashes(name)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	i, found := c.index[h1]
+	if !found {
+		if len(c.slots) < c.size {
+			c.slots = append(c.slots, nxSlot{})
+			i = int32(len(c.slots) - 1)
+		} else {
+			i = int32(c.next)
+			c.next = (c.next + 1) % c.size
+			delete(c.index, c.slots[i].h1)
+		}
+		c.index[h1] = i
+	}
+	sl := &c.slots[i]
+	sl.h1, sl.h2, sl.inc, sl.exp = h1, h2, inc, exp
+	copy(sl.sigs[:], sigs)
+}
+
+func (c *nxCache) len() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.index)
+}
