@@ -45,7 +45,7 @@ fuzz: ## a short fuzzing run of each parser (FUZZTIME=10m for longer)
 	$(GO) test -run XXX -fuzz FuzzServeDNS -fuzztime $(FUZZTIME) -timeout 0 ./plugin/
 	$(GO) test -run XXX -fuzz FuzzParse -fuzztime $(FUZZTIME) -timeout 0 ./internal/pkcs11key/
 	$(GO) test -run XXX -fuzz FuzzImportLines -fuzztime $(FUZZTIME) -timeout 0 ./cmd/deviceid-signer/
-	$(GO) test -run XXX -fuzz FuzzAPIDecode -fuzztime $(FUZZTIME) -timeout 0 ./signer/
+	$(GO) test -run XXX -fuzz FuzzAPIDecode -fuzztime $(FUZZTIME) -timeout 0 ./signer/httpapi/
 	$(GO) test -run XXX -fuzz FuzzVerifyAnswer -fuzztime $(FUZZTIME) -timeout 0 -fuzzminimizetime 5s ./verify/
 	$(GO) test -run XXX -fuzz FuzzBrokerACL -fuzztime $(FUZZTIME) -timeout 0 -fuzzminimizetime 5s ./internal/mqttbroker/
 

@@ -18,7 +18,7 @@ import (
 
 	"github.com/deviceid/deviceid/internal/mqttbroker"
 	"github.com/deviceid/deviceid/internal/testenv"
-	"github.com/deviceid/deviceid/signer"
+	"github.com/deviceid/deviceid/signer/registry"
 	"github.com/deviceid/deviceid/verify"
 
 	paho "github.com/eclipse/paho.mqtt.golang"
@@ -172,7 +172,7 @@ func TestAdversaryMQTT(t *testing.T) {
 			}
 			return nil
 		})
-		if _, err := st.reg.Revoke(t.Context(), signer.OperatorActor("test"), "delta", nil, "keyCompromise"); err != nil {
+		if _, err := st.reg.Revoke(t.Context(), registry.OperatorActor("test"), "delta", nil, "keyCompromise"); err != nil {
 			t.Fatal(err)
 		}
 		// mochi forgets a clean session after its Will would have been sent.
@@ -356,7 +356,7 @@ func TestAdversaryMQTT(t *testing.T) {
 		if advMQTTRetained(st.broker, "devices/kilo/#") != 1 || !subscribed() {
 			t.Fatalf("kilo's retained message or session missing")
 		}
-		if err := st.reg.Delete(t.Context(), signer.OperatorActor("test"), "kilo"); err != nil {
+		if err := st.reg.Delete(t.Context(), registry.OperatorActor("test"), "kilo"); err != nil {
 			t.Fatal(err)
 		}
 		next := advMQTTEnroll(t, st, "kilo")
@@ -392,7 +392,7 @@ func TestAdversaryMQTT(t *testing.T) {
 			}
 			return nil
 		})
-		if _, err := st.reg.Revoke(t.Context(), signer.OperatorActor("test"), "lima", nil, "keyCompromise"); err != nil {
+		if _, err := st.reg.Revoke(t.Context(), registry.OperatorActor("test"), "lima", nil, "keyCompromise"); err != nil {
 			t.Fatal(err)
 		}
 		testenv.Eventually(t, "lima cut off, its data deleted", func() error {

@@ -21,7 +21,9 @@ import (
 	"github.com/deviceid/deviceid/internal/etcdclient"
 	"github.com/deviceid/deviceid/internal/testenv"
 	"github.com/deviceid/deviceid/record"
-	"github.com/deviceid/deviceid/signer"
+	"github.com/deviceid/deviceid/signer/ca"
+	"github.com/deviceid/deviceid/signer/httpapi"
+	"github.com/deviceid/deviceid/signer/registry"
 
 	"github.com/globalsign/est"
 	"github.com/miekg/dns"
@@ -100,7 +102,7 @@ func crossSite(t *testing.T, s *signerServer, cert tls.Certificate, path string,
 func TestAdversaryCrossSiteWrite(t *testing.T) {
 	etcd := testenv.StartEtcd(t)
 	dir := t.TempDir()
-	ca, err := signer.InitCA(dir, "deviceid e2e CA", zone, elliptic.P256(), "")
+	authority, err := ca.InitCA(dir, "deviceid e2e CA", zone, elliptic.P256(), "")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -110,11 +112,11 @@ func TestAdversaryCrossSiteWrite(t *testing.T) {
 	operatorCA := testenv.NewTestCA(t, "operator certificates")
 	operators := x509.NewCertPool()
 	operators.AddCert(operatorCA.Cert)
-	s := serveSignerWith(t, ca, filepath.Join(dir, signer.CACertFile), etcdclient.Settings{Endpoints: []string{etcd.URL()}},
-		func(srv *signer.Server) { srv.TenantCAs, srv.AdminCAs = pool, operators })
-	certOf := func(ca *testenv.CA, org string) tls.Certificate {
+	s := serveSignerWith(t, authority, filepath.Join(dir, ca.CACertFile), etcdclient.Settings{Endpoints: []string{etcd.URL()}},
+		func(srv *httpapi.Server) { srv.TenantCAs, srv.AdminCAs = pool, operators })
+	certOf := func(authority *testenv.CA, org string) tls.Certificate {
 		key := testenv.DeviceKey(t)
-		der, err := ca.Issue(org+"-console", key.Public(), time.Now().Add(time.Hour), org)
+		der, err := authority.Issue(org+"-console", key.Public(), time.Now().Add(time.Hour), org)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -139,11 +141,11 @@ func TestAdversaryCrossSiteWrite(t *testing.T) {
 			t.Errorf("cross-site tenant disable with the operator's certificate (fetch headers %v): %d", fetchHeaders, status)
 		}
 	}
-	var d signer.DeviceView
+	var d httpapi.DeviceView
 	if s.admin(t, "GET", "/api/v1/devices/sensor7", "", &d); d.State == record.StateSuspended || len(d.Keys) != 1 || d.Keys[0].Status != record.StatusActive {
 		t.Errorf("after the cross-site requests: %+v", d)
 	}
-	var tn signer.Tenant
+	var tn registry.Tenant
 	if s.admin(t, "GET", "/api/v1/tenants/acme", "", &tn); tn.Disabled {
 		t.Error("the tenant was disabled across sites")
 	}
@@ -167,7 +169,7 @@ func TestAdversaryReenrollmentFlood(t *testing.T) {
 	c := testenv.StartCoreDNS(t, corefile(etcd.URL(), fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))))
 	waitLoaded(t, c)
 	s := startSigner(t, etcd)
-	var code signer.CodeResponse
+	var code httpapi.CodeResponse
 	if status := s.admin(t, "POST", "/api/v1/devices/thermo1/code", "", &code); status != http.StatusCreated {
 		t.Fatalf("code: %d", status)
 	}
@@ -195,7 +197,7 @@ func TestAdversaryReenrollmentFlood(t *testing.T) {
 	if !errors.As(refused, &statusErr) || statusErr.StatusCode() != http.StatusConflict {
 		t.Fatalf("the re-enrollment flood: %v, want 409", refused)
 	}
-	var d signer.DeviceView
+	var d httpapi.DeviceView
 	if status := s.admin(t, "GET", "/api/v1/devices/thermo1", "", &d); status != http.StatusOK || len(d.Keys) < 2 {
 		t.Errorf("the device in the API: %d, %d keys", status, len(d.Keys))
 	}
@@ -227,13 +229,13 @@ func TestAdversaryRefusedLeaveNothing(t *testing.T) {
 		if status := s.admin(t, "POST", "/api/v1/tenants", fmt.Sprintf(`{"name": %q}`, name), nil); status != http.StatusCreated {
 			t.Fatalf("tenant %s: %d", name, status)
 		}
-		var tok signer.NewToken
+		var tok registry.NewToken
 		if status := s.admin(t, "POST", "/api/v1/tenants/"+name+"/tokens", "", &tok); status != http.StatusCreated {
 			t.Fatalf("token %s: %d", name, status)
 		}
 		tokens[name] = tok.Secret
 	}
-	var code signer.CodeResponse
+	var code httpapi.CodeResponse
 	if status := s.apiCall(t, tokens["acme"], "POST", "/api/v1/devices/sensor7/code", "", &code); status != http.StatusCreated {
 		t.Fatalf("code: %d", status)
 	}
@@ -283,7 +285,7 @@ func TestAdversaryRefusedLeaveNothing(t *testing.T) {
 	if _, err := estClient(s, "sensor7", code.Code, nil, nil).Enroll(t.Context(), csr); !errors.As(err, &statusErr) || statusErr.StatusCode() != http.StatusForbidden {
 		t.Errorf("a disabled tenant's device's enrollment: %v", err)
 	}
-	var d signer.DeviceView
+	var d httpapi.DeviceView
 	if s.admin(t, "GET", "/api/v1/devices/sensor7", "", &d); len(d.Keys) != 0 {
 		t.Errorf("refused enrollments left keys: %+v", d.Keys)
 	}
@@ -291,8 +293,8 @@ func TestAdversaryRefusedLeaveNothing(t *testing.T) {
 
 // A device certificate that never expires (IEEE 802.1AR: 99991231235959Z) is served.
 func TestAdversaryNeverExpiringCertificate(t *testing.T) {
-	etcd, cli, ca := testbed(t)
-	d := newDevice(t, ca, "idevid1", time.Date(9999, 12, 31, 23, 59, 59, 0, time.UTC))
+	etcd, cli, authority := testbed(t)
+	d := newDevice(t, authority, "idevid1", time.Date(9999, 12, 31, 23, 59, 59, 0, time.UTC))
 	testenv.Put(t, cli, deviceKey("idevid1"), deviceJSON(credentialJSON(d, "active")))
 	c := testenv.StartCoreDNS(t, corefile(etcd.URL(), fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))))
 	waitLoaded(t, c)
@@ -305,12 +307,12 @@ func TestAdversaryNeverExpiringCertificate(t *testing.T) {
 func TestAdversarySignerHTTPS(t *testing.T) {
 	etcd := testenv.StartEtcd(t)
 	dir := t.TempDir()
-	ca, err := signer.InitCA(dir, "deviceid e2e CA", zone, elliptic.P256(), "")
+	authority, err := ca.InitCA(dir, "deviceid e2e CA", zone, elliptic.P256(), "")
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := serveSignerWith(t, ca, filepath.Join(dir, signer.CACertFile), etcdclient.Settings{Endpoints: []string{etcd.URL()}},
-		func(srv *signer.Server) { srv.MetricsToken = "metrics-token-0123456789" })
+	s := serveSignerWith(t, authority, filepath.Join(dir, ca.CACertFile), etcdclient.Settings{Endpoints: []string{etcd.URL()}},
+		func(srv *httpapi.Server) { srv.MetricsToken = "metrics-token-0123456789" })
 	roots := s.client.Transport.(*http.Transport).TLSClientConfig.RootCAs
 	cbc := &tls.Config{RootCAs: roots, MaxVersion: tls.VersionTLS12, CipherSuites: []uint16{
 		tls.TLS_ECDHE_ECDSA_WITH_AES_128_CBC_SHA, tls.TLS_ECDHE_ECDSA_WITH_AES_256_CBC_SHA, tls.TLS_ECDHE_ECDSA_WITH_AES_128_CBC_SHA256}}
@@ -343,20 +345,20 @@ func TestAdversaryTenantWriteFlood(t *testing.T) {
 	etcd := testenv.StartEtcd(t)
 	cli := etcd.Client()
 	dir := t.TempDir()
-	ca, err := signer.InitCA(dir, "deviceid e2e CA", zone, elliptic.P256(), "")
+	authority, err := ca.InitCA(dir, "deviceid e2e CA", zone, elliptic.P256(), "")
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := serveSignerWith(t, ca, filepath.Join(dir, signer.CACertFile), etcdclient.Settings{Endpoints: []string{etcd.URL()}},
-		func(srv *signer.Server) {
-			srv.Registry.Quotas = &signer.Quotas{TenantBytesPerSecond: 1 << 10, TenantBurstBytes: 256 << 10}
+	s := serveSignerWith(t, authority, filepath.Join(dir, ca.CACertFile), etcdclient.Settings{Endpoints: []string{etcd.URL()}},
+		func(srv *httpapi.Server) {
+			srv.Registry.Quotas = &registry.Quotas{TenantBytesPerSecond: 1 << 10, TenantBurstBytes: 256 << 10}
 		})
 	tokens := map[string]string{}
 	for _, name := range []string{"acme", "globex"} {
 		if status := s.admin(t, "POST", "/api/v1/tenants", fmt.Sprintf(`{"name": %q}`, name), nil); status != http.StatusCreated {
 			t.Fatalf("tenant %s: %d", name, status)
 		}
-		var tok signer.NewToken
+		var tok registry.NewToken
 		s.admin(t, "POST", "/api/v1/tenants/"+name+"/tokens", "", &tok)
 		tokens[name] = tok.Secret
 		if status := s.apiCall(t, tok.Secret, "POST", "/api/v1/devices/"+name+"-lamp/register", "", nil); status != http.StatusOK {

@@ -10,7 +10,8 @@ import (
 	"time"
 
 	"github.com/deviceid/deviceid/internal/testenv"
-	"github.com/deviceid/deviceid/signer"
+	"github.com/deviceid/deviceid/signer/ca"
+	"github.com/deviceid/deviceid/signer/registry"
 	"github.com/deviceid/deviceid/verify"
 
 	"github.com/miekg/dns"
@@ -73,14 +74,14 @@ func TestAdversaryVerifyStretchedTTL(t *testing.T) {
 	toServer.stretch.Store(true)
 	toResolver.stretch.Store(true)
 
-	ca, err := signer.InitCA(t.TempDir(), "device CA", zone, elliptic.P256(), "")
+	authority, err := ca.InitCA(t.TempDir(), "device CA", zone, elliptic.P256(), "")
 	if err != nil {
 		t.Fatal(err)
 	}
-	reg := &signer.Registry{Client: etcd.Client(), Prefix: "/deviceid", Zone: zone}
-	lamp, _ := ca.Issue("lamp", mustKey().Public(), time.Now())
+	reg := &registry.Registry{Client: etcd.Client(), Prefix: "/deviceid", Zone: zone}
+	lamp, _ := authority.Issue("lamp", mustKey().Public(), time.Now())
 	testenv.Put(t, reg.Client, deviceKey("lamp"), deviceJSON(credentialJSON(&device{cert: lamp.Raw}, "active")))
-	long, _ := ca.Issue("long", mustKey().Public(), time.Now())
+	long, _ := authority.Issue("long", mustKey().Public(), time.Now())
 	testenv.Put(t, reg.Client, deviceKey("long"), fmt.Sprintf(`{"version": 1, "ttl": 864000, "credentials": [%s]}`,
 		credentialJSON(&device{cert: long.Raw}, "active")))
 	testenv.Eventually(t, "devices in DNS", func() error {
@@ -110,7 +111,7 @@ func TestAdversaryVerifyStretchedTTL(t *testing.T) {
 	}
 
 	// The revocation, seen once the TTL and a second have passed on the verifier's clock.
-	if _, err := reg.Revoke(t.Context(), signer.OperatorActor("test"), "lamp", nil, "keyCompromise"); err != nil {
+	if _, err := reg.Revoke(t.Context(), registry.OperatorActor("test"), "lamp", nil, "keyCompromise"); err != nil {
 		t.Fatal(err)
 	}
 	testenv.Eventually(t, "revocation in DNS", func() error {

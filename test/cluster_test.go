@@ -19,7 +19,9 @@ import (
 
 	"github.com/deviceid/deviceid/internal/etcdclient"
 	"github.com/deviceid/deviceid/internal/testenv"
-	"github.com/deviceid/deviceid/signer"
+	"github.com/deviceid/deviceid/signer/ca"
+	"github.com/deviceid/deviceid/signer/httpapi"
+	"github.com/deviceid/deviceid/signer/registry"
 
 	"github.com/miekg/dns"
 )
@@ -129,12 +131,12 @@ func TestClusterFaults(t *testing.T) {
 		replicas = append(replicas, replica{name: fmt.Sprintf("replica %d", i+1), c: c, unbound: startUnbound(t, port, ksk.ds)})
 	}
 	dir := t.TempDir()
-	ca, err := signer.InitCA(dir, "cluster CA", zone, elliptic.P256(), "")
+	authority, err := ca.InitCA(dir, "cluster CA", zone, elliptic.P256(), "")
 	if err != nil {
 		t.Fatal(err)
 	}
 	settings := etcdclient.Settings{Endpoints: endpoints}
-	signers := []*signerServer{serveSigner(t, ca, dir+"/ca.pem", settings), serveSigner(t, ca, dir+"/ca.pem", settings)}
+	signers := []*signerServer{serveSigner(t, authority, dir+"/ca.pem", settings), serveSigner(t, authority, dir+"/ca.pem", settings)}
 
 	// The devices every replica has loaded, asked for throughout.
 	loaded := map[string]string{}
@@ -264,12 +266,12 @@ func TestClusterFaults(t *testing.T) {
 func TestClusterWritersLeaderKilled(t *testing.T) {
 	cluster := testenv.StartCluster(t, 3)
 	dir := t.TempDir()
-	ca, err := signer.InitCA(dir, "cluster CA", zone, elliptic.P256(), "")
+	authority, err := ca.InitCA(dir, "cluster CA", zone, elliptic.P256(), "")
 	if err != nil {
 		t.Fatal(err)
 	}
 	settings := etcdclient.Settings{Endpoints: cluster.Endpoints()}
-	signers := []*signerServer{serveSigner(t, ca, dir+"/ca.pem", settings), serveSigner(t, ca, dir+"/ca.pem", settings)}
+	signers := []*signerServer{serveSigner(t, authority, dir+"/ca.pem", settings), serveSigner(t, authority, dir+"/ca.pem", settings)}
 	type ack struct {
 		device string
 		cert   []byte
@@ -287,7 +289,7 @@ func TestClusterWritersLeaderKilled(t *testing.T) {
 			if err != nil || status != http.StatusCreated {
 				return // not acknowledged: allowed while the leader is gone
 			}
-			var er signer.EnrollResponse
+			var er httpapi.EnrollResponse
 			if err := json.Unmarshal(b, &er); err != nil || er.Certificate == "" {
 				t.Errorf("acknowledged without a certificate: %s", b)
 				return
@@ -301,7 +303,7 @@ func TestClusterWritersLeaderKilled(t *testing.T) {
 	cluster.Members[cluster.Leader()].Stop()
 	wg.Wait()
 	close(acks)
-	reg := &signer.Registry{Client: testenv.Client(t, cluster.Endpoints()...), Prefix: "/deviceid", Zone: zone}
+	reg := &registry.Registry{Client: testenv.Client(t, cluster.Endpoints()...), Prefix: "/deviceid", Zone: zone}
 	n := 0
 	for a := range acks {
 		n++

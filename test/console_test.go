@@ -14,7 +14,7 @@ import (
 	"time"
 
 	"github.com/deviceid/deviceid/internal/testenv"
-	"github.com/deviceid/deviceid/signer"
+	"github.com/deviceid/deviceid/signer/httpapi"
 
 	"github.com/chromedp/chromedp"
 )
@@ -164,7 +164,7 @@ func TestConsole(t *testing.T) {
 	p.waitText("#keys", "keyCompromise")
 	p.waitText("#audit", "device.revoke")
 	p.screenshot("console-revoked")
-	var d signer.DeviceView
+	var d httpapi.DeviceView
 	s.apiCall(t, acme, "GET", "/api/v1/devices/lamp", "", &d)
 	if d.Keys[0].Status != "revoked" || d.Keys[0].Reason != "keyCompromise" {
 		t.Errorf("after the console's revoke: %+v", d.Keys)

@@ -15,7 +15,8 @@ import (
 	simulator "github.com/deviceid/deviceid/internal/device"
 	"github.com/deviceid/deviceid/internal/etcdclient"
 	"github.com/deviceid/deviceid/internal/testenv"
-	"github.com/deviceid/deviceid/signer"
+	"github.com/deviceid/deviceid/signer/ca"
+	"github.com/deviceid/deviceid/signer/httpapi"
 
 	"github.com/miekg/dns"
 )
@@ -26,8 +27,8 @@ import (
 // clock ages it) and reconnects with the new key, and is cut off when it is revoked.
 func TestDeviceSimulator(t *testing.T) {
 	st := startMQTTStack(t, 2)
-	s := serveSigner(t, st.ca, filepath.Join(st.dir, signer.CACertFile), etcdclient.Settings{Endpoints: st.reg.Client.Endpoints()})
-	var code signer.CodeResponse
+	s := serveSigner(t, st.authority, filepath.Join(st.dir, ca.CACertFile), etcdclient.Settings{Endpoints: st.reg.Client.Endpoints()})
+	var code httpapi.CodeResponse
 	if status := s.admin(t, "POST", "/api/v1/devices/thermo/code", "", &code); status != 201 {
 		t.Fatalf("code: %d", status)
 	}
@@ -36,7 +37,7 @@ func TestDeviceSimulator(t *testing.T) {
 	st.broker.OnDisconnect = func(device string, _ error) { mu.Lock(); cut = append(cut, device); mu.Unlock() }
 	u, _ := url.Parse(s.url)
 	pool := x509.NewCertPool()
-	pool.AddCert(st.ca.Cert)
+	pool.AddCert(st.authority.Cert)
 	var published atomic.Int64
 	var clock atomic.Int64
 	clock.Store(time.Now().UnixNano())

@@ -18,7 +18,8 @@ import (
 
 	"github.com/deviceid/deviceid/internal/testenv"
 	"github.com/deviceid/deviceid/record"
-	"github.com/deviceid/deviceid/signer"
+	"github.com/deviceid/deviceid/signer/ca"
+	"github.com/deviceid/deviceid/signer/httpapi"
 )
 
 // The enrollment benchmark of BENCHMARKS.md: devices enrolled with a CSR through the
@@ -29,33 +30,33 @@ import (
 const enrollClients = 16
 
 func BenchmarkEnrollAdminAPI(b *testing.B) {
-	benchmarkEnroll(b, func(key *ecdsa.PrivateKey) signer.EnrollRequest {
-		return signer.EnrollRequest{CSR: testenv.CSRPEM(b, key, "")}
+	benchmarkEnroll(b, func(key *ecdsa.PrivateKey) httpapi.EnrollRequest {
+		return httpapi.EnrollRequest{CSR: testenv.CSRPEM(b, key, "")}
 	})
 }
 
 // BenchmarkEnrollAdminAPIBareKey enrolls bare public keys: no CSR to verify and no
 // certificate to sign, which shows what the cryptography costs.
 func BenchmarkEnrollAdminAPIBareKey(b *testing.B) {
-	benchmarkEnroll(b, func(key *ecdsa.PrivateKey) signer.EnrollRequest {
+	benchmarkEnroll(b, func(key *ecdsa.PrivateKey) httpapi.EnrollRequest {
 		der, _ := x509.MarshalPKIXPublicKey(key.Public())
-		return signer.EnrollRequest{PublicKey: string(pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: der}))}
+		return httpapi.EnrollRequest{PublicKey: string(pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: der}))}
 	})
 }
 
 // BenchmarkEnrollAdminAPIHSM enrolls CSRs with the CA key in SoftHSM: every
 // certificate is signed through PKCS#11.
 func BenchmarkEnrollAdminAPIHSM(b *testing.B) {
-	benchmarkEnrollKey(b, testenv.SoftHSM(b).URI("ca"), func(key *ecdsa.PrivateKey) signer.EnrollRequest {
-		return signer.EnrollRequest{CSR: testenv.CSRPEM(b, key, "")}
+	benchmarkEnrollKey(b, testenv.SoftHSM(b).URI("ca"), func(key *ecdsa.PrivateKey) httpapi.EnrollRequest {
+		return httpapi.EnrollRequest{CSR: testenv.CSRPEM(b, key, "")}
 	})
 }
 
-func benchmarkEnroll(b *testing.B, request func(*ecdsa.PrivateKey) signer.EnrollRequest) {
+func benchmarkEnroll(b *testing.B, request func(*ecdsa.PrivateKey) httpapi.EnrollRequest) {
 	benchmarkEnrollKey(b, "", request)
 }
 
-func benchmarkEnrollKey(b *testing.B, caKey string, request func(*ecdsa.PrivateKey) signer.EnrollRequest) {
+func benchmarkEnrollKey(b *testing.B, caKey string, request func(*ecdsa.PrivateKey) httpapi.EnrollRequest) {
 	etcd := testenv.StartEtcd(b)
 	s := startSignerKey(b, etcd, caKey)
 	csrs := make([]string, 256)
@@ -91,12 +92,12 @@ func benchmarkEnrollKey(b *testing.B, caKey string, request func(*ecdsa.PrivateK
 
 func BenchmarkRawEtcdPut(b *testing.B) {
 	etcd := testenv.StartEtcd(b)
-	ca, err := signer.InitCA(b.TempDir(), "bench CA", zone, elliptic.P256(), "")
+	authority, err := ca.InitCA(b.TempDir(), "bench CA", zone, elliptic.P256(), "")
 	if err != nil {
 		b.Fatal(err)
 	}
 	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	cert, _ := ca.Issue("dev", key.Public(), time.Now())
+	cert, _ := authority.Issue("dev", key.Public(), time.Now())
 	d := record.Device{Version: record.Version, Credentials: []record.Credential{{Cert: cert.Raw, Status: record.StatusActive}}}
 	d.Validate()
 	value, _ := json.Marshal(d) // the same size as an enrolled record

@@ -11,7 +11,7 @@ import (
 
 	"github.com/deviceid/deviceid/internal/testenv"
 	"github.com/deviceid/deviceid/record"
-	"github.com/deviceid/deviceid/signer"
+	"github.com/deviceid/deviceid/signer/ca"
 	"github.com/deviceid/deviceid/verify"
 
 	"github.com/miekg/dns"
@@ -22,10 +22,10 @@ import (
 // against the same server verifying client certificates against a CA pool.
 
 func BenchmarkHandshakeCAPool(b *testing.B) {
-	ca, client := benchDevice(b, nil)
+	authority, client := benchDevice(b, nil)
 	pool := x509.NewCertPool()
-	pool.AddCert(ca.Cert)
-	benchHandshakes(b, ca, client, &tls.Config{ClientAuth: tls.RequireAndVerifyClientCert, ClientCAs: pool})
+	pool.AddCert(authority.Cert)
+	benchHandshakes(b, authority, client, &tls.Config{ClientAuth: tls.RequireAndVerifyClientCert, ClientCAs: pool})
 }
 
 func BenchmarkHandshakeDANECached(b *testing.B) {
@@ -46,7 +46,7 @@ func benchmarkDANE(b *testing.B, deviceTTL uint32) {
 	c := testenv.StartCoreDNS(b, signedCorefile(port, etcd.URL(), ksk))
 	waitLoaded(b, c)
 	unbound := startUnbound(b, port, ksk.ds)
-	ca, client := benchDevice(b, func(cert *x509.Certificate) {
+	authority, client := benchDevice(b, func(cert *x509.Certificate) {
 		d := record.Device{Version: record.Version, TTL: &deviceTTL,
 			Credentials: []record.Credential{{Cert: cert.Raw, Status: record.StatusActive}}}
 		v, _ := json.Marshal(d)
@@ -58,30 +58,30 @@ func benchmarkDANE(b *testing.B, deviceTTL uint32) {
 		_, err := v.Verify(b.Context(), []*x509.Certificate{leaf})
 		return err
 	})
-	benchHandshakes(b, ca, client, &tls.Config{ClientAuth: tls.RequireAnyClientCert, VerifyPeerCertificate: v.VerifyPeerCertificate})
+	benchHandshakes(b, authority, client, &tls.Config{ClientAuth: tls.RequireAnyClientCert, VerifyPeerCertificate: v.VerifyPeerCertificate})
 }
 
 // benchDevice makes a CA and a device certificate; enroll, if given, publishes it.
-func benchDevice(b *testing.B, enroll func(*x509.Certificate)) (*signer.CA, tls.Certificate) {
-	ca, err := signer.InitCA(b.TempDir(), "bench CA", zone, elliptic.P256(), "")
+func benchDevice(b *testing.B, enroll func(*x509.Certificate)) (*ca.CA, tls.Certificate) {
+	authority, err := ca.InitCA(b.TempDir(), "bench CA", zone, elliptic.P256(), "")
 	if err != nil {
 		b.Fatal(err)
 	}
 	key := mustKey()
-	cert, err := ca.Issue("bench", key.Public(), time.Now())
+	cert, err := authority.Issue("bench", key.Public(), time.Now())
 	if err != nil {
 		b.Fatal(err)
 	}
 	if enroll != nil {
 		enroll(cert)
 	}
-	return ca, tls.Certificate{Certificate: [][]byte{cert.Raw}, PrivateKey: key}
+	return authority, tls.Certificate{Certificate: [][]byte{cert.Raw}, PrivateKey: key}
 }
 
 // benchHandshakes runs full TLS 1.3 handshakes (no resumption) over loopback against
 // a server with cfg, from as many clients as there are CPUs.
-func benchHandshakes(b *testing.B, ca *signer.CA, client tls.Certificate, cfg *tls.Config) {
-	serverCert, err := ca.ServerCertificate([]string{"127.0.0.1"}, time.Now())
+func benchHandshakes(b *testing.B, authority *ca.CA, client tls.Certificate, cfg *tls.Config) {
+	serverCert, err := authority.ServerCertificate([]string{"127.0.0.1"}, time.Now())
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -108,7 +108,7 @@ func benchHandshakes(b *testing.B, ca *signer.CA, client tls.Certificate, cfg *t
 		}
 	}()
 	pool := x509.NewCertPool()
-	pool.AddCert(ca.Cert)
+	pool.AddCert(authority.Cert)
 	clientCfg := &tls.Config{Certificates: []tls.Certificate{client}, RootCAs: pool, ServerName: "127.0.0.1", SessionTicketsDisabled: true}
 	b.ResetTimer()
 	b.RunParallel(func(pb *testing.PB) {

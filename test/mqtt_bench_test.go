@@ -13,7 +13,7 @@ import (
 
 	"github.com/deviceid/deviceid/internal/mqttbroker"
 	"github.com/deviceid/deviceid/internal/testenv"
-	"github.com/deviceid/deviceid/signer"
+	"github.com/deviceid/deviceid/signer/registry"
 
 	paho "github.com/eclipse/paho.mqtt.golang"
 	"github.com/miekg/dns"
@@ -51,7 +51,7 @@ func BenchmarkBrokerConnect(b *testing.B) {
 			addr := st.broker.Addr()
 			if mode == "ca-pool" {
 				pool := x509.NewCertPool()
-				pool.AddCert(st.ca.Cert)
+				pool.AddCert(st.authority.Cert)
 				ctx, cancel := context.WithCancel(context.Background())
 				b.Cleanup(cancel)
 				key := mustKey()
@@ -104,7 +104,7 @@ func BenchmarkRevocationToDisconnect(b *testing.B) {
 		for i := range n {
 			name := fmt.Sprintf("dev%03d", i)
 			revokedAt[name] = time.Now()
-			if _, err := st.reg.Revoke(b.Context(), signer.OperatorActor("bench"), name, nil, "keyCompromise"); err != nil {
+			if _, err := st.reg.Revoke(b.Context(), registry.OperatorActor("bench"), name, nil, "keyCompromise"); err != nil {
 				b.Fatal(err)
 			}
 		}

@@ -17,7 +17,8 @@ import (
 
 	"github.com/deviceid/deviceid/internal/mqttbroker"
 	"github.com/deviceid/deviceid/internal/testenv"
-	"github.com/deviceid/deviceid/signer"
+	"github.com/deviceid/deviceid/signer/ca"
+	"github.com/deviceid/deviceid/signer/registry"
 	"github.com/deviceid/deviceid/verify"
 
 	paho "github.com/eclipse/paho.mqtt.golang"
@@ -32,8 +33,8 @@ const brokerHost = "mqtt.acme.iot.example"
 type mqttStack struct {
 	dns       *testenv.CoreDNS
 	ds        *dns.DS
-	reg       *signer.Registry
-	ca        *signer.CA
+	reg       *registry.Registry
+	authority *ca.CA
 	broker    *mqttbroker.Broker
 	brokerCA  *testenv.CA
 	dir       string
@@ -47,11 +48,11 @@ func startMQTTStack(t testing.TB, ttl int) *mqttStack {
 	t.Helper()
 	etcd, c, ksk, _ := signedZone(t, ttl)
 	dir := t.TempDir()
-	ca, err := signer.InitCA(dir, "device CA", zone, elliptic.P256(), "")
+	authority, err := ca.InitCA(dir, "device CA", zone, elliptic.P256(), "")
 	if err != nil {
 		t.Fatal(err)
 	}
-	st := &mqttStack{dns: c, ds: ksk.ds, reg: &signer.Registry{Client: etcd.Client(), Prefix: "/deviceid", Zone: zone}, ca: ca, dir: dir,
+	st := &mqttStack{dns: c, ds: ksk.ds, reg: &registry.Registry{Client: etcd.Client(), Prefix: "/deviceid", Zone: zone}, authority: authority, dir: dir,
 		brokerCA: testenv.NewTestCA(t, "broker CA"), lost: make(chan string, 16)}
 	key := mustKey()
 	der, err := st.brokerCA.IssueServer(brokerHost, key.Public(), time.Now().AddDate(1, 0, 0))
@@ -61,7 +62,7 @@ func startMQTTStack(t testing.TB, ttl int) *mqttStack {
 	cert := tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
 	st.brokerDER = der
 	leaf, _ := x509.ParseCertificate(der)
-	if _, err := st.reg.PublishServiceKey(t.Context(), signer.OperatorActor("test"), "_8883._tcp.mqtt.acme", "", leaf.RawSubjectPublicKeyInfo); err != nil {
+	if _, err := st.reg.PublishServiceKey(t.Context(), registry.OperatorActor("test"), "_8883._tcp.mqtt.acme", "", leaf.RawSubjectPublicKeyInfo); err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
@@ -87,7 +88,7 @@ func (st *mqttStack) device(t testing.TB, name string) (tls.Certificate, string,
 	if err != nil {
 		t.Fatal(err)
 	}
-	done, err := (&signer.Enroller{CA: st.ca, Registry: st.reg}).Enroll(t.Context(), signer.Enrollment{Actor: signer.OperatorActor("test"), Device: name, CSR: csr})
+	done, err := (&registry.Enroller{CA: st.authority, Registry: st.reg}).Enroll(t.Context(), registry.Enrollment{Actor: registry.OperatorActor("test"), Device: name, CSR: csr})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -177,7 +178,7 @@ func TestMQTT(t *testing.T) {
 
 	// Revoke: the connected session is cut within the TTL (2 s) and the re-check (1 s).
 	start := time.Now()
-	if _, err := st.reg.Revoke(t.Context(), signer.OperatorActor("test"), "sensor1", nil, "keyCompromise"); err != nil {
+	if _, err := st.reg.Revoke(t.Context(), registry.OperatorActor("test"), "sensor1", nil, "keyCompromise"); err != nil {
 		t.Fatal(err)
 	}
 	select {
@@ -197,7 +198,7 @@ func TestMQTT(t *testing.T) {
 	if _, err := st.connect(t, "sensor4", cert4); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := st.reg.SetSuspended(t.Context(), signer.OperatorActor("test"), "sensor4", true); err != nil {
+	if _, err := st.reg.SetSuspended(t.Context(), registry.OperatorActor("test"), "sensor4", true); err != nil {
 		t.Fatal(err)
 	}
 	select {
@@ -208,7 +209,7 @@ func TestMQTT(t *testing.T) {
 	case <-time.After(20 * time.Second):
 		t.Fatal("the suspended device is still connected")
 	}
-	if _, err := st.reg.Revoke(t.Context(), signer.OperatorActor("test"), "sensor2", nil, "keyCompromise"); err != nil {
+	if _, err := st.reg.Revoke(t.Context(), registry.OperatorActor("test"), "sensor2", nil, "keyCompromise"); err != nil {
 		t.Fatal(err)
 	}
 	testenv.Eventually(t, "mosquitto_pub refused once revoked", func() error {
@@ -290,7 +291,7 @@ func TestBrokerDANEInterop(t *testing.T) {
 	newDER, _ := st.brokerCA.IssueServer(brokerHost, newKey.Public(), time.Now().AddDate(1, 0, 0))
 	newLeaf, _ := x509.ParseCertificate(newDER)
 	old, _ := x509.ParseCertificate(leafDER)
-	operator := signer.OperatorActor("test")
+	operator := registry.OperatorActor("test")
 	if _, err := st.reg.PublishServiceKey(t.Context(), operator, "_8883._tcp.mqtt.acme", "", newLeaf.RawSubjectPublicKeyInfo); err != nil {
 		t.Fatal(err)
 	}

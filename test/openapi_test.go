@@ -10,12 +10,12 @@ import (
 	"sync"
 	"testing"
 
-	"github.com/deviceid/deviceid/signer"
-
 	"github.com/getkin/kin-openapi/openapi3"
 	"github.com/getkin/kin-openapi/openapi3filter"
 	"github.com/getkin/kin-openapi/routers"
 	"github.com/getkin/kin-openapi/routers/gorillamux"
+
+	"github.com/deviceid/deviceid/signer/httpapi"
 )
 
 // The e2e tests speak the admin API through apiCall, which validates every request
@@ -45,7 +45,7 @@ func init() {
 func openAPIRouter(t testing.TB) routers.Router {
 	docOnce.Do(func() {
 		var doc *openapi3.T
-		doc, docErr = openapi3.NewLoader().LoadFromData(signer.OpenAPIDocument())
+		doc, docErr = openapi3.NewLoader().LoadFromData(httpapi.OpenAPIDocument())
 		if docErr == nil {
 			docErr = doc.Validate(context.Background())
 		}

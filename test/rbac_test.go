@@ -12,7 +12,8 @@ import (
 
 	"github.com/deviceid/deviceid/internal/etcdclient"
 	"github.com/deviceid/deviceid/internal/testenv"
-	"github.com/deviceid/deviceid/signer"
+	"github.com/deviceid/deviceid/signer/ca"
+	"github.com/deviceid/deviceid/signer/httpapi"
 
 	"github.com/miekg/dns"
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -76,12 +77,12 @@ func TestRBAC(t *testing.T) {
 	waitLoaded(t, c)
 
 	// The signer with its own user.
-	ca, err := signer.InitCA(dir, "rbac CA", zone, elliptic.P256(), "")
+	authority, err := ca.InitCA(dir, "rbac CA", zone, elliptic.P256(), "")
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := serveSigner(t, ca, filepath.Join(dir, "ca.pem"), etcdclient.Settings{Endpoints: []string{etcd.URL()}, Username: "signer", Password: pw["signer"]})
-	var code signer.CodeResponse
+	s := serveSigner(t, authority, filepath.Join(dir, "ca.pem"), etcdclient.Settings{Endpoints: []string{etcd.URL()}, Username: "signer", Password: pw["signer"]})
+	var code httpapi.CodeResponse
 	if status := s.admin(t, "POST", "/api/v1/devices/thermo1/code", "", &code); status != http.StatusCreated {
 		t.Fatalf("code with the signer's role: %d", status)
 	}

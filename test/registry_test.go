@@ -15,7 +15,9 @@ import (
 
 	"github.com/deviceid/deviceid/internal/etcdclient"
 	"github.com/deviceid/deviceid/internal/testenv"
-	"github.com/deviceid/deviceid/signer"
+	"github.com/deviceid/deviceid/signer/ca"
+	"github.com/deviceid/deviceid/signer/httpapi"
+	"github.com/deviceid/deviceid/signer/registry"
 
 	"github.com/miekg/dns"
 )
@@ -33,11 +35,11 @@ func startRegistryStack(t *testing.T) *registryStack {
 	c := testenv.StartCoreDNS(t, corefile(etcd.URL(), fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))))
 	waitLoaded(t, c)
 	dir := t.TempDir()
-	ca, err := signer.InitCA(dir, "deviceid e2e CA", zone, elliptic.P256(), "")
+	authority, err := ca.InitCA(dir, "deviceid e2e CA", zone, elliptic.P256(), "")
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := serveSignerDNS(t, ca, filepath.Join(dir, signer.CACertFile), etcdclient.Settings{Endpoints: []string{etcd.URL()}}, c.UDP)
+	s := serveSignerDNS(t, authority, filepath.Join(dir, ca.CACertFile), etcdclient.Settings{Endpoints: []string{etcd.URL()}}, c.UDP)
 	return &registryStack{etcd: etcd, dns: c, s: s}
 }
 
@@ -47,7 +49,7 @@ func (r *registryStack) tenantToken(t *testing.T, name string) string {
 	if st := r.s.admin(t, "POST", "/api/v1/tenants", `{"name": "`+name+`"}`, nil); st != http.StatusCreated {
 		t.Fatalf("create tenant %s: %d", name, st)
 	}
-	var tok signer.NewToken
+	var tok registry.NewToken
 	if st := r.s.admin(t, "POST", "/api/v1/tenants/"+name+"/tokens", `{"label": "e2e"}`, &tok); st != http.StatusCreated {
 		t.Fatalf("token for %s: %d", name, st)
 	}
@@ -70,14 +72,14 @@ func TestRegistryAsDocumented(t *testing.T) {
 			t.Fatalf("%s: %d, want %d", what, got, want)
 		}
 	}
-	var who signer.WhoAmI
+	var who httpapi.WhoAmI
 	expect("whoami", s.apiCall(t, acme, "GET", "/api/v1/whoami", "", &who), 200)
 	if who.Tenant != "acme" || who.Operator {
 		t.Errorf("whoami: %+v", who)
 	}
 	expect("tenants", s.admin(t, "GET", "/api/v1/tenants", "", nil), 200)
 	expect("tenant", s.apiCall(t, acme, "GET", "/api/v1/tenants/acme", "", nil), 200)
-	var toks signer.TokenList
+	var toks httpapi.TokenList
 	expect("tokens", s.apiCall(t, acme, "GET", "/api/v1/tenants/acme/tokens", "", &toks), 200)
 
 	// Register, issue a code, enroll over EST with openssl and curl.
@@ -85,24 +87,24 @@ func TestRegistryAsDocumented(t *testing.T) {
 	if err := answerIs(t, r.dns, name, dns.RcodeNameError, nil); err != nil {
 		t.Errorf("registered, no key: %v", err)
 	}
-	var code signer.CodeResponse
+	var code httpapi.CodeResponse
 	expect("code", s.apiCall(t, acme, "POST", "/api/v1/devices/lamp/code", "", &code), 201)
 	cert := estEnroll(t, s, t.TempDir(), "lamp", code.Code, "device.key")
 	testenv.Eventually(t, "enrolled in DNS", func() error {
 		return answerIs(t, r.dns, name, dns.RcodeSuccess, []string{eeOf(cert), discoveryOf(cert)})
 	})
-	var view signer.DeviceView
+	var view httpapi.DeviceView
 	expect("get", s.apiCall(t, acme, "GET", "/api/v1/devices/lamp", "", &view), 200)
 	if view.Tenant != "acme" || len(view.Keys) != 1 || "3 1 1 "+view.Keys[0].SPKISHA256 != eeOf(cert) {
 		t.Errorf("device view: %+v", view)
 	}
-	var served signer.DNSAnswer
+	var served httpapi.DNSAnswer
 	expect("dns", s.apiCall(t, acme, "GET", "/api/v1/devices/lamp/dns", "", &served), 200)
 	if len(served.Records) != 2 || !strings.Contains(strings.Join(served.Records, "\n"), eeOf(cert)) {
 		t.Errorf("what DNS serves: %+v", served)
 	}
 	expect("attributes", s.apiCall(t, acme, "PUT", "/api/v1/devices/lamp/attributes", `{"attributes": {"model": "th-200", "firmware": "2.1"}}`, nil), 200)
-	var list signer.ListResponse
+	var list httpapi.ListResponse
 	expect("list", s.apiCall(t, acme, "GET", "/api/v1/devices?attr=firmware%3D2.1&state=active", "", &list), 200)
 	if len(list.Devices) != 1 || list.Devices[0].Name != "lamp" {
 		t.Errorf("search: %+v", list)
@@ -120,7 +122,7 @@ func TestRegistryAsDocumented(t *testing.T) {
 	})
 
 	// Transfer: started, cancelled, started again, accepted by globex with the keys revoked.
-	var tcode signer.CodeResponse
+	var tcode httpapi.CodeResponse
 	expect("transfer", s.apiCall(t, acme, "POST", "/api/v1/devices/lamp/transfer", "", &tcode), 201)
 	expect("cancel", s.apiCall(t, acme, "DELETE", "/api/v1/devices/lamp/transfer", "", nil), 204)
 	expect("cancelled code", s.apiCall(t, globex, "POST", "/api/v1/devices/lamp/transfer/accept", `{"code": "`+tcode.Code+`"}`, nil), 403)
@@ -136,7 +138,7 @@ func TestRegistryAsDocumented(t *testing.T) {
 	expect("enroll", s.apiCall(t, globex, "POST", "/api/v1/devices/lamp/enroll", fmt.Sprintf(`{"public_key": %q}`, publicKeyPEM(t)), nil), 201)
 	expect("revoke", s.apiCall(t, globex, "POST", "/api/v1/devices/lamp/revoke", `{"reason": "cessationOfOperation"}`, nil), 200)
 
-	var audit signer.AuditResponse
+	var audit httpapi.AuditResponse
 	expect("audit", s.apiCall(t, globex, "GET", "/api/v1/audit?device=lamp", "", &audit), 200)
 	if len(audit.Entries) != 3 || audit.Entries[0].Operation != "transfer.accept" {
 		t.Errorf("globex sees more or less than its own part of the history: %+v", audit.Entries)
@@ -160,7 +162,7 @@ func TestRegistryAsDocumented(t *testing.T) {
 	// moves it to globex with the key revoked, without a transfer code.
 	legacy := "legacy._device.iot.example."
 	expect("operator's enroll", s.admin(t, "POST", "/api/v1/devices/legacy/enroll", fmt.Sprintf(`{"public_key": %q}`, publicKeyPEM(t)), nil), 201)
-	var lv signer.DeviceView
+	var lv httpapi.DeviceView
 	expect("get legacy", s.admin(t, "GET", "/api/v1/devices/legacy", "", &lv), 200)
 	if lv.Tenant != "" || len(lv.Keys) != 1 {
 		t.Fatalf("a device of no tenant: %+v", lv)
@@ -189,7 +191,7 @@ func TestRegistryAsDocumented(t *testing.T) {
 	digest = strings.TrimPrefix(k1.ee(), "3 1 1 ")
 	expect("retire", s.apiCall(t, acme, "POST", "/api/v1/services/"+svc+"/revoke", `{"spki_sha256": "`+digest+`", "reason": "superseded"}`, nil), 200)
 	testenv.Eventually(t, "rotated in DNS", func() error { return answerIs(t, r.dns, svcOwner, dns.RcodeSuccess, []string{k2.ee(), k1.revoked()}) })
-	var services signer.ServiceList
+	var services httpapi.ServiceList
 	expect("services", s.apiCall(t, acme, "GET", "/api/v1/services", "", &services), 200)
 	if len(services.Services) != 1 || services.Services[0].Name != svc || len(services.Services[0].Keys) != 2 {
 		t.Errorf("services: %+v", services)
@@ -229,7 +231,7 @@ func documentedOperations(t *testing.T) []string {
 	var doc struct {
 		Paths map[string]map[string]json.RawMessage `json:"paths"`
 	}
-	if err := json.Unmarshal(signer.OpenAPIDocument(), &doc); err != nil {
+	if err := json.Unmarshal(httpapi.OpenAPIDocument(), &doc); err != nil {
 		t.Fatal(err)
 	}
 	var ops []string
@@ -249,7 +251,7 @@ func TestAPIBadInputE2E(t *testing.T) {
 	acme := r.tenantToken(t, "acme")
 	r.tenantToken(t, "globex")
 	s.apiCall(t, acme, "POST", "/api/v1/devices/lamp/register", "", nil)
-	var tcode signer.CodeResponse
+	var tcode httpapi.CodeResponse
 	s.apiCall(t, acme, "POST", "/api/v1/devices/lamp/transfer", "", &tcode)
 	cli := r.etcd.Client()
 	for _, tc := range []struct {
@@ -258,7 +260,7 @@ func TestAPIBadInputE2E(t *testing.T) {
 	}{
 		{"malformed JSON", acme, "POST", "/api/v1/devices/x/register", `{"attributes": `, 400},
 		{"unknown field", acme, "POST", "/api/v1/devices/x/register", `{"owner": "acme"}`, 400},
-		{"oversize body", acme, "POST", "/api/v1/devices/x/register", `{"attributes": {"a": "` + strings.Repeat("x", signer.MaxBody) + `"}}`, 413},
+		{"oversize body", acme, "POST", "/api/v1/devices/x/register", `{"attributes": {"a": "` + strings.Repeat("x", httpapi.MaxBody) + `"}}`, 413},
 		{"bad name", acme, "POST", "/api/v1/devices/bad_name/register", `{}`, 400},
 		{"bad attribute key", acme, "POST", "/api/v1/devices/x/register", `{"attributes": {"Bad Key": "v"}}`, 400},
 		{"attribute value too long", acme, "PUT", "/api/v1/devices/lamp/attributes", `{"attributes": {"k": "` + strings.Repeat("v", 257) + `"}}`, 400},
@@ -283,7 +285,7 @@ func TestAPIBadInputE2E(t *testing.T) {
 			if st != tc.status {
 				t.Errorf("status %d, want %d: %s", st, tc.status, body)
 			}
-			var e signer.ErrorResponse
+			var e httpapi.ErrorResponse
 			if json.Unmarshal(body, &e) != nil || e.Error == "" {
 				t.Errorf("no clear error: %s", body)
 			}

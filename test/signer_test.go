@@ -22,7 +22,9 @@ import (
 	"github.com/deviceid/deviceid/internal/etcdclient"
 	"github.com/deviceid/deviceid/internal/pkcs11key"
 	"github.com/deviceid/deviceid/internal/testenv"
-	"github.com/deviceid/deviceid/signer"
+	"github.com/deviceid/deviceid/signer/ca"
+	"github.com/deviceid/deviceid/signer/httpapi"
+	"github.com/deviceid/deviceid/signer/registry"
 
 	"github.com/miekg/dns"
 )
@@ -31,10 +33,10 @@ const adminToken = "test-admin-token-0123456789"
 
 // signerServer is the real signer (EST, admin API) over HTTPS on a loopback port.
 type signerServer struct {
-	url    string
-	caFile string
-	ca     *signer.CA
-	client *http.Client // trusts the CA, as a device or provisioning system does
+	url       string
+	caFile    string
+	authority *ca.CA
+	client    *http.Client // trusts the CA, as a device or provisioning system does
 }
 
 func startSigner(t testing.TB, etcd *testenv.Etcd) *signerServer {
@@ -47,38 +49,38 @@ func startSigner(t testing.TB, etcd *testenv.Etcd) *signerServer {
 func startSignerKey(t testing.TB, etcd *testenv.Etcd, keyURI string) *signerServer {
 	t.Helper()
 	dir := t.TempDir()
-	ca, err := signer.InitCA(dir, "deviceid e2e CA", zone, elliptic.P256(), keyURI)
+	authority, err := ca.InitCA(dir, "deviceid e2e CA", zone, elliptic.P256(), keyURI)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return serveSigner(t, ca, filepath.Join(dir, signer.CACertFile), etcdclient.Settings{Endpoints: []string{etcd.URL()}})
+	return serveSigner(t, authority, filepath.Join(dir, ca.CACertFile), etcdclient.Settings{Endpoints: []string{etcd.URL()}})
 }
 
 // serveSigner runs the signer's HTTPS server for ca (its certificate in caFile) over
 // the etcd that settings reach, on a free loopback port.
-func serveSigner(t testing.TB, ca *signer.CA, caFile string, settings etcdclient.Settings) *signerServer {
-	return serveSignerDNS(t, ca, caFile, settings, "")
+func serveSigner(t testing.TB, authority *ca.CA, caFile string, settings etcdclient.Settings) *signerServer {
+	return serveSignerDNS(t, authority, caFile, settings, "")
 }
 
 // serveSignerDNS is serveSigner with the CoreDNS the console and API ask.
-func serveSignerDNS(t testing.TB, ca *signer.CA, caFile string, settings etcdclient.Settings, dnsAddr string) *signerServer {
+func serveSignerDNS(t testing.TB, authority *ca.CA, caFile string, settings etcdclient.Settings, dnsAddr string) *signerServer {
 	t.Helper()
-	return serveSignerWith(t, ca, caFile, settings, func(s *signer.Server) { s.DNS = dnsAddr })
+	return serveSignerWith(t, authority, caFile, settings, func(s *httpapi.Server) { s.DNS = dnsAddr })
 }
 
 // serveSignerWith is serveSigner with settings of the server changed by configure.
-func serveSignerWith(t testing.TB, ca *signer.CA, caFile string, settings etcdclient.Settings, configure func(*signer.Server)) *signerServer {
+func serveSignerWith(t testing.TB, authority *ca.CA, caFile string, settings etcdclient.Settings, configure func(*httpapi.Server)) *signerServer {
 	t.Helper()
 	cli, err := settings.New()
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { cli.Close() })
-	reg := &signer.Registry{Client: cli, Prefix: "/deviceid", Zone: zone}
-	if err := reg.PutCA(t.Context(), ca); err != nil {
+	reg := &registry.Registry{Client: cli, Prefix: "/deviceid", Zone: zone}
+	if err := reg.PutCA(t.Context(), authority); err != nil {
 		t.Fatal(err)
 	}
-	cert, err := ca.ServerCertificate([]string{"127.0.0.1"}, time.Now())
+	cert, err := authority.ServerCertificate([]string{"127.0.0.1"}, time.Now())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -86,17 +88,17 @@ func serveSignerWith(t testing.TB, ca *signer.CA, caFile string, settings etcdcl
 	if err != nil {
 		t.Fatal(err)
 	}
-	server := &signer.Server{CA: ca, Registry: reg, Token: adminToken, Etcd: settings}
+	server := &httpapi.Server{CA: authority, Registry: reg, Token: adminToken, Etcd: settings}
 	configure(server)
 	srv, ln := server.HTTPServer(ln, cert, nil)
 	go srv.ServeTLS(ln, "", "")
 	t.Cleanup(func() { srv.Close() })
 	pool := x509.NewCertPool()
-	pool.AddCert(ca.Cert)
+	pool.AddCert(authority.Cert)
 	return &signerServer{
-		url:    "https://" + ln.Addr().String(),
-		caFile: caFile,
-		ca:     ca,
+		url:       "https://" + ln.Addr().String(),
+		caFile:    caFile,
+		authority: authority,
 		// Connections are kept for every concurrent client: a new TLS handshake per
 		// request would measure handshakes, not enrollment.
 		client: &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}, MaxIdleConnsPerHost: 64},
@@ -177,7 +179,7 @@ func TestEnrollOverEST(t *testing.T) {
 	dir := t.TempDir()
 	name := "thermo1._device.iot.example."
 
-	var code signer.CodeResponse
+	var code httpapi.CodeResponse
 	if status := s.admin(t, "POST", "/api/v1/devices/thermo1/code", "", &code); status != http.StatusCreated {
 		t.Fatalf("code: %d", status)
 	}
@@ -218,8 +220,8 @@ func TestEnrollOverEST(t *testing.T) {
 		return answerIs(t, c, name, dns.RcodeSuccess, []string{revokedOf(first), revokedOf(second)})
 	})
 	// The CA record the signer published is served for discovery.
-	caName := s.ca.AKI() + "._ca._device.iot.example."
-	if err := answerIs(t, c, caName, dns.RcodeSuccess, []string{"2 0 0 " + hex.EncodeToString(s.ca.Cert.Raw)}); err != nil {
+	caName := s.authority.AKI() + "._ca._device.iot.example."
+	if err := answerIs(t, c, caName, dns.RcodeSuccess, []string{"2 0 0 " + hex.EncodeToString(s.authority.Cert.Raw)}); err != nil {
 		t.Error(err)
 	}
 }
@@ -234,7 +236,7 @@ func TestReenrollAcrossCARotation(t *testing.T) {
 	waitLoaded(t, c)
 	old := startSigner(t, etcd)
 	dir := t.TempDir()
-	var code signer.CodeResponse
+	var code httpapi.CodeResponse
 	if status := old.admin(t, "POST", "/api/v1/devices/thermo1/code", "", &code); status != http.StatusCreated {
 		t.Fatalf("code: %d", status)
 	}
@@ -245,15 +247,15 @@ func TestReenrollAcrossCARotation(t *testing.T) {
 
 	rotated := startSigner(t, etcd) // a new CA
 	second := estEnroll(t, rotated, dir, "thermo1", "", "new.key")
-	if err := second.CheckSignatureFrom(rotated.ca.Cert); err != nil {
+	if err := second.CheckSignatureFrom(rotated.authority.Cert); err != nil {
 		t.Errorf("the re-enrolled certificate is not of the new CA: %v", err)
 	}
 	testenv.Eventually(t, "both keys in DNS", func() error {
 		return answerIs(t, c, "thermo1._device.iot.example.", dns.RcodeSuccess, []string{eeOf(first), discoveryOf(first), eeOf(second), discoveryOf(second)})
 	})
-	for _, ca := range []*signer.CA{old.ca, rotated.ca} {
-		testenv.Eventually(t, "CA "+ca.AKI()+" in DNS", func() error {
-			return answerIs(t, c, ca.AKI()+"._ca._device.iot.example.", dns.RcodeSuccess, []string{"2 0 0 " + hex.EncodeToString(ca.Cert.Raw)})
+	for _, authority := range []*ca.CA{old.authority, rotated.authority} {
+		testenv.Eventually(t, "CA "+authority.AKI()+" in DNS", func() error {
+			return answerIs(t, c, authority.AKI()+"._ca._device.iot.example.", dns.RcodeSuccess, []string{"2 0 0 " + hex.EncodeToString(authority.Cert.Raw)})
 		})
 	}
 }
@@ -309,22 +311,22 @@ func TestEnrollWithHSMCA(t *testing.T) {
 	waitLoaded(t, c)
 	h := testenv.SoftHSM(t)
 	s := startSignerKey(t, etcd, h.URI("ca"))
-	if _, ok := s.ca.Key.(*pkcs11key.Key); !ok {
-		t.Fatalf("the CA key is a %T, not in the HSM", s.ca.Key)
+	if _, ok := s.authority.Key.(*pkcs11key.Key); !ok {
+		t.Fatalf("the CA key is a %T, not in the HSM", s.authority.Key)
 	}
-	var code signer.CodeResponse
+	var code httpapi.CodeResponse
 	if status := s.admin(t, "POST", "/api/v1/devices/thermo1/code", "", &code); status != http.StatusCreated {
 		t.Fatalf("code: %d", status)
 	}
 	cert := estEnroll(t, s, t.TempDir(), "thermo1", code.Code, "device.key")
 	roots := x509.NewCertPool()
-	roots.AddCert(s.ca.Cert)
+	roots.AddCert(s.authority.Cert)
 	if _, err := cert.Verify(x509.VerifyOptions{Roots: roots, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}); err != nil {
 		t.Errorf("the certificate the HSM CA issued does not verify: %v", err)
 	}
 	// LoadCA opens the same key from the HSM, as deviceid-signer serve -ca-key does.
-	loaded, err := signer.LoadCA(s.caFile, h.URI("ca"), zone)
-	if err != nil || !loaded.Cert.Equal(s.ca.Cert) {
+	loaded, err := ca.LoadCA(s.caFile, h.URI("ca"), zone)
+	if err != nil || !loaded.Cert.Equal(s.authority.Cert) {
 		t.Errorf("LoadCA from the HSM: %v", err)
 	}
 	testenv.Eventually(t, "enrolled device in DNS", func() error {

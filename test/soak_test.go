@@ -15,7 +15,7 @@ import (
 
 	"github.com/deviceid/deviceid/internal/etcdclient"
 	"github.com/deviceid/deviceid/internal/testenv"
-	"github.com/deviceid/deviceid/signer"
+	"github.com/deviceid/deviceid/signer/ca"
 
 	"crypto/elliptic"
 
@@ -65,12 +65,12 @@ func TestSoak(t *testing.T) {
 		replicas = append(replicas, c)
 	}
 	dir := t.TempDir()
-	ca, err := signer.InitCA(dir, "soak CA", zone, elliptic.P256(), "")
+	authority, err := ca.InitCA(dir, "soak CA", zone, elliptic.P256(), "")
 	if err != nil {
 		t.Fatal(err)
 	}
 	settings := etcdclient.Settings{Endpoints: cluster.Endpoints()}
-	signers := []*signerServer{serveSigner(t, ca, dir+"/ca.pem", settings), serveSigner(t, ca, dir+"/ca.pem", settings)}
+	signers := []*signerServer{serveSigner(t, authority, dir+"/ca.pem", settings), serveSigner(t, authority, dir+"/ca.pem", settings)}
 
 	var queries, queryErrors, enrolled, enrollErrors atomic.Int64
 	var firstError atomic.Value

@@ -16,7 +16,8 @@ import (
 	"time"
 
 	"github.com/deviceid/deviceid/internal/testenv"
-	"github.com/deviceid/deviceid/signer"
+	"github.com/deviceid/deviceid/signer/ca"
+	"github.com/deviceid/deviceid/signer/registry"
 	"github.com/deviceid/deviceid/verify"
 
 	"github.com/miekg/dns"
@@ -36,15 +37,15 @@ func TestVerify(t *testing.T) {
 	waitLoaded(t, c)
 	unbound := startUnbound(t, port, ksk.ds)
 
-	ca, err := signer.InitCA(t.TempDir(), "device CA", zone, elliptic.P256(), "")
+	authority, err := ca.InitCA(t.TempDir(), "device CA", zone, elliptic.P256(), "")
 	if err != nil {
 		t.Fatal(err)
 	}
-	otherCA, _ := signer.InitCA(t.TempDir(), "another CA", zone, elliptic.P256(), "")
-	reg := &signer.Registry{Client: etcd.Client(), Prefix: "/deviceid", Zone: zone}
+	otherCA, _ := ca.InitCA(t.TempDir(), "another CA", zone, elliptic.P256(), "")
+	reg := &registry.Registry{Client: etcd.Client(), Prefix: "/deviceid", Zone: zone}
 	ctx := context.Background()
 	keys := map[*x509.Certificate]*ecdsa.PrivateKey{}
-	device := func(name string, from *signer.CA, enroll bool) []*x509.Certificate {
+	device := func(name string, from *ca.CA, enroll bool) []*x509.Certificate {
 		key := mustKey()
 		cert, err := from.Issue(name, key.Public(), time.Now())
 		if err != nil {
@@ -56,15 +57,15 @@ func TestVerify(t *testing.T) {
 		}
 		return []*x509.Certificate{cert}
 	}
-	good := device("good", ca, true)
-	revoked := device("gone", ca, true)
-	if _, err := reg.Revoke(ctx, signer.OperatorActor("test"), "gone", nil, "keyCompromise"); err != nil {
+	good := device("good", authority, true)
+	revoked := device("gone", authority, true)
+	if _, err := reg.Revoke(ctx, registry.OperatorActor("test"), "gone", nil, "keyCompromise"); err != nil {
 		t.Fatal(err)
 	}
-	unknown := device("nobody", ca, false)
+	unknown := device("nobody", authority, false)
 	foreign := device("good", otherCA, false) // the right name, another CA, another key
-	device("twin", ca, true)
-	mismatch := device("twin", ca, false) // a valid certificate for twin, but not the enrolled key
+	device("twin", authority, true)
+	mismatch := device("twin", authority, false) // a valid certificate for twin, but not the enrolled key
 	outside, _ := otherCA.Issue("x", mustKey().Public(), time.Now())
 	outside.DNSNames = []string{"x._device.elsewhere.example"}
 	testenv.Eventually(t, "devices in DNS", func() error {
@@ -115,7 +116,7 @@ func TestVerify(t *testing.T) {
 			ok    bool
 		}{{good, true}, {revoked, false}} {
 			client := tls.Certificate{Certificate: [][]byte{tc.chain[0].Raw}, PrivateKey: keys[tc.chain[0]]}
-			if err := handshake(t, ca, v, client); (err == nil) != tc.ok {
+			if err := handshake(t, authority, v, client); (err == nil) != tc.ok {
 				t.Errorf("handshake with %s: %v", tc.chain[0].DNSNames[0], err)
 			}
 		}
@@ -129,9 +130,9 @@ func mustKey() *ecdsa.PrivateKey {
 
 // handshake runs a TLS 1.3 handshake between a client presenting client and a server
 // that authenticates clients by DANE, and returns the server's verdict.
-func handshake(t testing.TB, ca *signer.CA, v *verify.Verifier, client tls.Certificate) error {
+func handshake(t testing.TB, authority *ca.CA, v *verify.Verifier, client tls.Certificate) error {
 	t.Helper()
-	serverCert, err := ca.ServerCertificate([]string{"127.0.0.1"}, time.Now())
+	serverCert, err := authority.ServerCertificate([]string{"127.0.0.1"}, time.Now())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -145,7 +146,7 @@ func handshake(t testing.TB, ca *signer.CA, v *verify.Verifier, client tls.Certi
 		MinVersion:            tls.VersionTLS13,
 	})
 	pool := x509.NewCertPool()
-	pool.AddCert(ca.Cert)
+	pool.AddCert(authority.Cert)
 	cc.SetDeadline(time.Now().Add(20 * time.Second)) // a pipe blocks forever otherwise
 	sc.SetDeadline(time.Now().Add(20 * time.Second))
 	go func() {
@@ -169,13 +170,13 @@ func TestVerifyRevocationWithinTTL(t *testing.T) {
 	c := testenv.StartCoreDNS(t, signedCorefileTTL(port, etcd.URL(), ttl, ksk))
 	waitLoaded(t, c)
 	unbound := startUnbound(t, port, ksk.ds)
-	ca, err := signer.InitCA(t.TempDir(), "device CA", zone, elliptic.P256(), "")
+	authority, err := ca.InitCA(t.TempDir(), "device CA", zone, elliptic.P256(), "")
 	if err != nil {
 		t.Fatal(err)
 	}
-	reg := &signer.Registry{Client: etcd.Client(), Prefix: "/deviceid", Zone: zone}
+	reg := &registry.Registry{Client: etcd.Client(), Prefix: "/deviceid", Zone: zone}
 	key := mustKey()
-	cert, _ := ca.Issue("lamp", key.Public(), time.Now())
+	cert, _ := authority.Issue("lamp", key.Public(), time.Now())
 	testenv.Put(t, reg.Client, deviceKey("lamp"), deviceJSON(credentialJSON(&device{cert: cert.Raw}, "active")))
 	client := tls.Certificate{Certificate: [][]byte{cert.Raw}, PrivateKey: key}
 	verifiers := map[string]*verify.Verifier{
@@ -183,9 +184,9 @@ func TestVerifyRevocationWithinTTL(t *testing.T) {
 		"local validation": {Zones: []string{zone}, TrustAnchor: []dns.RR{ksk.ds}, Server: c.UDP},
 	}
 	for mode, v := range verifiers {
-		testenv.Eventually(t, mode+": accepted", func() error { return handshake(t, ca, v, client) })
+		testenv.Eventually(t, mode+": accepted", func() error { return handshake(t, authority, v, client) })
 	}
-	if _, err := reg.Revoke(t.Context(), signer.OperatorActor("test"), "lamp", nil, "keyCompromise"); err != nil {
+	if _, err := reg.Revoke(t.Context(), registry.OperatorActor("test"), "lamp", nil, "keyCompromise"); err != nil {
 		t.Fatal(err)
 	}
 	testenv.Eventually(t, "revocation in DNS", func() error {
@@ -193,7 +194,7 @@ func TestVerifyRevocationWithinTTL(t *testing.T) {
 	})
 	time.Sleep((ttl + 1) * time.Second) // the bound under test: TTL + a second
 	for mode, v := range verifiers {
-		if err := handshake(t, ca, v, client); err == nil || !errors.Is(err, verify.ErrRevoked) {
+		if err := handshake(t, authority, v, client); err == nil || !errors.Is(err, verify.ErrRevoked) {
 			t.Errorf("%s: handshake after revocation + TTL + 1 s: %v, want %v", mode, err, verify.ErrRevoked)
 		}
 	}
@@ -236,9 +237,9 @@ func TestVerifyBogusSignature(t *testing.T) {
 	fmt.Sscan(proxyPort, &pp)
 	unbound := startUnbound(t, pp, ksk.ds) // its stub zone is the tampering proxy
 
-	ca, _ := signer.InitCA(t.TempDir(), "device CA", zone, elliptic.P256(), "")
-	reg := &signer.Registry{Client: etcd.Client(), Prefix: "/deviceid", Zone: zone}
-	cert, _ := ca.Issue("lamp", mustKey().Public(), time.Now())
+	authority, _ := ca.InitCA(t.TempDir(), "device CA", zone, elliptic.P256(), "")
+	reg := &registry.Registry{Client: etcd.Client(), Prefix: "/deviceid", Zone: zone}
+	cert, _ := authority.Issue("lamp", mustKey().Public(), time.Now())
 	testenv.Put(t, reg.Client, deviceKey("lamp"), deviceJSON(credentialJSON(&device{cert: cert.Raw}, "active")))
 	testenv.Eventually(t, "device in DNS", func() error {
 		return answerIs(t, c, "lamp._device.iot.example.", dns.RcodeSuccess, []string{eeOf(cert), discoveryOf(cert)})
@@ -252,7 +253,7 @@ func TestVerifyBogusSignature(t *testing.T) {
 		t.Errorf("a bogus answer through the validating resolver: %v, want %v", err, verify.ErrNotValidated)
 	}
 	// A denial with a spoilt signature proves nothing.
-	nobody, _ := ca.Issue("nobody", mustKey().Public(), time.Now())
+	nobody, _ := authority.Issue("nobody", mustKey().Public(), time.Now())
 	if _, err := local.Verify(t.Context(), []*x509.Certificate{nobody}); !errors.Is(err, verify.ErrNotValidated) {
 		t.Errorf("local validation of a bogus denial: %v, want %v", err, verify.ErrNotValidated)
 	}
@@ -276,8 +277,8 @@ func TestVerifyNegativeTTL(t *testing.T) {
 	port := dnsPort(t)
 	c := testenv.StartCoreDNS(t, signedCorefile(port, etcd.URL(), ksk))
 	waitLoaded(t, c)
-	ca, _ := signer.InitCA(t.TempDir(), "device CA", zone, elliptic.P256(), "")
-	cert, _ := ca.Issue("late", mustKey().Public(), time.Now())
+	authority, _ := ca.InitCA(t.TempDir(), "device CA", zone, elliptic.P256(), "")
+	cert, _ := authority.Issue("late", mustKey().Public(), time.Now())
 	now := time.Now()
 	v := &verify.Verifier{Zones: []string{zone}, TrustAnchor: []dns.RR{ksk.ds}, Server: c.UDP, Now: func() time.Time { return now }}
 	chain := []*x509.Certificate{cert}
@@ -305,7 +306,7 @@ func TestVerifyNegativeTTL(t *testing.T) {
 // other, and a real TLS handshake follows the verdict.
 func TestVerifyServer(t *testing.T) {
 	etcd, c, ksk, port := signedZone(t, 60)
-	reg := &signer.Registry{Client: etcd.Client(), Prefix: "/deviceid", Zone: zone}
+	reg := &registry.Registry{Client: etcd.Client(), Prefix: "/deviceid", Zone: zone}
 	ctx := t.Context()
 	const host = "mqtt.acme.iot.example"
 	brokerCA := testenv.NewTestCA(t, "broker CA")
@@ -322,7 +323,7 @@ func TestVerifyServer(t *testing.T) {
 		leaf, _ := x509.ParseCertificate(c.Certificate[0])
 		return leaf.RawSubjectPublicKeyInfo
 	}
-	operator := signer.OperatorActor("test")
+	operator := registry.OperatorActor("test")
 	if _, err := reg.PublishServiceKey(ctx, operator, "_8883._tcp.mqtt.acme", "", spkiOf(oldCert)); err != nil {
 		t.Fatal(err)
 	}

@@ -27,7 +27,9 @@ import (
 	"time"
 
 	"github.com/deviceid/deviceid/record"
-	"github.com/deviceid/deviceid/signer"
+	"github.com/deviceid/deviceid/signer/ca"
+	"github.com/deviceid/deviceid/signer/httpapi"
+	"github.com/deviceid/deviceid/signer/registry"
 )
 
 // The registry commands are the admin API on the command line: each builds one API
@@ -187,7 +189,7 @@ func both(fns ...func(fs *flag.FlagSet, v *cmdValues)) func(fs *flag.FlagSet, v 
 	}
 }
 
-func deviceView() any { return &signer.DeviceView{} }
+func deviceView() any { return &httpapi.DeviceView{} }
 
 var adminCommands = map[string]adminCommand{
 	"enroll": {"-device NAME (-csr FILE | -pubkey FILE) [flags]", "Enrolls a device with a CSR (a certificate is issued) or a bare public key.",
@@ -199,7 +201,7 @@ var adminCommands = map[string]adminCommand{
 			fs.StringVar(&v.out, "out", "", "write the issued certificate (PEM) here")
 		}),
 		func(v *cmdValues) (apiRequest, error) {
-			req := signer.EnrollRequest{Supersede: v.supersede, Tenant: v.tenant}
+			req := httpapi.EnrollRequest{Supersede: v.supersede, Tenant: v.tenant}
 			var err error
 			switch {
 			case v.csr != "":
@@ -213,7 +215,7 @@ var adminCommands = map[string]adminCommand{
 				return apiRequest{}, err
 			}
 			p, err := v.devicePath("/enroll")
-			return apiRequest{method: "POST", path: p, body: req, answer: &signer.EnrollResponse{}, needsCA: true}, err
+			return apiRequest{method: "POST", path: p, body: req, answer: &httpapi.EnrollResponse{}, needsCA: true}, err
 		}},
 	"revoke": {"-device NAME [-spki-sha256 HEX] [-reason REASON] [flags]", "Revokes one of a device's keys, or all of them, with an RFC 5280 reason.",
 		"deviceid-signer revoke -zone iot.example -device sensor9 -reason keyCompromise",
@@ -223,7 +225,7 @@ var adminCommands = map[string]adminCommand{
 		}),
 		func(v *cmdValues) (apiRequest, error) {
 			p, err := v.devicePath("/revoke")
-			return apiRequest{method: "POST", path: p, body: signer.RevokeRequest{SPKISHA256: v.spki, Reason: v.reason}, answer: deviceView()}, err
+			return apiRequest{method: "POST", path: p, body: httpapi.RevokeRequest{SPKISHA256: v.spki, Reason: v.reason}, answer: deviceView()}, err
 		}},
 	"delete": {"-device NAME [flags]", "Deletes a device's record (an invalid one too), its codes, and so its records in DNS.",
 		"deviceid-signer delete -zone iot.example -device sensor9", deviceFlag, simple("DELETE", "", nil)},
@@ -235,7 +237,7 @@ var adminCommands = map[string]adminCommand{
 		func(v *cmdValues) (apiRequest, error) {
 			q := v.filterQuery()
 			q.Set("limit", strconv.Itoa(v.limit))
-			return apiRequest{method: "GET", path: "/api/v1/devices?" + q.Encode(), answer: &signer.ListResponse{}}, nil
+			return apiRequest{method: "GET", path: "/api/v1/devices?" + q.Encode(), answer: &httpapi.ListResponse{}}, nil
 		}},
 	"export": {"[-tenant T] [-state S] [-name-prefix P] [-attr K=V] [flags] > devices.jsonl", "Writes every matching device's record as JSON lines.",
 		"deviceid-signer export -zone iot.example -tenant acme > acme.jsonl", filterFlags,
@@ -247,7 +249,7 @@ var adminCommands = map[string]adminCommand{
 		both(deviceFlag, tenantFlag("register a new device for this tenant (the operator)")),
 		func(v *cmdValues) (apiRequest, error) {
 			p, err := v.devicePath("/code")
-			return apiRequest{method: "POST", path: p, body: signer.CodeRequest{Tenant: v.tenant}, answer: &signer.CodeResponse{}}, err
+			return apiRequest{method: "POST", path: p, body: httpapi.CodeRequest{Tenant: v.tenant}, answer: &httpapi.CodeResponse{}}, err
 		}},
 	"register": {"-device NAME [-tenant T] [-attr K=V ...] [flags]", "Reserves a device name for a tenant, with no key yet, and sets its attributes.",
 		"deviceid-signer register -zone iot.example -device sensor9 -tenant acme -attr model=th-200 -attr serial=A1B2",
@@ -260,7 +262,7 @@ var adminCommands = map[string]adminCommand{
 				return apiRequest{}, err
 			}
 			p, err := v.devicePath("/register")
-			return apiRequest{method: "POST", path: p, body: signer.RegisterRequest{Tenant: v.tenant, Attributes: attrs}, answer: deviceView()}, err
+			return apiRequest{method: "POST", path: p, body: httpapi.RegisterRequest{Tenant: v.tenant, Attributes: attrs}, answer: deviceView()}, err
 		}},
 	"attributes": {"-device NAME [-attr K=V ...] [flags]", "Replaces a device's attributes (none given: removes them all).",
 		"deviceid-signer attributes -zone iot.example -device sensor9 -attr firmware=2.1",
@@ -271,7 +273,7 @@ var adminCommands = map[string]adminCommand{
 				return apiRequest{}, err
 			}
 			p, err := v.devicePath("/attributes")
-			return apiRequest{method: "PUT", path: p, body: signer.AttributesRequest{Attributes: attrs}, answer: deviceView()}, err
+			return apiRequest{method: "PUT", path: p, body: httpapi.AttributesRequest{Attributes: attrs}, answer: deviceView()}, err
 		}},
 	"suspend": {"-device NAME [flags]", "Suspends a device: DNS stops vouching for its keys within a second.",
 		"deviceid-signer suspend -zone iot.example -device sensor9", deviceFlag, simple("POST", "/suspend", deviceView)},
@@ -279,7 +281,7 @@ var adminCommands = map[string]adminCommand{
 		"deviceid-signer resume -zone iot.example -device sensor9", deviceFlag, simple("POST", "/resume", deviceView)},
 	"transfer": {"-device NAME [flags]", "Starts a transfer: prints a one-time code (valid 7 days) to give the gaining tenant.",
 		"deviceid-signer transfer -server https://signer:8443 -token-file acme-token -device sensor9", deviceFlag,
-		simple("POST", "/transfer", func() any { return &signer.CodeResponse{} })},
+		simple("POST", "/transfer", func() any { return &httpapi.CodeResponse{} })},
 	"transfer-cancel": {"-device NAME [flags]", "Cancels a pending transfer.",
 		"deviceid-signer transfer-cancel -server https://signer:8443 -token-file acme-token -device sensor9", deviceFlag, simple("DELETE", "/transfer", nil)},
 	"transfer-accept": {"-device NAME -code-file FILE [-keep-keys] [flags]", "Completes a transfer to the caller's tenant (the operator names it with -tenant).",
@@ -294,7 +296,7 @@ var adminCommands = map[string]adminCommand{
 				return apiRequest{}, err
 			}
 			code, err := readSecret(v.codeFile, "-code-file")
-			return apiRequest{method: "POST", path: p, body: signer.AcceptRequest{Code: code, KeepKeys: v.keepKeys, Tenant: v.tenant}, answer: deviceView()}, err
+			return apiRequest{method: "POST", path: p, body: httpapi.AcceptRequest{Code: code, KeepKeys: v.keepKeys, Tenant: v.tenant}, answer: deviceView()}, err
 		}},
 	"assign": {"-device NAME -tenant T [-keep-keys] [flags]", "Gives a device to a tenant without a transfer code (the operator): adopts a device from before tenants, or settles a dispute.",
 		"deviceid-signer assign -zone iot.example -device sensor9 -tenant acme -keep-keys",
@@ -306,7 +308,7 @@ var adminCommands = map[string]adminCommand{
 				return apiRequest{}, errors.New("assign needs -tenant")
 			}
 			p, err := v.devicePath("/assign")
-			return apiRequest{method: "POST", path: p, body: signer.AssignRequest{Tenant: v.tenant, KeepKeys: v.keepKeys}, answer: deviceView()}, err
+			return apiRequest{method: "POST", path: p, body: httpapi.AssignRequest{Tenant: v.tenant, KeepKeys: v.keepKeys}, answer: deviceView()}, err
 		}},
 	"services": {"[-tenant T] [-name-prefix P] [-after NAME] [-limit N] [flags]", "Lists the services (DANE server identities) and their keys, a page at a time.",
 		"deviceid-signer services -zone iot.example -name-prefix _8883._tcp.",
@@ -317,10 +319,10 @@ var adminCommands = map[string]adminCommand{
 		func(v *cmdValues) (apiRequest, error) {
 			q := v.filterQuery()
 			q.Set("limit", strconv.Itoa(v.limit))
-			return apiRequest{method: "GET", path: "/api/v1/services?" + q.Encode(), answer: &signer.ServiceList{}}, nil
+			return apiRequest{method: "GET", path: "/api/v1/services?" + q.Encode(), answer: &httpapi.ServiceList{}}, nil
 		}},
 	"service-show": {"-service NAME [flags]", "Prints a service's keys.", "deviceid-signer service-show -zone iot.example -service _8883._tcp.mqtt.acme",
-		serviceFlag, serviceRequest("GET", "", func() any { return &signer.DeviceView{} })},
+		serviceFlag, serviceRequest("GET", "", func() any { return &httpapi.DeviceView{} })},
 	"service-key": {"-service NAME (-cert FILE | -pubkey FILE) [-tenant T] [flags]",
 		"Publishes a key for a service endpoint, served as TLSA 3 1 1 at _<port>._<tcp|udp>.<host>.<zone>.\nTo rotate, publish the new key, then revoke the old one (service-revoke -spki-sha256 ... -reason superseded).",
 		"deviceid-signer service-key -zone iot.example -service _8883._tcp.mqtt.acme -cert broker.pem",
@@ -329,7 +331,7 @@ var adminCommands = map[string]adminCommand{
 			fs.StringVar(&v.pubkey, "pubkey", "", "the service's public key, PEM or DER SubjectPublicKeyInfo")
 		}),
 		func(v *cmdValues) (apiRequest, error) {
-			req := signer.ServiceKeyRequest{Tenant: v.tenant}
+			req := httpapi.ServiceKeyRequest{Tenant: v.tenant}
 			var err error
 			switch {
 			case v.csr != "":
@@ -342,7 +344,7 @@ var adminCommands = map[string]adminCommand{
 			if err != nil {
 				return apiRequest{}, err
 			}
-			r, err := serviceRequest("POST", "/keys", func() any { return &signer.DeviceView{} })(v)
+			r, err := serviceRequest("POST", "/keys", func() any { return &httpapi.DeviceView{} })(v)
 			r.body = req
 			return r, err
 		}},
@@ -353,19 +355,19 @@ var adminCommands = map[string]adminCommand{
 			fs.StringVar(&v.reason, "reason", "superseded", "the RFC 5280 reason")
 		}),
 		func(v *cmdValues) (apiRequest, error) {
-			r, err := serviceRequest("POST", "/revoke", func() any { return &signer.DeviceView{} })(v)
-			r.body = signer.RevokeRequest{SPKISHA256: v.spki, Reason: v.reason}
+			r, err := serviceRequest("POST", "/revoke", func() any { return &httpapi.DeviceView{} })(v)
+			r.body = httpapi.RevokeRequest{SPKISHA256: v.spki, Reason: v.reason}
 			return r, err
 		}},
 	"service-delete": {"-service NAME [flags]", "Deletes a service: DNS stops publishing its keys.",
 		"deviceid-signer service-delete -zone iot.example -service _8883._tcp.mqtt.acme", serviceFlag, serviceRequest("DELETE", "", nil)},
 	"tenants": {"[flags]", "Lists the tenants.", "deviceid-signer tenants -zone iot.example", nil,
 		func(v *cmdValues) (apiRequest, error) {
-			return apiRequest{method: "GET", path: "/api/v1/tenants", answer: &signer.TenantList{}}, nil
+			return apiRequest{method: "GET", path: "/api/v1/tenants", answer: &httpapi.TenantList{}}, nil
 		}},
 	"tenant-create": {"-tenant NAME [flags]", "Creates a tenant.", "deviceid-signer tenant-create -zone iot.example -tenant acme", tenantFlag("the tenant's name (required)"),
 		func(v *cmdValues) (apiRequest, error) {
-			return apiRequest{method: "POST", path: "/api/v1/tenants", body: signer.TenantRequest{Name: v.tenant}, answer: &signer.Tenant{}}, nil
+			return apiRequest{method: "POST", path: "/api/v1/tenants", body: httpapi.TenantRequest{Name: v.tenant}, answer: &registry.Tenant{}}, nil
 		}},
 	"tenant-disable": {"-tenant NAME [flags]", "Disables a tenant: its tokens and certificates are refused; its devices stay in DNS.",
 		"deviceid-signer tenant-disable -zone iot.example -tenant acme", tenantFlag("the tenant (required)"), tenantRequest("POST", "/disable")},
@@ -378,13 +380,13 @@ var adminCommands = map[string]adminCommand{
 		both(tenantFlag("the tenant (required)"), func(fs *flag.FlagSet, v *cmdValues) { fs.StringVar(&v.label, "label", "", "what the token is for") }),
 		func(v *cmdValues) (apiRequest, error) {
 			r, err := tenantRequest("POST", "/tokens")(v)
-			r.body, r.answer = signer.TokenRequest{Label: v.label}, &signer.NewToken{}
+			r.body, r.answer = httpapi.TokenRequest{Label: v.label}, &registry.NewToken{}
 			return r, err
 		}},
 	"tokens": {"-tenant NAME [flags]", "Lists a tenant's tokens (never their secrets).", "deviceid-signer tokens -zone iot.example -tenant acme",
 		tenantFlag("the tenant (required)"), func(v *cmdValues) (apiRequest, error) {
 			r, err := tenantRequest("GET", "/tokens")(v)
-			r.answer = &signer.TokenList{}
+			r.answer = &httpapi.TokenList{}
 			return r, err
 		}},
 	"token-revoke": {"-tenant NAME -id ID [flags]", "Revokes one of a tenant's tokens.", "deviceid-signer token-revoke -zone iot.example -tenant acme -id 0123456789abcdef",
@@ -411,7 +413,7 @@ var adminCommands = map[string]adminCommand{
 				}
 			}
 			q.Set("limit", strconv.Itoa(v.limit))
-			return apiRequest{method: "GET", path: "/api/v1/audit?" + q.Encode(), answer: &signer.AuditResponse{}}, nil
+			return apiRequest{method: "GET", path: "/api/v1/audit?" + q.Encode(), answer: &httpapi.AuditResponse{}}, nil
 		}},
 }
 
@@ -437,7 +439,7 @@ func tenantRequest(method, suffix string) func(v *cmdValues) (apiRequest, error)
 		if v.tenant == "" {
 			return apiRequest{}, errors.New("-tenant is required")
 		}
-		return apiRequest{method: method, path: "/api/v1/tenants/" + url.PathEscape(v.tenant) + suffix, answer: &signer.Tenant{}}, nil
+		return apiRequest{method: method, path: "/api/v1/tenants/" + url.PathEscape(v.tenant) + suffix, answer: &registry.Tenant{}}, nil
 	}
 }
 
@@ -491,7 +493,7 @@ func runAdmin(name string, args []string) error {
 	if err := json.Unmarshal(raw, req.answer); err != nil {
 		return fmt.Errorf("the signer's answer: %w", err)
 	}
-	if er, ok := req.answer.(*signer.EnrollResponse); ok && v.out != "" {
+	if er, ok := req.answer.(*httpapi.EnrollResponse); ok && v.out != "" {
 		if err := os.WriteFile(v.out, []byte(er.Certificate), 0o644); err != nil {
 			return err
 		}
@@ -536,7 +538,7 @@ func (f *adminFlags) client(needsCA bool) (*apiClient, func(), error) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	reg := &signer.Registry{Prefix: f.prefix, Zone: f.zone}
+	reg := &registry.Registry{Prefix: f.prefix, Zone: f.zone}
 	if reg.Client, err = settings.Connect(ctx, 10*time.Second, reg.ZonePrefix()); err != nil {
 		return nil, nil, err
 	}
@@ -544,7 +546,7 @@ func (f *adminFlags) client(needsCA bool) (*apiClient, func(), error) {
 	if timeout == 0 {
 		timeout = 30 * time.Second
 	}
-	api := &signer.API{Registry: reg, Token: randomToken(), OperatorID: "cli:" + currentUser(), Timeout: timeout}
+	api := &httpapi.API{Registry: reg, Token: randomToken(), OperatorID: "cli:" + currentUser(), Timeout: timeout}
 	if needsCA {
 		if api.CA, err = f.ca.load(f.zone); err != nil {
 			reg.Client.Close()
@@ -602,7 +604,7 @@ func (c *apiClient) do(req apiRequest) ([]byte, error) {
 	}
 	if status >= 300 {
 		msg := strings.TrimSpace(string(b))
-		var e signer.ErrorResponse
+		var e httpapi.ErrorResponse
 		if json.Unmarshal(b, &e) == nil && e.Error != "" {
 			msg = e.Error
 		}
@@ -625,7 +627,7 @@ func printTable(w io.Writer, answer any) error {
 	defer tw.Flush()
 	now := time.Now()
 	switch a := answer.(type) {
-	case *signer.DeviceView:
+	case *httpapi.DeviceView:
 		fmt.Fprintf(tw, "device %s\ttenant %s\tstate %s\n", a.Name, orDash(a.Tenant), orDash(a.State))
 		for k, v := range a.Attributes {
 			fmt.Fprintf(tw, "  %s\t%s\n", k, v)
@@ -634,7 +636,7 @@ func printTable(w io.Writer, answer any) error {
 		for _, c := range a.Credentials {
 			fmt.Fprintln(tw, credentialRow(c, a.Suspended(), now))
 		}
-	case *signer.ListResponse:
+	case *httpapi.ListResponse:
 		fmt.Fprintln(tw, "DEVICE\tTENANT\tSTATE\tACTIVE\tREVOKED\tDNS SERVES IT")
 		for _, d := range a.Devices {
 			if d.Invalid != "" {
@@ -726,21 +728,21 @@ func initCA(args []string) error {
 		return fmt.Errorf("curve %q: want P-256 or P-384", *curve)
 	}
 	if *csr {
-		if err := signer.InitIntermediate(*dir, *name, c, *key); err != nil {
+		if err := ca.InitIntermediate(*dir, *name, c, *key); err != nil {
 			return err
 		}
 		fmt.Printf("wrote %s: have the CSR signed as a CA (basicConstraints cA, keyCertSign),\n"+
-			"then write the certificate, followed by its chain, to %s\n", filepath.Join(*dir, signer.CARequestFile), filepath.Join(*dir, signer.CACertFile))
+			"then write the certificate, followed by its chain, to %s\n", filepath.Join(*dir, ca.CARequestFile), filepath.Join(*dir, ca.CACertFile))
 	} else {
-		ca, err := signer.InitCA(*dir, *name, *zone, c, *key)
+		authority, err := ca.InitCA(*dir, *name, *zone, c, *key)
 		if err != nil {
 			return err
 		}
-		where := filepath.Join(*dir, signer.CAKeyFile)
+		where := filepath.Join(*dir, ca.CAKeyFile)
 		if *key != "" {
 			where = "the HSM (serve with -ca-key '" + *key + "')"
 		}
-		fmt.Printf("wrote %s, its key in %s; key identifier %s\n", filepath.Join(*dir, signer.CACertFile), where, ca.AKI())
+		fmt.Printf("wrote %s, its key in %s; key identifier %s\n", filepath.Join(*dir, ca.CACertFile), where, authority.AKI())
 	}
 	tokenFile := filepath.Join(*dir, "admin-token")
 	made, err := writeToken(tokenFile)

@@ -17,7 +17,8 @@ import (
 
 	"github.com/deviceid/deviceid/internal/testenv"
 	"github.com/deviceid/deviceid/record"
-	"github.com/deviceid/deviceid/signer"
+	"github.com/deviceid/deviceid/signer/ca"
+	"github.com/deviceid/deviceid/signer/registry"
 )
 
 // TestAdminCommands runs the operator's commands against etcd directly and against
@@ -45,10 +46,10 @@ func TestAdminCommands(t *testing.T) {
 	testenv.WriteFile(t, pubFile, pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: spki}))
 
 	direct := []string{"-zone", "iot.example", "-etcd", etcdURL}
-	ca := []string{"-ca-cert", filepath.Join(dir, "ca.pem"), "-ca-key", filepath.Join(dir, "ca-key.pem")}
+	authority := []string{"-ca-cert", filepath.Join(dir, "ca.pem"), "-ca-key", filepath.Join(dir, "ca-key.pem")}
 	certOut := filepath.Join(dir, "cert.pem")
 	if _, err := stdout(t, func() error {
-		return runAdmin("enroll", append(append(direct, ca...), "-device", "Sensor7", "-csr", csrFile, "-out", certOut))
+		return runAdmin("enroll", append(append(direct, authority...), "-device", "Sensor7", "-csr", csrFile, "-out", certOut))
 	}); err != nil {
 		t.Fatal(err)
 	}
@@ -58,7 +59,7 @@ func TestAdminCommands(t *testing.T) {
 	if err := runAdmin("show", append(direct, "-device", "nosuch")); err == nil || !strings.Contains(err.Error(), "no such device") {
 		t.Errorf("show of a missing device: %v", err)
 	}
-	if err := runAdmin("enroll", append(append(direct, ca...), "-device", "bad_name", "-pubkey", pubFile)); err == nil {
+	if err := runAdmin("enroll", append(append(direct, authority...), "-device", "bad_name", "-pubkey", pubFile)); err == nil {
 		t.Error("a bad name was enrolled")
 	}
 	// show and list need no CA, print a table, and flag an invalid record.
@@ -87,7 +88,7 @@ func TestAdminCommands(t *testing.T) {
 	defer cancel()
 	srv := serveFlags{
 		etcdFlags: etcdFlags{zone: "iot.example", prefix: "/deviceid", endpoints: etcdURL},
-		caFlags:   caFlags{caCert: filepath.Join(dir, "ca.pem"), caKey: filepath.Join(dir, "ca-key.pem"), lifetime: signer.DefaultLifetime},
+		caFlags:   caFlags{caCert: filepath.Join(dir, "ca.pem"), caKey: filepath.Join(dir, "ca-key.pem"), lifetime: ca.DefaultLifetime},
 		listen:    "127.0.0.1:0", tokenFile: token,
 	}
 	ready := make(chan string, 1)
@@ -115,12 +116,12 @@ func TestAdminCommands(t *testing.T) {
 	if err := runAdmin("delete", append(remote, "-device", "bare")); err == nil || !strings.Contains(err.Error(), "no such device") {
 		t.Errorf("delete of nothing through the signer: %v", err)
 	}
-	reg := &signer.Registry{Client: etcd.Client(), Prefix: "/deviceid", Zone: "iot.example"}
+	reg := &registry.Registry{Client: etcd.Client(), Prefix: "/deviceid", Zone: "iot.example"}
 	d, _, err := reg.Get(ctx, "sensor7")
 	if err != nil || len(d.Credentials) != 1 || d.Credentials[0].Status != record.StatusRevoked || d.Credentials[0].Cert == nil {
 		t.Errorf("sensor7: %+v %v", d, err)
 	}
-	if _, _, err := reg.Get(ctx, "bare"); err != signer.ErrNotFound {
+	if _, _, err := reg.Get(ctx, "bare"); err != registry.ErrNotFound {
 		t.Errorf("bare after delete: %v", err)
 	}
 	cancel()

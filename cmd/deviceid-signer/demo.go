@@ -8,7 +8,7 @@ import (
 	"net/http"
 	"time"
 
-	"github.com/deviceid/deviceid/signer"
+	"github.com/deviceid/deviceid/signer/ca"
 	"github.com/deviceid/deviceid/verify"
 
 	"github.com/miekg/dns"
@@ -17,9 +17,9 @@ import (
 // demoService is the dev stack's example of a server that authenticates devices by
 // DANE: an HTTPS echo that greets a device by its identity name. It validates the
 // TLSA answers itself from the zone's DS, asking the dev CoreDNS.
-func demoService(ctx context.Context, listen, zone, dnsServer string, ds *dns.DS, ca *signer.CA) error {
+func demoService(ctx context.Context, listen, zone, dnsServer string, ds *dns.DS, authority *ca.CA) error {
 	v := &verify.Verifier{Zones: []string{zone}, TrustAnchor: []dns.RR{ds}, Server: dnsServer}
-	cert, err := ca.ServerCertificate([]string{"127.0.0.1", "localhost"}, time.Now())
+	cert, err := authority.ServerCertificate([]string{"127.0.0.1", "localhost"}, time.Now())
 	if err != nil {
 		return err
 	}

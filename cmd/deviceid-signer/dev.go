@@ -19,7 +19,8 @@ import (
 	"github.com/deviceid/deviceid/internal/dnskey"
 	"github.com/deviceid/deviceid/internal/embedetcd"
 	"github.com/deviceid/deviceid/record"
-	"github.com/deviceid/deviceid/signer"
+	"github.com/deviceid/deviceid/signer/ca"
+	"github.com/deviceid/deviceid/signer/registry"
 
 	"github.com/miekg/dns"
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -63,19 +64,19 @@ func dev(args []string) error {
 		return err
 	}
 	defer cli.Close()
-	ca, err := loadOrCreateCA(*dataDir, *zone)
+	authority, err := loadOrCreateCA(*dataDir, *zone)
 	if err != nil {
 		return err
 	}
-	reg := &signer.Registry{Client: cli, Prefix: *prefix, Zone: *zone}
+	reg := &registry.Registry{Client: cli, Prefix: *prefix, Zone: *zone}
 	demoToken, err := demoTenant(reg, filepath.Join(*dataDir, "demo-token"))
 	if err != nil {
 		return fmt.Errorf("the demo tenant: %w", err)
 	}
-	if err := seed(reg, ca); err != nil {
+	if err := seed(reg, authority); err != nil {
 		return fmt.Errorf("writing sample devices: %w", err)
 	}
-	if err := mqttDemo(reg, ca, *dataDir, *zone); err != nil {
+	if err := mqttDemo(reg, authority, *dataDir, *zone); err != nil {
 		return fmt.Errorf("the MQTT demo: %w", err)
 	}
 
@@ -83,7 +84,7 @@ func dev(args []string) error {
 	for _, s := range samples {
 		fmt.Printf("  %-16s %s\n", s.name, s.status)
 	}
-	fmt.Printf("CA discovery record: %s\n", record.CAOwner(ca.AKI(), *zone))
+	fmt.Printf("CA discovery record: %s\n", record.CAOwner(authority.AKI(), *zone))
 	fmt.Printf("DNSSEC key %s (.key, .private); its DS, the trust anchor for validators:\n%s\n",
 		filepath.Join(*dataDir, zoneKeyName(*zone)), ds)
 
@@ -93,9 +94,9 @@ func dev(args []string) error {
 	}
 	srv := serveFlags{
 		etcdFlags: etcdFlags{zone: *zone, prefix: *prefix, endpoints: *clientURL},
-		caFlags:   caFlags{caCert: filepath.Join(*dataDir, signer.CACertFile), caKey: filepath.Join(*dataDir, signer.CAKeyFile), lifetime: signer.DefaultLifetime},
+		caFlags:   caFlags{caCert: filepath.Join(*dataDir, ca.CACertFile), caKey: filepath.Join(*dataDir, ca.CAKeyFile), lifetime: ca.DefaultLifetime},
 		listen:    *listen, tokenFile: filepath.Join(*dataDir, "admin-token"), dns: *dnsServer,
-		retention: signer.DefaultRetention, quotas: signer.DefaultQuotas(),
+		retention: registry.DefaultRetention, quotas: registry.DefaultQuotas(),
 	}
 	fmt.Printf("EST and the admin API on https://%s (CA: %s)\n", *listen, srv.caCert)
 	fmt.Printf("  operator bearer token (in %s): %s\n", srv.tokenFile, token)
@@ -106,7 +107,7 @@ func dev(args []string) error {
 	defer stop()
 	served := make(chan error, 2)
 	go func() { served <- srv.run(ctx, nil) }()
-	go func() { served <- demoService(ctx, *demo, *zone, *dnsServer, ds, ca) }()
+	go func() { served <- demoService(ctx, *demo, *zone, *dnsServer, ds, authority) }()
 	fmt.Printf("demo service authenticating devices by DANE on https://%s\n", *demo)
 	select {
 	case err := <-served:
@@ -126,12 +127,12 @@ const (
 // mqtt.demo.<zone>) unless they are there, publishes its key as the demo tenant's
 // service, and leaves an enrollment code for the simulated device while it has no
 // certificate yet (make run starts both: scripts/run-dev.sh).
-func mqttDemo(reg *signer.Registry, ca *signer.CA, dir, zone string) error {
+func mqttDemo(reg *registry.Registry, authority *ca.CA, dir, zone string) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	certFile, keyFile := filepath.Join(dir, "broker.pem"), filepath.Join(dir, "broker-key.pem")
 	if _, err := os.Stat(certFile); errors.Is(err, os.ErrNotExist) {
-		cert, err := ca.ServerCertificate([]string{"mqtt." + demoTenantName + "." + strings.TrimSuffix(zone, ".")}, time.Now())
+		cert, err := authority.ServerCertificate([]string{"mqtt." + demoTenantName + "." + strings.TrimSuffix(zone, ".")}, time.Now())
 		if err != nil {
 			return err
 		}
@@ -158,7 +159,7 @@ func mqttDemo(reg *signer.Registry, ca *signer.CA, dir, zone string) error {
 	if err != nil {
 		return err
 	}
-	demo := signer.Actor{ID: "dev", Tenant: demoTenantName}
+	demo := registry.Actor{ID: "dev", Tenant: demoTenantName}
 	if _, err := reg.PublishServiceKey(ctx, demo, demoBrokerService, "", leaf.RawSubjectPublicKeyInfo); err != nil {
 		return err
 	}
@@ -166,7 +167,7 @@ func mqttDemo(reg *signer.Registry, ca *signer.CA, dir, zone string) error {
 	if _, err := os.Stat(filepath.Join(dir, demoDevice, "device.pem")); err == nil {
 		return os.WriteFile(codeFile, nil, 0o600) // enrolled: no code needed
 	}
-	code, _, err := reg.IssueCode(ctx, demo, demoDevice, "", signer.DefaultCodeLifetime)
+	code, _, err := reg.IssueCode(ctx, demo, demoDevice, "", registry.DefaultCodeLifetime)
 	if err != nil {
 		return err
 	}
@@ -178,10 +179,10 @@ const demoTenantName = "demo"
 
 // demoTenant makes the demo tenant and keeps a token of it in file, issuing a new
 // one when the file's token no longer works (a fresh etcd).
-func demoTenant(reg *signer.Registry, file string) (string, error) {
+func demoTenant(reg *registry.Registry, file string) (string, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	operator := signer.OperatorActor("dev")
+	operator := registry.OperatorActor("dev")
 	if _, err := reg.CreateTenant(ctx, operator, demoTenantName); err != nil {
 		return "", err
 	}
@@ -206,14 +207,14 @@ var samples = []struct{ name, status string }{
 
 // seed publishes the CA and enrolls the sample devices that are not there yet,
 // through the enrollment workflow the signer's APIs use.
-func seed(reg *signer.Registry, ca *signer.CA) error {
+func seed(reg *registry.Registry, authority *ca.CA) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	if err := reg.PutCA(ctx, ca); err != nil {
+	if err := reg.PutCA(ctx, authority); err != nil {
 		return err
 	}
 	for _, s := range samples {
-		if _, _, err := reg.Get(ctx, s.name); !errors.Is(err, signer.ErrNotFound) {
+		if _, _, err := reg.Get(ctx, s.name); !errors.Is(err, registry.ErrNotFound) {
 			continue // there already (or unreadable: left as it is)
 		}
 		key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
@@ -228,11 +229,11 @@ func seed(reg *signer.Registry, ca *signer.CA) error {
 		if err != nil {
 			return err
 		}
-		if _, err := (&signer.Enroller{CA: ca, Registry: reg}).Enroll(ctx, signer.Enrollment{Device: s.name, CSR: csr, Actor: signer.OperatorActor("dev"), Tenant: demoTenantName}); err != nil {
+		if _, err := (&registry.Enroller{CA: authority, Registry: reg}).Enroll(ctx, registry.Enrollment{Device: s.name, CSR: csr, Actor: registry.OperatorActor("dev"), Tenant: demoTenantName}); err != nil {
 			return err
 		}
 		if s.status == record.StatusRevoked {
-			if _, err := reg.Revoke(ctx, signer.OperatorActor("dev"), s.name, nil, "keyCompromise"); err != nil {
+			if _, err := reg.Revoke(ctx, registry.OperatorActor("dev"), s.name, nil, "keyCompromise"); err != nil {
 				return err
 			}
 		}
@@ -300,10 +301,10 @@ func generateZoneKey(dir, zone, base string) error {
 
 // loadOrCreateCA keeps the dev CA in the data directory, so the sample devices stay
 // valid across restarts.
-func loadOrCreateCA(dir, zone string) (*signer.CA, error) {
-	certFile, keyFile := filepath.Join(dir, signer.CACertFile), filepath.Join(dir, signer.CAKeyFile)
+func loadOrCreateCA(dir, zone string) (*ca.CA, error) {
+	certFile, keyFile := filepath.Join(dir, ca.CACertFile), filepath.Join(dir, ca.CAKeyFile)
 	if _, err := os.Stat(certFile); errors.Is(err, os.ErrNotExist) {
-		return signer.InitCA(dir, "deviceid dev CA", zone, elliptic.P256(), "")
+		return ca.InitCA(dir, "deviceid dev CA", zone, elliptic.P256(), "")
 	}
-	return signer.LoadCA(certFile, keyFile, zone)
+	return ca.LoadCA(certFile, keyFile, zone)
 }

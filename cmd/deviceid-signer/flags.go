@@ -11,7 +11,7 @@ import (
 	"time"
 
 	"github.com/deviceid/deviceid/internal/etcdclient"
-	"github.com/deviceid/deviceid/signer"
+	"github.com/deviceid/deviceid/signer/ca"
 )
 
 // Each flag's default comes from the environment variable named in its help, so
@@ -101,14 +101,14 @@ type caFlags struct {
 func (f *caFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&f.caCert, "ca-cert", env("DEVICEID_CA_CERT", "ca.pem"), "CA certificate, PEM ($DEVICEID_CA_CERT)")
 	fs.StringVar(&f.caKey, "ca-key", env("DEVICEID_CA_KEY", "ca-key.pem"), "CA key, ECDSA P-256 or P-384: a PEM file, or a pkcs11: URI (RFC 7512) of a key in an HSM ($DEVICEID_CA_KEY)")
-	fs.DurationVar(&f.lifetime, "lifetime", envDuration("DEVICEID_LIFETIME", signer.DefaultLifetime), "lifetime of issued device certificates ($DEVICEID_LIFETIME)")
+	fs.DurationVar(&f.lifetime, "lifetime", envDuration("DEVICEID_LIFETIME", ca.DefaultLifetime), "lifetime of issued device certificates ($DEVICEID_LIFETIME)")
 }
 
-func (f *caFlags) load(zone string) (*signer.CA, error) {
-	ca, err := signer.LoadCA(f.caCert, f.caKey, zone)
+func (f *caFlags) load(zone string) (*ca.CA, error) {
+	authority, err := ca.LoadCA(f.caCert, f.caKey, zone)
 	if err != nil {
 		return nil, fmt.Errorf("loading the CA: %w", err)
 	}
-	ca.Lifetime = f.lifetime
-	return ca, nil
+	authority.Lifetime = f.lifetime
+	return authority, nil
 }

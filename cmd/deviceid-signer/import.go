@@ -17,7 +17,7 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/deviceid/deviceid/signer"
+	"github.com/deviceid/deviceid/signer/httpapi"
 )
 
 // ImportLine is one device to import: a name, its tenant and attributes, and a
@@ -376,9 +376,9 @@ func (im *importer) importLine(l ImportLine) error {
 	path := "/api/v1/devices/" + url.PathEscape(l.Name)
 	if l.PublicKey != "" || l.CSR != "" {
 		return im.send(apiRequest{method: "POST", path: path + "/enroll",
-			body: signer.EnrollRequest{PublicKey: l.PublicKey, CSR: l.CSR, Tenant: tenant, Attributes: l.Attributes}})
+			body: httpapi.EnrollRequest{PublicKey: l.PublicKey, CSR: l.CSR, Tenant: tenant, Attributes: l.Attributes}})
 	}
-	return im.send(apiRequest{method: "POST", path: path + "/register", body: signer.RegisterRequest{Tenant: tenant, Attributes: l.Attributes}})
+	return im.send(apiRequest{method: "POST", path: path + "/register", body: httpapi.RegisterRequest{Tenant: tenant, Attributes: l.Attributes}})
 }
 
 // importRetries are the waits before each retry of a request that etcd or the

@@ -15,11 +15,12 @@ import (
 
 	"github.com/deviceid/deviceid/internal/testenv"
 	"github.com/deviceid/deviceid/record"
-	"github.com/deviceid/deviceid/signer"
+	"github.com/deviceid/deviceid/signer/httpapi"
+	"github.com/deviceid/deviceid/signer/registry"
 )
 
 // importTestbed is an etcd with tenant acme, a CA, and the flags to reach them.
-func importTestbed(t *testing.T) (*testenv.Etcd, *signer.Registry, []string) {
+func importTestbed(t *testing.T) (*testenv.Etcd, *registry.Registry, []string) {
 	t.Helper()
 	dir := t.TempDir()
 	etcd := testenv.StartEtcd(t)
@@ -30,7 +31,7 @@ func importTestbed(t *testing.T) (*testenv.Etcd, *signer.Registry, []string) {
 	if _, err := stdout(t, func() error { return runAdmin("tenant-create", append(args[:4:4], "-tenant", "acme")) }); err != nil {
 		t.Fatal(err)
 	}
-	return etcd, &signer.Registry{Client: etcd.Client(), Prefix: "/deviceid", Zone: "iot.example"}, args
+	return etcd, &registry.Registry{Client: etcd.Client(), Prefix: "/deviceid", Zone: "iot.example"}, args
 }
 
 func pubKeyB64(t *testing.T) string {
@@ -38,7 +39,7 @@ func pubKeyB64(t *testing.T) string {
 	return base64.StdEncoding.EncodeToString(der)
 }
 
-func revisionOf(t *testing.T, r *signer.Registry) int64 {
+func revisionOf(t *testing.T, r *registry.Registry) int64 {
 	resp, err := r.Client.Get(context.Background(), "/")
 	if err != nil {
 		t.Fatal(err)
@@ -183,11 +184,11 @@ func TestImportResumes(t *testing.T) {
 		t.Errorf("%d devices, want %d", entries, n)
 	}
 	// Each device was registered once: one audit entry each, however the run was cut.
-	audit, _, err := reg.Audit(t.Context(), signer.OperatorActor("test"), signer.AuditFilter{Operation: "device.register", Limit: 1000})
+	audit, _, err := reg.Audit(t.Context(), registry.OperatorActor("test"), registry.AuditFilter{Operation: "device.register", Limit: 1000})
 	count := len(audit)
 	for next := ""; err == nil && len(audit) == 1000; count += len(audit) {
 		next = audit[len(audit)-1].ID
-		audit, _, err = reg.Audit(t.Context(), signer.OperatorActor("test"), signer.AuditFilter{Operation: "device.register", Limit: 1000, After: next})
+		audit, _, err = reg.Audit(t.Context(), registry.OperatorActor("test"), registry.AuditFilter{Operation: "device.register", Limit: 1000, After: next})
 	}
 	if count != n {
 		t.Errorf("%d registrations in the audit trail, want %d", count, n)
@@ -195,15 +196,15 @@ func TestImportResumes(t *testing.T) {
 }
 
 // exportAll yields every device of the registry with its name.
-func exportAll(t *testing.T, reg *signer.Registry) func(yield func(signer.ExportLine, error) bool) {
-	return func(yield func(signer.ExportLine, error) bool) {
-		var lines []signer.ExportLine
-		err := reg.Export(t.Context(), signer.OperatorActor("test"), signer.Filter{Limit: 1000}, func(e signer.Entry) error {
-			lines = append(lines, signer.ExportLine{Name: e.Name, Device: *e.Device})
+func exportAll(t *testing.T, reg *registry.Registry) func(yield func(httpapi.ExportLine, error) bool) {
+	return func(yield func(httpapi.ExportLine, error) bool) {
+		var lines []httpapi.ExportLine
+		err := reg.Export(t.Context(), registry.OperatorActor("test"), registry.Filter{Limit: 1000}, func(e registry.Entry) error {
+			lines = append(lines, httpapi.ExportLine{Name: e.Name, Device: *e.Device})
 			return nil
 		})
 		if err != nil {
-			yield(signer.ExportLine{}, err)
+			yield(httpapi.ExportLine{}, err)
 			return
 		}
 		for _, l := range lines {
@@ -306,7 +307,7 @@ func TestRegistryCommands(t *testing.T) {
 	}
 	cmd("resume", "-device", "lamp")
 	out := cmd("transfer", "-device", "lamp")
-	var code signer.CodeResponse
+	var code httpapi.CodeResponse
 	if err := json.Unmarshal([]byte(out), &code); err != nil || code.Code == "" {
 		t.Fatalf("transfer: %v %s", err, out)
 	}
@@ -372,7 +373,7 @@ func TestReindexCommand(t *testing.T) {
 	if out, err := stdout(t, func() error { return reindexCommand(slices.Clone(direct)) }); err != nil || !strings.Contains(out, `"added":["acme/raw"]`) {
 		t.Errorf("reindex: %v %s", err, out)
 	}
-	if entries, _, err := reg.Search(t.Context(), signer.Actor{ID: "t", Tenant: "acme"}, signer.Filter{}); err != nil || len(entries) != 1 || entries[0].Name != "raw" {
+	if entries, _, err := reg.Search(t.Context(), registry.Actor{ID: "t", Tenant: "acme"}, registry.Filter{}); err != nil || len(entries) != 1 || entries[0].Name != "raw" {
 		t.Errorf("acme's list after reindex: %v %v", entries, err)
 	}
 	if err := reindexCommand([]string{"-etcd", "127.0.0.1:1"}); err == nil || !strings.Contains(err.Error(), "-zone") {

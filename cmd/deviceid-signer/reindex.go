@@ -8,7 +8,7 @@ import (
 	"os"
 	"time"
 
-	"github.com/deviceid/deviceid/signer"
+	"github.com/deviceid/deviceid/signer/registry"
 )
 
 const reindexAbout = `Makes the tenant index agree with the device records, on etcd directly as the
@@ -33,12 +33,12 @@ func reindexCommand(args []string) error {
 		return err
 	}
 	ctx := context.Background()
-	reg := &signer.Registry{Prefix: f.prefix, Zone: f.zone}
+	reg := &registry.Registry{Prefix: f.prefix, Zone: f.zone}
 	if reg.Client, err = settings.Connect(ctx, 10*time.Second, reg.ZonePrefix()); err != nil {
 		return err
 	}
 	defer reg.Client.Close()
-	rep, err := reg.Reindex(ctx, signer.OperatorActor("cli:"+currentUser()), *dryRun)
+	rep, err := reg.Reindex(ctx, registry.OperatorActor("cli:"+currentUser()), *dryRun)
 	if err != nil {
 		return err
 	}

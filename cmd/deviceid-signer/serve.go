@@ -15,7 +15,9 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/deviceid/deviceid/signer"
+	"github.com/deviceid/deviceid/signer/ca"
+	"github.com/deviceid/deviceid/signer/httpapi"
+	"github.com/deviceid/deviceid/signer/registry"
 )
 
 // serveFlags are the settings of a running signer.
@@ -26,9 +28,9 @@ type serveFlags struct {
 	tokenFile, adminCA      string
 	tenantCA, dns           string
 	metricsTokenFile        string
-	retention               signer.Retention
-	limits                  signer.Limits
-	quotas                  *signer.Quotas
+	retention               registry.Retention
+	limits                  httpapi.Limits
+	quotas                  *registry.Quotas
 }
 
 func (f *serveFlags) register(fs *flag.FlagSet) {
@@ -42,17 +44,17 @@ func (f *serveFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&f.tenantCA, "tenant-ca", env("DEVICEID_TENANT_CA", ""), "PEM CA(s) whose client certificates act as the tenant their Subject Organization (O) names ($DEVICEID_TENANT_CA)")
 	fs.StringVar(&f.dns, "dns", env("DEVICEID_DNS", ""), "host:port of a CoreDNS serving the zone, for the console's and API's view of what DNS serves ($DEVICEID_DNS)")
 	fs.StringVar(&f.metricsTokenFile, "metrics-token-file", env("DEVICEID_METRICS_TOKEN_FILE", ""), "file holding the bearer token /metrics requires; empty: /metrics is open ($DEVICEID_METRICS_TOKEN_FILE)")
-	f.limits = signer.DefaultLimits
+	f.limits = httpapi.DefaultLimits
 	fs.IntVar(&f.limits.MaxConnections, "max-connections", envInt("DEVICEID_MAX_CONNECTIONS", f.limits.MaxConnections), "connections served at once ($DEVICEID_MAX_CONNECTIONS)")
 	fs.IntVar(&f.limits.MaxHeaderBytes, "max-header-bytes", envInt("DEVICEID_MAX_HEADER_BYTES", f.limits.MaxHeaderBytes), "bytes of a request's line and headers ($DEVICEID_MAX_HEADER_BYTES)")
 	fs.Float64Var(&f.limits.FailuresPerSecond, "failures-per-second", envFloat("DEVICEID_FAILURES_PER_SECOND", f.limits.FailuresPerSecond), "refused (401, 403) requests a client address may make per second before it is answered 429 ($DEVICEID_FAILURES_PER_SECOND)")
 	fs.IntVar(&f.limits.FailureBurst, "failure-burst", envInt("DEVICEID_FAILURE_BURST", f.limits.FailureBurst), "refused requests a client address may make at once ($DEVICEID_FAILURE_BURST)")
-	f.quotas = signer.DefaultQuotas()
+	f.quotas = registry.DefaultQuotas()
 	fs.Float64Var(&f.quotas.TenantBytesPerSecond, "tenant-write-rate", envFloat("DEVICEID_TENANT_WRITE_RATE", f.quotas.TenantBytesPerSecond), "bytes a tenant (its tokens, certificates and devices) may write to etcd per second; 0: no bound ($DEVICEID_TENANT_WRITE_RATE)")
 	fs.Float64Var(&f.quotas.TenantBurstBytes, "tenant-write-burst", envFloat("DEVICEID_TENANT_WRITE_BURST", f.quotas.TenantBurstBytes), "bytes a tenant may write at once ($DEVICEID_TENANT_WRITE_BURST)")
 	fs.Float64Var(&f.quotas.DeviceWritesPerHour, "device-enrollments-per-hour", envFloat("DEVICEID_DEVICE_ENROLLMENTS_PER_HOUR", f.quotas.DeviceWritesPerHour), "enrollments a device may make for itself per hour (EST); 0: no bound ($DEVICEID_DEVICE_ENROLLMENTS_PER_HOUR)")
 	fs.Float64Var(&f.quotas.DeviceWriteBurst, "device-enrollment-burst", envFloat("DEVICEID_DEVICE_ENROLLMENT_BURST", f.quotas.DeviceWriteBurst), "enrollments a device may make at once ($DEVICEID_DEVICE_ENROLLMENT_BURST)")
-	f.retention = signer.DefaultRetention
+	f.retention = registry.DefaultRetention
 	fs.DurationVar(&f.retention.MaxAge, "audit-max-age", envDuration("DEVICEID_AUDIT_MAX_AGE", f.retention.MaxAge), "delete audit entries older than this (0: keep) ($DEVICEID_AUDIT_MAX_AGE)")
 	fs.IntVar(&f.retention.MaxCount, "audit-max-entries", envInt("DEVICEID_AUDIT_MAX_ENTRIES", f.retention.MaxCount), "keep at most this many audit entries of each tenant (and as many of the operator's), deleting the oldest (0: no limit) ($DEVICEID_AUDIT_MAX_ENTRIES)")
 }
@@ -111,22 +113,22 @@ func readToken(file string) (string, error) {
 // power: the device CA (or a CA above it) among the operator's or the tenants' CAs
 // makes every device the operator or a tenant, and an operator CA among the tenants'
 // makes every tenant the operator.
-func separateRoles(ca *signer.CA, adminFile string, admins *x509.CertPool, tenantFile string, tenants *x509.CertPool) error {
+func separateRoles(authority *ca.CA, adminFile string, admins *x509.CertPool, tenantFile string, tenants *x509.CertPool) error {
 	chains := func(cert *x509.Certificate, roots *x509.CertPool) bool {
 		if roots == nil {
 			return false
 		}
 		inter := x509.NewCertPool()
-		for _, c := range ca.Chain {
+		for _, c := range authority.Chain {
 			inter.AddCert(c)
 		}
 		_, err := cert.Verify(x509.VerifyOptions{Roots: roots, Intermediates: inter, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}})
 		return err == nil
 	}
-	if chains(ca.Cert, admins) {
+	if chains(authority.Cert, admins) {
 		return fmt.Errorf("-admin-ca %s holds the device CA (or a CA above it): every device would act as the registry operator; give the operator's client certificates a CA of their own", adminFile)
 	}
-	if chains(ca.Cert, tenants) {
+	if chains(authority.Cert, tenants) {
 		return fmt.Errorf("-tenant-ca %s holds the device CA (or a CA above it): every device would act as a tenant; give tenants' client certificates a CA of their own", tenantFile)
 	}
 	if tenantFile != "" && admins != nil {
@@ -146,7 +148,7 @@ func separateRoles(ca *signer.CA, adminFile string, admins *x509.CertPool, tenan
 
 // compactAudit applies the audit trail's retention hourly until ctx ends. Several
 // signers may do it at once: deleting a range twice is harmless.
-func compactAudit(ctx context.Context, reg *signer.Registry, keep signer.Retention) {
+func compactAudit(ctx context.Context, reg *registry.Registry, keep registry.Retention) {
 	for {
 		cctx, cancel := context.WithTimeout(ctx, time.Minute)
 		n, err := reg.CompactAudit(cctx, keep)
@@ -172,7 +174,7 @@ func (f *serveFlags) run(ctx context.Context, ready chan<- string) error {
 	if err != nil {
 		return err
 	}
-	ca, err := f.load(f.zone)
+	authority, err := f.load(f.zone)
 	if err != nil {
 		return err
 	}
@@ -192,16 +194,16 @@ func (f *serveFlags) run(ctx context.Context, ready chan<- string) error {
 	if err != nil {
 		return err
 	}
-	if err := separateRoles(ca, f.adminCA, adminCAs, f.tenantCA, tenantCAs); err != nil {
+	if err := separateRoles(authority, f.adminCA, adminCAs, f.tenantCA, tenantCAs); err != nil {
 		return err
 	}
-	reg := &signer.Registry{Prefix: f.prefix, Zone: f.zone, Quotas: f.quotas}
+	reg := &registry.Registry{Prefix: f.prefix, Zone: f.zone, Quotas: f.quotas}
 	if reg.Client, err = settings.Connect(ctx, 10*time.Second, reg.ZonePrefix()); err != nil {
 		return err
 	}
 	defer reg.Client.Close()
 	pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	err = reg.PutCA(pctx, ca)
+	err = reg.PutCA(pctx, authority)
 	cancel()
 	if err != nil {
 		return fmt.Errorf("publishing the CA record: %w", err)
@@ -218,7 +220,7 @@ func (f *serveFlags) run(ctx context.Context, ready chan<- string) error {
 		} else if name, err := os.Hostname(); err == nil {
 			hosts = append(hosts, name)
 		}
-		cert, err = ca.ServerCertificate(hosts, time.Now())
+		cert, err = authority.ServerCertificate(hosts, time.Now())
 	}
 	if err != nil {
 		return fmt.Errorf("HTTPS certificate: %w", err)
@@ -227,11 +229,11 @@ func (f *serveFlags) run(ctx context.Context, ready chan<- string) error {
 	if err != nil {
 		return err
 	}
-	server := &signer.Server{CA: ca, Registry: reg, Token: token, AdminCAs: adminCAs, TenantCAs: tenantCAs,
+	server := &httpapi.Server{CA: authority, Registry: reg, Token: token, AdminCAs: adminCAs, TenantCAs: tenantCAs,
 		DNS: f.dns, Etcd: settings, MetricsToken: metricsToken, Limits: f.limits}
 	srv, ln := server.HTTPServer(ln, cert, slog.NewLogLogger(log.Handler(), slog.LevelWarn))
 	log.Info("deviceid-signer serving", "addr", ln.Addr().String(), "zone", f.zone,
-		"admin_token", token != "", "admin_mtls", adminCAs != nil, "tenant_mtls", tenantCAs != nil, "ca_aki", ca.AKI())
+		"admin_token", token != "", "admin_mtls", adminCAs != nil, "tenant_mtls", tenantCAs != nil, "ca_aki", authority.AKI())
 	if ready != nil {
 		ready <- ln.Addr().String()
 	}

@@ -8,7 +8,7 @@ import (
 	"testing"
 
 	"github.com/deviceid/deviceid/internal/testenv"
-	"github.com/deviceid/deviceid/signer"
+	"github.com/deviceid/deviceid/signer/ca"
 )
 
 // The signer refuses to start with CA files that would give one role's certificates
@@ -16,11 +16,11 @@ import (
 // operator's CA among the tenants'.
 func TestSeparateRoles(t *testing.T) {
 	dir := t.TempDir()
-	ca, err := signer.InitCA(dir, "device CA", "iot.example", elliptic.P256(), "")
+	authority, err := ca.InitCA(dir, "device CA", "iot.example", elliptic.P256(), "")
 	if err != nil {
 		t.Fatal(err)
 	}
-	deviceCA := filepath.Join(dir, signer.CACertFile)
+	deviceCA := filepath.Join(dir, ca.CACertFile)
 	write := func(name string, pem []byte) string {
 		f := filepath.Join(dir, name)
 		if err := os.WriteFile(f, pem, 0o600); err != nil {
@@ -48,7 +48,7 @@ func TestSeparateRoles(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		err = separateRoles(ca, tc.admin, admins, tc.tenant, tenantPool)
+		err = separateRoles(authority, tc.admin, admins, tc.tenant, tenantPool)
 		if tc.want == "" && err != nil || tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want)) {
 			t.Errorf("-admin-ca %q -tenant-ca %q: %v, want %q", filepath.Base(tc.admin), filepath.Base(tc.tenant), err, tc.want)
 		}

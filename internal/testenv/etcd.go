@@ -232,3 +232,13 @@ func Snapshot(t testing.TB, cli *clientv3.Client) string {
 	}
 	return file
 }
+
+// Revision returns etcd's current revision, to tell that a request changed nothing.
+func Revision(t testing.TB, c *clientv3.Client) int64 {
+	t.Helper()
+	resp, err := c.Get(context.Background(), "/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return resp.Header.Revision
+}

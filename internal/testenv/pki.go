@@ -1,7 +1,7 @@
 package testenv
 
 // The test PKI: a small CA and device certificates with any validity a test needs
-// (expired ones too), keys and CSRs. It is not the signer's CA (package signer): it
+// (expired ones too), keys and CSRs. It is not the signer's CA (package signer/ca): it
 // has no persistence and no policy.
 
 import (
