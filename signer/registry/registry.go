@@ -646,9 +646,30 @@ func (r *Registry) CAs(ctx context.Context) ([]*x509.Certificate, error) {
 	return cas, nil
 }
 
-// PutCA publishes the CA certificate under P/<zone>/ca/<aki> for discovery.
+// PutCA publishes the CA certificate under P/<zone>/ca/<aki> for discovery, with its
+// audit entry (actor "signer"); a CA published as it is already is left alone, so a
+// signer's every start writes nothing.
 func (r *Registry) PutCA(ctx context.Context, c *ca.CA) error {
 	key := record.CAKey(r.Prefix, r.Zone, c.AKI())
-	_, err := r.Client.Put(ctx, key, string(c.PEM()))
-	return err
+	value := string(c.PEM())
+	got, err := r.Client.Get(ctx, key)
+	if err != nil {
+		return unavailable(err, false)
+	}
+	rev := int64(0)
+	if len(got.Kvs) > 0 {
+		if string(got.Kvs[0].Value) == value {
+			return nil
+		}
+		rev = got.Kvs[0].ModRevision
+	}
+	resp, err := r.Client.Txn(clientv3.WithRequireLeader(ctx)).If(clientv3.Compare(clientv3.ModRevision(key), "=", rev)).
+		Then(clientv3.OpPut(key, value), r.auditOp(AuditEntry{Actor: "signer", Operation: "ca.publish", Detail: "CA " + c.AKI()})).Commit()
+	if err != nil {
+		return unavailable(err, true)
+	}
+	if !resp.Succeeded {
+		return errConflicted
+	}
+	return nil
 }

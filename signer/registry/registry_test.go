@@ -387,6 +387,8 @@ func TestEveryChangeAudited(t *testing.T) {
 		func() error { _, err := r.CreateTenant(ctx, testOperator, "initech"); return err },
 		func() error { _, err := r.SetTenantDisabled(ctx, testOperator, "initech", true); return err },
 		func() error { return r.DeleteTenant(ctx, testOperator, "initech") },
+		func() error { return r.PutCA(ctx, e.CA) },
+		func() error { return r.PutCA(ctx, e.CA) }, // as it is: nothing written
 	}
 	for i, step := range steps {
 		if err := step(); err != nil {
