@@ -22,8 +22,8 @@ import (
 	"time"
 
 	"github.com/deviceid/deviceid/internal/device"
+	"github.com/deviceid/deviceid/internal/trustflags"
 	"github.com/deviceid/deviceid/internal/version"
-	"github.com/deviceid/deviceid/verify"
 )
 
 func main() {
@@ -34,10 +34,7 @@ func main() {
 	signerCA := flag.String("signer-ca", ".deviceid-dev/ca.pem", "the CA of the signer's HTTPS certificate, PEM")
 	broker := flag.String("broker", "127.0.0.1:8883", "host:port to connect to")
 	brokerName := flag.String("broker-name", "", "the broker's name for its TLSA RRset, host:port (default: -broker)")
-	resolver := flag.String("resolver", "", "a validating resolver (host:port) whose AD bit is trusted; on loopback unless -resolver-trusted")
-	resolverTrusted := flag.Bool("resolver-trusted", false, "the path to a -resolver off loopback is trusted (anyone on it could forge the AD bit)")
-	dsText := flag.String("ds", ".deviceid-dev/ds.txt", "instead of -resolver: the zone's DS (a file or the record), validating locally")
-	server := flag.String("server", "127.0.0.1:1053", "with -ds: the zone's authoritative server")
+	trust := trustflags.Register(flag.CommandLine, ".deviceid-dev/ds.txt", "127.0.0.1:1053")
 	state := flag.String("state", "", "directory for the key and the certificate (default .deviceid-device/<name>)")
 	interval := flag.Duration("interval", 5*time.Second, "between telemetry messages")
 	showVersion := flag.Bool("version", false, "print the version")
@@ -66,7 +63,7 @@ flags:
 		fmt.Fprintln(os.Stderr, "deviceid-device: -code-file:", err)
 		os.Exit(1)
 	}
-	if err := run(*name, *zone, code, *signerAddr, *signerCA, *broker, *brokerName, *resolver, *resolverTrusted, *dsText, *server, *state, *interval); err != nil {
+	if err := run(*name, *zone, code, *signerAddr, *signerCA, *broker, *brokerName, trust, *state, *interval); err != nil {
 		fmt.Fprintln(os.Stderr, "deviceid-device:", err)
 		os.Exit(1)
 	}
@@ -95,7 +92,7 @@ func readCode(file string, stdin io.Reader) (string, error) {
 	return code, nil
 }
 
-func run(name, zone, code, signerAddr, signerCA, broker, brokerName, resolver string, resolverTrusted bool, dsText, server, state string, interval time.Duration) error {
+func run(name, zone, code, signerAddr, signerCA, broker, brokerName string, trust *trustflags.Flags, state string, interval time.Duration) error {
 	if name == "" {
 		return fmt.Errorf("-name is required")
 	}
@@ -116,13 +113,8 @@ func run(name, zone, code, signerAddr, signerCA, broker, brokerName, resolver st
 	}
 	pool := x509.NewCertPool()
 	pool.AppendCertsFromPEM(pemCA)
-	v := &verify.Verifier{Zones: []string{zone}, Resolver: resolver, ResolverTrusted: resolverTrusted, Server: server}
-	if resolver == "" {
-		if v.TrustAnchor, err = verify.ParseTrustAnchor(dsText); err != nil {
-			return fmt.Errorf("-ds: %w", err)
-		}
-	}
-	if err := v.Check(); err != nil {
+	v, err := trust.Verifier([]string{zone})
+	if err != nil {
 		return err
 	}
 	if state == "" {

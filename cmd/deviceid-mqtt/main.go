@@ -34,8 +34,8 @@ import (
 	"time"
 
 	"github.com/deviceid/deviceid/internal/mqttbroker"
+	"github.com/deviceid/deviceid/internal/trustflags"
 	"github.com/deviceid/deviceid/internal/version"
-	"github.com/deviceid/deviceid/verify"
 )
 
 func main() {
@@ -81,11 +81,7 @@ func run(ctx context.Context, args []string, out, errOut io.Writer) error {
 	certFile := fs.String("cert", "", "the broker's certificate, PEM (required)")
 	keyFile := fs.String("key", "", "the broker's key, PEM (required)")
 	zone := fs.String("zone", "iot.example", "the one zone whose devices may connect")
-	resolver := fs.String("resolver", "", "a validating resolver (host:port) whose AD bit is trusted; on loopback unless -resolver-trusted")
-	resolverTrusted := fs.Bool("resolver-trusted", false, "the path to a -resolver off loopback is trusted (anyone on it could forge the AD bit)")
-	dsText := fs.String("ds", "", "instead of -resolver: the zone's DS record (a file, or the record itself), validating locally")
-	server := fs.String("server", "127.0.0.1:1053", "with -ds: the zone's authoritative server")
-	maxTTL := fs.Duration("max-ttl", verify.DefaultMaxTTL, "the longest a DNS answer is cached, whatever its TTL says")
+	trust := trustflags.Register(fs, "", "127.0.0.1:1053")
 	publish := fs.String("publish", "", "publish the broker's key as this service (e.g. _8883._tcp.mqtt.demo) through the signer at -signer")
 	signerURL := fs.String("signer", "https://127.0.0.1:8443", "the signer's URL, for -publish")
 	tokenFile := fs.String("token-file", "", "for -publish: a bearer token of the service's tenant (or the operator's)")
@@ -123,16 +119,8 @@ func run(ctx context.Context, args []string, out, errOut io.Writer) error {
 		return fmt.Errorf("-max-packet-size, -receive-maximum or -max-inflight out of range")
 	}
 	c.MaxPacketSize, c.ReceiveMaximum, c.MaxInflight = uint32(*maxPacket), uint16(*receiveMax), uint16(*maxInflight)
-	v := &verify.Verifier{Zones: []string{*zone}, Resolver: *resolver, ResolverTrusted: *resolverTrusted, Server: *server, MaxTTL: *maxTTL}
-	if *dsText != "" {
-		var err error
-		if v.TrustAnchor, err = verify.ParseTrustAnchor(*dsText); err != nil {
-			return fmt.Errorf("-ds: %w", err)
-		}
-	} else if *resolver == "" {
-		return fmt.Errorf("give -resolver (a validating resolver) or -ds (validate locally)")
-	}
-	if err := v.Check(); err != nil {
+	v, err := trust.Verifier([]string{*zone})
+	if err != nil {
 		return err
 	}
 	if *certFile == "" || *keyFile == "" {

@@ -16,8 +16,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/deviceid/deviceid/internal/trustflags"
 	"github.com/deviceid/deviceid/internal/version"
-	"github.com/deviceid/deviceid/verify"
 )
 
 func main() {
@@ -35,10 +35,7 @@ func run(args []string, out io.Writer) error {
 	certFile := fs.String("cert", "", "PEM file with the device certificate (and its chain after it)")
 	connect := fs.String("connect", "", "host:port of a TLS endpoint whose certificate to check instead")
 	zones := fs.String("zones", "", "accepted zones, comma-separated, e.g. iot.example (required)")
-	resolver := fs.String("resolver", "", "a validating resolver (host:port) whose AD bit is trusted; on loopback unless -resolver-trusted")
-	resolverTrusted := fs.Bool("resolver-trusted", false, "the path to a -resolver off loopback is trusted (anyone on it could forge the AD bit)")
-	ds := fs.String("ds", "", "validate locally instead: the zone's DS (or DNSKEY) record, e.g. \"iot.example. DS 12345 13 2 AB...\", or a file holding it")
-	server := fs.String("server", "", "with -ds: the zone's authoritative server (host:port)")
+	trust := trustflags.Register(fs, "", "")
 	revoked := fs.Uint("revoked-usage", 255, "the TLSA usage of revoked keys")
 	timeout := fs.Duration("timeout", 5*time.Second, "bound of the lookup")
 	showVersion := fs.Bool("version", false, "print the version and exit")
@@ -57,21 +54,15 @@ func run(args []string, out io.Writer) error {
 		fmt.Fprintln(out, "deviceid-verify", version.String())
 		return nil
 	}
-	if *zones == "" || (*certFile == "") == (*connect == "") || (*resolver == "") == (*ds == "") || (*ds != "") != (*server != "") {
+	if *zones == "" || (*certFile == "") == (*connect == "") {
 		fs.Usage()
 		return errors.New("give -zones, one of -cert and -connect, and either -resolver or -ds with -server")
 	}
-	v := &verify.Verifier{Zones: strings.Split(*zones, ","), Resolver: *resolver, ResolverTrusted: *resolverTrusted, Server: *server,
-		RevokedUsage: uint8(*revoked), Timeout: *timeout}
-	if *ds != "" {
-		var err error
-		if v.TrustAnchor, err = verify.ParseTrustAnchor(*ds); err != nil {
-			return fmt.Errorf("-ds: %v", err)
-		}
-	}
-	if err := v.Check(); err != nil {
+	v, err := trust.Verifier(strings.Split(*zones, ","))
+	if err != nil {
 		return err
 	}
+	v.RevokedUsage, v.Timeout = uint8(*revoked), *timeout
 	chain, err := loadChain(*certFile, *connect)
 	if err != nil {
 		return err
