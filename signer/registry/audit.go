@@ -203,11 +203,11 @@ func (r *Registry) CompactAudit(ctx context.Context, keep Retention) (int64, err
 	var deleted int64
 	if keep.MaxAge > 0 {
 		cutoff := prefix + fmt.Sprintf("%019d", r.now().Add(-keep.MaxAge).UnixNano())
-		resp, err := r.Client.Delete(ctx, prefix, clientv3.WithRange(cutoff))
+		n, err := r.pruneAudit(ctx, []clientv3.Op{clientv3.OpDelete(prefix, clientv3.WithRange(cutoff))})
 		if err != nil {
 			return 0, err
 		}
-		deleted += resp.Deleted
+		deleted += n
 	}
 	if keep.MaxCount > 0 {
 		n, err := r.compactCount(ctx, prefix, keep.MaxCount)
@@ -230,10 +230,11 @@ func (r *Registry) compactCount(ctx context.Context, prefix string, keep int) (i
 		if len(doomed) == 0 {
 			return nil
 		}
-		if _, err := r.Client.Txn(ctx).Then(doomed...).Commit(); err != nil {
+		n, err := r.pruneAudit(ctx, doomed)
+		deleted += n
+		if err != nil {
 			return err
 		}
-		deleted += int64(len(doomed))
 		doomed = doomed[:0]
 		return nil
 	}

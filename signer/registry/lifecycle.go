@@ -27,17 +27,23 @@ func (r *Registry) Register(ctx context.Context, actor Actor, device, tenant str
 		return nil, invalid(err)
 	}
 	return r.update(ctx, write{actor: actor, operation: "device.register", device: device, owner: owner, othersDevice: true,
-		change: change1(func(d *record.Device) (*record.Device, error) {
-			if d == nil {
-				d = &record.Device{Version: record.Version, Tenant: owner}
-			} else if d.Tenant != owner {
-				return nil, fmt.Errorf("%w: the name is registered", ErrConflict)
-			}
-			if attrs != nil {
-				d.Attributes = maps.Clone(attrs)
-			}
-			return d, nil
-		})})
+		change: registerChange(owner, attrs)})
+}
+
+// registerChange creates the record of a device for owner, or sets the attributes of
+// the owner's device of that name (nil attrs: left as they are).
+func registerChange(owner string, attrs map[string]string) change {
+	return change1(func(d *record.Device) (*record.Device, error) {
+		if d == nil {
+			d = &record.Device{Version: record.Version, Tenant: owner}
+		} else if d.Tenant != owner {
+			return nil, fmt.Errorf("%w: the name is registered", ErrConflict)
+		}
+		if attrs != nil {
+			d.Attributes = maps.Clone(attrs)
+		}
+		return d, nil
+	})
 }
 
 // SetAttributes replaces a device's attributes.
@@ -46,16 +52,21 @@ func (r *Registry) SetAttributes(ctx context.Context, actor Actor, device string
 		return nil, invalid(err)
 	}
 	return r.update(ctx, write{actor: actor, operation: "device.attributes", device: device,
-		change: change1(func(d *record.Device) (*record.Device, error) {
-			if d == nil {
-				return nil, ErrNotFound
-			}
-			d.Attributes = maps.Clone(attrs)
-			if len(d.Attributes) == 0 {
-				d.Attributes = nil
-			}
-			return d, nil
-		})})
+		change: attributesChange(attrs)})
+}
+
+// attributesChange replaces a device's attributes.
+func attributesChange(attrs map[string]string) change {
+	return change1(func(d *record.Device) (*record.Device, error) {
+		if d == nil {
+			return nil, ErrNotFound
+		}
+		d.Attributes = maps.Clone(attrs)
+		if len(d.Attributes) == 0 {
+			d.Attributes = nil
+		}
+		return d, nil
+	})
 }
 
 // SetSuspended suspends a device (DNS stops publishing its active keys; revoked ones
@@ -63,16 +74,21 @@ func (r *Registry) SetAttributes(ctx context.Context, actor Actor, device string
 func (r *Registry) SetSuspended(ctx context.Context, actor Actor, device string, suspended bool) (*record.Device, error) {
 	op := map[bool]string{true: "device.suspend", false: "device.resume"}[suspended]
 	return r.update(ctx, write{actor: actor, operation: op, device: device,
-		change: change1(func(d *record.Device) (*record.Device, error) {
-			if d == nil {
-				return nil, ErrNotFound
-			}
-			d.State = ""
-			if suspended {
-				d.State = record.StateSuspended
-			}
-			return d, nil
-		})})
+		change: suspendChange(suspended)})
+}
+
+// suspendChange suspends or resumes a device.
+func suspendChange(suspended bool) change {
+	return change1(func(d *record.Device) (*record.Device, error) {
+		if d == nil {
+			return nil, ErrNotFound
+		}
+		d.State = ""
+		if suspended {
+			d.State = record.StateSuspended
+		}
+		return d, nil
+	})
 }
 
 // StartTransfer makes a one-time transfer code for a device of the actor's tenant,

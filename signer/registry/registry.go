@@ -15,7 +15,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	mrand "math/rand/v2"
 	"slices"
 	"strings"
 	"sync"
@@ -24,8 +23,6 @@ import (
 	"github.com/deviceid/deviceid/record"
 	"github.com/deviceid/deviceid/signer/ca"
 
-	"go.etcd.io/etcd/api/v3/etcdserverpb"
-	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
@@ -34,10 +31,6 @@ var Reasons = []string{
 	"unspecified", "keyCompromise", "cACompromise", "affiliationChanged", "superseded",
 	"cessationOfOperation", "certificateHold", "privilegeWithdrawn", "aACompromise",
 }
-
-// maxAttempts bounds the retries of one update against concurrent writers; between
-// attempts a writer waits a random while that grows, so that contenders spread out.
-const maxAttempts = 50
 
 // Registry reads and writes the device records of one zone in etcd. Every write is
 // one transaction that compares the record's revision, retried when another writer
@@ -176,176 +169,138 @@ func (r *Registry) recordKey(service bool, name string) (string, string, error) 
 	return record.DeviceKey(r.Prefix, r.Zone, name), name, nil
 }
 
-// update is the registry's one read-modify-write: it reads the device's record and the
-// side keys, checks that the actor may change it, applies the change, and writes the
-// result, the tenant index and the audit entry in a transaction that compares the
-// revisions it read. A change is never written without its audit entry: both are in
-// the same transaction, built here. When another writer got there first, the failed
-// transaction returns what is there now, and the next attempt starts from that: one
-// etcd round trip per attempt.
+// update is the registry's one change of a device's (or a service's) record: it
+// reads the record and the side keys, checks that the actor may change it, applies the
+// change, and writes the result with the tenant index and the audit entry through the
+// write engine (engine.go).
 func (r *Registry) update(ctx context.Context, w write) (*record.Device, error) {
 	key, device, err := r.recordKey(w.service, w.device)
 	if err != nil {
 		return nil, err
 	}
-	// A member without a leader refuses at once rather than queue the write: during a
-	// quorum loss nothing is proposed, so nothing is applied when quorum returns.
-	ctx = clientv3.WithRequireLeader(ctx)
-	keys := append([]string{key}, w.side...)
+	l := r.layout(w, key, device)
+	var result *record.Device
+	t := txn{keys: l.keys, decide: func(s snapshot) (*plan, error) {
+		p, d, err := r.plan(w, l, s)
+		result = d
+		return p, err
+	}}
+	if w.assumeAbsent {
+		guess := absent(len(l.keys))
+		if l.ownerAt >= 0 {
+			// The guess takes the owner's record as last seen: when it changed since, the
+			// transaction fails and returns it, as for any wrong guess.
+			if seen, ok := r.tenantsSeen.Load(l.keys[l.ownerAt]); ok {
+				kv := seen.(seenKey)
+				guess.values[l.ownerAt], guess.revs[l.ownerAt] = kv.value, kv.rev
+			}
+		}
+		t.from, t.guess = &guess, true
+	}
+	snap, err := r.commit(ctx, t)
+	if err != nil {
+		return nil, err
+	}
+	if l.ownerAt >= 0 && snap.values[l.ownerAt] != nil {
+		r.tenantsSeen.Store(l.keys[l.ownerAt], seenKey{snap.values[l.ownerAt], snap.revs[l.ownerAt]})
+	}
+	return result, nil
+}
+
+// writeLayout is where a device write finds what it read: the record first, then the
+// side keys, the records of the devices above it, its owner's tenant record and the
+// leased key (-1: not read).
+type writeLayout struct {
+	keys                      []string
+	device                    string // the canonical name
+	ancestorsAt, ancestorsEnd int
+	ownerAt, leaseAt          int
+}
+
+func (r *Registry) layout(w write, key, device string) writeLayout {
+	l := writeLayout{keys: append([]string{key}, w.side...), device: device, ownerAt: -1, leaseAt: -1}
 	// The devices above a multi-label name are read and compared too: a name below
-	// another tenant's device is refused (check).
-	ancestorsAt := len(keys)
+	// another tenant's device is refused (checkAncestors).
+	l.ancestorsAt = len(l.keys)
 	if !w.service {
-		keys = append(keys, r.ancestorKeys(device)...)
+		l.keys = append(l.keys, r.ancestorKeys(device)...)
 	}
-	ancestorsEnd := len(keys)
-	ownerAt := -1
+	l.ancestorsEnd = len(l.keys)
 	if w.owner != "" {
-		ownerAt = len(keys)
-		keys = append(keys, r.signerKey(kindTenant, w.owner))
+		l.ownerAt = len(l.keys)
+		l.keys = append(l.keys, r.signerKey(kindTenant, w.owner))
 	}
-	leaseAt := -1
 	if w.leaseKey != "" {
-		leaseAt = len(keys)
-		keys = append(keys, w.leaseKey)
+		l.leaseAt = len(l.keys)
+		l.keys = append(l.keys, w.leaseKey)
 	}
-	snap := snapshot{values: make([][]byte, len(keys)), revs: make([]int64, len(keys)), leases: make([]int64, len(keys))}
-	if !w.assumeAbsent {
-		if snap, err = r.read(ctx, keys); err != nil {
-			return nil, unavailable(err, false)
-		}
-	} else if ownerAt >= 0 {
-		// The guess takes the owner's record as last seen: when it changed since, the
-		// transaction fails and returns it, as for any wrong guess.
-		if seen, ok := r.tenantsSeen.Load(keys[ownerAt]); ok {
-			kv := seen.(seenKey)
-			snap.values[ownerAt], snap.revs[ownerAt] = kv.value, kv.rev
+	return l
+}
+
+// plan decides a device write from what its keys hold: the new record (nil when
+// deleted or refused) and what to write (nil: nothing). It only computes.
+func (r *Registry) plan(w write, l writeLayout, s snapshot) (*plan, *record.Device, error) {
+	var old *record.Device
+	if s.values[0] != nil {
+		var err error
+		if old, err = record.ParseDevice(s.values[0]); err != nil {
+			return nil, nil, fmt.Errorf("%w: %w", ErrStoredInvalid, err)
 		}
 	}
-	guessed := w.assumeAbsent // the last attempt failed on a guess, not a race
-	var lease *clientv3.LeaseGrantResponse
-	written, charged := false, false
-	for attempt := range maxAttempts {
-		onGuess := attempt == 0 && w.assumeAbsent
-		if attempt > 0 && guessed {
-			guessed = false
-		} else if attempt > 0 {
-			txnConflicts.Inc()
-			wait := time.Duration(mrand.Int64N(int64(min(attempt, 20)) * int64(time.Millisecond)))
-			select {
-			case <-ctx.Done():
-				return nil, ctx.Err()
-			case <-time.After(wait):
-			}
+	// A tenant sees only its own devices: another's is "not found", so that probing
+	// names tells a tenant nothing.
+	if old != nil && !w.actor.Operator && w.actor.Tenant != "" && old.Tenant != w.actor.Tenant && !w.othersDevice {
+		return nil, nil, ErrNotFound
+	}
+	var before *record.Device
+	if old != nil {
+		before = old.Clone()
+	}
+	updated, ops, err := w.change(old, s.values[1:])
+	if err == nil && updated != nil {
+		err = w.check(before, updated, s.values, l.ownerAt)
+	}
+	if err == nil && updated != nil && (before == nil || before.Tenant != updated.Tenant) {
+		err = w.checkAncestors(updated, s.values[l.ancestorsAt:l.ancestorsEnd])
+	}
+	if err != nil {
+		return nil, nil, err
+	}
+	var op clientv3.Op
+	cost := auditCost
+	if updated == nil {
+		if s.values[0] == nil && len(ops) == 0 {
+			return nil, nil, nil // deleting what is not there: done
 		}
-		var old *record.Device
-		if snap.values[0] != nil {
-			if old, err = record.ParseDevice(snap.values[0]); err != nil {
-				return nil, fmt.Errorf("%w: %w", ErrStoredInvalid, err)
-			}
-		}
-		// A tenant sees only its own devices: another's is "not found", so that
-		// probing names tells a tenant nothing.
-		if old != nil && !w.actor.Operator && w.actor.Tenant != "" && old.Tenant != w.actor.Tenant && !w.othersDevice {
-			return nil, ErrNotFound
-		}
-		var before *record.Device
-		if old != nil {
-			before = old.Clone()
-		}
-		updated, ops, err := w.change(old, snap.values[1:])
-		if err == nil && updated != nil {
-			err = w.check(before, updated, snap.values, ownerAt)
-		}
-		if err == nil && updated != nil && (before == nil || before.Tenant != updated.Tenant) {
-			err = w.checkAncestors(updated, snap.values[ancestorsAt:ancestorsEnd])
-		}
-		if err != nil && onGuess {
-			// Refused on a guess (the tenant's record is there, just not read): read.
-			if snap, err = r.read(ctx, keys); err != nil {
-				return nil, unavailable(err, false)
-			}
-			guessed = true
-			continue
-		}
+		op = clientv3.OpDelete(l.keys[0])
+	} else {
+		after, err := json.Marshal(updated)
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
-		var op clientv3.Op
-		cost := auditCost
-		if updated == nil {
-			if snap.values[0] == nil && len(ops) == 0 {
-				return nil, nil // deleting what is not there: done
-			}
-			op = clientv3.OpDelete(keys[0])
-		} else {
-			after, err := json.Marshal(updated)
-			if err != nil {
-				return nil, err
-			}
-			if err := checkSize(before, updated, len(snap.values[0]), len(after), r.now()); err != nil {
-				return nil, err
-			}
-			if bytes.Equal(snap.values[0], after) && len(ops) == 0 && w.leaseKey == "" {
-				return updated, nil // idempotent: nothing to write
-			}
-			op = clientv3.OpPut(keys[0], string(after))
-			cost += len(after)
+		if err := checkSize(before, updated, len(s.values[0]), len(after), r.now()); err != nil {
+			return nil, nil, err
 		}
-		if !charged {
-			if err := r.Quotas.charge(w.actor, tenantOf(before, updated), device, cost, r.now); err != nil {
-				return nil, err
-			}
-			charged = true
+		if bytes.Equal(s.values[0], after) && len(ops) == 0 && w.leaseKey == "" {
+			return nil, updated, nil // idempotent: nothing to write
 		}
-		entry := AuditEntry{Actor: w.actor.ID, ActorTenant: w.actor.Tenant, Operation: w.operation,
-			Before: Summarize(before), After: Summarize(updated), Detail: w.detail}
-		if w.service {
-			entry.Service = device
-		} else {
-			entry.Device = device
-			ops = append(ops, r.indexOps(device, before, updated)...)
-		}
-		ops = append(ops, r.auditOp(entry))
-		if w.leaseKey != "" {
-			if lease == nil {
-				if lease, err = r.Client.Grant(ctx, int64(w.lease/time.Second)+1); err != nil {
-					return nil, unavailable(err, true)
-				}
-				defer func() {
-					if !written { // a lease granted for nothing would live out its TTL
-						r.revokeLease(ctx, lease.ID)
-					}
-				}()
-			}
-			ops = append(ops, clientv3.OpPut(w.leaseKey, w.leaseValue(), clientv3.WithLease(lease.ID)))
-		}
-		cmps := make([]clientv3.Cmp, len(keys))
-		elses := make([]clientv3.Op, len(keys))
-		for i, k := range keys {
-			cmps[i] = clientv3.Compare(clientv3.ModRevision(k), "=", snap.revs[i])
-			elses[i] = clientv3.OpGet(k)
-		}
-		start := time.Now()
-		resp, err := r.Client.Txn(ctx).If(cmps...).Then(append([]clientv3.Op{op}, ops...)...).Else(elses...).Commit()
-		txnSeconds.Observe(time.Since(start).Seconds())
-		if err != nil {
-			return nil, unavailable(err, true)
-		}
-		if resp.Succeeded {
-			written = true
-			if leaseAt >= 0 && snap.leases[leaseAt] != 0 {
-				r.revokeLease(ctx, clientv3.LeaseID(snap.leases[leaseAt]))
-			}
-			if ownerAt >= 0 && snap.values[ownerAt] != nil {
-				r.tenantsSeen.Store(keys[ownerAt], seenKey{snap.values[ownerAt], snap.revs[ownerAt]})
-			}
-			return updated, nil
-		}
-		// Someone else wrote first (or the guess was wrong): start again from what is there now.
-		snap = snapshotOf(resp.Responses)
+		op = clientv3.OpPut(l.keys[0], string(after))
+		cost += len(after)
 	}
-	return nil, errConflicted
+	p := &plan{ops: append([]clientv3.Op{op}, ops...),
+		audit: AuditEntry{Actor: w.actor.ID, ActorTenant: w.actor.Tenant, Operation: w.operation,
+			Before: Summarize(before), After: Summarize(updated), Detail: w.detail},
+		charge: func() error { return r.Quotas.charge(w.actor, tenantOf(before, updated), l.device, cost, r.now) }}
+	if w.service {
+		p.audit.Service = l.device
+	} else {
+		p.audit.Device = l.device
+		p.ops = append(p.ops, r.indexOps(l.device, before, updated)...)
+	}
+	if w.leaseKey != "" {
+		p.leased = &leasedPut{key: w.leaseKey, value: w.leaseValue(), ttl: w.lease}
+	}
+	return p, updated, nil
 }
 
 // check applies the rules every new record obeys: the schema's, and that a device
@@ -382,14 +337,6 @@ func tenantOf(before, after *record.Device) string {
 		return before.Tenant
 	}
 	return ""
-}
-
-// revokeLease ends a lease the registry no longer needs, even when ctx has ended; a
-// failure only lets the lease live out its TTL.
-func (r *Registry) revokeLease(ctx context.Context, id clientv3.LeaseID) {
-	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-	defer cancel()
-	r.Client.Revoke(rctx, id)
 }
 
 // checkSize refuses a record that DNS could not read back (record.MaxRecordSize), and
@@ -460,58 +407,6 @@ func storedTenant(value []byte) string {
 	return d.Tenant
 }
 
-// unavailable says what a failed etcd request means for the caller: with no leader
-// nothing was written; a write that timed out may still be applied by etcd, and
-// retrying the same request is safe (every operation is idempotent).
-func unavailable(err error, write bool) error {
-	switch {
-	case errors.Is(err, rpctypes.ErrNoLeader) || strings.Contains(err.Error(), rpctypes.ErrNoLeader.Error()):
-		return fmt.Errorf("etcd has no leader (quorum lost?); nothing was written: %w", err)
-	case write && (errors.Is(err, context.DeadlineExceeded) || errors.Is(err, rpctypes.ErrTimeout)):
-		return fmt.Errorf("etcd did not confirm the write in time; it may still be applied, and retrying the same request is safe: %w", err)
-	}
-	return err
-}
-
-// snapshot is what one read found at keys: values (nil when absent), revisions and
-// leases (0 for none).
-type snapshot struct {
-	values [][]byte
-	revs   []int64
-	leases []int64
-}
-
-// read gets keys at one revision: a plain Get for one key, one read-only
-// transaction for several.
-func (r *Registry) read(ctx context.Context, keys []string) (snapshot, error) {
-	if len(keys) == 1 {
-		resp, err := r.Client.Get(ctx, keys[0])
-		if err != nil {
-			return snapshot{}, err
-		}
-		return snapshotOf([]*etcdserverpb.ResponseOp{{Response: &etcdserverpb.ResponseOp_ResponseRange{ResponseRange: (*etcdserverpb.RangeResponse)(resp)}}}), nil
-	}
-	gets := make([]clientv3.Op, len(keys))
-	for i, k := range keys {
-		gets[i] = clientv3.OpGet(k)
-	}
-	resp, err := r.Client.Txn(ctx).Then(gets...).Commit()
-	if err != nil {
-		return snapshot{}, err
-	}
-	return snapshotOf(resp.Responses), nil
-}
-
-func snapshotOf(responses []*etcdserverpb.ResponseOp) snapshot {
-	s := snapshot{values: make([][]byte, len(responses)), revs: make([]int64, len(responses)), leases: make([]int64, len(responses))}
-	for i, r := range responses {
-		if kvs := r.GetResponseRange().Kvs; len(kvs) > 0 {
-			s.values[i], s.revs[i], s.leases[i] = kvs[0].Value, kvs[0].ModRevision, kvs[0].Lease
-		}
-	}
-	return s
-}
-
 // change1 adapts a change of the record alone.
 func change1(f func(*record.Device) (*record.Device, error)) change {
 	return func(d *record.Device, _ [][]byte) (*record.Device, []clientv3.Op, error) {
@@ -543,7 +438,18 @@ func (r *Registry) revoke(ctx context.Context, w write, spkiSHA256 []byte, reaso
 		detail = "key " + hex.EncodeToString(spkiSHA256) + ", reason " + reason
 	}
 	w.detail = detail
-	w.change = change1(func(d *record.Device) (*record.Device, error) {
+	w.change = revokeChange(spkiSHA256, reason, r.now())
+	d, err := r.update(ctx, w)
+	if err == nil {
+		revocations.Inc()
+	}
+	return d, err
+}
+
+// revokeChange revokes the credentials of the key with that SPKI digest (all of
+// them when nil) at now.
+func revokeChange(spkiSHA256 []byte, reason string, now time.Time) change {
+	return change1(func(d *record.Device) (*record.Device, error) {
 		if d == nil {
 			return nil, ErrNotFound
 		}
@@ -553,18 +459,13 @@ func (r *Registry) revoke(ctx context.Context, w write, spkiSHA256 []byte, reaso
 				continue
 			}
 			found = true
-			revoke(&d.Credentials[i], reason, r.now())
+			revoke(&d.Credentials[i], reason, now)
 		}
 		if !found && spkiSHA256 != nil {
 			return nil, ErrNoSuchKey
 		}
 		return d, nil
 	})
-	d, err := r.update(ctx, w)
-	if err == nil {
-		revocations.Inc()
-	}
-	return d, err
 }
 
 // revoke marks an active credential revoked at now with reason; a revoked one stays as it was.
@@ -584,48 +485,34 @@ func (r *Registry) Delete(ctx context.Context, actor Actor, device string) error
 		return invalid(err)
 	}
 	key := record.DeviceKey(r.Prefix, r.Zone, device)
-	found := false
 	_, err = r.update(ctx, write{actor: actor, operation: "device.delete", device: device,
 		change: func(d *record.Device, _ [][]byte) (*record.Device, []clientv3.Op, error) {
 			if d == nil {
 				return nil, nil, ErrNotFound
 			}
-			found = true
 			return nil, []clientv3.Op{clientv3.OpDelete(r.codeKey(device)), clientv3.OpDelete(r.signerKey(kindTransfer, device))}, nil
 		}})
 	if errors.Is(err, ErrStoredInvalid) && actor.Operator {
 		// A record that does not parse has no tenant: only the operator removes it.
 		return r.deleteInvalid(ctx, actor, device, key)
 	}
-	if err == nil && !found {
-		err = ErrNotFound
-	}
 	return err
 }
 
 // deleteInvalid removes a record that does not parse, with its audit entry.
 func (r *Registry) deleteInvalid(ctx context.Context, actor Actor, device, key string) error {
-	got, err := r.Client.Get(ctx, key)
-	if err != nil {
-		return unavailable(err, false)
-	}
-	if len(got.Kvs) == 0 {
-		return ErrNotFound
-	}
-	ops := []clientv3.Op{clientv3.OpDelete(key), clientv3.OpDelete(r.codeKey(device)), clientv3.OpDelete(r.signerKey(kindTransfer, device)),
-		r.auditOp(AuditEntry{Actor: actor.ID, Operation: "device.delete", Device: device, Detail: "invalid record"})}
-	if tenant := storedTenant(got.Kvs[0].Value); tenant != "" {
-		ops = append(ops, clientv3.OpDelete(r.indexKey(tenant, device)))
-	}
-	resp, err := r.Client.Txn(clientv3.WithRequireLeader(ctx)).
-		If(clientv3.Compare(clientv3.ModRevision(key), "=", got.Kvs[0].ModRevision)).Then(ops...).Commit()
-	if err != nil {
-		return unavailable(err, true)
-	}
-	if !resp.Succeeded {
-		return errConflicted
-	}
-	return nil
+	// Once: what was found invalid is deleted, not what another writer put there since.
+	_, err := r.commit(ctx, txn{keys: []string{key}, once: true, decide: func(s snapshot) (*plan, error) {
+		if s.values[0] == nil {
+			return nil, ErrNotFound
+		}
+		ops := []clientv3.Op{clientv3.OpDelete(key), clientv3.OpDelete(r.codeKey(device)), clientv3.OpDelete(r.signerKey(kindTransfer, device))}
+		if tenant := storedTenant(s.values[0]); tenant != "" {
+			ops = append(ops, clientv3.OpDelete(r.indexKey(tenant, device)))
+		}
+		return &plan{ops: ops, audit: AuditEntry{Actor: actor.ID, Operation: "device.delete", Device: device, Detail: "invalid record"}}, nil
+	}})
+	return err
 }
 
 // CAs returns the CA certificates published under P/<zone>/ca/: the signer's own and
@@ -650,26 +537,18 @@ func (r *Registry) CAs(ctx context.Context) ([]*x509.Certificate, error) {
 // audit entry (actor "signer"); a CA published as it is already is left alone, so a
 // signer's every start writes nothing.
 func (r *Registry) PutCA(ctx context.Context, c *ca.CA) error {
+	_, err := r.commit(ctx, r.putCA(c))
+	return err
+}
+
+func (r *Registry) putCA(c *ca.CA) txn {
 	key := record.CAKey(r.Prefix, r.Zone, c.AKI())
-	value := string(c.PEM())
-	got, err := r.Client.Get(ctx, key)
-	if err != nil {
-		return unavailable(err, false)
-	}
-	rev := int64(0)
-	if len(got.Kvs) > 0 {
-		if string(got.Kvs[0].Value) == value {
-			return nil
+	value := c.PEM()
+	return txn{keys: []string{key}, decide: func(s snapshot) (*plan, error) {
+		if bytes.Equal(s.values[0], value) {
+			return nil, nil
 		}
-		rev = got.Kvs[0].ModRevision
-	}
-	resp, err := r.Client.Txn(clientv3.WithRequireLeader(ctx)).If(clientv3.Compare(clientv3.ModRevision(key), "=", rev)).
-		Then(clientv3.OpPut(key, value), r.auditOp(AuditEntry{Actor: "signer", Operation: "ca.publish", Detail: "CA " + c.AKI()})).Commit()
-	if err != nil {
-		return unavailable(err, true)
-	}
-	if !resp.Succeeded {
-		return errConflicted
-	}
-	return nil
+		return &plan{ops: []clientv3.Op{clientv3.OpPut(key, string(value))},
+			audit: AuditEntry{Actor: "signer", Operation: "ca.publish", Detail: "CA " + c.AKI()}}, nil
+	}}
 }

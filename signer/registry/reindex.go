@@ -2,6 +2,7 @@ package registry
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"maps"
 	"slices"
@@ -63,20 +64,19 @@ func (r *Registry) Reindex(ctx context.Context, actor Actor, dryRun bool) (Index
 		if dryRun {
 			return nil
 		}
-		key := record.DeviceKey(r.Prefix, r.Zone, device)
-		cmp := clientv3.Compare(clientv3.ModRevision(key), "=", rev)
-		if rev == 0 {
-			cmp = clientv3.Compare(clientv3.CreateRevision(key), "=", 0)
-		}
-		ops = append(ops, r.auditOp(AuditEntry{Actor: actor.ID, Operation: "index.repair", Device: device, Detail: detail}))
-		resp, err := r.Client.Txn(ctx).If(cmp).Then(ops...).Commit()
-		if err != nil {
-			return unavailable(err, true)
-		}
-		if !resp.Succeeded {
+		// Once, from the revision the scan read: a record written meanwhile is left
+		// for the next run.
+		from := absent(1)
+		from.revs[0] = rev
+		_, err := r.commit(ctx, txn{keys: []string{record.DeviceKey(r.Prefix, r.Zone, device)}, from: &from, once: true,
+			decide: func(snapshot) (*plan, error) {
+				return &plan{ops: ops, audit: AuditEntry{Actor: actor.ID, Operation: "index.repair", Device: device, Detail: detail}}, nil
+			}})
+		if errors.Is(err, errConflicted) {
 			rep.Changed = append(rep.Changed, device)
+			return nil
 		}
-		return nil
+		return err
 	}
 	remove := func(device string, rev int64, stale []string) error {
 		for _, tenant := range stale {

@@ -169,17 +169,17 @@ func (r *Registry) search(ctx context.Context, actor Actor, f Filter, services b
 func (r *Registry) fill(ctx context.Context, rev int64, entries []Entry) error {
 	for start := 0; start < len(entries); start += 100 {
 		batch := entries[start:min(start+100, len(entries))]
-		ops := make([]clientv3.Op, len(batch))
+		keys := make([]string, len(batch))
 		for i, e := range batch {
-			ops[i] = clientv3.OpGet(record.DeviceKey(r.Prefix, r.Zone, e.Name), clientv3.WithRev(rev))
+			keys[i] = record.DeviceKey(r.Prefix, r.Zone, e.Name)
 		}
-		resp, err := r.Client.Txn(ctx).Then(ops...).Commit()
+		got, err := r.read(ctx, keys, rev)
 		if err != nil {
 			return err
 		}
-		for i, rr := range resp.Responses {
-			if kvs := rr.GetResponseRange().Kvs; len(kvs) > 0 {
-				batch[i].Device, batch[i].Err = record.ParseDevice(kvs[0].Value)
+		for i, v := range got.values {
+			if v != nil {
+				batch[i].Device, batch[i].Err = record.ParseDevice(v)
 			} else {
 				batch[i].Err = errors.New("listed in the tenant index but not there")
 			}

@@ -65,21 +65,6 @@ func (r *Registry) indexOps(device string, before, after *record.Device) []clien
 	return ops
 }
 
-// commit writes ops with their audit entry if every key in revs still has the
-// revision read (0: absent); false when another writer got there first.
-func (r *Registry) commit(ctx context.Context, revs map[string]int64, entry AuditEntry, ops ...clientv3.Op) (bool, error) {
-	var cmps []clientv3.Cmp
-	for k, rev := range revs {
-		cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(k), "=", rev))
-	}
-	ops = append(ops, r.auditOp(entry))
-	resp, err := r.Client.Txn(clientv3.WithRequireLeader(ctx)).If(cmps...).Then(ops...).Commit()
-	if err != nil {
-		return false, unavailable(err, true)
-	}
-	return resp.Succeeded, nil
-}
-
 // Tenant returns a tenant and the revision it was last changed at.
 func (r *Registry) Tenant(ctx context.Context, name string) (*Tenant, int64, error) {
 	if err := record.CheckTenant(name); err != nil {
@@ -92,11 +77,20 @@ func (r *Registry) Tenant(ctx context.Context, name string) (*Tenant, int64, err
 	if len(resp.Kvs) == 0 {
 		return nil, 0, fmt.Errorf("%w %q", ErrNoTenant, name)
 	}
-	var t Tenant
-	if err := json.Unmarshal(resp.Kvs[0].Value, &t); err != nil {
-		return nil, 0, fmt.Errorf("%w: tenant %q: %w", ErrStoredInvalid, name, err)
+	t, err := parseTenant(name, resp.Kvs[0].Value)
+	return t, resp.Kvs[0].ModRevision, err
+}
+
+// parseTenant reads the stored record of tenant name (nil: there is none).
+func parseTenant(name string, stored []byte) (*Tenant, error) {
+	if stored == nil {
+		return nil, fmt.Errorf("%w %q", ErrNoTenant, name)
 	}
-	return &t, resp.Kvs[0].ModRevision, nil
+	var t Tenant
+	if err := json.Unmarshal(stored, &t); err != nil {
+		return nil, fmt.Errorf("%w: tenant %q: %w", ErrStoredInvalid, name, err)
+	}
+	return &t, nil
 }
 
 // CreateTenant adds a tenant; creating one that exists changes nothing.
@@ -108,14 +102,26 @@ func (r *Registry) CreateTenant(ctx context.Context, actor Actor, name string) (
 		return nil, invalid(err)
 	}
 	t := &Tenant{Name: name, Created: r.now().UTC().Truncate(time.Second)}
-	b, _ := json.Marshal(t)
-	key := r.signerKey(kindTenant, name)
-	ok, err := r.commit(ctx, map[string]int64{key: 0}, AuditEntry{Actor: actor.ID, Operation: "tenant.create", Tenant: name}, clientv3.OpPut(key, string(b)))
-	if err != nil || ok {
-		return t, err
-	}
-	t, _, err = r.Tenant(ctx, name) // there already
+	_, err := r.commit(ctx, r.createTenant(actor, t))
 	return t, err
+}
+
+// createTenant writes *t when no tenant of its name exists, and otherwise reads the
+// one that does into *t.
+func (r *Registry) createTenant(actor Actor, t *Tenant) txn {
+	key := r.signerKey(kindTenant, t.Name)
+	return txn{keys: []string{key}, decide: func(s snapshot) (*plan, error) {
+		if s.values[0] != nil {
+			stored, err := parseTenant(t.Name, s.values[0])
+			if err == nil {
+				*t = *stored
+			}
+			return nil, err
+		}
+		b, _ := json.Marshal(t)
+		return &plan{ops: []clientv3.Op{clientv3.OpPut(key, string(b))},
+			audit: AuditEntry{Actor: actor.ID, Operation: "tenant.create", Tenant: t.Name}}, nil
+	}}
 }
 
 // Tenants lists the tenants (for a tenant actor: itself).
@@ -142,23 +148,35 @@ func (r *Registry) SetTenantDisabled(ctx context.Context, actor Actor, name stri
 	if !actor.Operator {
 		return nil, fmt.Errorf("%w: only the registry operator manages tenants", ErrForbidden)
 	}
+	if err := record.CheckTenant(name); err != nil {
+		return nil, invalid(err)
+	}
+	var t Tenant
+	if _, err := r.commit(ctx, r.setTenantDisabled(actor, name, disabled, &t)); err != nil {
+		return nil, err
+	}
+	return &t, nil
+}
+
+// setTenantDisabled sets the tenant's Disabled and reads the result into got.
+func (r *Registry) setTenantDisabled(actor Actor, name string, disabled bool, got *Tenant) txn {
+	key := r.signerKey(kindTenant, name)
 	op := map[bool]string{true: "tenant.disable", false: "tenant.enable"}[disabled]
-	for range maxAttempts {
-		t, rev, err := r.Tenant(ctx, name)
+	return txn{keys: []string{key}, decide: func(s snapshot) (*plan, error) {
+		t, err := parseTenant(name, s.values[0])
 		if err != nil {
 			return nil, err
 		}
-		if t.Disabled == disabled {
-			return t, nil
-		}
+		changed := t.Disabled != disabled
 		t.Disabled = disabled
-		b, _ := json.Marshal(t)
-		key := r.signerKey(kindTenant, name)
-		if ok, err := r.commit(ctx, map[string]int64{key: rev}, AuditEntry{Actor: actor.ID, Operation: op, Tenant: name}, clientv3.OpPut(key, string(b))); err != nil || ok {
-			return t, err
+		*got = *t
+		if !changed {
+			return nil, nil
 		}
-	}
-	return nil, errConflicted
+		b, _ := json.Marshal(t)
+		return &plan{ops: []clientv3.Op{clientv3.OpPut(key, string(b))},
+			audit: AuditEntry{Actor: actor.ID, Operation: op, Tenant: name}}, nil
+	}}
 }
 
 // DeleteTenant deletes a disabled tenant that owns no devices, and its tokens. It must
@@ -169,7 +187,15 @@ func (r *Registry) DeleteTenant(ctx context.Context, actor Actor, name string) e
 	if !actor.Operator {
 		return fmt.Errorf("%w: only the registry operator manages tenants", ErrForbidden)
 	}
-	t, rev, err := r.Tenant(ctx, name)
+	if err := record.CheckTenant(name); err != nil {
+		return invalid(err)
+	}
+	key := r.signerKey(kindTenant, name)
+	read, err := r.read(ctx, []string{key}, 0)
+	if err != nil {
+		return unavailable(err, false)
+	}
+	t, err := parseTenant(name, read.values[0])
 	if err != nil {
 		return err
 	}
@@ -200,13 +226,15 @@ func (r *Registry) DeleteTenant(ctx context.Context, actor Actor, name string) e
 	if err != nil {
 		return err
 	}
-	key := r.signerKey(kindTenant, name)
 	ops := []clientv3.Op{clientv3.OpDelete(key)}
 	for _, tok := range tokens {
 		ops = append(ops, clientv3.OpDelete(r.signerKey(kindToken, tok.ID)))
 	}
-	ok, err := r.commit(ctx, map[string]int64{key: rev}, AuditEntry{Actor: actor.ID, Operation: "tenant.delete", Tenant: name}, ops...)
-	if err == nil && !ok {
+	// Once: the tenant must still be as read when its devices were counted.
+	_, err = r.commit(ctx, txn{keys: []string{key}, from: &read, once: true, decide: func(snapshot) (*plan, error) {
+		return &plan{ops: ops, audit: AuditEntry{Actor: actor.ID, Operation: "tenant.delete", Tenant: name}}, nil
+	}})
+	if errors.Is(err, errConflicted) {
 		err = fmt.Errorf("%w: tenant %q changed meanwhile; try again", ErrConflict, name)
 	}
 	return err
@@ -239,12 +267,8 @@ func (r *Registry) IssueToken(ctx context.Context, actor Actor, tenant, label st
 	if len(label) > 100 || strings.ContainsFunc(label, func(c rune) bool { return c < 0x20 || c == 0x7f }) {
 		return nil, invalid(errors.New("label: at most 100 characters, no control characters"))
 	}
-	t, rev, err := r.Tenant(ctx, tenant)
-	if err != nil {
-		return nil, err
-	}
-	if t.Disabled {
-		return nil, fmt.Errorf("%w: %q", ErrTenantDisabled, tenant)
+	if err := record.CheckTenant(tenant); err != nil {
+		return nil, invalid(err)
 	}
 	id := make([]byte, 8)
 	secret := make([]byte, 20)
@@ -256,12 +280,14 @@ func (r *Registry) IssueToken(ctx context.Context, actor Actor, tenant, label st
 	sum := sha256.Sum256([]byte(tok.Secret))
 	stored.SHA256 = hex.EncodeToString(sum[:])
 	b, _ := json.Marshal(stored)
-	ok, err := r.commit(ctx, map[string]int64{r.signerKey(kindTenant, tenant): rev},
-		AuditEntry{Actor: actor.ID, ActorTenant: actor.Tenant, Operation: "token.issue", Tenant: tenant, Detail: "token " + tok.ID},
-		clientv3.OpPut(r.signerKey(kindToken, tok.ID), string(b)))
-	if err == nil && !ok {
-		err = fmt.Errorf("%w: tenant %q changed meanwhile; try again", ErrConflict, tenant)
-	}
+	tenantKey := r.signerKey(kindTenant, tenant)
+	_, err := r.commit(ctx, txn{keys: []string{tenantKey}, decide: func(s snapshot) (*plan, error) {
+		if err := enabledTenant(tenant, s.values[0]); err != nil {
+			return nil, err
+		}
+		return &plan{ops: []clientv3.Op{clientv3.OpPut(r.signerKey(kindToken, tok.ID), string(b))},
+			audit: AuditEntry{Actor: actor.ID, ActorTenant: actor.Tenant, Operation: "token.issue", Tenant: tenant, Detail: "token " + tok.ID}}, nil
+	}})
 	if err != nil {
 		return nil, err
 	}
@@ -302,20 +328,14 @@ func (r *Registry) RevokeToken(ctx context.Context, actor Actor, tenant, id stri
 		return fmt.Errorf("%w %q", ErrNoTenant, tenant)
 	}
 	key := r.signerKey(kindToken, id)
-	resp, err := r.Client.Get(ctx, key)
-	if err != nil {
-		return err
-	}
-	var t Token
-	if len(resp.Kvs) == 0 || json.Unmarshal(resp.Kvs[0].Value, &t) != nil || t.Tenant != tenant {
-		return fmt.Errorf("%w: tenant %q has no token %q", ErrNotFound, tenant, id)
-	}
-	ok, err := r.commit(ctx, map[string]int64{key: resp.Kvs[0].ModRevision},
-		AuditEntry{Actor: actor.ID, ActorTenant: actor.Tenant, Operation: "token.revoke", Tenant: tenant, Detail: "token " + id},
-		clientv3.OpDelete(key))
-	if err == nil && !ok {
-		return fmt.Errorf("%w: tenant %q has no token %q", ErrNotFound, tenant, id)
-	}
+	_, err := r.commit(ctx, txn{keys: []string{key}, decide: func(s snapshot) (*plan, error) {
+		var t Token
+		if s.values[0] == nil || json.Unmarshal(s.values[0], &t) != nil || t.Tenant != tenant {
+			return nil, fmt.Errorf("%w: tenant %q has no token %q", ErrNotFound, tenant, id)
+		}
+		return &plan{ops: []clientv3.Op{clientv3.OpDelete(key)},
+			audit: AuditEntry{Actor: actor.ID, ActorTenant: actor.Tenant, Operation: "token.revoke", Tenant: tenant, Detail: "token " + id}}, nil
+	}})
 	return err
 }
 
