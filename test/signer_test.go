@@ -88,7 +88,7 @@ func serveSignerWith(t testing.TB, authority *ca.CA, caFile string, settings etc
 	if err != nil {
 		t.Fatal(err)
 	}
-	server := &httpapi.Server{CA: authority, Registry: reg, Token: adminToken, Etcd: settings}
+	server := &httpapi.Server{API: httpapi.API{CA: authority, Registry: reg, Token: adminToken}, Etcd: settings}
 	configure(server)
 	srv, ln := server.HTTPServer(ln, cert, nil)
 	go srv.ServeTLS(ln, "", "")

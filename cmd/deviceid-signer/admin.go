@@ -3,7 +3,6 @@ package main
 import (
 	"bytes"
 	"context"
-	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/sha256"
 	"crypto/tls"
@@ -20,14 +19,12 @@ import (
 	"net/url"
 	"os"
 	"os/user"
-	"path/filepath"
-	"strconv"
+	"reflect"
 	"strings"
 	"text/tabwriter"
 	"time"
 
 	"github.com/deviceid/deviceid/record"
-	"github.com/deviceid/deviceid/signer/ca"
 	"github.com/deviceid/deviceid/signer/httpapi"
 	"github.com/deviceid/deviceid/signer/registry"
 )
@@ -57,10 +54,8 @@ func (f *adminFlags) register(fs *flag.FlagSet) {
 
 // apiRequest is one request of the admin API.
 type apiRequest struct {
-	method, path string
+	method, path string // the path with the query
 	body         any
-	answer       any  // decoded into; nil: printed as it comes
-	needsCA      bool // on etcd directly: the CA issues a certificate
 }
 
 // stringList is a repeatable flag.
@@ -85,22 +80,93 @@ func attrMap(l stringList) (map[string]string, error) {
 	return m, nil
 }
 
-// adminCommand is one registry command: its usage, what it does, an example, and
-// how it turns its flags into a request.
+// adminCommand is one registry command. The route it calls (httpapi.Routes) gives
+// its method, path, query parameters, answer and the first line of its help; the
+// command adds only what is the command line's: its flags and the request body.
 type adminCommand struct {
-	args, about, example string
-	flags                func(fs *flag.FlagSet, v *cmdValues) // extra flags
-	request              func(v *cmdValues) (apiRequest, error)
+	route         string // the route's operation ID
+	args, example string
+	more          string                               // -h's lines after the route's summary
+	flags         func(fs *flag.FlagSet, v *cmdValues) // beside adminFlags
+	body          func(v *cmdValues) (any, error)      // nil: no body
+	needsCA       bool                                 // on etcd directly: the CA issues a certificate
 }
 
-// cmdValues are the values of the flags registry commands take.
+// cmdValues are the values of the flags that make request bodies. The path and
+// query parameters are read back from the flag set by name (see request).
 type cmdValues struct {
-	device, tenant, id, label, codeFile                  string
-	csr, pubkey, out, after, reason, spki, state, prefix string
-	operation, actor, service                            string
-	limit                                                int
-	supersede, keepKeys                                  bool
-	attrs                                                stringList
+	device, tenant, label, codeFile      string
+	csr, cert, pubkey, out, reason, spki string
+	supersede, keepKeys                  bool
+	attrs                                stringList
+}
+
+// paramFlags are the flags of the route table's parameters that have another name.
+var paramFlags = map[string]string{"name": "device", "prefix": "name-prefix"}
+
+func paramFlag(param string) string {
+	if f, ok := paramFlags[param]; ok {
+		return f
+	}
+	return param
+}
+
+// flagValues are the values of fs's flag name: none when it is empty or not a flag.
+func flagValues(fs *flag.FlagSet, name string) []string {
+	f := fs.Lookup(name)
+	if f == nil {
+		return nil
+	}
+	if l, ok := f.Value.(*stringList); ok {
+		return *l
+	}
+	if s := f.Value.String(); s != "" {
+		return []string{s}
+	}
+	return nil
+}
+
+// request builds the command's request to rt from the parsed flags: the path
+// parameters (required) and the query parameters are the flags of the same name.
+func (c adminCommand) request(rt httpapi.RouteInfo, fs *flag.FlagSet, v *cmdValues) (apiRequest, error) {
+	segs := strings.Split(rt.Path, "/")
+	for i, s := range segs {
+		if param, ok := strings.CutPrefix(s, "{"); ok {
+			name := paramFlag(strings.TrimSuffix(param, "}"))
+			val := flagValues(fs, name)
+			if len(val) == 0 {
+				return apiRequest{}, fmt.Errorf("-%s is required", name)
+			}
+			segs[i] = url.PathEscape(val[0])
+		}
+	}
+	req := apiRequest{method: rt.Method, path: strings.Join(segs, "/")}
+	q := url.Values{}
+	for _, param := range rt.Query {
+		q[param] = flagValues(fs, paramFlag(param))
+	}
+	if len(rt.Query) > 0 {
+		req.path += "?" + q.Encode()
+	}
+	if c.body != nil {
+		var err error
+		if req.body, err = c.body(v); err != nil {
+			return apiRequest{}, err
+		}
+	}
+	return req, nil
+}
+
+// about is the command's help: the route's summary, and what the command adds.
+func (c adminCommand) about(rt httpapi.RouteInfo) string {
+	s := rt.Summary + "."
+	if rt.Operator {
+		s += " The registry operator only."
+	}
+	if c.more != "" {
+		s += "\n" + c.more
+	}
+	return s
 }
 
 // readSecret reads a code from file (- for standard input), so that it never shows
@@ -126,58 +192,61 @@ func readSecret(file, flagName string) (string, error) {
 	return code, nil
 }
 
-func (v *cmdValues) devicePath(suffix string) (string, error) {
-	if v.device == "" {
-		return "", errors.New("-device is required")
+// eitherFile reads the file of one of two flags that exclude each other: a key,
+// or a CSR or certificate holding one.
+func eitherFile(first, second, missing string) (a, b string, err error) {
+	switch {
+	case first != "":
+		a, err = readDERorPEM(first)
+	case second != "":
+		b, err = readDERorPEM(second)
+	default:
+		err = errors.New(missing)
 	}
-	return "/api/v1/devices/" + url.PathEscape(v.device) + suffix, nil
+	return a, b, err
 }
 
 func deviceFlag(fs *flag.FlagSet, v *cmdValues) {
 	fs.StringVar(&v.device, "device", "", "the device name, e.g. sensor7 (required)")
 }
 
+func serviceFlag(fs *flag.FlagSet, _ *cmdValues) {
+	fs.String("service", "", "the service endpoint relative to the zone, _<port>._<tcp|udp>.<host>, e.g. _8883._tcp.mqtt.acme (required)")
+}
+
 func tenantFlag(about string) func(fs *flag.FlagSet, v *cmdValues) {
 	return func(fs *flag.FlagSet, v *cmdValues) { fs.StringVar(&v.tenant, "tenant", "", about) }
 }
 
+var requiredTenant = tenantFlag("the tenant (required)")
+
+func attrFlag(fs *flag.FlagSet, v *cmdValues) {
+	fs.Var(&v.attrs, "attr", "an attribute, key=value (repeatable)")
+}
+
+func keepKeysFlag(fs *flag.FlagSet, v *cmdValues) {
+	fs.BoolVar(&v.keepKeys, "keep-keys", false, "keep the device's keys active; otherwise they are revoked (affiliationChanged)")
+}
+
+func revokeFlags(reason string) func(fs *flag.FlagSet, v *cmdValues) {
+	return func(fs *flag.FlagSet, v *cmdValues) {
+		fs.StringVar(&v.spki, "spki-sha256", "", "the SHA-256 of the key to revoke (hex, as in its 3 1 1 record); empty: all keys")
+		fs.StringVar(&v.reason, "reason", reason, "the RFC 5280 reason")
+	}
+}
+
 func filterFlags(fs *flag.FlagSet, v *cmdValues) {
-	fs.StringVar(&v.tenant, "tenant", "", "only this tenant's devices")
-	fs.StringVar(&v.state, "state", "", "only active or suspended devices")
-	fs.StringVar(&v.prefix, "name-prefix", "", "only names starting with this")
+	fs.String("tenant", "", "only this tenant's devices")
+	fs.String("state", "", "only active or suspended devices")
+	fs.String("name-prefix", "", "only names starting with this")
 	fs.Var(&v.attrs, "attr", "only devices with this attribute, key=value (repeatable)")
 }
 
 // pageFlags are a list's paging flags; noun names what is listed.
 func pageFlags(noun string) func(fs *flag.FlagSet, v *cmdValues) {
-	return func(fs *flag.FlagSet, v *cmdValues) {
-		fs.StringVar(&v.after, "after", "", "start after this "+noun+" (the next of the previous page)")
-		fs.IntVar(&v.limit, "limit", 100, "how many, at most 1000")
-	}
-}
-
-func (v *cmdValues) filterQuery() url.Values {
-	q := url.Values{}
-	for k, val := range map[string]string{"tenant": v.tenant, "state": v.state, "prefix": v.prefix, "after": v.after} {
-		if val != "" {
-			q.Set(k, val)
-		}
-	}
-	for _, a := range v.attrs {
-		q.Add("attr", a)
-	}
-	return q
-}
-
-// simple is a request with no body to a device's path.
-func simple(method, suffix string, answer func() any) func(v *cmdValues) (apiRequest, error) {
-	return func(v *cmdValues) (apiRequest, error) {
-		p, err := v.devicePath(suffix)
-		var a any
-		if answer != nil {
-			a = answer()
-		}
-		return apiRequest{method: method, path: p, answer: a}, err
+	return func(fs *flag.FlagSet, _ *cmdValues) {
+		fs.String("after", "", "start after this "+noun+" (the next of the previous page)")
+		fs.Int("limit", 100, "how many, at most 1000")
 	}
 }
 
@@ -189,271 +258,164 @@ func both(fns ...func(fs *flag.FlagSet, v *cmdValues)) func(fs *flag.FlagSet, v 
 	}
 }
 
-func deviceView() any { return &httpapi.DeviceView{} }
+func revokeBody(v *cmdValues) (any, error) {
+	return httpapi.RevokeRequest{SPKISHA256: v.spki, Reason: v.reason}, nil
+}
 
 var adminCommands = map[string]adminCommand{
-	"enroll": {"-device NAME (-csr FILE | -pubkey FILE) [flags]", "Enrolls a device with a CSR (a certificate is issued) or a bare public key.",
-		"deviceid-signer enroll -zone iot.example -device sensor9 -csr sensor9.csr -out sensor9.pem -ca-cert ca.pem -ca-key ca-key.pem",
-		both(deviceFlag, tenantFlag("register a new device for this tenant (the operator)"), func(fs *flag.FlagSet, v *cmdValues) {
+	"enroll": {route: "postDevicesNameEnroll", args: "-device NAME (-csr FILE | -pubkey FILE) [flags]", needsCA: true,
+		example: "deviceid-signer enroll -zone iot.example -device sensor9 -csr sensor9.csr -out sensor9.pem -ca-cert ca.pem -ca-key ca-key.pem",
+		flags: both(deviceFlag, tenantFlag("register a new device for this tenant (the operator)"), func(fs *flag.FlagSet, v *cmdValues) {
 			fs.StringVar(&v.csr, "csr", "", "a PKCS#10 CSR file (PEM or DER)")
 			fs.StringVar(&v.pubkey, "pubkey", "", "a public key file (PEM or DER SubjectPublicKeyInfo), for a device without a certificate")
 			fs.BoolVar(&v.supersede, "supersede", false, "revoke the device's other keys (reason superseded) in the same write")
 			fs.StringVar(&v.out, "out", "", "write the issued certificate (PEM) here")
 		}),
-		func(v *cmdValues) (apiRequest, error) {
+		body: func(v *cmdValues) (any, error) {
 			req := httpapi.EnrollRequest{Supersede: v.supersede, Tenant: v.tenant}
 			var err error
-			switch {
-			case v.csr != "":
-				req.CSR, err = readDERorPEM(v.csr)
-			case v.pubkey != "":
-				req.PublicKey, err = readDERorPEM(v.pubkey)
-			default:
-				err = errors.New("enroll needs -csr or -pubkey")
-			}
-			if err != nil {
-				return apiRequest{}, err
-			}
-			p, err := v.devicePath("/enroll")
-			return apiRequest{method: "POST", path: p, body: req, answer: &httpapi.EnrollResponse{}, needsCA: true}, err
+			req.CSR, req.PublicKey, err = eitherFile(v.csr, v.pubkey, "enroll needs -csr or -pubkey")
+			return req, err
 		}},
-	"revoke": {"-device NAME [-spki-sha256 HEX] [-reason REASON] [flags]", "Revokes one of a device's keys, or all of them, with an RFC 5280 reason.",
-		"deviceid-signer revoke -zone iot.example -device sensor9 -reason keyCompromise",
-		both(deviceFlag, func(fs *flag.FlagSet, v *cmdValues) {
-			fs.StringVar(&v.spki, "spki-sha256", "", "the SHA-256 of the key to revoke (hex, as in its 3 1 1 record); empty: all keys")
-			fs.StringVar(&v.reason, "reason", "unspecified", "the RFC 5280 reason")
-		}),
-		func(v *cmdValues) (apiRequest, error) {
-			p, err := v.devicePath("/revoke")
-			return apiRequest{method: "POST", path: p, body: httpapi.RevokeRequest{SPKISHA256: v.spki, Reason: v.reason}, answer: deviceView()}, err
-		}},
-	"delete": {"-device NAME [flags]", "Deletes a device's record (an invalid one too), its codes, and so its records in DNS.",
-		"deviceid-signer delete -zone iot.example -device sensor9", deviceFlag, simple("DELETE", "", nil)},
-	"show": {"-device NAME [-json] [flags]", "Prints a device's record: its tenant, state, keys and what DNS publishes for them.",
-		"deviceid-signer show -zone iot.example -device sensor9", deviceFlag, simple("GET", "", deviceView)},
-	"list": {"[-tenant T] [-state S] [-name-prefix P] [-attr K=V] [-after NAME] [-limit N] [-json] [flags]", "Lists devices a page at a time, with filters; invalid records are flagged.",
-		"deviceid-signer list -zone iot.example -tenant acme -attr model=th-200 -limit 50",
-		both(filterFlags, pageFlags("device")),
-		func(v *cmdValues) (apiRequest, error) {
-			q := v.filterQuery()
-			q.Set("limit", strconv.Itoa(v.limit))
-			return apiRequest{method: "GET", path: "/api/v1/devices?" + q.Encode(), answer: &httpapi.ListResponse{}}, nil
-		}},
-	"export": {"[-tenant T] [-state S] [-name-prefix P] [-attr K=V] [flags] > devices.jsonl", "Writes every matching device's record as JSON lines.",
-		"deviceid-signer export -zone iot.example -tenant acme > acme.jsonl", filterFlags,
-		func(v *cmdValues) (apiRequest, error) {
-			return apiRequest{method: "GET", path: "/api/v1/export?" + v.filterQuery().Encode()}, nil
-		}},
-	"code": {"-device NAME [-tenant T] [flags]", "Issues a one-time enrollment code for the device's EST enrollment (valid 24 h); registers the device first if needed.",
-		"deviceid-signer code -zone iot.example -device sensor9 -tenant acme",
-		both(deviceFlag, tenantFlag("register a new device for this tenant (the operator)")),
-		func(v *cmdValues) (apiRequest, error) {
-			p, err := v.devicePath("/code")
-			return apiRequest{method: "POST", path: p, body: httpapi.CodeRequest{Tenant: v.tenant}, answer: &httpapi.CodeResponse{}}, err
-		}},
-	"register": {"-device NAME [-tenant T] [-attr K=V ...] [flags]", "Reserves a device name for a tenant, with no key yet, and sets its attributes.",
-		"deviceid-signer register -zone iot.example -device sensor9 -tenant acme -attr model=th-200 -attr serial=A1B2",
-		both(deviceFlag, tenantFlag("the tenant (the operator; a tenant registers for itself)"), func(fs *flag.FlagSet, v *cmdValues) {
-			fs.Var(&v.attrs, "attr", "an attribute, key=value (repeatable)")
-		}),
-		func(v *cmdValues) (apiRequest, error) {
+	"revoke": {route: "postDevicesNameRevoke", args: "-device NAME [-spki-sha256 HEX] [-reason REASON] [flags]",
+		example: "deviceid-signer revoke -zone iot.example -device sensor9 -reason keyCompromise",
+		flags:   both(deviceFlag, revokeFlags("unspecified")), body: revokeBody},
+	"delete": {route: "deleteDevicesName", args: "-device NAME [flags]",
+		example: "deviceid-signer delete -zone iot.example -device sensor9", flags: deviceFlag},
+	"show": {route: "getDevicesName", args: "-device NAME [-json] [flags]",
+		more:    "Prints its tenant, state, keys and what DNS publishes for them.",
+		example: "deviceid-signer show -zone iot.example -device sensor9", flags: deviceFlag},
+	"list": {route: "getDevices", args: "[-tenant T] [-state S] [-name-prefix P] [-attr K=V] [-after NAME] [-limit N] [-json] [flags]",
+		example: "deviceid-signer list -zone iot.example -tenant acme -attr model=th-200 -limit 50",
+		flags:   both(filterFlags, pageFlags("device"))},
+	"export": {route: "getExport", args: "[-tenant T] [-state S] [-name-prefix P] [-attr K=V] [flags] > devices.jsonl",
+		example: "deviceid-signer export -zone iot.example -tenant acme > acme.jsonl", flags: filterFlags},
+	"code": {route: "postDevicesNameCode", args: "-device NAME [-tenant T] [flags]",
+		example: "deviceid-signer code -zone iot.example -device sensor9 -tenant acme",
+		flags:   both(deviceFlag, tenantFlag("register a new device for this tenant (the operator)")),
+		body:    func(v *cmdValues) (any, error) { return httpapi.CodeRequest{Tenant: v.tenant}, nil }},
+	"register": {route: "postDevicesNameRegister", args: "-device NAME [-tenant T] [-attr K=V ...] [flags]",
+		example: "deviceid-signer register -zone iot.example -device sensor9 -tenant acme -attr model=th-200 -attr serial=A1B2",
+		flags:   both(deviceFlag, tenantFlag("the tenant (the operator; a tenant registers for itself)"), attrFlag),
+		body: func(v *cmdValues) (any, error) {
 			attrs, err := attrMap(v.attrs)
-			if err != nil {
-				return apiRequest{}, err
-			}
-			p, err := v.devicePath("/register")
-			return apiRequest{method: "POST", path: p, body: httpapi.RegisterRequest{Tenant: v.tenant, Attributes: attrs}, answer: deviceView()}, err
+			return httpapi.RegisterRequest{Tenant: v.tenant, Attributes: attrs}, err
 		}},
-	"attributes": {"-device NAME [-attr K=V ...] [flags]", "Replaces a device's attributes (none given: removes them all).",
-		"deviceid-signer attributes -zone iot.example -device sensor9 -attr firmware=2.1",
-		both(deviceFlag, func(fs *flag.FlagSet, v *cmdValues) { fs.Var(&v.attrs, "attr", "an attribute, key=value (repeatable)") }),
-		func(v *cmdValues) (apiRequest, error) {
+	"attributes": {route: "putDevicesNameAttributes", args: "-device NAME [-attr K=V ...] [flags]",
+		example: "deviceid-signer attributes -zone iot.example -device sensor9 -attr firmware=2.1",
+		flags:   both(deviceFlag, attrFlag),
+		body: func(v *cmdValues) (any, error) {
 			attrs, err := attrMap(v.attrs)
-			if err != nil {
-				return apiRequest{}, err
-			}
-			p, err := v.devicePath("/attributes")
-			return apiRequest{method: "PUT", path: p, body: httpapi.AttributesRequest{Attributes: attrs}, answer: deviceView()}, err
+			return httpapi.AttributesRequest{Attributes: attrs}, err
 		}},
-	"suspend": {"-device NAME [flags]", "Suspends a device: DNS stops vouching for its keys within a second.",
-		"deviceid-signer suspend -zone iot.example -device sensor9", deviceFlag, simple("POST", "/suspend", deviceView)},
-	"resume": {"-device NAME [flags]", "Resumes a suspended device.",
-		"deviceid-signer resume -zone iot.example -device sensor9", deviceFlag, simple("POST", "/resume", deviceView)},
-	"transfer": {"-device NAME [flags]", "Starts a transfer: prints a one-time code (valid 7 days) to give the gaining tenant.",
-		"deviceid-signer transfer -server https://signer:8443 -token-file acme-token -device sensor9", deviceFlag,
-		simple("POST", "/transfer", func() any { return &httpapi.CodeResponse{} })},
-	"transfer-cancel": {"-device NAME [flags]", "Cancels a pending transfer.",
-		"deviceid-signer transfer-cancel -server https://signer:8443 -token-file acme-token -device sensor9", deviceFlag, simple("DELETE", "/transfer", nil)},
-	"transfer-accept": {"-device NAME -code-file FILE [-keep-keys] [flags]", "Completes a transfer to the caller's tenant (the operator names it with -tenant).",
-		"deviceid-signer transfer-accept -server https://signer:8443 -token-file globex-token -device sensor9 -code-file - -keep-keys < transfer-code",
-		both(deviceFlag, tenantFlag("the gaining tenant (the operator)"), func(fs *flag.FlagSet, v *cmdValues) {
+	"suspend": {route: "postDevicesNameSuspend", args: "-device NAME [flags]",
+		example: "deviceid-signer suspend -zone iot.example -device sensor9", flags: deviceFlag},
+	"resume": {route: "postDevicesNameResume", args: "-device NAME [flags]",
+		example: "deviceid-signer resume -zone iot.example -device sensor9", flags: deviceFlag},
+	"transfer": {route: "postDevicesNameTransfer", args: "-device NAME [flags]",
+		example: "deviceid-signer transfer -server https://signer:8443 -token-file acme-token -device sensor9", flags: deviceFlag},
+	"transfer-cancel": {route: "deleteDevicesNameTransfer", args: "-device NAME [flags]",
+		example: "deviceid-signer transfer-cancel -server https://signer:8443 -token-file acme-token -device sensor9", flags: deviceFlag},
+	"transfer-accept": {route: "postDevicesNameTransferAccept", args: "-device NAME -code-file FILE [-keep-keys] [flags]",
+		example: "deviceid-signer transfer-accept -server https://signer:8443 -token-file globex-token -device sensor9 -code-file - -keep-keys < transfer-code",
+		flags: both(deviceFlag, tenantFlag("the gaining tenant (the operator)"), keepKeysFlag, func(fs *flag.FlagSet, v *cmdValues) {
 			fs.StringVar(&v.codeFile, "code-file", "", "file holding the transfer code from the losing tenant, - for standard input (required; never on the command line, where ps shows it)")
-			fs.BoolVar(&v.keepKeys, "keep-keys", false, "keep the device's keys active; otherwise they are revoked (affiliationChanged)")
 		}),
-		func(v *cmdValues) (apiRequest, error) {
-			p, err := v.devicePath("/transfer/accept")
-			if err != nil {
-				return apiRequest{}, err
-			}
+		body: func(v *cmdValues) (any, error) {
 			code, err := readSecret(v.codeFile, "-code-file")
-			return apiRequest{method: "POST", path: p, body: httpapi.AcceptRequest{Code: code, KeepKeys: v.keepKeys, Tenant: v.tenant}, answer: deviceView()}, err
+			return httpapi.AcceptRequest{Code: code, KeepKeys: v.keepKeys, Tenant: v.tenant}, err
 		}},
-	"assign": {"-device NAME -tenant T [-keep-keys] [flags]", "Gives a device to a tenant without a transfer code (the operator): adopts a device from before tenants, or settles a dispute.",
-		"deviceid-signer assign -zone iot.example -device sensor9 -tenant acme -keep-keys",
-		both(deviceFlag, tenantFlag("the tenant that gets the device (required)"), func(fs *flag.FlagSet, v *cmdValues) {
-			fs.BoolVar(&v.keepKeys, "keep-keys", false, "keep the device's keys active; otherwise they are revoked (affiliationChanged)")
-		}),
-		func(v *cmdValues) (apiRequest, error) {
+	"assign": {route: "postDevicesNameAssign", args: "-device NAME -tenant T [-keep-keys] [flags]",
+		example: "deviceid-signer assign -zone iot.example -device sensor9 -tenant acme -keep-keys",
+		flags:   both(deviceFlag, tenantFlag("the tenant that gets the device (required)"), keepKeysFlag),
+		body: func(v *cmdValues) (any, error) {
 			if v.tenant == "" {
-				return apiRequest{}, errors.New("assign needs -tenant")
+				return nil, errors.New("assign needs -tenant")
 			}
-			p, err := v.devicePath("/assign")
-			return apiRequest{method: "POST", path: p, body: httpapi.AssignRequest{Tenant: v.tenant, KeepKeys: v.keepKeys}, answer: deviceView()}, err
+			return httpapi.AssignRequest{Tenant: v.tenant, KeepKeys: v.keepKeys}, nil
 		}},
-	"services": {"[-tenant T] [-name-prefix P] [-after NAME] [-limit N] [flags]", "Lists the services (DANE server identities) and their keys, a page at a time.",
-		"deviceid-signer services -zone iot.example -name-prefix _8883._tcp.",
-		both(func(fs *flag.FlagSet, v *cmdValues) {
-			fs.StringVar(&v.tenant, "tenant", "", "only this tenant's services")
-			fs.StringVar(&v.prefix, "name-prefix", "", "only names starting with this")
-		}, pageFlags("service")),
-		func(v *cmdValues) (apiRequest, error) {
-			q := v.filterQuery()
-			q.Set("limit", strconv.Itoa(v.limit))
-			return apiRequest{method: "GET", path: "/api/v1/services?" + q.Encode(), answer: &httpapi.ServiceList{}}, nil
-		}},
-	"service-show": {"-service NAME [flags]", "Prints a service's keys.", "deviceid-signer service-show -zone iot.example -service _8883._tcp.mqtt.acme",
-		serviceFlag, serviceRequest("GET", "", func() any { return &httpapi.DeviceView{} })},
-	"service-key": {"-service NAME (-cert FILE | -pubkey FILE) [-tenant T] [flags]",
-		"Publishes a key for a service endpoint, served as TLSA 3 1 1 at _<port>._<tcp|udp>.<host>.<zone>.\nTo rotate, publish the new key, then revoke the old one (service-revoke -spki-sha256 ... -reason superseded).",
-		"deviceid-signer service-key -zone iot.example -service _8883._tcp.mqtt.acme -cert broker.pem",
-		both(serviceFlag, tenantFlag("the tenant of a new service (the operator; a tenant's services end in .<tenant>)"), func(fs *flag.FlagSet, v *cmdValues) {
-			fs.StringVar(&v.csr, "cert", "", "the service's certificate, PEM or DER (its key is published)")
+
+	"services": {route: "getServices", args: "[-tenant T] [-name-prefix P] [-after NAME] [-limit N] [flags]",
+		example: "deviceid-signer services -zone iot.example -name-prefix _8883._tcp.",
+		flags: both(func(fs *flag.FlagSet, _ *cmdValues) {
+			fs.String("tenant", "", "only this tenant's services")
+			fs.String("name-prefix", "", "only names starting with this")
+		}, pageFlags("service"))},
+	"service-show": {route: "getServicesService", args: "-service NAME [flags]",
+		example: "deviceid-signer service-show -zone iot.example -service _8883._tcp.mqtt.acme", flags: serviceFlag},
+	"service-key": {route: "postServicesServiceKeys", args: "-service NAME (-cert FILE | -pubkey FILE) [-tenant T] [flags]",
+		more:    "It is served as TLSA 3 1 1 at _<port>._<tcp|udp>.<host>.<zone>; revoke the old key with service-revoke -spki-sha256 ... -reason superseded.",
+		example: "deviceid-signer service-key -zone iot.example -service _8883._tcp.mqtt.acme -cert broker.pem",
+		flags: both(serviceFlag, tenantFlag("the tenant of a new service (the operator; a tenant's services end in .<tenant>)"), func(fs *flag.FlagSet, v *cmdValues) {
+			fs.StringVar(&v.cert, "cert", "", "the service's certificate, PEM or DER (its key is published)")
 			fs.StringVar(&v.pubkey, "pubkey", "", "the service's public key, PEM or DER SubjectPublicKeyInfo")
 		}),
-		func(v *cmdValues) (apiRequest, error) {
+		body: func(v *cmdValues) (any, error) {
 			req := httpapi.ServiceKeyRequest{Tenant: v.tenant}
 			var err error
-			switch {
-			case v.csr != "":
-				req.Certificate, err = readDERorPEM(v.csr)
-			case v.pubkey != "":
-				req.PublicKey, err = readDERorPEM(v.pubkey)
-			default:
-				err = errors.New("service-key needs -cert or -pubkey")
-			}
-			if err != nil {
-				return apiRequest{}, err
-			}
-			r, err := serviceRequest("POST", "/keys", func() any { return &httpapi.DeviceView{} })(v)
-			r.body = req
-			return r, err
+			req.Certificate, req.PublicKey, err = eitherFile(v.cert, v.pubkey, "service-key needs -cert or -pubkey")
+			return req, err
 		}},
-	"service-revoke": {"-service NAME [-spki-sha256 HEX] [-reason R] [flags]", "Revokes one of a service's keys (or all): DNS publishes 255 1 1 in its place.",
-		"deviceid-signer service-revoke -zone iot.example -service _8883._tcp.mqtt.acme -spki-sha256 0123... -reason superseded",
-		both(serviceFlag, func(fs *flag.FlagSet, v *cmdValues) {
-			fs.StringVar(&v.spki, "spki-sha256", "", "the SHA-256 of the key to revoke (hex, as in its 3 1 1 record); empty: all keys")
-			fs.StringVar(&v.reason, "reason", "superseded", "the RFC 5280 reason")
-		}),
-		func(v *cmdValues) (apiRequest, error) {
-			r, err := serviceRequest("POST", "/revoke", func() any { return &httpapi.DeviceView{} })(v)
-			r.body = httpapi.RevokeRequest{SPKISHA256: v.spki, Reason: v.reason}
-			return r, err
-		}},
-	"service-delete": {"-service NAME [flags]", "Deletes a service: DNS stops publishing its keys.",
-		"deviceid-signer service-delete -zone iot.example -service _8883._tcp.mqtt.acme", serviceFlag, serviceRequest("DELETE", "", nil)},
-	"tenants": {"[flags]", "Lists the tenants.", "deviceid-signer tenants -zone iot.example", nil,
-		func(v *cmdValues) (apiRequest, error) {
-			return apiRequest{method: "GET", path: "/api/v1/tenants", answer: &httpapi.TenantList{}}, nil
-		}},
-	"tenant-create": {"-tenant NAME [flags]", "Creates a tenant.", "deviceid-signer tenant-create -zone iot.example -tenant acme", tenantFlag("the tenant's name (required)"),
-		func(v *cmdValues) (apiRequest, error) {
-			return apiRequest{method: "POST", path: "/api/v1/tenants", body: httpapi.TenantRequest{Name: v.tenant}, answer: &registry.Tenant{}}, nil
-		}},
-	"tenant-disable": {"-tenant NAME [flags]", "Disables a tenant: its tokens and certificates are refused; its devices stay in DNS.",
-		"deviceid-signer tenant-disable -zone iot.example -tenant acme", tenantFlag("the tenant (required)"), tenantRequest("POST", "/disable")},
-	"tenant-enable": {"-tenant NAME [flags]", "Enables a disabled tenant.", "deviceid-signer tenant-enable -zone iot.example -tenant acme",
-		tenantFlag("the tenant (required)"), tenantRequest("POST", "/enable")},
-	"tenant-delete": {"-tenant NAME [flags]", "Deletes a disabled tenant that has no devices, and its tokens.",
-		"deviceid-signer tenant-delete -zone iot.example -tenant acme", tenantFlag("the tenant (required)"), tenantRequest("DELETE", "")},
-	"token": {"-tenant NAME [-label L] [flags]", "Issues a bearer token for a tenant and prints it (shown once; stored only as a hash).",
-		"deviceid-signer token -zone iot.example -tenant acme -label provisioning",
-		both(tenantFlag("the tenant (required)"), func(fs *flag.FlagSet, v *cmdValues) { fs.StringVar(&v.label, "label", "", "what the token is for") }),
-		func(v *cmdValues) (apiRequest, error) {
-			r, err := tenantRequest("POST", "/tokens")(v)
-			r.body, r.answer = httpapi.TokenRequest{Label: v.label}, &registry.NewToken{}
-			return r, err
-		}},
-	"tokens": {"-tenant NAME [flags]", "Lists a tenant's tokens (never their secrets).", "deviceid-signer tokens -zone iot.example -tenant acme",
-		tenantFlag("the tenant (required)"), func(v *cmdValues) (apiRequest, error) {
-			r, err := tenantRequest("GET", "/tokens")(v)
-			r.answer = &httpapi.TokenList{}
-			return r, err
-		}},
-	"token-revoke": {"-tenant NAME -id ID [flags]", "Revokes one of a tenant's tokens.", "deviceid-signer token-revoke -zone iot.example -tenant acme -id 0123456789abcdef",
-		both(tenantFlag("the tenant (required)"), func(fs *flag.FlagSet, v *cmdValues) { fs.StringVar(&v.id, "id", "", "the token's id (required)") }),
-		func(v *cmdValues) (apiRequest, error) {
-			if v.id == "" {
-				return apiRequest{}, errors.New("-id is required")
-			}
-			return tenantRequest("DELETE", "/tokens/"+url.PathEscape(v.id))(v)
-		}},
-	"audit": {"[-device D] [-tenant T] [-operation OP] [-actor A] [-after ID] [-limit N] [flags]", "Prints the audit trail, oldest first, with filters.",
-		"deviceid-signer audit -zone iot.example -device sensor9",
-		both(func(fs *flag.FlagSet, v *cmdValues) {
-			fs.StringVar(&v.device, "device", "", "one device's changes")
-			fs.StringVar(&v.tenant, "tenant", "", "the changes that concern this tenant")
-			fs.StringVar(&v.operation, "operation", "", "one operation, e.g. device.revoke")
-			fs.StringVar(&v.actor, "actor", "", "one actor, e.g. token:0123456789abcdef")
-		}, pageFlags("entry")),
-		func(v *cmdValues) (apiRequest, error) {
-			q := url.Values{}
-			for k, val := range map[string]string{"device": v.device, "tenant": v.tenant, "operation": v.operation, "actor": v.actor, "after": v.after} {
-				if val != "" {
-					q.Set(k, val)
-				}
-			}
-			q.Set("limit", strconv.Itoa(v.limit))
-			return apiRequest{method: "GET", path: "/api/v1/audit?" + q.Encode(), answer: &httpapi.AuditResponse{}}, nil
-		}},
+	"service-revoke": {route: "postServicesServiceRevoke", args: "-service NAME [-spki-sha256 HEX] [-reason R] [flags]",
+		example: "deviceid-signer service-revoke -zone iot.example -service _8883._tcp.mqtt.acme -spki-sha256 0123... -reason superseded",
+		flags:   both(serviceFlag, revokeFlags("superseded")), body: revokeBody},
+	"service-delete": {route: "deleteServicesService", args: "-service NAME [flags]",
+		example: "deviceid-signer service-delete -zone iot.example -service _8883._tcp.mqtt.acme", flags: serviceFlag},
+
+	"tenants": {route: "getTenants", args: "[flags]", example: "deviceid-signer tenants -zone iot.example"},
+	"tenant-create": {route: "postTenants", args: "-tenant NAME [flags]",
+		example: "deviceid-signer tenant-create -zone iot.example -tenant acme", flags: tenantFlag("the tenant's name (required)"),
+		body: func(v *cmdValues) (any, error) { return httpapi.TenantRequest{Name: v.tenant}, nil }},
+	"tenant-disable": {route: "postTenantsTenantDisable", args: "-tenant NAME [flags]",
+		example: "deviceid-signer tenant-disable -zone iot.example -tenant acme", flags: requiredTenant},
+	"tenant-enable": {route: "postTenantsTenantEnable", args: "-tenant NAME [flags]",
+		example: "deviceid-signer tenant-enable -zone iot.example -tenant acme", flags: requiredTenant},
+	"tenant-delete": {route: "deleteTenantsTenant", args: "-tenant NAME [flags]",
+		example: "deviceid-signer tenant-delete -zone iot.example -tenant acme", flags: requiredTenant},
+	"token": {route: "postTenantsTenantTokens", args: "-tenant NAME [-label L] [flags]",
+		example: "deviceid-signer token -zone iot.example -tenant acme -label provisioning",
+		flags:   both(requiredTenant, func(fs *flag.FlagSet, v *cmdValues) { fs.StringVar(&v.label, "label", "", "what the token is for") }),
+		body:    func(v *cmdValues) (any, error) { return httpapi.TokenRequest{Label: v.label}, nil }},
+	"tokens": {route: "getTenantsTenantTokens", args: "-tenant NAME [flags]",
+		example: "deviceid-signer tokens -zone iot.example -tenant acme", flags: requiredTenant},
+	"token-revoke": {route: "deleteTenantsTenantTokensId", args: "-tenant NAME -id ID [flags]",
+		example: "deviceid-signer token-revoke -zone iot.example -tenant acme -id 0123456789abcdef",
+		flags:   both(requiredTenant, func(fs *flag.FlagSet, _ *cmdValues) { fs.String("id", "", "the token's id (required)") })},
+
+	"audit": {route: "getAudit", args: "[-device D] [-tenant T] [-operation OP] [-actor A] [-after ID] [-limit N] [flags]",
+		example: "deviceid-signer audit -zone iot.example -device sensor9",
+		flags: both(func(fs *flag.FlagSet, _ *cmdValues) {
+			fs.String("device", "", "one device's changes")
+			fs.String("tenant", "", "the changes that concern this tenant")
+			fs.String("operation", "", "one operation, e.g. device.revoke")
+			fs.String("actor", "", "one actor, e.g. token:0123456789abcdef")
+		}, pageFlags("entry"))},
 }
 
-func serviceFlag(fs *flag.FlagSet, v *cmdValues) {
-	fs.StringVar(&v.service, "service", "", "the service endpoint relative to the zone, _<port>._<tcp|udp>.<host>, e.g. _8883._tcp.mqtt.acme (required)")
-}
-
-func serviceRequest(method, suffix string, answer func() any) func(v *cmdValues) (apiRequest, error) {
-	return func(v *cmdValues) (apiRequest, error) {
-		if v.service == "" {
-			return apiRequest{}, errors.New("-service is required")
-		}
-		var a any
-		if answer != nil {
-			a = answer()
-		}
-		return apiRequest{method: method, path: "/api/v1/services/" + url.PathEscape(v.service) + suffix, answer: a}, nil
+// apiRoutes are the admin API's routes by operation ID.
+var apiRoutes = func() map[string]httpapi.RouteInfo {
+	m := map[string]httpapi.RouteInfo{}
+	for _, rt := range httpapi.Routes() {
+		m[rt.ID] = rt
 	}
-}
-
-func tenantRequest(method, suffix string) func(v *cmdValues) (apiRequest, error) {
-	return func(v *cmdValues) (apiRequest, error) {
-		if v.tenant == "" {
-			return apiRequest{}, errors.New("-tenant is required")
-		}
-		return apiRequest{method: method, path: "/api/v1/tenants/" + url.PathEscape(v.tenant) + suffix, answer: &registry.Tenant{}}, nil
-	}
-}
+	return m
+}()
 
 // runAdmin runs one registry command built from its flags and prints the answer.
 func runAdmin(name string, args []string) error {
 	c := adminCommands[name]
-	fs := command(name, c.args, c.about, c.example)
+	rt, ok := apiRoutes[c.route]
+	if !ok {
+		return fmt.Errorf("%s calls %q, no route of the API", name, c.route) // TestCommandRoutes catches it
+	}
+	fs := command(name, c.args, c.about(rt), c.example)
 	var f adminFlags
 	f.register(fs)
 	var v cmdValues
 	if c.flags != nil {
 		c.flags(fs, &v)
 	}
-	if name == "enroll" {
+	if c.needsCA {
 		f.ca.register(fs)
 	}
 	if err := fs.Parse(args); err != nil {
@@ -462,14 +424,11 @@ func runAdmin(name string, args []string) error {
 	if fs.NArg() != 0 {
 		return fmt.Errorf("unexpected arguments %v", fs.Args())
 	}
-	req, err := c.request(&v)
+	req, err := c.request(rt, fs, &v)
 	if err != nil {
 		return err
 	}
-	if req.method == "DELETE" {
-		req.answer = nil // 204: no body
-	}
-	client, done, err := f.client(req.needsCA)
+	client, done, err := f.client(c.needsCA)
 	if err != nil {
 		return err
 	}
@@ -478,7 +437,7 @@ func runAdmin(name string, args []string) error {
 	if err != nil {
 		return err
 	}
-	if name == "export" || req.answer == nil {
+	if name == "export" || rt.Response == nil { // JSON lines, or no body (204)
 		if len(raw) == 0 && name == "delete" {
 			_, err = fmt.Printf("deleted %s\n", v.device)
 			return err
@@ -490,10 +449,11 @@ func runAdmin(name string, args []string) error {
 		_, err = os.Stdout.Write(raw)
 		return err
 	}
-	if err := json.Unmarshal(raw, req.answer); err != nil {
+	answer := reflect.New(reflect.TypeOf(rt.Response)).Interface() // decoded to check it, for -out and the table
+	if err := json.Unmarshal(raw, answer); err != nil {
 		return fmt.Errorf("the signer's answer: %w", err)
 	}
-	if er, ok := req.answer.(*httpapi.EnrollResponse); ok && v.out != "" {
+	if er, ok := answer.(*httpapi.EnrollResponse); ok && v.out != "" {
 		if err := os.WriteFile(v.out, []byte(er.Certificate), 0o644); err != nil {
 			return err
 		}
@@ -502,7 +462,7 @@ func runAdmin(name string, args []string) error {
 		_, err = os.Stdout.Write(raw)
 		return err
 	}
-	return printTable(os.Stdout, req.answer)
+	return printTable(os.Stdout, answer)
 }
 
 // apiClient sends admin API requests: over HTTPS to a signer, or to the API's
@@ -698,72 +658,4 @@ func readDERorPEM(file string) (string, error) {
 		return string(b), nil
 	}
 	return base64.StdEncoding.EncodeToString(b), nil
-}
-
-// initCA makes a self-signed root CA in a directory, or with -csr the key and CSR of
-// an intermediate CA for a parent CA to sign, and an admin API token beside it.
-func initCA(args []string) error {
-	fs := command("init-ca", "-dir DIR -zone ZONE [flags]",
-		"Makes a self-signed root CA (ca.pem and ca-key.pem, or the key in an HSM with -key), or with -csr the key\n"+
-			"and CSR of an intermediate CA, and writes an admin API bearer token (admin-token) if there is none.",
-		"deviceid-signer init-ca -dir /etc/deviceid -zone iot.example")
-	dir := fs.String("dir", ".", "directory to write ca.pem, ca-key.pem and admin-token into (made if missing)")
-	zone := fs.String("zone", env("DEVICEID_ZONE", ""), "the zone the CA issues device names in ($DEVICEID_ZONE; required)")
-	name := fs.String("name", "deviceid device CA", "the CA's common name")
-	curve := fs.String("curve", "P-256", "P-256 or P-384")
-	csr := fs.Bool("csr", false, "make an intermediate CA: write ca-key.pem and ca.csr; put the signed certificate and the chain above it in ca.pem")
-	key := fs.String("key", "", "make the CA key in an HSM: a PKCS#11 URI (RFC 7512) with object=<label>, module-path and pin-source; serve then takes it as -ca-key")
-	if err := fs.Parse(args); err != nil {
-		return err
-	}
-	if *zone == "" && !*csr {
-		return errors.New("-zone is required")
-	}
-	c := elliptic.P256()
-	switch *curve {
-	case "P-256":
-	case "P-384":
-		c = elliptic.P384()
-	default:
-		return fmt.Errorf("curve %q: want P-256 or P-384", *curve)
-	}
-	if *csr {
-		if err := ca.InitIntermediate(*dir, *name, c, *key); err != nil {
-			return err
-		}
-		fmt.Printf("wrote %s: have the CSR signed as a CA (basicConstraints cA, keyCertSign),\n"+
-			"then write the certificate, followed by its chain, to %s\n", filepath.Join(*dir, ca.CARequestFile), filepath.Join(*dir, ca.CACertFile))
-	} else {
-		authority, err := ca.InitCA(*dir, *name, *zone, c, *key)
-		if err != nil {
-			return err
-		}
-		where := filepath.Join(*dir, ca.CAKeyFile)
-		if *key != "" {
-			where = "the HSM (serve with -ca-key '" + *key + "')"
-		}
-		fmt.Printf("wrote %s, its key in %s; key identifier %s\n", filepath.Join(*dir, ca.CACertFile), where, authority.AKI())
-	}
-	tokenFile := filepath.Join(*dir, "admin-token")
-	made, err := writeToken(tokenFile)
-	if err != nil {
-		return err
-	}
-	if made {
-		fmt.Printf("wrote the admin API bearer token to %s (serve -token-file %s)\n", tokenFile, tokenFile)
-	}
-	return nil
-}
-
-// writeToken writes a new random bearer token to file unless it exists, and reports
-// whether it wrote one.
-func writeToken(file string) (bool, error) {
-	if _, err := os.Stat(file); err == nil {
-		return false, nil
-	}
-	raw := make([]byte, 24)
-	if _, err := rand.Read(raw); err != nil {
-		return false, err
-	}
-	return true, os.WriteFile(file, []byte(hex.EncodeToString(raw)+"\n"), 0o600)
 }

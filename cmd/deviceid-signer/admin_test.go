@@ -7,6 +7,7 @@ import (
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/x509"
+	"encoding/json"
 	"encoding/pem"
 	"errors"
 	"flag"
@@ -18,6 +19,7 @@ import (
 	"github.com/deviceid/deviceid/internal/testenv"
 	"github.com/deviceid/deviceid/record"
 	"github.com/deviceid/deviceid/signer/ca"
+	"github.com/deviceid/deviceid/signer/httpapi"
 	"github.com/deviceid/deviceid/signer/registry"
 )
 
@@ -130,7 +132,8 @@ func TestAdminCommands(t *testing.T) {
 	}
 }
 
-// TestHelp: each command's -h shows its usage line, an example and its own flags only.
+// TestHelp: each command's -h shows its usage line, what it does (a registry
+// command: its route's summary), an example and its own flags only.
 func TestHelp(t *testing.T) {
 	for _, tc := range []struct {
 		name       string
@@ -140,6 +143,7 @@ func TestHelp(t *testing.T) {
 		{"show", func(a []string) error { return runAdmin("show", a) }, []string{"usage: deviceid-signer show", "example:", "-device", "-json", "-etcd-cert"}, []string{"-ca-key", "-csr", "-listen"}},
 		{"enroll", func(a []string) error { return runAdmin("enroll", a) }, []string{"-csr", "-ca-key", "-supersede"}, []string{"-listen", "-reason"}},
 		{"list", func(a []string) error { return runAdmin("list", a) }, []string{"-after", "-limit"}, []string{"-device", "-ca-key"}},
+		{"assign", func(a []string) error { return runAdmin("assign", a) }, []string{"Give a device to a tenant without a transfer code", "The registry operator only.", "-keep-keys"}, []string{"-csr", "-ca-key"}},
 		{"serve", serve, []string{"-listen", "-etcd-password-file", "-ca-key"}, []string{"-device", "-csr"}},
 		{"keygen", keygen, []string{"-pkcs11", "example:"}, []string{"-etcd"}},
 		{"init-ca", initCA, []string{"-key", "-csr"}, []string{"-etcd"}},
@@ -160,6 +164,113 @@ func TestHelp(t *testing.T) {
 				if strings.Contains(out.String(), s+" ") {
 					t.Errorf("-h shows %q, not a flag of %s", s, tc.name)
 				}
+			}
+		})
+	}
+}
+
+// TestCommandRoutes: every command calls a route of the admin API and has a flag for
+// each of its parameters, and every route has a command but for the few listed.
+func TestCommandRoutes(t *testing.T) {
+	noCommand := map[string]string{ // route → why it has no command
+		"getWhoami":         "a check of a token; the signer's console calls it",
+		"getDevicesNameDns": "show prints what DNS publishes, worked out from the record",
+		"getTenantsTenant":  "tenants lists the tenants, each whole",
+	}
+	called := map[string]string{}
+	for name, c := range adminCommands {
+		rt, ok := apiRoutes[c.route]
+		if !ok {
+			t.Errorf("%s calls %q, no route of the API", name, c.route)
+			continue
+		}
+		if other, ok := called[c.route]; ok {
+			t.Errorf("%s and %s both call %s", name, other, c.route)
+		}
+		called[c.route] = name
+		fs := flag.NewFlagSet(name, flag.ContinueOnError)
+		if c.flags != nil {
+			c.flags(fs, &cmdValues{})
+		}
+		params := rt.Query
+		for _, s := range strings.Split(rt.Path, "/") {
+			if p, ok := strings.CutPrefix(s, "{"); ok {
+				params = append(params, strings.TrimSuffix(p, "}"))
+			}
+		}
+		for _, p := range params {
+			if fs.Lookup(paramFlag(p)) == nil {
+				t.Errorf("%s: no flag -%s for the parameter %s of %s %s", name, paramFlag(p), p, rt.Method, rt.Path)
+			}
+		}
+	}
+	for _, rt := range httpapi.Routes() {
+		_, exempt := noCommand[rt.ID]
+		switch name, ok := called[rt.ID]; {
+		case ok && exempt:
+			t.Errorf("%s has the command %s: take it off noCommand", rt.ID, name)
+		case !ok && !exempt:
+			t.Errorf("%s %s (%s) has no command", rt.Method, rt.Path, rt.ID)
+		}
+		delete(noCommand, rt.ID)
+	}
+	for id := range noCommand {
+		t.Errorf("noCommand lists %s, no route of the API", id)
+	}
+}
+
+// TestCommandRequests: the flags fill in the route's path, escaped, its query
+// parameters and the body.
+func TestCommandRequests(t *testing.T) {
+	for _, tc := range []struct {
+		args               []string
+		method, path, body string
+		err                string
+	}{
+		{[]string{"revoke", "-device", "sensor7", "-reason", "keyCompromise"}, "POST", "/api/v1/devices/sensor7/revoke", `{"reason":"keyCompromise"}`, ""},
+		{[]string{"show", "-device", "a/b c"}, "GET", "/api/v1/devices/a%2Fb%20c", "", ""},
+		{[]string{"delete"}, "", "", "", "-device is required"},
+		{[]string{"list", "-tenant", "acme", "-attr", "model=th-200", "-attr", "rev=2", "-after", "s7"}, "GET", "/api/v1/devices?after=s7&attr=model%3Dth-200&attr=rev%3D2&limit=100&tenant=acme", "", ""},
+		{[]string{"export", "-state", "active", "-name-prefix", "lamp"}, "GET", "/api/v1/export?prefix=lamp&state=active", "", ""},
+		{[]string{"services", "-limit", "5"}, "GET", "/api/v1/services?limit=5", "", ""},
+		{[]string{"audit", "-device", "sensor7", "-operation", "device.revoke"}, "GET", "/api/v1/audit?device=sensor7&limit=100&operation=device.revoke", "", ""},
+		{[]string{"assign", "-device", "sensor7"}, "", "", "", "assign needs -tenant"},
+		{[]string{"assign", "-device", "sensor7", "-tenant", "acme", "-keep-keys"}, "POST", "/api/v1/devices/sensor7/assign", `{"tenant":"acme","keep_keys":true}`, ""},
+		{[]string{"service-revoke", "-service", "_8883._tcp.mqtt"}, "POST", "/api/v1/services/_8883._tcp.mqtt/revoke", `{"reason":"superseded"}`, ""},
+		{[]string{"service-delete"}, "", "", "", "-service is required"},
+		{[]string{"tenant-create", "-tenant", "acme"}, "POST", "/api/v1/tenants", `{"name":"acme"}`, ""},
+		{[]string{"tokens", "-tenant", "acme"}, "GET", "/api/v1/tenants/acme/tokens", "", ""},
+		{[]string{"token-revoke", "-tenant", "acme", "-id", "0123"}, "DELETE", "/api/v1/tenants/acme/tokens/0123", "", ""},
+		{[]string{"token-revoke", "-tenant", "acme"}, "", "", "", "-id is required"},
+		{[]string{"tenants"}, "GET", "/api/v1/tenants", "", ""},
+	} {
+		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
+			c := adminCommands[tc.args[0]]
+			fs := flag.NewFlagSet(tc.args[0], flag.ContinueOnError)
+			var v cmdValues
+			if c.flags != nil {
+				c.flags(fs, &v)
+			}
+			if err := fs.Parse(tc.args[1:]); err != nil {
+				t.Fatal(err)
+			}
+			req, err := c.request(apiRoutes[c.route], fs, &v)
+			if tc.err != "" {
+				if err == nil || err.Error() != tc.err {
+					t.Fatalf("error %v, want %s", err, tc.err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			body := ""
+			if req.body != nil {
+				b, _ := json.Marshal(req.body)
+				body = string(b)
+			}
+			if req.method != tc.method || req.path != tc.path || body != tc.body {
+				t.Errorf("%s %s %s, want %s %s %s", req.method, req.path, body, tc.method, tc.path, tc.body)
 			}
 		})
 	}

@@ -229,8 +229,8 @@ func (f *serveFlags) run(ctx context.Context, ready chan<- string) error {
 	if err != nil {
 		return err
 	}
-	server := &httpapi.Server{CA: authority, Registry: reg, Token: token, AdminCAs: adminCAs, TenantCAs: tenantCAs,
-		DNS: f.dns, Etcd: settings, MetricsToken: metricsToken, Limits: f.limits}
+	server := &httpapi.Server{API: httpapi.API{CA: authority, Registry: reg, Token: token, AdminCAs: adminCAs, TenantCAs: tenantCAs,
+		DNS: f.dns}, Etcd: settings, MetricsToken: metricsToken, Limits: f.limits}
 	srv, ln := server.HTTPServer(ln, cert, slog.NewLogLogger(log.Handler(), slog.LevelWarn))
 	log.Info("deviceid-signer serving", "addr", ln.Addr().String(), "zone", f.zone,
 		"admin_token", token != "", "admin_mtls", adminCAs != nil, "tenant_mtls", tenantCAs != nil, "ca_aki", authority.AKI())

@@ -18,7 +18,7 @@ import (
 // requests sent at once cannot all be tried. /healthz is never limited.
 func TestFailureLimiter(t *testing.T) {
 	clock := testenv.NewClock(time.Date(2026, 12, 1, 12, 0, 0, 0, time.UTC))
-	s := &Server{CA: catest.New(t), Registry: testRegistry(t), Token: "0123456789abcdef0123", Now: clock.Now,
+	s := &Server{API: API{CA: catest.New(t), Registry: testRegistry(t), Token: "0123456789abcdef0123"}, Now: clock.Now,
 		Limits: Limits{FailuresPerSecond: 1, FailureBurst: 3}}
 	h := s.Handler()
 	ask := func(addr, path, token string) int {

@@ -7,17 +7,15 @@ package httpapi
 import (
 	"crypto/subtle"
 	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"log"
+	"mime"
 	"net"
 	"net/http"
 	"strings"
 	"time"
 
 	"github.com/deviceid/deviceid/internal/etcdclient"
-	"github.com/deviceid/deviceid/signer/ca"
-	"github.com/deviceid/deviceid/signer/registry"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"golang.org/x/net/netutil"
@@ -27,13 +25,8 @@ import (
 // /.well-known/, the admin API under /api/, the web console under /console/, /healthz,
 // which reports whether etcd answers and why not, and /metrics.
 type Server struct {
-	CA        *ca.CA
-	Registry  *registry.Registry
-	Token     string         // the operator's bearer token; "" for none
-	AdminCAs  *x509.CertPool // CAs of the operator's client certificates; nil for none
-	TenantCAs *x509.CertPool // CAs of tenants' client certificates (O = tenant); nil for none
-	DNS       string         // a CoreDNS serving the zone, for the console's view of DNS
-	Etcd      etcdclient.Settings
+	API  // the admin API's settings; its CA and registry serve EST too
+	Etcd etcdclient.Settings
 	// MetricsToken, when set, is the bearer token /metrics requires; "" leaves it open.
 	MetricsToken string
 	Limits       Limits
@@ -47,8 +40,8 @@ type Server struct {
 // another site could otherwise act with it.
 func (s *Server) Handler() http.Handler {
 	mux := http.NewServeMux()
-	mux.Handle("/.well-known/", (&EST{CA: s.CA, Registry: s.Registry}).Handler())
-	mux.Handle("/api/", (&API{CA: s.CA, Registry: s.Registry, Token: s.Token, AdminCAs: s.AdminCAs, TenantCAs: s.TenantCAs, DNS: s.DNS}).Handler())
+	mux.Handle("/.well-known/", (&EST{CA: s.CA, Registry: s.Registry, Timeout: s.Timeout}).Handler())
+	mux.Handle("/api/", s.API.Handler())
 	mux.Handle("/console/", ConsoleHandler())
 	mux.Handle("GET /{$}", http.RedirectHandler("/console/", http.StatusFound))
 	mux.HandleFunc("GET /healthz", s.health)
@@ -125,4 +118,52 @@ func TLSConfig(serverCert tls.Certificate) *tls.Config {
 			tls.TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
 		},
 	}
+}
+
+// Handler returns the API's routes under /api/v1/.
+func (a *API) Handler() http.Handler {
+	mux := http.NewServeMux()
+	for _, rt := range routes {
+		mux.Handle(rt.method+" "+rt.path, a.authenticate(rt))
+	}
+	doc := OpenAPIDocument()
+	mux.HandleFunc("GET /api/v1/openapi.json", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		w.Write(doc)
+	})
+	return secureHeaders(mux)
+}
+
+// authenticate finds the request's actor and runs the route for it. A body must be
+// JSON (Content-Type application/json): a browser cannot send that across sites
+// without the API's consent, and the API gives none (no CORS), so no other site's
+// page can make a signed-in console's browser change anything.
+func (a *API) authenticate(rt route) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		ctx, cancel := a.context(r)
+		defer cancel()
+		actor, status, err := a.actor(ctx, r)
+		if err != nil {
+			if status == http.StatusUnauthorized {
+				w.Header().Set("WWW-Authenticate", `Bearer realm="deviceid"`)
+			}
+			writeError(w, status, err)
+			return
+		}
+		if rt.operator && !actor.Operator {
+			writeError(w, http.StatusForbidden, errors.New("only the registry operator may do this"))
+			return
+		}
+		if r.Method != http.MethodGet && r.Method != http.MethodHead {
+			// An empty body needs the header too when a client certificate authenticated
+			// the request: a browser sends the certificate to any site's form.
+			ct, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type"))
+			if ct != "application/json" && (r.ContentLength != 0 || actor.ByCertificate) {
+				writeError(w, http.StatusUnsupportedMediaType, errors.New("the request must be JSON (Content-Type: application/json), even with an empty body when authenticated by a client certificate"))
+				return
+			}
+		}
+		r.Body = http.MaxBytesReader(w, r.Body, MaxBody)
+		rt.handle(&apiCall{api: a, w: w, r: r, ctx: ctx, actor: actor})
+	})
 }

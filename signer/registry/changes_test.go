@@ -152,7 +152,7 @@ func TestDeviceChanges(t *testing.T) {
 					}
 				}
 			}
-			p, _, err := r.plan(tt.w, l, s)
+			p, _, err := r.planWrite(tt.w, l, s)
 			if !errors.Is(err, tt.err) {
 				t.Fatalf("error %v, want %v", err, tt.err)
 			}

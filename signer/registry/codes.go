@@ -28,9 +28,6 @@ type storedCode struct {
 	From    string    `json:"from,omitempty"`    // a transfer code: the losing tenant
 }
 
-// codeKey is where a device's enrollment code lives.
-func (r *Registry) codeKey(device string) string { return r.signerKey(kindCode, device) }
-
 // IssueCode makes a one-time enrollment code for device, replacing any earlier one,
 // and registers the device first when it is not there (for the actor's tenant, or
 // for tenant when the operator asks). It returns the code, which is stored only as a

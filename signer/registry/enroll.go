@@ -278,12 +278,11 @@ func activeCert(d *record.Device, der []byte) bool {
 // retire revokes the active credentials of d for the keys in supersede, but never
 // the key being enrolled, with reason "superseded".
 func retire(d *record.Device, supersede [][]byte, keep []byte, now time.Time) {
-	at := now.UTC().Truncate(time.Second)
 	for i := range d.Credentials {
 		c := &d.Credentials[i]
 		for _, old := range supersede {
-			if string(c.SPKI) == string(old) && c.Status == record.StatusActive && string(old) != string(keep) {
-				c.Status, c.RevokedAt, c.Reason = record.StatusRevoked, &at, "superseded"
+			if string(c.SPKI) == string(old) && string(old) != string(keep) {
+				revoke(c, "superseded", now)
 			}
 		}
 	}

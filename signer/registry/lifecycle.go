@@ -1,10 +1,14 @@
 package registry
 
 import (
+	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"maps"
+	"slices"
 	"time"
 
 	"github.com/deviceid/deviceid/record"
@@ -224,4 +228,102 @@ func keysDetail(keepKeys bool) string {
 		return "keys kept"
 	}
 	return "keys revoked (affiliationChanged)"
+}
+
+// Reasons are the RFC 5280 §5.3.1 CRLReason names accepted for a revocation.
+var Reasons = []string{
+	"unspecified", "keyCompromise", "cACompromise", "affiliationChanged", "superseded",
+	"cessationOfOperation", "certificateHold", "privilegeWithdrawn", "aACompromise",
+}
+
+// Revoke marks a device's credentials for the key whose SPKI has the SHA-256 digest
+// spkiSHA256 revoked (all its credentials when it is nil), with an RFC 5280 reason.
+// Revoking what is revoked changes nothing.
+func (r *Registry) Revoke(ctx context.Context, actor Actor, device string, spkiSHA256 []byte, reason string) (*record.Device, error) {
+	return r.revoke(ctx, write{actor: actor, operation: "device.revoke", device: device}, spkiSHA256, reason)
+}
+
+// revoke is Revoke for the record w names.
+func (r *Registry) revoke(ctx context.Context, w write, spkiSHA256 []byte, reason string) (*record.Device, error) {
+	if reason == "" {
+		reason = "unspecified"
+	}
+	if !slices.Contains(Reasons, reason) {
+		return nil, fmt.Errorf("%w: %q", ErrBadReason, reason)
+	}
+	if spkiSHA256 != nil && len(spkiSHA256) != sha256.Size {
+		return nil, invalid(errors.New("the key's SHA-256 digest is not 32 bytes (64 hex digits)"))
+	}
+	detail := "all keys, reason " + reason
+	if spkiSHA256 != nil {
+		detail = "key " + hex.EncodeToString(spkiSHA256) + ", reason " + reason
+	}
+	w.detail = detail
+	w.change = revokeChange(spkiSHA256, reason, r.now())
+	d, err := r.update(ctx, w)
+	if err == nil {
+		revocations.Inc()
+	}
+	return d, err
+}
+
+// revokeChange revokes the credentials of the key with that SPKI digest (all of
+// them when nil) at now.
+func revokeChange(spkiSHA256 []byte, reason string, now time.Time) change {
+	return change1(func(d *record.Device) (*record.Device, error) {
+		if d == nil {
+			return nil, ErrNotFound
+		}
+		found := false
+		for i := range d.Credentials {
+			if sum := sha256.Sum256(d.Credentials[i].SPKI); spkiSHA256 != nil && !bytes.Equal(sum[:], spkiSHA256) {
+				continue
+			}
+			found = true
+			revoke(&d.Credentials[i], reason, now)
+		}
+		if !found && spkiSHA256 != nil {
+			return nil, ErrNoSuchKey
+		}
+		return d, nil
+	})
+}
+
+// Delete removes a device's record (an invalid one too, by the operator), its pending
+// enrollment and transfer codes and its place in the tenant index; ErrNotFound when
+// there is none.
+func (r *Registry) Delete(ctx context.Context, actor Actor, device string) error {
+	device, err := record.DeviceName(device)
+	if err != nil {
+		return invalid(err)
+	}
+	key := record.DeviceKey(r.Prefix, r.Zone, device)
+	_, err = r.update(ctx, write{actor: actor, operation: "device.delete", device: device,
+		change: func(d *record.Device, _ [][]byte) (*record.Device, []clientv3.Op, error) {
+			if d == nil {
+				return nil, nil, ErrNotFound
+			}
+			return nil, []clientv3.Op{clientv3.OpDelete(r.codeKey(device)), clientv3.OpDelete(r.signerKey(kindTransfer, device))}, nil
+		}})
+	if errors.Is(err, ErrStoredInvalid) && actor.Operator {
+		// A record that does not parse has no tenant: only the operator removes it.
+		return r.deleteInvalid(ctx, actor, device, key)
+	}
+	return err
+}
+
+// deleteInvalid removes a record that does not parse, with its audit entry.
+func (r *Registry) deleteInvalid(ctx context.Context, actor Actor, device, key string) error {
+	// Once: what was found invalid is deleted, not what another writer put there since.
+	_, err := r.commit(ctx, txn{keys: []string{key}, once: true, decide: func(s snapshot) (*plan, error) {
+		if s.values[0] == nil {
+			return nil, ErrNotFound
+		}
+		ops := []clientv3.Op{clientv3.OpDelete(key), clientv3.OpDelete(r.codeKey(device)), clientv3.OpDelete(r.signerKey(kindTransfer, device))}
+		if tenant := storedTenant(s.values[0]); tenant != "" {
+			ops = append(ops, clientv3.OpDelete(r.indexKey(tenant, device)))
+		}
+		return &plan{ops: ops, audit: AuditEntry{Actor: actor.ID, Operation: "device.delete", Device: device, Detail: "invalid record"}}, nil
+	}})
+	return err
 }

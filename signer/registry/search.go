@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 
 	"github.com/deviceid/deviceid/record"
@@ -18,7 +19,7 @@ type Filter struct {
 	Prefix     string            // of the device name
 	Attributes map[string]string // every one must match
 	After      string            // the last name of the previous page
-	Limit      int               // 1 to 1000; 100 when 0
+	Limit      int               // 1 to MaxPage; DefaultPage when 0
 }
 
 // Entry is one listed device: its record, or why the stored record is invalid.
@@ -49,10 +50,39 @@ func (f *Filter) Check() error {
 			return invalid(err)
 		}
 	}
-	if f.Limit < 0 || f.Limit > 1000 {
-		return invalid(errors.New("limit is not a number from 1 to 1000"))
+	_, err := pageSize(f.Limit)
+	return err
+}
+
+// Every list is read a page at a time: at most MaxPage entries, DefaultPage unless
+// asked.
+const (
+	DefaultPage = 100
+	MaxPage     = 1000
+)
+
+// pageSize is the size of a page asked for as limit (0: the default).
+func pageSize(limit int) (int, error) {
+	if limit < 0 || limit > MaxPage {
+		return 0, invalid(fmt.Errorf("limit is not a number from 1 to %d", MaxPage))
 	}
-	return nil
+	if limit == 0 {
+		return DefaultPage, nil
+	}
+	return limit, nil
+}
+
+// ParseLimit reads a list's limit parameter ("": 0, the default).
+func ParseLimit(s string) (int, error) {
+	if s == "" {
+		return 0, nil
+	}
+	n, err := strconv.Atoi(s)
+	if err != nil || n == 0 {
+		n = -1
+	}
+	_, err = pageSize(n)
+	return n, err
 }
 
 func (f *Filter) matches(e Entry) bool {
@@ -100,9 +130,7 @@ func (r *Registry) search(ctx context.Context, actor Actor, f Filter, services b
 	if err := f.Check(); err != nil {
 		return nil, "", err
 	}
-	if f.Limit == 0 {
-		f.Limit = 100
-	}
+	f.Limit, _ = pageSize(f.Limit)
 	// A tenant's devices are read through the tenant index; the others, and services
 	// (a few per tenant, with no index), by range.
 	base := record.DeviceKey(r.Prefix, r.Zone, "")

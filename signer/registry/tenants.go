@@ -18,53 +18,6 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
-// Tenant is one of the service providers the registry serves, stored at
-// P/_signer/<zone>/tenant/<name>.
-type Tenant struct {
-	Name     string    `json:"name"`
-	Disabled bool      `json:"disabled"`
-	Created  time.Time `json:"created"`
-}
-
-// enabledTenant checks the stored tenant record of name.
-func enabledTenant(name string, stored []byte) error {
-	var t Tenant
-	if stored == nil || json.Unmarshal(stored, &t) != nil {
-		return fmt.Errorf("%w %q", ErrNoTenant, name)
-	}
-	if t.Disabled {
-		return fmt.Errorf("%w: %q", ErrTenantDisabled, name)
-	}
-	return nil
-}
-
-// indexKey is the key that lists device under tenant in the tenant index.
-func (r *Registry) indexKey(tenant, device string) string {
-	return r.signerKey(kindIndex, tenant+"/"+device)
-}
-
-// indexOps keeps the tenant index in step with a device's change of tenant.
-func (r *Registry) indexOps(device string, before, after *record.Device) []clientv3.Op {
-	var was, is string
-	if before != nil {
-		was = before.Tenant
-	}
-	if after != nil {
-		is = after.Tenant
-	}
-	if was == is {
-		return nil
-	}
-	var ops []clientv3.Op
-	if was != "" {
-		ops = append(ops, clientv3.OpDelete(r.indexKey(was, device)))
-	}
-	if is != "" {
-		ops = append(ops, clientv3.OpPut(r.indexKey(is, device), ""))
-	}
-	return ops
-}
-
 // Tenant returns a tenant and the revision it was last changed at.
 func (r *Registry) Tenant(ctx context.Context, name string) (*Tenant, int64, error) {
 	if err := record.CheckTenant(name); err != nil {
@@ -79,18 +32,6 @@ func (r *Registry) Tenant(ctx context.Context, name string) (*Tenant, int64, err
 	}
 	t, err := parseTenant(name, resp.Kvs[0].Value)
 	return t, resp.Kvs[0].ModRevision, err
-}
-
-// parseTenant reads the stored record of tenant name (nil: there is none).
-func parseTenant(name string, stored []byte) (*Tenant, error) {
-	if stored == nil {
-		return nil, fmt.Errorf("%w %q", ErrNoTenant, name)
-	}
-	var t Tenant
-	if err := json.Unmarshal(stored, &t); err != nil {
-		return nil, fmt.Errorf("%w: tenant %q: %w", ErrStoredInvalid, name, err)
-	}
-	return &t, nil
 }
 
 // CreateTenant adds a tenant; creating one that exists changes nothing.
