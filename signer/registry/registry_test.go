@@ -43,131 +43,155 @@ func mustDevice(t *testing.T, r *Registry, name string) *record.Device {
 func TestLifecycle(t *testing.T) {
 	r, acme, globex, clock := tenantRegistry(t)
 	ctx := t.Context()
-	render := func(name string) []record.Published {
+	render := func(t *testing.T, name string) []record.Published {
 		return mustDevice(t, r, name).Render(60, clock.Now(), record.RenderOptions{RevokedUsage: 255})
 	}
 
-	d, err := r.Register(ctx, acme, "lamp", "", map[string]string{"model": "th-200"})
-	if err != nil || d.Tenant != "acme" || len(d.Credentials) != 0 || len(render("lamp")) != 0 {
-		t.Fatalf("register: %+v %v", d, err)
-	}
-	if _, err := r.Register(ctx, acme, "lamp", "", nil); err != nil {
-		t.Errorf("registering again: %v", err)
-	}
-	if _, err := r.Register(ctx, globex, "lamp", "", nil); !errors.Is(err, ErrConflict) {
-		t.Errorf("another tenant registering a held name: %v", err)
-	}
-	if _, err := r.Register(ctx, acme, "lamp2", "globex", nil); !errors.Is(err, ErrForbidden) {
-		t.Errorf("a tenant registering for another: %v", err)
-	}
-	if _, err := r.Register(ctx, testOperator, "lamp3", "initech", nil); !errors.Is(err, ErrNoTenant) {
-		t.Errorf("registering for a tenant that does not exist: %v", err)
-	}
-
+	var d *record.Device
+	var err error
 	e := &Enroller{CA: catest.New(t), Registry: r}
-	key := testenv.DeviceKey(t)
-	if _, err := e.Enroll(ctx, Enrollment{Actor: globex, Device: "lamp", PublicKey: key.Public()}); !errors.Is(err, ErrNotFound) {
-		t.Errorf("another tenant enrolling: %v", err)
-	}
-	if _, err := e.Enroll(ctx, Enrollment{Actor: acme, Device: "lamp", PublicKey: key.Public()}); err != nil {
-		t.Fatal(err)
-	}
-	if p := render("lamp"); len(p) != 1 || p[0].Usage != 3 {
-		t.Fatalf("enrolled: %+v", p)
+	if !t.Run("register", func(t *testing.T) {
+		d, err = r.Register(ctx, acme, "lamp", "", map[string]string{"model": "th-200"})
+		if err != nil || d.Tenant != "acme" || len(d.Credentials) != 0 || len(render(t, "lamp")) != 0 {
+			t.Fatalf("register: %+v %v", d, err)
+		}
+		if _, err := r.Register(ctx, acme, "lamp", "", nil); err != nil {
+			t.Errorf("registering again: %v", err)
+		}
+		if _, err := r.Register(ctx, globex, "lamp", "", nil); !errors.Is(err, ErrConflict) {
+			t.Errorf("another tenant registering a held name: %v", err)
+		}
+		if _, err := r.Register(ctx, acme, "lamp2", "globex", nil); !errors.Is(err, ErrForbidden) {
+			t.Errorf("a tenant registering for another: %v", err)
+		}
+		if _, err := r.Register(ctx, testOperator, "lamp3", "initech", nil); !errors.Is(err, ErrNoTenant) {
+			t.Errorf("registering for a tenant that does not exist: %v", err)
+		}
+
+	}) {
+		return
 	}
 
-	// Suspend: nothing published as active; resume brings it back.
-	if _, err := r.SetSuspended(ctx, globex, "lamp", true); !errors.Is(err, ErrNotFound) {
-		t.Errorf("another tenant suspending: %v", err)
-	}
-	if _, err := r.SetSuspended(ctx, acme, "lamp", true); err != nil || len(render("lamp")) != 0 {
-		t.Fatalf("suspended: %v %+v", err, render("lamp"))
-	}
-	if _, err := r.SetSuspended(ctx, acme, "lamp", false); err != nil || len(render("lamp")) != 1 {
-		t.Fatalf("resumed: %v", err)
+	if !t.Run("enroll", func(t *testing.T) {
+		key := testenv.DeviceKey(t)
+		if _, err := e.Enroll(ctx, Enrollment{Actor: globex, Device: "lamp", PublicKey: key.Public()}); !errors.Is(err, ErrNotFound) {
+			t.Errorf("another tenant enrolling: %v", err)
+		}
+		if _, err := e.Enroll(ctx, Enrollment{Actor: acme, Device: "lamp", PublicKey: key.Public()}); err != nil {
+			t.Fatal(err)
+		}
+		if p := render(t, "lamp"); len(p) != 1 || p[0].Usage != 3 {
+			t.Fatalf("enrolled: %+v", p)
+		}
+
+	}) {
+		return
 	}
 
-	// Transfer: codes are one-time, expire and only the losing tenant cancels.
-	code, _, err := r.StartTransfer(ctx, acme, "lamp", time.Hour)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, _, err := r.StartTransfer(ctx, globex, "lamp", time.Hour); !errors.Is(err, ErrNotFound) {
-		t.Errorf("gaining tenant starting a transfer: %v", err)
-	}
-	if _, err := r.AcceptTransfer(ctx, globex, "lamp", "", "WRONG", false); !errors.Is(err, ErrBadTransferCode) {
-		t.Errorf("wrong code: %v", err)
-	}
-	if _, err := r.AcceptTransfer(ctx, acme, "lamp", "", code, false); !errors.Is(err, ErrInvalid) {
-		t.Errorf("transfer to the same tenant: %v", err)
-	}
-	if _, err := r.SetTenantDisabled(ctx, testOperator, "globex", true); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := r.AcceptTransfer(ctx, testOperator, "lamp", "globex", code, false); !errors.Is(err, ErrTenantDisabled) {
-		t.Errorf("transfer to a disabled tenant: %v", err)
-	}
-	r.SetTenantDisabled(ctx, testOperator, "globex", false)
-	if err := r.CancelTransfer(ctx, globex, "lamp"); !errors.Is(err, ErrNotFound) {
-		t.Errorf("gaining tenant cancelling: %v", err)
-	}
-	if err := r.CancelTransfer(ctx, acme, "lamp"); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := r.AcceptTransfer(ctx, globex, "lamp", "", code, false); !errors.Is(err, ErrBadTransferCode) {
-		t.Errorf("cancelled code: %v", err)
-	}
-	code, _, _ = r.StartTransfer(ctx, acme, "lamp", time.Hour)
-	clock.Add(time.Hour + time.Second)
-	if _, err := r.AcceptTransfer(ctx, globex, "lamp", "", code, false); !errors.Is(err, ErrBadTransferCode) {
-		t.Errorf("expired code: %v", err)
-	}
-	code, _, _ = r.StartTransfer(ctx, acme, "lamp", time.Hour)
-	d, err = r.AcceptTransfer(ctx, globex, "lamp", "", code, false)
-	if err != nil || d.Tenant != "globex" || d.Credentials[0].Status != record.StatusRevoked || d.Credentials[0].Reason != "affiliationChanged" {
-		t.Fatalf("transfer, keys revoked: %+v %v", d, err)
-	}
-	if _, err := r.AcceptTransfer(ctx, globex, "lamp", "", code, false); !errors.Is(err, ErrBadTransferCode) {
-		t.Errorf("reused code: %v", err)
-	}
-	if _, err := r.SetSuspended(ctx, acme, "lamp", true); !errors.Is(err, ErrNotFound) {
-		t.Errorf("the losing tenant after the transfer: %v", err)
-	}
-	// Keys kept: a second transfer back.
-	e.Enroll(ctx, Enrollment{Actor: globex, Device: "lamp", PublicKey: testenv.DeviceKey(t).Public()})
-	code, _, _ = r.StartTransfer(ctx, globex, "lamp", time.Hour)
-	if d, err = r.AcceptTransfer(ctx, acme, "lamp", "", code, true); err != nil || d.Tenant != "acme" || d.Credentials[1].Status != record.StatusActive {
-		t.Fatalf("transfer, keys kept: %+v %v", d, err)
+	if !t.Run("suspend", func(t *testing.T) {
+		// Suspend: nothing published as active; resume brings it back.
+		if _, err := r.SetSuspended(ctx, globex, "lamp", true); !errors.Is(err, ErrNotFound) {
+			t.Errorf("another tenant suspending: %v", err)
+		}
+		if _, err := r.SetSuspended(ctx, acme, "lamp", true); err != nil || len(render(t, "lamp")) != 0 {
+			t.Fatalf("suspended: %v %+v", err, render(t, "lamp"))
+		}
+		if _, err := r.SetSuspended(ctx, acme, "lamp", false); err != nil || len(render(t, "lamp")) != 1 {
+			t.Fatalf("resumed: %v", err)
+		}
+
+	}) {
+		return
 	}
 
-	// The tenant index follows; a tenant with devices cannot be deleted.
-	if list, _, _ := r.Search(ctx, globex, Filter{}); len(list) != 0 {
-		t.Errorf("globex still lists %v", list)
+	if !t.Run("transfer", func(t *testing.T) {
+		// Transfer: codes are one-time, expire and only the losing tenant cancels.
+		code, _, err := r.StartTransfer(ctx, acme, "lamp", time.Hour)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, _, err := r.StartTransfer(ctx, globex, "lamp", time.Hour); !errors.Is(err, ErrNotFound) {
+			t.Errorf("gaining tenant starting a transfer: %v", err)
+		}
+		if _, err := r.AcceptTransfer(ctx, globex, "lamp", "", "WRONG", false); !errors.Is(err, ErrBadTransferCode) {
+			t.Errorf("wrong code: %v", err)
+		}
+		if _, err := r.AcceptTransfer(ctx, acme, "lamp", "", code, false); !errors.Is(err, ErrInvalid) {
+			t.Errorf("transfer to the same tenant: %v", err)
+		}
+		if _, err := r.SetTenantDisabled(ctx, testOperator, "globex", true); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := r.AcceptTransfer(ctx, testOperator, "lamp", "globex", code, false); !errors.Is(err, ErrTenantDisabled) {
+			t.Errorf("transfer to a disabled tenant: %v", err)
+		}
+		r.SetTenantDisabled(ctx, testOperator, "globex", false)
+		if err := r.CancelTransfer(ctx, globex, "lamp"); !errors.Is(err, ErrNotFound) {
+			t.Errorf("gaining tenant cancelling: %v", err)
+		}
+		if err := r.CancelTransfer(ctx, acme, "lamp"); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := r.AcceptTransfer(ctx, globex, "lamp", "", code, false); !errors.Is(err, ErrBadTransferCode) {
+			t.Errorf("cancelled code: %v", err)
+		}
+		code, _, _ = r.StartTransfer(ctx, acme, "lamp", time.Hour)
+		clock.Add(time.Hour + time.Second)
+		if _, err := r.AcceptTransfer(ctx, globex, "lamp", "", code, false); !errors.Is(err, ErrBadTransferCode) {
+			t.Errorf("expired code: %v", err)
+		}
+		code, _, _ = r.StartTransfer(ctx, acme, "lamp", time.Hour)
+		d, err = r.AcceptTransfer(ctx, globex, "lamp", "", code, false)
+		if err != nil || d.Tenant != "globex" || d.Credentials[0].Status != record.StatusRevoked || d.Credentials[0].Reason != "affiliationChanged" {
+			t.Fatalf("transfer, keys revoked: %+v %v", d, err)
+		}
+		if _, err := r.AcceptTransfer(ctx, globex, "lamp", "", code, false); !errors.Is(err, ErrBadTransferCode) {
+			t.Errorf("reused code: %v", err)
+		}
+		if _, err := r.SetSuspended(ctx, acme, "lamp", true); !errors.Is(err, ErrNotFound) {
+			t.Errorf("the losing tenant after the transfer: %v", err)
+		}
+		// Keys kept: a second transfer back.
+		e.Enroll(ctx, Enrollment{Actor: globex, Device: "lamp", PublicKey: testenv.DeviceKey(t).Public()})
+		code, _, _ = r.StartTransfer(ctx, globex, "lamp", time.Hour)
+		if d, err = r.AcceptTransfer(ctx, acme, "lamp", "", code, true); err != nil || d.Tenant != "acme" || d.Credentials[1].Status != record.StatusActive {
+			t.Fatalf("transfer, keys kept: %+v %v", d, err)
+		}
+
+	}) {
+		return
 	}
-	if list, _, _ := r.Search(ctx, acme, Filter{}); len(list) != 1 || list[0].Name != "lamp" {
-		t.Errorf("acme lists %v", list)
-	}
-	r.SetTenantDisabled(ctx, testOperator, "acme", true)
-	if err := r.DeleteTenant(ctx, testOperator, "acme"); !errors.Is(err, ErrConflict) {
-		t.Errorf("deleting a tenant with devices: %v", err)
-	}
-	r.SetTenantDisabled(ctx, testOperator, "acme", false)
-	if err := r.Delete(ctx, globex, "lamp"); !errors.Is(err, ErrNotFound) {
-		t.Errorf("another tenant deleting: %v", err)
-	}
-	if err := r.Delete(ctx, acme, "lamp"); err != nil {
-		t.Fatal(err)
-	}
-	if err := r.DeleteTenant(ctx, testOperator, "acme"); !errors.Is(err, ErrConflict) {
-		t.Errorf("deleting an enabled tenant: %v", err)
-	}
-	r.SetTenantDisabled(ctx, testOperator, "acme", true)
-	if err := r.DeleteTenant(ctx, testOperator, "acme"); err != nil {
-		t.Errorf("deleting an empty disabled tenant: %v", err)
-	}
-	if err := r.DeleteTenant(ctx, acme, "globex"); !errors.Is(err, ErrForbidden) {
-		t.Errorf("a tenant deleting a tenant: %v", err)
-	}
+
+	t.Run("index and deletion", func(t *testing.T) {
+		// The tenant index follows; a tenant with devices cannot be deleted.
+		if list, _, _ := r.Search(ctx, globex, Filter{}); len(list) != 0 {
+			t.Errorf("globex still lists %v", list)
+		}
+		if list, _, _ := r.Search(ctx, acme, Filter{}); len(list) != 1 || list[0].Name != "lamp" {
+			t.Errorf("acme lists %v", list)
+		}
+		r.SetTenantDisabled(ctx, testOperator, "acme", true)
+		if err := r.DeleteTenant(ctx, testOperator, "acme"); !errors.Is(err, ErrConflict) {
+			t.Errorf("deleting a tenant with devices: %v", err)
+		}
+		r.SetTenantDisabled(ctx, testOperator, "acme", false)
+		if err := r.Delete(ctx, globex, "lamp"); !errors.Is(err, ErrNotFound) {
+			t.Errorf("another tenant deleting: %v", err)
+		}
+		if err := r.Delete(ctx, acme, "lamp"); err != nil {
+			t.Fatal(err)
+		}
+		if err := r.DeleteTenant(ctx, testOperator, "acme"); !errors.Is(err, ErrConflict) {
+			t.Errorf("deleting an enabled tenant: %v", err)
+		}
+		r.SetTenantDisabled(ctx, testOperator, "acme", true)
+		if err := r.DeleteTenant(ctx, testOperator, "acme"); err != nil {
+			t.Errorf("deleting an empty disabled tenant: %v", err)
+		}
+		if err := r.DeleteTenant(ctx, acme, "globex"); !errors.Is(err, ErrForbidden) {
+			t.Errorf("a tenant deleting a tenant: %v", err)
+		}
+	})
 }
 
 // TestAssign: the operator gives a device from before tenants to one, and moves a
