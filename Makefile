@@ -42,6 +42,7 @@ e2e: ## end-to-end tests: etcd (one node and a 3-member cluster), CoreDNS, the s
 FUZZTIME ?= 30s
 fuzz: ## a short fuzzing run of each parser (FUZZTIME=10m for longer)
 	$(GO) test -run XXX -fuzz FuzzParseDevice -fuzztime $(FUZZTIME) -timeout 0 ./record/
+	$(GO) test -run XXX -fuzz FuzzParseZoneKey -fuzztime $(FUZZTIME) -timeout 0 ./record/
 	$(GO) test -run XXX -fuzz FuzzServeDNS -fuzztime $(FUZZTIME) -timeout 0 ./plugin/
 	$(GO) test -run XXX -fuzz FuzzParse -fuzztime $(FUZZTIME) -timeout 0 ./internal/pkcs11key/
 	$(GO) test -run XXX -fuzz FuzzImportLines -fuzztime $(FUZZTIME) -timeout 0 ./cmd/deviceid-signer/

@@ -209,8 +209,17 @@ func SplitKey(rest string) (kind, name string, err error) {
 		if canonical != name {
 			return "", "", fmt.Errorf("service name %q in an etcd key must be lower case (%q)", name, canonical)
 		}
+	case KindDNSSEC:
+		id, ok := strings.CutPrefix(name, "key/")
+		if !ok {
+			return "", "", fmt.Errorf("key %q: want %s/key/<id>", rest, KindDNSSEC)
+		}
+		if err := CheckZoneKeyID(id); err != nil {
+			return "", "", err
+		}
+		return kind, id, nil
 	default:
-		return "", "", fmt.Errorf("key %q: unknown kind %q (want %q, %q or %q)", rest, kind, KindDevice, KindCA, KindService)
+		return "", "", fmt.Errorf("key %q: unknown kind %q (want %q, %q, %q or %q)", rest, kind, KindDevice, KindCA, KindService, KindDNSSEC)
 	}
 	return kind, name, nil
 }

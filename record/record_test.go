@@ -272,6 +272,9 @@ func TestSplitKey(t *testing.T) {
 		{"device/bad_name", "", "", "only a-z"},
 		{"ca/" + strings.ToUpper(aki), "", "", "40 lowercase hex"},
 		{"ca/abc", "", "", "40 lowercase hex"},
+		{"dnssec/key/ksk-20261203", KindDNSSEC, "ksk-20261203", ""},
+		{"dnssec/key/KSK", "", "", "key id"},
+		{"dnssec/policy", "", "", "dnssec/key/<id>"},
 		{"other/x", "", "", "unknown kind"},
 		{"device", "", "", "not <kind>/<name>"},
 	}
