@@ -242,7 +242,7 @@ func TestEngineInvariants(t *testing.T) {
 	charged := false
 	_, err = r.commit(t.Context(), txn{keys: []string{"/deviceid/iot.example/s1"}, from: &from, decide: func(snapshot) (*plan, error) {
 		return &plan{ops: []clientv3.Op{clientv3.OpPut("/deviceid/iot.example/s1", "{}")}, audit: AuditEntry{Operation: "device.register"},
-			charge: func() error { charged = true; return ErrRateLimited }}, nil
+			charge: func() (func(), error) { charged = true; return nil, ErrRateLimited }}, nil
 	}})
 	if !charged || !errors.Is(err, ErrRateLimited) {
 		t.Errorf("a write over its quota: charged %v, %v", charged, err)

@@ -25,7 +25,8 @@ import (
 const maxAttempts = 50
 
 // A txn is one change: the keys it reads, and decide, which computes what to write
-// from what it read. decide must have no side effect: it runs again on every attempt.
+// from what it read. decide runs again on every attempt, so it writes nothing itself;
+// what it hands back to its caller (the record it made) is the last attempt's.
 type txn struct {
 	keys   []string
 	decide func(snapshot) (*plan, error)
@@ -46,8 +47,9 @@ type plan struct {
 	ops   []clientv3.Op
 	audit AuditEntry // required with every write
 	// charge, when set, is called once, after every check of the change passed and
-	// before anything is written: a refused request costs no quota.
-	charge func() error
+	// before anything is written; what it took is given back when the change ends
+	// without a write (refused on a later attempt, or conflicted out).
+	charge func() (refund func(), err error)
 	// leased, when set, is put under a new etcd lease granted once the change passed
 	// every check (a refused request grants none). When its key is one of the keys
 	// read, the lease of the value it replaces is revoked after the write, so a key
@@ -80,10 +82,17 @@ func (r *Registry) commit(ctx context.Context, t txn) (snapshot, error) {
 	}
 	onGuess := t.guess
 	var lease clientv3.LeaseID
-	charged, written := false, false
+	var refund func() // of the quota charged
+	written := false
 	defer func() {
-		if lease != 0 && !written { // a lease granted for nothing would live out its TTL
+		if written {
+			return
+		}
+		if lease != 0 { // a lease granted for nothing would live out its TTL
 			r.revokeLease(ctx, lease)
+		}
+		if refund != nil {
+			refund()
 		}
 	}()
 	for attempt := 0; attempt < maxAttempts; attempt++ {
@@ -112,12 +121,11 @@ func (r *Registry) commit(ctx context.Context, t txn) (snapshot, error) {
 		if p.audit.Operation == "" {
 			return snap, errors.New("registry: a change without its audit entry") // a bug, never written
 		}
-		if !charged && p.charge != nil {
-			if err := p.charge(); err != nil {
+		if refund == nil && p.charge != nil {
+			if refund, err = p.charge(); err != nil {
 				return snap, err
 			}
 		}
-		charged = true
 		ops := append(p.ops[:len(p.ops):len(p.ops)], r.auditOp(p.audit))
 		if p.leased != nil {
 			if lease == 0 {

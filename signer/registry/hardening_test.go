@@ -1,9 +1,11 @@
 package registry
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -434,5 +436,74 @@ func TestBucketsBounded(t *testing.T) {
 	}
 	if b.Take("192.0.2.7", 1) {
 		t.Error("a flood of new keys freed a limited one")
+	}
+}
+
+// hookKV lets a test act between the registry's etcd calls.
+type hookKV struct {
+	clientv3.KV
+	onGet func(key string)
+}
+
+func (h *hookKV) Get(ctx context.Context, key string, opts ...clientv3.OpOption) (*clientv3.GetResponse, error) {
+	resp, err := h.KV.Get(ctx, key, opts...)
+	if h.onGet != nil {
+		h.onGet(key)
+	}
+	return resp, err
+}
+
+// A change charged on one attempt and refused on a later one (another writer got
+// there first) gives its quota back, and its lease.
+func TestRefusedAfterConflictRefunds(t *testing.T) {
+	r := testRegistry(t)
+	ctx := t.Context()
+	k := "/deviceid/k"
+	charged, refunded := 0, 0
+	_, err := r.commit(ctx, txn{keys: []string{k}, decide: func(s snapshot) (*plan, error) {
+		if s.values[0] != nil {
+			return nil, ErrConflict
+		}
+		r.Client.Put(ctx, k, "other") // the race: the write that follows fails
+		return &plan{audit: AuditEntry{Operation: "test"}, leased: &leasedPut{key: "/deviceid/l", value: "v", ttl: time.Minute},
+			charge: func() (func(), error) { charged++; return func() { refunded++ }, nil }}, nil
+	}})
+	if !errors.Is(err, ErrConflict) || charged != 1 || refunded != 1 {
+		t.Errorf("refused after a conflict: %v, charged %d, refunded %d", err, charged, refunded)
+	}
+	if leases, _ := r.Client.Leases(ctx); len(leases.Leases) != 0 {
+		t.Errorf("%d leases left", len(leases.Leases))
+	}
+}
+
+// A tenant record that does not parse is reported as such (500), not as no tenant.
+func TestIssueTokenInvalidTenant(t *testing.T) {
+	r := testRegistry(t)
+	r.Client.Put(t.Context(), r.signerKey(kindTenant, "acme"), "{")
+	if _, err := r.IssueToken(t.Context(), testOperator, "acme", ""); !errors.Is(err, ErrStoredInvalid) {
+		t.Errorf("IssueToken over an invalid tenant record: %v", err)
+	}
+	if tn, err := r.CreateTenant(t.Context(), testOperator, "acme"); tn != nil || !errors.Is(err, ErrStoredInvalid) {
+		t.Errorf("CreateTenant over an invalid record: %v, %v", tn, err)
+	}
+}
+
+// The operator deletes an invalid record; one made valid meanwhile is left alone.
+func TestDeleteInvalidRace(t *testing.T) {
+	r, _, _, _ := tenantRegistry(t)
+	ctx := t.Context()
+	key := record.DeviceKey(r.Prefix, r.Zone, "s1")
+	r.Client.Put(ctx, key, "{")
+	raw := r.Client.KV
+	var gets atomic.Int32
+	r.Client.KV = &hookKV{KV: raw, onGet: func(k string) {
+		if k == key && gets.Add(1) == 1 {
+			raw.Put(ctx, key, `{"version":1,"tenant":"acme"}`)
+		}
+	}}
+	err := r.Delete(ctx, testOperator, "s1")
+	r.Client.KV = raw
+	if got, _ := raw.Get(ctx, key); !errors.Is(err, ErrConflict) || len(got.Kvs) != 1 {
+		t.Errorf("delete of a record made valid meanwhile: %v, still there: %v", err, len(got.Kvs) == 1)
 	}
 }

@@ -314,10 +314,13 @@ func (r *Registry) Delete(ctx context.Context, actor Actor, device string) error
 
 // deleteInvalid removes a record that does not parse, with its audit entry.
 func (r *Registry) deleteInvalid(ctx context.Context, actor Actor, device, key string) error {
-	// Once: what was found invalid is deleted, not what another writer put there since.
-	_, err := r.commit(ctx, txn{keys: []string{key}, once: true, decide: func(s snapshot) (*plan, error) {
+	_, err := r.commit(ctx, txn{keys: []string{key}, decide: func(s snapshot) (*plan, error) {
 		if s.values[0] == nil {
 			return nil, ErrNotFound
+		}
+		if _, err := record.ParseDevice(s.values[0]); err == nil {
+			// Another writer made it valid meanwhile: not what the operator saw.
+			return nil, fmt.Errorf("%w: the record was written meanwhile and is valid now; look at it again", ErrConflict)
 		}
 		ops := []clientv3.Op{clientv3.OpDelete(key), clientv3.OpDelete(r.codeKey(device)), clientv3.OpDelete(r.signerKey(kindTransfer, device))}
 		if tenant := storedTenant(s.values[0]); tenant != "" {

@@ -35,9 +35,10 @@ const MaxWrite = 64 << 10
 const quotaSlots = 16384
 
 // charge takes a write of n bytes by actor on a record of tenant from the quotas.
-func (q *Quotas) charge(actor Actor, tenant, device string, n int, now func() time.Time) error {
+func (q *Quotas) charge(actor Actor, tenant, device string, n int, now func() time.Time) (refund func(), err error) {
+	refund = func() {}
 	if q == nil || actor.Operator {
-		return nil
+		return refund, nil
 	}
 	q.once.Do(func() {
 		if q.TenantBytesPerSecond > 0 {
@@ -47,16 +48,24 @@ func (q *Quotas) charge(actor Actor, tenant, device string, n int, now func() ti
 			q.devices = NewBuckets(quotaSlots, q.DeviceWritesPerHour/3600, max(q.DeviceWriteBurst, 1), now)
 		}
 	})
-	if actor.isDevice() && q.devices != nil && !q.devices.Take(device, 1) {
-		return &RateLimitError{"the device enrolls too often", q.devices.Wait(device, 1)}
+	if actor.isDevice() && q.devices != nil {
+		if !q.devices.Take(device, 1) {
+			return refund, &RateLimitError{"the device enrolls too often", q.devices.Wait(device, 1)}
+		}
+		refund = func() { q.devices.Give(device, 1) }
 	}
 	if actor.Tenant != "" {
 		tenant = actor.Tenant
 	}
-	if tenant != "" && q.tenants != nil && !q.tenants.Take(tenant, float64(n)) {
-		return &RateLimitError{fmt.Sprintf("tenant %q writes more than its quota", tenant), q.tenants.Wait(tenant, float64(n))}
+	if tenant != "" && q.tenants != nil {
+		if !q.tenants.Take(tenant, float64(n)) {
+			refund()
+			return func() {}, &RateLimitError{fmt.Sprintf("tenant %q writes more than its quota", tenant), q.tenants.Wait(tenant, float64(n))}
+		}
+		device := refund
+		refund = func() { device(); q.tenants.Give(tenant, float64(n)) }
 	}
-	return nil
+	return refund, nil
 }
 
 // Buckets are token buckets by key in a table of fixed size, so that ever new keys

@@ -43,8 +43,10 @@ func (r *Registry) CreateTenant(ctx context.Context, actor Actor, name string) (
 		return nil, invalid(err)
 	}
 	t := &Tenant{Name: name, Created: r.now().UTC().Truncate(time.Second)}
-	_, err := r.commit(ctx, r.createTenant(actor, t))
-	return t, err
+	if _, err := r.commit(ctx, r.createTenant(actor, t)); err != nil {
+		return nil, err
+	}
+	return t, nil
 }
 
 // createTenant writes *t when no tenant of its name exists, and otherwise reads the
@@ -223,8 +225,12 @@ func (r *Registry) IssueToken(ctx context.Context, actor Actor, tenant, label st
 	b, _ := json.Marshal(stored)
 	tenantKey := r.signerKey(kindTenant, tenant)
 	_, err := r.commit(ctx, txn{keys: []string{tenantKey}, decide: func(s snapshot) (*plan, error) {
-		if err := enabledTenant(tenant, s.values[0]); err != nil {
+		t, err := parseTenant(tenant, s.values[0])
+		if err != nil {
 			return nil, err
+		}
+		if t.Disabled {
+			return nil, fmt.Errorf("%w: %q", ErrTenantDisabled, tenant)
 		}
 		return &plan{ops: []clientv3.Op{clientv3.OpPut(r.signerKey(kindToken, tok.ID), string(b))},
 			audit: AuditEntry{Actor: actor.ID, ActorTenant: actor.Tenant, Operation: "token.issue", Tenant: tenant, Detail: "token " + tok.ID}}, nil

@@ -168,7 +168,9 @@ func (r *Registry) planWrite(w write, l writeLayout, s snapshot) (*plan, *record
 	p := &plan{ops: append([]clientv3.Op{op}, ops...),
 		audit: AuditEntry{Actor: w.actor.ID, ActorTenant: w.actor.Tenant, Operation: w.operation,
 			Before: Summarize(before), After: Summarize(updated), Detail: w.detail},
-		charge: func() error { return r.Quotas.charge(w.actor, tenantOf(before, updated), l.device, cost, r.now) }}
+		charge: func() (func(), error) {
+			return r.Quotas.charge(w.actor, tenantOf(before, updated), l.device, cost, r.now)
+		}}
 	if w.service {
 		p.audit.Service = l.device
 	} else {
