@@ -82,7 +82,7 @@ func (z *zone) serve(w dns.ResponseWriter, state request.Request, qname string, 
 			break
 		}
 		z.signer.misses.Inc()
-		sigs, err := z.makeSigs(stale.owner(), rr, now, true)
+		sigs, err := z.makeSigs(ap.keys, stale.owner(), rr, now, true)
 		if err != nil {
 			return err
 		}
@@ -126,8 +126,8 @@ func (z *zone) compose(a nameAnswer) {
 			}
 		})
 		if a.do && p.an > 0 {
-			p.buf = z.signer.appendRRSIGs(p.buf, dns.TypeTLSA, labels, ttl, a.sigs.inc, a.sigs.exp, a.sigs.tlsa())
-			p.an += uint16(z.signer.nz())
+			p.buf = z.signer.appendRRSIGs(p.buf, a.ap.keys, dns.TypeTLSA, labels, ttl, a.sigs.inc, a.sigs.exp, a.sigs.tlsa())
+			p.an += uint16(a.ap.keys.nz())
 		}
 		if p.an > 0 {
 			return
@@ -141,8 +141,8 @@ func (z *zone) compose(a nameAnswer) {
 	p.buf = append(p.buf, a.ap.soaAuth...)
 	p.ns += a.ap.nSOA
 	p.buf = appendNSECAtQuestion(p.buf, z.cfg.ttl, a.wire, len(a.rr) > 0)
-	p.buf = z.signer.appendRRSIGs(p.buf, dns.TypeNSEC, labels, z.cfg.ttl, a.sigs.inc, a.sigs.exp, a.sigs.nsec())
-	p.ns += 1 + uint16(z.signer.nz())
+	p.buf = z.signer.appendRRSIGs(p.buf, a.ap.keys, dns.TypeNSEC, labels, z.cfg.ttl, a.sigs.inc, a.sigs.exp, a.sigs.nsec())
+	p.ns += 1 + uint16(a.ap.keys.nz())
 }
 
 // appendNSECAtQuestion appends the NSEC at the question name.
@@ -174,8 +174,8 @@ func (z *zone) deny(p *packet, state request.Request, ap *apex, do bool, wire []
 	if o := state.Req.IsEdns0(); o == nil || !o.Co() {
 		p.rcode = dns.RcodeSuccess
 	}
-	s := z.signer
-	nz := s.nz()
+	s, ks := z.signer, ap.keys
+	nz := ks.nz()
 	var sigs []byte
 	if nz <= 4 {
 		sigs = p.ab.sigs[:nz*sigSize]
@@ -183,7 +183,7 @@ func (z *zone) deny(p *packet, state request.Request, ap *apex, do bool, wire []
 		sigs = make([]byte, nz*sigSize)
 	}
 	ns := now.UnixNano()
-	inc, exp, ok := s.nx.get(wire, sigs, ns)
+	inc, exp, ok := s.nx.get(ks, wire, sigs, ns)
 	if ok {
 		s.hits.Inc()
 	} else {
@@ -203,10 +203,10 @@ func (z *zone) deny(p *packet, state request.Request, ap *apex, do bool, wire []
 		inc, exp = s.times(now)
 		nsec := append(append(append(p.ab.rdata[:0], 1, 0), wire...), bitmapNXNAME...)
 		one := [1][]byte{nsec}
-		if err := s.signNow(sigs, wire, dns.TypeNSEC, z.cfg.ttl, inc, exp, one[:]); err != nil {
+		if err := s.signNow(ks, sigs, wire, dns.TypeNSEC, z.cfg.ttl, inc, exp, one[:]); err != nil {
 			return err
 		}
-		s.nx.put(wire, sigs, inc, exp)
+		s.nx.put(ks, wire, sigs, inc, exp)
 	}
 	p.buf = append(p.buf, ap.soaAuth...)
 	p.ns += ap.nSOA
@@ -216,7 +216,7 @@ func (z *zone) deny(p *packet, state request.Request, ap *apex, do bool, wire []
 	p.buf = binary.BigEndian.AppendUint32(p.buf, z.cfg.ttl)
 	p.buf = binary.BigEndian.AppendUint16(p.buf, uint16(2+len(wire)+len(bitmapNXNAME)))
 	p.buf = append(append(append(p.buf, 1, 0), wire...), bitmapNXNAME...)
-	p.buf = s.appendRRSIGs(p.buf, dns.TypeNSEC, wireLabels(wire), z.cfg.ttl, inc, exp, sigs)
+	p.buf = s.appendRRSIGs(p.buf, ks, dns.TypeNSEC, wireLabels(wire), z.cfg.ttl, inc, exp, sigs)
 	p.ns += 1 + uint16(nz)
 	return nil
 }
@@ -248,7 +248,7 @@ func (z *zone) writeApex(w dns.ResponseWriter, state request.Request, ap *apex, 
 			sigs := set.sigs
 			if sigs == nil {
 				var err error
-				if sigs, err = z.signRRs(set.rrs, now); err != nil {
+				if sigs, err = z.signRRs(ap.keys, set.rrs, now); err != nil {
 					return nil, err
 				}
 			}

@@ -106,20 +106,24 @@ func (b *budget) take(now int64, tcp bool) (budgetVerdict, time.Duration) {
 // autoBudget asks for a budget of a quarter of what the server's cores can sign.
 const autoBudget = -1
 
-// denialRate returns the budget of the zone signed by s: the configured rate, or with
-// autoBudget a quarter of the signatures a second all cores make, measured now.
-func (cfg *config) denialRate(s *signer) float64 {
+// denialRate returns the budget of the zone signed by s with ks: the configured rate,
+// or with autoBudget a quarter of the signatures a second all cores make, measured
+// now (with a key made for the probe when the zone's keys come from etcd later).
+func (cfg *config) denialRate(s *signer, ks *keySet) float64 {
 	if cfg.denialBudget != autoBudget {
 		return cfg.denialBudget
 	}
 	const probes = 32
 	wire, _ := packName(make([]byte, 256), "budget-probe."+s.origin)
 	nsec := append(append([]byte{1, 0}, wire...), bitmapNXNAME...)
-	out := make([]byte, s.nz()*sigSize)
+	if ks == nil {
+		ks = probeKeys(s.origin)
+	}
+	out := make([]byte, ks.nz()*sigSize)
 	start := time.Now()
 	for range probes {
 		inc, exp := s.times(start)
-		if err := s.signSet(out, wire, dns.TypeNSEC, cfg.ttl, inc, exp, [][]byte{nsec}); err != nil {
+		if err := s.signSet(ks, out, wire, dns.TypeNSEC, cfg.ttl, inc, exp, [][]byte{nsec}); err != nil {
 			return 0 // the failure shows at the first query; no budget to guess
 		}
 	}

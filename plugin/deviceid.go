@@ -45,8 +45,12 @@ func newDeviceid(cfg *config) *Deviceid {
 	for _, origin := range cfg.zones {
 		z := &zone{origin: origin, cfg: cfg, rejected: make(map[string]int64), loaded: make(chan struct{}),
 			kick: make(chan struct{}, 1), now: func() time.Time { return d.now() }}
-		if ks := cfg.keys[origin]; ks != nil {
-			z.signer = newSigner(origin, ks, cfg.validity, cfg.cacheSize) // its budget is set by start
+		if ks := cfg.keys[origin]; ks != nil || cfg.keysFromEtcd {
+			z.keys = ks
+			if cfg.keysFromEtcd {
+				z.keyring, z.rekeyNow = newZoneKeys(), make(chan struct{}, 1)
+			}
+			z.signer = newSigner(origin, cfg.validity, cfg.cacheSize) // its budget is set by start
 		}
 		d.zones[origin] = z
 	}
@@ -169,7 +173,7 @@ func (d *Deviceid) start() error {
 	for _, z := range d.zones {
 		d.wg.Go(func() { z.run(ctx, cli) })
 		if z.signer != nil {
-			z.signer.budget.rate = d.cfg.denialRate(z.signer)
+			z.signer.budget.rate = d.cfg.denialRate(z.signer, z.keys)
 			d.wg.Go(func() { z.signAhead(ctx) })
 		}
 	}

@@ -34,7 +34,7 @@ func testDeviceidWith(t testing.TB, c *config) (*Deviceid, []dns.RR, []dns.RR, [
 		t.Fatal(err)
 	}
 	z := d.zones["iot.example."]
-	zd := z.newData(42)
+	zd := z.newData(42, z.keys)
 	now := time.Now()
 	var sets [][]dns.RR
 	for _, dev := range []struct{ name, status string }{{"sensor7", "active"}, {"c90a.airquality", "revoked"}} {
@@ -174,7 +174,7 @@ func TestServeDNSBeforeLoad(t *testing.T) {
 		t.Errorf("rcode %d before load, want SERVFAIL", rcode)
 	}
 	z := d.zones["iot.example."]
-	z.swap(z.newData(1))
+	z.swap(z.newData(1, z.keys))
 	if !d.Ready() {
 		t.Error("not ready after the first load")
 	}
@@ -194,7 +194,7 @@ func TestServeDNSOtherZone(t *testing.T) {
 func TestStoreNames(t *testing.T) {
 	d := newDeviceid(caddyConfig(t))
 	z := d.zones["iot.example."]
-	zd := z.newData(1)
+	zd := z.newData(1, z.keys)
 	c := z.cfg
 	key, _ := testenv.NewDeviceKey()
 	spki, _ := x509.MarshalPKIXPublicKey(key.Public())

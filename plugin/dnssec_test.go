@@ -290,7 +290,7 @@ func TestSignatureCache(t *testing.T) {
 	})
 	z.write.Lock()
 	z.apply(zd, parsed{kv: &mvccpb.KeyValue{Key: []byte("k")}, owner: owner, rr: one, device: true},
-		z.signAt(parsed{owner: owner, rr: one}, time.Now()))
+		z.signAt(zd, parsed{owner: owner, rr: one}, time.Now()))
 	z.write.Unlock()
 	misses = counter(cacheMisses)
 	changed, _ := ask(t, d, owner, dns.TypeTLSA, true, false)
@@ -301,24 +301,25 @@ func TestSignatureCache(t *testing.T) {
 }
 
 func TestNXCacheBounded(t *testing.T) {
-	c := newNXCache(3, 1, 24*time.Hour)
+	c := newNXCache(3, 24*time.Hour)
+	ks := &keySet{zsk: []*key{{}}}
 	s := &signer{validity: 24 * time.Hour}
 	now := time.Now()
 	inc, exp := s.times(now)
 	sig := make([]byte, sigSize)
 	for i := range 10 {
-		c.put([]byte{byte(i)}, sig, inc, exp)
+		c.put(ks, []byte{byte(i)}, sig, inc, exp)
 	}
 	if c.len() != 3 || len(c.slots) != 3 {
 		t.Errorf("cache holds %d entries in %d slots, bound 3", c.len(), len(c.slots))
 	}
-	if _, _, ok := c.get([]byte{9}, sig, now.UnixNano()); !ok {
+	if _, _, ok := c.get(ks, []byte{9}, sig, now.UnixNano()); !ok {
 		t.Error("the last name put is not found")
 	}
-	if _, _, ok := c.get([]byte{0}, sig, now.UnixNano()); ok {
+	if _, _, ok := c.get(ks, []byte{0}, sig, now.UnixNano()); ok {
 		t.Error("the first name put is still there")
 	}
-	if _, _, ok := c.get([]byte{9}, sig, now.Add(6*time.Hour).UnixNano()); ok {
+	if _, _, ok := c.get(ks, []byte{9}, sig, now.Add(6*time.Hour).UnixNano()); ok {
 		t.Error("a proof a quarter of its validity old is still served")
 	}
 }
@@ -359,7 +360,7 @@ func TestSignDeterministic(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		s := newSigner("iot.example.", ks, time.Hour, 10)
+		s := newSigner("iot.example.", time.Hour, 10)
 		nsec := []dns.RR{&dns.NSEC{
 			Hdr:        dns.RR_Header{Name: "nx._device.iot.example.", Rrtype: dns.TypeNSEC, Class: dns.ClassINET, Ttl: 60},
 			NextDomain: "\\000.nx._device.iot.example.",
@@ -373,7 +374,7 @@ func TestSignDeterministic(t *testing.T) {
 		inc, exp := s.times(time.Now())
 		first, second := make([]byte, sigSize), make([]byte, sigSize)
 		for _, out := range [][]byte{first, second} {
-			if err := s.signSet(out, wire, dns.TypeNSEC, 60, inc, exp, [][]byte{rdata}); err != nil {
+			if err := s.signSet(ks, out, wire, dns.TypeNSEC, 60, inc, exp, [][]byte{rdata}); err != nil {
 				t.Fatal(err)
 			}
 		}
@@ -413,7 +414,7 @@ func TestSignConcurrent(t *testing.T) {
 // to the query as an error; it must not take down the signing goroutines or the server.
 func TestSignPanicIsError(t *testing.T) {
 	broken := &signer{origin: "iot.example."}
-	if err := broken.signNow(make([]byte, sigSize), []byte{0}, dns.TypeNSEC, 60, 1, 2, [][]byte{{0}}); err == nil {
+	if err := broken.signNow(&keySet{zsk: []*key{nil}}, make([]byte, sigSize), []byte{0}, dns.TypeNSEC, 60, 1, 2, [][]byte{{0}}); err == nil {
 		t.Fatal("no error from a signer without keys")
 	}
 	d := signedDeviceid(t, false, dns.ED25519)

@@ -71,6 +71,11 @@ func (z *zone) run(ctx context.Context, cli *clientv3.Client) {
 // fetched while earlier ones are parsed, by as many workers as there are CPUs; one
 // goroutine puts the parsed records into the index.
 func (z *zone) load(ctx context.Context, cli *clientv3.Client, prefix string) (*zoneData, error) {
+	// The keys the names are signed with are read first: the store is laid out for them.
+	ks, err := z.loadKeys(ctx, cli, prefix, z.now())
+	if err != nil {
+		return nil, err
+	}
 	pages := make(chan *clientv3.GetResponse, 2)
 	var rev int64
 	fetched := make(chan error, 1)
@@ -92,11 +97,16 @@ func (z *zone) load(ctx context.Context, cli *clientv3.Client, prefix string) (*
 	}
 	go func() { workers.Wait(); close(results) }()
 
-	x := z.newData(0)
+	x := z.newData(0, ks)
 	z.write.Lock()
 	defer z.write.Unlock()
+	loaded := newZoneKeys() // the key records as this load read them
 	for batch := range results {
 		for _, p := range batch {
+			if p.keyID != "" {
+				z.takeKeyRecord(loaded, p)
+				continue
+			}
 			z.apply(x, p, nil)
 		}
 	}
@@ -105,6 +115,16 @@ func (z *zone) load(ctx context.Context, cli *clientv3.Client, prefix string) (*
 		return nil, err
 	}
 	x.loadRevision = rev
+	if z.keyring != nil {
+		// The keys read before the records must be the ones read with them.
+		z.keyring.records = loaded.records
+		now2, err := z.keySetAt(z.keyring, now)
+		if err != nil || !sameZSK(ks, now2) {
+			x.st.free()
+			return nil, fmt.Errorf("the zone's keys changed while it loaded; loading again (%v)", err)
+		}
+		z.installKeys(x, now2, now)
+	}
 	z.setSerial(x, rev, now)
 	return x, nil
 }
@@ -185,10 +205,24 @@ func (z *zone) follow(ctx context.Context, cli *clientv3.Client, prefix string, 
 	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
 	defer cancel()
 	events := cli.Watch(wctx, prefix, clientv3.WithPrefix(), clientv3.WithRev(rev+1))
+	keyTimer := z.keyTimer()
+	defer keyTimer.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
+		case <-keyTimer.C:
+			if err := z.rekey(); err != nil {
+				return err
+			}
+			keyTimer.Stop()
+			keyTimer = z.keyTimer()
+		case <-z.rekeyNow:
+			if err := z.rekey(); err != nil {
+				return err
+			}
+			keyTimer.Stop()
+			keyTimer = z.keyTimer()
 		case resp, ok := <-events:
 			if !ok {
 				return errors.New("watch closed")
@@ -206,6 +240,7 @@ func (z *zone) follow(ctx context.Context, cli *clientv3.Client, prefix string, 
 			z.write.Lock()
 			x := z.current()
 			now := z.now()
+			keysChanged := false
 			for _, ev := range resp.Events {
 				var p parsed
 				if ev.Type == mvccpb.DELETE {
@@ -213,11 +248,22 @@ func (z *zone) follow(ctx context.Context, cli *clientv3.Client, prefix string, 
 				} else {
 					p = z.parse(prefix, ev.Kv, now)
 				}
-				z.apply(x, p, z.signAt(p, now))
 				rev = ev.Kv.ModRevision
+				if p.keyID != "" {
+					keysChanged = z.takeKeyRecord(z.keyring, p) || keysChanged
+					continue
+				}
+				z.apply(x, p, z.signAt(x, p, now))
 			}
 			z.setSerial(x, rev, now)
 			z.write.Unlock()
+			if keysChanged {
+				if err := z.rekey(); err != nil {
+					return err
+				}
+				keyTimer.Stop()
+				keyTimer = z.keyTimer()
+			}
 			updateSeconds.WithLabelValues(z.origin).Observe(time.Since(arrived).Seconds())
 			z.report(x)
 		}
@@ -228,6 +274,7 @@ func (z *zone) follow(ctx context.Context, cli *clientv3.Client, prefix string, 
 // RRset of its record (none for a key deleted), or why the record is invalid.
 type parsed struct {
 	kv     *mvccpb.KeyValue
+	keyID  string // a zone key record's id (keys etcd), which the key set takes instead of the index
 	owner  string // "" when the key names no record
 	rr     []byte // the packed RRset, as the store keeps it
 	device bool
@@ -263,6 +310,8 @@ func (z *zone) parse(prefix string, kv *mvccpb.KeyValue, now time.Time) parsed {
 		if d, p.err = record.ParseDevice(kv.Value); p.err == nil {
 			p.rr, p.err = checkSize(z.cfg.serviceRRset(d, now))
 		}
+	case record.KindDNSSEC:
+		p.keyID = name
 	case record.KindCA:
 		p.owner = record.CAOwner(name, z.origin)
 		var cert *x509.Certificate
@@ -323,6 +372,8 @@ func (z *zone) parseDeletion(prefix string, kv *mvccpb.KeyValue) parsed {
 		p.owner = record.CAOwner(name, z.origin)
 	case kind == record.KindService:
 		p.owner, _ = record.ServiceOwner(name, z.origin)
+	case kind == record.KindDNSSEC:
+		p.keyID = name
 	}
 	return p
 }

@@ -4,9 +4,11 @@ import (
 	"crypto"
 	"crypto/ecdsa"
 	"crypto/elliptic"
+	"crypto/rand"
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"strings"
 
 	"github.com/deviceid/deviceid/internal/dnskey"
@@ -163,6 +165,15 @@ func newKeySet(origin string, keys []*key, ttl uint32, cds bool) (*keySet, error
 	return ks, nil
 }
 
+// nz is the number of signatures over an RRset other than DNSKEY, CDS and CDNSKEY
+// (0 for an unsigned zone, whose key set is nil).
+func (ks *keySet) nz() int {
+	if ks == nil {
+		return 0
+	}
+	return len(ks.zsk)
+}
+
 // signers returns the keys that sign an RRset of type t.
 func (ks *keySet) signers(t uint16) []*key {
 	switch t {
@@ -170,4 +181,28 @@ func (ks *keySet) signers(t uint16) []*key {
 		return ks.ksk
 	}
 	return ks.zsk
+}
+
+// sameSigners reports whether ks and other sign RRsets of type t with the same keys.
+func (ks *keySet) sameSigners(other *keySet, t uint16) bool {
+	if ks == nil || other == nil {
+		return ks == other
+	}
+	a, b := ks.signers(t), other.signers(t)
+	return slices.EqualFunc(a, b, func(x, y *key) bool { return x == y })
+}
+
+// rrsEqual reports whether two RRsets hold the same records.
+func rrsEqual(a, b []dns.RR) bool {
+	return slices.EqualFunc(a, b, func(x, y dns.RR) bool { return dns.IsDuplicate(x, y) })
+}
+
+// probeKeys is a key set made to measure what a signature costs (denialRate) before
+// a zone whose keys come from etcd has loaded them.
+func probeKeys(origin string) *keySet {
+	pk, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	dk, _ := dnskey.FromECDSA(origin, &pk.PublicKey, true)
+	k := &key{dnskey: dk, signer: rfc6979{pk}, tag: dk.KeyTag()}
+	ks, _ := newKeySet(origin, []*key{k}, 3600, false)
+	return ks
 }

@@ -8,6 +8,20 @@ import (
 )
 
 var (
+	keyUnavailable = promauto.NewGaugeVec(prometheus.GaugeOpts{
+		Namespace: plugin.Namespace,
+		Subsystem: "deviceid",
+		Name:      "key_unavailable",
+		Help:      "Gauge: 1 when a key that should sign (keys etcd) cannot be opened on this replica (the log says why), by zone and key id.",
+	}, []string{"zone", "key"})
+
+	keySetChanges = promauto.NewCounterVec(prometheus.CounterOpts{
+		Namespace: plugin.Namespace,
+		Subsystem: "deviceid",
+		Name:      "key_set_changes_total",
+		Help:      "Counter of changes of the keys a zone publishes or signs with (keys etcd), by zone.",
+	}, []string{"zone"})
+
 	devices = promauto.NewGaugeVec(prometheus.GaugeOpts{
 		Namespace: plugin.Namespace,
 		Subsystem: "deviceid",

@@ -19,18 +19,15 @@ type nxCache struct {
 }
 
 type nxSlot struct {
-	h1, h2   uint64 // two hashes of the name: 128 bits tell names apart
+	h1, h2   uint64  // two hashes of the name: 128 bits tell names apart
+	keys     *keySet // that made sigs: after a rollover, another set's are not served
 	inc, exp uint32
 	sigs     [2 * sigSize]byte
 }
 
-// newNXCache returns a cache of size proofs signed with nz keys, served for a quarter
-// of their validity; none for zones with more than two signing keys (a rollover has
-// two).
-func newNXCache(size, nz int, validity time.Duration) *nxCache {
-	if nz > 2 {
-		size = 0
-	}
+// newNXCache returns a cache of size proofs, served for a quarter of their validity.
+// It keeps none for key sets of more than two signing keys (a rollover has two).
+func newNXCache(size int, validity time.Duration) *nxCache {
 	return &nxCache{index: make(map[uint64]int32), size: size, maxAge: validity / 4}
 }
 
@@ -42,12 +39,12 @@ func nxHashes(name []byte) (uint64, uint64) {
 
 // get copies the cached signatures of name into out; it reports whether they are
 // there and were made at most a quarter of their validity ago (as names that exist).
-func (c *nxCache) get(name, out []byte, now int64) (inc, exp uint32, ok bool) {
+func (c *nxCache) get(ks *keySet, name, out []byte, now int64) (inc, exp uint32, ok bool) {
 	h1, h2 := nxHashes(name)
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	i, found := c.index[h1]
-	if !found || c.slots[i].h2 != h2 {
+	if !found || c.slots[i].h2 != h2 || c.slots[i].keys != ks {
 		return 0, 0, false
 	}
 	sl := &c.slots[i]
@@ -59,8 +56,8 @@ func (c *nxCache) get(name, out []byte, now int64) (inc, exp uint32, ok bool) {
 	return sl.inc, sl.exp, true
 }
 
-func (c *nxCache) put(name, sigs []byte, inc, exp uint32) {
-	if c.size == 0 {
+func (c *nxCache) put(ks *keySet, name, sigs []byte, inc, exp uint32) {
+	if c.size == 0 || ks.nz() > 2 {
 		return
 	}
 	h1, h2 := nxHashes(name)
@@ -79,7 +76,7 @@ func (c *nxCache) put(name, sigs []byte, inc, exp uint32) {
 		c.index[h1] = i
 	}
 	sl := &c.slots[i]
-	sl.h1, sl.h2, sl.inc, sl.exp = h1, h2, inc, exp
+	sl.h1, sl.h2, sl.keys, sl.inc, sl.exp = h1, h2, ks, inc, exp
 	copy(sl.sigs[:], sigs)
 }
 

@@ -8,9 +8,11 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/deviceid/deviceid/internal/etcdclient"
+	"github.com/deviceid/deviceid/internal/kek"
 	"github.com/deviceid/deviceid/internal/pkcs11key"
 	"github.com/deviceid/deviceid/record"
 
@@ -40,13 +42,18 @@ const (
 
 // config is one deviceid block of the Corefile.
 type config struct {
-	zones        []string // lower case, fully qualified
-	etcd         etcdclient.Settings
-	prefix       string
-	keyFiles     []string           // BIND key file base names
-	keyURIs      []string           // PKCS#11 URIs of keys in an HSM
-	keys         map[string]*keySet // by zone; a zone without keys is not signed
-	hsmKeys      []*pkcs11key.Key   // the keys opened in HSMs, closed on shutdown
+	zones    []string // lower case, fully qualified
+	etcd     etcdclient.Settings
+	prefix   string
+	keyFiles []string           // BIND key file base names
+	keyURIs  []string           // PKCS#11 URIs of keys in an HSM
+	keys     map[string]*keySet // by zone; a zone without keys is not signed
+	hsmKeys  []*pkcs11key.Key   // the keys opened in HSMs, closed on shutdown
+	hsmMu    sync.Mutex         // guards hsmKeys after setup
+	// keysFromEtcd: the zones' keys and their timeline come from P/<zone>/dnssec/
+	// (keys etcd), their wrapped private keys opened with kek.
+	keysFromEtcd bool
+	kek          *kek.KEK
 	ns           []string
 	ttl          uint32
 	render       record.RenderOptions
@@ -107,6 +114,12 @@ func parse(c *caddy.Controller) (*config, error) {
 	}
 	if _, err := cfg.etcd.Config(); err != nil {
 		return nil, c.Errf("etcd: %v", err)
+	}
+	if cfg.keysFromEtcd && len(cfg.keyFiles)+len(cfg.keyURIs) > 0 {
+		return nil, c.Err("keys etcd and key lines exclude each other: the zone's keys come from etcd, or from the Corefile")
+	}
+	if cfg.kek != nil && !cfg.keysFromEtcd {
+		return nil, c.Err("kek opens the wrapped keys of keys etcd; without it, remove the kek line")
 	}
 	if err := cfg.loadKeys(); err != nil {
 		return nil, c.Err(err.Error())
@@ -216,6 +229,20 @@ func parseOption(c *caddy.Controller, cfg *config, root string) error {
 				cfg.keyFiles = append(cfg.keyFiles, inRoot(root, a))
 			}
 		}
+	case "keys":
+		if len(args) != 1 || args[0] != "etcd" {
+			return c.Errf("want 'keys etcd': the zone's keys and their timeline from etcd")
+		}
+		cfg.keysFromEtcd = true
+	case "kek":
+		if len(args) != 2 || args[0] != "file" {
+			return c.Errf("want 'kek file PATH': the key-encryption key of the zone keys in etcd")
+		}
+		k, err := kek.Load(inRoot(root, args[1]))
+		if err != nil {
+			return c.Err(err.Error())
+		}
+		cfg.kek = k
 	case "ns":
 		args = fields(args)
 		if len(args) == 0 {
@@ -401,10 +428,19 @@ func exemptPrefix(s string) (netip.Prefix, bool) {
 
 // closeKeys logs out of the HSMs the block's keys are in.
 func (cfg *config) closeKeys() {
+	cfg.hsmMu.Lock()
+	defer cfg.hsmMu.Unlock()
 	for _, k := range cfg.hsmKeys {
 		k.Close()
 	}
 	cfg.hsmKeys = nil
+}
+
+// addHSMKey keeps a key opened in an HSM after setup (keys etcd), to close at shutdown.
+func (cfg *config) addHSMKey(k *pkcs11key.Key) {
+	cfg.hsmMu.Lock()
+	defer cfg.hsmMu.Unlock()
+	cfg.hsmKeys = append(cfg.hsmKeys, k)
 }
 
 // inRoot joins a relative file name with the server's root directory, if one is set.

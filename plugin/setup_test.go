@@ -13,6 +13,7 @@ import (
 
 	"github.com/deviceid/deviceid/internal/dnskey"
 	"github.com/deviceid/deviceid/internal/etcdclient"
+	"github.com/deviceid/deviceid/internal/kek"
 	"github.com/deviceid/deviceid/internal/pkcs11key"
 	"github.com/deviceid/deviceid/internal/testenv"
 
@@ -43,6 +44,10 @@ func TestSetup(t *testing.T) {
 	p384.Close()
 	wrongPIN := filepath.Join(dir, "pin")
 	testenv.WriteFile(t, wrongPIN, []byte("0000"))
+	kekFile := filepath.Join(dir, "kek")
+	if _, err := kek.Generate(kekFile); err != nil {
+		t.Fatal(err)
+	}
 	tests := []struct {
 		name  string
 		input string
@@ -220,6 +225,16 @@ func TestSetup(t *testing.T) {
 		{"pkcs11 wrong key type", "deviceid {\nkey pkcs11 \"" + h.URI("p384") + "\"\n}", "want ECDSA on P-256", nil},
 		{"pkcs11 unreachable module", "deviceid {\nkey pkcs11 \"" + strings.Replace(hsmKSK, h.Module, "/nonexistent/module.so", 1) + "\"\n}", "not a readable module", nil},
 		{"pkcs11 two zones", "deviceid a.example b.example {\nkey pkcs11 \"" + hsmKSK + "\"\n}", "one zone", nil},
+		{"keys etcd", "deviceid {\nkeys etcd\nkek file " + kekFile + "\n}", "", func(t *testing.T, c *config) {
+			if !c.keysFromEtcd || c.kek == nil || len(c.keys) != 0 {
+				t.Errorf("keys etcd: %+v", c)
+			}
+		}},
+		{"keys etcd and key lines", "deviceid {\nkeys etcd\nkey file " + ksk + "\n}", "exclude each other", nil},
+		{"kek without keys etcd", "deviceid {\nkek file " + kekFile + "\n}", "without it", nil},
+		{"keys not etcd", "deviceid {\nkeys file\n}", "keys etcd", nil},
+		{"kek missing", "deviceid {\nkeys etcd\nkek file " + filepath.Join(dir, "nosuch") + "\n}", "no such file", nil},
+		{"kek not a file", "deviceid {\nkeys etcd\nkek pkcs11 x\n}", "kek file PATH", nil},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

@@ -27,7 +27,6 @@ const inceptionSkew = time.Hour
 // kept in a bounded cache (nxcache.go).
 type signer struct {
 	origin     string
-	keys       *keySet
 	validity   time.Duration
 	signerName []byte // the origin in wire form, as RRSIGs carry it
 	nx         *nxCache
@@ -36,26 +35,18 @@ type signer struct {
 	made, failed, hits, misses prometheus.Counter
 }
 
-func newSigner(origin string, keys *keySet, validity time.Duration, cacheSize int) *signer {
+func newSigner(origin string, validity time.Duration, cacheSize int) *signer {
 	name := make([]byte, 256)
 	n, _ := dns.PackDomainName(origin, name, 0, nil, false)
 	return &signer{
-		origin: origin, keys: keys, validity: validity, signerName: name[:n],
-		nx:     newNXCache(cacheSize, len(keys.zsk), validity),
+		origin: origin, validity: validity, signerName: name[:n],
+		nx:     newNXCache(cacheSize, validity),
 		budget: &budget{},
 		made:   signatures.WithLabelValues(origin),
 		failed: signFailures.WithLabelValues(origin),
 		hits:   cacheHits.WithLabelValues(origin),
 		misses: cacheMisses.WithLabelValues(origin),
 	}
-}
-
-// nz is the number of signatures over an RRset other than DNSKEY, CDS and CDNSKEY.
-func (s *signer) nz() int {
-	if s == nil {
-		return 0
-	}
-	return len(s.keys.zsk)
 }
 
 var hashSeed = maphash.MakeSeed()
@@ -102,9 +93,9 @@ func (s *signer) rrsigRdata(b []byte, k *key, covered uint16, labels uint8, ttl,
 }
 
 // appendRRSIGs appends the RRSIGs over an RRset of type covered, owner compressed to
-// the question name, with the signatures sigs (nz of them) made at inc and exp.
-func (s *signer) appendRRSIGs(b []byte, covered uint16, labels uint8, ttl, inc, exp uint32, sigs []byte) []byte {
-	for i, k := range s.keys.zsk {
+// the question name, with the signatures sigs (one per key of ks.zsk) made at inc and exp.
+func (s *signer) appendRRSIGs(b []byte, ks *keySet, covered uint16, labels uint8, ttl, inc, exp uint32, sigs []byte) []byte {
+	for i, k := range ks.zsk {
 		b = append(b, ownerPointer...)
 		b = binary.BigEndian.AppendUint16(b, dns.TypeRRSIG)
 		b = binary.BigEndian.AppendUint16(b, dns.ClassINET)
@@ -116,14 +107,14 @@ func (s *signer) appendRRSIGs(b []byte, covered uint16, labels uint8, ttl, inc, 
 	return b
 }
 
-// signSet writes into out the nz signatures, made at inc and exp, over the RRset at
-// owner (wire form, lower case) of type t whose records' RDATA are rdatas in canonical
-// order (RFC 4034 sections 3.1.8.1 and 6.3).
-func (s *signer) signSet(out []byte, owner []byte, t uint16, ttl, inc, exp uint32, rdatas [][]byte) error {
+// signSet writes into out the signatures of the keys of ks.zsk, made at inc and exp,
+// over the RRset at owner (wire form, lower case) of type t whose records' RDATA are
+// rdatas in canonical order (RFC 4034 sections 3.1.8.1 and 6.3).
+func (s *signer) signSet(ks *keySet, out []byte, owner []byte, t uint16, ttl, inc, exp uint32, rdatas [][]byte) error {
 	bp := signBufPool.Get().(*[]byte)
 	defer signBufPool.Put(bp)
 	labels := wireLabels(owner)
-	for i, k := range s.keys.zsk {
+	for i, k := range ks.zsk {
 		data := s.rrsigRdata((*bp)[:0], k, t, labels, ttl, inc, exp)
 		for _, rd := range rdatas {
 			data = append(data, owner...)
@@ -177,6 +168,7 @@ func wireLabels(name []byte) uint8 {
 // has buffers of its own, so that nothing of the query's (kept on its stack) escapes.
 type signJob struct {
 	s             *signer
+	ks            *keySet
 	t             uint16
 	ttl, inc, exp uint32
 	owner, out    []byte
@@ -197,7 +189,7 @@ var (
 // and growing it on every query (proofs of nonexistence sign on every query) cost a
 // fifth as much as the signature itself. A panic becomes an error: the server
 // recovers a panic on a query's goroutine, but not on these, which serve every zone.
-func (s *signer) signNow(out, owner []byte, t uint16, ttl, inc, exp uint32, rdatas [][]byte) error {
+func (s *signer) signNow(ks *keySet, out, owner []byte, t uint16, ttl, inc, exp uint32, rdatas [][]byte) error {
 	startSigning.Do(func() {
 		for range runtime.GOMAXPROCS(0) {
 			go func() {
@@ -209,7 +201,7 @@ func (s *signer) signNow(out, owner []byte, t uint16, ttl, inc, exp uint32, rdat
 		}
 	})
 	j := signJobPool.Get().(*signJob)
-	j.s, j.t, j.ttl, j.inc, j.exp = s, t, ttl, inc, exp
+	j.s, j.ks, j.t, j.ttl, j.inc, j.exp = s, ks, t, ttl, inc, exp
 	j.owner = append(j.owner[:0], owner...)
 	j.out = append(j.out[:0], out...)
 	j.rdata, j.rdatas = j.rdata[:0], j.rdatas[:0]
@@ -225,7 +217,7 @@ func (s *signer) signNow(out, owner []byte, t uint16, ttl, inc, exp uint32, rdat
 	<-j.done
 	copy(out, j.out)
 	err := j.err
-	j.s, j.err = nil, nil
+	j.s, j.ks, j.err = nil, nil, nil
 	signJobPool.Put(j)
 	return err
 }
@@ -236,5 +228,5 @@ func (j *signJob) run() (err error) {
 			err = fmt.Errorf("signing %s: %v", dns.TypeToString[j.t], r)
 		}
 	}()
-	return j.s.signSet(j.out, j.owner, j.t, j.ttl, j.inc, j.exp, j.rdatas)
+	return j.s.signSet(j.ks, j.out, j.owner, j.t, j.ttl, j.inc, j.exp, j.rdatas)
 }

@@ -120,8 +120,9 @@ func (z *zone) maintainShard(zd *zoneData, i int, now time.Time) (int, error) {
 		for _, owner := range expired {
 			z.withdrawExpired(zd, owner, ns)
 		}
+		ks := zd.apex.Load().keys
 		for _, e := range due {
-			sigs, err := z.makeSigs(e.owner(), e.rrset(), now, false)
+			sigs, err := z.makeSigs(ks, e.owner(), e.rrset(), now, false)
 			if err != nil {
 				return signed, err
 			}
@@ -160,7 +161,7 @@ func (z *zone) renewApex(zd *zoneData, now time.Time) {
 	old := zd.apex.Load()
 	for _, set := range old.sets {
 		if set.sigs == nil || now.Sub(set.made) >= z.signer.validity/4 {
-			a, err := z.newApex(zd.revision.Load(), old, now)
+			a, err := z.newApex(zd.revision.Load(), old, old.keys, now)
 			if err != nil {
 				z.apexRetry = now.Add(renewRetry)
 				log.Warningf("zone %s: %v; retrying in %s", z.origin, err, renewRetry)
@@ -174,8 +175,8 @@ func (z *zone) renewApex(zd *zoneData, now time.Time) {
 // carrySigs copies into the new data of a full reload the signatures of the names
 // whose RRsets did not change, so that a reload signs only what changed.
 func (z *zone) carrySigs(old, zd *zoneData, now time.Time) {
-	if old == nil || z.signer == nil {
-		return
+	if old == nil || z.signer == nil || !sameZSK(old.apex.Load().keys, zd.apex.Load().keys) {
+		return // signatures by other keys are not carried
 	}
 	ns := now.UnixNano()
 	zd.st.modifyAll(func(e entry) {

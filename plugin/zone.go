@@ -22,6 +22,13 @@ type zone struct {
 	cfg    *config
 
 	signer *signer // nil: the zone is not signed
+	// keys are the zone's keys from its key lines; nil when they come from etcd
+	// (keys etcd: each load finds them, and the apex holds those in use).
+	keys *keySet
+	// keyring follows the zone's key records (keys etcd; nil otherwise); only the etcd
+	// loop uses it. rekeyNow asks the loop to look at the timeline now.
+	keyring  *zoneKeys
+	rekeyNow chan struct{}
 
 	mu     sync.RWMutex
 	data   *zoneData     // nil until the first full load
@@ -53,10 +60,11 @@ type zoneData struct {
 	loadedAt     time.Time
 }
 
-func (z *zone) newData(revision int64) *zoneData {
-	zd := &zoneData{st: newStore(z.signer.nz()), loadRevision: revision, loadedAt: z.now()}
+// newData makes empty data whose signatures are made with ks (nil: not signed).
+func (z *zone) newData(revision int64, ks *keySet) *zoneData {
+	zd := &zoneData{st: newStore(ks.nz()), loadRevision: revision, loadedAt: z.now()}
 	zd.revision.Store(revision)
-	a, _ := z.newApex(revision, nil, z.now()) // what failed is signed on the query path
+	a, _ := z.newApex(revision, nil, ks, z.now()) // what failed is signed on the query path
 	zd.apex.Store(a)
 	return zd
 }
@@ -65,11 +73,11 @@ func (z *zone) newData(revision int64) *zoneData {
 // applied, so that it is served signed from the first answer. It returns nil when
 // the zone is not signed, the record is invalid, or signing failed (then the answer
 // is signed on the query path, or by the background signer).
-func (z *zone) signAt(p parsed, now time.Time) *entrySigs {
+func (z *zone) signAt(zd *zoneData, p parsed, now time.Time) *entrySigs {
 	if z.signer == nil || p.err != nil || len(p.rr) == 0 {
 		return nil
 	}
-	sigs, err := z.makeSigs([]byte(p.owner), p.rr, now, false)
+	sigs, err := z.makeSigs(zd.apex.Load().keys, []byte(p.owner), p.rr, now, false)
 	if err != nil {
 		log.Warningf("zone %s: signing %s: %v", z.origin, p.owner, err)
 		return nil
@@ -77,15 +85,17 @@ func (z *zone) signAt(p parsed, now time.Time) *entrySigs {
 	return sigs
 }
 
-// makeSigs signs the TLSA RRset rr (when not empty) at owner and the NSEC at owner.
-// On the query path the signatures are made by the signing goroutines.
-func (z *zone) makeSigs(owner, rr []byte, now time.Time, query bool) (*entrySigs, error) {
+// makeSigs signs with ks the TLSA RRset rr (when not empty) at owner and the NSEC at
+// owner. On the query path the signatures are made by the signing goroutines.
+func (z *zone) makeSigs(ks *keySet, owner, rr []byte, now time.Time, query bool) (*entrySigs, error) {
 	s := z.signer
 	inc, exp := s.times(now)
-	es := newEntrySigs(inc, exp, s.nz())
-	sign := s.signSet
-	if query {
-		sign = s.signNow
+	es := newEntrySigs(inc, exp, ks.nz())
+	sign := func(out, owner []byte, t uint16, ttl, inc, exp uint32, rdatas [][]byte) error {
+		if query {
+			return s.signNow(ks, out, owner, t, ttl, inc, exp, rdatas)
+		}
+		return s.signSet(ks, out, owner, t, ttl, inc, exp, rdatas)
 	}
 	var name [256]byte
 	n, err := dns.PackDomainName(string(owner), name[:], 0, nil, false)
@@ -227,7 +237,7 @@ func (z *zone) signEntry(zd *zoneData, owner string, now time.Time) error {
 	if e == nil {
 		return nil
 	}
-	sigs, err := z.makeSigs(e.owner(), e.rrset(), now, false)
+	sigs, err := z.makeSigs(zd.apex.Load().keys, e.owner(), e.rrset(), now, false)
 	if err != nil {
 		return err
 	}
@@ -300,6 +310,9 @@ type apex struct {
 	soaLen  int    // the SOA's part of soaAuth
 	nSOA    uint16 // records in soaAuth
 	sets    map[uint16]*apexSet
+	// keys are what the zone publishes and signs with (nil: not signed): the store's
+	// signatures were made with keys.zsk, which the answers name.
+	keys *keySet
 }
 
 // apexSet is one RRset at the apex and its RRSIGs (nil when not signed yet).
@@ -314,7 +327,7 @@ type apexSet struct {
 // Signatures are made for the RRsets that need them; when that fails (an HSM away),
 // the old ones are kept while they are valid, else the RRset is signed on the query
 // path, and the error is returned for a retry.
-func (z *zone) newApex(revision int64, old *apex, now time.Time) (*apex, error) {
+func (z *zone) newApex(revision int64, old *apex, ks *keySet, now time.Time) (*apex, error) {
 	cfg := z.cfg
 	soa := &dns.SOA{
 		Hdr:     dns.RR_Header{Name: z.origin, Rrtype: dns.TypeSOA, Class: dns.ClassINET, Ttl: cfg.ttl},
@@ -326,32 +339,34 @@ func (z *zone) newApex(revision int64, old *apex, now time.Time) (*apex, error) 
 		Expire:  1209600,
 		Minttl:  cfg.ttl, // the negative TTL: a device provisioned after a miss shows up within it
 	}
-	a := &apex{soa: soa, sets: map[uint16]*apexSet{dns.TypeSOA: {rrs: []dns.RR{soa}}}}
+	a := &apex{soa: soa, keys: ks, sets: map[uint16]*apexSet{dns.TypeSOA: {rrs: []dns.RR{soa}}}}
 	var ns []dns.RR
 	for _, n := range cfg.ns {
 		ns = append(ns, &dns.NS{Hdr: dns.RR_Header{Name: z.origin, Rrtype: dns.TypeNS, Class: dns.ClassINET, Ttl: cfg.ttl}, Ns: n})
 	}
 	a.sets[dns.TypeNS] = &apexSet{rrs: ns}
 	var failed error
-	if s := z.signer; s != nil {
-		a.sets[dns.TypeDNSKEY] = &apexSet{rrs: s.keys.dnskey}
-		if s.keys.cds != nil {
-			a.sets[dns.TypeCDS] = &apexSet{rrs: s.keys.cds}
-			a.sets[dns.TypeCDNSKEY] = &apexSet{rrs: s.keys.cdnskey}
+	if s := z.signer; s != nil && ks != nil {
+		a.sets[dns.TypeDNSKEY] = &apexSet{rrs: ks.dnskey}
+		if ks.cds != nil {
+			a.sets[dns.TypeCDS] = &apexSet{rrs: ks.cds}
+			a.sets[dns.TypeCDNSKEY] = &apexSet{rrs: ks.cdnskey}
 		}
 		a.sets[dns.TypeNSEC] = &apexSet{rrs: []dns.RR{&dns.NSEC{
 			Hdr:        dns.RR_Header{Name: z.origin, Rrtype: dns.TypeNSEC, Class: dns.ClassINET, Ttl: cfg.ttl},
 			NextDomain: "\\000." + z.origin,
-			TypeBitMap: z.apexTypes(),
+			TypeBitMap: apexTypes(ks),
 		}}}
 		for t, set := range a.sets {
 			o := old.set(t)
-			same := o != nil && o.sigs != nil && (t != dns.TypeSOA || o.rrs[0].(*dns.SOA).Serial == soa.Serial)
+			// Signatures are kept for an RRset that did not change, signed by the same keys.
+			same := o != nil && o.sigs != nil && old.keys.sameSigners(ks, t) && (t != dns.TypeSOA || o.rrs[0].(*dns.SOA).Serial == soa.Serial) &&
+				(t == dns.TypeSOA || rrsEqual(o.rrs, set.rrs))
 			if same && now.Sub(o.made) < s.validity/4 {
 				set.sigs, set.made = o.sigs, o.made
 				continue
 			}
-			sigs, err := z.signRRs(set.rrs, now)
+			sigs, err := z.signRRs(ks, set.rrs, now)
 			switch {
 			case err == nil:
 				set.sigs, set.made = sigs, now
@@ -381,20 +396,20 @@ func (a *apex) set(t uint16) *apexSet {
 }
 
 // apexTypes lists the types at the apex, for its NSEC.
-func (z *zone) apexTypes() []uint16 {
+func apexTypes(ks *keySet) []uint16 {
 	t := []uint16{dns.TypeNS, dns.TypeSOA, dns.TypeRRSIG, dns.TypeNSEC, dns.TypeDNSKEY}
-	if z.signer.keys.cds != nil {
+	if ks.cds != nil {
 		t = append(t, dns.TypeCDS, dns.TypeCDNSKEY)
 	}
 	return t
 }
 
 // signRRs makes the RRSIGs over an apex RRset with the keys for its type.
-func (z *zone) signRRs(rrset []dns.RR, now time.Time) ([]dns.RR, error) {
+func (z *zone) signRRs(ks *keySet, rrset []dns.RR, now time.Time) ([]dns.RR, error) {
 	s := z.signer
 	inc, exp := s.times(now)
 	var out []dns.RR
-	for _, k := range s.keys.signers(rrset[0].Header().Rrtype) {
+	for _, k := range ks.signers(rrset[0].Header().Rrtype) {
 		sig := &dns.RRSIG{Algorithm: k.dnskey.Algorithm, Inception: inc, Expiration: exp, KeyTag: k.tag, SignerName: s.origin}
 		if err := signRRset(k, sig, rrset); err != nil {
 			s.failed.Inc()
@@ -410,7 +425,8 @@ func (z *zone) signRRs(rrset []dns.RR, now time.Time) ([]dns.RR, error) {
 // SOA signed again. The caller holds z.write.
 func (z *zone) setSerial(zd *zoneData, revision int64, now time.Time) {
 	zd.revision.Store(revision)
-	a, err := z.newApex(revision, zd.apex.Load(), now)
+	old := zd.apex.Load()
+	a, err := z.newApex(revision, old, old.keys, now)
 	if err != nil {
 		log.Warningf("zone %s: %v", z.origin, err)
 	}

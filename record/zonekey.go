@@ -35,7 +35,7 @@ const (
 
 // ZoneKey is one DNSSEC key of a zone and where it stands in its rollover.
 type ZoneKey struct {
-	Version int `json:"version"`
+	Version int    `json:"version"`
 	Role    string `json:"role"`
 	// DNSKEY is the key's DNSKEY RDATA in presentation format: "257 3 13 <base64>".
 	DNSKEY string `json:"dnskey"`

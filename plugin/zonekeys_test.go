@@ -1,0 +1,225 @@
+package deviceid
+
+import (
+	"context"
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/ed25519"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"encoding/base64"
+	"encoding/json"
+	"maps"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/deviceid/deviceid/internal/kek"
+	"github.com/deviceid/deviceid/internal/testenv"
+	"github.com/deviceid/deviceid/record"
+
+	"github.com/miekg/dns"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+)
+
+// zoneKeyRecord makes a key of alg for iot.example with its private key wrapped under
+// k, and its record with timeline tl.
+func zoneKeyRecord(t *testing.T, k *kek.KEK, id, role string, alg uint8, tl record.Timeline) (*record.ZoneKey, uint16) {
+	t.Helper()
+	var priv crypto.Signer
+	if alg == dns.ED25519 {
+		_, priv, _ = ed25519.GenerateKey(rand.Reader)
+	} else {
+		priv, _ = ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	}
+	flags := uint16(256)
+	if role != record.RoleZSK {
+		flags = 257
+	}
+	dk := &dns.DNSKEY{Hdr: dns.RR_Header{Name: "iot.example.", Rrtype: dns.TypeDNSKEY, Class: dns.ClassINET}, Flags: flags, Protocol: 3, Algorithm: alg}
+	switch p := priv.(type) {
+	case ed25519.PrivateKey:
+		dk.PublicKey = toBase64(p.Public().(ed25519.PublicKey))
+	case *ecdsa.PrivateKey:
+		b, _ := p.PublicKey.Bytes() // 04 || X || Y
+		dk.PublicKey = toBase64(b[1:])
+	}
+	der, err := x509.MarshalPKCS8PrivateKey(priv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, rdata, _ := strings.Cut(dk.String(), "DNSKEY\t")
+	return &record.ZoneKey{Version: 1, Role: role, DNSKEY: rdata,
+		Private:  record.PrivateKeyRef{Wrapped: k.Wrap(der, WrapBinding("iot.example", id)), KEK: k.ID},
+		Timeline: tl}, dk.KeyTag()
+}
+
+func toBase64(b []byte) string { return base64.StdEncoding.EncodeToString(b) }
+
+// signedBy asks for qname's TLSA with DO, checks every RRSIG of the answer against the
+// zone's DNSKEY RRset at the clock's now, and returns the tags of the keys that
+// signed it.
+func signedBy(t *testing.T, d *Deviceid, now time.Time, qname string, qtype uint16) []uint16 {
+	t.Helper()
+	dk, _ := ask(t, d, "iot.example.", dns.TypeDNSKEY, true, false)
+	keys := map[uint16]*dns.DNSKEY{}
+	for _, rr := range dk.Answer {
+		if k, ok := rr.(*dns.DNSKEY); ok {
+			keys[k.KeyTag()] = k
+		}
+	}
+	m := dk
+	if qtype != dns.TypeDNSKEY {
+		m, _ = ask(t, d, qname, qtype, true, false)
+	}
+	var set []dns.RR
+	var tags []uint16
+	for _, rr := range m.Answer {
+		if s, ok := rr.(*dns.RRSIG); ok {
+			tags = append(tags, s.KeyTag)
+			continue
+		}
+		set = append(set, rr)
+	}
+	for _, rr := range m.Answer {
+		s, ok := rr.(*dns.RRSIG)
+		if !ok {
+			continue
+		}
+		k := keys[s.KeyTag]
+		if k == nil {
+			t.Fatalf("%s %s signed by key %d, not in the DNSKEY RRset %v", qname, dns.TypeToString[qtype], s.KeyTag, slices.Collect(maps.Keys(keys)))
+		}
+		if err := s.Verify(k, set); err != nil || !s.ValidityPeriod(now) {
+			t.Fatalf("%s %s: RRSIG by %d: %v (valid at %s: %v)", qname, dns.TypeToString[qtype], s.KeyTag, err, now, s.ValidityPeriod(now))
+		}
+	}
+	if len(tags) == 0 {
+		t.Fatalf("%s %s: no RRSIG in %v", qname, dns.TypeToString[qtype], m)
+	}
+	slices.Sort(tags)
+	return tags
+}
+
+// TestKeysFromEtcd: with keys etcd the zone publishes and signs with the keys the
+// records in etcd say at the clock's time, through a ZSK rollover by pre-publication:
+// the new ZSK published before it signs, the old one published until after it
+// stopped; a key this replica cannot open is left out, and said.
+func TestKeysFromEtcd(t *testing.T) {
+	etcd := testenv.StartEtcd(t)
+	cli := etcd.Client()
+	ctx := t.Context()
+	dir := t.TempDir()
+	k, err := kek.Generate(filepath.Join(dir, "kek"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	other, _ := kek.Generate(filepath.Join(dir, "other.kek"))
+	clock := testenv.NewClock(time.Now().Truncate(time.Second))
+	t0 := clock.Now()
+	at := func(d time.Duration) *time.Time { v := t0.Add(d); return &v }
+	put := func(id string, rec *record.ZoneKey) {
+		b, _ := json.Marshal(rec)
+		if _, err := cli.Put(ctx, record.ZoneKeyKey("/deviceid", "iot.example", id), string(b)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ksk, kskTag := zoneKeyRecord(t, k, "ksk", record.RoleKSK, dns.ECDSAP256SHA256, record.Timeline{Publish: at(-2 * time.Hour), Active: at(-2 * time.Hour), SyncPublish: at(-2 * time.Hour)})
+	zsk1, zsk1Tag := zoneKeyRecord(t, k, "zsk1", record.RoleZSK, dns.ED25519, record.Timeline{Publish: at(-2 * time.Hour), Active: at(-2 * time.Hour), Retire: at(2 * time.Hour), Remove: at(4 * time.Hour)})
+	zsk2, zsk2Tag := zoneKeyRecord(t, k, "zsk2", record.RoleZSK, dns.ED25519, record.Timeline{Publish: at(time.Hour), Active: at(2 * time.Hour)})
+	// Active, but wrapped under a KEK this replica does not hold: published, never signs.
+	stray, strayTag := zoneKeyRecord(t, other, "stray", record.RoleZSK, dns.ED25519, record.Timeline{Publish: at(-2 * time.Hour), Active: at(-2 * time.Hour)})
+	for id, rec := range map[string]*record.ZoneKey{"ksk": ksk, "zsk1": zsk1, "zsk2": zsk2, "stray": stray} {
+		put(id, rec)
+	}
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	spki, _ := x509.MarshalPKIXPublicKey(key.Public())
+	dev, _ := json.Marshal(&record.Device{Version: 1, Credentials: []record.Credential{{SPKI: spki, Status: "active"}}})
+	cli.Put(ctx, record.DeviceKey("/deviceid", "iot.example", "sensor7"), string(dev))
+
+	cfg := caddyConfig(t)
+	cfg.keysFromEtcd, cfg.kek, cfg.cds, cfg.validity = true, k, true, 24*time.Hour
+	d := newDeviceid(cfg)
+	d.now = clock.Now
+	z := d.zones["iot.example."]
+	rctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() { z.run(rctx, cli); close(done) }()
+	t.Cleanup(func() { cancel(); <-done })
+	<-z.loaded
+
+	const device = "sensor7._device.iot.example."
+	// wait polls until the zone's names are signed by want (the change is applied by
+	// the zone's etcd loop), or fails after a while.
+	wait := func(step string, want ...uint16) {
+		t.Helper()
+		slices.Sort(want)
+		deadline := time.Now().Add(20 * time.Second)
+		for {
+			got := signedBy(t, d, clock.Now(), device, dns.TypeTLSA)
+			if slices.Equal(got, want) {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: TLSA signed by %v, want %v", step, got, want)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	published := func(step string, want ...uint16) {
+		t.Helper()
+		slices.Sort(want)
+		deadline := time.Now().Add(20 * time.Second)
+		for {
+			m, _ := ask(t, d, "iot.example.", dns.TypeDNSKEY, false, false)
+			var got []uint16
+			for _, rr := range m.Answer {
+				got = append(got, rr.(*dns.DNSKEY).KeyTag())
+			}
+			slices.Sort(got)
+			if slices.Equal(got, want) {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: DNSKEY %v, want %v", step, got, want)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		if tags := signedBy(t, d, clock.Now(), "iot.example.", dns.TypeDNSKEY); !slices.Equal(tags, []uint16{kskTag}) {
+			t.Errorf("%s: DNSKEY signed by %v, want the KSK %d", step, tags, kskTag)
+		}
+	}
+	rekey := func(d time.Duration) {
+		clock.Add(d)
+		z.rekeyNow <- struct{}{}
+	}
+
+	wait("start", zsk1Tag)
+	published("start", kskTag, zsk1Tag, strayTag)
+	if cds, _ := ask(t, d, "iot.example.", dns.TypeCDS, false, false); len(cds.Answer) != 1 || cds.Answer[0].(*dns.CDS).KeyTag != kskTag {
+		t.Errorf("CDS: %v, want the KSK's", cds.Answer)
+	}
+	if testutil.ToFloat64(keyUnavailable.WithLabelValues("iot.example.", "stray")) != 1 {
+		t.Error("the key this replica cannot open is not reported")
+	}
+
+	rekey(time.Hour) // the new ZSK is published, and does not sign yet
+	published("pre-publication", kskTag, zsk1Tag, zsk2Tag, strayTag)
+	wait("pre-publication", zsk1Tag)
+
+	rekey(time.Hour) // the new ZSK signs; the old one is still published
+	wait("rollover", zsk2Tag)
+	published("rollover", kskTag, zsk1Tag, zsk2Tag, strayTag)
+
+	rekey(2 * time.Hour) // the old ZSK is removed
+	published("removal", kskTag, zsk2Tag, strayTag)
+	wait("removal", zsk2Tag)
+
+	// A change in etcd is followed at once: the stray key is deleted.
+	cli.Delete(ctx, record.ZoneKeyKey("/deviceid", "iot.example", "stray"))
+	published("deleted", kskTag, zsk2Tag)
+	wait("deleted", zsk2Tag)
+}
