@@ -72,21 +72,21 @@ func (z *zone) keySetAt(zk *zoneKeys, now time.Time) (*keySet, error) {
 	ks := &keySet{}
 	for _, id := range slices.Sorted(maps.Keys(zk.records)) {
 		rec := zk.records[id]
-		if !rec.Published(now) {
-			continue
-		}
 		dk, err := rec.PublicKey(z.origin)
 		if err != nil {
 			continue // Validate read it already
 		}
 		dk.Hdr.Ttl = z.cfg.ttl
-		ks.dnskey = append(ks.dnskey, dk)
 		if rec.Syncs(now) && z.cfg.cds {
 			ds := dk.ToDS(dns.SHA256)
 			ks.ds = append(ks.ds, ds)
 			ks.cds = append(ks.cds, ds.ToCDS())
 			ks.cdnskey = append(ks.cdnskey, dk.ToCDNSKEY())
 		}
+		if !rec.Published(now) {
+			continue
+		}
+		ks.dnskey = append(ks.dnskey, dk)
 		if !rec.Signs(now, minPublished) {
 			continue
 		}

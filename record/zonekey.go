@@ -91,9 +91,10 @@ func (k *ZoneKey) Signs(t time.Time, minPublished time.Duration) bool {
 		!t.Before(k.Timeline.Publish.Add(minPublished))
 }
 
-// Syncs reports whether the zone publishes the key's CDS and CDNSKEY at t.
+// Syncs reports whether the zone publishes the key's CDS and CDNSKEY at t. A KSK's DS
+// may be asked of the parent before its DNSKEY is published (a double-DS rollover).
 func (k *ZoneKey) Syncs(t time.Time) bool {
-	return k.SEP() && within(t, k.Timeline.SyncPublish, k.Timeline.SyncDelete) && k.Published(t)
+	return k.SEP() && within(t, k.Timeline.SyncPublish, k.Timeline.SyncDelete)
 }
 
 // SEP reports whether the key is a KSK or a CSK.
@@ -198,8 +199,8 @@ func (k *ZoneKey) Validate(zone string) error {
 	if !inOrder(tl.Publish, tl.Active, tl.Retire, tl.Remove) {
 		return errors.New("timeline: publish, active, retire and remove must come in that order")
 	}
-	if !inOrder(tl.Publish, tl.SyncPublish, tl.SyncDelete, tl.Remove) {
-		return errors.New("timeline: sync_publish and sync_delete must come after publish, in that order, and before remove")
+	if !inOrder(tl.SyncPublish, tl.SyncDelete, tl.Remove) {
+		return errors.New("timeline: sync_publish and sync_delete must come in that order, and before remove")
 	}
 	if (tl.SyncPublish != nil || tl.SyncDelete != nil) && !k.SEP() {
 		return errors.New("timeline: only a ksk or a csk has a CDS (sync_publish, sync_delete)")

@@ -58,7 +58,8 @@ func TestZoneKeyValidate(t *testing.T) {
 		{"remove before retire", func(k *ZoneKey) {
 			k.Timeline.Retire, k.Timeline.Remove = at("2026-12-05T00:00:00Z"), at("2026-12-04T00:00:00Z")
 		}, "order"},
-		{"CDS before publish", func(k *ZoneKey) { k.Timeline.SyncPublish = at("2026-11-30T00:00:00Z") }, "sync_publish"},
+		{"CDS before publish (double-DS)", func(k *ZoneKey) { k.Timeline.SyncPublish = at("2026-11-30T00:00:00Z") }, ""},
+		{"CDS deleted before published", func(k *ZoneKey) { k.Timeline.SyncDelete = at("2026-12-01T01:59:00Z") }, "sync_publish"},
 		{"CDS after remove", func(k *ZoneKey) { k.Timeline.Remove = at("2026-12-01T01:30:00Z") }, "sync_publish"},
 		{"a zsk's CDS", func(k *ZoneKey) { k.Role, k.DNSKEY = RoleZSK, zsk }, "only a ksk"},
 	}
