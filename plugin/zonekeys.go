@@ -19,7 +19,6 @@ import (
 	"maps"
 	"math"
 	"slices"
-	"strings"
 	"time"
 
 	"github.com/deviceid/deviceid/internal/pkcs11key"
@@ -142,7 +141,7 @@ func (z *zone) openZoneKey(zk *zoneKeys, id string, rec *record.ZoneKey, dk *dns
 		if z.cfg.kek == nil {
 			return nil, fmt.Errorf("its private key is wrapped under KEK %s, and this replica has no kek line", rec.Private.KEK)
 		}
-		der, err := z.cfg.kek.Unwrap(rec.Private.Wrapped, rec.Private.KEK, WrapBinding(z.origin, id))
+		der, err := z.cfg.kek.Unwrap(rec.Private.Wrapped, rec.Private.KEK, record.WrapBinding(z.origin, id))
 		if err != nil {
 			return nil, err
 		}
@@ -166,11 +165,6 @@ func (z *zone) openZoneKey(zk *zoneKeys, id string, rec *record.ZoneKey, dk *dns
 	}
 	zk.opened[id], zk.openedAs[id] = k, as
 	return k, nil
-}
-
-// WrapBinding is what a zone key's wrapped private key is bound to: its zone and id.
-func WrapBinding(zone, id string) string {
-	return strings.TrimSuffix(strings.ToLower(zone), ".") + "/" + id
 }
 
 // nextKeyEvent is the first time after now at which the records' timelines change

@@ -53,7 +53,7 @@ func zoneKeyRecord(t *testing.T, k *kek.KEK, id, role string, alg uint8, tl reco
 	}
 	_, rdata, _ := strings.Cut(dk.String(), "DNSKEY\t")
 	return &record.ZoneKey{Version: 1, Role: role, DNSKEY: rdata,
-		Private:  record.PrivateKeyRef{Wrapped: k.Wrap(der, WrapBinding("iot.example", id)), KEK: k.ID},
+		Private:  record.PrivateKeyRef{Wrapped: k.Wrap(der, record.WrapBinding("iot.example", id)), KEK: k.ID},
 		Timeline: tl}, dk.KeyTag()
 }
 

@@ -131,6 +131,12 @@ func (k *ZoneKey) PublicKey(zone string) (*dns.DNSKEY, error) {
 	return dk, nil
 }
 
+// WrapBinding is what a zone key's wrapped private key is bound to (the AEAD's
+// additional data): its zone and id, so that it opens for no other record.
+func WrapBinding(zone, id string) string {
+	return strings.TrimSuffix(strings.ToLower(zone), ".") + "/" + id
+}
+
 // CheckZoneKeyID checks the <id> of a zone key's etcd key: 1 to 63 characters of
 // a-z, 0-9 and '-'.
 func CheckZoneKeyID(id string) error {

@@ -19,6 +19,7 @@ commands (each has -h):
   init-ca          make a CA (ca.pem, its key in ca-key.pem or an HSM) and an admin token
   keygen           write a DNSSEC key pair for the deviceid plugin and print its DS
   dev              run everything for a laptop: embedded etcd, CA, DNSSEC key, demo tenant, signer
+  keys             hands-free DNSSEC keys: enable, import, list, roll, pause, resume (keys -h)
 
  devices:
   register         reserve a device name for a tenant, with attributes
@@ -67,6 +68,8 @@ func main() {
 		err = importCommand(os.Args[2:])
 	case "reindex":
 		err = reindexCommand(os.Args[2:])
+	case "keys":
+		err = keysCommand(os.Args[2:])
 	case "-h", "-help", "--help", "help":
 		fmt.Print(usage)
 		return

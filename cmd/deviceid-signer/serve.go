@@ -15,8 +15,10 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/deviceid/deviceid/internal/kek"
 	"github.com/deviceid/deviceid/signer/ca"
 	"github.com/deviceid/deviceid/signer/httpapi"
+	"github.com/deviceid/deviceid/signer/keymgr"
 	"github.com/deviceid/deviceid/signer/registry"
 )
 
@@ -31,6 +33,8 @@ type serveFlags struct {
 	retention               registry.Retention
 	limits                  httpapi.Limits
 	quotas                  *registry.Quotas
+	manageKeys              bool   // run the zone's DNSSEC key manager (one signer at a time)
+	kekFile                 string // the key-encryption key of the keys it makes
 }
 
 func (f *serveFlags) register(fs *flag.FlagSet) {
@@ -56,6 +60,8 @@ func (f *serveFlags) register(fs *flag.FlagSet) {
 	fs.Float64Var(&f.quotas.DeviceWriteBurst, "device-enrollment-burst", envFloat("DEVICEID_DEVICE_ENROLLMENT_BURST", f.quotas.DeviceWriteBurst), "enrollments a device may make at once ($DEVICEID_DEVICE_ENROLLMENT_BURST)")
 	f.retention = registry.DefaultRetention
 	fs.DurationVar(&f.retention.MaxAge, "audit-max-age", envDuration("DEVICEID_AUDIT_MAX_AGE", f.retention.MaxAge), "delete audit entries older than this (0: keep) ($DEVICEID_AUDIT_MAX_AGE)")
+	fs.BoolVar(&f.manageKeys, "keys", env("DEVICEID_KEYS", "") == "manage", "run the zone's DNSSEC key manager: one signer at a time, by an etcd election (deviceid-signer keys -h; $DEVICEID_KEYS=manage)")
+	fs.StringVar(&f.kekFile, "kek", env("DEVICEID_KEK", ""), "with -keys: the key-encryption key file the new keys are wrapped under, the one every CoreDNS replica holds ($DEVICEID_KEK)")
 	fs.IntVar(&f.retention.MaxCount, "audit-max-entries", envInt("DEVICEID_AUDIT_MAX_ENTRIES", f.retention.MaxCount), "keep at most this many audit entries of each tenant (and as many of the operator's), deleting the oldest (0: no limit) ($DEVICEID_AUDIT_MAX_ENTRIES)")
 }
 
@@ -197,6 +203,12 @@ func (f *serveFlags) run(ctx context.Context, ready chan<- string) error {
 	if err := separateRoles(authority, f.adminCA, adminCAs, f.tenantCA, tenantCAs); err != nil {
 		return err
 	}
+	var keyKEK *kek.KEK // checked before anything starts
+	if f.manageKeys && f.kekFile != "" {
+		if keyKEK, err = kek.Load(f.kekFile); err != nil {
+			return err
+		}
+	}
 	reg := &registry.Registry{Prefix: f.prefix, Zone: f.zone, Quotas: f.quotas}
 	if reg.Client, err = settings.Connect(ctx, 10*time.Second, reg.ZonePrefix()); err != nil {
 		return err
@@ -240,6 +252,11 @@ func (f *serveFlags) run(ctx context.Context, ready chan<- string) error {
 	done := make(chan error, 1)
 	go func() { done <- srv.ServeTLS(ln, "", "") }()
 	go compactAudit(ctx, reg, f.retention)
+	if f.manageKeys {
+		host, _ := os.Hostname()
+		m := &keymgr.Manager{Registry: reg, KEK: keyKEK, Actor: registry.OperatorActor("keymgr"), Log: log}
+		go m.Run(ctx, fmt.Sprintf("%s/%d", host, os.Getpid()), 10*time.Second, 10)
+	}
 	select {
 	case err := <-done:
 		return err

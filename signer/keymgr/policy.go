@@ -88,7 +88,7 @@ func (p Policy) Validate() error {
 type Duration time.Duration
 
 func (d Duration) D() time.Duration { return time.Duration(d) }
-func (d Duration) String() string  { return time.Duration(d).String() }
+func (d Duration) String() string   { return time.Duration(d).String() }
 
 func (d Duration) MarshalJSON() ([]byte, error) { return json.Marshal(time.Duration(d).String()) }
 
