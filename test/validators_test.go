@@ -4,10 +4,12 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"fmt"
+	"maps"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -96,8 +98,16 @@ func signedCorefileTTL(port int, endpoint string, ttl int, keys ...zoneKey) stri
 }
 
 // startUnbound runs unbound on a free port with iot.example as a stub zone at
-// 127.0.0.1@dnsPort, trusting the given DS records, and returns its address.
+// 127.0.0.1@dnsPort, trusting the given DS records, and returns its address. Answers
+// are cached for a second at most, so a change in the zone is seen at once.
 func startUnbound(t testing.TB, port int, anchors ...*dns.DS) string {
+	t.Helper()
+	return startUnboundStubs(t, map[string][]int{zone: {port}}, 1, anchors...)
+}
+
+// startUnboundStubs runs unbound with stub zones (name → the loopback ports of its
+// servers), trusting anchors; cacheMaxTTL 0 caches as the TTLs say.
+func startUnboundStubs(t testing.TB, stubs map[string][]int, cacheMaxTTL int, anchors ...*dns.DS) string {
 	t.Helper()
 	dir := t.TempDir()
 	listen := dnsPort(t)
@@ -119,15 +129,9 @@ func startUnbound(t testing.TB, port int, anchors ...*dns.DS) string {
     module-config: "validator iterator"
     qname-minimisation: no
     val-log-level: 2
-    # Answers are cached for a second at most, so a change in the zone is seen at once.
-    cache-max-ttl: 1
-    cache-max-negative-ttl: 1
-%sstub-zone:
-    name: "iot.example."
-    stub-addr: 127.0.0.1@%d
-remote-control:
+%s%sremote-control:
     control-enable: no
-`, listen, dir, ta.String(), port)
+`, listen, dir, cacheLimits(cacheMaxTTL), ta.String()+stubZones(stubs))
 	confFile := filepath.Join(dir, "unbound.conf")
 	if err := os.WriteFile(confFile, []byte(conf), 0o600); err != nil {
 		t.Fatal(err)
@@ -155,6 +159,24 @@ remote-control:
 		return err
 	})
 	return addr
+}
+
+func cacheLimits(maxTTL int) string {
+	if maxTTL == 0 {
+		return ""
+	}
+	return fmt.Sprintf("    cache-max-ttl: %d\n    cache-max-negative-ttl: %d\n", maxTTL, maxTTL)
+}
+
+func stubZones(stubs map[string][]int) string {
+	var b strings.Builder
+	for _, name := range slices.Sorted(maps.Keys(stubs)) {
+		fmt.Fprintf(&b, "stub-zone:\n    name: %q\n", name)
+		for _, p := range stubs[name] {
+			fmt.Fprintf(&b, "    stub-addr: 127.0.0.1@%d\n", p)
+		}
+	}
+	return b.String()
 }
 
 // resolve asks the server at addr with DO set and a 1232-byte buffer, and asks again
