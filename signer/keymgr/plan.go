@@ -70,6 +70,10 @@ func Plan(p Policy, keys []Key, parent Parent, now time.Time, req *Request, zone
 			return nil, nil, fmt.Errorf("a %s rollover is under way (%s): wait for it to end", req.Roll, why)
 		}
 	}
+	if pl.algorithm(sep) {
+		pl.cleanup()
+		return pl.steps, pl.waiting, nil
+	}
 	if !p.CSK {
 		pl.zsk(req != nil && req.Roll == record.RoleZSK)
 	}
@@ -256,4 +260,108 @@ func (pl *planner) cleanup() {
 		}
 		pl.steps = append(pl.steps, Step{ID: k.ID, Delete: true, Timeline: tl, Why: "the key left the zone"})
 	}
+}
+
+// algorithm rolls the zone to the policy's algorithm (RFC 6781 §4.1.4, with the
+// DNSKEYs first, since a replica never signs with a key whose DNSKEY it has not
+// published for a while; validators need one algorithm's chain only, RFC 6840
+// §5.11): new keys of the new algorithm are published and, a pre-publication interval
+// later, sign beside the old ones; once no validator holds a signature made before,
+// the parent is asked for the new DS in place of the old; once every parent server
+// serves it and the DS TTL has passed, the old keys stop signing and leave. It
+// reports whether an algorithm rollover is under way (the other rollovers wait).
+func (pl *planner) algorithm(sep string) bool {
+	alg := func(k Key) uint8 {
+		dk, err := k.Rec.PublicKey(pl.zone)
+		if err != nil {
+			return 0
+		}
+		return dk.Algorithm
+	}
+	var oldKeys, newKeys []Key
+	for _, k := range pl.keys {
+		if k.Rec.Timeline.Retire != nil || k.Rec.Timeline.Active == nil {
+			continue
+		}
+		if alg(k) == pl.p.Algorithm {
+			newKeys = append(newKeys, k)
+		} else {
+			oldKeys = append(oldKeys, k)
+		}
+	}
+	if len(oldKeys) == 0 {
+		return false
+	}
+	roles := []string{sep}
+	if !pl.p.CSK {
+		roles = append(roles, record.RoleZSK)
+	}
+	if len(newKeys) == 0 {
+		why := fmt.Sprintf("algorithm rollover to %s: the new keys published", dns.AlgorithmToString[pl.p.Algorithm])
+		for _, role := range roles {
+			pl.add(role, record.Timeline{Publish: pl.at(0), Active: pl.at(pl.p.prePublish())}, why)
+		}
+		return true
+	}
+	var newSEP, oldSEP *Key
+	for i := range newKeys {
+		if newKeys[i].Rec.SEP() {
+			newSEP = &newKeys[i]
+		}
+	}
+	for i := range oldKeys {
+		if oldKeys[i].Rec.SEP() {
+			oldSEP = &oldKeys[i]
+		}
+	}
+	if newSEP == nil {
+		pl.waiting = append(pl.waiting, "algorithm rollover: no key of the new algorithm signs the DNSKEY RRset")
+		return true
+	}
+	tl := newSEP.Rec.Timeline
+	switch {
+	case tl.SyncPublish == nil:
+		// Both algorithms sign everything once the new keys are active; the DS moves once
+		// no validator holds an answer signed before that.
+		at := tl.Active.Add(pl.p.retireZSK())
+		if pl.now.Before(at) {
+			pl.waiting = append(pl.waiting, fmt.Sprintf("algorithm rollover: both algorithms to sign for the zone's TTL, until %s", at.Format(time.RFC3339)))
+			return true
+		}
+		tl.SyncPublish = pl.at(0)
+		pl.set(*newSEP, tl, "algorithm rollover: the parent asked for the new algorithm's DS in place of the old")
+		if oldSEP != nil {
+			old := oldSEP.Rec.Timeline
+			old.SyncDelete = pl.at(0)
+			pl.set(*oldSEP, old, "algorithm rollover: the old algorithm's CDS withdrawn")
+		}
+	default:
+		dk, _ := newSEP.Rec.PublicKey(pl.zone)
+		var oldDK *dns.DNSKEY
+		if oldSEP != nil {
+			oldDK, _ = oldSEP.Rec.PublicKey(pl.zone)
+		}
+		switch {
+		case !pl.parent.Known:
+			pl.waiting = append(pl.waiting, "algorithm rollover: the parent's DS set is not known ("+pl.parent.Why+")")
+		case !pl.parent.has(dk) || oldDK != nil && pl.parent.has(oldDK):
+			pl.waiting = append(pl.waiting, fmt.Sprintf("algorithm rollover: the parent to serve the new DS (tag %d) alone", dk.KeyTag()))
+		case tl.DSSeen == nil:
+			tl.DSSeen = pl.at(0)
+			pl.set(*newSEP, tl, "algorithm rollover: every parent server serves the new algorithm's DS alone")
+		case pl.now.Before(tl.DSSeen.Add(pl.p.DSTTL.D())):
+			pl.waiting = append(pl.waiting, "algorithm rollover: the DS TTL to pass, until "+tl.DSSeen.Add(pl.p.DSTTL.D()).Format(time.RFC3339))
+		default:
+			for _, k := range oldKeys {
+				old := k.Rec.Timeline
+				old.Retire, old.Remove = pl.at(0), pl.at(pl.p.retireZSK()+pl.p.prePublish())
+				if k.Rec.SEP() && old.DSGone == nil {
+					old.DSGone = tl.DSSeen
+				}
+				pl.set(k, old, "algorithm rollover: the old algorithm's key stops signing and leaves")
+			}
+			return false
+		}
+	}
+	return true
 }

@@ -1,37 +1,33 @@
 package keymgr
 
 import (
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"encoding/base64"
 	"fmt"
 	"slices"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/deviceid/deviceid/internal/kek"
 	"github.com/deviceid/deviceid/record"
+	"github.com/deviceid/deviceid/signer/registry"
 
 	"github.com/miekg/dns"
 )
 
 const zone = "iot.example."
 
-// newRecord makes the record of a new key of role, with a real DNSKEY.
-func newRecord(t *testing.T, role string) *record.ZoneKey {
+// newRecord makes the record of a new key of role and algorithm, with a real DNSKEY.
+func newRecord(t *testing.T, role string, alg uint8) *record.ZoneKey {
 	t.Helper()
-	pk, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	b, _ := pk.PublicKey.Bytes()
-	flags := uint16(257)
-	if role == record.RoleZSK {
-		flags = 256
+	m := &Manager{Registry: &registry.Registry{Zone: zone}, KEK: testKEK}
+	rec, err := m.makeKey("k", role, alg)
+	if err != nil {
+		t.Fatal(err)
 	}
-	dk := &dns.DNSKEY{Hdr: dns.RR_Header{Name: zone, Rrtype: dns.TypeDNSKEY, Class: dns.ClassINET}, Flags: flags, Protocol: 3, Algorithm: dns.ECDSAP256SHA256}
-	dk.PublicKey = toBase64(b[1:])
-	_, rdata, _ := strings.Cut(dk.String(), "DNSKEY\t")
-	return &record.ZoneKey{Version: 1, Role: role, DNSKEY: rdata, Private: record.PrivateKeyRef{PKCS11: "pkcs11:object=test"}}
+	return rec
 }
+
+var testKEK, _ = kek.New(make([]byte, 32))
 
 // moment is what the zone and its parent served at one time.
 type moment struct {
@@ -80,7 +76,7 @@ func (s *sim) run(start time.Time, d, tick time.Duration) {
 			s.events = append(s.events, st.Why)
 			switch {
 			case st.New != "":
-				rec := newRecord(s.t, st.New)
+				rec := newRecord(s.t, st.New, s.p.Algorithm)
 				rec.Timeline = st.Timeline
 				s.keys = append(s.keys, Key{ID: st.ID, Rec: rec})
 			case st.Delete:
@@ -249,7 +245,7 @@ func TestPlanRequests(t *testing.T) {
 	if err != nil || len(steps) != 2 || steps[0].New != record.RoleZSK {
 		t.Fatalf("roll zsk: %v %v", steps, err)
 	}
-	s.keys = append(s.keys, Key{ID: "new", Rec: newRecord(t, record.RoleZSK)})
+	s.keys = append(s.keys, Key{ID: "new", Rec: newRecord(t, record.RoleZSK, dns.ECDSAP256SHA256)})
 	s.keys[len(s.keys)-1].Rec.Timeline = steps[0].Timeline
 	if _, _, err := Plan(fast, s.keys, s.dsSet(), now, &Request{Roll: record.RoleZSK}, zone, id); err == nil || !strings.Contains(err.Error(), "under way") {
 		t.Errorf("a second zsk roll during one: %v", err)
@@ -287,4 +283,30 @@ func TestPolicyValidate(t *testing.T) {
 	}
 }
 
-func toBase64(b []byte) string { return base64.StdEncoding.EncodeToString(b) }
+// TestPlanAlgorithmRollover: a policy that changes the algorithm (ECDSA P-256 to
+// Ed25519 and back) rolls every key to it unattended, the DS too, and no validator
+// ever lacks what it needs.
+func TestPlanAlgorithmRollover(t *testing.T) {
+	for _, csk := range []bool{false, true} {
+		p := fast
+		if csk {
+			p.CSK, p.ZSKLifetime = true, 0
+		}
+		p.KSKLifetime = 0 // only the algorithm rollovers
+		s := &sim{t: t, p: p, lag: 2 * time.Minute}
+		start := time.Date(2026, 12, 3, 0, 0, 0, 0, time.UTC)
+		s.run(start, 30*time.Minute, 10*time.Second)
+		for i, alg := range []uint8{dns.ED25519, dns.ECDSAP256SHA256} {
+			s.p.Algorithm = alg
+			s.run(start.Add(time.Duration(1+i)*time.Hour), time.Hour, 10*time.Second)
+			for _, k := range s.keys {
+				if dk, _ := k.Rec.PublicKey(zone); dk.Algorithm != alg {
+					t.Errorf("csk %v: key %s of algorithm %d left after the rollover to %d", csk, k.ID, dk.Algorithm, alg)
+				}
+			}
+		}
+		if n := count(s.events, "algorithm rollover: the old algorithm's key stops signing"); n < 2 {
+			t.Errorf("csk %v: %d old keys retired by algorithm rollovers: %v", csk, n, s.events)
+		}
+	}
+}
