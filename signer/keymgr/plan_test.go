@@ -50,6 +50,8 @@ type sim struct {
 	n       int
 	events  []string
 	waited  []string
+	// log, when set, is told each step with its time.
+	log func(at time.Time, st Step)
 }
 
 func (s *sim) dsSet() Parent {
@@ -74,6 +76,9 @@ func (s *sim) run(start time.Time, d, tick time.Duration) {
 		s.waited = append(s.waited, waiting...)
 		for _, st := range steps {
 			s.events = append(s.events, st.Why)
+			if s.log != nil {
+				s.log(now, st)
+			}
 			switch {
 			case st.New != "":
 				rec := newRecord(s.t, st.New, s.p.Algorithm)
@@ -128,6 +133,9 @@ func (s *sim) run(start time.Time, d, tick time.Duration) {
 			m.signsNames = m.ksks
 		}
 		s.history = append(s.history, m)
+		// What a validator can still hold: the longest TTL back.
+		keep := max(s.p.DSTTL.D(), s.p.DNSKEYTTL.D(), s.p.ZoneMaxTTL.D())
+		s.history = slices.DeleteFunc(s.history, func(h moment) bool { return now.Sub(h.at) > keep })
 		s.check(m)
 	}
 }
@@ -309,4 +317,46 @@ func TestPlanAlgorithmRollover(t *testing.T) {
 			t.Errorf("csk %v: %d old keys retired by algorithm rollovers: %v", csk, n, s.events)
 		}
 	}
+}
+
+// TestDefaultPolicyDurations: the default policy over two years, with a parent whose
+// scanner picks up a CDS an hour after it appears: how long each rollover takes, from
+// its first step to the old key's record deleted (BENCHMARKS.md reports the figures).
+// Each takes at least its waits, and ends.
+func TestDefaultPolicyDurations(t *testing.T) {
+	s := &sim{t: t, p: DefaultPolicy, lag: time.Hour}
+	started := map[string]time.Time{} // the key a rollover replaces → when it started
+	var zsk, ksk []time.Duration
+	s.log = func(at time.Time, st Step) {
+		switch {
+		case strings.HasPrefix(st.Why, "zsk rollover (pre-publication): the old key"):
+			started[st.ID] = at
+		case strings.HasPrefix(st.Why, "ksk rollover (double-DS)"):
+			for _, k := range s.keys {
+				if k.Rec.Role == record.RoleKSK && k.Rec.Timeline.Retire == nil {
+					started[k.ID] = at
+				}
+			}
+		case st.Delete:
+			if from, ok := started[st.ID]; ok {
+				if strings.HasPrefix(st.ID, "zsk") {
+					zsk = append(zsk, at.Sub(from))
+				} else {
+					ksk = append(ksk, at.Sub(from))
+				}
+			}
+		}
+	}
+	s.run(time.Date(2026, 12, 3, 0, 0, 0, 0, time.UTC), 2*365*24*time.Hour, 5*time.Minute)
+	if len(zsk) < 20 || len(ksk) < 1 {
+		t.Fatalf("%d ZSK and %d KSK rollovers in two years", len(zsk), len(ksk))
+	}
+	p := DefaultPolicy
+	if zsk[0] < p.prePublish()+p.retireZSK() {
+		t.Errorf("a ZSK rollover took %s, less than its waits", zsk[0])
+	}
+	if ksk[0] < s.lag+p.DSTTL.D()+p.prePublish() {
+		t.Errorf("a KSK rollover took %s, less than its waits", ksk[0])
+	}
+	t.Logf("default policy: %d ZSK rollovers, each %s; %d KSK rollovers, each %s (the parent's scanner an hour behind the CDS)", len(zsk), zsk[0], len(ksk), ksk[0])
 }
