@@ -74,7 +74,14 @@ func (z *zone) load(ctx context.Context, cli *clientv3.Client, prefix string) (*
 	// The keys the names are signed with are read first: the store is laid out for them.
 	ks, err := z.loadKeys(ctx, cli, prefix, z.now())
 	if err != nil {
-		return nil, err
+		cur := z.current()
+		if cur == nil {
+			return nil, err
+		}
+		// Reloading with records that make no usable key set: load with the keys in
+		// use rather than stop following etcd (revocations must still be served).
+		log.Errorf("zone %s: %v; loading with the keys in use", z.origin, err)
+		ks = cur.apex.Load().keys
 	}
 	pages := make(chan *clientv3.GetResponse, 2)
 	var rev int64
@@ -118,12 +125,15 @@ func (z *zone) load(ctx context.Context, cli *clientv3.Client, prefix string) (*
 	if z.keyring != nil {
 		// The keys read before the records must be the ones read with them.
 		z.keyring.records = loaded.records
-		now2, err := z.keySetAt(z.keyring, now)
-		if err != nil || !sameZSK(ks, now2) {
+		switch now2, err := z.keySetAt(z.keyring, now); {
+		case err != nil:
+			log.Errorf("zone %s: %v; keeping the keys in use", z.origin, err)
+		case !sameZSK(ks, now2):
 			x.st.free()
-			return nil, fmt.Errorf("the zone's keys changed while it loaded; loading again (%v)", err)
+			return nil, errors.New("the zone's keys changed while it loaded; loading again")
+		default:
+			z.installKeys(x, now2, now)
 		}
-		z.installKeys(x, now2, now)
 	}
 	z.setSerial(x, rev, now)
 	return x, nil
@@ -205,6 +215,10 @@ func (z *zone) follow(ctx context.Context, cli *clientv3.Client, prefix string, 
 	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
 	defer cancel()
 	events := cli.Watch(wctx, prefix, clientv3.WithPrefix(), clientv3.WithRev(rev+1))
+	// A step of the keys' timeline may have come while the zone loaded.
+	if err := z.rekey(); err != nil {
+		return err
+	}
 	keyTimer := z.keyTimer()
 	defer keyTimer.Stop()
 	for {

@@ -8,7 +8,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/deviceid/deviceid/internal/etcdclient"
@@ -49,7 +48,6 @@ type config struct {
 	keyURIs  []string           // PKCS#11 URIs of keys in an HSM
 	keys     map[string]*keySet // by zone; a zone without keys is not signed
 	hsmKeys  []*pkcs11key.Key   // the keys opened in HSMs, closed on shutdown
-	hsmMu    sync.Mutex         // guards hsmKeys after setup
 	// keysFromEtcd: the zones' keys and their timeline come from P/<zone>/dnssec/
 	// (keys etcd), their wrapped private keys opened with kek.
 	keysFromEtcd bool
@@ -428,19 +426,10 @@ func exemptPrefix(s string) (netip.Prefix, bool) {
 
 // closeKeys logs out of the HSMs the block's keys are in.
 func (cfg *config) closeKeys() {
-	cfg.hsmMu.Lock()
-	defer cfg.hsmMu.Unlock()
 	for _, k := range cfg.hsmKeys {
 		k.Close()
 	}
 	cfg.hsmKeys = nil
-}
-
-// addHSMKey keeps a key opened in an HSM after setup (keys etcd), to close at shutdown.
-func (cfg *config) addHSMKey(k *pkcs11key.Key) {
-	cfg.hsmMu.Lock()
-	defer cfg.hsmMu.Unlock()
-	cfg.hsmKeys = append(cfg.hsmKeys, k)
 }
 
 // inRoot joins a relative file name with the server's root directory, if one is set.

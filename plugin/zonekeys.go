@@ -12,7 +12,6 @@ import (
 	"crypto"
 	"crypto/ecdsa"
 	"crypto/ed25519"
-	"crypto/elliptic"
 	"crypto/x509"
 	"errors"
 	"fmt"
@@ -21,7 +20,6 @@ import (
 	"slices"
 	"time"
 
-	"github.com/deviceid/deviceid/internal/pkcs11key"
 	"github.com/deviceid/deviceid/record"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
@@ -50,6 +48,12 @@ var errKeysChanged = errors.New("the keys that sign the zone's names changed")
 func (zk *zoneKeys) update(origin, id string, value []byte) error {
 	if value == nil {
 		delete(zk.records, id)
+		delete(zk.opened, id)
+		delete(zk.openedAs, id)
+		if _, was := zk.failed[id]; was {
+			delete(zk.failed, id)
+			keyUnavailable.DeleteLabelValues(origin, id)
+		}
 		return nil
 	}
 	k, err := record.ParseZoneKey(origin, value)
@@ -61,21 +65,42 @@ func (zk *zoneKeys) update(origin, id string, value []byte) error {
 	return nil
 }
 
-// keySet is the key set the records make at now: the DNSKEYs published, the keys that
-// sign (those whose private key this replica can open; the others are logged and
-// counted once), and the CDS and CDNSKEY of the keys being synced to the parent.
-// Without a ZSK that signs, the KSKs sign everything (a CSK), which validators accept
-// as well.
+// maxPublishedKeys bounds the DNSKEY RRset: a rollover has a few keys; a write to etcd
+// of many more would only make the answer too large.
+const maxPublishedKeys = 8
+
+// keySetAt is the key set the records make at now: the DNSKEYs published, the keys
+// that sign, and the CDS and CDNSKEY of the keys being synced to the parent. A key
+// counts only once its private half opens here and matches its DNSKEY: a record
+// written into etcd by someone without the KEK publishes nothing (logged and counted
+// once, coredns_deviceid_key_unavailable). Without a ZSK that signs, the KSKs sign
+// everything (a CSK), which validators accept as well.
 func (z *zone) keySetAt(zk *zoneKeys, now time.Time) (*keySet, error) {
 	minPublished := time.Duration(z.cfg.ttl) * time.Second
 	ks := &keySet{}
 	for _, id := range slices.Sorted(maps.Keys(zk.records)) {
 		rec := zk.records[id]
+		if !rec.Published(now) && !rec.Syncs(now) {
+			continue
+		}
 		dk, err := rec.PublicKey(z.origin)
 		if err != nil {
 			continue // Validate read it already
 		}
 		dk.Hdr.Ttl = z.cfg.ttl
+		k, err := z.openZoneKey(zk, id, rec, dk)
+		if err != nil {
+			if zk.failed[id] != err.Error() {
+				zk.failed[id] = err.Error()
+				log.Errorf("zone %s: key %s (tag %d) is not used on this replica (not published, no CDS, no signature): %v", z.origin, id, dk.KeyTag(), err)
+				keyUnavailable.WithLabelValues(z.origin, id).Set(1)
+			}
+			continue
+		}
+		if _, was := zk.failed[id]; was {
+			delete(zk.failed, id)
+			keyUnavailable.WithLabelValues(z.origin, id).Set(0)
+		}
 		if rec.Syncs(now) && z.cfg.cds {
 			ds := dk.ToDS(dns.SHA256)
 			ks.ds = append(ks.ds, ds)
@@ -85,22 +110,12 @@ func (z *zone) keySetAt(zk *zoneKeys, now time.Time) (*keySet, error) {
 		if !rec.Published(now) {
 			continue
 		}
+		if len(ks.dnskey) == maxPublishedKeys {
+			return nil, fmt.Errorf("more than %d keys would be published at %s", maxPublishedKeys, now.UTC().Format(time.RFC3339))
+		}
 		ks.dnskey = append(ks.dnskey, dk)
 		if !rec.Signs(now, minPublished) {
 			continue
-		}
-		k, err := z.openZoneKey(zk, id, rec, dk)
-		if err != nil {
-			if zk.failed[id] != err.Error() {
-				zk.failed[id] = err.Error()
-				log.Errorf("zone %s: key %s (tag %d) cannot sign on this replica, signing with the others: %v", z.origin, id, dk.KeyTag(), err)
-				keyUnavailable.WithLabelValues(z.origin, id).Set(1)
-			}
-			continue
-		}
-		if _, was := zk.failed[id]; was {
-			delete(zk.failed, id)
-			keyUnavailable.WithLabelValues(z.origin, id).Set(0)
 		}
 		if rec.SEP() {
 			ks.ksk = append(ks.ksk, k)
@@ -128,15 +143,9 @@ func (z *zone) openZoneKey(zk *zoneKeys, id string, rec *record.ZoneKey, dk *dns
 	var signer crypto.Signer
 	switch {
 	case rec.Private.PKCS11 != "":
-		if dk.Algorithm != dns.ECDSAP256SHA256 {
-			return nil, errors.New("a key in an HSM is ECDSA P-256 (algorithm 13)")
-		}
-		hk, err := pkcs11key.Open(rec.Private.PKCS11, elliptic.P256())
-		if err != nil {
-			return nil, err
-		}
-		z.cfg.addHSMKey(hk)
-		signer = hk
+		// A URI read from etcd could name any module or PIN file on the replica: keys
+		// etcd opens wrapped keys only (a KSK in an HSM stays a key pkcs11 line).
+		return nil, errors.New("its private key is named by a pkcs11: URI, which keys etcd does not open (a URI from etcd could name any module or PIN file here); wrap it under the KEK instead")
 	default:
 		if z.cfg.kek == nil {
 			return nil, fmt.Errorf("its private key is wrapped under KEK %s, and this replica has no kek line", rec.Private.KEK)
@@ -294,7 +303,9 @@ func (z *zone) keyTimer() *time.Timer {
 		return never
 	}
 	never.Stop()
-	return time.NewTimer(max(next.Sub(now), 0) + 10*time.Millisecond)
+	// A step more than a day ahead is looked at again in a day (and a time far ahead
+	// cannot overflow the timer).
+	return time.NewTimer(min(max(next.Sub(now), 0), 24*time.Hour) + 10*time.Millisecond)
 }
 
 // String describes a key set for the log: the DNSKEYs published, the keys that sign

@@ -130,8 +130,9 @@ func TestKeysFromEtcd(t *testing.T) {
 	ksk, kskTag := zoneKeyRecord(t, k, "ksk", record.RoleKSK, dns.ECDSAP256SHA256, record.Timeline{Publish: at(-2 * time.Hour), Active: at(-2 * time.Hour), SyncPublish: at(-2 * time.Hour)})
 	zsk1, zsk1Tag := zoneKeyRecord(t, k, "zsk1", record.RoleZSK, dns.ED25519, record.Timeline{Publish: at(-2 * time.Hour), Active: at(-2 * time.Hour), Retire: at(2 * time.Hour), Remove: at(4 * time.Hour)})
 	zsk2, zsk2Tag := zoneKeyRecord(t, k, "zsk2", record.RoleZSK, dns.ED25519, record.Timeline{Publish: at(time.Hour), Active: at(2 * time.Hour)})
-	// Active, but wrapped under a KEK this replica does not hold: published, never signs.
-	stray, strayTag := zoneKeyRecord(t, other, "stray", record.RoleZSK, dns.ED25519, record.Timeline{Publish: at(-2 * time.Hour), Active: at(-2 * time.Hour)})
+	// Wrapped under a KEK this replica does not hold (a replica's mistake, or a record
+	// written by someone without the KEK): never published, no CDS, never signs.
+	stray, _ := zoneKeyRecord(t, other, "stray", record.RoleKSK, dns.ED25519, record.Timeline{Publish: at(-2 * time.Hour), Active: at(-2 * time.Hour), SyncPublish: at(-2 * time.Hour)})
 	for id, rec := range map[string]*record.ZoneKey{"ksk": ksk, "zsk1": zsk1, "zsk2": zsk2, "stray": stray} {
 		put(id, rec)
 	}
@@ -198,7 +199,7 @@ func TestKeysFromEtcd(t *testing.T) {
 	}
 
 	wait("start", zsk1Tag)
-	published("start", kskTag, zsk1Tag, strayTag)
+	published("start", kskTag, zsk1Tag)
 	if cds, _ := ask(t, d, "iot.example.", dns.TypeCDS, false, false); len(cds.Answer) != 1 || cds.Answer[0].(*dns.CDS).KeyTag != kskTag {
 		t.Errorf("CDS: %v, want the KSK's", cds.Answer)
 	}
@@ -207,19 +208,27 @@ func TestKeysFromEtcd(t *testing.T) {
 	}
 
 	rekey(time.Hour) // the new ZSK is published, and does not sign yet
-	published("pre-publication", kskTag, zsk1Tag, zsk2Tag, strayTag)
+	published("pre-publication", kskTag, zsk1Tag, zsk2Tag)
 	wait("pre-publication", zsk1Tag)
 
 	rekey(time.Hour) // the new ZSK signs; the old one is still published
 	wait("rollover", zsk2Tag)
-	published("rollover", kskTag, zsk1Tag, zsk2Tag, strayTag)
+	published("rollover", kskTag, zsk1Tag, zsk2Tag)
 
 	rekey(2 * time.Hour) // the old ZSK is removed
-	published("removal", kskTag, zsk2Tag, strayTag)
+	published("removal", kskTag, zsk2Tag)
 	wait("removal", zsk2Tag)
 
-	// A change in etcd is followed at once: the stray key is deleted.
-	cli.Delete(ctx, record.ZoneKeyKey("/deviceid", "iot.example", "stray"))
-	published("deleted", kskTag, zsk2Tag)
-	wait("deleted", zsk2Tag)
+	// A change in etcd is followed at once: a new key published now.
+	now := clock.Now()
+	zsk3, zsk3Tag := zoneKeyRecord(t, k, "zsk3", record.RoleZSK, dns.ECDSAP256SHA256, record.Timeline{Publish: &now})
+	put("zsk3", zsk3)
+	published("put", kskTag, zsk2Tag, zsk3Tag)
+	wait("put", zsk2Tag)
+	// A record whose DNSKEY is not its wrapped key's is never published.
+	forged := *zsk3
+	forged.DNSKEY = zsk2.DNSKEY
+	put("forged", &forged)
+	cli.Delete(ctx, record.ZoneKeyKey("/deviceid", "iot.example", "zsk3"))
+	published("forged", kskTag, zsk2Tag)
 }

@@ -6,7 +6,6 @@ package record
 // publishes and signs with the same keys from the same etcd revision.
 
 import (
-	"bytes"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
@@ -152,8 +151,7 @@ func ParseZoneKey(zone string, data []byte) (*ZoneKey, error) {
 		return nil, fmt.Errorf("record is %d bytes, more than the limit of %d", len(data), MaxRecordSize)
 	}
 	var k ZoneKey
-	dec := json.NewDecoder(bytes.NewReader(data))
-	if err := dec.Decode(&k); err != nil {
+	if err := json.Unmarshal(data, &k); err != nil {
 		return nil, fmt.Errorf("not a zone key record: %v", err)
 	}
 	if err := k.Validate(zone); err != nil {

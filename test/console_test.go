@@ -2,6 +2,7 @@ package test
 
 import (
 	"context"
+	"encoding/json"
 	"encoding/pem"
 	"fmt"
 	"net/http"
@@ -13,8 +14,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/deviceid/deviceid/internal/kek"
 	"github.com/deviceid/deviceid/internal/testenv"
+	"github.com/deviceid/deviceid/record"
 	"github.com/deviceid/deviceid/signer/httpapi"
+	"github.com/deviceid/deviceid/signer/keymgr"
+	"github.com/deviceid/deviceid/signer/registry"
 
 	"github.com/chromedp/chromedp"
 )
@@ -253,4 +258,27 @@ func TestConsole(t *testing.T) {
 	if d.Tenant != "globex" {
 		t.Errorf("after the console's assign: tenant %q", d.Tenant)
 	}
+
+	// The zone's DNSSEC keys: their timeline drawn, for the operator only.
+	reg := &registry.Registry{Client: r.etcd.Client(), Prefix: "/deviceid", Zone: zone}
+	k, _ := kek.New(make([]byte, 32))
+	settings, _ := json.Marshal(keymgr.Settings{Policy: keymgr.DefaultPolicy})
+	if err := reg.PutKeySettings(t.Context(), registry.OperatorActor("test"), 0, settings, "enable"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := (&keymgr.Manager{Registry: reg, KEK: k, Actor: registry.OperatorActor("test")}).Step(t.Context(), &keymgr.Request{Roll: record.RoleZSK}, nil); err == nil {
+		t.Error("a roll with no keys yet was taken")
+	}
+	if _, err := (&keymgr.Manager{Registry: reg, KEK: k, Actor: registry.OperatorActor("test")}).Step(t.Context(), nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	p.do(chromedp.Navigate(s.url + "/console/#/keys"))
+	p.waitShown("#keys-table", "ksk")
+	if n := p.text("#keys-state"); !strings.Contains(n, "rolls these keys") {
+		t.Errorf("keys page state: %q", n)
+	}
+	if !p.truth(`document.querySelectorAll('#key-timeline rect.signs').length === 2 && document.querySelectorAll('#key-timeline rect.cds').length === 1`) {
+		t.Error("the timeline does not draw the two signing keys and the KSK's CDS")
+	}
+	p.screenshot("console-keys")
 }

@@ -213,6 +213,12 @@ func TestRegistryAsDocumented(t *testing.T) {
 	expect("enabled again", s.apiCall(t, globex, "GET", "/api/v1/devices", "", nil), 200)
 	s.admin(t, "POST", "/api/v1/tenants/acme/disable", "", nil)
 	expect("delete tenant", s.admin(t, "DELETE", "/api/v1/tenants/acme", "", nil), 204)
+	var keys httpapi.KeysView
+	expect("keys", s.admin(t, "GET", "/api/v1/keys", "", &keys), 200)
+	if keys.Managed || len(keys.Keys) != 0 {
+		t.Errorf("the keys of a zone with key files: %+v", keys)
+	}
+	expect("a tenant asking for the keys", s.apiCall(t, globex, "GET", "/api/v1/keys", "", nil), 403)
 
 	// Every documented operation was answered as documented.
 	var missing []string

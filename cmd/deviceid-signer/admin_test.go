@@ -176,6 +176,7 @@ func TestCommandRoutes(t *testing.T) {
 		"getWhoami":         "a check of a token; the signer's console calls it",
 		"getDevicesNameDns": "show prints what DNS publishes, worked out from the record",
 		"getTenantsTenant":  "tenants lists the tenants, each whole",
+		"getKeys":           "keys list reads the keys on etcd directly, beside the keys commands that change them",
 	}
 	called := map[string]string{}
 	for name, c := range adminCommands {

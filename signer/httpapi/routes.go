@@ -108,6 +108,9 @@ var routes = []route{
 		query:  []queryParam{{"device", "one device"}, {"tenant", "entries that concern this tenant (a tenant sees only its own)"}, {"operation", "e.g. device.revoke"}, {"actor", "e.g. token:<id>"}, {"after", "the next of the previous page"}, {"limit", "1 to 1000, default 100"}},
 		status: 200, response: AuditResponse{}, errors: []int{400}, handle: (*apiCall).audit},
 
+	{method: "GET", path: "/api/v1/keys", summary: "The zone's DNSSEC keys, what each does now and its timeline, and the key manager's policy", operator: true,
+		status: 200, response: KeysView{}, handle: (*apiCall).keys},
+
 	{method: "GET", path: "/api/v1/tenants", summary: "List tenants (a tenant sees itself)", status: 200, response: TenantList{}, handle: (*apiCall).tenants},
 	{method: "POST", path: "/api/v1/tenants", summary: "Create a tenant", operator: true, request: TenantRequest{}, status: 201, response: registry.Tenant{}, errors: []int{400, 413, 415}, handle: (*apiCall).createTenant},
 	{method: "GET", path: "/api/v1/tenants/{tenant}", summary: "One tenant", status: 200, response: registry.Tenant{}, errors: []int{400, 404}, handle: (*apiCall).tenant},

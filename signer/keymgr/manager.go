@@ -107,6 +107,11 @@ func (m *Manager) Step(ctx context.Context, req *Request, fence *registry.Fence)
 		keys = append(keys, Key{ID: k.ID, Rec: k.Key})
 		revs[k.ID] = k.Revision
 	}
+	if len(keys) == 0 && len(stored) > 0 {
+		// Key records there are, none valid: never start the zone's keys over (the
+		// parent has no DS for new ones).
+		return rep, nil
+	}
 	var parent Parent
 	if len(keys) > 0 {
 		ask := m.Parent
@@ -298,6 +303,7 @@ func AskParent(ctx context.Context, servers []string, zone string) Parent {
 	}
 	var first []string
 	var ds []*dns.DS
+	var ttl time.Duration
 	for i, srv := range servers {
 		q := new(dns.Msg)
 		q.SetQuestion(dns.Fqdn(zone), dns.TypeDS)
@@ -310,10 +316,14 @@ func AskParent(ctx context.Context, servers []string, zone string) Parent {
 		if r.Rcode != dns.RcodeSuccess {
 			return Parent{Why: fmt.Sprintf("%s: %s", srv, dns.RcodeToString[r.Rcode])}
 		}
+		if !r.Authoritative {
+			return Parent{Why: fmt.Sprintf("%s: not an authoritative answer (a parent server of %s?)", srv, zone)}
+		}
 		var set []string
 		var got []*dns.DS
 		for _, rr := range r.Answer {
-			if d, ok := rr.(*dns.DS); ok {
+			if d, ok := rr.(*dns.DS); ok && strings.EqualFold(d.Hdr.Name, dns.Fqdn(zone)) {
+				ttl = max(ttl, time.Duration(d.Hdr.Ttl)*time.Second)
 				got = append(got, d)
 				set = append(set, strings.ToLower(fmt.Sprintf("%d %d %d %s", d.KeyTag, d.Algorithm, d.DigestType, d.Digest)))
 			}
@@ -325,5 +335,5 @@ func AskParent(ctx context.Context, servers []string, zone string) Parent {
 			return Parent{Why: fmt.Sprintf("the parent servers disagree: %s serves %v, %s serves %v", servers[0], first, srv, set)}
 		}
 	}
-	return Parent{Known: true, DS: ds}
+	return Parent{Known: true, DS: ds, TTL: ttl}
 }

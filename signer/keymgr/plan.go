@@ -1,6 +1,7 @@
 package keymgr
 
 import (
+	"errors"
 	"fmt"
 	"slices"
 	"strings"
@@ -23,8 +24,12 @@ type Parent struct {
 	// step is taken.
 	Known bool
 	DS    []*dns.DS
-	Why   string // why not known
+	TTL   time.Duration // the TTL the parent serves the DS RRset with
+	Why   string        // why not known
 }
+
+// dsTTL is how long a DS RRset may be held: the policy's, or the parent's if longer.
+func (pl *planner) dsTTL() time.Duration { return max(pl.p.DSTTL.D(), pl.parent.TTL) }
 
 // has reports whether the parent's DS set holds a DS of dk.
 func (p Parent) has(dk *dns.DNSKEY) bool {
@@ -54,6 +59,9 @@ type Request struct {
 // for meanwhile (empty when nothing).
 func Plan(p Policy, keys []Key, parent Parent, now time.Time, req *Request, zone string, newID func(role string) string) ([]Step, []string, error) {
 	pl := planner{p: p, keys: keys, parent: parent, now: now, zone: zone, newID: newID}
+	if len(keys) == 0 && req != nil {
+		return nil, nil, errors.New("the zone has no keys to roll yet")
+	}
 	if len(keys) == 0 {
 		pl.bootstrap()
 		return pl.steps, pl.waiting, nil
@@ -69,15 +77,25 @@ func Plan(p Policy, keys []Key, parent Parent, now time.Time, req *Request, zone
 		if why := pl.rolling(req.Roll); why != "" {
 			return nil, nil, fmt.Errorf("a %s rollover is under way (%s): wait for it to end", req.Roll, why)
 		}
+		// An operator's roll does that alone: the rest waits for the manager's tick.
+		if req.Roll == record.RoleZSK {
+			pl.zsk(true)
+		} else {
+			pl.ksk(sep, true)
+		}
+		return pl.steps, pl.waiting, nil
 	}
+	pl.roles(sep)
 	if pl.algorithm(sep) {
 		pl.cleanup()
 		return pl.steps, pl.waiting, nil
 	}
 	if !p.CSK {
-		pl.zsk(req != nil && req.Roll == record.RoleZSK)
+		pl.supersede(record.RoleZSK)
+		pl.zsk(false)
 	}
-	pl.ksk(sep, req != nil && req.Roll == sep)
+	pl.supersede(sep)
+	pl.ksk(sep, false)
 	pl.cleanup()
 	return pl.steps, pl.waiting, nil
 }
@@ -226,9 +244,9 @@ func (pl *planner) waitForDS(next Key, cur Key, haveCur bool) {
 	case tl.DSSeen == nil:
 		tl.DSSeen = pl.at(0)
 		pl.set(next, tl, "every parent server serves the new key's DS")
-		pl.waiting = append(pl.waiting, fmt.Sprintf("key %s: the DS TTL (%s) to pass", next.ID, pl.p.DSTTL))
-	case pl.now.Before(tl.DSSeen.Add(pl.p.DSTTL.D())):
-		pl.waiting = append(pl.waiting, fmt.Sprintf("key %s: the DS TTL to pass, until %s", next.ID, tl.DSSeen.Add(pl.p.DSTTL.D()).Format(time.RFC3339)))
+		pl.waiting = append(pl.waiting, fmt.Sprintf("key %s: the DS TTL (%s) to pass", next.ID, pl.dsTTL()))
+	case pl.now.Before(tl.DSSeen.Add(pl.dsTTL())):
+		pl.waiting = append(pl.waiting, fmt.Sprintf("key %s: the DS TTL to pass, until %s", next.ID, tl.DSSeen.Add(pl.dsTTL()).Format(time.RFC3339)))
 	default:
 		tl.Publish, tl.Active = pl.at(0), pl.at(pl.p.prePublish())
 		pl.set(next, tl, "the new key's DS has been at the parent for the DS TTL: the new key is published, and signs after the pre-publication interval")
@@ -349,8 +367,8 @@ func (pl *planner) algorithm(sep string) bool {
 		case tl.DSSeen == nil:
 			tl.DSSeen = pl.at(0)
 			pl.set(*newSEP, tl, "algorithm rollover: every parent server serves the new algorithm's DS alone")
-		case pl.now.Before(tl.DSSeen.Add(pl.p.DSTTL.D())):
-			pl.waiting = append(pl.waiting, "algorithm rollover: the DS TTL to pass, until "+tl.DSSeen.Add(pl.p.DSTTL.D()).Format(time.RFC3339))
+		case pl.now.Before(tl.DSSeen.Add(pl.dsTTL())):
+			pl.waiting = append(pl.waiting, "algorithm rollover: the DS TTL to pass, until "+tl.DSSeen.Add(pl.dsTTL()).Format(time.RFC3339))
 		default:
 			for _, k := range oldKeys {
 				old := k.Rec.Timeline
@@ -360,8 +378,51 @@ func (pl *planner) algorithm(sep string) bool {
 				}
 				pl.set(k, old, "algorithm rollover: the old algorithm's key stops signing and leaves")
 			}
-			return false
 		}
 	}
 	return true
+}
+
+// supersede retires the older keys of role that still sign beside the newest one: a
+// rollover whose second write (the old key's retirement) was lost (a timeout, a
+// signer that died, a conflict) ends here instead of leaving two keys signing.
+func (pl *planner) supersede(role string) {
+	cur, ok := pl.current(role)
+	if !ok {
+		return
+	}
+	for _, k := range pl.keys {
+		tl := k.Rec.Timeline
+		if k.ID == cur.ID || k.Rec.Role != role || tl.Active == nil || tl.Publish == nil || tl.Retire != nil {
+			continue
+		}
+		retire := *cur.Rec.Timeline.Active
+		if retire.Before(pl.now) {
+			retire = pl.now
+		}
+		linger := pl.p.prePublish()
+		if role != record.RoleKSK {
+			linger = max(linger, pl.p.retireZSK())
+		}
+		retire = retire.UTC().Truncate(time.Second)
+		remove := retire.Add(linger)
+		tl.Retire, tl.Remove = &retire, &remove
+		if k.Rec.SEP() && tl.SyncPublish != nil && tl.SyncDelete == nil {
+			tl.SyncDelete = &retire
+		}
+		pl.set(k, tl, "a newer "+role+" signs: the older one stops (a rollover's retirement not written before)")
+	}
+}
+
+// roles says when the keys' roles do not fit the policy (a CSK policy over a KSK and
+// a ZSK, or the other way): the manager then rolls nothing of the other kind.
+func (pl *planner) roles(sep string) {
+	for _, k := range pl.keys {
+		if k.Rec.Timeline.Retire != nil {
+			continue
+		}
+		if k.Rec.SEP() && k.Rec.Role != sep || pl.p.CSK && k.Rec.Role == record.RoleZSK {
+			pl.waiting = append(pl.waiting, fmt.Sprintf("key %s is a %s, which the policy (csk %v) does not roll: roll it by hand (keys roll) or change the policy", k.ID, k.Rec.Role, pl.p.CSK))
+		}
+	}
 }

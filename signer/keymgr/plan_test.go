@@ -360,3 +360,26 @@ func TestDefaultPolicyDurations(t *testing.T) {
 	}
 	t.Logf("default policy: %d ZSK rollovers, each %s; %d KSK rollovers, each %s (the parent's scanner an hour behind the CDS)", len(zsk), zsk[0], len(ksk), ksk[0])
 }
+
+// TestPlanHalfWrittenRollover: a rollover whose old key's retirement was never
+// written (a timeout, a signer that died) is finished by the next plan: one key signs.
+func TestPlanHalfWrittenRollover(t *testing.T) {
+	s := &sim{t: t, p: fast, lag: time.Minute}
+	start := time.Date(2026, 12, 3, 0, 0, 0, 0, time.UTC)
+	s.run(start, 10*time.Minute, 10*time.Second)
+	now := start.Add(10 * time.Minute)
+	steps, _, err := Plan(fast, s.keys, s.dsSet(), now, &Request{Roll: record.RoleZSK}, zone, func(string) string { return "zsk-new" })
+	if err != nil || len(steps) != 2 {
+		t.Fatalf("roll: %v %v", steps, err)
+	}
+	rec := newRecord(t, record.RoleZSK, fast.Algorithm)
+	rec.Timeline = steps[0].Timeline
+	s.keys = append(s.keys, Key{ID: "zsk-new", Rec: rec}) // the old key's step is lost
+	steps, _, err = Plan(fast, s.keys, s.dsSet(), now.Add(10*time.Second), nil, zone, func(string) string { return "x" })
+	if err != nil || len(steps) != 1 || steps[0].Timeline.Retire == nil || !steps[0].Timeline.Retire.Equal(*rec.Timeline.Active) {
+		t.Fatalf("after a lost retirement: %+v %v", steps, err)
+	}
+	i := slices.IndexFunc(s.keys, func(k Key) bool { return k.ID == steps[0].ID })
+	s.keys[i].Rec.Timeline = steps[0].Timeline
+	s.run(now.Add(20*time.Second), 30*time.Minute, 10*time.Second) // and the validator invariants hold on
+}

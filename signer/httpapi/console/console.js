@@ -108,9 +108,11 @@ async function route() {
   try {
     if (!me) me = await call("GET", "/whoami");
     whoBar();
+    $("nav-keys").hidden = !me.operator;
     const m = location.hash.match(/^#\/device\/(.+)$/);
     if (m) await deviceView(main, decodeURIComponent(m[1]));
     else if (location.hash === "#/services") await servicesView(main);
+    else if (location.hash === "#/keys" && me.operator) await keysView(main);
     else await listView(main);
   } catch (err) {
     showError(err);
@@ -324,6 +326,55 @@ async function servicesView(main) {
       el("tbody", {}, rows)),
     pages,
     el("h2", {}, "Publish a key"), publish);
+}
+
+// svg makes an SVG element with attributes (never markup) and children.
+function svg(tag, attrs, ...children) {
+  const e = document.createElementNS("http://www.w3.org/2000/svg", tag);
+  for (const [k, v] of Object.entries(attrs || {})) e.setAttribute(k, String(v));
+  for (const c of children.flat()) if (c !== null && c !== undefined) e.append(c instanceof Node ? c : document.createTextNode(String(c)));
+  return e;
+}
+
+// keysView shows the zone's DNSSEC keys (the operator's): a table, and their timeline
+// drawn as bars: published (grey), signing (green), CDS at the parent's door (blue),
+// and now (a red line).
+async function keysView(main) {
+  const v = await call("GET", "/keys");
+  const t = (s) => (s ? Date.parse(s) : null);
+  const now = Date.parse(v.now);
+  const times = [now];
+  for (const k of v.keys) for (const s of Object.values(k.timeline || {})) if (t(s)) times.push(t(s));
+  const from = Math.min(...times), to = Math.max(...times, now + 1) + (Math.max(...times) - Math.min(...times)) * 0.05 + 1;
+  const W = 900, rowH = 26, left = 210, top = 20;
+  const x = (ms) => left + ((ms - from) / (to - from)) * (W - left - 10);
+  const rows = [];
+  v.keys.forEach((k, i) => {
+    const y = top + i * rowH, tl = k.timeline || {};
+    const bar = (start, end, cls, h, dy) => start ? svg("rect", { class: cls, x: x(start), y: y + dy, height: h, width: Math.max(1, x(end || to) - x(start)) }) : null;
+    rows.push(svg("g", { "data-key": k.id },
+      svg("text", { x: 4, y: y + 15 }, k.id + (k.role ? " (" + k.role + ", " + k.tag + ")" : " (invalid)")),
+      bar(t(tl.publish), t(tl.remove), "published", 18, 0),
+      bar(t(tl.active), t(tl.retire), "signs", 10, 4),
+      bar(t(tl.sync_publish), t(tl.sync_delete), "cds", 4, 19)));
+  });
+  const drawing = svg("svg", { id: "key-timeline", width: W, height: top + v.keys.length * rowH + 20, role: "img" },
+    svg("title", {}, "Timeline of the zone's DNSSEC keys"),
+    rows,
+    svg("line", { class: "now", x1: x(now), x2: x(now), y1: 0, y2: top + v.keys.length * rowH + 10 }),
+    svg("text", { x: left, y: 12 }, new Date(from).toISOString().slice(0, 16) + "Z"),
+    svg("text", { x: W - 150, y: 12 }, new Date(to).toISOString().slice(0, 16) + "Z"));
+  const table = el("table", { id: "keys-table" },
+    el("thead", {}, el("tr", {}, ["Key", "Role", "Tag", "Algorithm", "Now", "Publish", "Active", "Retire", "Remove", "CDS from", "DS seen"].map((h) => el("th", {}, h)))),
+    el("tbody", {}, v.keys.map((k) => el("tr", {}, el("td", { className: "mono" }, k.id),
+      k.error ? el("td", { colSpan: 10, className: "status-revoked" }, "invalid: " + k.error) : [
+        el("td", {}, k.role), el("td", {}, k.tag), el("td", {}, k.algorithm), el("td", {}, k.now.join(", ") || "-"),
+        ...["publish", "active", "retire", "remove", "sync_publish", "ds_seen"].map((f) => el("td", {}, fmtTime(k.timeline[f])))]))));
+  const state = !v.managed ? "The key manager does not manage this zone's keys (deviceid-signer keys enable)."
+    : v.paused ? "The key manager is paused (deviceid-signer keys resume)."
+    : "The key manager rolls these keys: ZSK every " + v.policy.zsk_lifetime + ", KSK every " + v.policy.ksk_lifetime + ", DNSKEY TTL " + v.policy.dnskey_ttl + ", DS TTL " + v.policy.ds_ttl + ".";
+  main.replaceChildren(el("h2", {}, "DNSSEC keys of " + v.zone), el("p", { id: "keys-state" }, state), drawing,
+    el("p", { className: "legend" }, "Grey: DNSKEY published. Green: signing. Blue: CDS asks the parent for its DS. Red: now."), table);
 }
 
 function summary(s) {
