@@ -202,5 +202,10 @@ func (d *Deviceid) stop() error {
 	d.cancel()
 	d.wg.Wait()
 	d.cfg.closeKeys()
+	for _, z := range d.zones {
+		if z.keyring != nil {
+			z.keyring.close()
+		}
+	}
 	return d.client.Close()
 }

@@ -53,6 +53,7 @@ func (z *zone) run(ctx context.Context, cli *clientv3.Client) {
 		retry = time.Second
 		z.carrySigs(z.current(), x, z.now())
 		z.swap(x)
+		z.keyring.served(x.apex.Load().keys, z.now())
 		// A full load makes several times the index's size in garbage (etcd pages,
 		// JSON); give it back to the system now rather than let the process keep it.
 		debug.FreeOSMemory()
@@ -124,7 +125,7 @@ func (z *zone) load(ctx context.Context, cli *clientv3.Client, prefix string) (*
 	x.loadRevision = rev
 	if z.keyring != nil {
 		// The keys read before the records must be the ones read with them.
-		z.keyring.records = loaded.records
+		z.keyring.setRecords(z.origin, loaded.records)
 		switch now2, err := z.keySetAt(z.keyring, now); {
 		case err != nil:
 			log.Errorf("zone %s: %v; keeping the keys in use", z.origin, err)

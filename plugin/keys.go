@@ -133,6 +133,8 @@ type keySet struct {
 	cds      []dns.RR // CDS (SHA-256) for each SEP key; nil with cds off
 	cdnskey  []dns.RR // CDNSKEY for each SEP key; nil with cds off
 	ds       []*dns.DS
+	// published are the ids of the key records of the DNSKEYs (keys etcd only).
+	published []string
 }
 
 func newKeySet(origin string, keys []*key, ttl uint32, cds bool) (*keySet, error) {

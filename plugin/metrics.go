@@ -15,6 +15,20 @@ var (
 		Help:      "Gauge: 1 when a key that should sign (keys etcd) cannot be opened on this replica (the log says why), by zone and key id.",
 	}, []string{"zone", "key"})
 
+	signaturesExpire = promauto.NewGaugeVec(prometheus.GaugeOpts{
+		Namespace: plugin.Namespace,
+		Subsystem: "deviceid",
+		Name:      "apex_signatures_expire_timestamp_seconds",
+		Help:      "Gauge: Unix time at which the first signature of the zone's apex (SOA, NS, DNSKEY, CDS) served now expires; renewed a quarter into its validity, so it nears the present only when signing fails, by zone.",
+	}, []string{"zone"})
+
+	keyTTLAbovePolicy = promauto.NewGaugeVec(prometheus.GaugeOpts{
+		Namespace: plugin.Namespace,
+		Subsystem: "deviceid",
+		Name:      "ttl_above_key_policy",
+		Help:      "Gauge: 1 when this replica's ttl is above the TTL the zone's key timeline waits for (keys etcd): validators may cache its answers past a rollover's waits; lower the ttl or raise the policy's TTLs. By zone.",
+	}, []string{"zone"})
+
 	keySetChanges = promauto.NewCounterVec(prometheus.CounterOpts{
 		Namespace: plugin.Namespace,
 		Subsystem: "deviceid",

@@ -52,6 +52,7 @@ type config struct {
 	// (keys etcd), their wrapped private keys opened with kek.
 	keysFromEtcd bool
 	kek          *kek.KEK
+	hsm          string // the token keys etcd finds keys in: a pkcs11: URI with module and PIN
 	ns           []string
 	ttl          uint32
 	render       record.RenderOptions
@@ -118,6 +119,9 @@ func parse(c *caddy.Controller) (*config, error) {
 	}
 	if cfg.kek != nil && !cfg.keysFromEtcd {
 		return nil, c.Err("kek opens the wrapped keys of keys etcd; without it, remove the kek line")
+	}
+	if cfg.hsm != "" && !cfg.keysFromEtcd {
+		return nil, c.Err("hsm opens the keys of keys etcd that are in a token; without it, remove the hsm line (a key in an HSM for the Corefile is a key pkcs11 line)")
 	}
 	if err := cfg.loadKeys(); err != nil {
 		return nil, c.Err(err.Error())
@@ -241,6 +245,14 @@ func parseOption(c *caddy.Controller, cfg *config, root string) error {
 			return c.Err(err.Error())
 		}
 		cfg.kek = k
+	case "hsm":
+		if len(args) != 1 {
+			return c.Errf("want 'hsm pkcs11:token=LABEL?module-path=...&pin-source=...': the token of the zone keys in etcd that are in an HSM")
+		}
+		if err := pkcs11key.CheckToken(args[0]); err != nil {
+			return c.Errf("hsm: %v", err)
+		}
+		cfg.hsm = args[0]
 	case "ns":
 		args = fields(args)
 		if len(args) == 0 {

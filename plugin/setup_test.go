@@ -235,6 +235,15 @@ func TestSetup(t *testing.T) {
 		{"keys not etcd", "deviceid {\nkeys file\n}", "keys etcd", nil},
 		{"kek missing", "deviceid {\nkeys etcd\nkek file " + filepath.Join(dir, "nosuch") + "\n}", "no such file", nil},
 		{"kek not a file", "deviceid {\nkeys etcd\nkek pkcs11 x\n}", "kek file PATH", nil},
+		{"keys etcd in an hsm", "deviceid {\nkeys etcd\nhsm \"" + h.TokenURI() + "\"\n}", "", func(t *testing.T, c *config) {
+			if c.hsm != h.TokenURI() {
+				t.Errorf("hsm %q", c.hsm)
+			}
+		}},
+		{"hsm without keys etcd", "deviceid {\nhsm \"" + h.TokenURI() + "\"\n}", "without it", nil},
+		{"hsm naming a key", "deviceid {\nkeys etcd\nhsm \"" + hsmKSK + "\"\n}", "names a key", nil},
+		{"hsm without a pin", "deviceid {\nkeys etcd\nhsm pkcs11:token=x?module-path=" + h.Module + "\n}", "PIN", nil},
+		{"hsm twice", "deviceid {\nkeys etcd\nhsm a b\n}", "want 'hsm pkcs11:", nil},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

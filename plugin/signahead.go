@@ -166,7 +166,7 @@ func (z *zone) renewApex(zd *zoneData, now time.Time) {
 				z.apexRetry = now.Add(renewRetry)
 				log.Warningf("zone %s: %v; retrying in %s", z.origin, err, renewRetry)
 			}
-			zd.apex.Store(a)
+			z.storeApex(zd, a)
 			return
 		}
 	}

@@ -65,8 +65,29 @@ func (z *zone) newData(revision int64, ks *keySet) *zoneData {
 	zd := &zoneData{st: newStore(ks.nz()), loadRevision: revision, loadedAt: z.now()}
 	zd.revision.Store(revision)
 	a, _ := z.newApex(revision, nil, ks, z.now()) // what failed is signed on the query path
-	zd.apex.Store(a)
+	z.storeApex(zd, a)
 	return zd
+}
+
+// storeApex makes a the apex of zd, and says when its first signature expires.
+func (z *zone) storeApex(zd *zoneData, a *apex) {
+	zd.apex.Store(a)
+	if a.keys == nil {
+		return // not signed
+	}
+	var first uint32
+	for _, set := range a.sets {
+		if set.sigs == nil {
+			first = 0 // signing failed: said as expired
+			break
+		}
+		for _, rr := range set.sigs {
+			if exp := rr.(*dns.RRSIG).Expiration; first == 0 || exp < first {
+				first = exp
+			}
+		}
+	}
+	signaturesExpire.WithLabelValues(z.origin).Set(float64(first))
 }
 
 // signAt signs a changed record's RRset and the NSEC at its name as the change is
@@ -430,5 +451,5 @@ func (z *zone) setSerial(zd *zoneData, revision int64, now time.Time) {
 	if err != nil {
 		log.Warningf("zone %s: %v", z.origin, err)
 	}
-	zd.apex.Store(a)
+	z.storeApex(zd, a)
 }

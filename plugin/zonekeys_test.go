@@ -10,6 +10,7 @@ import (
 	"crypto/x509"
 	"encoding/base64"
 	"encoding/json"
+	"fmt"
 	"maps"
 	"path/filepath"
 	"slices"
@@ -17,12 +18,15 @@ import (
 	"testing"
 	"time"
 
+	"github.com/deviceid/deviceid/internal/dnskey"
 	"github.com/deviceid/deviceid/internal/kek"
+	"github.com/deviceid/deviceid/internal/pkcs11key"
 	"github.com/deviceid/deviceid/internal/testenv"
 	"github.com/deviceid/deviceid/record"
 
 	"github.com/miekg/dns"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
 // zoneKeyRecord makes a key of alg for iot.example with its private key wrapped under
@@ -55,6 +59,17 @@ func zoneKeyRecord(t *testing.T, k *kek.KEK, id, role string, alg uint8, tl reco
 	return &record.ZoneKey{Version: 1, Role: role, DNSKEY: rdata,
 		Private:  record.PrivateKeyRef{Wrapped: k.Wrap(der, record.WrapBinding("iot.example", id)), KEK: k.ID},
 		Timeline: tl}, dk.KeyTag()
+}
+
+// deviceValue is the record of a device with one active key.
+func deviceValue(t *testing.T) string {
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	spki, _ := x509.MarshalPKIXPublicKey(key.Public())
+	dev, err := json.Marshal(&record.Device{Version: 1, Credentials: []record.Credential{{SPKI: spki, Status: record.StatusActive}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(dev)
 }
 
 func toBase64(b []byte) string { return base64.StdEncoding.EncodeToString(b) }
@@ -104,6 +119,25 @@ func signedBy(t *testing.T, d *Deviceid, now time.Time, qname string, qtype uint
 	return tags
 }
 
+// runKeysEtcd runs the zone iot.example of cfg with keys etcd on cli, on clock, until
+// the test ends, and returns it once loaded.
+func runKeysEtcd(t *testing.T, cli *clientv3.Client, cfg *config, clock *testenv.Clock) (*Deviceid, *zone) {
+	cfg.keysFromEtcd, cfg.cds, cfg.validity = true, true, 24*time.Hour
+	d := newDeviceid(cfg)
+	d.now = clock.Now
+	z := d.zones["iot.example."]
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan struct{})
+	go func() { z.run(ctx, cli); close(done) }()
+	t.Cleanup(func() {
+		cancel()
+		<-done
+		z.keyring.close()
+	})
+	<-z.loaded
+	return d, z
+}
+
 // TestKeysFromEtcd: with keys etcd the zone publishes and signs with the keys the
 // records in etcd say at the clock's time, through a ZSK rollover by pre-publication:
 // the new ZSK published before it signs, the old one published until after it
@@ -136,21 +170,11 @@ func TestKeysFromEtcd(t *testing.T) {
 	for id, rec := range map[string]*record.ZoneKey{"ksk": ksk, "zsk1": zsk1, "zsk2": zsk2, "stray": stray} {
 		put(id, rec)
 	}
-	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	spki, _ := x509.MarshalPKIXPublicKey(key.Public())
-	dev, _ := json.Marshal(&record.Device{Version: 1, Credentials: []record.Credential{{SPKI: spki, Status: "active"}}})
-	cli.Put(ctx, record.DeviceKey("/deviceid", "iot.example", "sensor7"), string(dev))
+	testenv.Put(t, cli, record.DeviceKey("/deviceid", "iot.example", "sensor7"), deviceValue(t))
 
 	cfg := caddyConfig(t)
-	cfg.keysFromEtcd, cfg.kek, cfg.cds, cfg.validity = true, k, true, 24*time.Hour
-	d := newDeviceid(cfg)
-	d.now = clock.Now
-	z := d.zones["iot.example."]
-	rctx, cancel := context.WithCancel(ctx)
-	done := make(chan struct{})
-	go func() { z.run(rctx, cli); close(done) }()
-	t.Cleanup(func() { cancel(); <-done })
-	<-z.loaded
+	cfg.kek = k
+	d, z := runKeysEtcd(t, cli, cfg, clock)
 
 	const device = "sensor7._device.iot.example."
 	// wait polls until the zone's names are signed by want (the change is applied by
@@ -231,4 +255,114 @@ func TestKeysFromEtcd(t *testing.T) {
 	put("forged", &forged)
 	cli.Delete(ctx, record.ZoneKeyKey("/deviceid", "iot.example", "zsk3"))
 	published("forged", kskTag, zsk2Tag)
+
+	// A replica that learns of a key late (cut off from etcd while the key was
+	// pre-published, it reads a timeline that has the key signing already) publishes
+	// it first, and signs with it only after the TTL; meanwhile the ZSK it used signs
+	// on, retired by the timeline but still published.
+	now = clock.Now()
+	zsk4, zsk4Tag := zoneKeyRecord(t, k, "zsk4", record.RoleZSK, dns.ECDSAP256SHA256, record.Timeline{Publish: at(now.Sub(t0) - 2*time.Hour), Active: at(now.Sub(t0) - time.Hour)})
+	zsk2.Timeline.Retire, zsk2.Timeline.Remove = at(now.Sub(t0)-time.Hour), at(now.Sub(t0)+2*time.Hour)
+	put("zsk2", zsk2)
+	put("zsk4", zsk4)
+	published("learnt late", kskTag, zsk2Tag, zsk4Tag)
+	wait("learnt late", zsk2Tag)
+	rekey(time.Duration(cfg.ttl) * time.Second)
+	wait("published here for the TTL", zsk4Tag)
+
+	// Cut off through a whole rollover: the ZSK it used is gone too, so the KSK signs
+	// the names (in every DNSKEY RRset a validator may hold) until the new ZSK has been
+	// published here for the TTL.
+	now = clock.Now()
+	zsk5, zsk5Tag := zoneKeyRecord(t, k, "zsk5", record.RoleZSK, dns.ECDSAP256SHA256, record.Timeline{Publish: at(now.Sub(t0) - 2*time.Hour), Active: at(now.Sub(t0) - time.Hour)})
+	zsk4.Timeline.Retire, zsk4.Timeline.Remove = at(now.Sub(t0)-time.Hour), at(now.Sub(t0)-time.Minute)
+	put("zsk4", zsk4)
+	put("zsk5", zsk5)
+	wait("predecessor gone", kskTag)
+	rekey(time.Duration(cfg.ttl) * time.Second)
+	wait("predecessor gone, published here for the TTL", zsk5Tag)
+}
+
+// TestKeysInHSM: keys etcd opens a key in an HSM by the token of the replica's hsm
+// line and the object the record names. A key missing from this replica's token, or
+// a replica without the hsm line, leaves that key out and says why, and the zone
+// stays signed with the keys it has.
+func TestKeysInHSM(t *testing.T) {
+	h := testenv.SoftHSM(t)
+	etcd := testenv.StartEtcd(t)
+	cli := etcd.Client()
+	k, err := kek.Generate(filepath.Join(t.TempDir(), "kek"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	clock := testenv.NewClock(time.Now().Truncate(time.Second))
+	long := clock.Now().Add(-2 * time.Hour)
+	tl := record.Timeline{Publish: &long, Active: &long}
+	put := func(id string, rec *record.ZoneKey) {
+		b, _ := json.Marshal(rec)
+		testenv.Put(t, cli, record.ZoneKeyKey("/deviceid", "iot.example", id), string(b))
+	}
+	ksk, kskTag := zoneKeyRecord(t, k, "ksk", record.RoleKSK, dns.ECDSAP256SHA256, tl)
+	ksk.MaxTTL = 30 // the key policy's TTLs are below the replica's
+	put("ksk", ksk)
+	// The token lives as long as the test process: ids of this run's own.
+	zskID := fmt.Sprintf("zsk-%x", time.Now().UnixNano())
+	ref, err := pkcs11key.ObjectRef(h.TokenURI(), record.WrapBinding("iot.example", zskID))
+	if err != nil {
+		t.Fatal(err)
+	}
+	uri, _ := pkcs11key.InToken(h.TokenURI(), ref)
+	hk, err := pkcs11key.Generate(uri, elliptic.P256())
+	if err != nil {
+		t.Fatal(err)
+	}
+	dk, _ := dnskey.FromECDSA("iot.example.", hk.Public().(*ecdsa.PublicKey), false)
+	hk.Close()
+	_, rdata, _ := strings.Cut(dk.String(), "DNSKEY\t")
+	zsk := &record.ZoneKey{Version: 1, Role: record.RoleZSK, DNSKEY: rdata, Private: record.PrivateKeyRef{PKCS11: ref}, Timeline: tl}
+	put(zskID, zsk)
+	// Another ZSK whose object is not in this replica's token (not copied there yet).
+	missing, _ := zoneKeyRecord(t, k, "missing", record.RoleZSK, dns.ECDSAP256SHA256, tl)
+	missing.Private = record.PrivateKeyRef{PKCS11: "pkcs11:token=" + h.Token + ";object=iot.example%2Fmissing"}
+	put("missing", missing)
+	// A record that names the ZSK's object under another id: a key serves the record
+	// it was made for only.
+	put("copy", zsk)
+	const device = "sensor7._device.iot.example."
+	testenv.Put(t, cli, record.DeviceKey("/deviceid", "iot.example", "sensor7"), deviceValue(t))
+
+	cfg := caddyConfig(t)
+	cfg.kek, cfg.hsm = k, h.TokenURI()
+	d, _ := runKeysEtcd(t, cli, cfg, clock)
+	if got := signedBy(t, d, clock.Now(), device, dns.TypeTLSA); !slices.Equal(got, []uint16{dk.KeyTag()}) {
+		t.Errorf("with the HSM: names signed by %v, want the ZSK in the token %d", got, dk.KeyTag())
+	}
+	for _, id := range []string{"missing", "copy"} {
+		if testutil.ToFloat64(keyUnavailable.WithLabelValues("iot.example.", id)) != 1 {
+			t.Errorf("key %s is not reported unavailable", id)
+		}
+	}
+	if got := signedBy(t, d, clock.Now(), "iot.example.", dns.TypeDNSKEY); !slices.Equal(got, []uint16{kskTag}) {
+		t.Errorf("DNSKEY signed by %v, want the KSK", got)
+	}
+	if got := testutil.ToFloat64(keyTTLAbovePolicy.WithLabelValues("iot.example.")); got != 1 {
+		t.Errorf("ttl %d above the records' max_ttl 30: ttl_above_key_policy %v", cfg.ttl, got)
+	}
+	expires := time.Unix(int64(testutil.ToFloat64(signaturesExpire.WithLabelValues("iot.example."))), 0)
+	if expires.Before(clock.Now()) || expires.After(clock.Now().Add(cfg.validity)) {
+		t.Errorf("apex signatures expire at %s, want within the validity from %s", expires, clock.Now())
+	}
+	ksk.MaxTTL = cfg.ttl
+	put("ksk", ksk)
+
+	// Without the hsm line, the wrapped KSK signs everything.
+	cfg = caddyConfig(t)
+	cfg.kek = k
+	d, _ = runKeysEtcd(t, cli, cfg, clock)
+	if got := signedBy(t, d, clock.Now(), device, dns.TypeTLSA); !slices.Equal(got, []uint16{kskTag}) {
+		t.Errorf("without the HSM: names signed by %v, want the KSK %d", got, kskTag)
+	}
+	if got := testutil.ToFloat64(keyTTLAbovePolicy.WithLabelValues("iot.example.")); got != 0 {
+		t.Errorf("ttl %d at the records' max_ttl: ttl_above_key_policy %v", cfg.ttl, got)
+	}
 }

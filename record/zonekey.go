@@ -41,6 +41,11 @@ type ZoneKey struct {
 	// Private says where the private key is; never the key in the clear.
 	Private  PrivateKeyRef `json:"private"`
 	Timeline Timeline      `json:"timeline"`
+	// MaxTTL is the largest TTL, in seconds, of the zone's records (the DNSKEY RRset
+	// and every signature) that the timeline's waits allow for (0: not said). A
+	// replica that serves longer TTLs says so: validators would cache its answers past
+	// the waits.
+	MaxTTL uint32 `json:"max_ttl,omitempty"`
 }
 
 // PrivateKeyRef is where a zone key's private half is: in a token every replica
@@ -130,8 +135,9 @@ func (k *ZoneKey) PublicKey(zone string) (*dns.DNSKEY, error) {
 	return dk, nil
 }
 
-// WrapBinding is what a zone key's wrapped private key is bound to (the AEAD's
-// additional data): its zone and id, so that it opens for no other record.
+// WrapBinding is what a zone key's private key is bound to, so that it serves no
+// other record: its zone and id, the AEAD's additional data of a wrapped key and the
+// label of a key in an HSM.
 func WrapBinding(zone, id string) string {
 	return strings.TrimSuffix(strings.ToLower(zone), ".") + "/" + id
 }
@@ -198,6 +204,15 @@ func (k *ZoneKey) Validate(zone string) error {
 	}
 	if k.Private.PKCS11 != "" && !strings.HasPrefix(k.Private.PKCS11, "pkcs11:") {
 		return fmt.Errorf("private: %q is not a pkcs11: URI", k.Private.PKCS11)
+	}
+	if strings.Contains(k.Private.PKCS11, "?") {
+		return errors.New("private: the pkcs11 URI names a module or a PIN; a record names the token and the key only (token=...;object=...), each replica's hsm line the rest")
+	}
+	if k.Private.PKCS11 != "" && dk.Algorithm != dns.ECDSAP256SHA256 {
+		return errors.New("private: a key in an HSM is ECDSA P-256 (algorithm 13)")
+	}
+	if k.MaxTTL > MaxTTL {
+		return fmt.Errorf("max_ttl %d is above the maximum %d", k.MaxTTL, MaxTTL)
 	}
 	tl := k.Timeline
 	if !inOrder(tl.Publish, tl.Active, tl.Retire, tl.Remove) {

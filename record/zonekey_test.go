@@ -41,7 +41,9 @@ func TestZoneKeyValidate(t *testing.T) {
 	}{
 		{"good", func(*ZoneKey) {}, ""},
 		{"wrapped", func(k *ZoneKey) { k.Private = PrivateKeyRef{Wrapped: []byte{1, 2}, KEK: "0123abcd"} }, ""},
-		{"zsk", func(k *ZoneKey) { k.Role, k.DNSKEY, k.Timeline.SyncPublish = RoleZSK, zsk, nil }, ""},
+		{"zsk", func(k *ZoneKey) {
+			k.Role, k.DNSKEY, k.Timeline.SyncPublish, k.Private = RoleZSK, zsk, nil, PrivateKeyRef{Wrapped: []byte{1, 2}, KEK: "0123abcd"}
+		}, ""},
 		{"version", func(k *ZoneKey) { k.Version = 2 }, "version"},
 		{"no dnskey", func(k *ZoneKey) { k.DNSKEY = "" }, "dnskey"},
 		{"bad dnskey", func(k *ZoneKey) { k.DNSKEY = "257 3 13 !!!" }, "dnskey"},
@@ -54,6 +56,9 @@ func TestZoneKeyValidate(t *testing.T) {
 		{"both private keys", func(k *ZoneKey) { k.Private.Wrapped = []byte{1} }, "private"},
 		{"wrapped without kek", func(k *ZoneKey) { k.Private = PrivateKeyRef{Wrapped: []byte{1}} }, "kek"},
 		{"not a URI", func(k *ZoneKey) { k.Private.PKCS11 = "/etc/key.pem" }, "pkcs11:"},
+		{"a module from etcd", func(k *ZoneKey) { k.Private.PKCS11 += "?module-path=/tmp/evil.so" }, "module or a PIN"},
+		{"a PIN file from etcd", func(k *ZoneKey) { k.Private.PKCS11 += "?pin-source=/etc/shadow" }, "module or a PIN"},
+		{"an Ed25519 key in an HSM", func(k *ZoneKey) { k.Role, k.DNSKEY, k.Timeline.SyncPublish = RoleZSK, zsk, nil }, "P-256"},
 		{"active before publish", func(k *ZoneKey) { k.Timeline.Active = at("2026-11-30T00:00:00Z") }, "order"},
 		{"remove before retire", func(k *ZoneKey) {
 			k.Timeline.Retire, k.Timeline.Remove = at("2026-12-05T00:00:00Z"), at("2026-12-04T00:00:00Z")
@@ -61,7 +66,7 @@ func TestZoneKeyValidate(t *testing.T) {
 		{"CDS before publish (double-DS)", func(k *ZoneKey) { k.Timeline.SyncPublish = at("2026-11-30T00:00:00Z") }, ""},
 		{"CDS deleted before published", func(k *ZoneKey) { k.Timeline.SyncDelete = at("2026-12-01T01:59:00Z") }, "sync_publish"},
 		{"CDS after remove", func(k *ZoneKey) { k.Timeline.Remove = at("2026-12-01T01:30:00Z") }, "sync_publish"},
-		{"a zsk's CDS", func(k *ZoneKey) { k.Role, k.DNSKEY = RoleZSK, zsk }, "only a ksk"},
+		{"a zsk's CDS", func(k *ZoneKey) { k.Role, k.DNSKEY = RoleZSK, strings.Replace(ksk, "257 ", "256 ", 1) }, "only a ksk"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

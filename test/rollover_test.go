@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -70,23 +71,7 @@ iot.example. %d IN DS %d %d %d %s
 `, dsTTL, first.KeyTag, first.Algorithm, first.DigestType, first.Digest)
 	testenv.WriteFile(t, filepath.Join(p.dir, "named.conf"), []byte(conf))
 	testenv.WriteFile(t, filepath.Join(p.dir, "example.db"), []byte(db))
-	logFile, err := os.Create(filepath.Join(p.dir, "named.log"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command("named", "-g", "-c", filepath.Join(p.dir, "named.conf"))
-	cmd.Stdout, cmd.Stderr = logFile, logFile
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("starting named (Debian package bind9): %v", err)
-	}
-	t.Cleanup(func() {
-		cmd.Process.Kill()
-		cmd.Wait()
-		if t.Failed() {
-			b, _ := os.ReadFile(logFile.Name())
-			t.Logf("named log (tail):\n%s", tail(string(b), 60))
-		}
-	})
+	startDaemon(t, "bind9", p.dir, "named", "-g", "-c", filepath.Join(p.dir, "named.conf"))
 	addr := fmt.Sprintf("127.0.0.1:%d", p.port)
 	testenv.Eventually(t, "named signs example.", func() error {
 		m, err := resolve(addr, "tcp", "example.", dns.TypeDNSKEY)
@@ -174,17 +159,22 @@ func tail(s string, n int) string {
 	return strings.Join(lines[max(0, len(lines)-n):], "\n")
 }
 
-// TestRolloverWithParent: hands-free keys from a zone's first DS to a ZSK and a KSK
-// rollover, with a real parent (BIND named, the DS kept by dnssec-cds and nsupdate as
-// a registry's scanner would), two CoreDNS replicas following the keys in etcd (one
-// cut off from etcd during a step), and unbound validating from the parent's trust
-// anchor throughout: no answer is bogus, each rollover ends unattended, and no key
-// step comes before its wait.
+// TestRolloverWithParent: hands-free keys from a zone's first DS through a ZSK and a
+// KSK rollover, then an algorithm rollover (ECDSA P-256 to Ed25519), with a real
+// parent (BIND named, the DS kept by dnssec-cds and nsupdate as a registry's scanner
+// would), two CoreDNS replicas following the keys in etcd (one cut off from etcd
+// during a step), and two validators trusting only the parent's anchor throughout:
+// unbound, and Knot Resolver. No answer is bogus, each rollover ends unattended, and
+// no key step comes before its wait.
 func TestRolloverWithParent(t *testing.T) {
-	const ttl, dsTTL = 2, 3 // seconds: the rollovers take a minute
-	policy := keymgr.Policy{Algorithm: dns.ECDSAP256SHA256, ZSKLifetime: keymgr.Duration(20 * time.Second), KSKLifetime: keymgr.Duration(25 * time.Second),
+	// Seconds: the rollovers take a minute. The propagation delay covers the second
+	// replica's cut-off (3 s, and its watch's catch-up after): a replica cut off for
+	// longer than the policy's propagation delay may have served a DNSKEY RRset that
+	// validators still hold when the others sign with a key not in it.
+	const ttl, dsTTL, propagation, cutOff = 2, 3, 6, 3
+	policy := keymgr.Policy{Algorithm: dns.ECDSAP256SHA256, ZSKLifetime: keymgr.Duration(35 * time.Second), KSKLifetime: keymgr.Duration(35 * time.Second),
 		DNSKEYTTL: keymgr.Duration(ttl * time.Second), ZoneMaxTTL: keymgr.Duration(ttl * time.Second), DSTTL: keymgr.Duration(dsTTL * time.Second),
-		Propagation: keymgr.Duration(time.Second)}
+		Propagation: keymgr.Duration(propagation * time.Second)}
 	if err := policy.Validate(); err != nil {
 		t.Fatal(err)
 	}
@@ -210,7 +200,9 @@ func TestRolloverWithParent(t *testing.T) {
 	}
 	keys, _ := reg.ZoneKeys(ctx)
 	var firstDS *dns.DS
+	first := map[string]bool{} // published and signing at once: no wait to check
 	for _, zk := range keys {
+		first[zk.ID] = true
 		if zk.Key.SEP() {
 			dk, _ := zk.Key.PublicKey(zone)
 			firstDS = dk.ToDS(dns.SHA256)
@@ -246,30 +238,52 @@ func TestRolloverWithParent(t *testing.T) {
 	spki, _ := x509.MarshalPKIXPublicKey(devKey.Public())
 	dev, _ := json.Marshal(&record.Device{Version: 1, Credentials: []record.Credential{{SPKI: spki, Status: record.StatusActive}}})
 	testenv.Put(t, reg.Client, record.DeviceKey("/deviceid", zone, "sensor7"), string(dev))
-	// unbound validates from the parent's trust anchor, with no cap on its cache.
-	unbound := startUnboundStubs(t, map[string][]int{"example.": {p.port}, zone: ports}, 0, p.anchor)
-	testenv.Eventually(t, "the chain validates", func() error {
-		m, err := resolve(unbound, "udp", "sensor7._device."+zone, dns.TypeTLSA)
-		if err != nil || m.Rcode != dns.RcodeSuccess || !m.AuthenticatedData {
-			return fmt.Errorf("%v %v", m, err)
-		}
-		return nil
-	})
+	// unbound and kresd validate from the parent's trust anchor, with no cap on their
+	// caches; kresd through a non-validating unbound, which asks the parent for the DS.
+	stubs := map[string][]int{"example.": {p.port}, zone: ports}
+	unbound := startUnboundStubs(t, stubs, 0, p.anchor)
+	upstream := startUnboundStubs(t, stubs, 0)
+	kresd := startKresd(t, upstream, p.anchor)
+	validators := []struct{ name, addr string }{{"unbound", unbound}, {"kresd", kresd}}
+	for _, v := range validators {
+		testenv.Eventually(t, "the chain validates at "+v.name, func() error {
+			m, err := resolve(v.addr, "udp", "sensor7._device."+zone, dns.TypeTLSA)
+			if err != nil || m.Rcode != dns.RcodeSuccess || !m.AuthenticatedData {
+				return fmt.Errorf("%v %v", m, err)
+			}
+			return nil
+		})
+	}
+	// kresd's AD is its own: from a wrong anchor, the same chain is bogus.
+	wrong := *p.anchor
+	wrong.Digest = strings.Repeat("00", 32)
+	m, err := resolve(startKresd(t, upstream, &wrong), "udp", "sensor7._device."+zone, dns.TypeTLSA)
+	if err != nil || m.Rcode != dns.RcodeServerFailure || m.IsEdns0() == nil || !slices.ContainsFunc(m.IsEdns0().Option, func(o dns.EDNS0) bool {
+		e, ok := o.(*dns.EDNS0_EDE)
+		return ok && e.InfoCode == dns.ExtendedErrorCodeDNSBogus
+	}) {
+		t.Fatalf("kresd trusting a wrong DS answered %v %v, want SERVFAIL (DNSSEC Bogus)", m, err)
+	}
 
-	// Validated queries all along, and the scanner at the parent.
+	// Validated queries all along, at both validators, and the scanner at the parent.
 	probe := startProber(50*time.Millisecond, func(i int) (int, []string) {
 		var failed []string
-		for _, q := range []struct {
-			name string
-			t    uint16
-		}{{"sensor7._device." + zone, dns.TypeTLSA}, {zone, dns.TypeDNSKEY}, {"nx._device." + zone, dns.TypeTLSA}} {
-			m, err := resolve(unbound, "udp", q.name, q.t)
-			if err != nil || (m.Rcode != dns.RcodeSuccess && m.Rcode != dns.RcodeNameError) || !m.AuthenticatedData {
-				failed = append(failed, fmt.Sprintf("%s %s %s: %v %v", time.Now().Format("15:04:05.000"), q.name, dns.TypeToString[q.t], m, err))
+		for _, v := range validators {
+			for _, q := range []struct {
+				name string
+				t    uint16
+			}{{"sensor7._device." + zone, dns.TypeTLSA}, {zone, dns.TypeDNSKEY}, {"nx._device." + zone, dns.TypeTLSA}} {
+				m, err := resolve(v.addr, "udp", q.name, q.t)
+				if err != nil || (m.Rcode != dns.RcodeSuccess && m.Rcode != dns.RcodeNameError) || !m.AuthenticatedData {
+					failed = append(failed, fmt.Sprintf("%s %s %s %s: %v %v", time.Now().Format("15:04:05.000"), v.name, q.name, dns.TypeToString[q.t], m, err))
+				}
 			}
 		}
-		return 3, failed
+		return 3 * len(validators), failed
 	})
+	// Beside the scanner, every key's last timeline is noted: the checks at the end
+	// need the old keys', deleted by then.
+	seen := map[string]record.ZoneKey{}
 	scanCtx, stopScan := context.WithCancel(ctx)
 	scanned := make(chan struct{})
 	go func() {
@@ -278,6 +292,12 @@ func TestRolloverWithParent(t *testing.T) {
 			if _, err := p.scan(t, replicas[0].UDP, dsTTL); err != nil {
 				t.Logf("scanner: %v", err)
 			}
+			keys, _ := reg.ZoneKeys(scanCtx)
+			for _, zk := range keys {
+				if zk.Key != nil {
+					seen[zk.ID] = *zk.Key
+				}
+			}
 			time.Sleep(500 * time.Millisecond)
 		}
 	}()
@@ -285,19 +305,89 @@ func TestRolloverWithParent(t *testing.T) {
 	managed := make(chan struct{})
 	go func() { manager.Run(mctx, "test", 250*time.Millisecond, 5); close(managed) }()
 
-	// The second replica is cut off from etcd for a while during the rollovers.
-	time.Sleep(12 * time.Second)
+	// The second replica is cut off from etcd as the first ZSK rollover begins: it
+	// learns of the new ZSK when it is back, within the propagation delay.
+	testenv.Within(t, 2*policy.ZSKLifetime.D(), "the first ZSK rollover begins", func() error {
+		keys, err := reg.ZoneKeys(ctx)
+		for _, zk := range keys {
+			if !first[zk.ID] && zk.Key != nil && zk.Key.Role == record.RoleZSK {
+				return nil
+			}
+		}
+		return fmt.Errorf("no new ZSK yet (%v)", err)
+	})
+	cut := time.Now()
 	proxy.cut()
-	time.Sleep(5 * time.Second)
+	time.Sleep(cutOff * time.Second)
 	proxy.restore()
+	t.Logf("the second replica was cut off from etcd from %s to %s", cut.Format("15:04:05.000"), time.Now().Format("15:04:05.000"))
 
 	// Both rollovers end: the first keys are gone, their successors sign.
-	testenv.Eventually(t, "both first keys deleted after their rollovers", func() error {
-		entries, _, err := reg.Audit(ctx, operator, registry.AuditFilter{Operation: "key.delete"})
-		if err != nil || len(entries) < 2 {
-			return fmt.Errorf("%d keys deleted: %v", len(entries), err)
+	deleted := func() int {
+		entries, _, _ := reg.Audit(ctx, operator, registry.AuditFilter{Operation: "key.delete"})
+		return len(entries)
+	}
+	testenv.Within(t, 2*policy.KSKLifetime.D(), "both first keys deleted after their rollovers", func() error {
+		if n := deleted(); n < 2 {
+			return fmt.Errorf("%d keys deleted", n)
 		}
 		return nil
+	})
+
+	// Then the algorithm rollover, P-256 to Ed25519: the P-256 keys that sign now are
+	// the old ones.
+	ed25519 := func(k *record.ZoneKey) bool {
+		dk, err := k.PublicKey(zone)
+		return err == nil && dk.Algorithm == dns.ED25519
+	}
+	keys, _ = reg.ZoneKeys(ctx)
+	old := map[string]bool{}
+	for _, zk := range keys {
+		if tl := zk.Key.Timeline; tl.Active != nil && tl.Retire == nil {
+			old[zk.ID] = true
+		}
+	}
+	deletedBefore := deleted()
+	// No lifetime rollovers after this one: the test ends with it.
+	policy.Algorithm, policy.ZSKLifetime, policy.KSKLifetime = dns.ED25519, 0, 0
+	settings, _ = json.Marshal(keymgr.Settings{Policy: policy, ParentServers: []string{p.addr()}})
+	_, rev, _ = reg.KeySettings(ctx)
+	if err := reg.PutKeySettings(ctx, operator, rev, settings, "algorithm"); err != nil {
+		t.Fatal(err)
+	}
+	// newDSAlone: nil once the parent serves the Ed25519 KSK's DS alone.
+	newDSAlone := func() error {
+		keys, err := reg.ZoneKeys(ctx)
+		if err != nil {
+			return err
+		}
+		var want *dns.DS
+		for _, zk := range keys {
+			if zk.Key.SEP() && ed25519(zk.Key) {
+				dk, _ := zk.Key.PublicKey(zone)
+				want = dk.ToDS(dns.SHA256)
+			}
+		}
+		if ds := p.ds(t); want == nil || len(ds) != 1 || ds[0].KeyTag != want.KeyTag || ds[0].Algorithm != want.Algorithm || !strings.EqualFold(ds[0].Digest, want.Digest) {
+			return fmt.Errorf("the parent serves %v, want %v alone", ds, want)
+		}
+		return nil
+	}
+	testenv.Within(t, time.Minute, "the parent serves the Ed25519 KSK's DS alone", newDSAlone)
+	testenv.Within(t, time.Minute, "the P-256 keys deleted after the algorithm rollover", func() error {
+		keys, err := reg.ZoneKeys(ctx)
+		if err != nil {
+			return err
+		}
+		for _, zk := range keys {
+			if !ed25519(zk.Key) {
+				return fmt.Errorf("key %s is not Ed25519", zk.ID)
+			}
+		}
+		if n := deleted() - deletedBefore; n < len(old) {
+			return fmt.Errorf("%d of the %d old keys deleted", n, len(old))
+		}
+		return newDSAlone()
 	})
 	stopManager()
 	<-managed
@@ -307,9 +397,10 @@ func TestRolloverWithParent(t *testing.T) {
 	if len(failures) > 0 {
 		t.Errorf("%d of %d validated answers failed, e.g. %v", len(failures), asked, failures[:min(5, len(failures))])
 	}
-	// No step before its wait: every key signed only after its DNSKEY had been published
-	// for the pre-publication interval, and a KSK only after its DS had been served
-	// for the DS TTL.
+	// No step before its wait: every key but the zone's first signed only after its
+	// DNSKEY had been published for the pre-publication interval; a double-DS KSK was
+	// published only after its DS had been served for the DS TTL; and the old
+	// algorithm's keys stopped signing only after the new KSK's DS had been.
 	entries, _, _ := reg.Audit(ctx, operator, registry.AuditFilter{})
 	var steps []string
 	for _, e := range entries {
@@ -319,16 +410,37 @@ func TestRolloverWithParent(t *testing.T) {
 	}
 	t.Logf("key steps:\n%s", strings.Join(steps, "\n"))
 	keys, _ = reg.ZoneKeys(ctx)
+	var newDSSeen *time.Time
 	for _, zk := range keys {
-		tl := zk.Key.Timeline
-		if tl.Active != nil && tl.Publish != nil && tl.Active.Sub(*tl.Publish) < policy.DNSKEYTTL.D() && tl.Publish.After(tl.Created) {
-			t.Errorf("key %s signs %s after its publication", zk.ID, tl.Active.Sub(*tl.Publish))
-		}
-		if zk.Key.SEP() && tl.DSSeen != nil && tl.Publish != nil && tl.Publish.Sub(*tl.DSSeen) < policy.DSTTL.D() {
-			t.Errorf("KSK %s published %s after its DS was seen, before the DS TTL", zk.ID, tl.Publish.Sub(*tl.DSSeen))
+		seen[zk.ID] = *zk.Key
+		if zk.Key.SEP() && zk.Key.Timeline.Publish != nil {
+			newDSSeen = zk.Key.Timeline.DSSeen
 		}
 	}
-	if ds := p.ds(t); len(ds) != 1 {
-		t.Errorf("the parent serves %d DS at the end, want the new KSK's", len(ds))
+	for id, k := range seen {
+		tl := k.Timeline
+		if first[id] || tl.Active == nil || tl.Publish == nil {
+			continue
+		}
+		if tl.Active.Sub(*tl.Publish) < policy.DNSKEYTTL.D() {
+			t.Errorf("key %s signs %s after its publication", id, tl.Active.Sub(*tl.Publish))
+		}
+		if k.SEP() && tl.Publish.After(tl.Created) && (tl.DSSeen == nil || tl.Publish.Sub(*tl.DSSeen) < policy.DSTTL.D()) {
+			t.Errorf("KSK %s published before its DS had been served for the DS TTL (DS seen %v, published %v)", id, tl.DSSeen, tl.Publish)
+		}
+	}
+	for id := range old {
+		retire := seen[id].Timeline.Retire
+		switch {
+		case newDSSeen == nil:
+			t.Errorf("the Ed25519 KSK has no DS seen")
+		case retire == nil:
+			t.Errorf("old key %s not seen retiring", id)
+		case retire.Sub(*newDSSeen) < policy.DSTTL.D():
+			t.Errorf("old key %s stops signing %s after the new DS was seen, before the DS TTL", id, retire.Sub(*newDSSeen))
+		}
+	}
+	if err := newDSAlone(); err != nil {
+		t.Error(err)
 	}
 }

@@ -22,8 +22,9 @@ import (
 )
 
 // The independent validators of the end-to-end tests: unbound, a validating
-// resolver, with our zone as a stub zone; and delv, BIND's validating lookup tool,
-// querying our server directly. Both trust only the zone's DS.
+// resolver, with our zone as a stub zone; delv, BIND's validating lookup tool,
+// querying our server directly; and Knot Resolver (kresd), forwarding to a
+// non-validating unbound. Each trusts only the DS it is given.
 
 // zoneKey is a generated key pair: its file base name, or its PKCS#11 URI for a key
 // in SoftHSM, and its DS.
@@ -106,11 +107,16 @@ func startUnbound(t testing.TB, port int, anchors ...*dns.DS) string {
 }
 
 // startUnboundStubs runs unbound with stub zones (name → the loopback ports of its
-// servers), trusting anchors; cacheMaxTTL 0 caches as the TTLs say.
+// servers), trusting anchors; cacheMaxTTL 0 caches as the TTLs say. With no anchors
+// it only iterates, judging nothing: the upstream of a validator that forwards.
 func startUnboundStubs(t testing.TB, stubs map[string][]int, cacheMaxTTL int, anchors ...*dns.DS) string {
 	t.Helper()
 	dir := t.TempDir()
 	listen := dnsPort(t)
+	modules := "validator iterator"
+	if len(anchors) == 0 {
+		modules = "iterator"
+	}
 	var ta strings.Builder
 	for _, ds := range anchors {
 		fmt.Fprintf(&ta, "    trust-anchor: %q\n", fmt.Sprintf("%s DS %d %d %d %s", ds.Hdr.Name, ds.KeyTag, ds.Algorithm, ds.DigestType, ds.Digest))
@@ -126,39 +132,89 @@ func startUnboundStubs(t testing.TB, stubs map[string][]int, cacheMaxTTL int, an
     directory: %q
     pidfile: ""
     do-not-query-localhost: no
-    module-config: "validator iterator"
+    module-config: %q
     qname-minimisation: no
     val-log-level: 2
 %s%sremote-control:
     control-enable: no
-`, listen, dir, cacheLimits(cacheMaxTTL), ta.String()+stubZones(stubs))
+`, listen, dir, modules, cacheLimits(cacheMaxTTL), ta.String()+stubZones(stubs))
 	confFile := filepath.Join(dir, "unbound.conf")
 	if err := os.WriteFile(confFile, []byte(conf), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	logFile, err := os.Create(filepath.Join(dir, "unbound.log"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command("unbound", "-d", "-c", confFile)
-	cmd.Stdout, cmd.Stderr = logFile, logFile
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("starting unbound (Debian package unbound): %v", err)
-	}
-	t.Cleanup(func() {
-		cmd.Process.Kill()
-		cmd.Wait()
-		if t.Failed() {
-			b, _ := os.ReadFile(logFile.Name())
-			t.Logf("unbound log:\n%s", b)
-		}
-	})
+	startDaemon(t, "unbound", dir, "unbound", "-d", "-c", confFile)
 	addr := fmt.Sprintf("127.0.0.1:%d", listen)
 	testenv.Eventually(t, "unbound answers", func() error {
 		_, err := resolve(addr, "udp", zone, dns.TypeSOA)
 		return err
 	})
 	return addr
+}
+
+// startKresd runs Knot Resolver on a free port, forwarding every query to the
+// resolver at forwardTo (host:port) and validating the answers itself from anchors
+// alone, not the root's, and returns its address. In forwarding mode kresd still
+// validates, and asks its upstream for the DS as for any name: the upstream must
+// iterate (a stub rule per zone would send the DS query to the child's servers).
+func startKresd(t testing.TB, forwardTo string, anchors ...*dns.DS) string {
+	t.Helper()
+	dir := t.TempDir()
+	listen := dnsPort(t)
+	host, port, err := net.SplitHostPort(forwardTo)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ta strings.Builder
+	for _, ds := range anchors {
+		fmt.Fprintf(&ta, "trust_anchors.add('%s DS %d %d %d %s')\n", ds.Hdr.Name, ds.KeyTag, ds.Algorithm, ds.DigestType, ds.Digest)
+	}
+	// min_ttl 0: kresd keeps records 5 s at least by default, longer than the
+	// rollover test's TTLs. No root to prime or trust: every query is forwarded.
+	// bogus_log: a line per bogus answer, in the log printed on failure.
+	conf := fmt.Sprintf(`net.listen('127.0.0.1', %d, { kind = 'dns' })
+cache.open(10 * MB, 'lmdb://%s')
+cache.min_ttl(0)
+modules.unload('priming')
+modules.load('bogus_log')
+trust_anchors.remove('.')
+%spolicy.add(policy.all(policy.FORWARD('%s@%s')))
+`, listen, filepath.Join(dir, "cache"), ta.String(), host, port)
+	confFile := filepath.Join(dir, "kresd.conf")
+	if err := os.WriteFile(confFile, []byte(conf), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	startDaemon(t, "knot-resolver", dir, "kresd", "-n", "-c", confFile, dir)
+	addr := fmt.Sprintf("127.0.0.1:%d", listen)
+	testenv.Eventually(t, "kresd answers", func() error {
+		_, err := resolve(addr, "udp", zone, dns.TypeSOA)
+		return err
+	})
+	return addr
+}
+
+// startDaemon runs a daemon (from the Debian package pkg) in the foreground with its
+// output in dir, stops it when the test ends, and prints the output's tail then if
+// the test failed.
+func startDaemon(t testing.TB, pkg, dir, name string, args ...string) {
+	t.Helper()
+	logFile, err := os.Create(filepath.Join(dir, name+".log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(name, args...)
+	cmd.Stdout, cmd.Stderr = logFile, logFile
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("starting %s (Debian package %s): %v", name, pkg, err)
+	}
+	t.Cleanup(func() {
+		cmd.Process.Kill()
+		cmd.Wait()
+		logFile.Close()
+		if t.Failed() {
+			b, _ := os.ReadFile(logFile.Name())
+			t.Logf("%s %v log (tail):\n%s", name, args, tail(string(b), 100))
+		}
+	})
 }
 
 func cacheLimits(maxTTL int) string {

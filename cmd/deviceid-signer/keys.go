@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/deviceid/deviceid/internal/kek"
+	"github.com/deviceid/deviceid/internal/pkcs11key"
 	"github.com/deviceid/deviceid/record"
 	"github.com/deviceid/deviceid/signer/keymgr"
 	"github.com/deviceid/deviceid/signer/registry"
@@ -43,6 +44,7 @@ func keysCommand(args []string) error {
 		f.register(fs)
 	}
 	kekFile := fs.String("kek", env("DEVICEID_KEK", ""), "the key-encryption key file ($DEVICEID_KEK)")
+	hsm := fs.String("hsm", env("DEVICEID_KEYS_HSM", ""), "make new keys in this HSM token instead: a pkcs11: URI with module-path and pin-source, the token of the replicas' hsm line ($DEVICEID_KEYS_HSM)")
 	out := fs.String("out", "", "keys kek: the file to write")
 	role := fs.String("role", "", "keys roll: zsk, ksk or csk")
 	asJSON := fs.Bool("json", false, "keys list: JSON")
@@ -88,7 +90,12 @@ func keysCommand(args []string) error {
 			return err
 		}
 	}
-	m := &keymgr.Manager{Registry: reg, KEK: k, Actor: actor}
+	if *hsm != "" {
+		if err := pkcs11key.CheckToken(*hsm); err != nil {
+			return fmt.Errorf("-hsm: %v", err)
+		}
+	}
+	m := &keymgr.Manager{Registry: reg, KEK: k, HSM: *hsm, Actor: actor}
 	switch sub {
 	case "enable":
 		s, rev, err := keymgr.LoadSettings(ctx, reg)

@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/pem"
+	"errors"
 	"flag"
 	"fmt"
 	"log/slog"
@@ -16,10 +17,13 @@ import (
 	"time"
 
 	"github.com/deviceid/deviceid/internal/kek"
+	"github.com/deviceid/deviceid/internal/pkcs11key"
 	"github.com/deviceid/deviceid/signer/ca"
 	"github.com/deviceid/deviceid/signer/httpapi"
 	"github.com/deviceid/deviceid/signer/keymgr"
 	"github.com/deviceid/deviceid/signer/registry"
+
+	"github.com/miekg/dns"
 )
 
 // serveFlags are the settings of a running signer.
@@ -35,6 +39,10 @@ type serveFlags struct {
 	quotas                  *registry.Quotas
 	manageKeys              bool   // run the zone's DNSSEC key manager (one signer at a time)
 	kekFile                 string // the key-encryption key of the keys it makes
+	keysHSM                 string // or the token it makes them in
+	keysDSPush              string // the parent's server the DS is pushed to by UPDATE
+	keysDSPushZone          string // its zone
+	keysTSIG                string // the TSIG key of the UPDATE
 }
 
 func (f *serveFlags) register(fs *flag.FlagSet) {
@@ -61,6 +69,10 @@ func (f *serveFlags) register(fs *flag.FlagSet) {
 	f.retention = registry.DefaultRetention
 	fs.DurationVar(&f.retention.MaxAge, "audit-max-age", envDuration("DEVICEID_AUDIT_MAX_AGE", f.retention.MaxAge), "delete audit entries older than this (0: keep) ($DEVICEID_AUDIT_MAX_AGE)")
 	fs.BoolVar(&f.manageKeys, "keys", env("DEVICEID_KEYS", "") == "manage", "run the zone's DNSSEC key manager: one signer at a time, by an etcd election (deviceid-signer keys -h; $DEVICEID_KEYS=manage)")
+	fs.StringVar(&f.keysHSM, "keys-hsm", env("DEVICEID_KEYS_HSM", ""), "with -keys: make new keys in this HSM token instead of wrapping them: a pkcs11: URI with module-path and pin-source, the token every replica's hsm line names ($DEVICEID_KEYS_HSM)")
+	fs.StringVar(&f.keysDSPush, "keys-ds-push", env("DEVICEID_KEYS_DS_PUSH", ""), "with -keys: push the zone's DS to this server of the parent (host:port) by RFC 2136 UPDATE, with -keys-ds-push-zone and -keys-tsig ($DEVICEID_KEYS_DS_PUSH)")
+	fs.StringVar(&f.keysDSPushZone, "keys-ds-push-zone", env("DEVICEID_KEYS_DS_PUSH_ZONE", ""), "with -keys-ds-push: the parent zone the UPDATE is for ($DEVICEID_KEYS_DS_PUSH_ZONE)")
+	fs.StringVar(&f.keysTSIG, "keys-tsig", env("DEVICEID_KEYS_TSIG", ""), "with -keys-ds-push: a file (mode 600) holding the TSIG key of the UPDATE, [algorithm:]name:base64-secret ($DEVICEID_KEYS_TSIG)")
 	fs.StringVar(&f.kekFile, "kek", env("DEVICEID_KEK", ""), "with -keys: the key-encryption key file the new keys are wrapped under, the one every CoreDNS replica holds ($DEVICEID_KEK)")
 	fs.IntVar(&f.retention.MaxCount, "audit-max-entries", envInt("DEVICEID_AUDIT_MAX_ENTRIES", f.retention.MaxCount), "keep at most this many audit entries of each tenant (and as many of the operator's), deleting the oldest (0: no limit) ($DEVICEID_AUDIT_MAX_ENTRIES)")
 }
@@ -209,6 +221,15 @@ func (f *serveFlags) run(ctx context.Context, ready chan<- string) error {
 			return err
 		}
 	}
+	dsPush, err := f.dsPush()
+	if err != nil {
+		return err
+	}
+	if f.manageKeys && f.keysHSM != "" {
+		if err := pkcs11key.CheckToken(f.keysHSM); err != nil {
+			return fmt.Errorf("-keys-hsm: %v", err)
+		}
+	}
 	reg := &registry.Registry{Prefix: f.prefix, Zone: f.zone, Quotas: f.quotas}
 	if reg.Client, err = settings.Connect(ctx, 10*time.Second, reg.ZonePrefix()); err != nil {
 		return err
@@ -254,7 +275,7 @@ func (f *serveFlags) run(ctx context.Context, ready chan<- string) error {
 	go compactAudit(ctx, reg, f.retention)
 	if f.manageKeys {
 		host, _ := os.Hostname()
-		m := &keymgr.Manager{Registry: reg, KEK: keyKEK, Actor: registry.OperatorActor("keymgr"), Log: log}
+		m := &keymgr.Manager{Registry: reg, KEK: keyKEK, HSM: f.keysHSM, Push: dsPush, Actor: registry.OperatorActor("keymgr"), Log: log}
 		go m.Run(ctx, fmt.Sprintf("%s/%d", host, os.Getpid()), 10*time.Second, 10)
 	}
 	select {
@@ -265,4 +286,26 @@ func (f *serveFlags) run(ctx context.Context, ready chan<- string) error {
 	sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	return srv.Shutdown(sctx) // finishes the requests under way
+}
+
+// dsPush reads where the key manager pushes the DS (nil: nowhere).
+func (f *serveFlags) dsPush() (*keymgr.ParentUpdate, error) {
+	if f.keysDSPush == "" && f.keysDSPushZone == "" && f.keysTSIG == "" {
+		return nil, nil
+	}
+	if !f.manageKeys || f.keysDSPush == "" || f.keysDSPushZone == "" || f.keysTSIG == "" {
+		return nil, errors.New("pushing the DS needs -keys with -keys-ds-push, -keys-ds-push-zone and -keys-tsig")
+	}
+	if _, _, err := net.SplitHostPort(f.keysDSPush); err != nil {
+		return nil, fmt.Errorf("-keys-ds-push %q: want host:port", f.keysDSPush)
+	}
+	parent, zone := dns.Fqdn(strings.ToLower(f.keysDSPushZone)), dns.Fqdn(strings.ToLower(f.zone))
+	if _, ok := dns.IsDomainName(parent); !ok || parent == zone || !dns.IsSubDomain(parent, zone) {
+		return nil, fmt.Errorf("-keys-ds-push-zone %q is not a zone above %s", f.keysDSPushZone, f.zone)
+	}
+	key, err := keymgr.LoadTSIG(f.keysTSIG)
+	if err != nil {
+		return nil, fmt.Errorf("-keys-tsig: %v", err)
+	}
+	return &keymgr.ParentUpdate{Server: f.keysDSPush, Zone: parent, TSIG: key}, nil
 }

@@ -17,6 +17,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/url"
 	"os"
 	"strconv"
 	"strings"
@@ -373,4 +374,124 @@ func describe(pub crypto.PublicKey) string {
 		return "ECDSA " + ec.Curve.Params().Name
 	}
 	return fmt.Sprintf("%T", pub)
+}
+
+// A key record in etcd names its key in a token by path attributes only; the module
+// and the PIN come from the token URI of the reader's own configuration, so that
+// whoever writes records cannot name a module to load or a file to read as a PIN.
+var refAttributes = map[string]bool{"token": true, "serial": true, "slot-id": true, "object": true, "id": true, "type": true}
+
+// CheckToken checks a URI that names a token, its module and its PIN, and no key.
+func CheckToken(tokenURI string) error {
+	path, query, _ := strings.Cut(tokenURI, "?")
+	if err := pkcs11uri.New().Parse(path); err != nil {
+		return fmt.Errorf("PKCS#11 token URI %q: %v", redact(tokenURI), err)
+	}
+	for _, a := range strings.Split(strings.TrimPrefix(path, Scheme), ";") {
+		if name, _, _ := strings.Cut(a, "="); name == "object" || name == "id" {
+			return fmt.Errorf("PKCS#11 token URI %q names a key (%s=); it names the token only", redact(tokenURI), name)
+		}
+	}
+	probe := path + ";object=probe"
+	if query != "" {
+		probe += "?" + query
+	}
+	_, err := parse(probe)
+	return err
+}
+
+// ObjectRef is how a record names the key labelled object in the token of tokenURI:
+// the token's token=, serial= or slot-id= and object=, nothing else.
+func ObjectRef(tokenURI, object string) (string, error) {
+	if err := CheckToken(tokenURI); err != nil {
+		return "", err
+	}
+	if object == "" {
+		return "", errors.New("a key in a token needs a label")
+	}
+	u := pkcs11uri.New()
+	path, _, _ := strings.Cut(tokenURI, "?")
+	u.Parse(path) // CheckToken parsed it
+	for _, a := range []string{"token", "serial", "slot-id"} {
+		if v, ok := u.GetPathAttribute(a, true); ok {
+			return Scheme + a + "=" + v + ";object=" + url.PathEscape(object), nil
+		}
+	}
+	return "", fmt.Errorf("PKCS#11 token URI %q names no token (token=, serial= or slot-id=)", redact(tokenURI))
+}
+
+// Label is the object= label a URI names ("" when none or not a URI).
+func Label(uri string) string {
+	u := pkcs11uri.New()
+	if u.Parse(uri) != nil {
+		return ""
+	}
+	l, _ := u.GetPathAttribute("object", false)
+	return l
+}
+
+// Delete removes the key pair from its token, and closes it.
+func (k *Key) Delete() error {
+	k.mu.Lock()
+	s, ok := k.signer.(crypto11.Signer)
+	k.mu.Unlock()
+	if !ok {
+		return errors.New("the key is closed")
+	}
+	err := s.Delete()
+	k.Close()
+	return err
+}
+
+// InToken returns the URI that opens the key ref names, in the token of tokenURI (a
+// URI with the module and the PIN, and no key): ref must name that token and its key
+// by path attributes only.
+func InToken(tokenURI, ref string) (string, error) {
+	if strings.Contains(ref, "?") {
+		return "", fmt.Errorf("%q names a module or a PIN; a key record names its token and key only (token=, object=)", redact(ref))
+	}
+	r := pkcs11uri.New()
+	if err := r.Parse(ref); err != nil {
+		return "", fmt.Errorf("PKCS#11 URI %q: %v", ref, err)
+	}
+	for _, a := range strings.Split(strings.TrimPrefix(ref, Scheme), ";") {
+		if name, _, _ := strings.Cut(a, "="); !refAttributes[name] {
+			return "", fmt.Errorf("%q: a key record names its token and key by token=, serial=, slot-id=, object= and id= only, not %s=", ref, name)
+		}
+	}
+	u := pkcs11uri.New()
+	if err := u.Parse(tokenURI); err != nil {
+		return "", fmt.Errorf("PKCS#11 token URI %q: %v", redact(tokenURI), err)
+	}
+	matched := false
+	for _, a := range []string{"token", "serial", "slot-id"} {
+		want, ok := u.GetPathAttribute(a, false)
+		if !ok {
+			continue
+		}
+		matched = true
+		if got, _ := r.GetPathAttribute(a, false); got != want {
+			return "", fmt.Errorf("%q is not in the token %s=%s this replica opens", ref, a, want)
+		}
+	}
+	if !matched {
+		return "", fmt.Errorf("PKCS#11 token URI %q names no token (token=, serial= or slot-id=)", redact(tokenURI))
+	}
+	named := false
+	for _, a := range []string{"object", "id"} {
+		if _, ok := u.GetPathAttribute(a, false); ok {
+			return "", fmt.Errorf("PKCS#11 token URI %q names a key (%s=); it names the token only", redact(tokenURI), a)
+		}
+		if v, ok := r.GetPathAttribute(a, false); ok {
+			if v == "" {
+				return "", fmt.Errorf("%q: an empty %s= names no key", ref, a)
+			}
+			u.SetPathAttributeUnencoded(a, []byte(v))
+			named = true
+		}
+	}
+	if !named {
+		return "", fmt.Errorf("%q names no key (object= or id=)", ref)
+	}
+	return u.Format()
 }

@@ -172,3 +172,73 @@ func TestWrongPINWhileLoggedIn(t *testing.T) {
 		k.Close()
 	}
 }
+
+// TestInToken: a key record names a key in the token by path attributes only; the
+// module and the PIN are always the replica's own.
+func TestInToken(t *testing.T) {
+	h := testenv.SoftHSM(t)
+	token := h.TokenURI()
+	ref, err := ObjectRef(token, h.Label("zsk-1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := "pkcs11:token=" + h.Token + ";object=" + h.Label("zsk-1"); ref != want {
+		t.Errorf("ObjectRef: %q, want %q", ref, want)
+	}
+	if _, err := ObjectRef(h.URI("k"), "zsk-1"); err == nil || !strings.Contains(err.Error(), "names a key") {
+		t.Errorf("ObjectRef of a key's URI: %v", err)
+	}
+	// Only the token's name goes into a record: a replica naming the token alike
+	// takes it, whatever else the manager's URI says.
+	withModel := strings.Replace(token, "pkcs11:", "pkcs11:model=SoftHSM%20v2;", 1)
+	if ref, err := ObjectRef(withModel, "zsk-1"); err != nil || ref != "pkcs11:token="+h.Token+";object=zsk-1" {
+		t.Errorf("ObjectRef(%q) = %q, %v", withModel, ref, err)
+	}
+	tests := []struct {
+		name, ref, err string
+	}{
+		{"object", ref, ""},
+		{"id", "pkcs11:token=" + h.Token + ";id=%01%02", ""},
+		{"a module", ref + "?module-path=/tmp/evil.so", "module or a PIN"},
+		{"a PIN file", ref + "?pin-source=/etc/shadow", "module or a PIN"},
+		{"another token", "pkcs11:token=other;object=k", "not in the token"},
+		{"no token", "pkcs11:object=k", "not in the token"},
+		{"no key", "pkcs11:token=" + h.Token, "names no key"},
+		{"an empty label", "pkcs11:token=" + h.Token + ";object=", "empty object="},
+		{"another attribute", "pkcs11:token=" + h.Token + ";object=k;library-manufacturer=x", "library-manufacturer="},
+		{"not a URI", "file:/etc/key", "PKCS#11 URI"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			uri, err := InToken(token, tt.ref)
+			if (err == nil) != (tt.err == "") || err != nil && !strings.Contains(err.Error(), tt.err) {
+				t.Fatalf("error %v, want %q", err, tt.err)
+			}
+			if err == nil && (!strings.Contains(uri, "module-path="+h.Module) || !strings.Contains(uri, "pin-source="+h.PINFile)) {
+				t.Errorf("%q does not carry the token URI's module and PIN", uri)
+			}
+		})
+	}
+	// The key made under the name a record gives opens by that name.
+	uri, _ := InToken(token, ref)
+	k, err := Generate(uri, elliptic.P256())
+	if err != nil {
+		t.Fatal(err)
+	}
+	k.Close()
+	opened, err := Open(uri, elliptic.P256())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := opened.Delete(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Open(uri, elliptic.P256()); err == nil {
+		t.Error("a deleted key opens")
+	}
+	for _, bad := range []string{h.URI("k"), "pkcs11:object=k?module-path=" + h.Module + "&pin-source=" + h.PINFile, "pkcs11:token=x?module-path=/nonexistent.so&pin-source=" + h.PINFile} {
+		if err := CheckToken(bad); err == nil {
+			t.Errorf("CheckToken(%q) passed", bad)
+		}
+	}
+}

@@ -13,14 +13,21 @@ const PollTimeout = 20 * time.Second
 // Eventually polls f until it returns nil, failing the test after PollTimeout.
 func Eventually(t testing.TB, what string, f func() error) {
 	t.Helper()
-	deadline := time.Now().Add(PollTimeout)
+	Within(t, PollTimeout, what, f)
+}
+
+// Within polls f until it returns nil, failing the test after d: for what is
+// scheduled to take a while (a key rollover with its waits).
+func Within(t testing.TB, d time.Duration, what string, f func() error) {
+	t.Helper()
+	deadline := time.Now().Add(d)
 	for {
 		err := f()
 		if err == nil {
 			return
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("%s: still not true after %s: %v", what, PollTimeout, err)
+			t.Fatalf("%s: still not true after %s: %v", what, d, err)
 		}
 		time.Sleep(50 * time.Millisecond)
 	}

@@ -92,3 +92,9 @@ func (h *HSM) Label(object string) string { return h.prefix + object }
 func (h *HSM) URI(object string) string {
 	return fmt.Sprintf("pkcs11:token=%s;object=%s?module-path=%s&pin-source=%s", h.Token, h.Label(object), h.Module, h.PINFile)
 }
+
+// TokenURI names the token with its module and PIN file, and no key: what keys etcd's
+// hsm line and the key manager take.
+func (h *HSM) TokenURI() string {
+	return fmt.Sprintf("pkcs11:token=%s?module-path=%s&pin-source=%s", h.Token, h.Module, h.PINFile)
+}

@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/deviceid/deviceid/internal/kek"
+	"github.com/deviceid/deviceid/internal/pkcs11key"
 	"github.com/deviceid/deviceid/record"
 	"github.com/deviceid/deviceid/signer/registry"
 
@@ -60,6 +61,14 @@ func LoadSettings(ctx context.Context, reg *registry.Registry) (Settings, int64,
 type Manager struct {
 	Registry *registry.Registry
 	KEK      *kek.KEK // wraps the private keys it makes
+	// HSM, when set, is the token new keys are made in instead (a pkcs11: URI with
+	// its module and PIN, naming no key): one every replica reaches, named by its hsm
+	// line. Keys in an HSM are ECDSA P-256.
+	HSM string
+	// Push, when set, is where the DS is pushed by UPDATE; the parent is asked for
+	// the DS there too when the settings name no parent servers.
+	Push     *ParentUpdate
+	lastPush pushed
 	Actor    registry.Actor
 	Now      func() time.Time                                                // nil: time.Now
 	Parent   func(ctx context.Context, servers []string, zone string) Parent // nil: AskParent
@@ -75,6 +84,7 @@ func (m *Manager) now() time.Time {
 
 // Report is what one run of the plan did and waits for.
 type Report struct {
+	Policy  Policy
 	Steps   []Step
 	Waiting []string
 	Keys    []registry.StoredZoneKey
@@ -92,7 +102,7 @@ func (m *Manager) Step(ctx context.Context, req *Request, fence *registry.Fence)
 	if err != nil {
 		return Report{}, err
 	}
-	rep := Report{Keys: stored, Paused: s.Paused}
+	rep := Report{Policy: s.Policy, Keys: stored, Paused: s.Paused}
 	if s.Paused && req == nil {
 		return rep, nil
 	}
@@ -118,9 +128,16 @@ func (m *Manager) Step(ctx context.Context, req *Request, fence *registry.Fence)
 		if ask == nil {
 			ask = AskParent
 		}
-		parent = ask(ctx, s.ParentServers, m.Registry.Zone)
+		servers := s.ParentServers
+		if len(servers) == 0 && m.Push != nil {
+			servers = []string{m.Push.Server}
+		}
+		parent = ask(ctx, servers, m.Registry.Zone)
 	}
 	now := m.now()
+	if m.Push != nil && parent.Known && !s.Paused {
+		rep.Waiting = append(rep.Waiting, m.pushDSIfNeeded(ctx, s.Policy, keys, parent, now)...)
+	}
 	steps, waiting, err := Plan(s.Policy, keys, parent, now, req, m.Registry.Zone, newKeyID(now))
 	if err != nil {
 		return rep, err
@@ -142,61 +159,127 @@ func (m *Manager) Step(ctx context.Context, req *Request, fence *registry.Fence)
 func (m *Manager) write(ctx context.Context, p Policy, st Step, keys []Key, revs map[string]int64, fence *registry.Fence) error {
 	switch {
 	case st.New != "":
+		// A key wrapped under another KEK than the zone's would open on no replica.
+		for _, k := range keys {
+			if w := k.Rec.Private.KEK; w != "" && m.HSM == "" && m.KEK != nil && w != m.KEK.ID {
+				return fmt.Errorf("this signer's KEK %s is not the one the zone's keys are wrapped under (%s, key %s), which the replicas hold: start it with that KEK", m.KEK.ID, w, k.ID)
+			}
+		}
 		rec, err := m.makeKey(st.ID, st.New, p.Algorithm)
 		if err != nil {
 			return err
 		}
-		rec.Timeline = st.Timeline
-		return m.Registry.WriteZoneKey(ctx, m.Actor, fence, st.ID, 0, rec, "key.create", st.Why)
+		rec.Timeline, rec.MaxTTL = st.Timeline, p.maxTTL()
+		err = m.Registry.WriteZoneKey(ctx, m.Actor, fence, st.ID, 0, rec, "key.create", st.Why)
+		if err != nil {
+			m.deleteFromHSM(st.ID, rec) // made for a record that is not there
+		}
+		return err
 	case st.Delete:
-		return m.Registry.WriteZoneKey(ctx, m.Actor, fence, st.ID, revs[st.ID], nil, "key.delete", st.Why)
+		if err := m.Registry.WriteZoneKey(ctx, m.Actor, fence, st.ID, revs[st.ID], nil, "key.delete", st.Why); err != nil {
+			return err
+		}
+		for _, k := range keys {
+			if k.ID == st.ID {
+				m.deleteFromHSM(k.ID, k.Rec) // a deleted record cannot be brought back to life
+			}
+		}
+		return nil
 	}
 	for _, k := range keys {
 		if k.ID == st.ID {
 			rec := *k.Rec
-			rec.Timeline = st.Timeline
+			rec.Timeline, rec.MaxTTL = st.Timeline, p.maxTTL()
 			return m.Registry.WriteZoneKey(ctx, m.Actor, fence, st.ID, revs[st.ID], &rec, "key.step", st.Why)
 		}
 	}
 	return fmt.Errorf("the plan names key %s, which is not there", st.ID)
 }
 
-// makeKey makes a key of role and alg, its private half wrapped under the KEK.
+// makeKey makes a key of role and alg, in the HSM or with its private half wrapped
+// under the KEK.
 func (m *Manager) makeKey(id, role string, alg uint8) (*record.ZoneKey, error) {
-	if m.KEK == nil {
-		return nil, errors.New("making a key needs the key-encryption key every replica holds (deviceid-signer -kek)")
-	}
-	var priv crypto.Signer
-	var pub []byte
-	switch alg {
-	case dns.ED25519:
-		p, k, err := ed25519.GenerateKey(rand.Reader)
-		if err != nil {
-			return nil, err
-		}
-		priv, pub = k, p
-	default:
-		k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-		if err != nil {
-			return nil, err
-		}
-		b, err := k.PublicKey.Bytes()
-		if err != nil {
-			return nil, err
-		}
-		priv, pub = k, b[1:] // RFC 6605: X and Y without the 04 prefix
-	}
-	der, err := x509.MarshalPKCS8PrivateKey(priv)
-	if err != nil {
-		return nil, err
-	}
 	flags := 257
 	if role == record.RoleZSK {
 		flags = 256
 	}
-	return &record.ZoneKey{Version: record.Version, Role: role,
-		DNSKEY:  fmt.Sprintf("%d 3 %d %s", flags, alg, base64.StdEncoding.EncodeToString(pub)),
-		Private: record.PrivateKeyRef{Wrapped: m.KEK.Wrap(der, record.WrapBinding(m.Registry.Zone, id)), KEK: m.KEK.ID}}, nil
+	rec := &record.ZoneKey{Version: record.Version, Role: role}
+	var pub []byte
+	switch {
+	case m.HSM != "":
+		if alg != dns.ECDSAP256SHA256 {
+			return nil, fmt.Errorf("keys in an HSM are ECDSA P-256 (algorithm %d), not %s: change the policy's algorithm, or make keys wrapped under the KEK", dns.ECDSAP256SHA256, dns.AlgorithmToString[alg])
+		}
+		ref, err := pkcs11key.ObjectRef(m.HSM, record.WrapBinding(m.Registry.Zone, id))
+		if err != nil {
+			return nil, err
+		}
+		uri, err := pkcs11key.InToken(m.HSM, ref)
+		if err != nil {
+			return nil, err
+		}
+		k, err := pkcs11key.Generate(uri, elliptic.P256())
+		if err != nil {
+			return nil, err
+		}
+		defer k.Close()
+		b, err := k.Public().(*ecdsa.PublicKey).Bytes()
+		if err != nil {
+			return nil, err
+		}
+		pub, rec.Private = b[1:], record.PrivateKeyRef{PKCS11: ref}
+	case m.KEK == nil:
+		return nil, errors.New("making a key needs the key-encryption key every replica holds (deviceid-signer -kek), or an HSM every replica reaches (-keys-hsm)")
+	default:
+		var priv crypto.Signer
+		switch alg {
+		case dns.ED25519:
+			p, k, err := ed25519.GenerateKey(rand.Reader)
+			if err != nil {
+				return nil, err
+			}
+			priv, pub = k, p
+		default:
+			k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+			if err != nil {
+				return nil, err
+			}
+			b, err := k.PublicKey.Bytes()
+			if err != nil {
+				return nil, err
+			}
+			priv, pub = k, b[1:] // RFC 6605: X and Y without the 04 prefix
+		}
+		der, err := x509.MarshalPKCS8PrivateKey(priv)
+		if err != nil {
+			return nil, err
+		}
+		rec.Private = record.PrivateKeyRef{Wrapped: m.KEK.Wrap(der, record.WrapBinding(m.Registry.Zone, id)), KEK: m.KEK.ID}
+	}
+	rec.DNSKEY = fmt.Sprintf("%d 3 %d %s", flags, alg, base64.StdEncoding.EncodeToString(pub))
+	return rec, nil
+}
+
+// deleteFromHSM deletes the key of record id from the HSM, if it is there; a failure
+// is logged (the key then stays in the token, unused).
+func (m *Manager) deleteFromHSM(id string, rec *record.ZoneKey) {
+	if rec.Private.PKCS11 == "" || m.HSM == "" {
+		return
+	}
+	uri, err := pkcs11key.InToken(m.HSM, rec.Private.PKCS11)
+	if err == nil && pkcs11key.Label(uri) != record.WrapBinding(m.Registry.Zone, id) {
+		err = errors.New("the record names a key made for another record")
+	}
+	var k *pkcs11key.Key
+	if err == nil {
+		k, err = pkcs11key.Open(uri, elliptic.P256())
+	}
+	if err == nil {
+		err = k.Delete()
+	}
+	if err != nil && m.Log != nil {
+		m.Log.Warn("dnssec key manager: the key stays in the HSM", "zone", m.Registry.Zone, "key", id, "err", err)
+	}
 }
 
 // newKeyID names new keys: role-yyyymmddhhmmss-random.
@@ -274,6 +357,9 @@ func (m *Manager) observe(rep Report, err error) {
 			m.Log.Error("dnssec key manager: a step failed; retried at the next tick", "zone", zone, "err", err)
 		}
 	}
+	if err != nil && rep.Keys == nil {
+		return // nothing read: the gauges keep what they said
+	}
 	waiting.WithLabelValues(zone).Set(float64(len(rep.Waiting)))
 	for _, w := range rep.Waiting {
 		if m.Log != nil {
@@ -293,6 +379,55 @@ func (m *Manager) observe(rep Report, err error) {
 	if !next.IsZero() {
 		nextEvent.WithLabelValues(zone).Set(float64(next.Unix()))
 	}
+	states := map[[2]string]int{}
+	lifetimeEnds := map[string]time.Time{}
+	for _, k := range rep.Keys {
+		if k.Key == nil {
+			continue
+		}
+		state := keyState(k.Key, now)
+		states[[2]string{k.Key.Role, state}]++
+		lifetime := rep.Policy.KSKLifetime.D()
+		if k.Key.Role == record.RoleZSK {
+			lifetime = rep.Policy.ZSKLifetime.D()
+		}
+		if state == "signing" && lifetime > 0 {
+			if end := k.Key.Timeline.Active.Add(lifetime); end.After(lifetimeEnds[k.Key.Role]) {
+				lifetimeEnds[k.Key.Role] = end
+			}
+		}
+	}
+	for _, role := range []string{record.RoleKSK, record.RoleZSK, record.RoleCSK} {
+		for _, state := range keyStates {
+			keyCount.WithLabelValues(zone, role, state).Set(float64(states[[2]string{role, state}]))
+		}
+		if end, ok := lifetimeEnds[role]; ok {
+			lifetimeEnd.WithLabelValues(zone, role).Set(float64(end.Unix()))
+		} else {
+			lifetimeEnd.DeleteLabelValues(zone, role)
+		}
+	}
+}
+
+// keyStates are the states of a key the metrics count.
+var keyStates = []string{"created", "published", "signing", "retired", "removed"}
+
+// keyState names where a key's timeline is at now: created (not in the zone yet),
+// published (not signing yet), signing, retired (published, no longer signing) or
+// removed.
+func keyState(k *record.ZoneKey, now time.Time) string {
+	tl := k.Timeline
+	switch {
+	case tl.Remove != nil && !now.Before(*tl.Remove):
+		return "removed"
+	case !k.Published(now):
+		return "created"
+	case tl.Retire != nil && !now.Before(*tl.Retire):
+		return "retired"
+	case k.Signs(now, 0):
+		return "signing"
+	}
+	return "published"
 }
 
 // AskParent asks each parent server, directly and without recursion, for the zone's DS

@@ -358,7 +358,26 @@ func TestDefaultPolicyDurations(t *testing.T) {
 	if ksk[0] < s.lag+p.DSTTL.D()+p.prePublish() {
 		t.Errorf("a KSK rollover took %s, less than its waits", ksk[0])
 	}
-	t.Logf("default policy: %d ZSK rollovers, each %s; %d KSK rollovers, each %s (the parent's scanner an hour behind the CDS)", len(zsk), zsk[0], len(ksk), ksk[0])
+	// Then an algorithm rollover to Ed25519: from the policy's change to the last key
+	// of the old algorithm deleted.
+	switched := time.Date(2026, 12, 3, 0, 0, 0, 0, time.UTC).Add(2 * 365 * 24 * time.Hour)
+	old := map[string]bool{}
+	for _, k := range s.keys {
+		old[k.ID] = true
+	}
+	var alg time.Duration
+	s.log = func(at time.Time, st Step) {
+		if st.Delete && old[st.ID] {
+			delete(old, st.ID)
+			alg = at.Sub(switched)
+		}
+	}
+	s.p.Algorithm = dns.ED25519
+	s.run(switched, 7*24*time.Hour, 5*time.Minute)
+	if len(old) > 0 || alg < s.lag+p.DSTTL.D() {
+		t.Errorf("algorithm rollover: %d old keys left, took %s", len(old), alg)
+	}
+	t.Logf("default policy: %d ZSK rollovers, each %s; %d KSK rollovers, each %s; an algorithm rollover %s (the parent's scanner an hour behind the CDS)", len(zsk), zsk[0], len(ksk), ksk[0], alg)
 }
 
 // TestPlanHalfWrittenRollover: a rollover whose old key's retirement was never

@@ -104,3 +104,10 @@ func (d *Duration) UnmarshalJSON(b []byte) error {
 	*d = Duration(v)
 	return nil
 }
+
+// maxTTL is the largest TTL of the zone's records the policy's waits allow for, in
+// seconds: what the key records tell the replicas. A replica serves every record with
+// its one ttl, so that must be within both the DNSKEY TTL and the zone's.
+func (p Policy) maxTTL() uint32 {
+	return uint32(min(p.DNSKEYTTL.D(), p.ZoneMaxTTL.D()) / time.Second)
+}
