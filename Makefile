@@ -23,6 +23,20 @@ build: ## bin/coredns (with the plugin), bin/deviceid-signer, bin/deviceid-verif
 $(BIN)/staticcheck:
 	GOBIN=$(BIN) $(GO) install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION)
 
+# Shopify's toxiproxy, the WAN and partition tests' fault injection, built from its own
+# module (its client, in go.mod, has the same version).
+TOXIPROXY_VERSION := v2.5.0
+$(BIN)/toxiproxy-server:
+	GOBIN=$(BIN)/.toxiproxy $(GO) install github.com/Shopify/toxiproxy/v2/cmd/server@$(TOXIPROXY_VERSION)
+	mv $(BIN)/.toxiproxy/server $@ && rmdir $(BIN)/.toxiproxy
+bin/toxiproxy-server: $(BIN)/toxiproxy-server
+
+# etcd itself, at the version of go.mod: the tests run its grpc-proxy (etcd grpc-proxy
+# start), the documented way to put many replicas on one cluster.
+$(BIN)/etcd: go.mod
+	$(GO) build -o $@ go.etcd.io/etcd/server/v3
+bin/etcd: $(BIN)/etcd
+
 # Everything CI checks: formatting, vet, staticcheck, unit tests (with the race
 # detector), the end-to-end tests, and the Corefile examples.
 test: lint unit e2e ## everything CI checks
@@ -35,7 +49,7 @@ lint: $(BIN)/staticcheck ## gofmt, go vet, staticcheck
 unit: ## unit tests with the race detector
 	$(GO) test -race -count=1 ./record/... ./plugin/... ./signer/... ./verify/... ./internal/... ./cmd/...
 
-e2e: ## end-to-end tests: etcd (one node and a 3-member cluster), CoreDNS, the signer, unbound, delv, SoftHSM, Chromium
+e2e: $(BIN)/toxiproxy-server $(BIN)/etcd ## end-to-end tests: etcd (one node and a 3-member cluster), CoreDNS, the signer, unbound, delv, SoftHSM, Chromium, toxiproxy
 	$(GO) test -count=1 -timeout 10m ./test/...
 
 # A short fuzzing run of each parser; longer runs: make fuzz FUZZTIME=10m.

@@ -58,6 +58,7 @@ func (z *zone) run(ctx context.Context, cli *clientv3.Client) {
 		// JSON); give it back to the system now rather than let the process keep it.
 		debug.FreeOSMemory()
 		z.report(x)
+		z.lagLoaded(x.loadRevision)
 		log.Infof("zone %s: loaded %d devices at etcd revision %d", z.origin, x.devices.Load(), x.loadRevision)
 		err = z.follow(ctx, cli, prefix, x.loadRevision)
 		if ctx.Err() != nil {
@@ -222,10 +223,30 @@ func (z *zone) follow(ctx context.Context, cli *clientv3.Client, prefix string, 
 	}
 	keyTimer := z.keyTimer()
 	defer keyTimer.Stop()
+	// While nothing changes, a progress notification tells that the data is current,
+	// and a read of one key that the link is up (etcd's grpc-proxy passes the read,
+	// not the progress request).
+	progress := time.NewTicker(progressInterval)
+	defer progress.Stop()
+	contact := make(chan struct{}, 1)
 	for {
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
+		case <-contact:
+			z.lagContact()
+		case <-progress.C:
+			go func() {
+				rctx, cancel := context.WithTimeout(wctx, progressInterval)
+				defer cancel()
+				cli.RequestProgress(rctx)
+				if _, err := cli.Get(rctx, prefix+"lag-probe", clientv3.WithCountOnly()); err == nil {
+					select {
+					case contact <- struct{}{}:
+					default:
+					}
+				}
+			}()
 		case <-keyTimer.C:
 			if err := z.rekey(); err != nil {
 				return err
@@ -249,6 +270,7 @@ func (z *zone) follow(ctx context.Context, cli *clientv3.Client, prefix string, 
 				return err
 			}
 			if len(resp.Events) == 0 {
+				z.lagWatched(resp.Header.Revision, rev, resp.IsProgressNotify(), false)
 				continue
 			}
 			arrived := time.Now()
@@ -280,10 +302,14 @@ func (z *zone) follow(ctx context.Context, cli *clientv3.Client, prefix string, 
 				keyTimer = z.keyTimer()
 			}
 			updateSeconds.WithLabelValues(z.origin).Observe(time.Since(arrived).Seconds())
+			z.lagWatched(resp.Header.Revision, rev, false, true)
 			z.report(x)
 		}
 	}
 }
+
+// progressInterval is how often a watch asks etcd for a progress notification.
+const progressInterval = 5 * time.Second
 
 // parsed is one stored key made ready for the index: the owner name and the packed
 // RRset of its record (none for a key deleted), or why the record is invalid.

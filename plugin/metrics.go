@@ -1,6 +1,8 @@
 package deviceid
 
 import (
+	"time"
+
 	"github.com/coredns/coredns/plugin"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -27,6 +29,27 @@ var (
 		Subsystem: "deviceid",
 		Name:      "ttl_above_key_policy",
 		Help:      "Gauge: 1 when this replica's ttl is above the TTL the zone's key timeline waits for (keys etcd): validators may cache its answers past a rollover's waits; lower the ttl or raise the policy's TTLs. By zone.",
+	}, []string{"zone"})
+
+	revisionsBehind = promauto.NewGaugeVec(prometheus.GaugeOpts{
+		Namespace: plugin.Namespace,
+		Subsystem: "deviceid",
+		Name:      "etcd_revisions_behind",
+		Help:      "Gauge of the etcd revisions the zone's data does not reflect yet, as of the watch's last answer (writes under other prefixes count until the next progress notification, which etcd's grpc-proxy does not pass), by zone.",
+	}, []string{"zone"})
+
+	lastContact = promauto.NewGaugeVec(prometheus.GaugeOpts{
+		Namespace: plugin.Namespace,
+		Subsystem: "deviceid",
+		Name:      "etcd_last_contact_timestamp_seconds",
+		Help:      "Gauge: Unix time of the last answer from etcd to the zone's load, watch or the read of one key every 5 s: the link was last up then, by zone.",
+	}, []string{"zone"})
+
+	lastEvent = promauto.NewGaugeVec(prometheus.GaugeOpts{
+		Namespace: plugin.Namespace,
+		Subsystem: "deviceid",
+		Name:      "etcd_last_event_timestamp_seconds",
+		Help:      "Gauge: Unix time of the last change from etcd applied to the zone (or its last full load), by zone.",
 	}, []string{"zone"})
 
 	keySetChanges = promauto.NewCounterVec(prometheus.CounterOpts{
@@ -147,4 +170,40 @@ var (
 func (z *zone) report(x *zoneData) {
 	devices.WithLabelValues(z.origin).Set(float64(x.devices.Load()))
 	revision.WithLabelValues(z.origin).Set(float64(x.revision.Load()))
+}
+
+// lag follows how far a zone's data is behind etcd: the newest revision etcd has said
+// it is at, and the revision the data reflects.
+type lag struct {
+	known, applied int64
+}
+
+// loaded notes a full load at revision.
+func (z *zone) lagLoaded(revision int64) {
+	z.lag = lag{known: revision, applied: revision}
+	now := float64(time.Now().UnixNano()) / 1e9
+	lastContact.WithLabelValues(z.origin).Set(now)
+	lastEvent.WithLabelValues(z.origin).Set(now)
+	revisionsBehind.WithLabelValues(z.origin).Set(0)
+}
+
+// lagContact notes an answer from etcd outside the watch.
+func (z *zone) lagContact() {
+	lastContact.WithLabelValues(z.origin).Set(float64(time.Now().UnixNano()) / 1e9)
+}
+
+// lagWatched notes an answer of the watch: etcd at header revision, the data at
+// applied (a progress notification says every change up to its revision was sent).
+func (z *zone) lagWatched(header, applied int64, progress, events bool) {
+	if progress {
+		applied = max(applied, header)
+	}
+	z.lag.known = max(z.lag.known, header)
+	z.lag.applied = max(z.lag.applied, applied)
+	now := float64(time.Now().UnixNano()) / 1e9
+	lastContact.WithLabelValues(z.origin).Set(now)
+	if events {
+		lastEvent.WithLabelValues(z.origin).Set(now)
+	}
+	revisionsBehind.WithLabelValues(z.origin).Set(float64(max(z.lag.known-z.lag.applied, 0)))
 }

@@ -46,6 +46,9 @@ type zone struct {
 	kick      chan struct{} // wakes the background signer
 	apexRetry time.Time     // after a failed renewal at the apex, when to try again
 
+	// lag is how far the zone is behind etcd; only the etcd loop uses it.
+	lag lag
+
 	now func() time.Time // the plugin's clock
 }
 

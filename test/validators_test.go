@@ -197,7 +197,7 @@ trust_anchors.remove('.')
 // the test failed.
 func startDaemon(t testing.TB, pkg, dir, name string, args ...string) {
 	t.Helper()
-	logFile, err := os.Create(filepath.Join(dir, name+".log"))
+	logFile, err := os.Create(filepath.Join(dir, filepath.Base(name)+".log"))
 	if err != nil {
 		t.Fatal(err)
 	}
