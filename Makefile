@@ -6,7 +6,7 @@ STATICCHECK_VERSION := v0.8.2
 VERSION  := $(shell git describe --tags --always --dirty 2>/dev/null || echo unknown)
 LDFLAGS  := -X github.com/deviceid/deviceid/internal/version.Version=$(VERSION)
 
-.PHONY: all help build test lint unit e2e fuzz run bench bench-import bench-scale soak screenshots clean
+.PHONY: all help build test lint unit e2e fuzz run bench bench-import bench-scale bench-sites soak screenshots clean
 
 all: build
 
@@ -58,6 +58,7 @@ fuzz: ## a short fuzzing run of each parser (FUZZTIME=10m for longer)
 	$(GO) test -run XXX -fuzz FuzzParseDevice -fuzztime $(FUZZTIME) -timeout 0 ./record/
 	$(GO) test -run XXX -fuzz FuzzParseZoneKey -fuzztime $(FUZZTIME) -timeout 0 ./record/
 	$(GO) test -run XXX -fuzz FuzzServeDNS -fuzztime $(FUZZTIME) -timeout 0 ./plugin/
+	$(GO) test -run XXX -fuzz FuzzDecodeSnapshot -fuzztime $(FUZZTIME) -timeout 0 ./plugin/
 	$(GO) test -run XXX -fuzz FuzzParse -fuzztime $(FUZZTIME) -timeout 0 ./internal/pkcs11key/
 	$(GO) test -run XXX -fuzz FuzzImportLines -fuzztime $(FUZZTIME) -timeout 0 ./cmd/deviceid-signer/
 	$(GO) test -run XXX -fuzz FuzzAPIDecode -fuzztime $(FUZZTIME) -timeout 0 ./signer/httpapi/
@@ -76,6 +77,9 @@ bench: build ## query-path benchmarks, the load runs and the MQTT figures of BEN
 
 bench-import: build ## deviceid-signer import of 100,000 devices beside raw etcd puts (N=, ROUNDS=)
 	$(GO) run ./test/importbench -n $${N:-100000} -rounds $${ROUNDS:-3} 2>&1 | grep -v '^import:'
+
+bench-sites: $(BIN)/toxiproxy-server ## replicas across sites: cold start and restart from a snapshot, write-to-answer 150 ms away, catch-up after a cut (DEVICEID_SITES_N=1000000 for a million)
+	$(GO) test -run XXX -bench BenchmarkSites -benchtime 1x -timeout 0 ./test/
 
 bench-scale: build ## a million and ten million signed devices, floods, freshness (SIZES=1000000 for one size)
 	scripts/bench-scale.sh

@@ -5,6 +5,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"os"
 	"runtime"
 	"runtime/debug"
 	"strings"
@@ -33,6 +34,12 @@ const requestTimeout = 10 * time.Second
 // stream) it loads again and swaps. While etcd is unreachable the last data is served.
 func (z *zone) run(ctx context.Context, cli *clientv3.Client) {
 	prefix := record.ZonePrefix(z.cfg.prefix, z.origin)
+	if z.cfg.snapshotDir != "" {
+		done, stopped := make(chan struct{}), make(chan struct{})
+		go func() { z.keepSnapshot(done); close(stopped) }()
+		defer func() { close(done); <-stopped }() // no write after the zone stopped
+		z.followSnapshot(ctx, cli, prefix)
+	}
 	retry := time.Second
 	for ctx.Err() == nil {
 		x, err := z.load(ctx, cli, prefix)
@@ -66,6 +73,38 @@ func (z *zone) run(ctx context.Context, cli *clientv3.Client) {
 		}
 		log.Infof("zone %s: reloading: %v", z.origin, err)
 		watchRestarts.WithLabelValues(z.origin).Inc()
+	}
+}
+
+// followSnapshot serves the zone's snapshot, if there is a good one, and follows etcd
+// from its revision until the watch ends (etcd compacted past it, say): then the
+// caller loads the zone in full, while the snapshot's data is served.
+func (z *zone) followSnapshot(ctx context.Context, cli *clientv3.Client, prefix string) {
+	start := time.Now()
+	x, err := z.readSnapshot()
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+		return
+	case err != nil:
+		log.Warningf("zone %s: the snapshot %s is not used, loading from etcd: %v", z.origin, z.snapshotFile(), err)
+		return
+	}
+	z.swap(x)
+	z.keyring.served(x.apex.Load().keys, z.now())
+	z.report(x)
+	log.Infof("zone %s: serving the snapshot of etcd revision %d (%d devices, read in %s); following etcd from there", z.origin, x.loadRevision, x.devices.Load(), time.Since(start).Round(time.Millisecond))
+	// An etcd that answers with an older revision than the snapshot's was restored
+	// from a backup, or is another cluster: its data, not the snapshot's.
+	rctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	resp, gerr := cli.Get(rctx, prefix+"lag-probe", clientv3.WithCountOnly())
+	cancel()
+	if gerr == nil && resp.Header.Revision < x.loadRevision {
+		log.Warningf("zone %s: the snapshot %s is of etcd revision %d, and etcd is at %d (restored, or another cluster): loading from etcd", z.origin, z.snapshotFile(), x.loadRevision, resp.Header.Revision)
+		return
+	}
+	err = z.follow(ctx, cli, prefix, x.loadRevision)
+	if ctx.Err() == nil {
+		log.Infof("zone %s: loading in full: %v", z.origin, err)
 	}
 }
 

@@ -52,6 +52,20 @@ var (
 		Help:      "Gauge: Unix time of the last change from etcd applied to the zone (or its last full load), by zone.",
 	}, []string{"zone"})
 
+	snapshotRevision = promauto.NewGaugeVec(prometheus.GaugeOpts{
+		Namespace: plugin.Namespace,
+		Subsystem: "deviceid",
+		Name:      "snapshot_revision",
+		Help:      "Gauge of the etcd revision of the zone's last snapshot written (snapshot), by zone.",
+	}, []string{"zone"})
+
+	snapshotFailures = promauto.NewCounterVec(prometheus.CounterOpts{
+		Namespace: plugin.Namespace,
+		Subsystem: "deviceid",
+		Name:      "snapshot_failures_total",
+		Help:      "Counter of snapshots that could not be written (the last one stays), by zone.",
+	}, []string{"zone"})
+
 	keySetChanges = promauto.NewCounterVec(prometheus.CounterOpts{
 		Namespace: plugin.Namespace,
 		Subsystem: "deviceid",

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net/netip"
 	"net/url"
+	"os"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -53,15 +54,18 @@ type config struct {
 	keysFromEtcd bool
 	kek          *kek.KEK
 	hsm          string // the token keys etcd finds keys in: a pkcs11: URI with module and PIN
-	ns           []string
-	ttl          uint32
-	render       record.RenderOptions
-	validity     time.Duration
-	cds          bool
-	cacheSize    int     // proofs of nonexistence cached per zone
-	denialBudget float64 // signatures a second for names that do not exist; 0: no limit; autoBudget: measured
-	maxUDPSize   uint16  // the largest answer over UDP; 0: defaultMaxUDPSize
-	rrl          rrlConfig
+	// snapshotDir keeps each zone's snapshot, written every snapshotInterval ("": none).
+	snapshotDir      string
+	snapshotInterval time.Duration
+	ns               []string
+	ttl              uint32
+	render           record.RenderOptions
+	validity         time.Duration
+	cds              bool
+	cacheSize        int     // proofs of nonexistence cached per zone
+	denialBudget     float64 // signatures a second for names that do not exist; 0: no limit; autoBudget: measured
+	maxUDPSize       uint16  // the largest answer over UDP; 0: defaultMaxUDPSize
+	rrl              rrlConfig
 }
 
 func setup(c *caddy.Controller) error {
@@ -245,6 +249,22 @@ func parseOption(c *caddy.Controller, cfg *config, root string) error {
 			return c.Err(err.Error())
 		}
 		cfg.kek = k
+	case "snapshot":
+		if len(args) < 1 || len(args) > 2 {
+			return c.Errf("want 'snapshot DIR [INTERVAL]': where each zone's snapshot is kept, and how often it is written (default 5m)")
+		}
+		dir := inRoot(root, args[0])
+		if info, err := os.Stat(dir); err != nil || !info.IsDir() {
+			return c.Errf("snapshot %s is not a directory", dir)
+		}
+		cfg.snapshotDir, cfg.snapshotInterval = dir, 5*time.Minute
+		if len(args) == 2 {
+			d, err := time.ParseDuration(args[1])
+			if err != nil || d < time.Second {
+				return c.Errf("snapshot interval %q: want a duration of 1s or more", args[1])
+			}
+			cfg.snapshotInterval = d
+		}
 	case "hsm":
 		if len(args) != 1 {
 			return c.Errf("want 'hsm pkcs11:token=LABEL?module-path=...&pin-source=...': the token of the zone keys in etcd that are in an HSM")

@@ -240,6 +240,19 @@ func TestSetup(t *testing.T) {
 				t.Errorf("hsm %q", c.hsm)
 			}
 		}},
+		{"snapshot", "deviceid {\nsnapshot " + dir + " 30s\n}", "", func(t *testing.T, c *config) {
+			if c.snapshotDir != dir || c.snapshotInterval != 30*time.Second {
+				t.Errorf("snapshot %q every %s", c.snapshotDir, c.snapshotInterval)
+			}
+		}},
+		{"snapshot default interval", "deviceid {\nsnapshot " + dir + "\n}", "", func(t *testing.T, c *config) {
+			if c.snapshotInterval != 5*time.Minute {
+				t.Errorf("snapshot every %s", c.snapshotInterval)
+			}
+		}},
+		{"snapshot no directory", "deviceid {\nsnapshot " + filepath.Join(dir, "nosuch") + "\n}", "not a directory", nil},
+		{"snapshot interval too short", "deviceid {\nsnapshot " + dir + " 10ms\n}", "1s or more", nil},
+		{"snapshot no argument", "deviceid {\nsnapshot\n}", "snapshot DIR", nil},
 		{"hsm without keys etcd", "deviceid {\nhsm \"" + h.TokenURI() + "\"\n}", "without it", nil},
 		{"hsm naming a key", "deviceid {\nkeys etcd\nhsm \"" + hsmKSK + "\"\n}", "names a key", nil},
 		{"hsm without a pin", "deviceid {\nkeys etcd\nhsm pkcs11:token=x?module-path=" + h.Module + "\n}", "PIN", nil},

@@ -299,6 +299,7 @@ func (z *zone) ancestors(owner string, f func(string)) {
 // swap installs freshly loaded data, and frees the old data's store once no query
 // reads it.
 func (z *zone) swap(zd *zoneData) {
+	firstPass.WithLabelValues(z.origin).Set(0) // until the new data's first pass
 	z.mu.Lock()
 	old := z.data
 	z.data = zd

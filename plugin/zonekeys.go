@@ -365,6 +365,8 @@ func (z *zone) loadKeys(ctx context.Context, cli *clientv3.Client, prefix string
 	for _, kv := range resp.Kvs {
 		z.takeKeyRecord(read, z.parseDeletion(prefix, kv))
 	}
+	z.write.Lock() // the snapshot writer reads the records
+	defer z.write.Unlock()
 	z.keyring.setRecords(z.origin, read.records)
 	ks, err := z.keySetAt(z.keyring, now)
 	if err != nil {

@@ -113,6 +113,19 @@ type proxy struct {
 	mu     sync.Mutex
 	open   bool
 	conns  []net.Conn
+	read   atomic.Int64 // bytes from the target to the clients
+}
+
+// counting counts the bytes written through it.
+type counting struct {
+	w io.Writer
+	n *atomic.Int64
+}
+
+func (c counting) Write(b []byte) (int, error) {
+	n, err := c.w.Write(b)
+	c.n.Add(int64(n))
+	return n, err
 }
 
 func startProxy(t testing.TB, target string) *proxy {
@@ -150,7 +163,7 @@ func (p *proxy) serve() {
 		p.conns = append(p.conns, c, u)
 		p.mu.Unlock()
 		go func() { io.Copy(u, c); u.Close() }()
-		go func() { io.Copy(c, u); c.Close() }()
+		go func() { io.Copy(counting{c, &p.read}, u); c.Close() }()
 	}
 }
 

@@ -16,8 +16,18 @@ import (
 )
 
 // gauge reads a gauge or a counter of this process's metrics (CoreDNS runs here) for
-// zone.
+// zone; a counter not counted yet is 0.
 func gauge(t testing.TB, name, zone string) float64 {
+	t.Helper()
+	v, ok := metric(t, name, zone)
+	if !ok && !strings.HasSuffix(name, "_total") {
+		t.Fatalf("no metric %s{zone=%q}", name, zone)
+	}
+	return v
+}
+
+// metric reads a gauge or a counter for zone, and reports whether it is there.
+func metric(t testing.TB, name, zone string) (float64, bool) {
 	t.Helper()
 	mfs, err := prometheus.DefaultGatherer.Gather()
 	if err != nil {
@@ -31,17 +41,14 @@ func gauge(t testing.TB, name, zone string) float64 {
 			for _, l := range m.GetLabel() {
 				if l.GetName() == "zone" && l.GetValue() == zone {
 					if c := m.GetCounter(); c != nil {
-						return c.GetValue()
+						return c.GetValue(), true
 					}
-					return m.GetGauge().GetValue()
+					return m.GetGauge().GetValue(), true
 				}
 			}
 		}
 	}
-	if !strings.HasSuffix(name, "_total") { // a counter not counted yet is not there
-		t.Fatalf("no metric %s{zone=%q}", name, zone)
-	}
-	return 0
+	return 0, false
 }
 
 // sinceGauge is how long ago the Unix time a gauge holds was.
@@ -265,4 +272,57 @@ func TestReplicasBehindGRPCProxy(t *testing.T) {
 	if d := sinceGauge(t, "coredns_deviceid_etcd_last_contact_timestamp_seconds"); d > 7*time.Second {
 		t.Errorf("behind the proxy, the last contact with etcd was %s ago", d)
 	}
+}
+
+// TestReplicaRestartsFromSnapshot: a replica that keeps a snapshot and restarts while
+// its site is cut off from etcd serves at once from it, every answer validated; when
+// the link returns it follows etcd from the snapshot's revision.
+func TestReplicaRestartsFromSnapshot(t *testing.T) {
+	etcd, cli, ca := testbed(t)
+	link := startProxy(t, strings.TrimPrefix(etcd.URL(), "http://"))
+	year := time.Now().AddDate(1, 0, 0)
+	put := func(name string) {
+		testenv.Put(t, cli, deviceKey(name), deviceJSON(credentialJSON(newDevice(t, ca, name, year), "active")))
+	}
+	for i := range 50 {
+		put(fmt.Sprintf("before%d", i))
+	}
+	ksk := genZoneKey(t, t.TempDir(), dns.ECDSAP256SHA256, true)
+	snapshots := t.TempDir()
+	corefile := func(port int) string {
+		return strings.Replace(signedCorefileTTL(port, "http://"+link.addr(), 1, ksk), "    }\n}", "        snapshot "+snapshots+" 1s\n    }\n}", 1)
+	}
+	first := testenv.StartCoreDNS(t, corefile(dnsPort(t)))
+	waitLoaded(t, first)
+	resp, err := cli.Get(t.Context(), "x")
+	if err != nil {
+		t.Fatal(err)
+	}
+	testenv.Eventually(t, "the snapshot written", func() error {
+		if got, _ := metric(t, "coredns_deviceid_snapshot_revision", zone); got < float64(resp.Header.Revision) {
+			return fmt.Errorf("snapshot of revision %v, want %d", got, resp.Header.Revision)
+		}
+		return nil
+	})
+	first.Stop()
+
+	link.cut()
+	port := dnsPort(t)
+	second := testenv.StartCoreDNS(t, corefile(port))
+	waitLoaded(t, second)
+	unbound := startUnbound(t, port, ksk.ds)
+	for _, name := range []string{"before0", "before49"} {
+		m, err := resolve(unbound, "udp", name+"._device."+zone, dns.TypeTLSA)
+		if err != nil || m.Rcode != dns.RcodeSuccess || !m.AuthenticatedData || len(tlsaSet(m)) == 0 {
+			t.Errorf("%s from the snapshot, etcd out of reach: %v %v", name, m, err)
+		}
+	}
+	link.restore()
+	put("after")
+	testenv.Eventually(t, "a write after the restart", func() error {
+		if r := second.Query(t, "after._device."+zone, dns.TypeTLSA); len(tlsaSet(r)) == 0 {
+			return fmt.Errorf("after: %s", dns.RcodeToString[r.Rcode])
+		}
+		return nil
+	})
 }

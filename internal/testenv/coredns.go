@@ -36,8 +36,14 @@ func TryStartCoreDNS(t testing.TB, corefile string) (*CoreDNS, error) {
 	}
 	srv := i.Servers()[0]
 	c := &CoreDNS{UDP: srv.LocalAddr().String(), TCP: srv.Addr().String(), inst: i}
-	t.Cleanup(func() { c.inst.ShutdownCallbacks(); c.inst.Stop() })
+	t.Cleanup(c.Stop)
 	return c, nil
+}
+
+// Stop stops the server before the test ends (a replica that goes down).
+func (c *CoreDNS) Stop() {
+	c.inst.ShutdownCallbacks()
+	c.inst.Stop()
 }
 
 // Reload replaces the server's configuration as the reload plugin does: the new
