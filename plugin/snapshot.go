@@ -322,8 +322,8 @@ func (z *zone) checkEntry(x *zoneData, e entry) error {
 }
 
 // keepSnapshot writes the zone's snapshot every interval while its data changed (a
-// change, a new load), and at least every eighth of the signature validity, so that
-// the signatures it holds stay fresh; until done is closed.
+// change, a new load, the first signing pass done), and at least every eighth of the
+// signature validity, so that the signatures it holds stay fresh; until done is closed.
 func (z *zone) keepSnapshot(done <-chan struct{}) {
 	// Temporary files of a write that a crash cut short.
 	if old, err := filepath.Glob(z.snapshotFile() + ".tmp*"); err == nil {
@@ -335,6 +335,7 @@ func (z *zone) keepSnapshot(done <-chan struct{}) {
 	defer t.Stop()
 	var written int64
 	var of *zoneData
+	var signed bool // the first signing pass was done when it was written
 	var at time.Time
 	for {
 		select {
@@ -343,15 +344,16 @@ func (z *zone) keepSnapshot(done <-chan struct{}) {
 		case <-t.C:
 		}
 		x := z.current()
-		if x == nil || x == of && x.revision.Load() == written && time.Since(at) < z.maxSnapshotAge()/8 {
+		if x == nil || x == of && x.revision.Load() == written && x.passDone.Load() == signed && time.Since(at) < z.maxSnapshotAge()/8 {
 			continue
 		}
+		pass := x.passDone.Load()
 		rev, err := z.writeSnapshot()
 		if err != nil {
 			log.Errorf("zone %s: writing the snapshot %s: %v (the last one stays)", z.origin, z.snapshotFile(), err)
 			snapshotFailures.WithLabelValues(z.origin).Inc()
 			continue
 		}
-		written, of, at = rev, x, time.Now()
+		written, of, signed, at = rev, x, pass, time.Now()
 	}
 }
