@@ -98,8 +98,13 @@ func (z *zone) followSnapshot(ctx context.Context, cli *clientv3.Client, prefix 
 	rctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	resp, gerr := cli.Get(rctx, prefix+"lag-probe", clientv3.WithCountOnly())
 	cancel()
-	if gerr == nil && resp.Header.Revision < x.loadRevision {
-		log.Warningf("zone %s: the snapshot %s is of etcd revision %d, and etcd is at %d (restored, or another cluster): loading from etcd", z.origin, z.snapshotFile(), x.loadRevision, resp.Header.Revision)
+	switch {
+	case gerr != nil:
+	case x.clusterID != 0 && resp.Header.ClusterId != x.clusterID:
+		log.Warningf("zone %s: the snapshot %s is of etcd cluster %x, and etcd is cluster %x: loading from etcd", z.origin, z.snapshotFile(), x.clusterID, resp.Header.ClusterId)
+		return
+	case resp.Header.Revision < x.loadRevision:
+		log.Warningf("zone %s: the snapshot %s is of etcd revision %d, and etcd is at %d (restored from a backup): loading from etcd", z.origin, z.snapshotFile(), x.loadRevision, resp.Header.Revision)
 		return
 	}
 	err = z.follow(ctx, cli, prefix, x.loadRevision)
@@ -268,6 +273,19 @@ func (z *zone) follow(ctx context.Context, cli *clientv3.Client, prefix string, 
 	progress := time.NewTicker(progressInterval)
 	defer progress.Stop()
 	contact := make(chan struct{}, 1)
+	probe := func() {
+		rctx, cancel := context.WithTimeout(wctx, progressInterval)
+		defer cancel()
+		cli.RequestProgress(rctx)
+		if resp, err := cli.Get(rctx, prefix+"lag-probe", clientv3.WithCountOnly()); err == nil {
+			z.clusterID.Store(resp.Header.ClusterId)
+			select {
+			case contact <- struct{}{}:
+			default:
+			}
+		}
+	}
+	go probe() // at once: the cluster's id for the snapshot
 	for {
 		select {
 		case <-ctx.Done():
@@ -275,17 +293,7 @@ func (z *zone) follow(ctx context.Context, cli *clientv3.Client, prefix string, 
 		case <-contact:
 			z.lagContact()
 		case <-progress.C:
-			go func() {
-				rctx, cancel := context.WithTimeout(wctx, progressInterval)
-				defer cancel()
-				cli.RequestProgress(rctx)
-				if _, err := cli.Get(rctx, prefix+"lag-probe", clientv3.WithCountOnly()); err == nil {
-					select {
-					case contact <- struct{}{}:
-					default:
-					}
-				}
-			}()
+			go probe()
 		case <-keyTimer.C:
 			if err := z.rekey(); err != nil {
 				return err
@@ -309,6 +317,7 @@ func (z *zone) follow(ctx context.Context, cli *clientv3.Client, prefix string, 
 				return err
 			}
 			if len(resp.Events) == 0 {
+				z.clusterID.Store(resp.Header.ClusterId)
 				z.lagWatched(resp.Header.Revision, rev, resp.IsProgressNotify(), false)
 				continue
 			}
@@ -341,6 +350,7 @@ func (z *zone) follow(ctx context.Context, cli *clientv3.Client, prefix string, 
 				keyTimer = z.keyTimer()
 			}
 			updateSeconds.WithLabelValues(z.origin).Observe(time.Since(arrived).Seconds())
+			z.clusterID.Store(resp.Header.ClusterId)
 			z.lagWatched(resp.Header.Revision, rev, false, true)
 			z.report(x)
 		}

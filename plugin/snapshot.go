@@ -40,10 +40,12 @@ const (
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 
 type snapshotHeader struct {
-	Version  int       `json:"version"`
-	Zone     string    `json:"zone"`
-	Revision int64     `json:"revision"`
-	Written  time.Time `json:"written"`
+	Version  int    `json:"version"`
+	Zone     string `json:"zone"`
+	Revision int64  `json:"revision"`
+	// ClusterID is the etcd cluster's the revision is of (0: not known).
+	ClusterID uint64    `json:"cluster_id,omitempty"`
+	Written   time.Time `json:"written"`
 	// SignedBy are the DNSKEYs of the keys whose signatures the entries carry (none:
 	// not signed); the snapshot serves only where the same keys sign.
 	SignedBy []string `json:"signed_by"`
@@ -107,7 +109,7 @@ func (z *zone) writeSnapshot() (int64, error) {
 		z.write.Unlock()
 		return 0, errors.New("nothing loaded yet")
 	}
-	h := snapshotHeader{Version: snapshotVersion, Zone: z.origin, Revision: x.revision.Load(), Written: z.now().UTC(),
+	h := snapshotHeader{Version: snapshotVersion, Zone: z.origin, Revision: x.revision.Load(), ClusterID: z.clusterID.Load(), Written: z.now().UTC(),
 		SignedBy: zskNames(x.apex.Load().keys), Config: z.snapshotConfig(), Entries: int64(x.st.len())}
 	if z.keyring != nil {
 		h.Keys = map[string]json.RawMessage{}
@@ -287,6 +289,7 @@ func (z *zone) decodeSnapshot(f io.Reader) (*zoneData, error) {
 		z.keyring = keyring
 	}
 	x.devices.Store(devices)
+	x.clusterID = h.ClusterID
 	z.setSerial(x, h.Revision, z.now())
 	return x, nil
 }
@@ -322,7 +325,7 @@ func (z *zone) checkEntry(x *zoneData, e entry) error {
 }
 
 // keepSnapshot writes the zone's snapshot every interval while its data changed (a
-// change, a new load, the first signing pass done), and at least every eighth of the
+// change, a new load, the first signing pass done, the cluster's id learnt), and at least every eighth of the
 // signature validity, so that the signatures it holds stay fresh; until done is closed.
 func (z *zone) keepSnapshot(done <-chan struct{}) {
 	// Temporary files of a write that a crash cut short.
@@ -336,6 +339,7 @@ func (z *zone) keepSnapshot(done <-chan struct{}) {
 	var written int64
 	var of *zoneData
 	var signed bool // the first signing pass was done when it was written
+	var cluster uint64
 	var at time.Time
 	for {
 		select {
@@ -344,16 +348,16 @@ func (z *zone) keepSnapshot(done <-chan struct{}) {
 		case <-t.C:
 		}
 		x := z.current()
-		if x == nil || x == of && x.revision.Load() == written && x.passDone.Load() == signed && time.Since(at) < z.maxSnapshotAge()/8 {
+		if x == nil || x == of && x.revision.Load() == written && x.passDone.Load() == signed && z.clusterID.Load() == cluster && time.Since(at) < z.maxSnapshotAge()/8 {
 			continue
 		}
-		pass := x.passDone.Load()
+		pass, id := x.passDone.Load(), z.clusterID.Load()
 		rev, err := z.writeSnapshot()
 		if err != nil {
 			log.Errorf("zone %s: writing the snapshot %s: %v (the last one stays)", z.origin, z.snapshotFile(), err)
 			snapshotFailures.WithLabelValues(z.origin).Inc()
 			continue
 		}
-		written, of, signed, at = rev, x, pass, time.Now()
+		written, of, signed, cluster, at = rev, x, pass, id, time.Now()
 	}
 }

@@ -162,6 +162,11 @@ func TestSnapshot(t *testing.T) {
 	if _, err := late.zones["iot.example."].readSnapshot(); err == nil || !strings.Contains(err.Error(), "ago") {
 		t.Errorf("a day old, beyond the signatures' validity: %v", err)
 	}
+	behind := newDeviceid(newConfig(keyFiles...)) // a clock two hours behind the writer's
+	behind.now = func() time.Time { return clock.Now().Add(-2 * time.Hour) }
+	if _, err := behind.zones["iot.example."].readSnapshot(); err == nil || !strings.Contains(err.Error(), "ahead of this clock") {
+		t.Errorf("written ahead of this clock: %v", err)
+	}
 
 	// Changes while the replica was down: replayed from the snapshot's revision, with
 	// no full load.
@@ -169,6 +174,7 @@ func TestSnapshot(t *testing.T) {
 	if _, err := cli.Delete(ctx, record.DeviceKey("/deviceid", "iot.example", "sensor3")); err != nil {
 		t.Fatal(err)
 	}
+	os.WriteFile(z.snapshotFile(), good, 0o600) // of the revision before the changes
 	d4, z4, stop4 := runZone(t, cli, newConfig(keyFiles...), clock)
 	<-z4.loaded
 	fromSnapshot := z4.current()
@@ -195,7 +201,8 @@ func TestSnapshot(t *testing.T) {
 	if _, err := cli.Compact(ctx, resp.Header.Revision); err != nil {
 		t.Fatal(err)
 	}
-	d3, z3, _ := runZone(t, cli, newConfig(keyFiles...), clock)
+	os.WriteFile(z.snapshotFile(), good, 0o600) // older than the compaction
+	d3, z3, stop3 := runZone(t, cli, newConfig(keyFiles...), clock)
 	<-z3.loaded
 	testenv.Eventually(t, "the device written after the snapshot", func() error {
 		if m, _ := ask(t, d3, "late._device.iot.example.", dns.TypeTLSA, false, false); len(m.Answer) == 0 {
@@ -206,6 +213,32 @@ func TestSnapshot(t *testing.T) {
 	if got := z3.current().devices.Load(); got != 21 {
 		t.Errorf("%d devices after the full load, want 21 (20, one added, one deleted, one late)", got)
 	}
+	testenv.Eventually(t, "a snapshot that names its etcd cluster", func() error {
+		if b, _ := os.ReadFile(z3.snapshotFile()); !bytes.Contains(b, []byte(`"cluster_id":`)) {
+			return errors.New("no cluster_id")
+		}
+		return nil
+	})
+	stop3()
+
+	// Another etcd cluster, further along than the snapshot's revision: its data, not
+	// the snapshot's.
+	etcd2 := testenv.StartEtcd(t)
+	ocli := etcd2.Client()
+	for i := range 60 {
+		testenv.Put(t, ocli, fmt.Sprintf("/elsewhere/%d", i), "x")
+	}
+	testenv.Put(t, ocli, record.DeviceKey("/deviceid", "iot.example", "onb"), deviceValue(t))
+	d5, _, _ := runZone(t, ocli, newConfig(keyFiles...), clock)
+	testenv.Eventually(t, "the other cluster's data", func() error {
+		if m, _ := ask(t, d5, "onb._device.iot.example.", dns.TypeTLSA, false, false); m == nil || len(m.Answer) == 0 {
+			return errors.New("onb: not served")
+		}
+		if m, _ := ask(t, d5, device, dns.TypeTLSA, false, false); m == nil || len(m.Answer) != 0 {
+			return errors.New("sensor7 of the snapshot still served")
+		}
+		return nil
+	})
 }
 
 func flip(b []byte, i int) []byte {
@@ -247,5 +280,39 @@ func FuzzDecodeSnapshot(f *testing.F) {
 			})
 		}
 		x.st.free()
+	})
+}
+
+// BenchmarkSnapshot reads and writes the snapshot of a zone of 100,000 devices.
+func BenchmarkSnapshot(b *testing.B) {
+	dir := b.TempDir()
+	c := caddyConfig(b)
+	c.validity, c.keyFiles, c.snapshotDir = 24*time.Hour, []string{genKey(b, dir, "iot.example.", dns.ECDSAP256SHA256, true)}, dir
+	if err := c.loadKeys(); err != nil {
+		b.Fatal(err)
+	}
+	z := newDeviceid(c).zones["iot.example."]
+	x := z.newData(7, z.keys)
+	rdata := make([]byte, 35)
+	for i := range 100_000 {
+		rdata[3] = byte(i)
+		z.put(x, fmt.Sprintf("sensor%d._device.iot.example.", i), appendRecord(nil, 0, atQuestion(dns.TypeTLSA, dns.ClassINET, 3600, rdata)), true, nil)
+	}
+	z.swap(x)
+	b.Run("write", func(b *testing.B) {
+		for b.Loop() {
+			if _, err := z.writeSnapshot(); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("read", func(b *testing.B) {
+		for b.Loop() {
+			y, err := z.readSnapshot()
+			if err != nil {
+				b.Fatal(err)
+			}
+			y.st.free()
+		}
 	})
 }

@@ -48,6 +48,8 @@ type zone struct {
 
 	// lag is how far the zone is behind etcd; only the etcd loop uses it.
 	lag lag
+	// clusterID is the etcd cluster's, from its last answer (0: none yet).
+	clusterID atomic.Uint64
 
 	now func() time.Time // the plugin's clock
 }
@@ -61,6 +63,7 @@ type zoneData struct {
 	apex         atomic.Pointer[apex] // replaced whole, under zone.write
 	passDone     atomic.Bool          // every name was signed once
 	loadedAt     time.Time
+	clusterID    uint64 // of a snapshot: the etcd cluster it came from (0: not known)
 }
 
 // newData makes empty data whose signatures are made with ks (nil: not signed).
