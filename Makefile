@@ -78,7 +78,7 @@ bench: build ## query-path benchmarks, the load runs and the MQTT figures of BEN
 bench-import: build ## deviceid-signer import of 100,000 devices beside raw etcd puts (N=, ROUNDS=)
 	$(GO) run ./test/importbench -n $${N:-100000} -rounds $${ROUNDS:-3} 2>&1 | grep -v '^import:'
 
-bench-sites: $(BIN)/toxiproxy-server ## replicas across sites: cold start and restart from a snapshot, write-to-answer 150 ms away, catch-up after a cut (DEVICEID_SITES_N=1000000 for a million)
+bench-sites: $(BIN)/toxiproxy-server ## replicas across sites: cold start and restart from a snapshot, write-to-answer 150 ms away, catch-up after a cut (DEVICEID_SITES_N=1000000 for a million, DEVICEID_SITES_CUT=10m)
 	$(GO) test -run XXX -bench BenchmarkSites -benchtime 1x -timeout 0 ./test/
 
 bench-scale: build ## a million and ten million signed devices, floods, freshness (SIZES=1000000 for one size)

@@ -132,11 +132,24 @@ func matchZone(origins []string, qname string) string {
 	var best string
 	for _, o := range origins {
 		if len(o) > len(best) && strings.HasSuffix(qname, o) &&
-			(len(qname) == len(o) || o == "." || qname[len(qname)-len(o)-1] == '.') {
+			(len(qname) == len(o) || o == "." || separator(qname, len(qname)-len(o)-1)) {
 			best = o
 		}
 	}
 	return best
+}
+
+// separator reports whether name[i] is a dot between labels, not one escaped into a
+// label (foo\.iot.example. is not below iot.example.).
+func separator(name string, i int) bool {
+	if name[i] != '.' {
+		return false
+	}
+	escaped := false
+	for j := i - 1; j >= 0 && name[j] == '\\'; j-- {
+		escaped = !escaped
+	}
+	return !escaped
 }
 
 // Name implements the plugin.Handler interface.

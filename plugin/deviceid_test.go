@@ -433,6 +433,9 @@ func TestMatchZone(t *testing.T) {
 		"example.":                     "",
 		"sensor7._device.example.org.": "example.org.",
 		".":                            "",
+		`a\.iot.example.`:              "",             // the label "a.iot" under example.
+		`a\\.iot.example.`:             "iot.example.", // the label "a\" under iot.example.
+		`a\\\.iot.example.`:            "",
 	} {
 		if got := matchZone(origins, qname); got != want {
 			t.Errorf("matchZone(%q) = %q, want %q", qname, got, want)

@@ -59,6 +59,12 @@ var (
 		Help:      "Gauge of the etcd revision of the zone's last snapshot written (snapshot), by zone.",
 	}, []string{"zone"})
 
+	snapshotPause = promauto.NewGaugeVec(prometheus.GaugeOpts{
+		Namespace: plugin.Namespace,
+		Subsystem: "deviceid",
+		Name:      "snapshot_pause_seconds",
+		Help:      "Gauge of how long the zone's etcd updates waited while its last snapshot was copied, by zone.",
+	}, []string{"zone"})
 	snapshotFailures = promauto.NewCounterVec(prometheus.CounterOpts{
 		Namespace: plugin.Namespace,
 		Subsystem: "deviceid",

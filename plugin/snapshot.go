@@ -6,8 +6,9 @@ package deviceid
 // when etcd has compacted past it, and then the snapshot's data is served meanwhile.
 //
 // The file: a magic line, a length-prefixed JSON header (version, zone, revision, the
-// keys that made the signatures), the entries of the index as the store holds them,
-// each length-prefixed, and a CRC-32C of all that. It is written to a temporary file
+// keys that made the signatures), sections of at most 8 MiB of the index's entries as
+// the store holds them, each entry and section length-prefixed, an empty section, and
+// a CRC-32C of all that. It is written to a temporary file
 // that replaces the old one only once complete and synced: a torn write (a crash, a
 // full disk) leaves the old one. A file that does not check out whole is not used.
 
@@ -22,8 +23,11 @@ import (
 	"maps"
 	"os"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/deviceid/deviceid/record"
@@ -33,8 +37,10 @@ import (
 
 const (
 	snapshotMagic   = "deviceid zone snapshot\n"
-	snapshotVersion = 1
+	snapshotVersion = 2
 	maxSnapshotHdr  = 1 << 20
+	// snapshotSection bounds a section of entries: the unit read and checked at once.
+	snapshotSection = 8 << 20
 )
 
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
@@ -90,8 +96,10 @@ func zskNames(ks *keySet) []string {
 }
 
 // writeSnapshot writes the zone's data at its revision, and returns the revision. The
-// etcd loop waits meanwhile (the entries must be of one revision); queries and
-// signing wait only while their shard is copied.
+// entries are copied out under the zone's write lock (they must be of one revision),
+// into memory outside the heap as large as the zone's, and written to the file after
+// it: changes from etcd wait for a copy, not for the disk. Queries and signing wait
+// only while their shard is copied.
 func (z *zone) writeSnapshot() (int64, error) {
 	path := z.snapshotFile()
 	tmp, err := os.CreateTemp(filepath.Dir(path), filepath.Base(path)+".tmp*")
@@ -100,10 +108,15 @@ func (z *zone) writeSnapshot() (int64, error) {
 	}
 	defer os.Remove(tmp.Name()) // after the rename, nothing
 	defer tmp.Close()
-	crc := crc32.New(castagnoli)
-	w := bufio.NewWriterSize(io.MultiWriter(tmp, crc), 1<<20)
+	var sections [][]byte
+	defer func() {
+		for _, b := range sections {
+			freeChunk(b)
+		}
+	}()
 
 	z.write.Lock()
+	paused := time.Now()
 	x := z.current()
 	if x == nil {
 		z.write.Unlock()
@@ -117,30 +130,47 @@ func (z *zone) writeSnapshot() (int64, error) {
 			h.Keys[id], _ = json.Marshal(rec)
 		}
 	}
-	hdr, _ := json.Marshal(h)
-	w.WriteString(snapshotMagic)
-	binary.Write(w, binary.BigEndian, uint32(len(hdr)))
-	w.Write(hdr)
 	var n int64
-	var shard []byte
+	var nomem error
 	for i := range x.st.shards {
-		shard = shard[:0]
 		x.st.each(i, func(e entry) bool {
-			shard = binary.BigEndian.AppendUint32(shard, uint32(len(e)))
-			shard = append(shard, e...)
+			if len(sections) == 0 || len(sections[len(sections)-1])+4+len(e) > snapshotSection {
+				b, err := tryChunk(snapshotSection, true)
+				if err != nil {
+					nomem = err
+					return false
+				}
+				sections = append(sections, b[:0])
+			}
+			b := &sections[len(sections)-1]
+			*b = append(binary.BigEndian.AppendUint32(*b, uint32(len(e))), e...)
 			n++
 			return true
 		})
-		w.Write(shard)
 	}
 	replaced := z.current() != x
 	z.write.Unlock()
+	snapshotPause.WithLabelValues(z.origin).Set(time.Since(paused).Seconds())
 	switch {
+	case nomem != nil:
+		return 0, fmt.Errorf("no memory to copy the index into: %v", nomem)
 	case replaced:
 		return 0, errors.New("the zone was loaded again while it was written")
 	case n != h.Entries:
 		return 0, fmt.Errorf("the index changed while it was written (%d entries, %d counted)", n, h.Entries)
 	}
+
+	crc := crc32.New(castagnoli)
+	w := bufio.NewWriterSize(io.MultiWriter(tmp, crc), 1<<20)
+	hdr, _ := json.Marshal(h)
+	w.WriteString(snapshotMagic)
+	binary.Write(w, binary.BigEndian, uint32(len(hdr)))
+	w.Write(hdr)
+	for _, b := range sections {
+		binary.Write(w, binary.BigEndian, uint32(len(b)))
+		w.Write(b)
+	}
+	binary.Write(w, binary.BigEndian, uint32(0)) // no more sections
 	if err := w.Flush(); err != nil {
 		return 0, err
 	}
@@ -180,11 +210,16 @@ func (z *zone) readSnapshot() (*zoneData, error) {
 			return nil, fmt.Errorf("%s is writable by others than its owner: chmod go-w it", name)
 		}
 	}
-	return z.decodeSnapshot(f)
+	info, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	return z.decodeSnapshot(f, storedSize(info))
 }
 
-// decodeSnapshot reads a snapshot from f.
-func (z *zone) decodeSnapshot(f io.Reader) (*zoneData, error) {
+// decodeSnapshot reads a snapshot of about size bytes from f. Its sections are read in
+// turn and their entries put into the index by as many workers as there are CPUs.
+func (z *zone) decodeSnapshot(f io.Reader, size int64) (*zoneData, error) {
 	crc := crc32.New(castagnoli)
 	br := bufio.NewReaderSize(f, 1<<20)
 	r := io.TeeReader(br, crc)
@@ -246,36 +281,71 @@ func (z *zone) decodeSnapshot(f io.Reader) (*zoneData, error) {
 	if !slices.Equal(zskNames(ks), h.SignedBy) {
 		return refuse(errors.New("it is signed by other keys than the zone's now"))
 	}
-	now := uint32(z.now().Unix())
 	x := z.newData(h.Revision, ks)
+	// The file's size, bounded by what the header claims, lays out the store: a few
+	// large chunks and maps made once. (The header is not checked yet: a size is
+	// believed only as far as the file bears it out.)
+	smallest := int64(4 + hdrLen + 2 + len(z.origin) + 2*x.st.nz*sigSize)
+	x.st.reserve(size, min(h.Entries, size/smallest))
+
+	// Sections are read in turn and handed to the workers; a few buffers go around.
+	workers := min(runtime.GOMAXPROCS(0), 8)
+	free := make(chan []byte, workers+1)
+	for range workers + 1 {
+		free <- nil
+	}
+	work := make(chan []byte)
+	var entries, devices atomic.Int64
+	var failed atomic.Pointer[error]
+	var wg sync.WaitGroup
+	counts := make([]belowCounts, workers)
+	for w := range workers {
+		counts[w] = belowCounts{stored: map[string]uint32{}, made: map[string]uint32{}}
+		wg.Go(func() {
+			for b := range work {
+				if err := z.readSection(x, b, &entries, &devices, counts[w]); err != nil {
+					failed.CompareAndSwap(nil, &err)
+				}
+				free <- b
+			}
+		})
+	}
+	var err error
+	for i := 0; failed.Load() == nil; i++ {
+		var n uint32
+		if err = binary.Read(r, binary.BigEndian, &n); err != nil {
+			err = fmt.Errorf("cut after %d sections", i)
+			break
+		}
+		if n == 0 {
+			break
+		}
+		if n > snapshotSection {
+			err = fmt.Errorf("section %d has a length of %d", i, n)
+			break
+		}
+		b := <-free
+		if cap(b) < int(n) {
+			b = make([]byte, n)
+		}
+		b = b[:n]
+		if _, err = io.ReadFull(r, b); err != nil {
+			err = fmt.Errorf("cut in section %d", i)
+			break
+		}
+		work <- b
+	}
+	close(work)
+	wg.Wait()
 	bad := func(err error) (*zoneData, error) {
 		x.st.free()
 		return refuse(err)
 	}
-	buf := make([]byte, hdrLen+255+maxRRset+2*x.st.nz*sigSize)
-	var devices int64
-	for i := int64(0); i < h.Entries; i++ {
-		var n uint32
-		if err := binary.Read(r, binary.BigEndian, &n); err != nil {
-			return bad(fmt.Errorf("cut after %d of %d entries", i, h.Entries))
-		}
-		if n < hdrLen || int(n) > len(buf) {
-			return bad(fmt.Errorf("entry %d has a length of %d", i, n))
-		}
-		e := entry(buf[:n])
-		if _, err := io.ReadFull(r, e); err != nil {
-			return bad(fmt.Errorf("cut in entry %d of %d", i, h.Entries))
-		}
-		if err := z.checkEntry(x, e); err != nil {
-			return bad(fmt.Errorf("entry %d: %v", i, err))
-		}
-		if e.flags()&flagDevice != 0 {
-			devices++
-		}
-		if inc, exp := e.signed(); inc != 0 && (now < inc || now >= exp) {
-			e.setSigs(entrySigs{sigs: make([]byte, 2*x.st.nz*sigSize)}) // made again
-		}
-		x.st.set(string(e.owner()), e)
+	if p := failed.Load(); p != nil {
+		return bad(*p)
+	}
+	if err != nil {
+		return bad(err)
 	}
 	var sum uint32
 	if err := binary.Read(br, binary.BigEndian, &sum); err != nil || sum != crc.Sum32() {
@@ -284,44 +354,127 @@ func (z *zone) decodeSnapshot(f io.Reader) (*zoneData, error) {
 	if _, err := br.ReadByte(); err != io.EOF {
 		return bad(errors.New("bytes after the checksum"))
 	}
+	switch n := int64(x.st.len()); {
+	case entries.Load() != h.Entries:
+		return bad(fmt.Errorf("%d entries, and its header says %d", entries.Load(), h.Entries))
+	case n != h.Entries:
+		return bad(fmt.Errorf("%d of its names are in it more than once", h.Entries-n))
+	}
+	if err := checkBelow(counts); err != nil {
+		return bad(err)
+	}
 	if keyring != nil {
 		z.keyring.close()
 		z.keyring = keyring
 	}
-	x.devices.Store(devices)
+	x.devices.Store(devices.Load())
 	x.clusterID = h.ClusterID
 	z.setSerial(x, h.Revision, z.now())
 	return x, nil
 }
 
+// belowCounts are, for the names with records below them, the counts their entries
+// hold and the counts the names read make.
+type belowCounts struct{ stored, made map[string]uint32 }
+
+// checkBelow checks that every entry's count of the records below it is what the names
+// read make: a wrong count would deny names that exist, or keep names that do not.
+func checkBelow(counts []belowCounts) error {
+	stored, made := map[string]uint32{}, map[string]uint32{}
+	for _, c := range counts {
+		for name, n := range c.stored {
+			stored[name] += n
+		}
+		for name, n := range c.made {
+			made[name] += n
+		}
+	}
+	for name, n := range made {
+		if stored[name] != n {
+			return fmt.Errorf("%q counts %d names with records below it, and there are %d", name, stored[name], n)
+		}
+	}
+	for name, n := range stored {
+		if made[name] != n {
+			return fmt.Errorf("%q counts %d names with records below it, and there are %d", name, n, made[name])
+		}
+	}
+	return nil
+}
+
+// readSection checks the entries of a snapshot's section and puts them into x; it
+// counts them, the devices among them, and the names below each name. Signatures
+// that are not valid now are dropped, to be made again.
+func (z *zone) readSection(x *zoneData, b []byte, entries, devices *atomic.Int64, below belowCounts) error {
+	now := uint32(z.now().Unix())
+	unsigned := make([]byte, 2*x.st.nz*sigSize)
+	for len(b) > 0 {
+		if len(b) < 4 {
+			return errors.New("a section ends in an entry's length")
+		}
+		n := binary.BigEndian.Uint32(b)
+		if n < hdrLen || int64(n) > int64(len(b)-4) {
+			return fmt.Errorf("an entry has a length of %d", n)
+		}
+		e := entry(b[4 : 4+n : 4+n])
+		b = b[4+n:]
+		owner, err := z.checkEntry(x, e)
+		if err != nil {
+			return err
+		}
+		if e.flags()&flagDevice != 0 {
+			devices.Add(1)
+		}
+		if n := e.below(); n > 0 {
+			below.stored[owner] = n
+		}
+		if e.flags()&flagRecord != 0 {
+			z.ancestors(owner, func(a string) { below.made[a]++ })
+		}
+		if inc, exp := e.signed(); inc != 0 && (now < inc || now >= exp) {
+			e.setSigs(entrySigs{sigs: unsigned}) // made again
+		}
+		x.st.set(owner, e)
+		entries.Add(1)
+	}
+	return nil
+}
+
 // checkEntry checks an entry read from a snapshot as the store will read it: its
-// length, a name of the zone below the apex in the store's form, seen once, flags that
-// go with its records, and records that are whole.
-func (z *zone) checkEntry(x *zoneData, e entry) error {
+// length, a name of the zone below the apex in the store's form, flags that go with
+// its records, and records that are whole. It returns the entry's owner.
+func (z *zone) checkEntry(x *zoneData, e entry) (string, error) {
 	if hdrLen+int(e[hdrOwner]) > len(e) || entryLen(e, x.st.nz) != len(e) {
-		return errors.New("its lengths do not add up")
+		return "", errors.New("an entry's lengths do not add up")
+	}
+	if e.rrLen() > maxRRset {
+		return "", fmt.Errorf("an RRset of %d octets, more than %d", e.rrLen(), maxRRset)
 	}
 	owner := string(e.owner())
-	if owner != strings.ToLower(owner) || !dns.IsFqdn(owner) || owner == z.origin || !dns.IsSubDomain(z.origin, owner) {
-		return fmt.Errorf("%q is not a name below the zone", owner)
+	// The names etcd's records make (record.DeviceName, ServiceName): lower case
+	// letters, digits, '-', '_' and dots; no escapes, so a dot is a dot.
+	for i := range len(owner) {
+		if c := owner[i]; !('a' <= c && c <= 'z' || '0' <= c && c <= '9' || c == '-' || c == '_' || c == '.') {
+			return "", fmt.Errorf("%q has %q: only lower case letters, digits, '-', '_' and '.' are in names", owner, c)
+		}
+	}
+	if len(owner) <= len(z.origin) || !strings.HasSuffix(owner, z.origin) || owner[len(owner)-len(z.origin)-1] != '.' {
+		return "", fmt.Errorf("%q is not a name below the zone", owner)
 	}
 	if _, ok := dns.IsDomainName(owner); !ok {
-		return fmt.Errorf("%q is not a domain name", owner)
-	}
-	if x.st.view(owner, func(entry) {}) {
-		return fmt.Errorf("%q twice", owner)
+		return "", fmt.Errorf("%q is not a domain name", owner)
 	}
 	f := e.flags()
 	if f&^(flagRecord|flagDevice) != 0 || f&flagDevice != 0 && f&flagRecord == 0 || (f&flagRecord != 0) != (e.rrLen() > 0) || f&flagRecord == 0 && e.below() == 0 {
-		return fmt.Errorf("%q: flags %d do not go with its records", owner, f)
+		return "", fmt.Errorf("%q: flags %d do not go with its records", owner, f)
 	}
 	for rr := e.rrset(); len(rr) > 0; {
 		if len(rr) < 20 || len(rr) < 20+int(binary.BigEndian.Uint16(rr[18:])) {
-			return fmt.Errorf("%q: a record is cut", owner)
+			return "", fmt.Errorf("%q: a record is cut", owner)
 		}
 		rr = rr[20+int(binary.BigEndian.Uint16(rr[18:])):]
 	}
-	return nil
+	return owner, nil
 }
 
 // keepSnapshot writes the zone's snapshot every interval while its data changed (a

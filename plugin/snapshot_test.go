@@ -3,11 +3,16 @@ package deviceid
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
+	"hash/crc32"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -125,10 +130,16 @@ func TestSnapshot(t *testing.T) {
 		{"no checksum", "checksum", good[:len(good)-2]},
 		{"a byte flipped", "checksum", flip(good, len(good)/2)},
 		{"another zone", "zone", bytes.Replace(good, []byte(`"zone":"iot.example."`), []byte(`"zone":"iot.exampla."`), 1)},
-		{"another version", "version", bytes.Replace(good, []byte(`"version":1`), []byte(`"version":2`), 1)},
+		{"another version", "version", bytes.Replace(good, []byte(`"version":2`), []byte(`"version":1`), 1)},
 		{"not a snapshot", "not a deviceid snapshot", []byte("hello")},
 		{"empty", "not a deviceid snapshot", nil},
 		{"bytes after", "after the checksum", append(slices.Clone(good), 0)},
+		// Files whose checksum is right, as a writer with a bug would make them.
+		{"a name twice", "more than once", resum(bytes.Replace(good, []byte("sensor1._device"), []byte("sensor2._device"), 1))},
+		{"a name of another zone", "not a name below the zone", resum(bytes.Replace(good, []byte("sensor1._device.iot.example."), []byte("sensor1._device.iot.exampla."), 1))},
+		{"a name in upper case", "only lower case", resum(bytes.Replace(good, []byte("sensor1._device"), []byte("SENSOR1._device"), 1))},
+		{"an entry too long", "length", resum(longFirstEntry(good))},
+		{"an escaped dot", "only lower case", resum(bytes.Replace(good, []byte("sensor1._device"), []byte("sensor\\._device"), 1))},
 	}
 	for _, tt := range bad {
 		t.Run(tt.name, func(t *testing.T) {
@@ -144,8 +155,8 @@ func TestSnapshot(t *testing.T) {
 			}
 		})
 	}
-	// Signed by other keys than the zone's now: not served.
 	os.WriteFile(z.snapshotFile(), good, 0o600)
+	// Signed by other keys than the zone's now: not served.
 	other := newDeviceid(newConfig(genKey(t, keyDir, "iot.example.", dns.ECDSAP256SHA256, true))).zones["iot.example."]
 	if _, err := other.readSnapshot(); err == nil || !strings.Contains(err.Error(), "other keys") {
 		t.Errorf("signed by other keys: %v", err)
@@ -241,6 +252,22 @@ func TestSnapshot(t *testing.T) {
 	})
 }
 
+// resum returns a snapshot with its checksum made right again.
+func resum(b []byte) []byte {
+	c := slices.Clone(b)
+	body := c[:len(c)-4]
+	binary.BigEndian.PutUint32(c[len(c)-4:], crc32.Checksum(body, castagnoli))
+	return c
+}
+
+// longFirstEntry returns a snapshot whose first entry's length runs past its section.
+func longFirstEntry(b []byte) []byte {
+	c := slices.Clone(b)
+	first := len(snapshotMagic) + 4 + int(binary.BigEndian.Uint32(c[len(snapshotMagic):])) + 4 // the header, the section's length
+	binary.BigEndian.PutUint32(c[first:], 1<<16)
+	return c
+}
+
 func flip(b []byte, i int) []byte {
 	c := slices.Clone(b)
 	c[i] ^= 0xff
@@ -250,24 +277,18 @@ func flip(b []byte, i int) []byte {
 // FuzzDecodeSnapshot: a snapshot file of any content is refused or read, never a panic,
 // and what is read holds only names of the zone.
 func FuzzDecodeSnapshot(f *testing.F) {
-	dir := f.TempDir()
-	c := caddyConfig(f)
-	c.validity, c.keyFiles, c.snapshotDir = 24*time.Hour, []string{genKey(f, dir, "iot.example.", dns.ED25519, true)}, dir
-	if err := c.loadKeys(); err != nil {
-		f.Fatal(err)
-	}
-	z := newDeviceid(c).zones["iot.example."]
-	x := z.newData(7, z.keys)
-	z.put(x, "sensor7._device.iot.example.", []byte{0, 0, 0, 0}, true, nil)
-	z.swap(x)
+	z := snapshotZone(f, 1)
 	if _, err := z.writeSnapshot(); err != nil {
 		f.Fatal(err)
 	}
 	good, _ := os.ReadFile(z.snapshotFile())
-	f.Add(good)
-	f.Add(good[:len(good)/2])
-	f.Fuzz(func(t *testing.T, data []byte) {
-		x, err := z.decodeSnapshot(bytes.NewReader(data))
+	f.Add(good, false, int64(len(good)))
+	f.Add(good[:len(good)/2], true, int64(len(good)))
+	f.Fuzz(func(t *testing.T, data []byte, fix bool, size int64) {
+		if fix && len(data) > 4 {
+			data = resum(data) // past the checksum, to the checks of each entry
+		}
+		x, err := z.decodeSnapshot(bytes.NewReader(data), min(max(size, 0), int64(len(data))))
 		if err != nil {
 			return
 		}
@@ -283,22 +304,9 @@ func FuzzDecodeSnapshot(f *testing.F) {
 	})
 }
 
-// BenchmarkSnapshot reads and writes the snapshot of a zone of 100,000 devices.
+// BenchmarkSnapshot reads and writes the snapshot of a zone of a million devices.
 func BenchmarkSnapshot(b *testing.B) {
-	dir := b.TempDir()
-	c := caddyConfig(b)
-	c.validity, c.keyFiles, c.snapshotDir = 24*time.Hour, []string{genKey(b, dir, "iot.example.", dns.ECDSAP256SHA256, true)}, dir
-	if err := c.loadKeys(); err != nil {
-		b.Fatal(err)
-	}
-	z := newDeviceid(c).zones["iot.example."]
-	x := z.newData(7, z.keys)
-	rdata := make([]byte, 35)
-	for i := range 100_000 {
-		rdata[3] = byte(i)
-		z.put(x, fmt.Sprintf("sensor%d._device.iot.example.", i), appendRecord(nil, 0, atQuestion(dns.TypeTLSA, dns.ClassINET, 3600, rdata)), true, nil)
-	}
-	z.swap(x)
+	z := snapshotZone(b, 1_000_000)
 	b.Run("write", func(b *testing.B) {
 		for b.Loop() {
 			if _, err := z.writeSnapshot(); err != nil {
@@ -306,6 +314,9 @@ func BenchmarkSnapshot(b *testing.B) {
 			}
 		}
 	})
+	if _, err := z.writeSnapshot(); err != nil {
+		b.Fatal(err)
+	}
 	b.Run("read", func(b *testing.B) {
 		for b.Loop() {
 			y, err := z.readSnapshot()
@@ -315,4 +326,70 @@ func BenchmarkSnapshot(b *testing.B) {
 			y.st.free()
 		}
 	})
+}
+
+// snapshotZone returns the zone iot.example., signed with a new key, holding n devices
+// (unsigned), served, with its snapshot kept in a directory of the test's.
+func snapshotZone(tb testing.TB, n int) *zone {
+	dir := tb.TempDir()
+	c := caddyConfig(tb)
+	c.validity, c.keyFiles, c.snapshotDir = 24*time.Hour, []string{genKey(tb, dir, "iot.example.", dns.ECDSAP256SHA256, true)}, dir
+	if err := c.loadKeys(); err != nil {
+		tb.Fatal(err)
+	}
+	z := newDeviceid(c).zones["iot.example."]
+	x := z.newData(7, z.keys)
+	rdata := make([]byte, 35)
+	for i := range n {
+		rdata[3] = byte(i)
+		z.put(x, fmt.Sprintf("sensor%d._device.iot.example.", i), appendRecord(nil, 0, atQuestion(dns.TypeTLSA, dns.ClassINET, 3600, rdata)), true, nil)
+	}
+	z.swap(x)
+	return z
+}
+
+// TestSnapshotFullDisk: a disk that fills while a snapshot is written (a file size
+// limit, which the kernel enforces as it does a full disk) fails the write; the last
+// snapshot stays whole and no temporary file is left. The limit is the process's, so
+// the writes run in a child process of this test binary that holds nothing else.
+func TestSnapshotFullDisk(t *testing.T) {
+	if os.Getenv("DEVICEID_FULL_DISK_CHILD") != "" {
+		fullDiskChild(t)
+		return
+	}
+	cmd := exec.Command(os.Args[0], "-test.run=^TestSnapshotFullDisk$", "-test.count=1", "-test.v")
+	cmd.Env = append(os.Environ(), "DEVICEID_FULL_DISK_CHILD=1")
+	out, err := cmd.CombinedOutput()
+	if err != nil || !bytes.Contains(out, []byte("file too large")) {
+		t.Fatalf("the child: %v\n%s", err, out)
+	}
+}
+
+func fullDiskChild(t *testing.T) {
+	z := snapshotZone(t, 200)
+	if _, err := z.writeSnapshot(); err != nil {
+		t.Fatal(err)
+	}
+	good, _ := os.ReadFile(z.snapshotFile())
+	z.put(z.current(), "late._device.iot.example.", appendRecord(nil, 0, atQuestion(dns.TypeTLSA, dns.ClassINET, 3600, make([]byte, 35))), true, nil)
+	var limit syscall.Rlimit
+	syscall.Getrlimit(syscall.RLIMIT_FSIZE, &limit)
+	limit.Cur = uint64(len(good) / 2)
+	if err := syscall.Setrlimit(syscall.RLIMIT_FSIZE, &limit); err != nil {
+		t.Fatal(err)
+	}
+	_, err := z.writeSnapshot()
+	t.Logf("writing with the disk full: %v", err)
+	if err == nil {
+		t.Error("a snapshot written past the disk's end")
+	}
+	if b, _ := os.ReadFile(z.snapshotFile()); !bytes.Equal(b, good) {
+		t.Error("a failed write changed the last snapshot")
+	}
+	if tmps, _ := filepath.Glob(z.snapshotFile() + ".tmp*"); len(tmps) != 0 {
+		t.Errorf("left behind: %v", tmps)
+	}
+	if x, err := z.readSnapshot(); err != nil || x.devices.Load() != 200 {
+		t.Errorf("the last snapshot after the failure: %v", err)
+	}
 }

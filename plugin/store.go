@@ -22,8 +22,11 @@ type store struct {
 
 const (
 	storeShards = 64
-	chunkSize   = 256 << 10
-	sigSize     = 64 // an ECDSA P-256 signature (r || s) and an Ed25519 one alike
+	chunkSize   = 256 << 10 // the first chunk of a shard; later ones grow to 8 MiB
+	hugePage    = 2 << 20   // a transparent huge page on amd64 and arm64
+	hugeChunk   = 8 << 20   // chunks that grow to this size are on huge pages
+	maxReserve  = 256 << 20 // the most reserve lays out for one shard
+	sigSize     = 64        // an ECDSA P-256 signature (r || s) and an Ed25519 one alike
 )
 
 type shard struct {
@@ -31,6 +34,7 @@ type shard struct {
 	nz    int               // signatures per RRset: the keys that sign TLSA and NSEC
 	refs  map[uint64]uint64 // hash of the owner → entry
 	clash map[string]uint64 // owners whose hash another owner holds in refs (rare)
+	next  int               // the size of the next chunk, if reserve made it larger
 	slab
 }
 
@@ -262,6 +266,25 @@ func (s *store) modifyAll(f func(e entry)) {
 	}
 }
 
+// reserve lays out an empty store for about size bytes of entries in n entries, spread
+// evenly over the shards by the hash: when a shard's share is large, its first chunk
+// holds it, on huge pages, and its map is made for its share of the names.
+func (s *store) reserve(size, n int64) {
+	share := size / storeShards
+	if share < hugePage {
+		return // small chunks that grow: a small zone takes little memory
+	}
+	for i := range s.shards {
+		sh := &s.shards[i]
+		sh.mu.Lock()
+		if len(sh.refs) == 0 && len(sh.chunks) == 0 {
+			sh.next = int(min(share*33/32, maxReserve)) // the hash spreads names within a few percent
+			sh.refs = make(map[uint64]uint64, min(n/storeShards*33/32, maxReserve/hdrLen))
+		}
+		sh.mu.Unlock()
+	}
+}
+
 // len returns the number of names stored.
 func (s *store) len() int {
 	n := 0
@@ -307,13 +330,28 @@ func (sh *shard) entry(r uint64) entry {
 	return entry(c[:entryLen(c, sh.nz):entryLen(c, sh.nz)])
 }
 
+// newChunk returns n bytes from tryChunk; the index cannot go on without them.
+func newChunk(n int, huge bool) []byte {
+	b, err := tryChunk(n, huge)
+	if err != nil {
+		panic("deviceid: out of memory: " + err.Error())
+	}
+	return b
+}
+
 func (sh *shard) entry0(r uint64, n int) []byte { return sh.chunks[r>>32][uint32(r):][:n:n] }
 
 // alloc returns room for n bytes, n at most chunkSize (an RRset is at most maxRRset).
 func (sh *shard) alloc(n int) uint64 {
 	sh.live += n
 	if len(sh.chunks) == 0 || sh.used+n > len(sh.chunks[sh.cur]) {
-		sh.chunks = append(sh.chunks, newChunk(chunkSize))
+		// A shard that grows gets larger chunks: fewer of them, on huge pages.
+		size := chunkSize << min(len(sh.chunks), 5)
+		huge := size >= hugeChunk
+		if sh.next > size {
+			size, huge = sh.next, true
+		}
+		sh.chunks, sh.next = append(sh.chunks, newChunk(size, huge)), 0
 		sh.cur, sh.used = len(sh.chunks)-1, 0
 	}
 	r := uint64(sh.cur)<<32 | uint64(sh.used)

@@ -31,9 +31,13 @@ func corefile(endpoint, metricsAddr string) string {
 }
 
 // waitLoaded waits until the server answers the zone's SOA, i.e. has loaded from etcd.
-func waitLoaded(t testing.TB, c *testenv.CoreDNS) {
+func waitLoaded(t testing.TB, c *testenv.CoreDNS) { waitLoadedWithin(t, c, testenv.PollTimeout) }
+
+// waitLoadedWithin waits up to d for c to serve the zone (ten million devices take
+// a minute).
+func waitLoadedWithin(t testing.TB, c *testenv.CoreDNS, d time.Duration) {
 	t.Helper()
-	testenv.Eventually(t, "zone loaded", func() error {
+	testenv.Within(t, d, "zone loaded", func() error {
 		if r := c.Query(t, zone, dns.TypeSOA); r.Rcode != dns.RcodeSuccess {
 			return fmt.Errorf("SOA rcode %s", dns.RcodeToString[r.Rcode])
 		}

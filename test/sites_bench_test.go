@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/deviceid/deviceid/internal/embedetcd"
 	"github.com/deviceid/deviceid/internal/testenv"
 
 	toxiproxy "github.com/Shopify/toxiproxy/v2/client"
@@ -50,13 +51,18 @@ func putDevices(tb testing.TB, cli *clientv3.Client, prefix string, first, n int
 // bench-sites; DEVICEID_SITES_N devices, default 100,000): a replica's cold start and
 // its restart from a snapshot (time to ready and to fully signed, bytes read from
 // etcd, signatures made, the snapshot's size), write-to-answer at a replica 150 ms from
-// etcd, and the catch-up after a cut during which 10,000 changes were made.
+// etcd, and the catch-up after a cut (DEVICEID_SITES_CUT, default 10s) during which
+// 10,000 changes were made.
 func BenchmarkSites(b *testing.B) {
 	n := 100000
 	if v, err := strconv.Atoi(os.Getenv("DEVICEID_SITES_N")); err == nil {
 		n = v
 	}
-	etcd := testenv.StartEtcd(b)
+	etcd := testenv.StartEtcd(b, func(c *embedetcd.Config) {
+		if n > 2_000_000 {
+			c.QuotaBytes = 16 << 30 // beyond etcd's default of 2 GiB
+		}
+	})
 	cli := etcd.Client()
 	putDevices(b, cli, "dev", 0, n)
 	link := startProxy(b, strings.TrimPrefix(etcd.URL(), "http://"))
@@ -69,7 +75,7 @@ func BenchmarkSites(b *testing.B) {
 	start := func(endpoint, what string) *testenv.CoreDNS {
 		read0, sigs0, t0 := link.read.Load(), signatures(), time.Now()
 		c := testenv.StartCoreDNS(b, corefile(endpoint))
-		waitLoaded(b, c)
+		waitLoadedWithin(b, c, 10*time.Minute)
 		ready := time.Since(t0)
 		testenv.Within(b, time.Hour, "fully signed", func() error {
 			if v, _ := metric(b, "coredns_deviceid_signed_ahead", zone); v != 1 {
@@ -116,7 +122,7 @@ func BenchmarkSites(b *testing.B) {
 		}
 	}
 	c := testenv.StartCoreDNS(b, corefile("http://"+wan.Listen))
-	waitLoaded(b, c)
+	waitLoadedWithin(b, c, 10*time.Minute)
 	var lat []time.Duration
 	for i := range 200 {
 		name := fmt.Sprintf("wan%d", i)
@@ -132,13 +138,20 @@ func BenchmarkSites(b *testing.B) {
 	b.Logf("write to signed answer at a replica 150 ms away: p50 %s, p99 %s (200 writes, one at a time)", p50.Round(time.Millisecond), p99.Round(time.Millisecond))
 	b.ReportMetric(float64(p50.Milliseconds()), "wan-p50-ms")
 	b.ReportMetric(float64(p99.Milliseconds()), "wan-p99-ms")
+	pause := gauge(b, "coredns_deviceid_snapshot_pause_seconds", zone)
+	b.Logf("the last snapshot held the etcd updates for %.0f ms", pause*1000)
+	b.ReportMetric(pause*1000, "snapshot-pause-ms")
 
 	// The site cut off while 10,000 changes are made; then the catch-up.
 	if err := wan.Disable(); err != nil {
 		b.Fatal(err)
 	}
 	putDevices(b, cli, "cut", 0, 10000)
-	time.Sleep(10 * time.Second)
+	cut := 10 * time.Second
+	if d, err := time.ParseDuration(os.Getenv("DEVICEID_SITES_CUT")); err == nil {
+		cut = d
+	}
+	time.Sleep(cut)
 	t0 := time.Now()
 	if err := wan.Enable(); err != nil {
 		b.Fatal(err)
@@ -147,6 +160,6 @@ func BenchmarkSites(b *testing.B) {
 		time.Sleep(5 * time.Millisecond)
 	}
 	catchUp := time.Since(t0)
-	b.Logf("catch-up after a cut with 10,000 changes: the last served %s after the link returned", catchUp.Round(time.Millisecond))
+	b.Logf("catch-up after a %s cut with 10,000 changes: the last served %s after the link returned", cut, catchUp.Round(time.Millisecond))
 	b.ReportMetric(catchUp.Seconds(), "catchup-s")
 }

@@ -28,10 +28,11 @@ type Etcd struct {
 	e   *embed.Etcd
 }
 
-// StartEtcd runs a single-node etcd on free loopback ports and stops it when the test ends.
+// StartEtcd runs a single-node etcd on free loopback ports and stops it when the test ends;
+// opts may change its configuration (a larger quota, say).
 // A free port can be taken by another test process between FreePort and etcd's bind:
 // then it tries other ports.
-func StartEtcd(t testing.TB) *Etcd {
+func StartEtcd(t testing.TB, opts ...func(*embedetcd.Config)) *Etcd {
 	t.Helper()
 	for attempt := 0; ; attempt++ {
 		s := &Etcd{t: t, Cfg: embedetcd.Config{
@@ -39,6 +40,9 @@ func StartEtcd(t testing.TB) *Etcd {
 			ClientURL: fmt.Sprintf("http://127.0.0.1:%d", FreePort(t)),
 			PeerURL:   fmt.Sprintf("http://127.0.0.1:%d", FreePort(t)),
 		}}
+		for _, o := range opts {
+			o(&s.Cfg)
+		}
 		e, err := embedetcd.Start(s.Cfg)
 		if err != nil && attempt < 3 && strings.Contains(err.Error(), "address already in use") {
 			continue
