@@ -10,8 +10,10 @@ LDFLAGS  := -X github.com/deviceid/deviceid/internal/version.Version=$(VERSION)
 
 all: build
 
+# The targets' descriptions in one column, however long the longest target's name.
 help: ## this list
-	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' \
+	  '{n[NR] = $$1; d[NR] = $$2; if (length($$1) > w) w = length($$1)} END {for (i = 1; i <= NR; i++) printf "  make %-" w "s  %s\n", n[i], d[i]}'
 
 build: ## bin/coredns (with the plugin), bin/deviceid-signer, bin/deviceid-verify, bin/deviceid-mqtt, bin/deviceid-device
 	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN)/coredns ./cmd/coredns
