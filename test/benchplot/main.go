@@ -188,6 +188,9 @@ const (
 )
 
 func (c chart) draw(t *table, file string) error {
+	if len(t.x) == 1 {
+		c.bars, c.pairs = true, false // one x, as make bench's one zone size: no line to draw
+	}
 	p := plot.New()
 	p.Title.Text = c.title
 	p.X.Label.Text, p.Y.Label.Text = c.x, c.y
@@ -215,6 +218,13 @@ func (c chart) draw(t *table, file string) error {
 	p.Y.Tick.Marker = thousandsTicks{plot.DefaultTicks{}}
 	if c.logY {
 		p.Y.Scale, p.Y.Tick.Marker = plot.LogScale{}, plot.LogTicks{Prec: -1}
+	}
+	if c.perX != 0 {
+		for _, v := range t.values {
+			for j := range v {
+				v[j] = v[j] * c.perX / xs[j]
+			}
+		}
 	}
 	barWidth := dataWidth * 3 / 4 / vg.Length(len(t.x)*len(t.series))
 	for i, name := range t.series {
@@ -248,9 +258,6 @@ func (c chart) draw(t *table, file string) error {
 			x := float64(j)
 			if xs != nil {
 				x = xs[j]
-			}
-			if c.perX != 0 {
-				y = y * c.perX / x
 			}
 			pts = append(pts, plotter.XY{X: x, Y: y})
 		}

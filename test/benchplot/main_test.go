@@ -84,3 +84,23 @@ func TestRecordedFigures(t *testing.T) {
 		}
 	}
 }
+
+// TestPerDevice: memory's MiB are drawn as bytes a device, with one zone size (bars)
+// as with several (lines).
+func TestPerDevice(t *testing.T) {
+	dir := t.TempDir()
+	for _, text := range []string{"devices\tresident\n1048576\t300\n", "devices\tresident\n1048576\t300\n2097152\t300\n"} {
+		file := filepath.Join(dir, "memory.tsv")
+		os.WriteFile(file, []byte(text), 0o644)
+		tab, err := readTable(file)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := charts["memory"].draw(tab, filepath.Join(dir, "memory.svg")); err != nil {
+			t.Fatal(err)
+		}
+		if got := tab.values[0][0]; got != 300 {
+			t.Errorf("%q: 300 MiB over 1,048,576 devices drawn as %v bytes a device, want 300", text, got)
+		}
+	}
+}
