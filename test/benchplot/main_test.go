@@ -89,7 +89,7 @@ func TestRecordedFigures(t *testing.T) {
 // as with several (lines).
 func TestPerDevice(t *testing.T) {
 	dir := t.TempDir()
-	for _, text := range []string{"devices\tresident\n1048576\t300\n", "devices\tresident\n1048576\t300\n2097152\t300\n"} {
+	for _, text := range []string{"devices\tresident\n2097152\t300\n", "devices\tresident\n2097152\t300\n4194304\t300\n"} {
 		file := filepath.Join(dir, "memory.tsv")
 		os.WriteFile(file, []byte(text), 0o644)
 		tab, err := readTable(file)
@@ -99,8 +99,8 @@ func TestPerDevice(t *testing.T) {
 		if err := charts["memory"].draw(tab, filepath.Join(dir, "memory.svg")); err != nil {
 			t.Fatal(err)
 		}
-		if got := tab.values[0][0]; got != 300 {
-			t.Errorf("%q: 300 MiB over 1,048,576 devices drawn as %v bytes a device, want 300", text, got)
+		if got := tab.values[0][0]; got != 150 {
+			t.Errorf("%q: 300 MiB over 2,097,152 devices drawn as %v bytes a device, want 150", text, got)
 		}
 	}
 }
