@@ -216,7 +216,7 @@ func (d *Device) Run(ctx context.Context) error {
 	var delay time.Duration
 	var wasRefused bool
 	for ctx.Err() == nil {
-		if d.renewDue(d.now()) {
+		if !wasRefused && d.renewDue(d.now()) { // a refused key is refused a renewal too
 			if err := d.enroll(ctx, true); err != nil {
 				d.log.Warn("re-enrollment failed", "err", err)
 			}
