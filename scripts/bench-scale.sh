@@ -16,8 +16,8 @@
 # wide queries offered at half their saturating rate.
 #
 # Results go to bench-out/scale/results.md; the charts of the sizes (throughput, memory,
-# latency) to bench-out/scale/*.svg, drawn by test/benchplot from the .tsv beside them. Needs dnsperf, about 30 GB of disk and
-# (for ten million) about an hour.
+# latency) to bench-out/scale/*.svg, drawn by test/benchplot from the .tsv beside them.
+# Needs dnsperf, about 30 GB of disk and (for ten million) about an hour.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=bench-out/scale

@@ -5,8 +5,9 @@
 # same key and records (apart, so that neither process's garbage collector walks the
 # other's zone); dnsperf runs on core 1. Every figure is compared with whoami measured in
 # the same run. Results go to bench-out/results.md, the charts' figures to
-# bench-out/*.tsv and the charts to bench-out/*.svg (test/benchplot). Needs dnsperf (Debian package) and
-# about 2 GB of disk. A million devices and more: scripts/bench-scale.sh.
+# bench-out/*.tsv and the charts to bench-out/*.svg (test/benchplot). Needs dnsperf
+# (Debian package) and about 2 GB of disk. A million devices and more:
+# scripts/bench-scale.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=bench-out
