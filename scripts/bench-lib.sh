@@ -28,11 +28,30 @@ qps() { # qps PORT FILE [dnsperf flags]: saturating throughput
     awk '/Queries per second/ {print int($4)}'
 }
 
-p99() { # p99 PORT FILE RATE [dnsperf flags]: 99th percentile latency in ms at RATE q/s
+latency() { # latency PORT FILE RATE [dnsperf flags]: p50 p90 p99 p99.9 in ms at RATE q/s
   local port=$1 file=$2 rate=$3; shift 3
   taskset -c 1 dnsperf -s 127.0.0.1 -p "$port" -d "$file" -l 5 -c 4 -Q "$rate" -v "$@" 2>/dev/null |
-    awk '/^> / {print $NF}' | sort -n | awk '{a[NR]=$1} END {printf "%.2f", a[int(NR*0.99)]*1000}'
+    awk '/^> / {print $NF}' | sort -n |
+    awk '{a[NR]=$1} END {printf "%.2f %.2f %.2f %.2f", a[int(NR*0.5)]*1000, a[int(NR*0.9)]*1000, a[int(NR*0.99)]*1000, a[int(NR*0.999)]*1000}'
 }
+p99() { local l; read -ra l <<<"$(latency "$@")"; echo "${l[2]}"; } # p99 PORT FILE RATE [dnsperf flags], in ms
+
+# latency_tsv NAME... : the latency chart's file (test/benchplot) on standard output, of
+# the series NAME with their latencies in the arrays lat_NAME (p50 p90 p99 p99.9); the
+# column of each is named by the variable label_NAME.
+latency_tsv() {
+  local i name header=percentile pct=(p50 p90 p99 p99.9)
+  for name in "$@"; do local l=label_$name; header+=$'\t'${!l}; done
+  echo "$header"
+  for i in 0 1 2 3; do
+    local row=${pct[i]}
+    for name in "$@"; do local a=lat_$name[$i]; row+=$'\t'${!a}; done
+    echo "$row"
+  done
+}
+
+# plot DIR: the SVG charts of DIR's .tsv files (test/benchplot), beside them.
+plot() { go run ./test/benchplot -in "$1"; }
 
 median() { tr ' ' '\n' | grep . | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 ratio() { awk "BEGIN {printf \"%.2f\", $1/$2}"; }

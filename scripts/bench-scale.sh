@@ -15,8 +15,9 @@
 # flood of fresh random names (three times the nonexistent saturating rate) against
 # wide queries offered at half their saturating rate.
 #
-# Results go to bench-out/scale/results.md. Needs dnsperf, about 30 GB of disk and
-# (for ten million) about an hour.
+# Results go to bench-out/scale/results.md; the charts of the sizes (throughput, memory,
+# latency) to bench-out/scale/*.svg, drawn by test/benchplot from the .tsv beside them.
+# Needs dnsperf, about 30 GB of disk and (for ten million) about an hour.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=bench-out/scale
@@ -36,6 +37,15 @@ key=$(bin/deviceid-signer keygen -zone iot.example -dir $out/keys | awk '/^Coref
 
 # fresh FILE ROUND: the nonexistent names of FILE with a per-round prefix, never asked before
 fresh() { local f=${1%.txt}-r$2.txt; [ -f "$f" ] || sed "s/^/r$2-/" "$1" > "$f"; echo "$f"; }
+
+# The charts' figures (test/benchplot; docs/figures holds BENCHMARKS.md's), a row a size.
+rm -f $out/*.tsv $out/*.svg
+if [ -n "$SIZES" ]; then
+  { echo "# make bench-scale, $(date -u +%Y-%m-%dT%H:%MZ), DO, medians of $ROUNDS runs of ${SECONDS_PER_RUN}s, the server on core 0"
+    echo -e "devices\twhoami hot\tdeviceid hot\twhoami wide\tdeviceid wide\twhoami nonexistent\tdeviceid nonexistent"; } > $out/throughput.tsv
+  { echo "# make bench-scale, $(date -u +%Y-%m-%dT%H:%MZ): VmRSS of bin/coredns, MiB (drawn as bytes a device)"
+    echo -e "devices\tat ready\tafter the first signing pass\tafter 30 s of wide DO queries"; } > $out/memory.tsv
+fi
 
 first=1
 for n in $SIZES; do
@@ -93,12 +103,19 @@ CF
       done
     done
   done
-  lat=""
+  lat="" series=()
   for mix in hot wide nonexistent; do
     file=$data/$mix.txt
     [ $mix = nonexistent ] && file=$(fresh $data/nonexistent.txt 99)
-    lat+="| $mix | $(p99 5310 $file 2000 -D) ms | $(p99 5313 $file 2000 -D) ms |"$'\n'
+    read -ra lat_whoami_$mix <<<"$(latency 5310 $file 2000 -D)"
+    read -ra lat_deviceid_$mix <<<"$(latency 5313 $file 2000 -D)"
+    declare -n w=lat_whoami_$mix d=lat_deviceid_$mix
+    lat+="| $mix | ${w[2]} ms | ${d[2]} ms |"$'\n'
+    unset -n w d
+    declare label_whoami_$mix="whoami $mix" label_deviceid_$mix="deviceid $mix"
+    series+=(whoami_$mix deviceid_$mix)
   done
+  [ $first = 1 ] && { echo "# make bench-scale, $(date -u +%Y-%m-%dT%H:%MZ), $n devices: DO answers at 2,000 q/s"; latency_tsv "${series[@]}"; } > $out/latency.tsv
   fresh_out=""
   if [ $first = 1 ]; then
     half=$(( $(median <<<"${runs[deviceid.wide]}") / 2 ))
@@ -133,6 +150,10 @@ CF
     echo -n "$lat"
     [ -n "$fresh_out" ] && { echo; echo "Freshness, 1,000 enrollments and revocations at 100 a second:"; echo; echo '```'; echo "$fresh_out"; echo '```'; }
   } >> $results
+  row=$n
+  for mix in hot wide nonexistent; do row+=$'\t'$(median <<<"${runs[whoami.$mix]}")$'\t'$(median <<<"${runs[deviceid.$mix]}"); done
+  echo "$row" >> $out/throughput.tsv
+  echo -e "$n\t$rss_ready\t$rss_signed\t$rss_wide" >> $out/memory.tsv
   first=0
   tail -25 $results
 done
@@ -198,6 +219,7 @@ CF
   tail -10 $results
 fi
 
+[ -n "$SIZES" ] && plot $out
 [ "$FLOOD_N" = 0 ] && exit 0 # FLOOD_N=0: the sizes only
 echo "== $FLOOD_N devices: nonexistent names and a flood of them, beside file + dnssec"
 data=$out/flood

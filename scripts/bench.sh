@@ -4,8 +4,10 @@
 # with Ed25519; another bin/coredns, also pinned to core 0, serves file + dnssec with the
 # same key and records (apart, so that neither process's garbage collector walks the
 # other's zone); dnsperf runs on core 1. Every figure is compared with whoami measured in
-# the same run. Results go to bench-out/results.md. Needs dnsperf (Debian package) and
-# about 2 GB of disk. A million devices and more: scripts/bench-scale.sh.
+# the same run. Results go to bench-out/results.md, the charts' figures to
+# bench-out/*.tsv and the charts to bench-out/*.svg (test/benchplot). Needs dnsperf
+# (Debian package) and about 2 GB of disk. A million devices and more:
+# scripts/bench-scale.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=bench-out
@@ -91,9 +93,10 @@ for round in $(seq "$ROUNDS"); do
 done
 
 hot_sat=$(median <<<"${runs[deviceid-do.hot]}")
-lat_hot=$(p99 5301 $out/data/hot.txt $((hot_sat / 2)) -D)
+read -ra lat_hot <<<"$(latency 5301 $out/data/hot.txt $((hot_sat / 2)) -D)"
+read -ra lat_whoami <<<"$(latency 5300 $out/data/hot.txt $((hot_sat / 2)) -D)"
 wide_sat=$(median <<<"${runs[deviceid-do.wide]}")
-lat_wide=$(p99 5301 $out/data/wide.txt $((wide_sat / 2)) -D)
+read -ra lat_wide <<<"$(latency 5301 $out/data/wide.txt $((wide_sat / 2)) -D)"
 kill $cdns $cfile; wait $cdns $cfile 2>/dev/null || true
 
 rows() { # rows WHOAMI DEVICEID FILE: one table row a mix, medians and ratios to whoami
@@ -120,12 +123,23 @@ rows() { # rows WHOAMI DEVICEID FILE: one table row a mix, medians and ratios to
   w=$(median <<<"${runs[whoami-do.nonexistent]}"); e=$(median <<<"${runs[deviceid-ed25519-do.nonexistent]}")
   echo "| nonexistent, Ed25519 | $w | $e | $(ratio "$e" "$w") | | |"
   echo
-  echo "p99 latency of signed answers at half the saturating load: hot $lat_hot ms (at $((hot_sat / 2)) q/s), wide $lat_wide ms (at $((wide_sat / 2)) q/s)."
+  echo "p99 latency of signed answers at half the saturating load: hot ${lat_hot[2]} ms (at $((hot_sat / 2)) q/s), wide ${lat_wide[2]} ms (at $((wide_sat / 2)) q/s); whoami ${lat_whoami[2]} ms at the hot rate."
 } > $out/results.md
 cleanup; pids=()
 
+# The figures for the charts (test/benchplot; docs/figures holds BENCHMARKS.md's).
+{
+  echo "# make bench, $(date -u +%Y-%m-%dT%H:%MZ), $N devices, DO, medians of $ROUNDS runs of ${SECONDS_PER_RUN}s"
+  echo -e "devices\twhoami hot\tdeviceid hot\twhoami wide\tdeviceid wide\twhoami nonexistent\tdeviceid nonexistent"
+  row=$N
+  for mix in hot wide nonexistent; do row+=$'\t'$(median <<<"${runs[whoami-do.$mix]}")$'\t'$(median <<<"${runs[deviceid-do.$mix]}"); done
+  echo "$row"
+} > $out/throughput.tsv
+label_hot="deviceid hot, $((hot_sat / 2)) q/s" label_whoami="whoami, $((hot_sat / 2)) q/s" label_wide="deviceid wide, $((wide_sat / 2)) q/s"
+{ echo "# make bench, $(date -u +%Y-%m-%dT%H:%MZ), $N devices: DO answers at half deviceid's saturating load"; latency_tsv whoami hot wide; } > $out/latency.tsv
+
 cat $out/results.md
-[ "${GOBENCH:-1}" = 0 ] && exit 0 # GOBENCH=0: the DNS load runs only
+[ "${GOBENCH:-1}" = 0 ] && { plot $out; exit 0; } # GOBENCH=0: the DNS load runs only
 
 echo "== enrollment through the admin API against raw etcd puts; TLS handshakes by DANE against a CA pool"
 go test -run XXX -bench 'EnrollAdminAPI|RawEtcdPut|Handshake' -benchtime 5s ./test/ > $out/gobench.txt
@@ -144,3 +158,24 @@ pool=$(rate HandshakeCAPool); cached=$(rate HandshakeDANECached); uncached=$(rat
   echo "DANE with a lookup at unbound for every handshake $uncached/s ($(ratio "$uncached" "$pool")×)."
 } >> $out/results.md
 tail -7 $out/results.md
+{
+  echo "# make bench, $(date -u +%Y-%m-%dT%H:%MZ): enrollments through the admin API, 16 concurrent clients"
+  echo -e "how\tper second"
+  echo -e "raw etcd puts (reference)\t$raw"
+  echo -e "bare public key\t$bare"
+  echo -e "CSR, CA key in a PEM file\t$csr"
+  echo -e "CSR, CA key in SoftHSM2\t$hsm"
+} > $out/enrollment.tsv
+
+echo "== the MQTT broker: connections, and revocation to disconnection"
+go test -run XXX -bench 'BrokerConnect' -benchtime 3s -count 3 ./test/ | tee $out/gobench-mqtt.txt
+go test -run XXX -bench 'RevocationToDisconnect' -benchtime 1x -count 3 ./test/ | tee -a $out/gobench-mqtt.txt
+{
+  echo "# make bench, $(date -u +%Y-%m-%dT%H:%MZ): BenchmarkRevocationToDisconnect, seconds from each revocation to the device cut off"
+  echo -e "run\tp50\tp99\tmax\tbound (TTL + 1 s)"
+  awk '$1 ~ /^BenchmarkRevocationToDisconnect/ {
+    for (i = 2; i < NF; i++) v[$(i+1)] = $i
+    printf "%d\t%.2f\t%.2f\t%.2f\t%.2f\n", ++n, v["p50-ms"]/1000, v["p99-ms"]/1000, v["max-ms"]/1000, v["ttl-ms"]/1000 + 1
+  }' $out/gobench-mqtt.txt
+} > $out/revocation.tsv
+plot $out

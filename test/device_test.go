@@ -1,12 +1,15 @@
 package test
 
 import (
+	"bytes"
 	"context"
 	"crypto/x509"
 	"fmt"
+	"log/slog"
 	"net/url"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -24,7 +27,9 @@ import (
 // TestDeviceSimulator runs the simulated device against the whole stack: it enrolls
 // over EST with its one-time code, connects to the DANE broker authenticating it by
 // its service TLSA, publishes telemetry, re-enrolls when its certificate ages (a fake
-// clock ages it) and reconnects with the new key, and is cut off when it is revoked.
+// clock ages it) and reconnects with the new key, and is cut off when it is revoked;
+// then it sees its key revoked in DNS, says so once, and waits a minute and more between
+// attempts (once revoked, its timer fires at once; the waits it asks for are counted).
 func TestDeviceSimulator(t *testing.T) {
 	st := startMQTTStack(t, 2)
 	s := serveSigner(t, st.authority, filepath.Join(st.dir, ca.CACertFile), etcdclient.Settings{Endpoints: st.reg.Client.Endpoints()})
@@ -41,11 +46,24 @@ func TestDeviceSimulator(t *testing.T) {
 	var published atomic.Int64
 	var clock atomic.Int64
 	clock.Store(time.Now().UnixNano())
+	var logs lockedBuffer
+	var waits []time.Duration // once revoked, guarded by mu
+	var revoked atomic.Bool
+	after := func(d time.Duration) <-chan time.Time {
+		if !revoked.Load() {
+			return time.After(d)
+		}
+		mu.Lock()
+		waits = append(waits, d)
+		mu.Unlock()
+		return time.After(10 * time.Millisecond)
+	}
 	ctx, cancel := context.WithCancel(t.Context())
 	defer cancel()
 	d, err := simulator.New(ctx, simulator.Config{Name: "thermo", Zone: "iot.example", Code: code.Code, Signer: u.Host, SignerCA: pool,
 		Broker: st.broker.Addr(), BrokerHost: brokerHost, BrokerPort: 8883, Verifier: st.verifier(), StateDir: t.TempDir(),
-		Interval: 100 * time.Millisecond, Published: func(string) { published.Add(1) }, Now: func() time.Time { return time.Unix(0, clock.Load()) }})
+		Interval: 100 * time.Millisecond, Published: func(string) { published.Add(1) }, Now: func() time.Time { return time.Unix(0, clock.Load()) },
+		After: after, Logger: slog.New(slog.NewTextHandler(&logs, nil))})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -83,6 +101,7 @@ func TestDeviceSimulator(t *testing.T) {
 		t.Errorf("after the renewal: %v", err)
 	}
 	// Revoked: the broker cuts it off, and it cannot come back.
+	revoked.Store(true)
 	if status := s.admin(t, "POST", "/api/v1/devices/thermo/revoke", `{"reason": "keyCompromise"}`, nil); status != 200 {
 		t.Fatalf("revoke: %d", status)
 	}
@@ -94,14 +113,40 @@ func TestDeviceSimulator(t *testing.T) {
 		}
 		return nil
 	})
-	testenv.Eventually(t, "not connected again", func() error {
-		if slices.Contains(st.broker.Connected(), "thermo") {
-			return fmt.Errorf("connected")
+	testenv.Eventually(t, "backing off for its revoked key", func() error {
+		mu.Lock()
+		defer mu.Unlock()
+		if len(waits) < 2 || waits[0] != time.Minute || waits[len(waits)-1] < 2*time.Minute {
+			return fmt.Errorf("waits %v", waits)
 		}
 		return nil
 	})
+	if slices.Contains(st.broker.Connected(), "thermo") {
+		t.Error("the revoked device connected again")
+	}
 	cancel()
+	if n := strings.Count(logs.String(), "no longer vouches"); n != 1 {
+		t.Errorf("the revocation said %d times, want once:\n%s", n, logs.String())
+	}
 	if err := <-done; err != nil {
 		t.Errorf("Run: %v", err)
 	}
+}
+
+// lockedBuffer is a log's destination that goroutines may write to at once.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
 }

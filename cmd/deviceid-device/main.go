@@ -21,52 +21,58 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/deviceid/deviceid/internal/cli"
 	"github.com/deviceid/deviceid/internal/device"
 	"github.com/deviceid/deviceid/internal/trustflags"
 	"github.com/deviceid/deviceid/internal/version"
 )
 
 func main() {
-	name := flag.String("name", "", "the device name, e.g. thermo1 (required)")
-	zone := flag.String("zone", "iot.example", "the zone")
-	codeFile := flag.String("code-file", "", "a file holding the one-time enrollment code, or - for standard input (for the first enrollment)")
-	signerAddr := flag.String("signer", "127.0.0.1:8443", "host:port of the signer's EST")
-	signerCA := flag.String("signer-ca", ".deviceid-dev/ca.pem", "the CA of the signer's HTTPS certificate, PEM")
-	broker := flag.String("broker", "127.0.0.1:8883", "host:port to connect to")
-	brokerName := flag.String("broker-name", "", "the broker's name for its TLSA RRset, host:port (default: -broker)")
-	trust := trustflags.Register(flag.CommandLine, ".deviceid-dev/ds.txt", "127.0.0.1:1053")
-	state := flag.String("state", "", "directory for the key and the certificate (default .deviceid-device/<name>)")
-	interval := flag.Duration("interval", 5*time.Second, "between telemetry messages")
-	showVersion := flag.Bool("version", false, "print the version")
-	flag.Usage = func() {
-		fmt.Fprint(flag.CommandLine.Output(), `usage: deviceid-device -name NAME [-code-file FILE|-] [flags]
+	if err := run(flag.NewFlagSet("deviceid-device", flag.ContinueOnError), os.Args[1:], os.Stdin, os.Stdout); err != nil {
+		if !errors.Is(err, flag.ErrHelp) {
+			fmt.Fprintln(os.Stderr, "deviceid-device:", err)
+		}
+		os.Exit(1)
+	}
+}
 
-Simulates a device: makes a key, enrolls over EST with its one-time code (read from
+// run parses the command line with fs (empty; -h and the flag errors go to its
+// output) and runs the device until it is interrupted.
+func run(fs *flag.FlagSet, args []string, stdin io.Reader, out io.Writer) error {
+	name := fs.String("name", "", "the device name, e.g. thermo1 (required)")
+	zone := fs.String("zone", "iot.example", "the zone")
+	codeFile := fs.String("code-file", "", "a file holding the one-time enrollment code, or - for standard input (for the first enrollment)")
+	signerAddr := fs.String("signer", "127.0.0.1:8443", "host:port of the signer's EST")
+	signerCA := fs.String("signer-ca", ".deviceid-dev/ca.pem", "the CA of the signer's HTTPS certificate, PEM")
+	broker := fs.String("broker", "127.0.0.1:8883", "host:port to connect to")
+	brokerName := fs.String("broker-name", "", "the broker's name for its TLSA RRset, host:port (default: -broker)")
+	trust := trustflags.Register(fs, ".deviceid-dev/ds.txt", "127.0.0.1:1053")
+	state := fs.String("state", "", "directory for the key and the certificate (default .deviceid-device/<name>)")
+	interval := fs.Duration("interval", 5*time.Second, "between telemetry messages")
+	showVersion := fs.Bool("version", false, "print the version")
+	cli.SetUsage(fs, "deviceid-device -name NAME [-code-file FILE|-] [flags]",
+		`Simulates a device: makes a key, enrolls over EST with its one-time code (read from
 -code-file, or standard input with -code-file -; never a flag's value, which ps shows),
-connects to its MQTT broker authenticating it by DANE, and publishes telemetry.
-
-example (the dev stack of make run):
-  deviceid-device -name thermo-sim -code-file .deviceid-dev/thermo-sim.code \
-    -broker-name mqtt.demo.iot.example:8883
-
-flags:
-`)
-		flag.PrintDefaults()
+connects to its MQTT broker authenticating it by DANE, publishes telemetry on
+devices/<name>/telemetry, re-enrolls before its certificate expires, and reconnects
+with backoff (1 s doubling to 30 s; once DNS shows its own key revoked or no longer
+vouched for, 1 minute doubling to an hour, said once in the log). Its key and
+certificate stay in -state, so a restart connects without a code. The example is the
+device of make run.`,
+		`deviceid-device -name thermo-sim -code-file .deviceid-dev/thermo-sim.code \
+    -broker-name mqtt.demo.iot.example:8883`)
+	if err := fs.Parse(args); err != nil {
+		return err
 	}
-	flag.Parse()
 	if *showVersion {
-		fmt.Println("deviceid-device", version.String())
-		return
+		fmt.Fprintln(out, "deviceid-device", version.String())
+		return nil
 	}
-	code, err := readCode(*codeFile, os.Stdin)
+	code, err := readCode(*codeFile, stdin)
 	if err != nil {
-		fmt.Fprintln(os.Stderr, "deviceid-device: -code-file:", err)
-		os.Exit(1)
+		return fmt.Errorf("-code-file: %w", err)
 	}
-	if err := run(*name, *zone, code, *signerAddr, *signerCA, *broker, *brokerName, trust, *state, *interval); err != nil {
-		fmt.Fprintln(os.Stderr, "deviceid-device:", err)
-		os.Exit(1)
-	}
+	return start(*name, *zone, code, *signerAddr, *signerCA, *broker, *brokerName, trust, *state, *interval)
 }
 
 // readCode reads the enrollment code from file, or from stdin when file is "-"; no
@@ -92,7 +98,7 @@ func readCode(file string, stdin io.Reader) (string, error) {
 	return code, nil
 }
 
-func run(name, zone, code, signerAddr, signerCA, broker, brokerName string, trust *trustflags.Flags, state string, interval time.Duration) error {
+func start(name, zone, code, signerAddr, signerCA, broker, brokerName string, trust *trustflags.Flags, state string, interval time.Duration) error {
 	if name == "" {
 		return fmt.Errorf("-name is required")
 	}

@@ -1,10 +1,16 @@
 package main
 
 import (
+	"bytes"
+	"errors"
+	"flag"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/deviceid/deviceid/internal/testenv"
 )
 
 // TestReadCode: the code comes from a file or standard input, trimmed; an empty one is
@@ -30,4 +36,15 @@ func TestReadCode(t *testing.T) {
 			t.Errorf("readCode(%q, %q) = %q, %v; want %q, ok=%v", tc.file, tc.stdin, got, err, tc.want, tc.ok)
 		}
 	}
+}
+
+// TestUsage: -h has the usage line, an example and every flag with its default.
+func TestUsage(t *testing.T) {
+	var text bytes.Buffer
+	fs := flag.NewFlagSet("deviceid-device", flag.ContinueOnError)
+	fs.SetOutput(&text)
+	if err := run(fs, []string{"-h"}, strings.NewReader(""), io.Discard); !errors.Is(err, flag.ErrHelp) {
+		t.Errorf("-h: %v", err)
+	}
+	testenv.CheckUsage(t, fs, text.String())
 }

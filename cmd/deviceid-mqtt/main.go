@@ -26,6 +26,7 @@ import (
 	"io"
 	"log/slog"
 	"math"
+	"net"
 	"net/http"
 	"os"
 	"os/signal"
@@ -33,9 +34,14 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/deviceid/deviceid/internal/cli"
 	"github.com/deviceid/deviceid/internal/mqttbroker"
 	"github.com/deviceid/deviceid/internal/trustflags"
 	"github.com/deviceid/deviceid/internal/version"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
 
 func main() {
@@ -49,9 +55,7 @@ func main() {
 	}
 }
 
-const usage = `usage: deviceid-mqtt -cert FILE -key FILE [-zone ZONE] (-ds DS -server ADDR | -resolver ADDR) [flags]
-
-deviceid's demo MQTT broker: MQTT over TLS 1.3, devices authenticated by DANE (the
+const about = `deviceid's demo MQTT broker: MQTT over TLS 1.3, devices authenticated by DANE (the
 TLSA RRset at <device>._device.<zone>, validated from the zone's DS or by a validating
 resolver's AD bit). A broker serves one zone: a device's MQTT client id is its device
 name, which is unique only within its zone. A device may publish and subscribe under
@@ -64,85 +68,122 @@ messages. A session and retained messages belong to the key that made them: a de
 connecting with another key (its name enrolled again) starts clean. The limits below
 bound what one device can make the broker hold, its retained Wills included; a
 refused publish gets reason code 0x97 (quota exceeded) or 0x87 (not authorized) in
-MQTT 5, a disconnection in MQTT 3.1.1.
+MQTT 5, a disconnection in MQTT 3.1.1. The example is the broker of make run.`
 
-example (the dev stack of make run):
-  deviceid-mqtt -cert .deviceid-dev/broker.pem -key .deviceid-dev/broker-key.pem \
-    -ds .deviceid-dev/ds.txt -server 127.0.0.1:1053
+// options are the command line's values, once parsed.
+type options struct {
+	listen, certFile, keyFile, zone, publish, signerURL, tokenFile, signerCA, metrics *string
+	trust                                                                             *trustflags.Flags
+	c                                                                                 mqttbroker.Config
+	maxPacket, receiveMax, maxInflight                                                *uint
+	showVersion                                                                       *bool
+}
 
-flags:
-`
-
-// run serves until ctx ends; the usage and flag errors go to errOut.
-func run(ctx context.Context, args []string, out, errOut io.Writer) error {
+// flags is the broker's flag set, its -h and errors written to errOut.
+func flags(errOut io.Writer) (*flag.FlagSet, *options) {
 	fs := flag.NewFlagSet("deviceid-mqtt", flag.ContinueOnError)
 	fs.SetOutput(errOut)
-	listen := fs.String("listen", "127.0.0.1:8883", "address for MQTT over TLS")
-	certFile := fs.String("cert", "", "the broker's certificate, PEM (required)")
-	keyFile := fs.String("key", "", "the broker's key, PEM (required)")
-	zone := fs.String("zone", "iot.example", "the one zone whose devices may connect")
-	trust := trustflags.Register(fs, "", "127.0.0.1:1053")
-	publish := fs.String("publish", "", "publish the broker's key as this service (e.g. _8883._tcp.mqtt.demo) through the signer at -signer")
-	signerURL := fs.String("signer", "https://127.0.0.1:8443", "the signer's URL, for -publish")
-	tokenFile := fs.String("token-file", "", "for -publish: a bearer token of the service's tenant (or the operator's)")
-	signerCA := fs.String("signer-ca", "", "for -publish: the CA of the signer's HTTPS certificate, PEM")
-	var c mqttbroker.Config
-	maxPacket := fs.Uint("max-packet-size", mqttbroker.DefaultMaxPacketSize, "the largest MQTT packet a client may send, bytes")
+	o := &options{}
+	o.listen = fs.String("listen", "127.0.0.1:8883", "address for MQTT over TLS")
+	o.certFile = fs.String("cert", "", "the broker's certificate, PEM (required)")
+	o.keyFile = fs.String("key", "", "the broker's key, PEM (required)")
+	o.zone = fs.String("zone", "iot.example", "the one zone whose devices may connect")
+	o.trust = trustflags.Register(fs, "", "127.0.0.1:1053")
+	o.publish = fs.String("publish", "", "publish the broker's key as this service (e.g. _8883._tcp.mqtt.demo) through the signer at -signer")
+	o.signerURL = fs.String("signer", "https://127.0.0.1:8443", "the signer's URL, for -publish")
+	o.tokenFile = fs.String("token-file", "", "for -publish: a bearer token of the service's tenant (or the operator's)")
+	o.signerCA = fs.String("signer-ca", "", "for -publish: the CA of the signer's HTTPS certificate, PEM")
+	c := &o.c
+	o.maxPacket = fs.Uint("max-packet-size", mqttbroker.DefaultMaxPacketSize, "the largest MQTT packet a client may send, bytes")
 	fs.IntVar(&c.MaxRetained, "max-retained", mqttbroker.DefaultMaxRetained, "retained messages per device, retained Wills included")
 	fs.IntVar(&c.MaxRetainedBytes, "max-retained-bytes", mqttbroker.DefaultMaxRetainedBytes, "payload bytes of one device's retained messages")
 	fs.IntVar(&c.MaxSubscriptions, "max-subscriptions", mqttbroker.DefaultMaxSubscriptions, "topic filters per device")
-	receiveMax := fs.Uint("receive-maximum", mqttbroker.DefaultReceiveMaximum, "QoS 1 and 2 messages a device may have unacknowledged (at most 65535)")
-	maxInflight := fs.Uint("max-inflight", mqttbroker.DefaultMaxInflight, "QoS 1 and 2 messages held for a device until it acknowledges (at most 65535)")
+	o.receiveMax = fs.Uint("receive-maximum", mqttbroker.DefaultReceiveMaximum, "QoS 1 and 2 messages a device may have unacknowledged (at most 65535)")
+	o.maxInflight = fs.Uint("max-inflight", mqttbroker.DefaultMaxInflight, "QoS 1 and 2 messages held for a device until it acknowledges (at most 65535)")
 	fs.DurationVar(&c.MaxSessionExpiry, "max-session-expiry", mqttbroker.DefaultMaxSessionExpiry, "how long a session outlives its connection, whatever a CONNECT or DISCONNECT asks for (a Will's delay too)")
 	fs.DurationVar(&c.MaxMessageExpiry, "max-message-expiry", mqttbroker.DefaultMaxMessageExpiry, "how long a message, a retained one too, is kept")
 	fs.Int64Var(&c.MaxClients, "max-clients", mqttbroker.DefaultMaxClients, "connected clients")
 	fs.DurationVar(&c.RecheckGrace, "recheck-grace", mqttbroker.DefaultRecheckGrace, "how long past its answer's expiry a session stays while DNS cannot be reached")
-	showVersion := fs.Bool("version", false, "print the version")
-	fs.Usage = func() {
-		fmt.Fprint(fs.Output(), usage)
-		fs.PrintDefaults()
-	}
+	o.metrics = fs.String("metrics", "", "address for Prometheus's /metrics over HTTP, e.g. 127.0.0.1:9883 (deviceid_mqtt_*; empty: none)")
+	o.showVersion = fs.Bool("version", false, "print the version")
+	cli.SetUsage(fs, "deviceid-mqtt -cert FILE -key FILE [-zone ZONE] (-ds DS -server ADDR | -resolver ADDR) [flags]", about,
+		`deviceid-mqtt -cert .deviceid-dev/broker.pem -key .deviceid-dev/broker-key.pem \
+    -ds .deviceid-dev/ds.txt -server 127.0.0.1:1053`)
+	return fs, o
+}
+
+// run serves until ctx ends; the usage and flag errors go to errOut.
+func run(ctx context.Context, args []string, out, errOut io.Writer) error {
+	fs, o := flags(errOut)
+	c := &o.c
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	if *showVersion {
+	if *o.showVersion {
 		fmt.Fprintln(out, "deviceid-mqtt", version.String())
 		return nil
 	}
 	if fs.NArg() > 0 {
 		return fmt.Errorf("unexpected arguments %q (deviceid-mqtt -h lists the flags)", fs.Args())
 	}
-	if strings.Contains(*zone, ",") {
-		return fmt.Errorf("-zone %s: a broker serves one zone (device names are unique only within a zone); run one broker per zone", *zone)
+	if strings.Contains(*o.zone, ",") {
+		return fmt.Errorf("-zone %s: a broker serves one zone (device names are unique only within a zone); run one broker per zone", *o.zone)
 	}
-	if *maxPacket > math.MaxUint32 || *receiveMax > math.MaxUint16 || *maxInflight > math.MaxUint16 {
+	if *o.maxPacket > math.MaxUint32 || *o.receiveMax > math.MaxUint16 || *o.maxInflight > math.MaxUint16 {
 		return fmt.Errorf("-max-packet-size, -receive-maximum or -max-inflight out of range")
 	}
-	c.MaxPacketSize, c.ReceiveMaximum, c.MaxInflight = uint32(*maxPacket), uint16(*receiveMax), uint16(*maxInflight)
-	v, err := trust.Verifier([]string{*zone})
+	c.MaxPacketSize, c.ReceiveMaximum, c.MaxInflight = uint32(*o.maxPacket), uint16(*o.receiveMax), uint16(*o.maxInflight)
+	v, err := o.trust.Verifier([]string{*o.zone})
 	if err != nil {
 		return err
 	}
-	if *certFile == "" || *keyFile == "" {
+	if *o.certFile == "" || *o.keyFile == "" {
 		return fmt.Errorf("-cert and -key are required")
 	}
-	cert, err := tls.LoadX509KeyPair(*certFile, *keyFile)
+	cert, err := tls.LoadX509KeyPair(*o.certFile, *o.keyFile)
 	if err != nil {
 		return err
 	}
-	if *publish != "" {
-		if err := publishKey(*signerURL, *tokenFile, *signerCA, *publish, cert); err != nil {
-			return fmt.Errorf("publishing the broker's key as %s: %w", *publish, err)
+	if *o.publish != "" {
+		if err := publishKey(*o.signerURL, *o.tokenFile, *o.signerCA, *o.publish, cert); err != nil {
+			return fmt.Errorf("publishing the broker's key as %s: %w", *o.publish, err)
 		}
-		slog.Info("published the broker's key", "service", *publish)
+		slog.Info("published the broker's key", "service", *o.publish)
 	}
-	c.Listen, c.Certificate, c.Verifier = *listen, cert, v
-	b, err := mqttbroker.Start(ctx, c)
+	c.Listen, c.Certificate, c.Verifier = *o.listen, cert, v
+	b, err := mqttbroker.Start(ctx, *c)
 	if err != nil {
 		return err
 	}
-	slog.Info("deviceid-mqtt serving", "addr", b.Addr(), "zone", *zone)
+	if *o.metrics != "" {
+		if err := serveMetrics(ctx, *o.metrics, b); err != nil {
+			return fmt.Errorf("-metrics: %w", err)
+		}
+	}
+	slog.Info("deviceid-mqtt serving", "addr", b.Addr(), "zone", *o.zone)
 	<-ctx.Done()
+	return nil
+}
+
+// serveMetrics serves the broker's metrics, with the Go runtime's and the process's, at
+// addr's /metrics until ctx ends.
+func serveMetrics(ctx context.Context, addr string, b *mqttbroker.Broker) error {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	reg.MustRegister(b.Collectors()...)
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return err
+	}
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	go srv.Serve(ln)
+	go func() {
+		<-ctx.Done()
+		srv.Close()
+	}()
+	slog.Info("metrics", "url", "http://"+ln.Addr().String()+"/metrics")
 	return nil
 }
 

@@ -56,12 +56,14 @@ func TestPublishKey(t *testing.T) {
 	}
 }
 
-// TestUsage: -h explains the broker and lists its limits.
+// TestUsage: -h explains the broker, lists its limits, and every flag with its default.
 func TestUsage(t *testing.T) {
 	var text bytes.Buffer
 	if err := run(t.Context(), []string{"-h"}, io.Discard, &text); !errors.Is(err, flag.ErrHelp) {
 		t.Errorf("-h: %v", err)
 	}
+	fs, _ := flags(io.Discard)
+	testenv.CheckUsage(t, fs, text.String())
 	for _, want := range []string{"usage: deviceid-mqtt", "serves one zone", "-max-retained", "-recheck-grace", "-resolver-trusted", "starts clean"} {
 		if !strings.Contains(text.String(), want) {
 			t.Errorf("-h does not say %q:\n%s", want, text.String())

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/deviceid/deviceid/internal/cli"
 	"github.com/deviceid/deviceid/internal/etcdclient"
 	"github.com/deviceid/deviceid/signer/ca"
 )
@@ -55,10 +56,7 @@ func command(name, args, about, example string) *flag.FlagSet {
 	if flagOutput != nil {
 		fs.SetOutput(flagOutput)
 	}
-	fs.Usage = func() {
-		fmt.Fprintf(fs.Output(), "usage: deviceid-signer %s %s\n\n%s\n\nexample:\n  %s\n\nflags:\n", name, args, about, example)
-		fs.PrintDefaults()
-	}
+	cli.SetUsage(fs, "deviceid-signer "+name+" "+args, about, example)
 	return fs
 }
 

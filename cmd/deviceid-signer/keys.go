@@ -8,10 +8,12 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
 
+	"github.com/deviceid/deviceid/internal/cli"
 	"github.com/deviceid/deviceid/internal/kek"
 	"github.com/deviceid/deviceid/internal/pkcs11key"
 	"github.com/deviceid/deviceid/record"
@@ -32,12 +34,18 @@ with -keys. On etcd directly, as the operator:
   keys roll -role R         start a rollover of the zsk, ksk or csk now (a compromised key)
   keys pause | resume       hold the manager where it is, or let it go on`
 
+// keysSubcommands are keys' subcommands, in keysAbout's order.
+var keysSubcommands = []string{"kek", "enable", "import", "list", "roll", "pause", "resume"}
+
 func keysCommand(args []string) error {
 	if len(args) == 0 || strings.HasPrefix(args[0], "-") {
 		fmt.Fprintln(os.Stderr, keysAbout)
 		return flag.ErrHelp
 	}
 	sub, args := args[0], args[1:]
+	if !slices.Contains(keysSubcommands, sub) {
+		return fmt.Errorf("unknown keys command %q%s (want %s)", sub, cli.Hint(sub, keysSubcommands), strings.Join(keysSubcommands, ", "))
+	}
 	fs := command("keys "+sub, "[flags]", keysAbout, "deviceid-signer keys list -zone iot.example")
 	var f etcdFlags
 	if sub != "kek" {
@@ -144,7 +152,7 @@ func keysCommand(args []string) error {
 		}
 		return importKeys(ctx, reg, actor, k, fs.Args(), *since)
 	}
-	return fmt.Errorf("unknown keys command %q (want kek, enable, import, list, roll, pause or resume)", sub)
+	return fmt.Errorf("keys %s: not handled", sub) // keysSubcommands names one the switch lacks
 }
 
 // listKeys prints the keys with their timeline, and what the manager waits for.

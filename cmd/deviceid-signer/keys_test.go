@@ -93,4 +93,7 @@ func TestKeysCommand(t *testing.T) {
 	if err := keysCommand(append([]string{"frobnicate"}, direct...)); err == nil || !strings.Contains(err.Error(), "unknown keys command") {
 		t.Errorf("unknown: %v", err)
 	}
+	if err := keysCommand(append([]string{"enabel"}, direct...)); err == nil || !strings.Contains(err.Error(), `did you mean "enable"`) {
+		t.Errorf("misspelt: %v", err)
+	}
 }

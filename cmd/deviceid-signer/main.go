@@ -7,7 +7,9 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"slices"
 
+	"github.com/deviceid/deviceid/internal/cli"
 	"github.com/deviceid/deviceid/internal/version"
 )
 
@@ -49,6 +51,22 @@ the CA), or through a running signer with -server and -token-file (the operator'
 token or a tenant's).
 `
 
+// commandNames are the commands main knows, for the suggestion after a misspelt one.
+func commandNames() []string {
+	names := []string{"dev", "keygen", "serve", "init-ca", "import", "reindex", "keys", "help", "version"}
+	for name := range adminCommands {
+		names = append(names, name)
+	}
+	slices.Sort(names[9:]) // ties go to the earlier name: the same one every run
+	return names
+}
+
+// unknownCommand is the message for a command main does not know, with the nearest
+// known one and the usage.
+func unknownCommand(name string) string {
+	return fmt.Sprintf("deviceid-signer: unknown command %q%s\n\n%s", name, cli.Hint(name, commandNames()), usage)
+}
+
 func main() {
 	if len(os.Args) < 2 {
 		fmt.Fprint(os.Stderr, usage)
@@ -81,7 +99,7 @@ func main() {
 			err = runAdmin(os.Args[1], os.Args[2:])
 			break
 		}
-		fmt.Fprintf(os.Stderr, "deviceid-signer: unknown command %q\n\n%s", os.Args[1], usage)
+		fmt.Fprint(os.Stderr, unknownCommand(os.Args[1]))
 		os.Exit(2)
 	}
 	if err == flag.ErrHelp {

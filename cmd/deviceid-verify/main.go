@@ -16,12 +16,13 @@ import (
 	"strings"
 	"time"
 
+	"github.com/deviceid/deviceid/internal/cli"
 	"github.com/deviceid/deviceid/internal/trustflags"
 	"github.com/deviceid/deviceid/internal/version"
 )
 
 func main() {
-	if err := run(os.Args[1:], os.Stdout); err != nil {
+	if err := run(flag.NewFlagSet("deviceid-verify", flag.ContinueOnError), os.Args[1:], os.Stdout); err != nil {
 		if !errors.Is(err, flag.ErrHelp) {
 			fmt.Fprintln(os.Stderr, "deviceid-verify:", err)
 		}
@@ -29,9 +30,9 @@ func main() {
 	}
 }
 
-// run checks one certificate chain and prints the verdict; a refusal is an error.
-func run(args []string, out io.Writer) error {
-	fs := flag.NewFlagSet("deviceid-verify", flag.ContinueOnError)
+// run checks one certificate chain and prints the verdict; a refusal is an error. Its
+// flags are defined on fs (empty), whose output -h and the flag errors go to.
+func run(fs *flag.FlagSet, args []string, out io.Writer) error {
 	certFile := fs.String("cert", "", "PEM file with the device certificate (and its chain after it)")
 	connect := fs.String("connect", "", "host:port of a TLS endpoint whose certificate to check instead")
 	zones := fs.String("zones", "", "accepted zones, comma-separated, e.g. iot.example (required)")
@@ -39,14 +40,13 @@ func run(args []string, out io.Writer) error {
 	revoked := fs.Uint("revoked-usage", 255, "the TLSA usage of revoked keys")
 	timeout := fs.Duration("timeout", 5*time.Second, "bound of the lookup")
 	showVersion := fs.Bool("version", false, "print the version and exit")
-	fs.Usage = func() {
-		fmt.Fprintf(fs.Output(), "usage: deviceid-verify -zones ZONES (-cert FILE | -connect HOST:PORT) (-resolver ADDR | -ds DS -server ADDR)\n\n"+
-			"Checks a device certificate against DNS as a TLS server using package verify does, and says why.\n"+
-			"A resolver's AD bit is trusted only on loopback (or with -resolver-trusted): anyone on the path\n"+
-			"to it could set the bit on a forged answer.\n\n"+
-			"example:\n  deviceid-verify -zones iot.example -resolver 127.0.0.1:53 -cert device.pem\n\nflags:\n")
-		fs.PrintDefaults()
-	}
+	cli.SetUsage(fs, "deviceid-verify -zones ZONES (-cert FILE | -connect HOST:PORT) (-resolver ADDR | -ds DS -server ADDR) [flags]",
+		`Checks a device certificate against DNS as a TLS server using package verify does, and
+says which record matched or why none did: the tool to reach for when a device cannot
+connect. A resolver's AD bit is trusted only on loopback (or with -resolver-trusted):
+anyone on the path to it could set the bit on a forged answer. It prints "accepted" and
+exits 0, or "refused" with the reason and exits 1.`,
+		"deviceid-verify -zones iot.example -resolver 127.0.0.1:53 -cert device.pem")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}

@@ -5,6 +5,9 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/pem"
+	"errors"
+	"flag"
+	"io"
 	"net"
 	"os"
 	"path/filepath"
@@ -69,20 +72,31 @@ func TestRun(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			addr := fakeResolver(t, "sensor7._device.iot.example.", tc.rrs, tc.ad)
 			var out bytes.Buffer
-			err := run([]string{"-zones", "iot.example", "-resolver", addr, "-cert", certFile}, &out)
+			err := run(flag.NewFlagSet("t", flag.ContinueOnError), []string{"-zones", "iot.example", "-resolver", addr, "-cert", certFile}, &out)
 			if (err == nil) != tc.ok || !strings.Contains(out.String(), tc.printed) {
 				t.Errorf("err %v, printed %q; want ok=%v and %q", err, out.String(), tc.ok, tc.printed)
 			}
 		})
 	}
-	if err := run([]string{"-cert", certFile}, &bytes.Buffer{}); err == nil {
+	if err := run(flag.NewFlagSet("t", flag.ContinueOnError), []string{"-cert", certFile}, &bytes.Buffer{}); err == nil {
 		t.Error("missing -zones accepted")
 	}
 	// A resolver off loopback: its AD bit is trusted only when the path is declared so.
-	if err := run([]string{"-zones", "iot.example", "-resolver", "192.0.2.1:53", "-cert", certFile}, &bytes.Buffer{}); err == nil || !strings.Contains(err.Error(), "not on loopback") {
+	if err := run(flag.NewFlagSet("t", flag.ContinueOnError), []string{"-zones", "iot.example", "-resolver", "192.0.2.1:53", "-cert", certFile}, &bytes.Buffer{}); err == nil || !strings.Contains(err.Error(), "not on loopback") {
 		t.Errorf("a resolver off loopback: %v", err)
 	}
-	if err := run([]string{"-zones", "iot.example", "-resolver", "192.0.2.1:53", "-resolver-trusted", "-timeout", "100ms", "-cert", certFile}, &bytes.Buffer{}); err == nil || strings.Contains(err.Error(), "not on loopback") {
+	if err := run(flag.NewFlagSet("t", flag.ContinueOnError), []string{"-zones", "iot.example", "-resolver", "192.0.2.1:53", "-resolver-trusted", "-timeout", "100ms", "-cert", certFile}, &bytes.Buffer{}); err == nil || strings.Contains(err.Error(), "not on loopback") {
 		t.Errorf("a resolver off loopback declared trusted: %v", err)
 	}
+}
+
+// TestUsage: -h has the usage line, an example and every flag with its default.
+func TestUsage(t *testing.T) {
+	var text bytes.Buffer
+	fs := flag.NewFlagSet("deviceid-verify", flag.ContinueOnError)
+	fs.SetOutput(&text)
+	if err := run(fs, []string{"-h"}, io.Discard); !errors.Is(err, flag.ErrHelp) {
+		t.Errorf("-h: %v", err)
+	}
+	testenv.CheckUsage(t, fs, text.String())
 }

@@ -50,6 +50,9 @@ type Config struct {
 	Published func(topic string)
 	// Now is the device's clock for its certificate's age (time.Now when nil).
 	Now func() time.Time
+	// After is the device's timer for the waits between connections (time.After when
+	// nil); tests pass a fake one.
+	After func(time.Duration) <-chan time.Time
 }
 
 func (d *Device) now() time.Time {
@@ -68,12 +71,16 @@ type Device struct {
 	// connected: the last session got as far as a connection (the backoff starts over).
 	connected bool
 	mu        sync.Mutex // guards cert and key against Certificate's readers
+	// connect runs one session and refused says why DNS no longer vouches for the
+	// device's key (nil while it does): d.session and d.refused, or a test's.
+	connect, refused func(context.Context) error
 }
 
 // New loads the device's key and certificate from its state directory, making a key
 // and enrolling with the code when it has none.
 func New(ctx context.Context, c Config) (*Device, error) {
 	d := &Device{c: c, log: c.Logger}
+	d.connect, d.refused = d.session, d.notVouched
 	if d.log == nil {
 		d.log = slog.Default()
 	}
@@ -180,34 +187,82 @@ func (d *Device) renewDue(now time.Time) bool {
 // errRenewal ends a session for a re-enrollment.
 var errRenewal = errors.New("the certificate is due for renewal")
 
-// Run connects and publishes until ctx ends, reconnecting with backoff (1 s doubling
-// to 30 s) and re-enrolling when the certificate nears its end.
+// The waits between connections: from retryMin doubling to retryMax; and once DNS no
+// longer vouches for the device's own key (revoked, suspended, deleted), when the broker
+// will refuse every attempt until an operator acts, from refusedMin doubling to
+// refusedMax, said once in the log rather than at every attempt.
+const (
+	retryMin, retryMax     = time.Second, 30 * time.Second
+	refusedMin, refusedMax = time.Minute, time.Hour
+)
+
+// nextDelay is the wait after a failed session, the previous wait being prev (0 after a
+// session that connected).
+func nextDelay(prev time.Duration, refused bool) time.Duration {
+	lo, hi := retryMin, retryMax
+	if refused {
+		lo, hi = refusedMin, refusedMax
+	}
+	return min(max(2*prev, lo), hi)
+}
+
+// Run connects and publishes until ctx ends, reconnecting with backoff (nextDelay) and
+// re-enrolling when the certificate nears its end.
 func (d *Device) Run(ctx context.Context) error {
-	backoff := time.Second
+	after := d.c.After
+	if after == nil {
+		after = time.After
+	}
+	var delay time.Duration
+	var wasRefused bool
 	for ctx.Err() == nil {
-		if d.renewDue(d.now()) {
+		if !wasRefused && d.renewDue(d.now()) { // a refused key is refused a renewal too
 			if err := d.enroll(ctx, true); err != nil {
 				d.log.Warn("re-enrollment failed", "err", err)
 			}
 		}
 		d.connected = false
-		err := d.session(ctx)
+		err := d.connect(ctx)
 		if ctx.Err() != nil {
 			return nil
 		}
 		if d.connected {
-			backoff = time.Second
+			delay = 0
 		}
 		if errors.Is(err, errRenewal) {
 			continue // re-enroll and reconnect at once
 		}
-		d.log.Warn("disconnected", "err", err, "retry_in", backoff)
+		why := d.refused(ctx)
+		delay = nextDelay(delay, why != nil)
+		switch {
+		case why != nil && !wasRefused:
+			d.log.Error("DNS no longer vouches for this device's key, so the broker refuses it: retrying ever more rarely, until an operator resumes the device or it is enrolled again",
+				"reason", why, "retry_in", delay, "retry_at_most_every", refusedMax)
+		case why != nil:
+			d.log.Debug("still refused", "err", err, "retry_in", delay)
+		default:
+			if wasRefused {
+				d.log.Info("DNS vouches for this device's key again")
+			}
+			d.log.Warn("disconnected", "err", err, "retry_in", delay)
+		}
+		wasRefused = why != nil
 		select {
 		case <-ctx.Done():
 			return nil
-		case <-time.After(backoff):
+		case <-after(delay):
 		}
-		backoff = min(2*backoff, 30*time.Second)
+	}
+	return nil
+}
+
+// notVouched asks DNS about the device's own certificate, as its broker does: the
+// reason it is refused (its key revoked, or no record matching it), or nil when DNS
+// vouches for it or cannot be asked (the usual backoff then).
+func (d *Device) notVouched(ctx context.Context) error {
+	_, err := d.c.Verifier.Verify(ctx, []*x509.Certificate{d.Certificate()})
+	if errors.Is(err, verify.ErrRevoked) || errors.Is(err, verify.ErrNoMatch) {
+		return err
 	}
 	return nil
 }

@@ -166,7 +166,7 @@ type Broker struct {
 	owners map[string]spki
 	addr   net.Addr
 	stats  struct {
-		willsRefused, publishesRefused, retainedRefused, subscriptionsRefused, tooLarge, revoked, unverified, cleanStarts atomic.Int64
+		willsRefused, publishesRefused, retainedRefused, subscriptionsRefused, tooLarge, revoked, unverified, cleanStarts, handshakesRefused atomic.Int64
 	}
 }
 
@@ -217,11 +217,16 @@ type Stats struct {
 	Revoked              int64 // sessions cut off because DNS no longer vouches for them
 	Unverified           int64 // sessions cut off because DNS could not be reached past their grace
 	CleanStarts          int64 // connections started clean: the name's session or retained messages were another key's, or a cut-off session's
+	HandshakesRefused    int64 // TLS handshakes refused by DANE: a key revoked, unknown or not vouched for, or DNS unreachable
 	Retained             int64 // retained messages held now, $SYS included
+	Sessions             int64 // devices connected now
 }
 
 // Stats returns the broker's counters.
 func (b *Broker) Stats() Stats {
+	b.mu.Lock()
+	sessions := len(b.sessions)
+	b.mu.Unlock()
 	return Stats{
 		WillsRefused:         b.stats.willsRefused.Load(),
 		PublishesRefused:     b.stats.publishesRefused.Load(),
@@ -231,7 +236,9 @@ func (b *Broker) Stats() Stats {
 		Revoked:              b.stats.revoked.Load(),
 		Unverified:           b.stats.unverified.Load(),
 		CleanStarts:          b.stats.cleanStarts.Load(),
+		HandshakesRefused:    b.stats.handshakesRefused.Load(),
 		Retained:             int64(b.Server.Topics.Retained.Len()),
+		Sessions:             int64(sessions),
 	}
 }
 
@@ -295,7 +302,13 @@ func Start(ctx context.Context, c Config) (*Broker, error) {
 		tlsConfig.ClientAuth, tlsConfig.ClientCAs = tls.RequireAndVerifyClientCert, c.ClientCAs
 	} else {
 		tlsConfig.ClientAuth = tls.RequireAnyClientCert // DANE, not a CA pool, decides
-		tlsConfig.VerifyPeerCertificate = c.Verifier.VerifyPeerCertificate
+		tlsConfig.VerifyPeerCertificate = func(raw [][]byte, chains [][]*x509.Certificate) error {
+			err := c.Verifier.VerifyPeerCertificate(raw, chains)
+			if err != nil {
+				b.stats.handshakesRefused.Add(1) // a revoked device that keeps trying shows here
+			}
+			return err
+		}
 	}
 	// The broker's own listener, handed to mochi: its address is known at once (a
 	// port of 0 is a free one) and nothing else can take it meanwhile.

@@ -26,6 +26,7 @@ import (
 	"github.com/miekg/dns"
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // resolver is a validating resolver on loopback for these tests: it answers TLSA
@@ -209,6 +210,9 @@ func TestRevokedWillDropped(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
+	if got := gather(t, tb.Broker)["deviceid_mqtt_sessions"]; got != 1 {
+		t.Errorf("deviceid_mqtt_sessions %v with one device connected", got)
+	}
 	tb.revoke("lamp")
 	tb.clock.advance(10 * time.Second)
 	tb.recheckRound(t.Context())
@@ -222,6 +226,31 @@ func TestRevokedWillDropped(t *testing.T) {
 	if s := tb.Stats(); s.Revoked != 1 {
 		t.Errorf("stats: %+v", s)
 	}
+	if _, err := tb.connect(t, "lamp", cert); err == nil {
+		t.Fatal("the revoked device connected again")
+	}
+	m := gather(t, tb.Broker)
+	if m["deviceid_mqtt_sessions_revoked_total"] != 1 || m["deviceid_mqtt_handshakes_refused_total"] < 1 || m["deviceid_mqtt_sessions"] != 0 {
+		t.Errorf("metrics after the revocation: %v", m)
+	}
+}
+
+// gather is b's metrics by name, as a scrape reads them.
+func gather(t *testing.T, b *Broker) map[string]float64 {
+	t.Helper()
+	reg := prometheus.NewPedanticRegistry()
+	reg.MustRegister(b.Collectors()...)
+	families, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := map[string]float64{}
+	for _, f := range families {
+		for _, metric := range f.GetMetric() {
+			m[f.GetName()] = metric.GetCounter().GetValue() + metric.GetGauge().GetValue()
+		}
+	}
+	return m
 }
 
 // TestWillOfAnotherDevice: a Will on another device's topic refuses the connection
