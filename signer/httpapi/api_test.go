@@ -166,6 +166,10 @@ func TestAPIBadInput(t *testing.T) {
 		{"unknown key", "POST", "/api/v1/devices/old/revoke", token, fmt.Sprintf(`{"spki_sha256": %q}`, strings.Repeat("00", 32)), 404},
 		{"revoke nobody", "POST", "/api/v1/devices/nobody/revoke", token, `{}`, 404},
 		{"bad limit", "GET", "/api/v1/devices?limit=0", token, "", 400},
+		{"unknown route", "GET", "/api/v1/nosuch", token, "", 404},
+		{"unknown version", "GET", "/api/v2/devices", "", "", 404},
+		{"wrong method", "PUT", "/api/v1/devices/old/revoke", token, `{}`, 405},
+		{"wrong method, no token", "DELETE", "/api/v1/audit", "", "", 405},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			before := testenv.Revision(t, reg.Client)
