@@ -9,6 +9,8 @@ import (
 	"strings"
 	"sync"
 	"testing"
+
+	"github.com/coredns/coredns/coremain"
 )
 
 var (
@@ -149,6 +151,30 @@ func TestServeFlagsFromEnvironment(t *testing.T) {
 	for _, f := range flags {
 		if !strings.Contains(f[2], "$DEVICEID_") {
 			t.Errorf("serve -%s names no DEVICEID_ variable: %s", f[1], strings.TrimSpace(f[2]))
+		}
+	}
+}
+
+// TestBuildVersion: each binary make build makes names the build (operations.md tells
+// operators to check it on every host), CoreDNS's -version and -plugins included.
+func TestBuildVersion(t *testing.T) {
+	buildBinaries(t)
+	v, err := exec.Command("git", "describe", "--tags", "--always", "--dirty").Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	version := strings.TrimSpace(string(v))
+	for _, c := range []struct{ bin, flag, want string }{
+		{"coredns", "-version", "CoreDNS-" + coremain.CoreVersion + " (deviceid " + version + ")\n"},
+		{"coredns", "-plugins", "CoreDNS-" + coremain.CoreVersion + " (deviceid " + version + ")\n"},
+		{"deviceid-signer", "-version", "deviceid-signer " + version + "\n"},
+		{"deviceid-verify", "-version", "deviceid-verify " + version + "\n"},
+		{"deviceid-mqtt", "-version", "deviceid-mqtt " + version + "\n"},
+		{"deviceid-device", "-version", "deviceid-device " + version + "\n"},
+	} {
+		out, err := exec.Command(filepath.Join("..", "bin", c.bin), c.flag).CombinedOutput()
+		if err != nil || !strings.HasPrefix(string(out), c.want) {
+			t.Errorf("%s %s: %v\n%s\nwant it to start with %q", c.bin, c.flag, err, out, c.want)
 		}
 	}
 }

@@ -203,7 +203,7 @@ func TestREADMEDev(t *testing.T) {
 	}
 	for _, want := range []string{
 		"hello thermo1._device.iot.example., authenticated by TLSA 3 1 1", // the demo service
-		"accepted thermo-sim._device.iot.example.: matched TLSA 3 1 1",     // deviceid-verify
+		"accepted thermo-sim._device.iot.example.: matched TLSA 3 1 1",    // deviceid-verify
 		"refused thermo1._device.iot.example.: the client's key is revoked",
 		"; fully validated",
 		"; negative response, fully validated",
