@@ -197,7 +197,7 @@ func TestREADMEDev(t *testing.T) {
 		unshare = append(unshare, "--map-root-user")
 	}
 	out, err := runScript(t, root, env, filepath.Join(sandboxDir, "walkthrough.log"),
-		sandbox+strings.Join(script, "\n"), unshare...)
+		sandbox+strings.Join(script, "\n")+"\necho 'README walkthrough: the end'\n", unshare...)
 	if err != nil {
 		t.Fatalf("README dev walkthrough: %v\n%s", err, out)
 	}
@@ -207,6 +207,7 @@ func TestREADMEDev(t *testing.T) {
 		"refused thermo1._device.iot.example.: the client's key is revoked",
 		"; fully validated",
 		"; negative response, fully validated",
+		"README walkthrough: the end",
 	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("no %q in the walkthrough's output:\n%s", want, out)
