@@ -9,6 +9,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/deviceid/deviceid/internal/testenv"
 )
@@ -84,7 +85,16 @@ func runScript(t *testing.T, dir string, env []string, logFile, script string, a
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	err = cmd.Start()
 	if err == nil {
-		t.Cleanup(func() { syscall.Kill(-cmd.Process.Pid, syscall.SIGTERM) })
+		t.Cleanup(func() {
+			// Stopped before the temporary directories they write in are removed.
+			syscall.Kill(-cmd.Process.Pid, syscall.SIGTERM)
+			for i := 0; i < 200 && syscall.Kill(-cmd.Process.Pid, 0) == nil; i++ {
+				if i == 100 {
+					syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+				}
+				time.Sleep(50 * time.Millisecond)
+			}
+		})
 		err = cmd.Wait()
 	}
 	out, _ := os.ReadFile(logFile)
