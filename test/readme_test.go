@@ -38,13 +38,12 @@ func readmeBlocks(t *testing.T) []readmeBlock {
 			var cmds []string
 			more := false
 			for _, l := range strings.Split(blk.text, "\n") {
-				if c, ok := strings.CutPrefix(l, "$ "); ok || more {
-					cmds = append(cmds, c)
-					if !ok {
-						cmds[len(cmds)-1] = l
-					}
-					more = strings.HasSuffix(l, "\\")
+				c, ok := strings.CutPrefix(l, "$ ")
+				if !ok && !more {
+					continue // output
 				}
+				cmds = append(cmds, c) // c is l on a continuation line
+				more = strings.HasSuffix(l, "\\")
 			}
 			blk.text = strings.Join(cmds, "\n")
 		}
