@@ -306,3 +306,18 @@ func TestStatusOf(t *testing.T) {
 		}
 	}
 }
+
+// A wrong method keeps ServeMux's Allow header under its JSON error.
+func TestAPIWrongMethodAllow(t *testing.T) {
+	srv, _ := testAPI(t)
+	req, _ := http.NewRequest("PUT", srv.URL+"/api/v1/devices/a/revoke", nil)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusMethodNotAllowed || resp.Header.Get("Allow") != "POST" ||
+		resp.Header.Get("Content-Type") != "application/json" {
+		t.Errorf("%d, Allow %q, Content-Type %q; want 405, POST, application/json", resp.StatusCode, resp.Header.Get("Allow"), resp.Header.Get("Content-Type"))
+	}
+}
