@@ -4,7 +4,10 @@ BIN      := $(CURDIR)/bin
 STATICCHECK_VERSION := v0.8.2
 
 VERSION  := $(shell git describe --tags --always --dirty 2>/dev/null || echo unknown)
-LDFLAGS  := -X github.com/deviceid/deviceid/internal/version.Version=$(VERSION)
+COMMIT   := $(shell git rev-parse --short HEAD 2>/dev/null)
+# The deviceid build, and CoreDNS's commit field (bin/coredns -version names both).
+LDFLAGS  := -X github.com/deviceid/deviceid/internal/version.Version=$(VERSION) \
+            -X github.com/coredns/coredns/coremain.GitCommit=$(COMMIT)
 
 .PHONY: all help build test lint unit e2e fuzz run bench bench-import bench-scale bench-sites soak screenshots clean
 
@@ -15,12 +18,10 @@ help: ## this list
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' \
 	  '{n[NR] = $$1; d[NR] = $$2; if (length($$1) > w) w = length($$1)} END {for (i = 1; i <= NR; i++) printf "  make %-" w "s  %s\n", n[i], d[i]}'
 
-build: ## bin/coredns (with the plugin), bin/deviceid-signer, bin/deviceid-verify, bin/deviceid-mqtt, bin/deviceid-device
-	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN)/coredns ./cmd/coredns
-	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN)/deviceid-signer ./cmd/deviceid-signer
-	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN)/deviceid-verify ./cmd/deviceid-verify
-	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN)/deviceid-mqtt ./cmd/deviceid-mqtt
-	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN)/deviceid-device ./cmd/deviceid-device
+build: ## bin/coredns (with the plugin), bin/deviceid-signer, -verify, -mqtt, -device
+	@echo "make build: bin/coredns, bin/deviceid-signer, bin/deviceid-verify, bin/deviceid-mqtt, bin/deviceid-device"
+	@echo "  (one go build, packages in parallel; the first build on a cold cache takes minutes, CoreDNS most of them)"
+	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN)/ ./cmd/...
 
 $(BIN)/staticcheck:
 	GOBIN=$(BIN) $(GO) install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION)
@@ -68,7 +69,7 @@ fuzz: ## a short fuzzing run of each parser (FUZZTIME=10m for longer)
 	$(GO) test -run XXX -fuzz FuzzBrokerACL -fuzztime $(FUZZTIME) -timeout 0 -fuzzminimizetime 5s ./internal/mqttbroker/
 
 # CoreDNS on 127.0.0.1:1053 over an embedded etcd with sample devices.
-run: build ## the dev stack: etcd, signer, demo service and CoreDNS on 127.0.0.1
+run: build ## the dev stack: etcd, signer, demo service, CoreDNS, MQTT broker and device on 127.0.0.1
 	@scripts/run-dev.sh
 
 bench: build ## query-path benchmarks, the load runs and the MQTT figures of BENCHMARKS.md, with SVG charts in bench-out/

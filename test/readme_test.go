@@ -9,20 +9,59 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/deviceid/deviceid/internal/testenv"
 )
 
-// readmeBlocks returns the sh blocks of the README marked <!-- production -->, in order.
-func readmeBlocks(t *testing.T) []string {
+// readmeBlock is one command block of the README: an sh block, or the "$ " commands
+// of a console block (with their continuation lines), in the README's order.
+type readmeBlock struct {
+	line       int // where it starts in README.md
+	production bool
+	text       string
+}
+
+// readmeBlocks returns the README's command blocks in order; production tells those
+// marked <!-- production --> (the production section) from the dev walkthrough.
+func readmeBlocks(t *testing.T) []readmeBlock {
 	t.Helper()
 	b, err := os.ReadFile("../README.md")
 	if err != nil {
 		t.Fatal(err)
 	}
+	src := string(b)
+	var blocks []readmeBlock
+	for _, m := range regexp.MustCompile("(?ms)^(<!-- production -->\\s*)?```(sh|console)\\n(.*?)^```").FindAllStringSubmatchIndex(src, -1) {
+		blk := readmeBlock{line: strings.Count(src[:m[0]], "\n") + 1, production: m[2] >= 0, text: src[m[6]:m[7]]}
+		if src[m[4]:m[5]] == "console" {
+			var cmds []string
+			more := false
+			for _, l := range strings.Split(blk.text, "\n") {
+				c, ok := strings.CutPrefix(l, "$ ")
+				if !ok && !more {
+					continue // output
+				}
+				cmds = append(cmds, c) // c is l on a continuation line
+				more = strings.HasSuffix(l, "\\")
+			}
+			blk.text = strings.Join(cmds, "\n")
+		}
+		if strings.TrimSpace(blk.text) != "" {
+			blocks = append(blocks, blk)
+		}
+	}
+	return blocks
+}
+
+// productionBlocks returns the sh blocks of the README marked <!-- production -->.
+func productionBlocks(t *testing.T) []string {
+	t.Helper()
 	var blocks []string
-	for _, m := range regexp.MustCompile("(?s)<!-- production -->\\s*```sh\\n(.*?)```").FindAllStringSubmatch(string(b), -1) {
-		blocks = append(blocks, m[1])
+	for _, b := range readmeBlocks(t) {
+		if b.production {
+			blocks = append(blocks, b.text)
+		}
 	}
 	if len(blocks) < 5 {
 		t.Fatalf("the README's production section has %d marked blocks, want 5", len(blocks))
@@ -30,41 +69,57 @@ func readmeBlocks(t *testing.T) []string {
 	return blocks
 }
 
+// runScript runs script with bash -euo pipefail in dir (argv before bash, e.g. unshare),
+// its output in logFile; what it starts in the background ends with the test.
+func runScript(t *testing.T, dir string, env []string, logFile, script string, argv ...string) (string, error) {
+	t.Helper()
+	log, err := os.Create(logFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer log.Close()
+	argv = append(argv, "bash", "-euo", "pipefail", "-c", script)
+	cmd := exec.Command(argv[0], argv[1:]...)
+	cmd.Dir, cmd.Env, cmd.Stdout, cmd.Stderr = dir, env, log, log
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	err = cmd.Start()
+	if err == nil {
+		t.Cleanup(func() {
+			// Stopped before the temporary directories they write in are removed.
+			syscall.Kill(-cmd.Process.Pid, syscall.SIGTERM)
+			for i := 0; i < 200 && syscall.Kill(-cmd.Process.Pid, 0) == nil; i++ {
+				if i == 100 {
+					syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+				}
+				time.Sleep(50 * time.Millisecond)
+			}
+		})
+		err = cmd.Wait()
+	}
+	out, _ := os.ReadFile(logFile)
+	return string(out), err
+}
+
 // TestREADMEProduction runs the README's production section as written (its blocks
 // are read from README.md) against a 3-member etcd cluster with TLS and roles, made
 // with the PKI its first block makes: it must end with an EST enrollment and a
 // DNSSEC-validated answer for the device.
 func TestREADMEProduction(t *testing.T) {
-	blocks := readmeBlocks(t)
+	blocks := productionBlocks(t)
+	buildBinaries(t) // "after make build"
 	tools := t.TempDir()
-	for out, pkg := range map[string]string{
-		"../bin/coredns": "../cmd/coredns", "../bin/deviceid-signer": "../cmd/deviceid-signer",
-		filepath.Join(tools, "etcdctl"): "go.etcd.io/etcd/etcdctl/v3",
-	} {
-		if b, err := exec.Command("go", "build", "-o", out, pkg).CombinedOutput(); err != nil {
-			t.Fatalf("go build %s: %v\n%s", pkg, err, b)
-		}
+	if b, err := exec.Command("go", "build", "-o", filepath.Join(tools, "etcdctl"), "go.etcd.io/etcd/etcdctl/v3").CombinedOutput(); err != nil {
+		t.Fatalf("go build etcdctl: %v\n%s", err, b)
 	}
 	d := t.TempDir()
 	env := append(os.Environ(), "D="+d, "ETCD_HOSTS=127.0.0.1", "PATH="+tools+":"+os.Getenv("PATH"))
 	run := func(name, script string) string {
 		t.Helper()
-		log, err := os.Create(filepath.Join(d, name+".log"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer log.Close()
-		cmd := exec.Command("bash", "-euo", "pipefail", "-c", script)
-		cmd.Dir, cmd.Env, cmd.Stdout, cmd.Stderr = "..", env, log, log
-		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-		err = cmd.Run()
-		// What the script started in the background (the signer, CoreDNS) ends with the test.
-		t.Cleanup(func() { syscall.Kill(-cmd.Process.Pid, syscall.SIGTERM) })
-		out, _ := os.ReadFile(log.Name())
+		out, err := runScript(t, "..", env, filepath.Join(d, name+".log"), script)
 		if err != nil {
 			t.Fatalf("README production %s: %v\n%s", name, err, out)
 		}
-		return string(out)
+		return out
 	}
 	run("pki", blocks[0])
 	pki := filepath.Join(d, "etcd-pki")
@@ -82,5 +137,92 @@ func TestREADMEProduction(t *testing.T) {
 	}
 	if pem, err := os.ReadFile(filepath.Join(d, "thermo1.pem")); err != nil || !strings.Contains(string(pem), "BEGIN CERTIFICATE") {
 		t.Errorf("no certificate from the EST enrollment: %v %s", err, pem)
+	}
+}
+
+// notRun are the dev walkthrough's blocks the test does not run, by their first line.
+var notRun = map[string]string{
+	"make run": "the stack itself: the test runs make run's parts (make build, scripts/run-dev.sh)",
+}
+
+// sandbox runs first, inside unshare's new network and mount namespaces: make run's
+// fixed ports (1053, 2379, 8443, ...) are the namespace's own, and the walkthrough's
+// writes to /etc/deviceid and SoftHSM's token directory go to private overlays, so
+// that the blocks run as written on a machine that another test or a developer's
+// make run shares. Then make run's stack, until its simulated device is connected
+// (what a reader waits for before the walkthrough).
+const sandbox = `ip link set lo up
+for d in /etc /var/lib/softhsm; do
+  [ -d $d ] || continue
+  o=$SANDBOX/overlay$d; mkdir -p $o/up $o/work
+  mount -t overlay overlay -o lowerdir=$d,upperdir=$o/up,workdir=$o/work $d
+done
+scripts/run-dev.sh > $SANDBOX/make-run.log 2>&1 &
+for i in $(seq 600); do
+  grep -q 'connected device=thermo-sim' $SANDBOX/make-run.log && break
+  kill -0 $! && [ $i -lt 600 ] || { echo "make run did not come up:"; cat $SANDBOX/make-run.log; exit 1; }
+  sleep 0.2
+done
+`
+
+// TestREADMEDev runs the README's dev walkthrough (every sh block and every console
+// block's commands outside the production section, read from README.md) in order, as
+// one script against make run's stack, as a reader would in one shell: each command
+// must succeed, and the landmarks the README promises must be in the output.
+func TestREADMEDev(t *testing.T) {
+	var script []string
+	for _, b := range readmeBlocks(t) {
+		first, _, _ := strings.Cut(strings.TrimSpace(b.text), "\n")
+		if b.production || notRun[first] != "" {
+			continue
+		}
+		script = append(script, fmt.Sprintf("# README.md:%d\n%s", b.line, b.text))
+	}
+	if len(script) < 10 {
+		t.Fatalf("the README's dev walkthrough has %d command blocks, want at least 10", len(script))
+	}
+	buildBinaries(t)
+	// The repository's root as the reader sees it, without its .deviceid-dev.
+	root, sandboxDir := t.TempDir(), t.TempDir()
+	for _, f := range []string{"bin", "scripts", "corefile", "deploy", "go.mod", "go.sum"} {
+		abs, _ := filepath.Abs(filepath.Join("..", f))
+		if err := os.Symlink(abs, filepath.Join(root, f)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var env []string
+	for _, e := range os.Environ() {
+		if !strings.HasPrefix(e, "SOFTHSM2_CONF=") && !strings.HasPrefix(e, "DEVICEID_") { // the reader's defaults
+			env = append(env, e)
+		}
+	}
+	env = append(env, "SANDBOX="+sandboxDir)
+	unshare := []string{"unshare", "--net", "--mount"}
+	if os.Geteuid() != 0 { // CI runs as root; elsewhere a user namespace, where SoftHSM's group is unmapped
+		unshare = append(unshare, "--map-root-user")
+	}
+	out, err := runScript(t, root, env, filepath.Join(sandboxDir, "walkthrough.log"),
+		sandbox+strings.Join(script, "\n")+"\necho 'README walkthrough: the end'\n", unshare...)
+	if err != nil {
+		t.Fatalf("README dev walkthrough: %v\n%s", err, out)
+	}
+	for _, want := range []string{
+		"hello thermo1._device.iot.example., authenticated by TLSA 3 1 1", // the demo service
+		"accepted thermo-sim._device.iot.example.: matched TLSA 3 1 1",    // deviceid-verify
+		"refused thermo1._device.iot.example.: the client's key is revoked",
+		"; fully validated",
+		"; negative response, fully validated",
+		"README walkthrough: the end",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("no %q in the walkthrough's output:\n%s", want, out)
+		}
+	}
+	if n := strings.Count(out, "accepted thermo-sim"); n != 2 {
+		t.Errorf("deviceid-verify accepted thermo-sim %d times, want 2 (locally and through unbound):\n%s", n, out)
+	}
+	// Only the one error the walkthrough shows: demo asking for the device it transferred.
+	if n := strings.Count(out, `{"error"`); n != 1 {
+		t.Errorf("%d API errors in the walkthrough, want 1:\n%s", n, out)
 	}
 }

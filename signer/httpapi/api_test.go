@@ -166,6 +166,10 @@ func TestAPIBadInput(t *testing.T) {
 		{"unknown key", "POST", "/api/v1/devices/old/revoke", token, fmt.Sprintf(`{"spki_sha256": %q}`, strings.Repeat("00", 32)), 404},
 		{"revoke nobody", "POST", "/api/v1/devices/nobody/revoke", token, `{}`, 404},
 		{"bad limit", "GET", "/api/v1/devices?limit=0", token, "", 400},
+		{"unknown route", "GET", "/api/v1/nosuch", token, "", 404},
+		{"unknown version", "GET", "/api/v2/devices", "", "", 404},
+		{"wrong method", "PUT", "/api/v1/devices/old/revoke", token, `{}`, 405},
+		{"wrong method, no token", "DELETE", "/api/v1/audit", "", "", 405},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			before := testenv.Revision(t, reg.Client)
@@ -300,5 +304,20 @@ func TestStatusOf(t *testing.T) {
 		if got := statusOf(tc.err); got != tc.status {
 			t.Errorf("statusOf(%v) = %d, want %d", tc.err, got, tc.status)
 		}
+	}
+}
+
+// A wrong method keeps ServeMux's Allow header under its JSON error.
+func TestAPIWrongMethodAllow(t *testing.T) {
+	srv, _ := testAPI(t)
+	req, _ := http.NewRequest("PUT", srv.URL+"/api/v1/devices/a/revoke", nil)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusMethodNotAllowed || resp.Header.Get("Allow") != "POST" ||
+		resp.Header.Get("Content-Type") != "application/json" {
+		t.Errorf("%d, Allow %q, Content-Type %q; want 405, POST, application/json", resp.StatusCode, resp.Header.Get("Allow"), resp.Header.Get("Content-Type"))
 	}
 }

@@ -131,7 +131,7 @@ func (a *API) Handler() http.Handler {
 		w.Header().Set("Content-Type", "application/json")
 		w.Write(doc)
 	})
-	return secureHeaders(mux)
+	return secureHeaders(jsonMisses(mux))
 }
 
 // authenticate finds the request's actor and runs the route for it. A body must be

@@ -67,6 +67,34 @@ func writeError(w http.ResponseWriter, status int, err error) {
 	writeJSON(w, status, ErrorResponse{Error: err.Error()})
 }
 
+// jsonMisses answers what mux has no route for as every other API error: ServeMux
+// answers it in plain text (404, or 405 with an Allow header it keeps).
+func jsonMisses(mux *http.ServeMux) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		h, pattern := mux.Handler(r)
+		if pattern != "" {
+			mux.ServeHTTP(w, r)
+			return
+		}
+		miss := &statusOnly{ResponseWriter: w}
+		h.ServeHTTP(miss, r)
+		msg := "no such route: " + r.URL.Path
+		if miss.status == http.StatusMethodNotAllowed {
+			msg = r.Method + " is not allowed on " + r.URL.Path + "; allowed: " + w.Header().Get("Allow")
+		}
+		writeError(w, miss.status, errors.New(msg))
+	})
+}
+
+// statusOnly keeps the status (and headers) a handler sets and drops its body.
+type statusOnly struct {
+	http.ResponseWriter
+	status int
+}
+
+func (s *statusOnly) WriteHeader(status int)      { s.status = status }
+func (s *statusOnly) Write(b []byte) (int, error) { return len(b), nil }
+
 // secureHeaders sets the headers that keep a browser from sniffing, framing or
 // leaking what the signer serves.
 func secureHeaders(next http.Handler) http.Handler {
