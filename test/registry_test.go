@@ -34,6 +34,12 @@ func startRegistryStack(t *testing.T) *registryStack {
 	etcd := testenv.StartEtcd(t)
 	c := testenv.StartCoreDNS(t, corefile(etcd.URL(), fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))))
 	waitLoaded(t, c)
+	return registryStackOn(t, etcd, c)
+}
+
+// registryStackOn starts the signer, with a new CA, over etcd and CoreDNS.
+func registryStackOn(t *testing.T, etcd *testenv.Etcd, c *testenv.CoreDNS) *registryStack {
+	t.Helper()
 	dir := t.TempDir()
 	authority, err := ca.InitCA(dir, "deviceid e2e CA", zone, elliptic.P256(), "")
 	if err != nil {
@@ -219,6 +225,17 @@ func TestRegistryAsDocumented(t *testing.T) {
 		t.Errorf("the keys of a zone with key files: %+v", keys)
 	}
 	expect("a tenant asking for the keys", s.apiCall(t, globex, "GET", "/api/v1/keys", "", nil), 403)
+	var o httpapi.Overview
+	expect("a tenant's overview", s.apiCall(t, globex, "GET", "/api/v1/overview?tenant=acme", "", &o), 200)
+	if o.Tenant != "globex" || o.DNS.Error != "" || o.DNS.Serial == 0 {
+		t.Errorf("globex's overview, asking for acme's: %+v", o)
+	}
+	var trail httpapi.AuditResponse
+	expect("an audit range", s.admin(t, "GET", "/api/v1/audit?since=2000-01-01T00:00:00Z&until=2000-01-02T00:00:00Z", "", &trail), 200)
+	if len(trail.Entries) != 0 {
+		t.Errorf("entries of 2000: %+v", trail.Entries)
+	}
+	expect("a bad time", s.admin(t, "GET", "/api/v1/audit?since=yesterday", "", nil), 400)
 
 	// Every documented operation was answered as documented.
 	var missing []string
