@@ -393,7 +393,7 @@ var adminCommands = map[string]adminCommand{
 			fs.String("until", "", "changes before this time (RFC 3339)")
 		}, pageFlags("entry"))},
 	"overview": {route: "getOverview", args: "[-tenant T] [flags]",
-		more:    "Prints devices by condition, the last 14 days' activity, devices expiring within 30 days and the DNS server's serial and signatures, as JSON.",
+		more:    "Prints JSON. Through a signer (-server) the DNS part is what its -dns server serves; on etcd directly there is no DNS server to ask.",
 		example: "deviceid-signer overview -server https://signer:8443 -token-file admin-token -tenant acme",
 		flags:   func(fs *flag.FlagSet, _ *cmdValues) { fs.String("tenant", "", "one tenant's part") }},
 }
