@@ -16,12 +16,14 @@ import (
 )
 
 // TestConsoleOverview: the operator's and a tenant's overview in headless Chromium
-// against the real signer, etcd and a signed CoreDNS. Devices are made in every
+// against the real signer, etcd and two replicas of a signed CoreDNS. Devices are made in every
 // condition and the charts must count them; the audit trail's filters narrow it;
 // tenants and tokens are managed through the pages and checked through the API.
 func TestConsoleOverview(t *testing.T) {
-	etcd, c, _, _ := signedZone(t, 60)
-	r := registryStackOn(t, etcd, c)
+	etcd, c, ksk, _ := signedZone(t, 60)
+	replica := testenv.StartCoreDNS(t, signedCorefile(dnsPort(t), etcd.URL(), ksk))
+	waitLoaded(t, replica)
+	r := registryStackOn(t, etcd, c, c.UDP, replica.UDP)
 	s := r.s
 	globex := r.tenantToken(t, "globex")
 	r.tenantToken(t, "acme")
@@ -100,16 +102,27 @@ func TestConsoleOverview(t *testing.T) {
 	if text := p.text("#expiring"); !strings.Contains(text, "x1") || strings.Contains(text, "a4") {
 		t.Errorf("expiring within 30 days: %q", text)
 	}
-	// DNS: the signed zone's serial catches up with etcd; its signatures expire ahead.
-	p.waitText("#dns-unserved", "in step")
-	if serial := p.text("#dns-serial"); serial == "0" {
-		t.Error("SOA serial 0")
+	// DNS: each replica's serial catches up with etcd; their signatures expire ahead.
+	row := func(c *testenv.CoreDNS, cell string) string {
+		return `#dns-health tr[data-server="` + c.UDP + `"] ` + cell
 	}
-	if exp := p.text("#dns-sig-expiry"); !strings.Contains(exp, "(in ") || strings.Contains(exp, "in -") {
-		t.Errorf("signature expiry: %q", exp)
+	for _, server := range []*testenv.CoreDNS{c, replica} {
+		p.waitText(row(server, ".unserved"), "in step")
+		if serial := p.text(row(server, ".serial")); serial == "0" {
+			t.Errorf("%s: SOA serial 0", server.UDP)
+		}
+		if exp := p.text(row(server, ".sig-expiry")); !strings.Contains(exp, "(in ") || strings.Contains(exp, "in -") {
+			t.Errorf("%s: signature expiry %q", server.UDP, exp)
+		}
 	}
 	p.noMissingValues("the operator's overview")
 	p.screenshot("console-overview")
+	// A replica that stops answering is shown as such beside the one that serves on.
+	replica.Stop()
+	p.waitText(row(replica, ".problem"), replica.UDP)
+	if text := p.text(row(c, ".unserved")); !strings.Contains(text, "in step") {
+		t.Errorf("the replica that serves on: %q", text)
+	}
 
 	// A tenant's overview, as the operator sees it and as the tenant does.
 	p.do(chromedp.Navigate(s.url + "/console/#/overview/globex"))

@@ -37,15 +37,17 @@ func startRegistryStack(t *testing.T) *registryStack {
 	return registryStackOn(t, etcd, c)
 }
 
-// registryStackOn starts the signer, with a new CA, over etcd and CoreDNS.
-func registryStackOn(t *testing.T, etcd *testenv.Etcd, c *testenv.CoreDNS) *registryStack {
+// registryStackOn starts the signer, with a new CA, over etcd and CoreDNS (and the
+// replicas its overview asks, when given).
+func registryStackOn(t *testing.T, etcd *testenv.Etcd, c *testenv.CoreDNS, replicas ...string) *registryStack {
 	t.Helper()
 	dir := t.TempDir()
 	authority, err := ca.InitCA(dir, "deviceid e2e CA", zone, elliptic.P256(), "")
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := serveSignerDNS(t, authority, filepath.Join(dir, ca.CACertFile), etcdclient.Settings{Endpoints: []string{etcd.URL()}}, c.UDP)
+	s := serveSignerWith(t, authority, filepath.Join(dir, ca.CACertFile), etcdclient.Settings{Endpoints: []string{etcd.URL()}},
+		func(s *httpapi.Server) { s.DNS, s.Replicas = c.UDP, replicas })
 	return &registryStack{etcd: etcd, dns: c, s: s}
 }
 
@@ -227,7 +229,7 @@ func TestRegistryAsDocumented(t *testing.T) {
 	expect("a tenant asking for the keys", s.apiCall(t, globex, "GET", "/api/v1/keys", "", nil), 403)
 	var o httpapi.Overview
 	expect("a tenant's overview", s.apiCall(t, globex, "GET", "/api/v1/overview?tenant=acme", "", &o), 200)
-	if o.Tenant != "globex" || o.DNS.Error != "" || o.DNS.Serial == 0 {
+	if o.Tenant != "globex" || len(o.DNS) != 1 || o.DNS[0].Error != "" || o.DNS[0].Serial == 0 {
 		t.Errorf("globex's overview, asking for acme's: %+v", o)
 	}
 	var trail httpapi.AuditResponse

@@ -36,7 +36,7 @@ func (c *apiCall) dns() {
 		c.reply(0, nil, errNoDNS)
 		return
 	}
-	resp, err := c.ask(owner, dns.TypeTLSA)
+	resp, err := c.ask(c.api.DNS, owner, dns.TypeTLSA)
 	if err != nil {
 		c.reply(0, nil, err) // 503: DNS did not answer
 		return

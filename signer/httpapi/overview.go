@@ -41,7 +41,7 @@ type (
 		ActivityPartial bool             `json:"activity_partial"` // more entries than were read
 		Expiring        []ExpiringDevice `json:"expiring"`         // soonest first, the first 50 of ExpiringCount
 		ExpiringCount   int              `json:"expiring_count"`
-		DNS             DNSHealth        `json:"dns"`
+		DNS             []DNSHealth      `json:"dns"` // each replica's (-dns-replicas), or the -dns server's
 	}
 	// DayActivity counts one day's changes.
 	DayActivity struct {
@@ -56,7 +56,7 @@ type (
 		Tenant  string    `json:"tenant,omitempty"`
 		Expires time.Time `json:"expires"`
 	}
-	// DNSHealth is the zone as the DNS server the signer asks (-dns) serves it, beside etcd.
+	// DNSHealth is the zone as one DNS server serves it, beside etcd.
 	DNSHealth struct {
 		Server string `json:"server"`
 		Error  string `json:"error,omitempty"` // why it could not be asked
@@ -118,7 +118,13 @@ func (c *apiCall) overview() {
 	slices.SortFunc(o.Expiring, func(a, b ExpiringDevice) int { return a.Expires.Compare(b.Expires) })
 	o.ExpiringCount = len(o.Expiring)
 	o.Expiring = o.Expiring[:min(len(o.Expiring), overviewExpiring)]
-	o.DNS = c.dnsHealth()
+	servers := c.api.Replicas
+	if len(servers) == 0 {
+		servers = []string{c.api.DNS}
+	}
+	for _, server := range servers {
+		o.DNS = append(o.DNS, c.dnsHealth(server))
+	}
 	c.reply(200, o, nil)
 }
 
@@ -154,17 +160,17 @@ func (c *apiCall) activity(o *Overview, tenant string, now time.Time) error {
 	}
 }
 
-// dnsHealth asks the DNS server for the zone's SOA and DNSKEY set, signed, and etcd
+// dnsHealth asks a DNS server for the zone's SOA and DNSKEY set, signed, and etcd
 // how many of the zone's records changed after the serial it serves.
-func (c *apiCall) dnsHealth() DNSHealth {
-	h := DNSHealth{Server: c.api.DNS}
-	if c.api.DNS == "" {
+func (c *apiCall) dnsHealth(server string) DNSHealth {
+	h := DNSHealth{Server: server}
+	if server == "" {
 		h.Error = errNoDNS.Error()
 		return h
 	}
 	zone := dns.Fqdn(record.Zone(c.reg().Zone))
 	for _, qtype := range []uint16{dns.TypeSOA, dns.TypeDNSKEY} {
-		resp, err := c.ask(zone, qtype)
+		resp, err := c.ask(server, zone, qtype)
 		if err == nil && resp.Rcode != dns.RcodeSuccess {
 			err = fmt.Errorf("%s %s: %s", zone, dns.TypeToString[qtype], dns.RcodeToString[resp.Rcode])
 		}
@@ -191,18 +197,18 @@ func (c *apiCall) dnsHealth() DNSHealth {
 	return h
 }
 
-// ask sends one question with DNSSEC OK to the DNS server, over TCP when truncated.
-func (c *apiCall) ask(name string, qtype uint16) (*dns.Msg, error) {
+// ask sends one question with DNSSEC OK to a DNS server, over TCP when truncated.
+func (c *apiCall) ask(server, name string, qtype uint16) (*dns.Msg, error) {
 	m := new(dns.Msg)
 	m.SetQuestion(name, qtype)
 	m.SetEdns0(4096, true)
 	client := &dns.Client{Timeout: 2 * time.Second}
 	ctx, cancel := context.WithTimeout(c.ctx, 5*time.Second)
 	defer cancel()
-	resp, _, err := client.ExchangeContext(ctx, m, c.api.DNS)
+	resp, _, err := client.ExchangeContext(ctx, m, server)
 	if err == nil && resp.Truncated {
 		client.Net = "tcp"
-		resp, _, err = client.ExchangeContext(ctx, m, c.api.DNS)
+		resp, _, err = client.ExchangeContext(ctx, m, server)
 	}
 	return resp, err
 }

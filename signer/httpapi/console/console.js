@@ -424,7 +424,7 @@ async function overviewView(main, tenant) {
           el("span", { className: "key", dataset: { series: k } }, el("span", { className: "swatch " + k }), label + " " + o.activity.reduce((n, d) => n + d[k], 0)))),
         o.activity_partial ? el("p", {}, "More entries than one overview reads: the oldest days are counted in part.") : null),
       el("section", { className: "card" }, el("h3", {}, "Keys expiring in the next 30 days"), expiringTable(o)),
-      el("section", { className: "card" }, el("h3", {}, "DNS"), dnsHealth(o.dns, new Date(o.now)))));
+      el("section", { className: "card wide" }, el("h3", {}, "DNS"), dnsHealth(o.dns, Date.parse(o.now)))));
 }
 
 // conditionsChart is a horizontal bar a condition, its count at the end.
@@ -471,18 +471,26 @@ function expiringTable(o) {
         el("td", {}, el("a", { href: "#/device/" + encodeURIComponent(d.name) }, d.name)), el("td", {}, d.tenant || "-"), el("td", {}, fmtTime(d.expires))))))];
 }
 
-function dnsHealth(h, now) {
+// dnsHealth is a row a DNS server: the serial it serves, what etcd changed since, when its
+// signatures expire, or why it could not be asked.
+function dnsHealth(servers, now) {
   const days = (t) => ((Date.parse(t) - now) / 86400000).toFixed(1) + " days";
-  const row = (label, id, value) => el("tr", {}, el("th", {}, label), el("td", { id }, value));
-  const rows = h.error ? [row("Server", "dns-server", h.server || "-"), row("Problem", "dns-error", h.error)] : [
-    row("Server asked", "dns-server", h.server),
-    row("SOA serial", "dns-serial", String(h.serial)),
-    row("etcd revision", "dns-etcd-revision", String(h.etcd_revision)),
-    row("Changes not served yet", "dns-unserved", h.unserved ? h.unserved + " records changed after the serial" : "none: in step with etcd"),
-    row("Signatures expire", "dns-sig-expiry", h.signature_expires ? fmtTime(h.signature_expires) + " (in " + days(h.signature_expires) + ")" : "unsigned")];
-  return [el("table", { id: "dns-health" }, el("tbody", {}, rows)),
-    el("p", { className: "legend" }, "The signer asks the one DNS server it was given (-dns). Each replica reports its own lag " +
-      "(coredns_deviceid_etcd_revisions_behind) and signature expiry (coredns_deviceid_apex_signatures_expire_timestamp_seconds) on its /metrics.")];
+  const revision = Math.max(0, ...servers.map((h) => h.etcd_revision));
+  const rows = servers.map((h) => el("tr", { dataset: { server: h.server } },
+    el("td", {}, h.server || "-"),
+    h.error ? el("td", { className: "problem state-revoked", colSpan: 3 }, h.error) : [
+      el("td", { className: "serial" }, String(h.serial)),
+      el("td", { className: "unserved" + (h.unserved ? " state-expiring" : "") }, h.unserved ? h.unserved + " records changed after it" : "none: in step"),
+      el("td", { className: "sig-expiry" }, h.signature_expires ? fmtTime(h.signature_expires) + " (in " + days(h.signature_expires) + ")" : "unsigned")]));
+  return [el("p", { id: "dns-etcd-revision" }, "etcd revision: " + (revision || "-")),
+    el("table", { id: "dns-health" },
+      el("thead", {}, el("tr", {}, ["Server", "SOA serial", "Changes not served yet", "Signatures expire"].map((x) => el("th", {}, x)))),
+      el("tbody", {}, rows)),
+    el("p", { className: "legend" }, servers.length > 1
+      ? "The signer asks each replica it was given (-dns-replicas). "
+      : "The signer asks the one DNS server it was given (-dns; name every replica with -dns-replicas). ",
+    "Each replica also reports its lag (coredns_deviceid_etcd_revisions_behind) and signature expiry " +
+      "(coredns_deviceid_apex_signatures_expire_timestamp_seconds) on its /metrics.")];
 }
 
 // auditView is the audit trail with filters, newest pages on demand.
