@@ -85,6 +85,11 @@ func (c *apiCall) overview() {
 	tenant := c.query("tenant")
 	if !c.actor.Operator {
 		tenant = c.actor.Tenant
+	} else if tenant != "" {
+		if _, _, err := c.reg().Tenant(c.ctx, tenant); err != nil { // a name mistyped is not an empty tenant
+			c.reply(0, nil, err)
+			return
+		}
 	}
 	now := c.reg().Clock()
 	o := Overview{Tenant: tenant, Now: now, Conditions: map[string]int{}, Expiring: []ExpiringDevice{}}

@@ -75,4 +75,7 @@ func TestOverviewDays(t *testing.T) {
 	if len(o.DNS) != 1 || o.DNS[0].Error == "" {
 		t.Error("a signer without -dns reports DNS health")
 	}
+	if status, body := call(t, srv, "GET", "/api/v1/overview?tenant=nosuch", token, ""); status != 404 {
+		t.Errorf("the overview of no tenant: %d %s", status, body)
+	}
 }

@@ -110,7 +110,7 @@ var routes = []route{
 		status: 200, response: AuditResponse{}, errors: []int{400}, handle: (*apiCall).audit},
 
 	{method: "GET", path: "/api/v1/overview", summary: "Devices by condition, the last 14 days' enrollments, revocations and transfers, devices expiring within 30 days, and the DNS server's serial and signatures",
-		query: []queryParam{{"tenant", "one tenant's part (a tenant sees only its own)"}}, status: 200, response: Overview{}, errors: []int{400}, handle: (*apiCall).overview},
+		query: []queryParam{{"tenant", "one tenant's part (a tenant sees only its own)"}}, status: 200, response: Overview{}, errors: []int{400, 404}, handle: (*apiCall).overview},
 
 	{method: "GET", path: "/api/v1/keys", summary: "The zone's DNSSEC keys, what each does now and its timeline, and the key manager's policy", operator: true,
 		status: 200, response: KeysView{}, handle: (*apiCall).keys},
