@@ -89,7 +89,7 @@ soak: ## 30 minutes of queries and enrollments against a 3-member cluster with r
 	@DEVICEID_SOAK=$${SOAK:-30m} $(GO) test -tags soak -count=1 -run TestSoak -timeout 0 -v ./test/ > soak.log 2>&1; \
 	  status=$$?; grep -v '^\[' soak.log | tail -40; exit $$status
 
-screenshots: ## the console's pictures in docs/img (headless Chromium, as TestConsole clicks through)
+screenshots: ## the console's pictures in docs/img (headless Chromium, as the console tests click through)
 	mkdir -p docs/img
 	DEVICEID_SCREENSHOTS=$(CURDIR)/docs/img $(GO) test -count=1 -run TestConsole ./test/
 

@@ -165,3 +165,87 @@ func checkSPKI(spki []byte) error {
 func (c *Credential) Expired(now time.Time) bool {
 	return c.NotAfter != nil && !now.Before(*c.NotAfter)
 }
+
+// Conditions of a device as a person reads them, from what DNS can vouch for
+// (Condition). One word for the CLI's show and list and the console.
+const (
+	ConditionActive     = "active"     // a key DNS vouches for, lasting past ExpiringWithin
+	ConditionExpiring   = "expiring"   // every key DNS vouches for expires within ExpiringWithin
+	ConditionSuspended  = "suspended"  // DNS vouches for none of its keys until it is resumed
+	ConditionRevoked    = "revoked"    // no usable key left, and a key revoked
+	ConditionExpired    = "expired"    // no usable key left: they expired
+	ConditionRegistered = "registered" // a name with no key yet
+)
+
+// Conditions lists the conditions in the order a summary shows them.
+var Conditions = []string{ConditionActive, ConditionExpiring, ConditionSuspended, ConditionRevoked, ConditionExpired, ConditionRegistered}
+
+// ExpiringWithin is how close the last usable key's expiry makes a device "expiring".
+const ExpiringWithin = 30 * 24 * time.Hour
+
+// Condition is the device's state as a person reads it at now: suspension first,
+// then whether any key is still usable, then how soon the last usable one expires.
+// A device with a new key beside a revoked old one is active.
+func (d *Device) Condition(now time.Time) string {
+	if d.Suspended() {
+		return ConditionSuspended
+	}
+	if usable, until := d.lastUsable(now); usable {
+		if !until.IsZero() && until.Sub(now) <= ExpiringWithin {
+			return ConditionExpiring
+		}
+		return ConditionActive
+	}
+	revoked, expired := false, false
+	for _, c := range d.Credentials {
+		revoked = revoked || c.Status == StatusRevoked
+		expired = expired || c.Expired(now)
+	}
+	switch {
+	case revoked:
+		return ConditionRevoked
+	case expired:
+		return ConditionExpired
+	}
+	return ConditionRegistered
+}
+
+// Expires is when the device's last usable key expires at the latest: zero when it
+// has no usable key, or one that never expires.
+func (d *Device) Expires(now time.Time) time.Time {
+	_, until := d.lastUsable(now)
+	return until
+}
+
+// lastUsable reports whether a key of the device is usable at now (active, unexpired,
+// and not revoked in another credential; suspension aside), and until when the
+// longest-lived one lasts (zero: it never expires).
+func (d *Device) lastUsable(now time.Time) (bool, time.Time) {
+	usable, forever := false, false
+	var until time.Time
+	for _, c := range d.Credentials {
+		if c.Status == StatusRevoked || c.Expired(now) || d.keyRevoked(c.SPKI) {
+			continue
+		}
+		usable = true
+		if c.NotAfter == nil {
+			forever = true
+		} else if c.NotAfter.After(until) {
+			until = *c.NotAfter
+		}
+	}
+	if forever {
+		until = time.Time{}
+	}
+	return usable, until
+}
+
+// keyRevoked reports whether a credential of the device revokes the key spki.
+func (d *Device) keyRevoked(spki []byte) bool {
+	for _, c := range d.Credentials {
+		if c.Status == StatusRevoked && bytes.Equal(c.SPKI, spki) {
+			return true
+		}
+	}
+	return false
+}

@@ -395,3 +395,41 @@ func TestRegistryFields(t *testing.T) {
 		t.Errorf("resumed device publishes %+v", pub)
 	}
 }
+
+// TestCondition: the word a person reads for each kind of device.
+func TestCondition(t *testing.T) {
+	_, issue := testCA(t)
+	key := func(status string, notAfter time.Time) Credential {
+		der := issue(notAfter)
+		return Credential{Cert: der, SPKI: spkiOf(der), Status: status, NotAfter: &notAfter}
+	}
+	long, soon, past := now.AddDate(1, 0, 0), now.Add(ExpiringWithin-time.Hour), now.Add(-time.Hour)
+	stale := key(StatusActive, long)
+	revokedCopy := stale
+	revokedCopy.Status = StatusRevoked
+	for _, tc := range []struct {
+		name string
+		d    Device
+		want string
+	}{
+		{"no key", Device{}, ConditionRegistered},
+		{"one key", Device{Credentials: []Credential{key(StatusActive, long)}}, ConditionActive},
+		{"a new key beside a revoked one", Device{Credentials: []Credential{key(StatusRevoked, long), key(StatusActive, long)}}, ConditionActive},
+		{"the last key expires soon", Device{Credentials: []Credential{key(StatusActive, soon)}}, ConditionExpiring},
+		{"a soon and a lasting key", Device{Credentials: []Credential{key(StatusActive, soon), key(StatusActive, long)}}, ConditionActive},
+		{"revoked", Device{Credentials: []Credential{key(StatusRevoked, long)}}, ConditionRevoked},
+		{"active but revoked in another credential", Device{Credentials: []Credential{stale, revokedCopy}}, ConditionRevoked},
+		{"expired", Device{Credentials: []Credential{key(StatusActive, past)}}, ConditionExpired},
+		{"revoked and expired", Device{Credentials: []Credential{key(StatusActive, past), key(StatusRevoked, long)}}, ConditionRevoked},
+		{"a bare key that never expires", Device{Credentials: []Credential{{SPKI: spkiOf(issue(soon)), Status: StatusActive}}}, ConditionActive},
+		{"suspended", Device{State: StateSuspended, Credentials: []Credential{key(StatusActive, long)}}, ConditionSuspended},
+	} {
+		if got := tc.d.Condition(now); got != tc.want {
+			t.Errorf("%s: %s, want %s", tc.name, got, tc.want)
+		}
+	}
+	d := Device{Credentials: []Credential{key(StatusActive, soon), key(StatusActive, long), key(StatusRevoked, long.Add(time.Hour))}}
+	if got := d.Expires(now); !got.Equal(long) {
+		t.Errorf("Expires: %v, want %v", got, long)
+	}
+}

@@ -72,13 +72,27 @@ func (p *page) text(sel string) string {
 	return v.Text
 }
 
-func (p *page) truth(expr string) bool {
+// noMissingValues fails the test when the page shows a value the script did not have.
+func (p *page) noMissingValues(what string) {
 	p.t.Helper()
-	v, err := chromedp.Run(p.ctx, chromedp.Evaluate[bool](expr))
+	if text := p.text("#main"); strings.Contains(text, "null") || strings.Contains(text, "undefined") || strings.Contains(text, "[object") {
+		p.t.Errorf("%s shows a missing value: %q", what, text)
+	}
+}
+
+// js evaluates expr, a string, in the page.
+func (p *page) js(expr string) string {
+	p.t.Helper()
+	v, err := chromedp.Run(p.ctx, chromedp.Evaluate[string](expr))
 	if err != nil {
 		p.t.Fatal(err)
 	}
 	return v
+}
+
+func (p *page) truth(expr string) bool {
+	p.t.Helper()
+	return p.js("String(Boolean("+expr+"))") == "true"
 }
 
 // confirm clicks a button and then Confirm in the console's confirmation dialog.
@@ -141,10 +155,11 @@ func TestConsole(t *testing.T) {
 	}
 	p := browser(t)
 	p.do(chromedp.Navigate(s.url+"/console/"), chromedp.WaitVisible(chromedp.CSS("#login-token")))
-	p.do(chromedp.SendKeys(chromedp.CSS("#login-token"), acme), chromedp.Click(chromedp.CSS("#login-button")), chromedp.WaitVisible(chromedp.CSS("#devices")))
+	p.do(chromedp.SendKeys(chromedp.CSS("#login-token"), acme), chromedp.Click(chromedp.CSS("#login-button")), chromedp.WaitVisible(chromedp.CSS("#overview-title")))
 	if who := p.text("#whoami"); !strings.Contains(who, "tenant acme") {
 		t.Errorf("signed in as %q", who)
 	}
+	p.do(chromedp.Navigate(s.url+"/console/#/devices"), chromedp.WaitVisible(chromedp.CSS("#devices")))
 
 	// Register lamp through the form, with a confirmation.
 	p.do(chromedp.SetValue(chromedp.CSS("#r-name"), "lamp"), chromedp.SetValue(chromedp.CSS("#r-attrs"), "model=th-200\nserial=A1B2"))
@@ -193,9 +208,7 @@ func TestConsole(t *testing.T) {
 	if !strings.Contains(p.text("#devices"), "<img src=x") || p.truth(ran) {
 		t.Error("a hostile attribute became markup in the list")
 	}
-	if text := p.text("#main"); strings.Contains(text, "null") || strings.Contains(text, "undefined") {
-		t.Errorf("the list page shows a missing value: %q", text)
-	}
+	p.noMissingValues("the list page")
 
 	// A service key: published through the form, listed, retired.
 	broker := newDevice(t, testenv.NewTestCA(t, "broker CA"), "broker", time.Now().AddDate(1, 0, 0))

@@ -34,12 +34,20 @@ func startRegistryStack(t *testing.T) *registryStack {
 	etcd := testenv.StartEtcd(t)
 	c := testenv.StartCoreDNS(t, corefile(etcd.URL(), fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))))
 	waitLoaded(t, c)
+	return registryStackOn(t, etcd, c)
+}
+
+// registryStackOn starts the signer, with a new CA, over etcd and CoreDNS (and the
+// replicas its overview asks, when given).
+func registryStackOn(t *testing.T, etcd *testenv.Etcd, c *testenv.CoreDNS, replicas ...string) *registryStack {
+	t.Helper()
 	dir := t.TempDir()
 	authority, err := ca.InitCA(dir, "deviceid e2e CA", zone, elliptic.P256(), "")
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := serveSignerDNS(t, authority, filepath.Join(dir, ca.CACertFile), etcdclient.Settings{Endpoints: []string{etcd.URL()}}, c.UDP)
+	s := serveSignerWith(t, authority, filepath.Join(dir, ca.CACertFile), etcdclient.Settings{Endpoints: []string{etcd.URL()}},
+		func(s *httpapi.Server) { s.DNS, s.Replicas = c.UDP, replicas })
 	return &registryStack{etcd: etcd, dns: c, s: s}
 }
 
@@ -219,6 +227,17 @@ func TestRegistryAsDocumented(t *testing.T) {
 		t.Errorf("the keys of a zone with key files: %+v", keys)
 	}
 	expect("a tenant asking for the keys", s.apiCall(t, globex, "GET", "/api/v1/keys", "", nil), 403)
+	var o httpapi.Overview
+	expect("a tenant's overview", s.apiCall(t, globex, "GET", "/api/v1/overview?tenant=acme", "", &o), 200)
+	if o.Tenant != "globex" || len(o.DNS) != 1 || o.DNS[0].Error != "" || o.DNS[0].Serial == 0 {
+		t.Errorf("globex's overview, asking for acme's: %+v", o)
+	}
+	var trail httpapi.AuditResponse
+	expect("an audit range", s.admin(t, "GET", "/api/v1/audit?since=2000-01-01T00:00:00Z&until=2000-01-02T00:00:00Z", "", &trail), 200)
+	if len(trail.Entries) != 0 {
+		t.Errorf("entries of 2000: %+v", trail.Entries)
+	}
+	expect("a bad time", s.admin(t, "GET", "/api/v1/audit?since=yesterday", "", nil), 400)
 
 	// Every documented operation was answered as documented.
 	var missing []string

@@ -382,14 +382,20 @@ var adminCommands = map[string]adminCommand{
 		example: "deviceid-signer token-revoke -zone iot.example -tenant acme -id 0123456789abcdef",
 		flags:   both(requiredTenant, func(fs *flag.FlagSet, _ *cmdValues) { fs.String("id", "", "the token's id (required)") })},
 
-	"audit": {route: "getAudit", args: "[-device D] [-tenant T] [-operation OP] [-actor A] [-after ID] [-limit N] [flags]",
-		example: "deviceid-signer audit -zone iot.example -device sensor9",
+	"audit": {route: "getAudit", args: "[-device D] [-tenant T] [-operation OP] [-actor A] [-since TIME] [-until TIME] [-after ID] [-limit N] [flags]",
+		example: "deviceid-signer audit -zone iot.example -device sensor9 -since 2026-12-01T00:00:00Z",
 		flags: both(func(fs *flag.FlagSet, _ *cmdValues) {
 			fs.String("device", "", "one device's changes")
 			fs.String("tenant", "", "the changes that concern this tenant")
 			fs.String("operation", "", "one operation, e.g. device.revoke")
 			fs.String("actor", "", "one actor, e.g. token:0123456789abcdef")
+			fs.String("since", "", "changes at or after this time (RFC 3339)")
+			fs.String("until", "", "changes before this time (RFC 3339)")
 		}, pageFlags("entry"))},
+	"overview": {route: "getOverview", args: "[-tenant T] [flags]",
+		more:    "Prints JSON. Through a signer (-server) the DNS part is what its -dns server serves; on etcd directly there is no DNS server to ask.",
+		example: "deviceid-signer overview -server https://signer:8443 -token-file admin-token -tenant acme",
+		flags:   func(fs *flag.FlagSet, _ *cmdValues) { fs.String("tenant", "", "one tenant's part") }},
 }
 
 // apiRoutes are the admin API's routes by operation ID.
@@ -588,7 +594,7 @@ func printTable(w io.Writer, answer any) error {
 	now := time.Now()
 	switch a := answer.(type) {
 	case *httpapi.DeviceView:
-		fmt.Fprintf(tw, "device %s\ttenant %s\tstate %s\n", a.Name, orDash(a.Tenant), orDash(a.State))
+		fmt.Fprintf(tw, "device %s\ttenant %s\tstate %s\n", a.Name, orDash(a.Tenant), orDash(a.Condition))
 		for k, v := range a.Attributes {
 			fmt.Fprintf(tw, "  %s\t%s\n", k, v)
 		}
@@ -607,7 +613,7 @@ func printTable(w io.Writer, answer any) error {
 			if d.Revoked > 0 || d.Active > 0 && d.State != record.StateSuspended {
 				serves = "yes"
 			}
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%s\n", d.Name, orDash(d.Tenant), d.State, d.Active, d.Revoked, serves)
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%s\n", d.Name, orDash(d.Tenant), d.Condition, d.Active, d.Revoked, serves)
 		}
 		if a.Next != "" {
 			fmt.Fprintf(tw, "(more: -after %s)\n", a.Next)

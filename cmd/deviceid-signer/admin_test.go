@@ -67,7 +67,7 @@ func TestAdminCommands(t *testing.T) {
 	// show and list need no CA, print a table, and flag an invalid record.
 	testenv.Put(t, etcd.Client(), "/deviceid/iot.example/device/broken", `{"version": 1, "credentials": [{"status": "maybe"}]}`)
 	out, err := stdout(t, func() error { return runAdmin("show", append(direct, "-device", "sensor7")) })
-	if err != nil || !strings.Contains(out, "KEY (SHA-256 of the SPKI)") || !strings.Contains(out, "3 1 1, 4 0 0") {
+	if err != nil || !strings.Contains(out, "KEY (SHA-256 of the SPKI)") || !strings.Contains(out, "3 1 1, 4 0 0") || !strings.Contains(out, "state active") {
 		t.Errorf("show: %v\n%s", err, out)
 	}
 	out, err = stdout(t, func() error { return runAdmin("list", direct) })
@@ -235,6 +235,8 @@ func TestCommandRequests(t *testing.T) {
 		{[]string{"export", "-state", "active", "-name-prefix", "lamp"}, "GET", "/api/v1/export?prefix=lamp&state=active", "", ""},
 		{[]string{"services", "-limit", "5"}, "GET", "/api/v1/services?limit=5", "", ""},
 		{[]string{"audit", "-device", "sensor7", "-operation", "device.revoke"}, "GET", "/api/v1/audit?device=sensor7&limit=100&operation=device.revoke", "", ""},
+		{[]string{"audit", "-since", "2026-12-01T00:00:00Z"}, "GET", "/api/v1/audit?limit=100&since=2026-12-01T00%3A00%3A00Z", "", ""},
+		{[]string{"overview", "-tenant", "acme"}, "GET", "/api/v1/overview?tenant=acme", "", ""},
 		{[]string{"assign", "-device", "sensor7"}, "", "", "", "assign needs -tenant"},
 		{[]string{"assign", "-device", "sensor7", "-tenant", "acme", "-keep-keys"}, "POST", "/api/v1/devices/sensor7/assign", `{"tenant":"acme","keep_keys":true}`, ""},
 		{[]string{"service-revoke", "-service", "_8883._tcp.mqtt"}, "POST", "/api/v1/services/_8883._tcp.mqtt/revoke", `{"reason":"superseded"}`, ""},

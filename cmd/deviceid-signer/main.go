@@ -38,7 +38,8 @@ commands (each has -h):
   export           every matching device as JSON lines
   import           register or enroll devices from a CSV or JSON-lines file (resumable)
   reindex          make the tenant index agree with records written into etcd directly
-  audit            the audit trail, with filters
+  audit            the audit trail, with filters and a time range
+  overview         devices by state, the last 14 days' activity, expiring keys, DNS (JSON)
  services (DANE server identities):
   services, service-show, service-key (publish or rotate), service-revoke, service-delete
  tenants:

@@ -16,6 +16,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/deviceid/deviceid/internal/etcdclient"
 	"github.com/deviceid/deviceid/internal/kek"
 	"github.com/deviceid/deviceid/internal/pkcs11key"
 	"github.com/deviceid/deviceid/signer/ca"
@@ -32,7 +33,7 @@ type serveFlags struct {
 	caFlags
 	listen, tlsCert, tlsKey string
 	tokenFile, adminCA      string
-	tenantCA, dns           string
+	tenantCA, dns, replicas string
 	metricsTokenFile        string
 	retention               registry.Retention
 	limits                  httpapi.Limits
@@ -55,6 +56,7 @@ func (f *serveFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&f.adminCA, "admin-ca", env("DEVICEID_ADMIN_CA", ""), "PEM CA(s) whose client certificates act as the registry operator over mutual TLS ($DEVICEID_ADMIN_CA)")
 	fs.StringVar(&f.tenantCA, "tenant-ca", env("DEVICEID_TENANT_CA", ""), "PEM CA(s) whose client certificates act as the tenant their Subject Organization (O) names ($DEVICEID_TENANT_CA)")
 	fs.StringVar(&f.dns, "dns", env("DEVICEID_DNS", ""), "host:port of a CoreDNS serving the zone, for the console's and API's view of what DNS serves ($DEVICEID_DNS)")
+	fs.StringVar(&f.replicas, "dns-replicas", env("DEVICEID_DNS_REPLICAS", ""), "host:port of every CoreDNS replica, separated by spaces or commas: the overview shows each one's serial and signatures; empty: -dns only ($DEVICEID_DNS_REPLICAS)")
 	fs.StringVar(&f.metricsTokenFile, "metrics-token-file", env("DEVICEID_METRICS_TOKEN_FILE", ""), "file holding the bearer token /metrics requires; empty: /metrics is open ($DEVICEID_METRICS_TOKEN_FILE)")
 	f.limits = httpapi.DefaultLimits
 	fs.IntVar(&f.limits.MaxConnections, "max-connections", envInt("DEVICEID_MAX_CONNECTIONS", f.limits.MaxConnections), "connections served at once ($DEVICEID_MAX_CONNECTIONS)")
@@ -263,7 +265,7 @@ func (f *serveFlags) run(ctx context.Context, ready chan<- string) error {
 		return err
 	}
 	server := &httpapi.Server{API: httpapi.API{CA: authority, Registry: reg, Token: token, AdminCAs: adminCAs, TenantCAs: tenantCAs,
-		DNS: f.dns}, Etcd: settings, MetricsToken: metricsToken, Limits: f.limits}
+		DNS: f.dns, Replicas: etcdclient.SplitEndpoints(f.replicas)}, Etcd: settings, MetricsToken: metricsToken, Limits: f.limits}
 	srv, ln := server.HTTPServer(ln, cert, slog.NewLogLogger(log.Handler(), slog.LevelWarn))
 	log.Info("deviceid-signer serving", "addr", ln.Addr().String(), "zone", f.zone,
 		"admin_token", token != "", "admin_mtls", adminCAs != nil, "tenant_mtls", tenantCAs != nil, "ca_aki", authority.AKI())

@@ -33,6 +33,7 @@ type API struct {
 	AdminCAs   *x509.CertPool // CAs of the operator's client certificates; nil for none
 	TenantCAs  *x509.CertPool // CAs of tenants' client certificates (O = tenant); nil for none
 	DNS        string         // host:port of a CoreDNS serving the zone, for the records DNS serves now
+	Replicas   []string       // host:port of each CoreDNS replica, whose serial and signatures the overview shows; nil: DNS's
 	Timeout    time.Duration  // of one request's etcd work; 10 s when 0
 }
 

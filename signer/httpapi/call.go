@@ -54,7 +54,7 @@ func (c *apiCall) deviceReply(status int, d *record.Device, err error) {
 		return
 	}
 	name, _ := record.DeviceName(c.name())
-	c.reply(status, view(name, d), nil)
+	c.reply(status, view(name, d, c.reg().Clock()), nil)
 }
 
 // readJSON decodes the request body into v, refusing unknown fields and trailing

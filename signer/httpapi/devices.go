@@ -37,7 +37,7 @@ func (c *apiCall) enroll() {
 		return
 	}
 	name, _ := record.DeviceName(c.name())
-	resp, status := EnrollResponse{Device: view(name, done.Device)}, http.StatusCreated
+	resp, status := EnrollResponse{Device: view(name, done.Device, c.reg().Clock())}, http.StatusCreated
 	if done.Again {
 		status = http.StatusOK
 	}
@@ -187,7 +187,7 @@ func (c *apiCall) list() {
 	entries, next, err := c.reg().Search(c.ctx, c.actor, f)
 	resp := ListResponse{Devices: []DeviceSummary{}, Next: next}
 	for _, e := range entries {
-		resp.Devices = append(resp.Devices, summaryOf(e))
+		resp.Devices = append(resp.Devices, summaryOf(e, c.reg().Clock()))
 	}
 	c.reply(http.StatusOK, resp, err)
 }

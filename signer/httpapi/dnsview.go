@@ -2,7 +2,6 @@ package httpapi
 
 import (
 	"errors"
-	"time"
 
 	"github.com/deviceid/deviceid/record"
 	"github.com/deviceid/deviceid/signer/registry"
@@ -19,6 +18,8 @@ type DNSAnswer struct {
 	Signed  bool     `json:"signed"`  // the answer carried RRSIGs
 }
 
+var errNoDNS = errors.New("the signer was started without -dns: it cannot ask DNS")
+
 // dns asks the configured DNS server for the device's TLSA RRset.
 func (c *apiCall) dns() {
 	d, _, err := c.reg().Get(c.ctx, c.name())
@@ -32,18 +33,10 @@ func (c *apiCall) dns() {
 	owner, _ := record.DeviceOwner(c.name(), c.reg().Zone)
 	ans := DNSAnswer{Owner: owner, Server: c.api.DNS, Records: []string{}}
 	if c.api.DNS == "" {
-		c.reply(0, nil, errors.New("the signer was started without -dns: it cannot ask DNS"))
+		c.reply(0, nil, errNoDNS)
 		return
 	}
-	m := new(dns.Msg)
-	m.SetQuestion(owner, dns.TypeTLSA)
-	m.SetEdns0(4096, true)
-	client := &dns.Client{Timeout: 2 * time.Second}
-	resp, _, err := client.ExchangeContext(c.ctx, m, c.api.DNS)
-	if err == nil && resp.Truncated {
-		client.Net = "tcp"
-		resp, _, err = client.ExchangeContext(c.ctx, m, c.api.DNS)
-	}
+	resp, err := c.ask(c.api.DNS, owner, dns.TypeTLSA)
 	if err != nil {
 		c.reply(0, nil, err) // 503: DNS did not answer
 		return

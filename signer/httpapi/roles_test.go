@@ -86,7 +86,7 @@ func TestRoles(t *testing.T) {
 	// What another tenant (globex) gets on acme's things; 200 for the lists, which
 	// must not show them.
 	otherTenant := map[string]int{
-		"getWhoami": 200, "getDevices": 200, "getExport": 200, "getAudit": 200, "getTenants": 200, "getServices": 200,
+		"getWhoami": 200, "getDevices": 200, "getExport": 200, "getAudit": 200, "getTenants": 200, "getServices": 200, "getOverview": 200,
 		"postDevicesNameRegister":       409, // the name is registered (as a domain registry says)
 		"postDevicesNameTransferAccept": 403, // the code is wrong
 		"postServicesServiceKeys":       403, // not under its own name, whether it exists or not

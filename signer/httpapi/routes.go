@@ -105,8 +105,12 @@ var routes = []route{
 		status: 200, response: DeviceView{}, errors: []int{400, 404, 413, 415}, handle: (*apiCall).revokeServiceKey},
 
 	{method: "GET", path: "/api/v1/audit", summary: "The audit trail, oldest first, with filters",
-		query:  []queryParam{{"device", "one device"}, {"tenant", "entries that concern this tenant (a tenant sees only its own)"}, {"operation", "e.g. device.revoke"}, {"actor", "e.g. token:<id>"}, {"after", "the next of the previous page"}, {"limit", "1 to 1000, default 100"}},
+		query: []queryParam{{"device", "one device"}, {"tenant", "entries that concern this tenant (a tenant sees only its own)"}, {"operation", "e.g. device.revoke"}, {"actor", "e.g. token:<id>"},
+			{"since", "entries at or after this time (RFC 3339)"}, {"until", "entries before this time (RFC 3339)"}, {"after", "the next of the previous page"}, {"limit", "1 to 1000, default 100"}},
 		status: 200, response: AuditResponse{}, errors: []int{400}, handle: (*apiCall).audit},
+
+	{method: "GET", path: "/api/v1/overview", summary: "Devices by condition, the last 14 days' enrollments, revocations and transfers, devices expiring within 30 days, and the DNS server's serial and signatures",
+		query: []queryParam{{"tenant", "one tenant's part (a tenant sees only its own)"}}, status: 200, response: Overview{}, errors: []int{400, 404}, handle: (*apiCall).overview},
 
 	{method: "GET", path: "/api/v1/keys", summary: "The zone's DNSSEC keys, what each does now and its timeline, and the key manager's policy", operator: true,
 		status: 200, response: KeysView{}, handle: (*apiCall).keys},

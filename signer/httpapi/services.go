@@ -58,7 +58,7 @@ func (c *apiCall) serviceReply(status int, d *record.Device, err error) {
 		return
 	}
 	name, _ := record.ServiceName(c.service())
-	c.reply(status, view(name, d), nil)
+	c.reply(status, view(name, d, c.reg().Clock()), nil)
 }
 
 func (c *apiCall) publishServiceKey() {
@@ -103,7 +103,7 @@ func (c *apiCall) listServices() {
 	resp := ServiceList{Services: []DeviceView{}, Next: next}
 	for _, e := range entries {
 		if e.Device != nil {
-			resp.Services = append(resp.Services, view(e.Name, e.Device))
+			resp.Services = append(resp.Services, view(e.Name, e.Device, c.reg().Clock()))
 		}
 	}
 	c.reply(http.StatusOK, resp, err)

@@ -5,6 +5,7 @@ package httpapi
 import (
 	"fmt"
 	"net/http"
+	"time"
 
 	"github.com/deviceid/deviceid/signer/registry"
 )
@@ -12,7 +13,20 @@ import (
 func (c *apiCall) audit() {
 	f := registry.AuditFilter{Device: c.query("device"), Tenant: c.query("tenant"), Operation: c.query("operation"), Actor: c.query("actor"), After: c.query("after")}
 	var err error
-	if f.Limit, err = registry.ParseLimit(c.query("limit")); err != nil {
+	for _, t := range []struct {
+		param string
+		to    *time.Time
+	}{{"since", &f.Since}, {"until", &f.Until}} {
+		if s := c.query(t.param); s != "" && err == nil {
+			if *t.to, err = time.Parse(time.RFC3339, s); err != nil {
+				err = invalid(fmt.Errorf("%s is not an RFC 3339 time: %q", t.param, s))
+			}
+		}
+	}
+	if err == nil {
+		f.Limit, err = registry.ParseLimit(c.query("limit"))
+	}
+	if err != nil {
 		c.reply(0, nil, err)
 		return
 	}

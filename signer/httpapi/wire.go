@@ -85,6 +85,7 @@ type (
 		Name       string            `json:"name"`
 		Tenant     string            `json:"tenant,omitempty"`
 		State      string            `json:"state"`
+		Condition  string            `json:"condition"` // as a person reads it: record.Conditions
 		Attributes map[string]string `json:"attributes,omitempty"`
 		Active     int               `json:"active_keys"`
 		Revoked    int               `json:"revoked_keys"`
@@ -94,7 +95,8 @@ type (
 	DeviceView struct {
 		Name string `json:"name"`
 		record.Device
-		Keys []KeyView `json:"keys"`
+		Condition string    `json:"condition"` // as a person reads it: record.Conditions
+		Keys      []KeyView `json:"keys"`
 	}
 	// KeyView is one credential as DNS publishes it.
 	KeyView struct {
@@ -138,8 +140,8 @@ type (
 )
 
 // view is a device's record as the API shows it.
-func view(name string, d *record.Device) DeviceView {
-	v := DeviceView{Name: name, Device: *d, Keys: []KeyView{}}
+func view(name string, d *record.Device, now time.Time) DeviceView {
+	v := DeviceView{Name: name, Device: *d, Condition: d.Condition(now), Keys: []KeyView{}}
 	if v.Credentials == nil {
 		v.Credentials = []record.Credential{}
 	}
@@ -156,7 +158,7 @@ type ExportLine struct {
 }
 
 // summaryOf is one device of a list.
-func summaryOf(e registry.Entry) DeviceSummary {
+func summaryOf(e registry.Entry, now time.Time) DeviceSummary {
 	s := DeviceSummary{Name: e.Name, State: record.StateActive}
 	if e.Err != nil {
 		s.Invalid = e.Err.Error()
@@ -164,6 +166,7 @@ func summaryOf(e registry.Entry) DeviceSummary {
 	}
 	sum := registry.Summarize(e.Device)
 	s.Tenant, s.State, s.Attributes, s.Active, s.Revoked = sum.Tenant, sum.State, e.Device.Attributes, sum.Active, sum.Revoked
+	s.Condition = e.Device.Condition(now)
 	return s
 }
 

@@ -13,8 +13,14 @@ import (
 // AuditFilter selects audit entries; empty fields select all.
 type AuditFilter struct {
 	Device, Tenant, Operation, Actor string
-	After                            string // the ID of the last entry of the previous page
+	After                            string    // the ID of the last entry of the previous page
+	Since, Until                     time.Time // entries at or after Since and before Until; zero: no bound
 	Limit                            int
+}
+
+// auditKeyAt is where the trail's entries of time t start (keys sort by time).
+func auditKeyAt(prefix string, t time.Time) string {
+	return prefix + fmt.Sprintf("%019d", t.UnixNano())
 }
 
 // Audit returns the entries that match f, oldest first, a page at a time, and the ID
@@ -34,10 +40,20 @@ func (r *Registry) Audit(ctx context.Context, actor Actor, f AuditFilter) ([]Aud
 	if f.After == "" {
 		from = prefix
 	}
+	if !f.Since.IsZero() {
+		from = max(from, auditKeyAt(prefix, f.Since))
+	}
+	end := clientv3.GetPrefixRangeEnd(prefix)
+	if !f.Until.IsZero() {
+		end = auditKeyAt(prefix, f.Until)
+	}
 	const maxScan = 5000
 	out := []AuditEntry{}
+	if from >= end {
+		return out, "", nil
+	}
 	for scanned := 0; scanned < maxScan; {
-		resp, err := r.Client.Get(ctx, from, clientv3.WithRange(clientv3.GetPrefixRangeEnd(prefix)), clientv3.WithLimit(500))
+		resp, err := r.Client.Get(ctx, from, clientv3.WithRange(end), clientv3.WithLimit(500))
 		if err != nil {
 			return nil, "", err
 		}
@@ -92,7 +108,7 @@ func (r *Registry) CompactAudit(ctx context.Context, keep Retention) (int64, err
 	prefix := r.signerKey(kindAudit, "")
 	var deleted int64
 	if keep.MaxAge > 0 {
-		cutoff := prefix + fmt.Sprintf("%019d", r.now().Add(-keep.MaxAge).UnixNano())
+		cutoff := auditKeyAt(prefix, r.now().Add(-keep.MaxAge))
 		n, err := r.pruneAudit(ctx, []clientv3.Op{clientv3.OpDelete(prefix, clientv3.WithRange(cutoff))})
 		if err != nil {
 			return 0, err

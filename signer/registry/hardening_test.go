@@ -507,3 +507,38 @@ func TestDeleteInvalidRace(t *testing.T) {
 		t.Errorf("delete of a record made valid meanwhile: %v, still there: %v", err, len(got.Kvs) == 1)
 	}
 }
+
+// The trail's time range is read as a range of keys, page by page: entries at or
+// after Since and before Until, by the registry's clock.
+func TestAuditTimeRange(t *testing.T) {
+	r, acme, _, clock := tenantRegistry(t)
+	ctx := t.Context()
+	start := clock.Now()
+	for i := range 6 {
+		clock.Add(time.Hour) // d<i> at start + i+1 hours
+		if _, err := r.Register(ctx, acme, fmt.Sprintf("d%d", i), "", nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	f := AuditFilter{Since: start.Add(2 * time.Hour), Until: start.Add(5 * time.Hour), Limit: 2}
+	var got []string
+	for page := 0; page < 5; page++ {
+		es, next, err := r.Audit(ctx, acme, f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, e := range es {
+			got = append(got, e.Device)
+		}
+		if next == "" {
+			break
+		}
+		f.After = next
+	}
+	if strings.Join(got, ",") != "d1,d2,d3" {
+		t.Errorf("from 2 h to 5 h: %v", got)
+	}
+	if es, next, err := r.Audit(ctx, acme, AuditFilter{Since: start.Add(5 * time.Hour), Until: start.Add(time.Hour)}); err != nil || len(es) != 0 || next != "" {
+		t.Errorf("an empty range: %v %q %v", es, next, err)
+	}
+}

@@ -49,6 +49,10 @@ func (r *Registry) now() time.Time {
 	return time.Now()
 }
 
+// Clock is the registry's time now (Now, or the system's clock): what a device's
+// condition is judged at.
+func (r *Registry) Clock() time.Time { return r.now() }
+
 // signerKey is the key of one of the signer's own records, P/_signer/<zone>/<kind>/<name>:
 // outside P/<zone>/, which the DNS side reads, so it is never served or logged as an
 // invalid record.
@@ -183,4 +187,15 @@ func enabledTenant(name string, stored []byte) error {
 // indexKey is the key that lists device under tenant in the tenant index.
 func (r *Registry) indexKey(tenant, device string) string {
 	return r.signerKey(kindIndex, tenant+"/"+device)
+}
+
+// ChangedAfter returns how many of the zone's records etcd changed after revision rev
+// (deletions are not counted: etcd keeps no key for them), and etcd's revision now.
+// A DNS server whose SOA serial is rev has yet to serve those changes.
+func (r *Registry) ChangedAfter(ctx context.Context, rev int64) (int, int64, error) {
+	resp, err := r.Client.Get(ctx, r.ZonePrefix(), clientv3.WithPrefix(), clientv3.WithKeysOnly(), clientv3.WithMinModRev(rev+1))
+	if err != nil {
+		return 0, 0, err
+	}
+	return len(resp.Kvs), resp.Header.Revision, nil
 }

@@ -16,11 +16,16 @@ function el(tag, attrs, ...children) {
     else if (k.startsWith("on")) e.addEventListener(k.slice(2), v);
     else e[k] = v;
   }
-  for (const c of children.flat()) {
+  for (const c of children.flat(Infinity)) {
     if (c === null || c === undefined) continue;
     e.append(c instanceof Node ? c : document.createTextNode(String(c)));
   }
   return e;
+}
+
+// show puts nodes in main, leaving out the null and undefined of views' optional parts.
+function show(main, ...nodes) {
+  main.replaceChildren(...nodes.flat(Infinity).filter((n) => n !== null && n !== undefined));
 }
 
 function token() { return sessionStorage.getItem("deviceid-token"); }
@@ -81,7 +86,7 @@ async function signIn(t) {
   try {
     me = await call("GET", "/whoami");
     showError(null);
-    location.hash = "#/devices";
+    location.hash = "#/overview";
     route();
   } catch (err) {
     sessionStorage.removeItem("deviceid-token");
@@ -95,10 +100,15 @@ function whoBar() {
     el("button", { id: "signout", type: "button", onclick: signOut }, "Sign out"));
 }
 
-// route shows the view the hash names.
+// route shows the view the hash names. Views render into a detached element, put in
+// the page only if no later route began meanwhile: a slow answer for the page left
+// behind never replaces the page asked for since.
+let routeSeq = 0;
+
 async function route() {
   notice(null);
   const main = $("main");
+  const seq = ++routeSeq;
   if (!token()) {
     main.replaceChildren();
     $("login-view").hidden = false;
@@ -108,14 +118,23 @@ async function route() {
   try {
     if (!me) me = await call("GET", "/whoami");
     whoBar();
-    $("nav-keys").hidden = !me.operator;
-    const m = location.hash.match(/^#\/device\/(.+)$/);
-    if (m) await deviceView(main, decodeURIComponent(m[1]));
-    else if (location.hash === "#/services") await servicesView(main);
-    else if (location.hash === "#/keys" && me.operator) await keysView(main);
-    else await listView(main);
+    $("nav-operator").hidden = !me.operator;
+    const h = location.hash;
+    const m = h.match(/^#\/device\/(.+)$/);
+    const ov = h.match(/^#\/overview(?:\/(.+))?$/);
+    const tn = h.match(/^#\/tenant\/(.+)$/);
+    const view = document.createElement("div");
+    if (m) await deviceView(view, decodeURIComponent(m[1]));
+    else if (h === "#/devices") await listView(view);
+    else if (h === "#/services") await servicesView(view);
+    else if (h === "#/audit") await auditView(view);
+    else if (h === "#/tenants" && me.operator) await tenantsView(view);
+    else if (tn && me.operator) await tokensView(view, decodeURIComponent(tn[1]));
+    else if (h === "#/keys" && me.operator) await keysView(view);
+    else await overviewView(view, ov && ov[1] && me.operator ? decodeURIComponent(ov[1]) : "");
+    if (seq === routeSeq) main.replaceChildren(...view.childNodes);
   } catch (err) {
-    showError(err);
+    if (seq === routeSeq) showError(err);
   }
 }
 
@@ -149,8 +168,8 @@ async function listView(main) {
     route();
   } },
     el("label", {}, "Name starts with", el("input", { id: "f-prefix", value: f.prefix || "" })),
-    el("label", {}, "State", el("select", { id: "f-state" },
-      ["", "active", "suspended"].map((s) => el("option", { value: s, selected: (f.state || "") === s }, s || "any")))),
+    el("label", {}, "Suspended", el("select", { id: "f-state" },
+      [["", "either"], ["active", "no"], ["suspended", "yes"]].map(([s, label]) => el("option", { value: s, selected: (f.state || "") === s }, label)))),
     el("label", {}, "Attribute (key=value)", el("input", { id: "f-attr", value: f.attr || "" })),
     me.operator ? el("label", {}, "Tenant", el("input", { id: "f-tenant", value: f.tenant || "" })) : null,
     el("button", { id: "search-button", type: "submit" }, "Search"));
@@ -158,7 +177,7 @@ async function listView(main) {
   const rows = page.devices.map((d) => el("tr", { dataset: { device: d.name } },
     el("td", {}, el("a", { href: "#/device/" + encodeURIComponent(d.name) }, d.name)),
     el("td", {}, d.tenant || "-"),
-    el("td", { className: "state-" + d.state }, d.invalid ? "invalid: " + d.invalid : d.state),
+    el("td", { className: "state-" + d.condition }, d.invalid ? "invalid: " + d.invalid : d.condition),
     el("td", {}, String(d.active_keys)), el("td", {}, String(d.revoked_keys)),
     el("td", {}, Object.entries(d.attributes || {}).map(([k, v]) => k + "=" + v).join(", "))));
   const table = el("table", { id: "devices" },
@@ -276,7 +295,7 @@ async function deviceView(main, name) {
   main.replaceChildren(
     el("h2", { id: "device-name" }, d.name),
     el("p", {}, "Tenant: ", el("b", { id: "device-tenant" }, d.tenant || "-"), " · State: ",
-      el("b", { id: "device-state", className: "state-" + state }, state)),
+      el("b", { id: "device-state", className: "state-" + d.condition }, d.condition)),
     actions, assign, result,
     el("h2", {}, "Attributes"), attrs,
     el("h2", {}, "Keys"), keys,
@@ -332,7 +351,7 @@ async function servicesView(main) {
 function svg(tag, attrs, ...children) {
   const e = document.createElementNS("http://www.w3.org/2000/svg", tag);
   for (const [k, v] of Object.entries(attrs || {})) e.setAttribute(k, String(v));
-  for (const c of children.flat()) if (c !== null && c !== undefined) e.append(c instanceof Node ? c : document.createTextNode(String(c)));
+  for (const c of children.flat(Infinity)) if (c !== null && c !== undefined) e.append(c instanceof Node ? c : document.createTextNode(String(c)));
   return e;
 }
 
@@ -375,6 +394,205 @@ async function keysView(main) {
     : "The key manager rolls these keys: ZSK every " + v.policy.zsk_lifetime + ", KSK every " + v.policy.ksk_lifetime + ", DNSKEY TTL " + v.policy.dnskey_ttl + ", DS TTL " + v.policy.ds_ttl + ".";
   main.replaceChildren(el("h2", {}, "DNSSEC keys of " + v.zone), el("p", { id: "keys-state" }, state), drawing,
     el("p", { className: "legend" }, "Grey: DNSKEY published. Green: signing. Blue: CDS asks the parent for its DS. Red: now."), table);
+}
+
+// The overview: devices by condition, the last days' activity from the audit trail,
+// devices whose keys expire soon, and what DNS serves. The API counts; the page draws
+// the charts as SVG elements (no markup, no external asset).
+const conditionColors = { active: "#2e7d32", expiring: "#c77700", suspended: "#b45309", revoked: "#b42318", expired: "#6b7280", registered: "#1e66d0" };
+const activitySeries = [["enrollments", "Enrollments", "#2e7d32"], ["revocations", "Revocations", "#b42318"], ["transfers", "Transfers", "#1e66d0"]];
+
+async function overviewView(main, tenant) {
+  const o = await call("GET", "/overview" + (tenant ? "?tenant=" + encodeURIComponent(tenant) : ""));
+  const who = o.tenant ? "tenant " + o.tenant : "the whole registry";
+  let tenantLinks = null;
+  if (me.operator) {
+    const ts = await call("GET", "/tenants");
+    tenantLinks = el("p", { id: "overview-tenants" }, "Overview of: ",
+      el("a", { href: "#/overview" }, "all tenants"),
+      ts.tenants.map((t) => [" · ", el("a", { href: "#/overview/" + encodeURIComponent(t.name) }, t.name)]));
+  }
+  const devicesNote = "Devices: " + o.devices + (o.partial ? " (the first " + o.devices + " counted: there are more)" : "") +
+    (o.invalid ? ", " + o.invalid + " stored records invalid" : "");
+  show(main,
+    el("h2", { id: "overview-title" }, "Overview of " + who),
+    tenantLinks,
+    el("div", { className: "cards" },
+      el("section", { className: "card" }, el("h3", {}, "Devices by state"), el("p", { id: "devices-count" }, devicesNote), conditionsChart(o)),
+      el("section", { className: "card" }, el("h3", {}, "Last " + o.activity.length + " days (audit trail)"), activityChart(o),
+        el("p", { id: "activity-totals", className: "legend" }, activitySeries.map(([k, label]) =>
+          el("span", { className: "key", dataset: { series: k } }, el("span", { className: "swatch " + k }), label + " " + o.activity.reduce((n, d) => n + d[k], 0)))),
+        o.activity_partial ? el("p", {}, "More entries than one overview reads: the oldest days are counted in part.") : null),
+      el("section", { className: "card" }, el("h3", {}, "Keys expiring in the next 30 days"), expiringTable(o)),
+      el("section", { className: "card wide" }, el("h3", {}, "DNS"), dnsHealth(o.dns, Date.parse(o.now)))));
+}
+
+// conditionsChart is a horizontal bar a condition, its count at the end.
+function conditionsChart(o) {
+  const rows = Object.keys(conditionColors);
+  const W = 460, rowH = 24, left = 90, most = Math.max(1, ...rows.map((k) => o.conditions[k] || 0));
+  return svg("svg", { id: "chart-conditions", width: W, height: rows.length * rowH + 4, role: "img" },
+    svg("title", {}, "Devices by state"),
+    rows.map((k, i) => {
+      const n = o.conditions[k] || 0, y = i * rowH + 2, w = (n / most) * (W - left - 50);
+      return svg("g", { "data-condition": k, "data-count": n },
+        svg("text", { x: 0, y: y + 15 }, k),
+        svg("rect", { x: left, y, width: Math.max(n ? 2 : 0, w), height: rowH - 6, fill: conditionColors[k] }),
+        svg("text", { class: "count", x: left + w + 6, y: y + 15 }, String(n)));
+    }));
+}
+
+// activityChart draws the days' enrollments, revocations and transfers side by side.
+function activityChart(o) {
+  const W = 460, H = 170, bottom = 20, top = 14, left = 24;
+  const most = Math.max(1, ...o.activity.flatMap((d) => activitySeries.map(([k]) => d[k])));
+  const dayW = (W - left) / o.activity.length, barW = Math.max(2, (dayW - 4) / activitySeries.length);
+  const y = (n) => H - bottom - (n / most) * (H - bottom - top);
+  return svg("svg", { id: "chart-activity", width: W, height: H, role: "img" },
+    svg("title", {}, "Enrollments, revocations and transfers a day"),
+    svg("line", { class: "axis", x1: left, x2: W, y1: H - bottom, y2: H - bottom }),
+    svg("text", { x: 0, y: top }, String(most)),
+    svg("text", { x: 0, y: H - bottom }, "0"),
+    o.activity.map((d, i) => svg("g", { "data-day": d.day },
+      activitySeries.map(([k, label, color], j) => svg("rect", { class: k, "data-count": d[k], fill: color,
+        x: left + i * dayW + 2 + j * barW, y: y(d[k]), width: barW - 1, height: H - bottom - y(d[k]) },
+        svg("title", {}, d.day + ": " + d[k] + " " + label.toLowerCase()))),
+      (o.activity.length - 1 - i) % 2 === 0
+        ? svg("text", { class: "day", x: left + i * dayW + 1, y: H - 5 }, d.day.slice(5)) : null)));
+}
+
+function expiringTable(o) {
+  if (!o.expiring_count) return el("p", { id: "expiring-none" }, "No device's keys expire within 30 days.");
+  return [el("p", { id: "expiring-count" }, "Devices whose last key expires within 30 days: " + o.expiring_count +
+      (o.expiring_count > o.expiring.length ? " (the first " + o.expiring.length + " shown)" : "")),
+    el("table", { id: "expiring" },
+      el("thead", {}, el("tr", {}, ["Device", "Tenant", "Expires"].map((h) => el("th", {}, h)))),
+      el("tbody", {}, o.expiring.map((d) => el("tr", {},
+        el("td", {}, el("a", { href: "#/device/" + encodeURIComponent(d.name) }, d.name)), el("td", {}, d.tenant || "-"), el("td", {}, fmtTime(d.expires))))))];
+}
+
+// dnsHealth is a row a DNS server: the serial it serves, what etcd changed since, when its
+// signatures expire, or why it could not be asked.
+function dnsHealth(servers, now) {
+  const days = (t) => ((Date.parse(t) - now) / 86400000).toFixed(1) + " days";
+  const revision = Math.max(0, ...servers.map((h) => h.etcd_revision));
+  const rows = servers.map((h) => el("tr", { dataset: { server: h.server } },
+    el("td", {}, h.server || "-"),
+    h.error ? el("td", { className: "problem state-revoked", colSpan: 3 }, h.error) : [
+      el("td", { className: "serial" }, String(h.serial)),
+      el("td", { className: "unserved" + (h.unserved ? " state-expiring" : "") }, h.unserved ? h.unserved + " records changed after it" : "none: in step"),
+      el("td", { className: "sig-expiry" }, h.signature_expires ? fmtTime(h.signature_expires) + " (in " + days(h.signature_expires) + ")" : "unsigned")]));
+  return [el("p", { id: "dns-etcd-revision" }, "etcd revision: " + (revision || "-")),
+    el("table", { id: "dns-health" },
+      el("thead", {}, el("tr", {}, ["Server", "SOA serial", "Changes not served yet", "Signatures expire"].map((x) => el("th", {}, x)))),
+      el("tbody", {}, rows)),
+    el("p", { className: "legend" }, servers.length > 1
+      ? "The signer asks each replica it was given (-dns-replicas). "
+      : "The signer asks the one DNS server it was given (-dns; name every replica with -dns-replicas). ",
+    "Each replica also reports its lag (coredns_deviceid_etcd_revisions_behind) and signature expiry " +
+      "(coredns_deviceid_apex_signatures_expire_timestamp_seconds) on its /metrics.")];
+}
+
+// auditView is the audit trail with filters, newest pages on demand.
+let auditState = { after: "", filters: {} };
+
+async function auditView(main) {
+  const f = auditState.filters;
+  const q = new URLSearchParams();
+  for (const k of ["tenant", "operation", "device", "since", "until"]) if (f[k]) q.set(k, f[k]);
+  if (auditState.after) q.set("after", auditState.after);
+  q.set("limit", "100");
+  const page = await call("GET", "/audit?" + q.toString());
+  // datetime-local inputs say minutes, in UTC here; the API takes RFC 3339.
+  const rfc = (v) => (v ? v + ":00Z" : "");
+  const local = (v) => (v ? v.slice(0, 16) : "");
+  const operations = ["device.register", "device.code", "device.enroll", "device.reenroll", "device.revoke", "device.suspend", "device.resume",
+    "device.attributes", "device.delete", "device.assign", "transfer.start", "transfer.cancel", "transfer.accept",
+    "service.publish", "service.revoke", "service.delete", "tenant.create", "tenant.disable", "tenant.enable", "tenant.delete", "token.issue", "token.revoke"];
+  const form = el("form", { id: "audit-filters", className: "inline", onsubmit: (e) => {
+    e.preventDefault();
+    auditState = { after: "", filters: { tenant: me.operator ? $("af-tenant").value.trim() : "", operation: $("af-operation").value,
+      device: $("af-device").value.trim(), since: rfc($("af-since").value), until: rfc($("af-until").value) } };
+    route();
+  } },
+    me.operator ? el("label", {}, "Tenant", el("input", { id: "af-tenant", value: f.tenant || "" })) : null,
+    el("label", {}, "Action", el("select", { id: "af-operation" },
+      ["", ...operations].map((op) => el("option", { value: op, selected: (f.operation || "") === op }, op || "any")))),
+    el("label", {}, "Device", el("input", { id: "af-device", value: f.device || "" })),
+    el("label", {}, "From (UTC)", el("input", { id: "af-since", type: "datetime-local", value: local(f.since) })),
+    el("label", {}, "Until (UTC)", el("input", { id: "af-until", type: "datetime-local", value: local(f.until) })),
+    el("button", { id: "audit-search", type: "submit" }, "Filter"));
+  const table = el("table", { id: "audit-trail" },
+    el("thead", {}, el("tr", {}, ["Time", "Actor", "Action", "Device or tenant", "Before → after", "Detail"].map((h) => el("th", {}, h)))),
+    el("tbody", {}, page.entries.map((a) => el("tr", { dataset: { operation: a.operation } },
+      el("td", {}, fmtTime(a.time)), el("td", {}, a.actor), el("td", {}, a.operation),
+      el("td", {}, a.device ? el("a", { href: "#/device/" + encodeURIComponent(a.device) }, a.device) : a.service || a.tenant || "-"),
+      el("td", {}, a.before || a.after ? summary(a.before) + " → " + summary(a.after) : ""), el("td", {}, a.detail || "")))));
+  show(main, el("h2", {}, "Audit trail"), form,
+    el("p", { id: "audit-count" }, page.entries.length + " entries" + (page.next ? " on this page" : "")), table,
+    page.next ? el("button", { id: "audit-next", type: "button", onclick: () => { auditState.after = page.next; route(); } }, "Next page") : null);
+}
+
+// tenantsView lists the tenants (the operator's), creates one, disables and enables one.
+async function tenantsView(main) {
+  const list = await call("GET", "/tenants");
+  const rows = list.tenants.map((t) => el("tr", { dataset: { tenant: t.name } },
+    el("td", {}, el("a", { href: "#/tenant/" + encodeURIComponent(t.name) }, t.name)),
+    el("td", { className: t.disabled ? "state-revoked" : "state-active" }, t.disabled ? "disabled" : "enabled"),
+    el("td", {}, fmtTime(t.created)),
+    el("td", {}, el("a", { href: "#/overview/" + encodeURIComponent(t.name) }, "overview")),
+    el("td", {}, t.disabled
+      ? el("button", { type: "button", className: "enable", onclick: () => confirmThen("Enable " + t.name + "? Its credentials work again.",
+        async () => { await call("POST", "/tenants/" + encodeURIComponent(t.name) + "/enable"); await route(); }) }, "Enable")
+      : el("button", { type: "button", className: "danger disable", onclick: () => confirmThen("Disable " + t.name + "? Its credentials are refused; its devices stay in DNS.",
+        async () => { await call("POST", "/tenants/" + encodeURIComponent(t.name) + "/disable"); await route(); }) }, "Disable"))));
+  const create = el("form", { id: "tenant-create", className: "inline", onsubmit: (e) => {
+    e.preventDefault();
+    const name = $("t-name").value.trim();
+    confirmThen("Create the tenant " + name + "?", async () => {
+      await call("POST", "/tenants", { name });
+      location.hash = "#/tenant/" + encodeURIComponent(name);
+    });
+  } },
+    el("label", {}, "Name", el("input", { id: "t-name", required: true, placeholder: "acme" })),
+    el("button", { id: "tenant-create-button", type: "submit" }, "Create tenant"));
+  show(main, el("h2", {}, "Tenants"),
+    el("table", { id: "tenants" },
+      el("thead", {}, el("tr", {}, ["Tenant", "State", "Created", "", ""].map((h) => el("th", {}, h)))),
+      el("tbody", {}, rows)),
+    el("h2", {}, "Create a tenant"), create);
+}
+
+// tokensView lists a tenant's tokens, issues one (its secret shown once) and revokes one.
+async function tokensView(main, name) {
+  const path = "/tenants/" + encodeURIComponent(name);
+  const [t, list] = await Promise.all([call("GET", path), call("GET", path + "/tokens")]);
+  const result = el("div", { id: "result" });
+  const rows = list.tokens.map((k) => el("tr", { dataset: { token: k.id } },
+    el("td", { className: "mono" }, k.id), el("td", {}, k.label || "-"), el("td", {}, fmtTime(k.created)),
+    el("td", {}, el("button", { type: "button", className: "danger revoke-token", onclick: () => confirmThen("Revoke the token " + k.id + " of " + name + "? Whoever uses it is refused.",
+      async () => { await call("DELETE", path + "/tokens/" + encodeURIComponent(k.id)); await route(); }) }, "Revoke"))));
+  const issue = el("form", { id: "token-issue", className: "inline", onsubmit: (e) => {
+    e.preventDefault();
+    const label = $("k-label").value.trim();
+    confirmThen("Issue a token for " + name + "?", async () => {
+      const tok = await call("POST", path + "/tokens", { label });
+      await route();
+      $("result").replaceChildren(el("p", {}, "The token " + tok.id + " (shown this once; the signer keeps only its hash):"),
+        el("span", { id: "new-token", className: "code" }, tok.token));
+    });
+  } },
+    el("label", {}, "Label", el("input", { id: "k-label", placeholder: "provisioning" })),
+    el("button", { id: "token-issue-button", type: "submit" }, "Issue token"));
+  show(main, el("h2", { id: "tenant-name" }, "Tenant " + t.name),
+    el("p", {}, "State: ", el("b", { id: "tenant-state", className: t.disabled ? "state-revoked" : "state-active" }, t.disabled ? "disabled" : "enabled"),
+      " · ", el("a", { href: "#/overview/" + encodeURIComponent(t.name) }, "overview"), " · ", el("a", { href: "#/tenants" }, "all tenants")),
+    el("h2", {}, "Tokens"),
+    rows.length ? null : el("p", {}, "No tokens."),
+    el("table", { id: "tokens" },
+      el("thead", {}, el("tr", {}, ["Token", "Label", "Created", ""].map((h) => el("th", {}, h)))),
+      el("tbody", {}, rows)),
+    el("h2", {}, "Issue a token"), issue, result);
 }
 
 function summary(s) {
