@@ -76,7 +76,7 @@ device of make run.`,
 }
 
 // readCode reads the enrollment code from file, or from stdin when file is "-"; no
-// file, no code (the device enrolled before).
+// file or an empty one, no code (the device enrolled before).
 func readCode(file string, stdin io.Reader) (string, error) {
 	var b []byte
 	var err error
@@ -92,10 +92,10 @@ func readCode(file string, stdin io.Reader) (string, error) {
 		return "", err
 	}
 	code := strings.TrimSpace(string(b))
-	if code == "" {
-		return "", errors.New("no code in " + file)
+	if code == "" && file == "-" {
+		return "", errors.New("no code on standard input")
 	}
-	return code, nil
+	return code, nil // an empty file: no code, as for a device enrolled before (make run's second start)
 }
 
 func start(name, zone, code, signerAddr, signerCA, broker, brokerName string, trust *trustflags.Flags, state string, interval time.Duration) error {

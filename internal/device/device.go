@@ -236,7 +236,7 @@ func (d *Device) Run(ctx context.Context) error {
 		delay = nextDelay(delay, why != nil)
 		switch {
 		case why != nil && !wasRefused:
-			d.log.Error("DNS no longer vouches for this device's key, so the broker refuses it: retrying ever more rarely, until an operator resumes the device or it is enrolled again",
+			d.log.Error("DNS no longer vouches for this device's key, so the broker refuses it: retrying ever more rarely, until it is enrolled again (a revoked key) or an operator resumes it (a suspended device)",
 				"reason", why, "retry_in", delay, "retry_at_most_every", refusedMax)
 		case why != nil:
 			d.log.Debug("still refused", "err", err, "retry_in", delay)

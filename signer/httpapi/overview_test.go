@@ -1,6 +1,7 @@
 package httpapi
 
 import (
+	"bytes"
 	"crypto/x509"
 	"encoding/json"
 	"net/http/httptest"
@@ -74,6 +75,19 @@ func TestOverviewDays(t *testing.T) {
 	}
 	if len(o.DNS) != 1 || o.DNS[0].Error == "" {
 		t.Error("a signer without -dns reports DNS health")
+	}
+	// A tenant's overview: the DNS servers, their errors and the zone's changes are not
+	// its to see (nor to make the signer read the whole zone for).
+	if _, err := r.CreateTenant(ctx, testOperator, "acme"); err != nil {
+		t.Fatal(err)
+	}
+	acme, err := r.IssueToken(ctx, testOperator, "acme", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	status, body = call(t, srv, "GET", "/api/v1/overview", acme.Secret, "")
+	if status != 200 || bytes.Contains(body, []byte(`"dns"`)) {
+		t.Errorf("a tenant's overview: %d %s", status, body)
 	}
 	if status, body := call(t, srv, "GET", "/api/v1/overview?tenant=nosuch", token, ""); status != 404 {
 		t.Errorf("the overview of no tenant: %d %s", status, body)

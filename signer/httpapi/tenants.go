@@ -20,6 +20,8 @@ func (c *apiCall) audit() {
 		if s := c.query(t.param); s != "" && err == nil {
 			if *t.to, err = time.Parse(time.RFC3339, s); err != nil {
 				err = invalid(fmt.Errorf("%s is not an RFC 3339 time: %q", t.param, s))
+			} else if y := t.to.Year(); y < 1970 || y > 2261 {
+				err = invalid(fmt.Errorf("%s must be in the years 1970 to 2261 (audit entries are keyed by Unix nanoseconds): %q", t.param, s))
 			}
 		}
 	}

@@ -23,6 +23,9 @@ func auditKeyAt(prefix string, t time.Time) string {
 	return prefix + fmt.Sprintf("%019d", t.UnixNano())
 }
 
+// AuditScan bounds the entries one Audit call reads from etcd, matching or not.
+const AuditScan = 5000
+
 // Audit returns the entries that match f, oldest first, a page at a time, and the ID
 // to pass as After for the next page ("" at the end). A tenant actor sees only the
 // entries that concern it. A page may hold fewer than Limit entries when many did not
@@ -47,12 +50,11 @@ func (r *Registry) Audit(ctx context.Context, actor Actor, f AuditFilter) ([]Aud
 	if !f.Until.IsZero() {
 		end = auditKeyAt(prefix, f.Until)
 	}
-	const maxScan = 5000
 	out := []AuditEntry{}
 	if from >= end {
 		return out, "", nil
 	}
-	for scanned := 0; scanned < maxScan; {
+	for scanned := 0; scanned < AuditScan; {
 		resp, err := r.Client.Get(ctx, from, clientv3.WithRange(end), clientv3.WithLimit(500))
 		if err != nil {
 			return nil, "", err
@@ -76,7 +78,11 @@ func (r *Registry) Audit(ctx context.Context, actor Actor, f AuditFilter) ([]Aud
 			return out, "", nil
 		}
 	}
-	return out, strings.TrimSuffix(strings.TrimPrefix(from, prefix), "\x00"), nil
+	// The scan stopped at an entry the caller may not see: the next page starts at its
+	// time, which names nothing (its ID would name another tenant).
+	last := strings.TrimSuffix(strings.TrimPrefix(from, prefix), "\x00")
+	at, _, _ := strings.Cut(last, "-")
+	return out, at, nil
 }
 
 func (f *AuditFilter) matches(e *AuditEntry) bool {

@@ -2,6 +2,7 @@ package registry
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"strings"
@@ -540,5 +541,45 @@ func TestAuditTimeRange(t *testing.T) {
 	}
 	if es, next, err := r.Audit(ctx, acme, AuditFilter{Since: start.Add(5 * time.Hour), Until: start.Add(time.Hour)}); err != nil || len(es) != 0 || next != "" {
 		t.Errorf("an empty range: %v %q %v", es, next, err)
+	}
+}
+
+// TestAuditCursorNamesNothing: a tenant paging through a trail of another tenant's
+// entries gets a cursor that names no entry of theirs (an entry's ID names its tenants).
+func TestAuditCursorNamesNothing(t *testing.T) {
+	r, acme, _, clock := tenantRegistry(t)
+	ctx := t.Context()
+	e, _ := json.Marshal(AuditEntry{Operation: "register", Tenant: "globex", Device: "g"})
+	for i := 0; i < AuditScan+200; i += 100 {
+		var ops []clientv3.Op
+		for j := i; j < i+100; j++ {
+			id := fmt.Sprintf("%d-%08d-globex", clock.Now().UnixNano()+int64(j), j)
+			ops = append(ops, clientv3.OpPut(r.signerKey(kindAudit, id), string(e)))
+		}
+		if _, err := r.Client.Txn(ctx).Then(ops...).Commit(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	f := AuditFilter{}
+	for page := 0; ; page++ {
+		es, next, err := r.Audit(ctx, acme, f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, e := range es {
+			if e.Tenant == "globex" {
+				t.Fatalf("acme sees %v", e)
+			}
+		}
+		if strings.Contains(next, "globex") {
+			t.Fatalf("acme's cursor names globex: %q", next)
+		}
+		if next == "" {
+			if page == 0 {
+				t.Fatal("one page: the scan limit was not reached")
+			}
+			return
+		}
+		f.After = next
 	}
 }

@@ -424,7 +424,7 @@ async function overviewView(main, tenant) {
           el("span", { className: "key", dataset: { series: k } }, el("span", { className: "swatch " + k }), label + " " + o.activity.reduce((n, d) => n + d[k], 0)))),
         o.activity_partial ? el("p", {}, "More entries than one overview reads: the oldest days are counted in part.") : null),
       el("section", { className: "card" }, el("h3", {}, "Keys expiring in the next 30 days"), expiringTable(o)),
-      el("section", { className: "card wide" }, el("h3", {}, "DNS"), dnsHealth(o.dns, Date.parse(o.now)))));
+      o.dns ? el("section", { className: "card wide" }, el("h3", {}, "DNS"), dnsHealth(o.dns, Date.parse(o.now))) : null));
 }
 
 // conditionsChart is a horizontal bar a condition, its count at the end.
