@@ -1,7 +1,6 @@
 package deviceid
 
 import (
-	"context"
 	"crypto"
 	"crypto/ecdsa"
 	"crypto/ed25519"
@@ -123,17 +122,7 @@ func signedBy(t *testing.T, d *Deviceid, now time.Time, qname string, qtype uint
 // the test ends, and returns it once loaded.
 func runKeysEtcd(t *testing.T, cli *clientv3.Client, cfg *config, clock *testenv.Clock) (*Deviceid, *zone) {
 	cfg.keysFromEtcd, cfg.cds, cfg.validity = true, true, 24*time.Hour
-	d := newDeviceid(cfg)
-	d.now = clock.Now
-	z := d.zones["iot.example."]
-	ctx, cancel := context.WithCancel(t.Context())
-	done := make(chan struct{})
-	go func() { z.run(ctx, cli); close(done) }()
-	t.Cleanup(func() {
-		cancel()
-		<-done
-		z.keyring.close()
-	})
+	d, z, _ := runZone(t, cli, cfg, clock)
 	<-z.loaded
 	return d, z
 }
