@@ -150,6 +150,18 @@ func TestKeysFromEtcd(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	// putTogether writes keys in one transaction, as the key manager writes a
+	// rollover's steps: a replica never sees one without the other.
+	putTogether := func(recs map[string]*record.ZoneKey) {
+		var ops []clientv3.Op
+		for id, rec := range recs {
+			b, _ := json.Marshal(rec)
+			ops = append(ops, clientv3.OpPut(record.ZoneKeyKey("/deviceid", "iot.example", id), string(b)))
+		}
+		if _, err := cli.Txn(ctx).Then(ops...).Commit(); err != nil {
+			t.Fatal(err)
+		}
+	}
 	ksk, kskTag := zoneKeyRecord(t, k, "ksk", record.RoleKSK, dns.ECDSAP256SHA256, record.Timeline{Publish: at(-2 * time.Hour), Active: at(-2 * time.Hour), SyncPublish: at(-2 * time.Hour)})
 	zsk1, zsk1Tag := zoneKeyRecord(t, k, "zsk1", record.RoleZSK, dns.ED25519, record.Timeline{Publish: at(-2 * time.Hour), Active: at(-2 * time.Hour), Retire: at(2 * time.Hour), Remove: at(4 * time.Hour)})
 	zsk2, zsk2Tag := zoneKeyRecord(t, k, "zsk2", record.RoleZSK, dns.ED25519, record.Timeline{Publish: at(time.Hour), Active: at(2 * time.Hour)})
@@ -252,8 +264,7 @@ func TestKeysFromEtcd(t *testing.T) {
 	now = clock.Now()
 	zsk4, zsk4Tag := zoneKeyRecord(t, k, "zsk4", record.RoleZSK, dns.ECDSAP256SHA256, record.Timeline{Publish: at(now.Sub(t0) - 2*time.Hour), Active: at(now.Sub(t0) - time.Hour)})
 	zsk2.Timeline.Retire, zsk2.Timeline.Remove = at(now.Sub(t0)-time.Hour), at(now.Sub(t0)+2*time.Hour)
-	put("zsk2", zsk2)
-	put("zsk4", zsk4)
+	putTogether(map[string]*record.ZoneKey{"zsk2": zsk2, "zsk4": zsk4})
 	published("learnt late", kskTag, zsk2Tag, zsk4Tag)
 	wait("learnt late", zsk2Tag)
 	rekey(time.Duration(cfg.ttl) * time.Second)
@@ -265,8 +276,7 @@ func TestKeysFromEtcd(t *testing.T) {
 	now = clock.Now()
 	zsk5, zsk5Tag := zoneKeyRecord(t, k, "zsk5", record.RoleZSK, dns.ECDSAP256SHA256, record.Timeline{Publish: at(now.Sub(t0) - 2*time.Hour), Active: at(now.Sub(t0) - time.Hour)})
 	zsk4.Timeline.Retire, zsk4.Timeline.Remove = at(now.Sub(t0)-time.Hour), at(now.Sub(t0)-time.Minute)
-	put("zsk4", zsk4)
-	put("zsk5", zsk5)
+	putTogether(map[string]*record.ZoneKey{"zsk4": zsk4, "zsk5": zsk5})
 	wait("predecessor gone", kskTag)
 	rekey(time.Duration(cfg.ttl) * time.Second)
 	wait("predecessor gone, published here for the TTL", zsk5Tag)

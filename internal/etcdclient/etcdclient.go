@@ -199,6 +199,9 @@ func (s Settings) Check(ctx context.Context, cli *clientv3.Client, key string) e
 // Diagnose explains a failed request: each endpoint is tried on its own, step by
 // step, and the first step that fails is its cause.
 func (s Settings) Diagnose(ctx context.Context, key string, failed error) error {
+	if len(s.Endpoints) == 0 { // a client made elsewhere: nothing to try on its own
+		return fmt.Errorf("etcd cannot be used: %w", failed)
+	}
 	causes := make([]string, len(s.Endpoints))
 	var wg sync.WaitGroup
 	for i, e := range s.Endpoints {
