@@ -20,12 +20,17 @@ var errNotLoaded = errors.New("zone not loaded from etcd yet")
 // errRefused: over the signing budget for longer than a query may wait.
 var errRefused = errors.New("over the signing budget")
 
-// serve answers a query for qname (lower case) in the zone. For a name that exists
-// the answer is copied from the store with the signatures made ahead; only when they
-// are missing (the first signing pass still running, a record expired a moment ago)
-// is it signed here. A name that does not exist gets the compact denial of RFC 9824,
-// its NSEC signed here within the budget.
-func (z *zone) serve(w dns.ResponseWriter, state request.Request, qname string, qtype uint16, do bool, now time.Time) error {
+// errHandOver: the fast path does not answer this query; the CoreDNS chain does.
+var errHandOver = errors.New("handed over to the chain")
+
+// answer adds to p (started with the question) the answer to q for qname (lower case,
+// below the apex) in the zone. For a name that exists the answer is copied from the
+// store with the signatures made ahead; only when they are missing (the first signing
+// pass still running, a record expired a moment ago) is it signed here. A name that
+// does not exist gets the compact denial of RFC 9824, its NSEC signed here within the
+// budget. fast (the fast path) signs nothing: where a signature would be made it
+// returns errHandOver, having changed nothing.
+func (z *zone) answer(p *packet, q *query, qname string, do, fast bool, now time.Time) error {
 	z.mu.RLock()
 	zd := z.data
 	if zd == nil {
@@ -33,33 +38,28 @@ func (z *zone) serve(w dns.ResponseWriter, state request.Request, qname string, 
 		return errNotLoaded
 	}
 	ap := zd.apex.Load()
-	if qname == z.origin {
-		z.mu.RUnlock()
-		return z.writeApex(w, state, ap, qtype, do, now)
-	}
-	var p packet
-	if err := p.start(state); err != nil {
-		z.mu.RUnlock()
-		return err
-	}
-	defer p.release()
 	ns := now.UnixNano()
 	wire, err := packName(p.ab.name[:], qname)
 	if err != nil {
 		z.mu.RUnlock()
 		return err
 	}
-	a := nameAnswer{p: &p, ap: ap, qtype: qtype, do: do, wire: wire, now: ns}
+	a := nameAnswer{p: p, ap: ap, qtype: q.qtype, do: do, wire: wire, now: ns}
 	var stale entry // a copy of the entry, when its answer is signed here
 	found := zd.st.view(qname, func(e entry) {
 		if inc, exp := e.signed(); allCurrent(e.rrset(), ns) && (!do || inc != 0 && fresh(exp, ns)) {
 			a.rr, a.sigs = e.rrset(), e.sigs()
 			z.compose(a)
-		} else {
+		} else if !fast {
 			stale = bytes.Clone(e)
+		} else {
+			stale = e // not kept: it only says that the fast path hands over
 		}
 	})
 	z.mu.RUnlock()
+	if fast && stale != nil {
+		return errHandOver
+	}
 	if found && z.signer != nil {
 		z.signer.budget.sawExisting(ns)
 	}
@@ -92,11 +92,9 @@ func (z *zone) serve(w dns.ResponseWriter, state request.Request, qname string, 
 		a.sigs = *sigs
 		z.compose(a)
 	default: // no such name, or one whose every record has expired
-		if err := z.deny(&p, state, ap, do, wire, now); err != nil {
-			return err
-		}
+		return z.deny(p, q, ap, do, fast, wire, now)
 	}
-	return p.finish(w, state, z.origin)
+	return nil
 }
 
 // nameAnswer is what compose writes: the answer to a query for a name that exists.
@@ -161,7 +159,7 @@ func appendNSECAtQuestion(b []byte, ttl uint32, wire []byte, tlsa bool) []byte {
 // deny adds the denial of a name that does not exist: NXDOMAIN and the SOA; with DO
 // the compact denial of RFC 9824: NOERROR (NXDOMAIN when the query sets CO), the SOA
 // and an NSEC from the name to \000.name with the types RRSIG NSEC NXNAME, signed.
-func (z *zone) deny(p *packet, state request.Request, ap *apex, do bool, wire []byte, now time.Time) error {
+func (z *zone) deny(p *packet, q *query, ap *apex, do, fast bool, wire []byte, now time.Time) error {
 	p.rcode = dns.RcodeNameError
 	if !do {
 		p.buf = append(p.buf, ap.soaAuth[:ap.soaLen]...)
@@ -171,7 +169,7 @@ func (z *zone) deny(p *packet, state request.Request, ap *apex, do bool, wire []
 	if len(wire)+2 > 255 { // "\000." makes the next name longer than a name can be
 		return errNameTooLong
 	}
-	if o := state.Req.IsEdns0(); o == nil || !o.Co() {
+	if !q.co() {
 		p.rcode = dns.RcodeSuccess
 	}
 	s, ks := z.signer, ap.keys
@@ -186,8 +184,15 @@ func (z *zone) deny(p *packet, state request.Request, ap *apex, do bool, wire []
 	inc, exp, ok := s.nx.get(ks, wire, sigs, ns)
 	if ok {
 		s.hits.Inc()
+	} else if fast { // UDP: a signature is the chain's to make; over the budget, TC
+		if s.budget.wouldSign(ns) {
+			return errHandOver
+		}
+		s.overBudget(ns, "truncated")
+		p.truncate()
+		return nil
 	} else {
-		switch verdict, wait := s.budget.take(ns, state.Proto() == "tcp"); verdict {
+		switch verdict, wait := s.budget.take(ns, q.tcp); verdict {
 		case budgetTruncate:
 			s.overBudget(ns, "truncated")
 			p.truncate()
@@ -225,6 +230,15 @@ func (z *zone) deny(p *packet, state request.Request, ap *apex, do bool, wire []
 func packName(buf []byte, name string) ([]byte, error) {
 	n, err := dns.PackDomainName(name, buf, 0, nil, false)
 	return buf[:n], err
+}
+
+// serveApex answers a query for the apex, or errNotLoaded.
+func (z *zone) serveApex(w dns.ResponseWriter, state request.Request, do bool, now time.Time) error {
+	zd := z.current()
+	if zd == nil {
+		return errNotLoaded
+	}
+	return z.writeApex(w, state, zd.apex.Load(), state.QType(), do, now)
 }
 
 // writeApex answers for the apex with a message: SOA, NS, DNSKEY, CDS, CDNSKEY, or

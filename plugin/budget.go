@@ -72,6 +72,17 @@ func (b *budget) engaged(now int64) bool {
 	return (w == sec && (b.existing.Load() > 0 || b.previous.Load() > 0)) || (w == sec-1 && b.existing.Load() > 0)
 }
 
+// wouldSign reports whether take would let a query over UDP sign at now (Unix ns),
+// taking nothing: the fast path hands such a query to the chain, which takes.
+func (b *budget) wouldSign(now int64) bool {
+	if b.rate == 0 || !b.engaged(now) {
+		return true
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.last == 0 || min(b.rate, b.tokens+b.rate*float64(max(now-b.last, 0))/1e9) >= 1
+}
+
 // take asks for one signature at now (Unix ns) for a query over UDP or TCP. With
 // budgetWait the caller waits the duration returned, then signs.
 func (b *budget) take(now int64, tcp bool) (budgetVerdict, time.Duration) {

@@ -5,6 +5,7 @@ package deviceid
 import (
 	"context"
 	"errors"
+	"net"
 	"strings"
 	"sync"
 	"time"
@@ -91,7 +92,21 @@ func (d *Deviceid) ServeDNS(ctx context.Context, w dns.ResponseWriter, r *dns.Ms
 		return dns.RcodeFormatError, nil // RFC 9824 §3.2: a meta-type, not to be asked for
 	}
 	z := d.zones[origin]
-	err := z.serve(w, state, qname, qtype, z.signer != nil && state.Do(), now)
+	do := z.signer != nil && state.Do()
+	var err error
+	if qname == z.origin {
+		err = z.serveApex(w, state, do, now)
+	} else {
+		q := queryOf(state)
+		var p packet
+		defer p.release()
+		if err = p.start(r.Question[0]); err == nil {
+			if err = z.answer(&p, &q, qname, do, false, now); err == nil {
+				p.seal(&q, origin)
+				err = p.send(w)
+			}
+		}
+	}
 	switch {
 	case errors.Is(err, errNotLoaded):
 		return dns.RcodeServerFailure, nil
@@ -111,19 +126,28 @@ func (d *Deviceid) ServeDNS(ctx context.Context, w dns.ResponseWriter, r *dns.Ms
 // limited answers a query whose response is over the rate limit of its client's
 // prefix: with TC and no records (slip), or not at all.
 func (d *Deviceid) limited(w dns.ResponseWriter, state request.Request, origin string, v rrlVerdict, now time.Time) (int, error) {
-	d.rrl.note(now.UnixNano(), origin, w.RemoteAddr())
-	if v == rrlDrop {
-		rrlDropped.WithLabelValues(origin).Inc()
-		return dns.RcodeSuccess, nil // nothing written: the server sends nothing
-	}
-	rrlSlipped.WithLabelValues(origin).Inc()
 	var p packet
 	defer p.release()
-	if err := p.start(state); err != nil {
-		return dns.RcodeSuccess, nil
+	if err := p.start(state.Req.Question[0]); err != nil || !d.limit(&p, v, origin, w.RemoteAddr(), now) {
+		return dns.RcodeSuccess, nil // nothing written: the server sends nothing
 	}
+	q := queryOf(state)
+	p.seal(&q, origin)
+	return dns.RcodeSuccess, p.send(w)
+}
+
+// limit counts a response over the rate limit to addr, and reports whether one is sent:
+// then p, started with the question, holds it (TC, no records).
+func (d *Deviceid) limit(p *packet, v rrlVerdict, origin string, addr net.Addr, now time.Time) bool {
+	d.rrl.note(now.UnixNano(), origin, addr)
+	if v == rrlDrop {
+		rrlDropped.WithLabelValues(origin).Inc()
+		return false
+	}
+	rrlSlipped.WithLabelValues(origin).Inc()
 	p.truncate()
-	return dns.RcodeSuccess, p.finish(w, state, origin)
+	p.rcode = dns.RcodeSuccess
+	return true
 }
 
 // matchZone returns the longest of origins that qname (lower case) is in or below, or

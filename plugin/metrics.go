@@ -163,6 +163,13 @@ var (
 		Help:      "Counter of answers over UDP larger than the client's buffer or max_udp_size, sent with TC and no records, by zone.",
 	}, []string{"zone"})
 
+	fastPackets = promauto.NewCounterVec(prometheus.CounterOpts{
+		Namespace: plugin.Namespace,
+		Subsystem: "deviceid",
+		Name:      "fastpath_packets_total",
+		Help:      "Counter of UDP packets on an address with the fast path, by server and path: fast (answered by the fast path), handed (given to the chain by the fast path), framework (answered on the server's own socket: not steered to the fast path), dropped (responses, rate-limited, or over the hand-over queue).",
+	}, []string{"server", "path"})
+
 	rrlDropped = promauto.NewCounterVec(prometheus.CounterOpts{
 		Namespace: plugin.Namespace,
 		Subsystem: "deviceid",

@@ -38,6 +38,7 @@ const (
 	defaultMaxUDPSize = 1232
 	minMaxUDPSize     = 512
 	maxMaxUDPSize     = 4096
+	maxFastSockets    = 256
 )
 
 // config is one deviceid block of the Corefile.
@@ -66,6 +67,10 @@ type config struct {
 	denialBudget     float64 // signatures a second for names that do not exist; 0: no limit; autoBudget: measured
 	maxUDPSize       uint16  // the largest answer over UDP; 0: defaultMaxUDPSize
 	rrl              rrlConfig
+	// fastpath: UDP queries answered on sockets of the block's own (fastpath.go),
+	// fastSockets per address (0: one per core).
+	fastpath    bool
+	fastSockets int
 }
 
 func setup(c *caddy.Controller) error {
@@ -76,7 +81,14 @@ func setup(c *caddy.Controller) error {
 	d := newDeviceid(cfg)
 	c.OnStartup(d.start)
 	c.OnShutdown(d.stop)
-	dnsserver.GetConfig(c).AddPlugin(func(next plugin.Handler) plugin.Handler {
+	conf := dnsserver.GetConfig(c)
+	if cfg.fastpath {
+		f := &fastPaths{d: d, sockets: cfg.fastSockets, prev: conf.UDPDecorateWriterFunc}
+		conf.UDPDecorateWriterFunc = f.decorate
+		c.OnStartup(func() error { return f.start(conf) })
+		c.OnShutdown(f.stop)
+	}
+	conf.AddPlugin(func(next plugin.Handler) plugin.Handler {
 		d.Next = next
 		return d
 	})
@@ -360,6 +372,18 @@ func parseOption(c *caddy.Controller, cfg *config, root string) error {
 			return c.Errf("max_udp_size %q is not a number of bytes from %d to %d", args[0], minMaxUDPSize, maxMaxUDPSize)
 		}
 		cfg.maxUDPSize = uint16(n)
+	case "fastpath":
+		if len(args) > 1 {
+			return c.Errf("want 'fastpath [SOCKETS]': UDP queries answered on sockets of the plugin's own, SOCKETS per address (default one per core)")
+		}
+		cfg.fastpath = true
+		if len(args) == 1 {
+			n, err := strconv.Atoi(args[0])
+			if err != nil || n < 1 || n > maxFastSockets {
+				return c.Errf("fastpath %q is not a number of sockets from 1 to %d", args[0], maxFastSockets)
+			}
+			cfg.fastSockets = n
+		}
 	case "rrl":
 		r, err := parseRRL(c, args)
 		if err != nil {

@@ -99,20 +99,63 @@ type packet struct {
 	tc       bool
 }
 
-// start begins the answer to state's query: the header is filled in by finish.
-func (p *packet) start(state request.Request) error {
+// query is what an answer depends on besides the question: read from the query's
+// message (ServeDNS) or from its bytes (the fast path).
+type query struct {
+	id      uint16
+	opcode  int
+	rd, cd  bool
+	qtype   uint16
+	opt     bool   // the query has an OPT record
+	udpSize uint16 // its UDP size, lowered to max_udp_size
+	optTTL  uint32 // its extended RCODE, version and flags
+	tcp     bool
+}
+
+// queryOf reads q from state's message (its OPT lowered to max_udp_size already).
+func queryOf(state request.Request) query {
+	r := state.Req
+	q := query{id: r.Id, opcode: r.Opcode, rd: r.RecursionDesired, cd: r.CheckingDisabled,
+		qtype: state.QType(), tcp: state.Proto() == "tcp"}
+	if o := r.IsEdns0(); o != nil {
+		q.opt, q.udpSize, q.optTTL = true, o.UDPSize(), o.Hdr.Ttl
+	}
+	return q
+}
+
+// do and co are the query's DNSSEC OK and Compact Answers OK flags (RFC 9824).
+func (q *query) do() bool { return q.opt && q.optTTL&(1<<15) != 0 }
+func (q *query) co() bool { return q.opt && q.optTTL&(1<<14) != 0 }
+
+// size is the largest answer: the client's buffer over UDP (512 without EDNS), 64 KiB
+// over TCP, as request.Request.Size.
+func (q *query) size() int {
+	if q.tcp {
+		return dns.MaxMsgSize
+	}
+	return max(int(q.udpSize), dns.MinMsgSize)
+}
+
+// start begins the answer to a query with question: the header is filled in by seal.
+func (p *packet) start(question dns.Question) error {
 	p.ab = bufPool.Get().(*answerBuf)
-	buf := p.ab.msg[:12]
-	q := state.Req.Question[0]
-	buf = buf[:cap(buf)]
-	off, err := dns.PackDomainName(q.Name, buf, 12, nil, false)
+	buf := p.ab.msg[:cap(p.ab.msg)]
+	off, err := dns.PackDomainName(question.Name, buf, 12, nil, false)
 	if err != nil {
 		return err
 	}
-	buf = binary.BigEndian.AppendUint16(buf[:off], q.Qtype)
-	p.buf = binary.BigEndian.AppendUint16(buf, q.Qclass)
+	buf = binary.BigEndian.AppendUint16(buf[:off], question.Qtype)
+	p.buf = binary.BigEndian.AppendUint16(buf, question.Qclass)
 	p.question = len(p.buf)
 	return nil
+}
+
+// startWire begins the answer to a query whose question (name, type, class) is
+// question in wire form, as the query has it.
+func (p *packet) startWire(question []byte) {
+	p.ab = bufPool.Get().(*answerBuf)
+	p.buf = append(p.ab.msg[:12], question...)
+	p.question = len(p.buf)
 }
 
 // truncate drops the records and sets TC: ask again over TCP.
@@ -125,69 +168,71 @@ func (p *packet) release() {
 	if p.ab != nil {
 		p.ab.msg = p.buf[:0]
 		bufPool.Put(p.ab)
+		p.ab = nil
 	}
 }
 
-// finish fills in the header, adds the OPT record and writes the answer. When no
-// other plugin wraps the writer, or only *prometheus* (which needs the RCODE and the
-// size, both set here), the bytes go out as they are; otherwise they are unpacked and
-// written as a message, so that plugins such as log and cache see the answer as usual.
-// An answer larger than the client's buffer (over UDP at most max_udp_size, which
-// ServeDNS has set in the query's OPT) goes out with TC and no records: a partial
-// RRset would be of no use, and a retry over TCP gets the whole answer.
-func (p *packet) finish(w dns.ResponseWriter, state request.Request, origin string) error {
-	r := state.Req
+// seal fills in the header and adds the OPT record. An answer larger than the
+// client's buffer (over UDP at most max_udp_size, which the query's OPT has been
+// lowered to) goes out with TC and no records: a partial RRset would be of no use,
+// and a retry over TCP gets the whole answer.
+func (p *packet) seal(q *query, origin string) {
 	// OPT: root owner, UDP size, extended RCODE 0, version 0, the DO and CO flags of the
 	// query, no options: 11 bytes.
-	o := r.IsEdns0()
 	optLen := 0
-	if o != nil {
+	if q.opt {
 		optLen = 11
 	}
-	if len(p.buf)+optLen > state.Size() { // UDP: the client's buffer, at most ours; TCP: 64 KiB
+	if len(p.buf)+optLen > q.size() {
 		p.truncate()
 		udpTruncated.WithLabelValues(origin).Inc()
 	}
-	flags := uint16(1<<15|uint16(r.Opcode)<<11|1<<10) | uint16(p.rcode&0xF) // QR, opcode, AA, RCODE
+	flags := uint16(1<<15|uint16(q.opcode)<<11|1<<10) | uint16(p.rcode&0xF) // QR, opcode, AA, RCODE
 	if p.tc {
 		flags |= 1 << 9
 	}
-	if r.RecursionDesired {
+	if q.rd {
 		flags |= 1 << 8
 	}
-	if r.CheckingDisabled {
+	if q.cd {
 		flags |= 1 << 4
 	}
 	buf := p.buf
-	binary.BigEndian.PutUint16(buf[0:], r.Id)
+	binary.BigEndian.PutUint16(buf[0:], q.id)
 	binary.BigEndian.PutUint16(buf[2:], flags)
 	binary.BigEndian.PutUint16(buf[4:], 1) // QDCOUNT
 	binary.BigEndian.PutUint16(buf[6:], p.an)
 	binary.BigEndian.PutUint16(buf[8:], p.ns)
 	binary.BigEndian.PutUint16(buf[10:], 0)
-	if o != nil {
+	if q.opt {
 		buf = append(buf, 0)
 		buf = binary.BigEndian.AppendUint16(buf, dns.TypeOPT)
-		buf = binary.BigEndian.AppendUint16(buf, o.UDPSize())
-		buf = binary.BigEndian.AppendUint32(buf, o.Hdr.Ttl&0xC000)
+		buf = binary.BigEndian.AppendUint16(buf, q.udpSize)
+		buf = binary.BigEndian.AppendUint32(buf, q.optTTL&0xC000)
 		buf = append(buf, 0, 0)
 		binary.BigEndian.PutUint16(buf[10:], 1)
 	}
 	p.buf = buf
+}
 
+// send writes the sealed answer. When no other plugin wraps the writer, or only
+// *prometheus* (which needs the RCODE and the size, both set here), the bytes go out
+// as they are; otherwise they are unpacked and written as a message, so that plugins
+// such as log and cache see the answer as usual.
+func (p *packet) send(w dns.ResponseWriter) error {
 	switch rw := w.(type) {
 	case *request.ScrubWriter:
-		_, err := rw.Write(buf)
+		_, err := rw.Write(p.buf)
 		return err
 	case *metrics.Recorder:
 		if sw, ok := rw.ResponseWriter.(*request.ScrubWriter); ok {
-			n, err := sw.Write(buf)
+			n, err := sw.Write(p.buf)
 			rw.Rcode, rw.Len = p.rcode, rw.Len+n
 			return err
 		}
 	}
 	m := new(dns.Msg)
-	if err := m.Unpack(buf); err != nil {
+	if err := m.Unpack(p.buf); err != nil {
 		return err
 	}
 	return w.WriteMsg(m)

@@ -79,7 +79,12 @@ func signedCorefile(port int, endpoint string, keys ...zoneKey) string {
 }
 
 func signedCorefileTTL(port int, endpoint string, ttl int, keys ...zoneKey) string {
-	var lines []string
+	return signedCorefileWith(port, endpoint, ttl, nil, keys...)
+}
+
+// signedCorefileWith is signedCorefileTTL with more lines in the deviceid block.
+func signedCorefileWith(port int, endpoint string, ttl int, extra []string, keys ...zoneKey) string {
+	lines := extra
 	for _, k := range keys {
 		if k.uri != "" {
 			lines = append(lines, fmt.Sprintf("key pkcs11 %q", k.uri))
