@@ -28,6 +28,22 @@ qps() { # qps PORT FILE [dnsperf flags]: saturating throughput
     awk '/Queries per second/ {print int($4)}'
 }
 
+# Core 0's busy and idle time (/proc/stat, in ticks): user nice system irq softirq, and
+# idle iowait. Steal (the hypervisor's) is neither.
+cpu0() { awk '$1 == "cpu0" {print $2 + $3 + $4 + $7 + $8, $5 + $6}' /proc/stat; }
+
+# qps_busy PORT FILE [dnsperf flags]: saturating throughput, and the per cent of core 0
+# (the server's) busy meanwhile. When dnsperf on core 1 is the limit the server's core
+# has idle time left: the throughput over the busy share is what the server would
+# answer with the core to itself (a floor: half-idle batches are smaller).
+qps_busy() {
+  local a b q
+  read -ra a <<<"$(cpu0)"
+  q=$(qps "$@")
+  read -ra b <<<"$(cpu0)"
+  echo "$q $(awk "BEGIN {u = ${b[0]} - ${a[0]}; i = ${b[1]} - ${a[1]}; printf \"%.0f\", (u + i > 0 ? 100 * u / (u + i) : 100)}")"
+}
+
 latency() { # latency PORT FILE RATE [dnsperf flags]: p50 p90 p99 p99.9 in ms at RATE q/s
   local port=$1 file=$2 rate=$3; shift 3
   taskset -c 1 dnsperf -s 127.0.0.1 -p "$port" -d "$file" -l 5 -c 4 -Q "$rate" -v "$@" 2>/dev/null |
@@ -53,6 +69,6 @@ latency_tsv() {
 # plot DIR: the SVG charts of DIR's .tsv files (test/benchplot), beside them.
 plot() { go run ./test/benchplot -in "$1"; }
 
-median() { tr ' ' '\n' | grep . | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+median() { tr ' ' '\n' | { grep . || true; } | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 ratio() { awk "BEGIN {printf \"%.2f\", $1/$2}"; }
 rss() { awk '/VmRSS/ {print int($2/1024)}' "/proc/$1/status"; } # resident MiB of PID

@@ -8,12 +8,17 @@
 # server moved to core 0 (its GOMAXPROCS follows) and dnsperf on core 1: DO hot, wide and nonexistent against whoami (medians of
 # ROUNDS), p99 latency at a fixed 2,000 q/s for every mix, and (first size only) the
 # freshness of changes written while wide queries run at half the saturating rate.
+# The throughput and latency are measured in a second process (after the first one's
+# start, memory and first pass) that serves, beside the same two, deviceid with the fast
+# path (fastpath 1) on its own port: whoami, deviceid and the fast path side by side
+# (FASTPATH=0: no fast path, and no second process).
 #
 # Then, over 100,000 devices: DO hot and wide on one core, and on both cores (server and
-# dnsperf sharing them) with and without multisocket (CORES_N=0 skips it). And, beside
-# CoreDNS file + dnssec: nonexistent names, and a
+# dnsperf sharing them) with and without multisocket, each with the fast path beside
+# (CORES_N=0 skips it). And, beside CoreDNS file + dnssec: nonexistent names, and a
 # flood of fresh random names (three times the nonexistent saturating rate) against
-# wide queries offered at half their saturating rate.
+# wide queries offered at half their saturating rate; the fast path gets the rates of
+# deviceid without it, the framework's (FLOOD_N=0 skips it).
 #
 # Results go to bench-out/scale/results.md; the charts of the sizes (throughput, memory,
 # latency) to bench-out/scale/*.svg, drawn by test/benchplot from the .tsv beside them.
@@ -26,6 +31,7 @@ ROUNDS=${ROUNDS:-3}
 SECONDS_PER_RUN=${SECONDS_PER_RUN:-10}
 SIZES=${SIZES-1000000 10000000} # SIZES= (empty): none
 FLOOD_N=${FLOOD_N:-100000}
+FASTPATH=${FASTPATH:-1}
 source scripts/bench-lib.sh
 go build -o bin/freshness ./test/freshness
 results=$out/results.md
@@ -38,11 +44,22 @@ key=$(bin/deviceid-signer keygen -zone iot.example -dir $out/keys | awk '/^Coref
 # fresh FILE ROUND: the nonexistent names of FILE with a per-round prefix, never asked before
 fresh() { local f=${1%.txt}-r$2.txt; [ -f "$f" ] || sed "s/^/r$2-/" "$1" > "$f"; echo "$f"; }
 
+# signed LOG N: wait until N deviceid blocks of the server logging to LOG have finished
+# their first signing pass.
+signed() { until [ "$(grep -c 'first signing pass done' "$1")" -ge "$2" ]; do sleep 0.2; done; }
+
+# fastblock PORT ENDPOINT SOCKETS [EXTRA]: a Corefile block of deviceid with the fast path
+# (FASTPATH=0: none).
+fastblock() {
+  [ "$FASTPATH" = 0 ] && return
+  printf 'iot.example:%s {\n    bind 127.0.0.1\n    %s\n    deviceid {\n        endpoint %s\n        key file %s\n        fastpath %s\n    }\n}\n' "$1" "${4:-}" "$2" "$key" "$3"
+}
+
 # The charts' figures (test/benchplot; docs/figures holds BENCHMARKS.md's), a row a size.
 rm -f $out/*.tsv $out/*.svg
 if [ -n "$SIZES" ]; then
   { echo "# make bench-scale, $(date -u +%Y-%m-%dT%H:%MZ), DO, medians of $ROUNDS runs of ${SECONDS_PER_RUN}s, the server on core 0"
-    echo -e "devices\twhoami hot\tdeviceid hot\twhoami wide\tdeviceid wide\twhoami nonexistent\tdeviceid nonexistent"; } > $out/throughput.tsv
+    echo -e "devices\twhoami hot\tdeviceid hot\tdeviceid fastpath hot\twhoami wide\tdeviceid wide\tdeviceid fastpath wide\twhoami nonexistent\tdeviceid nonexistent\tdeviceid fastpath nonexistent"; } > $out/throughput.tsv
   { echo "# make bench-scale, $(date -u +%Y-%m-%dT%H:%MZ): VmRSS of bin/coredns, MiB (drawn as bytes a device)"
     echo -e "devices\tat ready\tafter the first signing pass\tafter 30 s of wide DO queries"; } > $out/memory.tsv
 fi
@@ -53,7 +70,8 @@ for n in $SIZES; do
   data=$out/d$n
   quota=0; [ "$n" -gt 2000000 ] && quota=$((8 << 30))
   start_data $data -n "$n" -spki-only -zone-file=false -quota $quota -etcd http://127.0.0.1:23795 -etcd-peer http://127.0.0.1:23805
-  cat > $out/scale.Corefile <<CF
+  corefile() { # corefile FAST: the Corefile of this size, FAST 1 with the fast path's block
+    cat <<CF
 .:5310 {
     bind 127.0.0.1
     whoami
@@ -72,6 +90,16 @@ iot.example:5313 {
     }
 }
 CF
+    [ "$1" = 1 ] && fastblock 5314 http://127.0.0.1:23795 1
+    true
+  }
+  corefile 0 > $out/scale.Corefile
+  # The queries with the server on core 0 alone. The Go runtime follows the new CPU
+  # affinity (GOMAXPROCS drops to 1 within a second or so); wait until it has.
+  core0() {
+    taskset -a -p -c 0 $cdns >/dev/null
+    for _ in $(seq 300); do curl -fs http://127.0.0.1:19153/metrics | grep -q '^go_sched_gomaxprocs_threads 1$' && break; sleep 0.2; done
+  }
   # The load and the first signing pass on both cores (etcd serves the reads meanwhile).
   start=$(date +%s.%N)
   bin/coredns -conf $out/scale.Corefile > $out/coredns-$n.log 2>&1 &
@@ -79,27 +107,38 @@ CF
   wait_ready http://127.0.0.1:18190/ready
   ready=$(date +%s.%N)
   rss_ready=$(rss $cdns)
-  until grep -q 'first signing pass done' $out/coredns-$n.log; do sleep 0.2; done
+  signed $out/coredns-$n.log 1
   signed=$(date +%s.%N)
   rss_signed=$(rss $cdns)
-  # The queries with the server on core 0 alone. The Go runtime follows the new CPU
-  # affinity (GOMAXPROCS drops to 1 within a second or so); wait until it has.
-  taskset -a -p -c 0 $cdns >/dev/null
-  for _ in $(seq 300); do curl -fs http://127.0.0.1:19153/metrics | grep -q '^go_sched_gomaxprocs_threads 1$' && break; sleep 0.2; done
+  core0
   answer=$(dig +dnssec +short @127.0.0.1 -p 5313 TLSA dev$(printf %07d $((n - 1)))._device.iot.example | head -2 | tr '\n' ' ')
   taskset -c 1 dnsperf -s 127.0.0.1 -p 5313 -d $data/wide.txt -l 30 -c 4 -q 200 -D > /dev/null 2>&1
   rss_wide=$(rss $cdns)
+  servers=(whoami:5310 deviceid:5313)
+  if [ "$FASTPATH" != 0 ]; then
+    # whoami, deviceid and the fast path side by side: a second process with the fast
+    # path's block too (two indexes; the first process's start and memory are deviceid's
+    # alone). Loaded and signed on both cores, then moved to core 0 as the first.
+    kill $cdns; wait $cdns 2>/dev/null || true
+    corefile 1 > $out/scale.Corefile
+    bin/coredns -conf $out/scale.Corefile > $out/coredns-$n-fastpath.log 2>&1 &
+    cdns=$!; pids+=($cdns)
+    wait_ready http://127.0.0.1:18190/ready
+    signed $out/coredns-$n-fastpath.log 2
+    core0
+    servers+=(fastpath:5314)
+  fi
 
-  declare -A runs=()
+  declare -A runs=() core=()
   rm -f $data/nonexistent-r*.txt
   for round in $(seq "$ROUNDS"); do
     for mix in hot wide nonexistent; do
       file=$data/$mix.txt
       [ $mix = nonexistent ] && file=$(fresh $data/nonexistent.txt $round)
-      for server in whoami:5310 deviceid:5313; do
-        q=$(qps ${server#*:} $file -D)
-        runs[${server%:*}.$mix]+="$q "
-        echo "round $round $mix ${server%:*}: $q q/s"
+      for server in "${servers[@]}"; do
+        read -r q b <<<"$(qps_busy ${server#*:} $file -D)"
+        runs[${server%:*}.$mix]+="$q "; core[${server%:*}.$mix]+="$((${q:-0} * 100 / (${b:-0} > 0 ? b : 1))) "
+        echo "round $round $mix ${server%:*}: $q q/s, core 0 busy $b %"
       done
     done
   done
@@ -107,13 +146,18 @@ CF
   for mix in hot wide nonexistent; do
     file=$data/$mix.txt
     [ $mix = nonexistent ] && file=$(fresh $data/nonexistent.txt 99)
-    read -ra lat_whoami_$mix <<<"$(latency 5310 $file 2000 -D)"
-    read -ra lat_deviceid_$mix <<<"$(latency 5313 $file 2000 -D)"
-    declare -n w=lat_whoami_$mix d=lat_deviceid_$mix
-    lat+="| $mix | ${w[2]} ms | ${d[2]} ms |"$'\n'
-    unset -n w d
-    declare label_whoami_$mix="whoami $mix" label_deviceid_$mix="deviceid $mix"
-    series+=(whoami_$mix deviceid_$mix)
+    lat+="| $mix |"
+    for server in "${servers[@]}"; do
+      name=${server%:*}
+      read -ra lat_${name}_$mix <<<"$(latency ${server#*:} $file 2000 -D)"
+      declare -n l=lat_${name}_$mix
+      lat+=" ${l[2]} ms |"
+      unset -n l
+      label=$name; [ $name = fastpath ] && label="deviceid fastpath"
+      declare label_${name}_$mix="$label $mix"
+      series+=(${name}_$mix)
+    done
+    lat+=$'\n'
   done
   [ $first = 1 ] && { echo "# make bench-scale, $(date -u +%Y-%m-%dT%H:%MZ), $n devices: DO answers at 2,000 q/s"; latency_tsv "${series[@]}"; } > $out/latency.tsv
   fresh_out=""
@@ -136,22 +180,31 @@ CF
     echo "Resident memory: $rss_ready MiB at ready, $rss_signed MiB after the first pass, $rss_wide MiB after 30 s of wide DO queries (on core 0)."
     echo "Last device, signed: $answer"
     echo
-    echo "| mix (DO) | whoami q/s | deviceid q/s | / whoami |"
-    echo "|---|---|---|---|"
+    echo "| mix (DO) | whoami q/s | deviceid q/s | / whoami | fastpath q/s | / whoami |"
+    echo "|---|---|---|---|---|---|"
     for mix in hot wide nonexistent; do
-      w=$(median <<<"${runs[whoami.$mix]}"); d=$(median <<<"${runs[deviceid.$mix]}")
-      echo "| $mix | $w | $d | **$(ratio "$d" "$w")** |"
+      w=$(median <<<"${runs[whoami.$mix]}"); d=$(median <<<"${runs[deviceid.$mix]}"); p=$(median <<<"${runs[fastpath.$mix]:-}")
+      echo "| $mix | $w | $d | **$(ratio "$d" "$w")** | $p | **$([ -n "$p" ] && ratio "$p" "$w")** |"
     done
+    echo
+    echo -n "Per second of core 0 (q/s over its busy share; dnsperf on core 1 caps the fast path's throughput):"
+    for mix in hot wide nonexistent; do
+      w=$(median <<<"${core[whoami.$mix]}"); p=$(median <<<"${core[fastpath.$mix]:-}"); d=$(median <<<"${core[deviceid.$mix]}")
+      echo -n " $mix whoami $w, deviceid $d ($(ratio "$d" "$w")×)"; [ -n "$p" ] && echo -n ", fastpath $p (**$(ratio "$p" "$w")×**)"; echo -n ";"
+    done
+    echo
     echo
     echo "p99 latency at 2,000 q/s:"
     echo
-    echo "| mix (DO) | whoami | deviceid |"
-    echo "|---|---|---|"
+    echo "| mix (DO) | whoami | deviceid | fastpath |"
+    echo "|---|---|---|---|"
     echo -n "$lat"
     [ -n "$fresh_out" ] && { echo; echo "Freshness, 1,000 enrollments and revocations at 100 a second:"; echo; echo '```'; echo "$fresh_out"; echo '```'; }
   } >> $results
   row=$n
-  for mix in hot wide nonexistent; do row+=$'\t'$(median <<<"${runs[whoami.$mix]}")$'\t'$(median <<<"${runs[deviceid.$mix]}"); done
+  for mix in hot wide nonexistent; do
+    for name in whoami deviceid fastpath; do row+=$'\t'$(median <<<"${runs[$name.$mix]:-}"); done
+  done
   echo "$row" >> $out/throughput.tsv
   echo -e "$n\t$rss_ready\t$rss_signed\t$rss_wide" >> $out/memory.tsv
   first=0
@@ -160,13 +213,13 @@ done
 
 CORES_N=${CORES_N:-100000}
 if [ "$CORES_N" != 0 ]; then
-  echo "== $CORES_N devices: one core, and two cores with and without multisocket"
+  echo "== $CORES_N devices: one core, and two cores with and without multisocket, with and without the fast path"
   data=$out/cores
   start_data $data -n "$CORES_N" -spki-only -zone-file=false -etcd http://127.0.0.1:23797 -etcd-peer http://127.0.0.1:23807
   declare -A cores=()
   for mode in one two multisocket; do
-    ms=""; [ $mode = multisocket ] && ms="multisocket 2"
-    cat > $out/cores.Corefile <<CF
+    ms="" fp=2; [ $mode = multisocket ] && ms="multisocket 2"; [ $mode = one ] && fp=1
+    { cat <<CF
 .:5330 {
     bind 127.0.0.1
     $ms
@@ -182,14 +235,16 @@ iot.example:5331 {
     }
 }
 CF
+      fastblock 5332 http://127.0.0.1:23797 $fp "$ms"; } > $out/cores.Corefile
     pin="taskset -c 0"; [ $mode != one ] && pin=""
     $pin bin/coredns -conf $out/cores.Corefile > $out/coredns-cores-$mode.log 2>&1 &
     cdns=$!
     wait_ready http://127.0.0.1:18193/ready
-    until grep -q 'first signing pass done' $out/coredns-cores-$mode.log; do sleep 0.2; done
+    servers=(whoami:5330 deviceid:5331); [ "$FASTPATH" != 0 ] && servers+=(fastpath:5332)
+    signed $out/coredns-cores-$mode.log $((${#servers[@]} - 1))
     for round in $(seq "$ROUNDS"); do
       for mix in hot wide; do
-        for server in whoami:5330 deviceid:5331; do
+        for server in "${servers[@]}"; do
           if [ $mode = one ]; then
             q=$(qps ${server#*:} $data/$mix.txt -D)
           else # the server and dnsperf share both cores
@@ -207,12 +262,12 @@ CF
     echo
     echo "## $CORES_N devices: cores (DO)"
     echo
-    echo "| server | mix | whoami q/s | deviceid q/s | / whoami |"
-    echo "|---|---|---|---|---|"
+    echo "| server | mix | whoami q/s | deviceid q/s | / whoami | fastpath q/s (fastpath 1 on one core, 2 on two) | / whoami |"
+    echo "|---|---|---|---|---|---|---|"
     for mode in one two multisocket; do
       for mix in hot wide; do
-        w=$(median <<<"${cores[$mode.whoami.$mix]}"); d=$(median <<<"${cores[$mode.deviceid.$mix]}")
-        echo "| $mode | $mix | $w | $d | $(ratio "$d" "$w") |"
+        w=$(median <<<"${cores[$mode.whoami.$mix]}"); d=$(median <<<"${cores[$mode.deviceid.$mix]}"); p=$(median <<<"${cores[$mode.fastpath.$mix]:-}")
+        echo "| $mode | $mix | $w | $d | $(ratio "$d" "$w") | $p | **$([ -n "$p" ] && ratio "$p" "$w")** |"
       done
     done
   } >> $results
@@ -238,6 +293,7 @@ iot.example:5321 {
     }
 }
 CF
+fastblock 5323 http://127.0.0.1:23796 1 >> $out/flood.Corefile
 cat > $out/flood-file.Corefile <<CF
 iot.example:5322 {
     bind 127.0.0.1
@@ -254,13 +310,14 @@ taskset -c 0 bin/coredns -conf $out/flood-file.Corefile > $out/coredns-flood-fil
 pids+=($!)
 wait_ready http://127.0.0.1:18191/ready
 wait_ready http://127.0.0.1:18192/ready
-until grep -q 'first signing pass done' $out/coredns-flood.log; do sleep 0.2; done
+flooded=(deviceid:5321); [ "$FASTPATH" != 0 ] && flooded+=(fastpath:5323)
+signed $out/coredns-flood.log ${#flooded[@]}
 sleep 3
 taskset -c 1 dnsperf -s 127.0.0.1 -p 5322 -d $data/wide.txt -n 1 -c 4 -q 200 -D >/dev/null 2>&1 # file + dnssec signs on first use
 declare -A runs=()
 rm -f $data/nonexistent-r*.txt
 for round in $(seq "$ROUNDS"); do
-  for server in whoami:5320 deviceid:5321 file:5322; do
+  for server in whoami:5320 "${flooded[@]}" file:5322; do
     for mix in wide nonexistent; do
       file=$data/$mix.txt
       [ $mix = nonexistent ] && file=$(fresh $data/nonexistent.txt $round-${server%:*})
@@ -274,10 +331,13 @@ done
 offered() { taskset -c 1 dnsperf -s 127.0.0.1 -p "$1" -d "$2" -l "$SECONDS_PER_RUN" -c 4 -Q "$3" -D 2>&1 | awk '/Queries per second/ {print int($4)}'; }
 declare -A flood=()
 for round in $(seq "$ROUNDS"); do
-  for server in deviceid:5321 file:5322; do
+  for server in "${flooded[@]}" file:5322; do
     name=${server%:*} port=${server#*:}
-    half=$(( $(median <<<"${runs[$name.wide]}") / 2 ))
-    rate=$(( 3 * $(median <<<"${runs[$name.nonexistent]}") ))
+    # The fast path gets deviceid's rates: half the framework's capacity, and a flood
+    # beyond it.
+    rates=$name; [ $name = fastpath ] && rates=deviceid
+    half=$(( $(median <<<"${runs[$rates.wide]}") / 2 ))
+    rate=$(( 3 * $(median <<<"${runs[$rates.nonexistent]}") ))
     alone=$(offered $port $data/wide.txt $half)
     taskset -c 1 dnsperf -s 127.0.0.1 -p $port -d $(fresh $data/nonexistent.txt f$round-$name) -l $((SECONDS_PER_RUN + 2)) -c 4 -Q $rate -D > $out/flood-$name.txt 2>&1 &
     f=$!
@@ -286,6 +346,8 @@ for round in $(seq "$ROUNDS"); do
     wait $f || true
     flood[$name.alone]+="$alone "; flood[$name.with]+="$with "
     flood[$name.flood]+="$(awk '/Queries per second/ {print int($4)}' $out/flood-$name.txt) "
+    flood[$name.sent]+="$(awk '/Queries sent/ {print int($3 / ('"$SECONDS_PER_RUN"' + 2))}' $out/flood-$name.txt) "
+    flood[$name.half]=$half flood[$name.rate]=$rate
     echo "round $round flood $name: wide offered $half q/s, answered $alone alone, $with under a flood offered at $rate q/s"
   done
 done
@@ -299,14 +361,24 @@ done
     w=$(median <<<"${runs[whoami.$mix]}"); d=$(median <<<"${runs[deviceid.$mix]}"); f=$(median <<<"${runs[file.$mix]}")
     echo "| $mix | $w | $d | **$(ratio "$d" "$w")** | $f | $(ratio "$f" "$w") |"
   done
+  if [ "$FASTPATH" != 0 ]; then
+    echo
+    echo "| DO | whoami q/s | deviceid fastpath q/s | / whoami | / deviceid |"
+    echo "|---|---|---|---|---|"
+    for mix in wide nonexistent; do
+      w=$(median <<<"${runs[whoami.$mix]}"); d=$(median <<<"${runs[deviceid.$mix]}"); p=$(median <<<"${runs[fastpath.$mix]}")
+      echo "| $mix | $w | $p | **$(ratio "$p" "$w")** | $(ratio "$p" "$d") |"
+    done
+  fi
   echo
-  echo "Wide DO queries offered at half their saturating rate, alone and under a flood of fresh random names offered at three times the nonexistent saturating rate:"
+  echo "Wide DO queries offered at half their saturating rate (the fast path: at deviceid's), alone and under a flood of fresh random names offered at three times the nonexistent saturating rate (the fast path: deviceid's):"
   echo
-  echo "| server | wide answered alone | under the flood | ratio | flood answered |"
-  echo "|---|---|---|---|---|"
-  for name in deviceid file; do
+  echo "| server | wide offered | answered alone | under the flood | ratio | flood offered | flood sent | flood answered |"
+  echo "|---|---|---|---|---|---|---|---|"
+  for server in "${flooded[@]}" file:5322; do
+    name=${server%:*}
     a=$(median <<<"${flood[$name.alone]}"); w=$(median <<<"${flood[$name.with]}")
-    echo "| $name | $a | $w | **$(ratio "$w" "$a")** | $(median <<<"${flood[$name.flood]}") |"
+    echo "| $name | ${flood[$name.half]} | $a | $w | **$(ratio "$w" "$a")** | ${flood[$name.rate]} | $(median <<<"${flood[$name.sent]}") | $(median <<<"${flood[$name.flood]}") |"
   done
   echo
   grep -h 'over the signing budget\|nonexistence signed within' $out/coredns-flood.log | head -3 | sed 's/^/    /'

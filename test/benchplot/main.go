@@ -41,14 +41,16 @@ type chart struct {
 	// perX, when not 0: each figure is multiplied by it and divided by x (a process's
 	// MiB as bytes a device).
 	perX float64
-	// pairs: the series come in pairs, a reference (dashed) and what is measured against
-	// it, each pair in one colour.
+	// pairs: the series come in groups, each a reference (dashed; its name starts with
+	// "whoami") and what is measured against it (solid; a third, as the fast path,
+	// dotted), each group in one colour.
 	pairs bool
 }
 
 // charts are the charts benchplot knows, by file name.
 var charts = map[string]chart{
 	"throughput": {title: "DO queries per second against zone size, beside whoami", x: "devices in the zone", y: "queries per second", logX: true, pairs: true},
+	"fastpath":   {title: "DO queries per second on one core: the fast path, whoami and Go's UDP ceilings", x: "", y: "queries per second", bars: true},
 	"latency":    {title: "Latency distribution of DO answers", x: "percentile", y: "latency, ms", logY: true},
 	"memory":     {title: "Resident memory per device", x: "devices in the zone", y: "bytes a device", logX: true, perX: 1 << 20},
 	"enrollment": {title: "Enrollment rate (16 concurrent clients)", x: "", y: "per second", bars: true},
@@ -227,10 +229,17 @@ func (c chart) draw(t *table, file string) error {
 		}
 	}
 	barWidth := dataWidth * 3 / 4 / vg.Length(len(t.x)*len(t.series))
+	group, role := -1, 0
 	for i, name := range t.series {
 		col, dashes := plotutil.Color(i), plotutil.Dashes(0)
 		if c.pairs {
-			col, dashes = plotutil.Color(i/2), plotutil.Dashes(1-i%2)
+			if group < 0 || strings.HasPrefix(name, "whoami") {
+				group, role = group+1, 0
+			} else {
+				role++
+			}
+			// The reference dashed, the first measured solid, the next dotted.
+			col, dashes = plotutil.Color(group), plotutil.Dashes([]int{1, 0, 2, 3, 4}[min(role, 4)])
 		}
 		if c.bars {
 			v := make(plotter.Values, len(t.x))

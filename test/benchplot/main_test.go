@@ -17,7 +17,7 @@ func TestDrawAll(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	write("throughput.tsv", "# a note\ndevices\twhoami hot\tdeviceid hot\n1000\t100\t90\n100000\t80\t\n")
+	write("throughput.tsv", "# a note\ndevices\twhoami hot\tdeviceid hot\tdeviceid fastpath hot\n1000\t100\t90\t190\n100000\t80\t\t150\n")
 	write("enrollment.tsv", "how\tper second\nraw puts\t9000\nwith a CSR\t2500\n")
 	write("other.tsv", "not\ta chart\n")
 	written, err := drawAll(in, out)
@@ -28,7 +28,7 @@ func TestDrawAll(t *testing.T) {
 		t.Errorf("wrote %v, want enrollment.svg and throughput.svg", written)
 	}
 	for file, want := range map[string][]string{
-		"throughput.svg": {"<svg", charts["throughput"].title, "whoami hot", "deviceid hot", "100,000"},
+		"throughput.svg": {"<svg", charts["throughput"].title, "whoami hot", "deviceid hot", "deviceid fastpath hot", "100,000"},
 		"enrollment.svg": {"<svg", charts["enrollment"].title, "per second", "raw puts", "with a CSR"},
 	} {
 		b, err := os.ReadFile(filepath.Join(out, file))
