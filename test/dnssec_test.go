@@ -24,9 +24,24 @@ func TestDNSSECValidation(t *testing.T) {
 	t.Run("KSK in an HSM", func(t *testing.T) {
 		dnssecValidation(t, genHSMZoneKey(t, testenv.SoftHSM(t), "ksk"))
 	})
+	// The validators' queries answered by the fast path: each one that unbound and delv
+	// ask for a name that exists, the apex, or a denial already signed.
+	t.Run("fast path", func(t *testing.T) {
+		fast, framework := fastPackets(t, "fast"), fastPackets(t, "framework")
+		dnssecValidation(t, genZoneKey(t, t.TempDir(), dns.ECDSAP256SHA256, true), "fastpath 2")
+		t.Logf("fast path: %v answered, %v handed over", fastPackets(t, "fast")-fast, fastPackets(t, "handed"))
+		if n := fastPackets(t, "fast") - fast; n < 20 {
+			t.Errorf("the fast path answered %v queries of the validators, want most of them", n)
+		}
+		if n := fastPackets(t, "framework") - framework; n != 0 {
+			t.Errorf("%v queries took the server's own socket", n)
+		}
+	})
 }
 
-func dnssecValidation(t *testing.T, ksk zoneKey) {
+// dnssecValidation runs the validators against a zone signed with ksk and a ZSK, the
+// deviceid block having the extra lines.
+func dnssecValidation(t *testing.T, ksk zoneKey, extra ...string) {
 	etcd, cli, ca := testbed(t)
 	year := time.Now().AddDate(1, 0, 0)
 	active := newDevice(t, ca, "sensor7", year)
@@ -50,7 +65,7 @@ func dnssecValidation(t *testing.T, ksk zoneKey) {
 
 	zsk := genZoneKey(t, t.TempDir(), dns.ECDSAP256SHA256, false)
 	port := dnsPort(t)
-	c := testenv.StartCoreDNS(t, signedCorefile(port, etcd.URL(), ksk, zsk))
+	c := testenv.StartCoreDNS(t, signedCorefileWith(port, etcd.URL(), 60, extra, ksk, zsk))
 	waitLoaded(t, c)
 	unbound := startUnbound(t, port, ksk.ds)
 

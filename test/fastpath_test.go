@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"net"
+	"strings"
 	"testing"
 	"time"
 
@@ -66,6 +67,13 @@ func exchangeRaw(t testing.TB, addr string, q []byte) []byte {
 // answer is the same query with one byte after it: the server ignores trailing bytes,
 // and the fast path hands such a packet to the chain.
 func TestFastPathIdentical(t *testing.T) {
+	t.Run("signed", func(t *testing.T) {
+		fastPathIdentical(t, genZoneKey(t, t.TempDir(), dns.ECDSAP256SHA256, true), genZoneKey(t, t.TempDir(), dns.ED25519, false))
+	})
+	t.Run("unsigned", func(t *testing.T) { fastPathIdentical(t) })
+}
+
+func fastPathIdentical(t *testing.T, keys ...zoneKey) {
 	etcd, cli, ca := testbed(t)
 	year := time.Now().AddDate(1, 0, 0)
 	active := newDevice(t, ca, "sensor7", year)
@@ -81,10 +89,8 @@ func TestFastPathIdentical(t *testing.T) {
 	testenv.Put(t, cli, deviceKey("c90a.airquality"), deviceJSON(credentialJSON(multi, "active")))
 	testenv.Put(t, cli, deviceKey("fleet"), deviceJSON(fleet...))
 	testenv.Put(t, cli, "/deviceid/iot.example/ca/"+aki, string(ca.PEM()))
-	ksk := genZoneKey(t, t.TempDir(), dns.ECDSAP256SHA256, true)
-	zsk := genZoneKey(t, t.TempDir(), dns.ED25519, false)
 	port := dnsPort(t)
-	c := testenv.StartCoreDNS(t, signedCorefileWith(port, etcd.URL(), 60, []string{"fastpath 2"}, ksk, zsk))
+	c := testenv.StartCoreDNS(t, signedCorefileWith(port, etcd.URL(), 60, []string{"fastpath 2"}, keys...))
 	waitLoaded(t, c)
 
 	names := []string{zone, "sensor7._device." + zone, "SeNsOr7._DeViCe.IoT.example.", "sensor8._device." + zone,
@@ -147,5 +153,103 @@ func TestFastPathIdentical(t *testing.T) {
 	}
 	if f := fastPackets(t, "framework"); f != 0 {
 		t.Errorf("%v answers took the server's own socket, want every packet steered to the fast path", f)
+	}
+}
+
+// TestFastPathOverBudget: over the denial budget the fast path answers a fresh name
+// with TC, as the framework does, and signs nothing.
+func TestFastPathOverBudget(t *testing.T) {
+	etcd, cli, ca := testbed(t)
+	testenv.Put(t, cli, deviceKey("sensor7"), deviceJSON(credentialJSON(newDevice(t, ca, "sensor7", time.Now().AddDate(1, 0, 0)), "active")))
+	ksk := genZoneKey(t, t.TempDir(), dns.ED25519, true)
+	port := dnsPort(t)
+	c := testenv.StartCoreDNS(t, signedCorefileWith(port, etcd.URL(), 60, []string{"fastpath 1", "denial_budget 1"}, ksk))
+	waitLoaded(t, c)
+	pack := func(name string) []byte {
+		m := new(dns.Msg)
+		m.SetQuestion(name, dns.TypeTLSA)
+		m.SetEdns0(1232, true)
+		q, _ := m.Pack()
+		return q
+	}
+	truncated := 0
+	for i := range 20 {
+		exchangeRaw(t, c.UDP, pack("sensor7._device."+zone)) // names that exist are asked: the budget holds
+		q := pack(fmt.Sprintf("fresh%d._device.%s", i, zone))
+		fast := exchangeRaw(t, c.UDP, q)
+		m := new(dns.Msg)
+		if err := m.Unpack(fast); err != nil {
+			t.Fatal(err)
+		}
+		if !m.Truncated {
+			continue // a token of the budget: signed by the chain
+		}
+		truncated++
+		if slow := exchangeRaw(t, c.UDP, append(q, 0)); string(slow) != string(fast) {
+			t.Errorf("%s over the budget: the fast path's answer %x, the framework's %x", m.Question[0].Name, fast, slow)
+		}
+	}
+	if truncated < 10 {
+		t.Errorf("%d of 20 fresh names truncated at a budget of one signature a second", truncated)
+	}
+}
+
+// TestFastPathReload: a reload opens the new configuration's fast path and closes the
+// old one's; every query is still steered to a fast path and answered by the new
+// configuration.
+func TestFastPathReload(t *testing.T) {
+	etcd, cli, ca := testbed(t)
+	testenv.Put(t, cli, deviceKey("sensor7"), deviceJSON(credentialJSON(newDevice(t, ca, "sensor7", time.Now().AddDate(1, 0, 0)), "active")))
+	ksk := genZoneKey(t, t.TempDir(), dns.ED25519, true)
+	port := dnsPort(t)
+	c := testenv.StartCoreDNS(t, signedCorefileWith(port, etcd.URL(), 60, []string{"fastpath 2"}, ksk))
+	waitLoaded(t, c)
+	ttl := func() uint32 {
+		r := c.Query(t, "sensor7._device."+zone, dns.TypeTLSA)
+		if len(r.Answer) == 0 {
+			t.Fatalf("no answer: %v", r)
+		}
+		return r.Answer[0].Header().Ttl
+	}
+	if got := ttl(); got != 60 {
+		t.Fatalf("TTL %d before the reload", got)
+	}
+	c.Reload(t, signedCorefileWith(port, etcd.URL(), 30, []string{"fastpath 2"}, ksk))
+	testenv.Eventually(t, "the new configuration answers", func() error {
+		if got := ttl(); got != 30 {
+			return fmt.Errorf("TTL %d", got)
+		}
+		return nil
+	})
+	fast, framework := fastPackets(t, "fast"), fastPackets(t, "framework")
+	for range 100 {
+		if got := ttl(); got != 30 {
+			t.Fatalf("TTL %d after the reload", got)
+		}
+	}
+	if n := fastPackets(t, "fast") - fast; n < 100 {
+		t.Errorf("%v of 100 queries answered by the fast path after the reload", n)
+	}
+	if n := fastPackets(t, "framework") - framework; n != 0 {
+		t.Errorf("%v queries took the server's socket after the reload", n)
+	}
+}
+
+// TestFastPathRefused: a block with a plugin that must see every query refuses the
+// fast path at startup, naming the plugin.
+func TestFastPathRefused(t *testing.T) {
+	etcd := testenv.StartEtcd(t)
+	for _, plugin := range []string{"log", "acl", "cache"} {
+		_, err := testenv.TryStartCoreDNS(t, fmt.Sprintf(`iot.example:%d {
+    bind 127.0.0.1
+    %s
+    deviceid {
+        endpoint %s
+        fastpath
+    }
+}`, dnsPort(t), plugin, etcd.URL()))
+		if err == nil || !strings.Contains(err.Error(), "plugin "+plugin+" is in the block") {
+			t.Errorf("%s in the block: %v, want the fast path refused", plugin, err)
+		}
 	}
 }
