@@ -217,6 +217,12 @@ cleanup; pids=()
     for name in whoami-do deviceid-do fastpath-do echo-plain-do echo-batch-do; do row+=$'\t'$(median <<<"${runs[$name.$mix]:-}"); done
     echo "$row"
   done
+  # The same over core 0's busy share: what each would answer with the core to itself.
+  for mix in hot wide; do
+    row="$mix, per second of core 0"
+    for name in whoami-do deviceid-do fastpath-do echo-plain-do echo-batch-do; do row+=$'\t'$(median <<<"${core[$name.$mix]:-}"); done
+    echo "$row"
+  done
 } > $out/fastpath.tsv
 label_hot="deviceid hot, $((hot_sat / 2)) q/s" label_whoami="whoami, $((hot_sat / 2)) q/s" label_wide="deviceid wide, $((wide_sat / 2)) q/s"
 label_fasthot="deviceid fastpath hot, $((hot_sat / 2)) q/s"
