@@ -11,7 +11,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/coredns/caddy"
 	"github.com/coredns/coredns/core/dnsserver"
 	"github.com/coredns/coredns/plugin"
 	"github.com/coredns/coredns/request"
@@ -19,6 +18,7 @@ import (
 	"github.com/miekg/dns"
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/net/ipv4"
+	"golang.org/x/net/ipv6"
 )
 
 // The fast path (the fastpath option) answers, on UDP sockets of its own beside the
@@ -45,6 +45,31 @@ const handOverQueue = 1024
 // chaos: class CH).
 var fastAllowed = []string{"any", "cancel", "chaos", "deviceid", "errors", "file", "metadata", "nsid", "prometheus", "whoami"}
 
+// fastClaims are the addresses with a fast path in the configuration being set up (a
+// server has one UDP writer decorator: one block per address may have it).
+var fastClaims struct {
+	sync.Mutex
+	instance any // the configuration's caddy context
+	addrs    map[string]bool
+}
+
+// claimFastPath claims the addresses of conf for its block's fast path.
+func claimFastPath(instance any, conf *dnsserver.Config) error {
+	fastClaims.Lock()
+	defer fastClaims.Unlock()
+	if fastClaims.instance != instance {
+		fastClaims.instance, fastClaims.addrs = instance, make(map[string]bool)
+	}
+	for _, h := range conf.ListenHosts {
+		a := net.JoinHostPort(h, conf.Port)
+		if fastClaims.addrs[a] {
+			return fmt.Errorf("fastpath: another block on %s has it already: one block per address may", a)
+		}
+		fastClaims.addrs[a] = true
+	}
+	return nil
+}
+
 // fastPaths is the fast path of one deviceid block: one per address the block's
 // server listens on.
 type fastPaths struct {
@@ -59,13 +84,29 @@ type fastPaths struct {
 	running []*fastPath
 }
 
-// decorate is the server's UDPDecorateWriterFunc: it learns the server, counts the
-// answers written on the server's own socket (packets the kernel did not steer to the
-// fast path), and applies the decorator set before it.
+// decorate is the server's UDPDecorateWriterFunc, called as each of its UDP sockets
+// starts to be served: it learns the server, opens the fast path on the address once
+// the address's every socket (NumSockets) is served, counts the answers written on the
+// server's own sockets (packets the kernel did not steer to the fast path), and applies
+// the decorator set before it. Only a server that starts calls it, so a startup that
+// fails leaves nothing waiting.
 func (f *fastPaths) decorate(s *dnsserver.Server) dns.DecorateWriter {
 	f.mu.Lock()
 	f.servers = append(f.servers, s)
+	var group []*dnsserver.Server
+	for _, o := range f.servers {
+		if o.Addr == s.Addr {
+			group = append(group, o)
+		}
+	}
 	f.mu.Unlock()
+	if len(group) == max(f.conf.NumSockets, 1) {
+		go func() {
+			if err := f.open(group); err != nil {
+				log.Errorf("fastpath on %s not started, the server answers every query itself: %v", s.Addr, err)
+			}
+		}()
+	}
 	var inner dns.DecorateWriter
 	if f.prev != nil {
 		inner = f.prev(s)
@@ -89,100 +130,51 @@ func (w countingWriter) Write(b []byte) (int, error) {
 	return w.Writer.Write(b)
 }
 
-// start checks the block at the server's startup; the fast path opens once the
-// server listens (startHook).
-func (f *fastPaths) start(conf *dnsserver.Config) error {
-	for _, h := range conf.Handlers() {
+// check refuses, at the server's startup and before the plugin's own startup work, a
+// block whose plugins must see every query.
+func (f *fastPaths) check() error {
+	for _, h := range f.conf.Handlers() {
 		if !slices.Contains(fastAllowed, h.Name()) {
 			return plugin.Error(pluginName, fmt.Errorf("fastpath: plugin %s is in the block, and the fast path's answers do not pass it: remove one of them (the plugins a fast path allows: %v)", h.Name(), fastAllowed))
 		}
 	}
-	if len(conf.FilterFuncs) > 0 {
+	if len(f.conf.FilterFuncs) > 0 {
 		return plugin.Error(pluginName, errors.New("fastpath: the block has a view (a filter on queries), which the fast path's answers do not pass"))
 	}
-	f.conf = conf
-	fastHookOnce.Do(func() { caddy.RegisterEventHook("deviceid-fastpath", startHook) })
-	fastPendingMu.Lock()
-	fastPending = append(fastPending, f)
-	fastPendingMu.Unlock()
 	return nil
 }
 
-// The fast paths of the instance starting: the server starts listening after the
-// startup hooks, and says so with caddy's InstanceStartupEvent.
-var (
-	fastHookOnce  sync.Once
-	fastPendingMu sync.Mutex
-	fastPending   []*fastPaths
-)
-
-func startHook(e caddy.EventName, _ any) error {
-	if e != caddy.InstanceStartupEvent {
-		return nil
-	}
-	fastPendingMu.Lock()
-	pending := fastPending
-	fastPending = nil
-	fastPendingMu.Unlock()
-	for _, f := range pending {
-		if err := f.open(); err != nil {
-			log.Errorf("fastpath not started, the server answers every query itself: %v", err)
-		}
-	}
-	return nil
-}
-
-// open opens the fast path on every UDP address of the block's server.
-func (f *fastPaths) open() error {
-	conf := f.conf
-	// The server starts its UDP sockets in goroutines of its own: wait for the ones of
-	// the block's addresses.
-	want := len(conf.ListenHosts) * max(conf.NumSockets, 1)
-	var servers []*dnsserver.Server
+// open opens the fast path on the address of group (the server's sockets on it), once
+// the server has started to read them.
+func (f *fastPaths) open(group []*dnsserver.Server) error {
 	for deadline := time.Now().Add(socketWait); ; time.Sleep(time.Millisecond) {
-		f.mu.Lock()
-		servers = slices.Clone(f.servers)
-		stopped := f.stopped
-		f.mu.Unlock()
-		if stopped {
-			return nil
-		}
-		ready := len(servers) >= want
-		for _, s := range servers {
+		ready := true
+		for _, s := range group {
 			if _, err := inspect(s); err != nil {
 				ready = false
+				if !errors.Is(err, errNoSocketYet) {
+					return err
+				}
 			}
 		}
 		if ready {
 			break
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("%d of the server's %d UDP sockets seen within %s (another block on this address with a fast path, or a plugin such as shed, set the UDP writer decorator: one fast path per address)", len(servers), want, socketWait)
+			return fmt.Errorf("the server's UDP sockets not served within %s", socketWait)
 		}
 	}
-	byAddr := make(map[string][]*dnsserver.Server)
-	var addrs []string
-	for _, s := range servers {
-		if byAddr[s.Addr] == nil {
-			addrs = append(addrs, s.Addr)
-		}
-		byAddr[s.Addr] = append(byAddr[s.Addr], s)
+	fp, err := f.openAddr(group)
+	if err != nil {
+		return err
 	}
-	for _, a := range addrs {
-		fp, err := f.openAddr(byAddr[a])
-		if err != nil {
-			f.stop()
-			return fmt.Errorf("on %s: %v", a, err)
-		}
-		f.mu.Lock()
-		if f.stopped {
-			f.mu.Unlock()
-			fp.close()
-			return nil
-		}
-		f.running = append(f.running, fp)
-		f.mu.Unlock()
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.stopped {
+		fp.close()
+		return nil
 	}
+	f.running = append(f.running, fp)
 	return nil
 }
 
@@ -204,6 +196,7 @@ type fastPath struct {
 	srv     *dnsserver.Server
 	below   []string // zones of other blocks on this server below the block's zones
 	conns   []*net.UDPConn
+	any     bool // bound to every address: answers name their source (IP_PKTINFO)
 	handed  *handOverConn
 	chain   *dns.Server
 	wg      sync.WaitGroup
@@ -252,6 +245,17 @@ func (f *fastPaths) openAddr(group []*dnsserver.Server) (*fastPath, error) {
 			return nil, err
 		}
 		fp.conns = append(fp.conns, pc)
+		if ua, ok := view.local.(*net.UDPAddr); ok && ua.IP.IsUnspecified() {
+			// As miekg/dns does for the server's: an answer leaves from the address
+			// its query came to, not from the one the kernel picks.
+			fp.any = true
+			err6 := ipv6.NewPacketConn(pc).SetControlMessage(ipv6.FlagDst|ipv6.FlagInterface, true)
+			err4 := ipv4.NewPacketConn(pc).SetControlMessage(ipv4.FlagDst|ipv4.FlagInterface, true)
+			if err6 != nil && err4 != nil {
+				fp.close()
+				return nil, err4
+			}
+		}
 	}
 	// The server's sockets joined the group first: the program sends each query to one
 	// of the n sockets after them, by its ID.
@@ -259,7 +263,8 @@ func (f *fastPaths) openAddr(group []*dnsserver.Server) (*fastPath, error) {
 		fp.close()
 		return nil, fmt.Errorf("steering queries to the fast path's sockets: %v", err)
 	}
-	fp.handed = &handOverConn{in: make(chan handedPacket, handOverQueue), done: make(chan struct{}), out: fp.conns[0]}
+	fp.handed = &handOverConn{in: make(chan handedPacket, handOverQueue), done: make(chan struct{}), out: fp.conns[0],
+		sources: make(map[net.Addr][]byte)}
 	var decorate dns.DecorateWriter
 	if f.prev != nil {
 		decorate = f.prev(srv)
@@ -274,11 +279,15 @@ func (f *fastPaths) openAddr(group []*dnsserver.Server) (*fastPath, error) {
 	for _, c := range fp.conns {
 		fp.wg.Go(func() { fp.serve(c) })
 	}
+	fastSockets.WithLabelValues(srv.Addr).Add(float64(n)) // a reload's old and new overlap
 	log.Infof("fast path on %s: %d sockets beside the server's %d", view.local, n, len(group))
 	return fp, nil
 }
 
 func (fp *fastPath) close() {
+	if fp.handed != nil { // it opened
+		fastSockets.WithLabelValues(fp.srv.Addr).Sub(float64(len(fp.conns)))
+	}
 	for _, c := range fp.conns {
 		c.Close()
 	}
@@ -297,6 +306,9 @@ func (fp *fastPath) serve(c *net.UDPConn) {
 	for i := range in {
 		in[i].Buffers = [][]byte{make([]byte, dns.MinMsgSize+1)}
 		out[i].Buffers = [][]byte{make([]byte, 0, maxMaxUDPSize)}
+		if fp.any {
+			in[i].OOB = make([]byte, oobSize)
+		}
 	}
 	var name [256]byte
 	local := c.LocalAddr()
@@ -313,15 +325,22 @@ func (fp *fastPath) serve(c *net.UDPConn) {
 		for i := range in[:n] {
 			m := &in[i]
 			b := m.Buffers[0][:m.N]
-			resp, verdict := fp.answer(b, m.Addr, local, out[k].Buffers[0][:0], &name, now)
+			resp, verdict := fp.answerSafely(b, m.Addr, local, out[k].Buffers[0][:0], &name, now)
 			switch verdict {
 			case fastAnswer:
 				out[k].Buffers[0], out[k].Addr = resp, m.Addr
+				if fp.any {
+					out[k].OOB = answerSource(m.OOB[:m.NN])
+				}
 				k++
 			case fastDrop:
 				dropped++
 			case fastHandOver:
-				if fp.handed.put(b, m.Addr) {
+				var oob []byte
+				if fp.any {
+					oob = answerSource(m.OOB[:m.NN])
+				}
+				if fp.handed.put(b, m.Addr, oob) {
 					handed++
 				} else {
 					dropped++
@@ -381,11 +400,26 @@ func (fp *fastPath) answer(b []byte, addr, local net.Addr, resp []byte, name *[2
 	var p packet
 	defer p.release()
 	p.startWire(question)
+	// Rate limiting comes first, as in ServeDNS: a response over the limit does nothing
+	// else. One within it is counted once answered, so that a query handed over is
+	// counted by the chain alone.
+	ns := now.UnixNano()
+	counted := false
+	if d.rrl != nil && !d.rrl.wouldAnswer(addr, ns) {
+		if v := d.rrl.check(addr, ns); v != rrlAnswer {
+			if !d.limit(&p, v, origin, addr, now) {
+				return nil, fastDrop
+			}
+			p.seal(&q, origin)
+			return append(resp, p.buf...), fastAnswer
+		}
+		counted = true // the bucket refilled meanwhile
+	}
 	if err := z.answer(&p, &q, qname, do, true, now); err != nil {
 		return nil, fastHandOver // and errors: the chain answers and logs as always
 	}
-	if d.rrl != nil {
-		if v := d.rrl.check(addr, now.UnixNano()); v != rrlAnswer {
+	if d.rrl != nil && !counted {
+		if v := d.rrl.check(addr, ns); v != rrlAnswer { // spent meanwhile by another query
 			if !d.limit(&p, v, origin, addr, now) {
 				return nil, fastDrop
 			}
@@ -393,6 +427,19 @@ func (fp *fastPath) answer(b []byte, addr, local net.Addr, resp []byte, name *[2
 	}
 	p.seal(&q, origin)
 	return append(resp, p.buf...), fastAnswer
+}
+
+// answerSafely is answer, a panic in it logged and the packet handed to the chain
+// (which recovers its own and answers SERVFAIL), as the server keeps a panic in a
+// plugin from ending the process.
+func (fp *fastPath) answerSafely(b []byte, addr, local net.Addr, resp []byte, name *[256]byte, now time.Time) (out []byte, v fastVerdict) {
+	defer func() {
+		if r := recover(); r != nil {
+			log.Errorf("fast path: recovered from a panic answering a query from %s: %v", addr, r)
+			out, v = nil, fastHandOver
+		}
+	}()
+	return fp.answer(b, addr, local, resp, name, now)
 }
 
 // apex answers a query for the apex as ServeDNS does, written by the server's
@@ -528,28 +575,32 @@ func fastQuery(b []byte, name *[256]byte) (q query, question []byte, qname strin
 }
 
 // handOverConn is the packet connection the chain's DNS server reads the handed-over
-// queries from; its answers go out on a fast path socket.
+// queries from; its answers go out on a fast path socket, from the address the query
+// came to when the socket is bound to every address.
 type handOverConn struct {
 	in   chan handedPacket
 	done chan struct{}
 	once sync.Once
 	out  *net.UDPConn
+
+	mu      sync.Mutex
+	sources map[net.Addr][]byte // by the client's address as read: the answer's source
 }
 
 type handedPacket struct {
-	b    []byte
-	addr net.Addr
+	b, oob []byte
+	addr   net.Addr
 }
 
 // put queues a copy of b, or reports false when the queue is full or closed.
-func (c *handOverConn) put(b []byte, addr net.Addr) bool {
+func (c *handOverConn) put(b []byte, addr net.Addr, oob []byte) bool {
 	select {
 	case <-c.done:
 		return false
 	default:
 	}
 	select {
-	case c.in <- handedPacket{slices.Clone(b), addr}:
+	case c.in <- handedPacket{slices.Clone(b), oob, addr}:
 		return true
 	default:
 		return false
@@ -559,13 +610,33 @@ func (c *handOverConn) put(b []byte, addr net.Addr) bool {
 func (c *handOverConn) ReadFrom(b []byte) (int, net.Addr, error) {
 	select {
 	case p := <-c.in:
+		if p.oob != nil {
+			c.mu.Lock()
+			if len(c.sources) >= handOverQueue { // answers the chain never wrote
+				clear(c.sources)
+			}
+			c.sources[p.addr] = p.oob
+			c.mu.Unlock()
+		}
 		return copy(b, p.b), p.addr, nil
 	case <-c.done:
 		return 0, nil, net.ErrClosed
 	}
 }
 
-func (c *handOverConn) WriteTo(b []byte, addr net.Addr) (int, error) { return c.out.WriteTo(b, addr) }
+func (c *handOverConn) WriteTo(b []byte, addr net.Addr) (int, error) {
+	c.mu.Lock()
+	oob := c.sources[addr]
+	delete(c.sources, addr)
+	c.mu.Unlock()
+	if oob == nil {
+		return c.out.WriteTo(b, addr)
+	}
+	ua, _ := addr.(*net.UDPAddr)
+	n, _, err := c.out.WriteMsgUDP(b, oob, ua)
+	return n, err
+}
+
 func (c *handOverConn) Close() error {
 	c.once.Do(func() { close(c.done) })
 	return nil
@@ -574,3 +645,24 @@ func (c *handOverConn) LocalAddr() net.Addr              { return c.out.LocalAdd
 func (c *handOverConn) SetDeadline(time.Time) error      { return nil }
 func (c *handOverConn) SetReadDeadline(time.Time) error  { return nil }
 func (c *handOverConn) SetWriteDeadline(time.Time) error { return nil }
+
+// oobSize holds the control message of either family that says where a packet came to.
+var oobSize = max(len(ipv4.NewControlMessage(ipv4.FlagDst|ipv4.FlagInterface)), len(ipv6.NewControlMessage(ipv6.FlagDst|ipv6.FlagInterface)))
+
+// answerSource returns the control message that sends an answer from the address its
+// query came to, as the query's control message oob says (nil: the kernel picks), as
+// miekg/dns's correctSource.
+func answerSource(oob []byte) []byte {
+	var cm6 ipv6.ControlMessage
+	if cm6.Parse(oob) == nil && cm6.Dst != nil && cm6.Dst.To4() == nil {
+		return (&ipv6.ControlMessage{Src: cm6.Dst}).Marshal()
+	}
+	var cm4 ipv4.ControlMessage
+	if cm4.Parse(oob) == nil && cm4.Dst != nil {
+		return (&ipv4.ControlMessage{Src: cm4.Dst}).Marshal()
+	}
+	if cm6.Dst != nil {
+		return (&ipv4.ControlMessage{Src: cm6.Dst}).Marshal()
+	}
+	return nil
+}

@@ -170,6 +170,13 @@ var (
 		Help:      "Counter of UDP packets on an address with the fast path, by server and path: fast (answered by the fast path), handed (given to the chain by the fast path), framework (answered on the server's own socket: not steered to the fast path), dropped (responses, rate-limited, or over the hand-over queue).",
 	}, []string{"server", "path"})
 
+	fastSockets = promauto.NewGaugeVec(prometheus.GaugeOpts{
+		Namespace: plugin.Namespace,
+		Subsystem: "deviceid",
+		Name:      "fastpath_sockets",
+		Help:      "Gauge of the fast path's sockets open on an address (0: the server answers every query itself), by server.",
+	}, []string{"server"})
+
 	rrlDropped = promauto.NewCounterVec(prometheus.CounterOpts{
 		Namespace: plugin.Namespace,
 		Subsystem: "deviceid",

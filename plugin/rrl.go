@@ -105,26 +105,53 @@ func newRRL(c rrlConfig) *rrl {
 // check counts a response to the client at addr at now (Unix ns) and says what may be
 // sent. Only UDP is limited.
 func (l *rrl) check(addr net.Addr, now int64) rrlVerdict {
-	if u, ok := addr.(interface{ Unwrap() net.Addr }); ok && u.Unwrap() != nil {
-		addr = u.Unwrap() // PROXY protocol: the client's address
-	}
-	ua, ok := addr.(*net.UDPAddr)
-	if !ok {
-		return rrlAnswer
-	}
-	ip, ok := netip.AddrFromSlice(ua.IP)
+	ip, ok := rrlAddr(addr)
 	if !ok {
 		return rrlAnswer
 	}
 	return l.take(ip, now)
 }
 
-// take counts a response to ip at now.
-func (l *rrl) take(ip netip.Addr, now int64) rrlVerdict {
-	ip = ip.Unmap() // an IPv4 client on a dual-stack socket
+// rrlAddr returns the client's address of a response over UDP (IPv4 unmapped); false
+// for TCP.
+func rrlAddr(addr net.Addr) (netip.Addr, bool) {
+	if u, ok := addr.(interface{ Unwrap() net.Addr }); ok && u.Unwrap() != nil {
+		addr = u.Unwrap() // PROXY protocol: the client's address
+	}
+	ua, ok := addr.(*net.UDPAddr)
+	if !ok {
+		return netip.Addr{}, false
+	}
+	ip, ok := netip.AddrFromSlice(ua.IP)
+	return ip.Unmap(), ok
+}
+
+// wouldAnswer reports whether a response to the client at addr at now would be within
+// the rate, counting nothing.
+func (l *rrl) wouldAnswer(addr net.Addr, now int64) bool {
+	ip, ok := rrlAddr(addr)
+	if !ok {
+		return true
+	}
+	h, s := l.set(ip)
+	if s == nil {
+		return true
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for i := range s.b {
+		if b := &s.b[i]; b.key == h {
+			return max(b.tat, now)-now <= l.tolerance
+		}
+	}
+	return true // a prefix without a bucket gets a full one
+}
+
+// set returns the hash of ip's prefix and its set of buckets; nil for an exempt ip.
+func (l *rrl) set(ip netip.Addr) (uint64, *rrlSet) {
 	for _, p := range l.exempt {
 		if p.Contains(ip) {
-			return rrlAnswer
+			return 0, nil
 		}
 	}
 	bits := l.v6
@@ -134,7 +161,15 @@ func (l *rrl) take(ip netip.Addr, now int64) rrlVerdict {
 	prefix, _ := ip.Prefix(bits)
 	a := prefix.Addr().As16()
 	h := maphash.Bytes(l.seed, a[:]) | 1 // never 0, the unused bucket's key
-	s := &l.sets[(h>>32)*uint64(len(l.sets))>>32]
+	return h, &l.sets[(h>>32)*uint64(len(l.sets))>>32]
+}
+
+// take counts a response to ip at now.
+func (l *rrl) take(ip netip.Addr, now int64) rrlVerdict {
+	h, s := l.set(ip.Unmap()) // an IPv4 client on a dual-stack socket
+	if s == nil {
+		return rrlAnswer
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	b := s.find(h)

@@ -79,15 +79,18 @@ func setup(c *caddy.Controller) error {
 		return plugin.Error(pluginName, err)
 	}
 	d := newDeviceid(cfg)
-	c.OnStartup(d.start)
-	c.OnShutdown(d.stop)
 	conf := dnsserver.GetConfig(c)
 	if cfg.fastpath {
-		f := &fastPaths{d: d, sockets: cfg.fastSockets, prev: conf.UDPDecorateWriterFunc}
+		if err := claimFastPath(c.Context(), conf); err != nil {
+			return plugin.Error(pluginName, err)
+		}
+		f := &fastPaths{d: d, sockets: cfg.fastSockets, prev: conf.UDPDecorateWriterFunc, conf: conf}
 		conf.UDPDecorateWriterFunc = f.decorate
-		c.OnStartup(func() error { return f.start(conf) })
+		c.OnStartup(f.check) // first: a block refused starts nothing
 		c.OnShutdown(f.stop)
 	}
+	c.OnStartup(d.start)
+	c.OnShutdown(d.stop)
 	conf.AddPlugin(func(next plugin.Handler) plugin.Handler {
 		d.Next = next
 		return d

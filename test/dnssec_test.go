@@ -27,14 +27,11 @@ func TestDNSSECValidation(t *testing.T) {
 	// The validators' queries answered by the fast path: each one that unbound and delv
 	// ask for a name that exists, the apex, or a denial already signed.
 	t.Run("fast path", func(t *testing.T) {
-		fast, framework := fastPackets(t, "fast"), fastPackets(t, "framework")
+		fast := fastPackets(t, "fast")
 		dnssecValidation(t, genZoneKey(t, t.TempDir(), dns.ECDSAP256SHA256, true), "fastpath 2")
 		t.Logf("fast path: %v answered, %v handed over", fastPackets(t, "fast")-fast, fastPackets(t, "handed"))
 		if n := fastPackets(t, "fast") - fast; n < 20 {
 			t.Errorf("the fast path answered %v queries of the validators, want most of them", n)
-		}
-		if n := fastPackets(t, "framework") - framework; n != 0 {
-			t.Errorf("%v queries took the server's own socket", n)
 		}
 	})
 }
@@ -67,6 +64,9 @@ func dnssecValidation(t *testing.T, ksk zoneKey, extra ...string) {
 	port := dnsPort(t)
 	c := testenv.StartCoreDNS(t, signedCorefileWith(port, etcd.URL(), 60, extra, ksk, zsk))
 	waitLoaded(t, c)
+	if slices.Contains(extra, "fastpath 2") {
+		waitFastPath(t, c, 2)
+	}
 	unbound := startUnbound(t, port, ksk.ds)
 
 	tests := []struct {
