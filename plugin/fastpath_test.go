@@ -11,6 +11,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/deviceid/deviceid/record"
+
+	"github.com/coredns/coredns/plugin"
 	"github.com/coredns/coredns/plugin/test"
 	"github.com/coredns/coredns/request"
 	"github.com/miekg/dns"
@@ -423,4 +426,71 @@ func TestFastPathContainsPanics(t *testing.T) {
 			fastAsk(d, q, "192.0.2.1:5353", now)
 		}()
 	}
+}
+
+// FuzzFastAnswer: whatever the packet, when the fast path answers it the answer is the
+// one ServeDNS writes for it (as the server calls it: the scrub writer, the RCODE of an
+// error written as the server's errorFunc writes it), byte for byte; when the fast path
+// drops it the server sends nothing. The signatures are made ahead, the clock stands
+// still and nothing is limited.
+func FuzzFastAnswer(f *testing.F) {
+	d := signedDeviceid(f, true, dns.ECDSAP256SHA256)
+	addBigDevice(f, d, "big", record.MaxCredentials)
+	clock := time.Now()
+	d.now = func() time.Time { return clock }
+	if _, err := d.zones["iot.example."].maintain(clock); err != nil {
+		f.Fatal(err)
+	}
+	d.Next = test.NextHandler(dns.RcodeRefused, nil)
+	for _, b := range fastQuerySeeds(f) {
+		f.Add(b)
+	}
+	for _, n := range []string{"iot.example.", "big._device.iot.example.", "c90a.airquality._device.iot.example.", "airquality._device.iot.example.",
+		"_device.iot.example.", "nosuch._device.iot.example.", "x.sensor7._device.iot.example."} {
+		for _, qt := range []uint16{dns.TypeTLSA, dns.TypeSOA, dns.TypeNS, dns.TypeDNSKEY, dns.TypeNSEC, dns.TypeRRSIG, dns.TypeCDS} {
+			f.Add(packQuery(f, n, qt, nil))
+			f.Add(packQuery(f, n, qt, withEDNS(4096, true, true)))
+			f.Add(packQuery(f, n, qt, withEDNS(600, true, false, testCookie)))
+		}
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		fast, v := fastAsk(d, slices.Clone(b), "192.0.2.1:5353", clock)
+		if v == fastHandOver {
+			return
+		}
+		r := new(dns.Msg)
+		if r.Unpack(b) != nil || r.Response {
+			if v != fastDrop {
+				t.Fatalf("%x: the fast path answered a packet the server does not", b)
+			}
+			return
+		}
+		raw := &rawWriter{ResponseWriter: &test.ResponseWriter{RemoteIP: "192.0.2.1"}}
+		w := request.NewScrubWriter(r, raw)
+		if rcode, _ := d.ServeDNS(context.Background(), w, r); !plugin.ClientWrite(rcode) {
+			m := new(dns.Msg)
+			m.SetRcode(r, rcode)
+			(&request.Request{W: w, Req: r}).SizeAndDo(m)
+			w.WriteMsg(m)
+		}
+		framework := raw.buf
+		if raw.msg != nil {
+			var err error
+			if framework, err = raw.msg.Pack(); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if v == fastDrop {
+			if framework != nil {
+				t.Fatalf("%x: the fast path dropped it, the server answers %x", b, framework)
+			}
+			return
+		}
+		if !bytes.Equal(fast, framework) {
+			a, c := new(dns.Msg), new(dns.Msg)
+			a.Unpack(fast)
+			c.Unpack(framework)
+			t.Fatalf("%x: the fast path answers\n%v\nthe server\n%v", b, a, c)
+		}
+	})
 }
