@@ -318,6 +318,7 @@ func (fp *fastPath) serve(c *net.UDPConn) {
 			if errors.Is(err, net.ErrClosed) {
 				return
 			}
+			time.Sleep(time.Millisecond) // a socket error: not a spin
 			continue
 		}
 		now := fp.d.now()
@@ -325,7 +326,7 @@ func (fp *fastPath) serve(c *net.UDPConn) {
 		for i := range in[:n] {
 			m := &in[i]
 			b := m.Buffers[0][:m.N]
-			resp, verdict := fp.answerSafely(b, m.Addr, local, out[k].Buffers[0][:0], &name, now)
+			resp, verdict := fp.answer(b, m.Addr, local, out[k].Buffers[0][:0], &name, now)
 			switch verdict {
 			case fastAnswer:
 				out[k].Buffers[0], out[k].Addr = resp, m.Addr
@@ -371,8 +372,16 @@ const (
 	fastDrop                        // nothing is sent (as the server would send nothing)
 )
 
-// answer answers the query in b from addr, into resp, or says who does.
-func (fp *fastPath) answer(b []byte, addr, local net.Addr, resp []byte, name *[256]byte, now time.Time) ([]byte, fastVerdict) {
+// answer answers the query in b from addr, into resp, or says who does. A panic in it
+// is logged and the packet handed to the chain (which recovers its own and answers
+// SERVFAIL), as the server keeps a panic in a plugin from ending the process.
+func (fp *fastPath) answer(b []byte, addr, local net.Addr, resp []byte, name *[256]byte, now time.Time) (out []byte, verdict fastVerdict) {
+	defer func() {
+		if r := recover(); r != nil {
+			log.Errorf("fast path: recovered from a panic answering a query from %s: %v", addr, r)
+			out, verdict = nil, fastHandOver
+		}
+	}()
 	if len(b) >= 3 && b[2]&0x80 != 0 {
 		return nil, fastDrop // a response: the server ignores it too
 	}
@@ -427,19 +436,6 @@ func (fp *fastPath) answer(b []byte, addr, local net.Addr, resp []byte, name *[2
 	}
 	p.seal(&q, origin)
 	return append(resp, p.buf...), fastAnswer
-}
-
-// answerSafely is answer, a panic in it logged and the packet handed to the chain
-// (which recovers its own and answers SERVFAIL), as the server keeps a panic in a
-// plugin from ending the process.
-func (fp *fastPath) answerSafely(b []byte, addr, local net.Addr, resp []byte, name *[256]byte, now time.Time) (out []byte, v fastVerdict) {
-	defer func() {
-		if r := recover(); r != nil {
-			log.Errorf("fast path: recovered from a panic answering a query from %s: %v", addr, r)
-			out, v = nil, fastHandOver
-		}
-	}()
-	return fp.answer(b, addr, local, resp, name, now)
 }
 
 // apex answers a query for the apex as ServeDNS does, written by the server's

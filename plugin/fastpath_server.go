@@ -39,7 +39,11 @@ var errNoSocketYet = errors.New("the server has no UDP socket yet")
 
 func inspect(s *dnsserver.Server) (serverView, error) {
 	servers, zones, policy, opcodes, m := field(s, "server"), field(s, "zones"), field(s, "connPolicy"), field(s, "allowedOpcodes"), field(s, "m")
-	if !servers.IsValid() || !zones.IsValid() || !policy.IsValid() || !opcodes.IsValid() || !m.IsValid() {
+	if !servers.IsValid() || servers.Type() != reflect.TypeFor[[2]*dns.Server]() ||
+		!zones.IsValid() || zones.Kind() != reflect.Map || zones.Type().Key().Kind() != reflect.String || zones.Type().Elem().Kind() != reflect.Slice ||
+		!policy.IsValid() || policy.Kind() != reflect.Func ||
+		!opcodes.IsValid() || opcodes.Kind() != reflect.Map ||
+		!m.IsValid() || m.Type() != reflect.TypeFor[sync.Mutex]() {
 		return serverView{}, errors.New("this CoreDNS's server is not the one the fast path knows (see go.mod)")
 	}
 	mu := m.Addr().Interface().(*sync.Mutex) // ServePacket sets the UDP server under it
