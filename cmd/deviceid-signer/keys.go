@@ -134,7 +134,15 @@ func keysCommand(args []string) error {
 		}
 		s.Paused = sub == "pause"
 		b, _ := json.Marshal(s)
-		return reg.PutKeySettings(ctx, actor, rev, b, sub)
+		if err := reg.PutKeySettings(ctx, actor, rev, b, sub); err != nil {
+			return err
+		}
+		if s.Paused {
+			fmt.Printf("the key manager of %s is paused: no key is made, published or removed until 'keys resume'\n", reg.Zone)
+		} else {
+			fmt.Printf("the key manager of %s resumed\n", reg.Zone)
+		}
+		return nil
 	case "roll":
 		rep, err := m.Step(ctx, &keymgr.Request{Roll: *role}, nil)
 		if err != nil {

@@ -12,6 +12,7 @@ import (
 	"net"
 	"os"
 	"os/signal"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -92,9 +93,35 @@ func serve(args []string) error {
 	if fs.NArg() != 0 {
 		return fmt.Errorf("unexpected arguments %v", fs.Args())
 	}
+	if err := checkDNSAddrs(f.dns, f.replicas); err != nil {
+		return err
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	return f.run(ctx, nil)
+}
+
+// checkDNSAddrs refuses a -dns or -dns-replicas address that is not host:port: the
+// overview would otherwise show the replica as failing for a typing error.
+func checkDNSAddrs(dns, replicas string) error {
+	check := func(flag, a string) error {
+		host, port, err := net.SplitHostPort(a)
+		if n, perr := strconv.Atoi(port); err != nil || host == "" || perr != nil || n < 1 || n > 65535 {
+			return fmt.Errorf("%s %q: want host:port (such as 127.0.0.1:53 or [::1]:53)", flag, a)
+		}
+		return nil
+	}
+	if dns != "" {
+		if err := check("-dns", dns); err != nil {
+			return err
+		}
+	}
+	for _, r := range etcdclient.SplitEndpoints(replicas) {
+		if err := check("-dns-replicas", r); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // certPool reads PEM CA certificates; nil for no file.

@@ -54,3 +54,25 @@ func TestSeparateRoles(t *testing.T) {
 		}
 	}
 }
+
+// TestCheckDNSAddrs: -dns and -dns-replicas take host:port, each one; anything else is
+// refused at startup, naming the flag and the value.
+func TestCheckDNSAddrs(t *testing.T) {
+	for _, tc := range []struct {
+		dns, replicas string
+		bad           string // "" when accepted
+	}{
+		{"", "", ""},
+		{"127.0.0.1:53", "10.0.0.1:53, [2001:db8::1]:5353 ns2.example.net:53", ""},
+		{"127.0.0.1", "", `-dns "127.0.0.1"`},
+		{"", "10.0.0.1:53,10.0.0.2", `-dns-replicas "10.0.0.2"`},
+		{"", ":53", `-dns-replicas ":53"`},
+		{"", "10.0.0.1:0", `-dns-replicas "10.0.0.1:0"`},
+		{"", "10.0.0.1:dns", `-dns-replicas "10.0.0.1:dns"`},
+	} {
+		err := checkDNSAddrs(tc.dns, tc.replicas)
+		if tc.bad == "" && err != nil || tc.bad != "" && (err == nil || !strings.Contains(err.Error(), tc.bad)) {
+			t.Errorf("-dns %q -dns-replicas %q: %v, want %q", tc.dns, tc.replicas, err, tc.bad)
+		}
+	}
+}
