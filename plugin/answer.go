@@ -39,10 +39,13 @@ func (z *zone) answer(p *packet, q *query, qname string, do, fast bool, now time
 	}
 	ap := zd.apex.Load()
 	ns := now.UnixNano()
-	wire, err := packName(p.ab.name[:], qname)
-	if err != nil {
-		z.mu.RUnlock()
-		return err
+	wire := q.wire
+	if wire == nil {
+		var err error
+		if wire, err = packName(p.ab.name[:], qname); err != nil {
+			z.mu.RUnlock()
+			return err
+		}
 	}
 	a := nameAnswer{p: p, ap: ap, qtype: q.qtype, do: do, wire: wire, now: ns}
 	var stale entry // a copy of the entry, when its answer is signed here

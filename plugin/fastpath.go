@@ -409,6 +409,15 @@ func (fp *fastPath) answer(b []byte, addr, local net.Addr, resp []byte, name *[2
 	var p packet
 	defer p.release()
 	p.startWire(question)
+	// The name as the query has it, lower-cased: fastQuery let only letters, digits,
+	// '-' and '_' in, and no length octet (at most 63) is an upper-case letter.
+	q.wire = p.ab.name[:len(question)-4]
+	for i, c := range question[:len(question)-4] {
+		if 'A' <= c && c <= 'Z' {
+			c += 'a' - 'A'
+		}
+		q.wire[i] = c
+	}
 	// Rate limiting comes first, as in ServeDNS: a response over the limit does nothing
 	// else. One within it is counted once answered, so that a query handed over is
 	// counted by the chain alone.

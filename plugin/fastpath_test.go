@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/deviceid/deviceid/internal/testenv"
 	"github.com/deviceid/deviceid/record"
 
 	"github.com/coredns/coredns/plugin"
@@ -19,34 +20,6 @@ import (
 	"github.com/miekg/dns"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 )
-
-// packQuery packs a query for name and qtype with the changes of edit, as a client would
-// (miekg/dns, names compressed where they can be).
-func packQuery(t testing.TB, name string, qtype uint16, edit func(*dns.Msg)) []byte {
-	t.Helper()
-	m := new(dns.Msg)
-	m.SetQuestion(name, qtype)
-	m.Id = 0x1234
-	m.Compress = true
-	if edit != nil {
-		edit(m)
-	}
-	b, err := m.Pack()
-	if err != nil {
-		t.Fatalf("packing %v: %v", m, err)
-	}
-	return b
-}
-
-// withEDNS returns an edit adding an OPT of size with DO and CO, and options.
-func withEDNS(size uint16, do, co bool, opts ...dns.EDNS0) func(*dns.Msg) {
-	return func(m *dns.Msg) {
-		m.SetEdns0(size, do)
-		o := m.IsEdns0()
-		o.SetCo(co)
-		o.Option = append(o.Option, opts...)
-	}
-}
 
 var (
 	testCookie  = &dns.EDNS0_COOKIE{Code: dns.EDNS0COOKIE, Cookie: "0102030405060708"}
@@ -60,8 +33,8 @@ func testPadding(n int) *dns.EDNS0_PADDING { return &dns.EDNS0_PADDING{Padding: 
 // paddedQuery is a query for name with DO, padded to size bytes.
 func paddedQuery(t testing.TB, name string, size int) []byte {
 	t.Helper()
-	n := len(packQuery(t, name, dns.TypeTLSA, withEDNS(1232, true, false, testPadding(0))))
-	return packQuery(t, name, dns.TypeTLSA, withEDNS(1232, true, false, testPadding(size-n)))
+	n := len(testenv.PackQuery(t, name, dns.TypeTLSA, testenv.WithEDNS(1232, true, false, testPadding(0))))
+	return testenv.PackQuery(t, name, dns.TypeTLSA, testenv.WithEDNS(1232, true, false, testPadding(size-n)))
 }
 
 // fastQuerySeeds are real queries, the fast path's kind and every other kind, and
@@ -71,20 +44,23 @@ func fastQuerySeeds(t testing.TB) [][]byte {
 	var seeds [][]byte
 	add := func(b []byte) { seeds = append(seeds, b) }
 	for _, qt := range []uint16{dns.TypeTLSA, dns.TypeA, dns.TypeSOA, dns.TypeANY, dns.TypeDS, dns.TypeNXNAME, dns.TypeAXFR} {
-		add(packQuery(t, name, qt, nil))
-		add(packQuery(t, name, qt, withEDNS(1232, true, false)))
+		add(testenv.PackQuery(t, name, qt, nil))
+		add(testenv.PackQuery(t, name, qt, testenv.WithEDNS(1232, true, false)))
 	}
 	for _, n := range []string{"iot.example.", ".", "SeNsOr7._DeViCe.IoT.ExAmPlE.", "a-b_c.iot.example.", "bad\\.name._device.iot.example.",
 		"nul\\000byte.iot.example.", "sp\\032ace.iot.example.", "\\200high.iot.example.", "*.iot.example.",
 		strings.Repeat("a", 63) + ".iot.example.", strings.Repeat("abcdefghi.", 24) + "iot.example."} {
-		add(packQuery(t, n, dns.TypeTLSA, withEDNS(1232, true, false)))
+		add(testenv.PackQuery(t, n, dns.TypeTLSA, testenv.WithEDNS(1232, true, false)))
 	}
 	for _, e := range []func(*dns.Msg){
-		withEDNS(512, false, false), withEDNS(4096, true, true), withEDNS(65535, true, false), withEDNS(0, false, true),
-		withEDNS(1232, true, false, testCookie), withEDNS(1232, true, true, testCookie2, testPadding(3)),
-		withEDNS(1232, true, false, testPadding(0)), withEDNS(1232, true, false, testNSID), withEDNS(1232, true, false, testUnknown),
-		func(m *dns.Msg) { withEDNS(1232, true, false)(m); m.IsEdns0().SetVersion(1) },
-		func(m *dns.Msg) { withEDNS(1232, true, false)(m); m.IsEdns0().SetExtendedRcode(dns.RcodeBadCookie) },
+		testenv.WithEDNS(512, false, false), testenv.WithEDNS(4096, true, true), testenv.WithEDNS(65535, true, false), testenv.WithEDNS(0, false, true),
+		testenv.WithEDNS(1232, true, false, testCookie), testenv.WithEDNS(1232, true, true, testCookie2, testPadding(3)),
+		testenv.WithEDNS(1232, true, false, testPadding(0)), testenv.WithEDNS(1232, true, false, testNSID), testenv.WithEDNS(1232, true, false, testUnknown),
+		func(m *dns.Msg) { testenv.WithEDNS(1232, true, false)(m); m.IsEdns0().SetVersion(1) },
+		func(m *dns.Msg) {
+			testenv.WithEDNS(1232, true, false)(m)
+			m.IsEdns0().SetExtendedRcode(dns.RcodeBadCookie)
+		},
 		func(m *dns.Msg) {
 			m.RecursionDesired, m.CheckingDisabled, m.AuthenticatedData, m.Zero = true, true, true, true
 		},
@@ -104,7 +80,7 @@ func fastQuerySeeds(t testing.TB) [][]byte {
 			m.Ns = []dns.RR{&dns.A{Hdr: dns.RR_Header{Name: name, Rrtype: dns.TypeA, Class: dns.ClassINET}}}
 		},
 		func(m *dns.Msg) {
-			withEDNS(1232, true, false)(m)
+			testenv.WithEDNS(1232, true, false)(m)
 			m.Extra = append(m.Extra, &dns.A{Hdr: dns.RR_Header{Name: name, Rrtype: dns.TypeA, Class: dns.ClassINET}})
 		},
 		func(m *dns.Msg) {
@@ -112,12 +88,12 @@ func fastQuerySeeds(t testing.TB) [][]byte {
 		},
 		func(m *dns.Msg) { m.SetTsig("key.", dns.HmacSHA256, 300, 0) },
 	} {
-		add(packQuery(t, name, dns.TypeTLSA, e))
+		add(testenv.PackQuery(t, name, dns.TypeTLSA, e))
 	}
 	add(paddedQuery(t, name, 512))
 	add(paddedQuery(t, name, 513))
 	// A compressed name: the second question points into the first.
-	two := packQuery(t, name, dns.TypeTLSA, func(m *dns.Msg) {
+	two := testenv.PackQuery(t, name, dns.TypeTLSA, func(m *dns.Msg) {
 		m.Question = append(m.Question, dns.Question{Name: "x._device.iot.example.", Qtype: dns.TypeTLSA, Qclass: dns.ClassINET})
 	})
 	add(two)
@@ -143,12 +119,12 @@ func fastQuerySeeds(t testing.TB) [][]byte {
 		add(append(b, 0, 0, 52, 0, 1))
 	}
 	// Truncations and trailing bytes.
-	full := packQuery(t, name, dns.TypeTLSA, withEDNS(1232, true, true, testCookie))
+	full := testenv.PackQuery(t, name, dns.TypeTLSA, testenv.WithEDNS(1232, true, true, testCookie))
 	for n := range len(full) {
 		add(full[:n])
 	}
 	add(append(slices.Clone(full), 0))
-	add(append(packQuery(t, name, dns.TypeTLSA, nil), 0xC0, 0x0C))
+	add(append(testenv.PackQuery(t, name, dns.TypeTLSA, nil), 0xC0, 0x0C))
 	return seeds
 }
 
@@ -242,58 +218,58 @@ func TestFastQuery(t *testing.T) {
 		b = binary.BigEndian.AppendUint32(binary.BigEndian.AppendUint16(b, size), ttl)
 		return append(binary.BigEndian.AppendUint16(b, uint16(len(rdata))), rdata...)
 	}
-	ednsq := packQuery(t, name, dns.TypeTLSA, withEDNS(1232, true, false))
+	ednsq := testenv.PackQuery(t, name, dns.TypeTLSA, testenv.WithEDNS(1232, true, false))
 	for _, c := range []struct {
 		what  string
 		b     []byte
 		ok    bool
 		qname string
 	}{
-		{"plain", packQuery(t, name, dns.TypeTLSA, nil), true, name},
-		{"upper case", packQuery(t, "SeNsOr7._DeViCe.IoT.eXaMpLe.", dns.TypeTLSA, nil), true, name},
+		{"plain", testenv.PackQuery(t, name, dns.TypeTLSA, nil), true, name},
+		{"upper case", testenv.PackQuery(t, "SeNsOr7._DeViCe.IoT.eXaMpLe.", dns.TypeTLSA, nil), true, name},
 		{"EDNS DO", ednsq, true, name},
-		{"EDNS DO CO 4096", packQuery(t, name, dns.TypeTLSA, withEDNS(4096, true, true)), true, name},
-		{"EDNS 65535", packQuery(t, name, dns.TypeTLSA, withEDNS(65535, false, false)), true, name},
-		{"EDNS 0", packQuery(t, name, dns.TypeTLSA, withEDNS(0, false, false)), true, name},
-		{"cookie", packQuery(t, name, dns.TypeTLSA, withEDNS(1232, true, false, testCookie)), true, name},
-		{"cookie and padding", packQuery(t, name, dns.TypeTLSA, withEDNS(1232, true, false, testCookie2, testPadding(7))), true, name},
+		{"EDNS DO CO 4096", testenv.PackQuery(t, name, dns.TypeTLSA, testenv.WithEDNS(4096, true, true)), true, name},
+		{"EDNS 65535", testenv.PackQuery(t, name, dns.TypeTLSA, testenv.WithEDNS(65535, false, false)), true, name},
+		{"EDNS 0", testenv.PackQuery(t, name, dns.TypeTLSA, testenv.WithEDNS(0, false, false)), true, name},
+		{"cookie", testenv.PackQuery(t, name, dns.TypeTLSA, testenv.WithEDNS(1232, true, false, testCookie)), true, name},
+		{"cookie and padding", testenv.PackQuery(t, name, dns.TypeTLSA, testenv.WithEDNS(1232, true, false, testCookie2, testPadding(7))), true, name},
 		{"512 bytes", paddedQuery(t, name, 512), true, name},
-		{"the apex", packQuery(t, "iot.example.", dns.TypeSOA, nil), true, "iot.example."},
-		{"digits, - and _", packQuery(t, "a-0_Z.iot.example.", dns.TypeTLSA, nil), true, "a-0_z.iot.example."},
-		{"RD CD AD Z", packQuery(t, name, dns.TypeTLSA, func(m *dns.Msg) {
+		{"the apex", testenv.PackQuery(t, "iot.example.", dns.TypeSOA, nil), true, "iot.example."},
+		{"digits, - and _", testenv.PackQuery(t, "a-0_Z.iot.example.", dns.TypeTLSA, nil), true, "a-0_z.iot.example."},
+		{"RD CD AD Z", testenv.PackQuery(t, name, dns.TypeTLSA, func(m *dns.Msg) {
 			m.RecursionDesired, m.CheckingDisabled, m.AuthenticatedData, m.Zero = true, true, true, true
 		}), true, name},
 		{"empty", nil, false, ""},
 		{"11 bytes", ednsq[:11], false, ""},
 		{"header only", ednsq[:12], false, ""},
 		{"513 bytes", paddedQuery(t, name, 513), false, ""},
-		{"NOTIFY", packQuery(t, name, dns.TypeTLSA, func(m *dns.Msg) { m.Opcode = dns.OpcodeNotify }), false, ""},
-		{"UPDATE", packQuery(t, name, dns.TypeTLSA, func(m *dns.Msg) { m.Opcode = dns.OpcodeUpdate }), false, ""},
-		{"STATUS", packQuery(t, name, dns.TypeTLSA, func(m *dns.Msg) { m.Opcode = dns.OpcodeStatus }), false, ""},
+		{"NOTIFY", testenv.PackQuery(t, name, dns.TypeTLSA, func(m *dns.Msg) { m.Opcode = dns.OpcodeNotify }), false, ""},
+		{"UPDATE", testenv.PackQuery(t, name, dns.TypeTLSA, func(m *dns.Msg) { m.Opcode = dns.OpcodeUpdate }), false, ""},
+		{"STATUS", testenv.PackQuery(t, name, dns.TypeTLSA, func(m *dns.Msg) { m.Opcode = dns.OpcodeStatus }), false, ""},
 		{"QDCOUNT 0", raw(hdr(1, 0, 0, 0, 0, 0), question), false, ""},
-		{"QDCOUNT 2", packQuery(t, name, dns.TypeTLSA, func(m *dns.Msg) { m.Question = append(m.Question, m.Question[0]) }), false, ""},
+		{"QDCOUNT 2", testenv.PackQuery(t, name, dns.TypeTLSA, func(m *dns.Msg) { m.Question = append(m.Question, m.Question[0]) }), false, ""},
 		{"ANCOUNT 1", raw(hdr(1, 0, 1, 1, 0, 0), question, opt(512, 0)), false, ""},
 		{"NSCOUNT 1", raw(hdr(1, 0, 1, 0, 1, 0), question, opt(512, 0)), false, ""},
 		{"ARCOUNT 2", raw(hdr(1, 0, 1, 0, 0, 2), question, opt(512, 0), opt(512, 0)), false, ""},
-		{"a record not an OPT", packQuery(t, name, dns.TypeTLSA, func(m *dns.Msg) {
+		{"a record not an OPT", testenv.PackQuery(t, name, dns.TypeTLSA, func(m *dns.Msg) {
 			m.Extra = []dns.RR{&dns.A{Hdr: dns.RR_Header{Name: name, Rrtype: dns.TypeA, Class: dns.ClassINET}, A: []byte{1, 2, 3, 4}}}
 		}), false, ""},
-		{"TSIG", packQuery(t, name, dns.TypeTLSA, func(m *dns.Msg) { m.SetTsig("key.", dns.HmacSHA256, 300, 0) }), false, ""},
+		{"TSIG", testenv.PackQuery(t, name, dns.TypeTLSA, func(m *dns.Msg) { m.SetTsig("key.", dns.HmacSHA256, 300, 0) }), false, ""},
 		{"OPT not at the root", raw(hdr(1, 0, 1, 0, 0, 1), question, []byte{1, 'a'}, opt(512, 0)[1:]), false, ""},
 		{"compressed", raw(hdr(1, 0, 1, 0, 0, 0), []byte{0xC0, 12, 0, 52, 0, 1}), false, ""},
 		{"compressed after a label", raw(hdr(1, 0, 1, 0, 0, 0), []byte{1, 'a', 0xC0, 12, 0, 52, 0, 1}), false, ""},
-		{"escaped dot", packQuery(t, "bad\\.name._device.iot.example.", dns.TypeTLSA, nil), false, ""},
-		{"escaped byte", packQuery(t, "nul\\000._device.iot.example.", dns.TypeTLSA, nil), false, ""},
-		{"space", packQuery(t, "a\\032b._device.iot.example.", dns.TypeTLSA, nil), false, ""},
-		{"wildcard", packQuery(t, "*.iot.example.", dns.TypeTLSA, nil), false, ""},
+		{"escaped dot", testenv.PackQuery(t, "bad\\.name._device.iot.example.", dns.TypeTLSA, nil), false, ""},
+		{"escaped byte", testenv.PackQuery(t, "nul\\000._device.iot.example.", dns.TypeTLSA, nil), false, ""},
+		{"space", testenv.PackQuery(t, "a\\032b._device.iot.example.", dns.TypeTLSA, nil), false, ""},
+		{"wildcard", testenv.PackQuery(t, "*.iot.example.", dns.TypeTLSA, nil), false, ""},
 		{"label of 64", raw(hdr(1, 0, 1, 0, 0, 0), []byte{64}, bytes.Repeat([]byte{'a'}, 64), []byte{0, 0, 52, 0, 1}), false, ""},
 		{"name of 256", raw(hdr(1, 0, 1, 0, 0, 0), bytes.Repeat(append([]byte{63}, bytes.Repeat([]byte{'a'}, 63)...), 4), []byte{0, 0, 52, 0, 1}), false, ""},
-		{"the root", packQuery(t, ".", dns.TypeNS, nil), false, ""},
+		{"the root", testenv.PackQuery(t, ".", dns.TypeNS, nil), false, ""},
 		{"no type and class", raw(hdr(1, 0, 1, 0, 0, 0), question[:len(question)-4]), false, ""},
 		{"no class", raw(hdr(1, 0, 1, 0, 0, 0), question[:len(question)-2]), false, ""},
 		{"no end of name", raw(hdr(1, 0, 1, 0, 0, 0), question[:8]), false, ""},
-		{"class CH", packQuery(t, name, dns.TypeTLSA, func(m *dns.Msg) { m.Question[0].Qclass = dns.ClassCHAOS }), false, ""},
-		{"class ANY", packQuery(t, name, dns.TypeTLSA, func(m *dns.Msg) { m.Question[0].Qclass = dns.ClassANY }), false, ""},
+		{"class CH", testenv.PackQuery(t, name, dns.TypeTLSA, func(m *dns.Msg) { m.Question[0].Qclass = dns.ClassCHAOS }), false, ""},
+		{"class ANY", testenv.PackQuery(t, name, dns.TypeTLSA, func(m *dns.Msg) { m.Question[0].Qclass = dns.ClassANY }), false, ""},
 		{"ARCOUNT 1, no OPT", raw(hdr(1, 0, 1, 0, 0, 1), question), false, ""},
 		{"OPT cut short", raw(hdr(1, 0, 1, 0, 0, 1), question, opt(512, 0)[:10]), false, ""},
 		{"EDNS version 1", raw(hdr(1, 0, 1, 0, 0, 1), question, opt(512, 1<<16)), false, ""},
@@ -301,10 +277,10 @@ func TestFastQuery(t *testing.T) {
 		{"OPT data past the end", raw(hdr(1, 0, 1, 0, 0, 1), question, opt(512, 0)[:9], []byte{0, 4}), false, ""},
 		{"option cut short", raw(hdr(1, 0, 1, 0, 0, 1), question, opt(512, 0, 0, 10, 0)), false, ""},
 		{"option past its OPT", raw(hdr(1, 0, 1, 0, 0, 1), question, opt(512, 0, 0, 10, 0, 8, 1, 2)), false, ""},
-		{"NSID", packQuery(t, name, dns.TypeTLSA, withEDNS(1232, true, false, testNSID)), false, ""},
-		{"unknown option", packQuery(t, name, dns.TypeTLSA, withEDNS(1232, true, false, testUnknown)), false, ""},
-		{"cookie then NSID", packQuery(t, name, dns.TypeTLSA, withEDNS(1232, true, false, testCookie, testNSID)), false, ""},
-		{"trailing byte", append(packQuery(t, name, dns.TypeTLSA, nil), 0), false, ""},
+		{"NSID", testenv.PackQuery(t, name, dns.TypeTLSA, testenv.WithEDNS(1232, true, false, testNSID)), false, ""},
+		{"unknown option", testenv.PackQuery(t, name, dns.TypeTLSA, testenv.WithEDNS(1232, true, false, testUnknown)), false, ""},
+		{"cookie then NSID", testenv.PackQuery(t, name, dns.TypeTLSA, testenv.WithEDNS(1232, true, false, testCookie, testNSID)), false, ""},
+		{"trailing byte", append(testenv.PackQuery(t, name, dns.TypeTLSA, nil), 0), false, ""},
 		{"trailing byte after the OPT", append(slices.Clone(ednsq), 0), false, ""},
 	} {
 		t.Run(c.what, func(t *testing.T) {
@@ -350,9 +326,9 @@ func frameworkAsk(t *testing.T, d *Deviceid, b []byte, addr string) bool {
 // over the budget, nor a hit of the signature cache.
 func TestFastPathRateLimitsFirst(t *testing.T) {
 	const client = "192.0.2.1:5353"
-	exists := packQuery(t, "sensor7._device.iot.example.", dns.TypeTLSA, withEDNS(1232, true, false))
-	cached := packQuery(t, "cached._device.iot.example.", dns.TypeTLSA, withEDNS(1232, true, false))
-	nx := packQuery(t, "nx._device.iot.example.", dns.TypeTLSA, withEDNS(1232, true, false))
+	exists := testenv.PackQuery(t, "sensor7._device.iot.example.", dns.TypeTLSA, testenv.WithEDNS(1232, true, false))
+	cached := testenv.PackQuery(t, "cached._device.iot.example.", dns.TypeTLSA, testenv.WithEDNS(1232, true, false))
+	nx := testenv.PackQuery(t, "nx._device.iot.example.", dns.TypeTLSA, testenv.WithEDNS(1232, true, false))
 	truncated := func() float64 { return testutil.ToFloat64(overBudget.WithLabelValues("iot.example.", "truncated")) }
 	hits := func() float64 { return testutil.ToFloat64(cacheHits.WithLabelValues("iot.example.")) }
 	type effects struct {
@@ -415,7 +391,7 @@ func TestFastPathContainsPanics(t *testing.T) {
 	now := time.Now()
 	d.now = func() time.Time { panic("a bug in answering") }
 	for _, q := range [][]byte{
-		packQuery(t, "iot.example.", dns.TypeSOA, nil), // the apex: ServeDNS
+		testenv.PackQuery(t, "iot.example.", dns.TypeSOA, nil), // the apex: ServeDNS
 	} {
 		func() {
 			defer func() {
@@ -448,9 +424,9 @@ func FuzzFastAnswer(f *testing.F) {
 	for _, n := range []string{"iot.example.", "big._device.iot.example.", "c90a.airquality._device.iot.example.", "airquality._device.iot.example.",
 		"_device.iot.example.", "nosuch._device.iot.example.", "x.sensor7._device.iot.example."} {
 		for _, qt := range []uint16{dns.TypeTLSA, dns.TypeSOA, dns.TypeNS, dns.TypeDNSKEY, dns.TypeNSEC, dns.TypeRRSIG, dns.TypeCDS} {
-			f.Add(packQuery(f, n, qt, nil))
-			f.Add(packQuery(f, n, qt, withEDNS(4096, true, true)))
-			f.Add(packQuery(f, n, qt, withEDNS(600, true, false, testCookie)))
+			f.Add(testenv.PackQuery(f, n, qt, nil))
+			f.Add(testenv.PackQuery(f, n, qt, testenv.WithEDNS(4096, true, true)))
+			f.Add(testenv.PackQuery(f, n, qt, testenv.WithEDNS(600, true, false, testCookie)))
 		}
 	}
 	f.Fuzz(func(t *testing.T, b []byte) {

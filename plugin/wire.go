@@ -106,6 +106,7 @@ type query struct {
 	opcode  int
 	rd, cd  bool
 	qtype   uint16
+	wire    []byte // the question name in wire form, lower case; nil: packed from qname
 	opt     bool   // the query has an OPT record
 	udpSize uint16 // its UDP size, lowered to max_udp_size
 	optTTL  uint32 // its extended RCODE, version and flags

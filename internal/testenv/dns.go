@@ -64,3 +64,31 @@ func StretchTTLs(m *dns.Msg) {
 		}
 	}
 }
+
+// PackQuery packs a query with ID 0x1234 for name and qtype with the changes of edit,
+// as a client would (miekg/dns, names compressed where they can be).
+func PackQuery(t testing.TB, name string, qtype uint16, edit func(*dns.Msg)) []byte {
+	t.Helper()
+	m := new(dns.Msg)
+	m.SetQuestion(name, qtype)
+	m.Id = 0x1234
+	m.Compress = true
+	if edit != nil {
+		edit(m)
+	}
+	b, err := m.Pack()
+	if err != nil {
+		t.Fatalf("packing %v: %v", m, err)
+	}
+	return b
+}
+
+// WithEDNS is an edit of PackQuery adding an OPT of size with DO and CO, and options.
+func WithEDNS(size uint16, do, co bool, opts ...dns.EDNS0) func(*dns.Msg) {
+	return func(m *dns.Msg) {
+		m.SetEdns0(size, do)
+		o := m.IsEdns0()
+		o.SetCo(co)
+		o.Option = append(o.Option, opts...)
+	}
+}
